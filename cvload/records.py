@@ -1,0 +1,78 @@
+"""What one request produced: the timed record every view (summary, dashboard, files, objectives) reads.
+
+Times are ``time.monotonic()`` seconds stamped when the bytes arrived; offsets in the record are relative to
+``sent`` so a record stands on its own once written to ``records.jsonl``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Error kinds: each counted on its own so a run can say *how* it failed.
+ERR_SERVER = "server_error"  # the server answered with an error response
+ERR_TIMEOUT = "timeout"  # --request-timeout passed before the final response
+ERR_CONNECTION = "connection"  # could not reach the server / connection lost
+ERR_NO_FINAL = "no_final"  # the stream ended without its final response
+ERR_PROTOCOL = "protocol"  # a response cvload could not understand (missing tensor, bad shape)
+ERR_CANCELLED = "cancelled"  # stopped by the user (Ctrl-C) before it finished
+ERROR_KINDS = (ERR_SERVER, ERR_TIMEOUT, ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_CANCELLED)
+
+# Audio sanity flags: the request finished but its audio is broken; each makes the request count as failed.
+FLAG_TOO_SHORT = "audio_too_short"
+FLAG_SILENT = "audio_silent"
+FLAG_NONFINITE = "audio_nonfinite"
+FLAG_CLIPPING = "audio_clipping"
+AUDIO_FLAGS = (FLAG_TOO_SHORT, FLAG_SILENT, FLAG_NONFINITE, FLAG_CLIPPING)
+
+
+@dataclass
+class RequestRecord:
+    """One finished (or failed) request."""
+
+    index: int  # order of sending within the run
+    request_id: str
+    item_id: str  # which input item (utterance id)
+    worker: int  # closed-loop worker, or -1 in open loop
+    server: str
+    text: str
+    sent: float  # monotonic time just before the request left
+    intended: float | None = None  # open loop: when the schedule wanted it sent (coordinated omission)
+    chunk_offsets: list[float] = field(default_factory=list)  # arrival of each audio chunk, s after ``sent``
+    chunk_samples: list[int] = field(default_factory=list)
+    end_offset: float | None = None  # final response (or failure), s after ``sent``
+    sample_rate: int = 24000
+    error_kind: str | None = None
+    error: str | None = None
+    flags: list[str] = field(default_factory=list)
+    warmup: bool = False
+    run_start: float = 0.0  # monotonic time the run started (for time series)
+
+    @property
+    def ok(self) -> bool:
+        return self.error_kind is None and not self.flags
+
+    @property
+    def audio_s(self) -> float:
+        return sum(self.chunk_samples) / self.sample_rate if self.sample_rate else 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """The raw record plus the per-request metric values, as written to records.jsonl."""
+        from cvload.metrics import REQUEST_METRICS  # one definition per metric
+
+        data = asdict(self)
+        data["ok"] = self.ok
+        data["audio_s"] = round(self.audio_s, 6)
+        data["sent_s"] = round(self.sent - self.run_start, 6)
+        for metric in REQUEST_METRICS:
+            value = metric.of(self)
+            data[metric.name] = None if value is None else round(value, 6)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RequestRecord:
+        names = cls.__dataclass_fields__
+        record = cls(**{k: v for k, v in data.items() if k in names})
+        if "sent_s" in data and "sent" not in data:
+            record.sent = data["sent_s"]
+        return record

@@ -1,0 +1,86 @@
+"""The small interface every protocol sits behind: open, synthesize (timed chunks), close.
+
+A target stamps ``time.monotonic()`` the moment a response arrives, before decoding it, and raises
+``TargetError`` with one of the error kinds of ``cvload.records`` when a request fails.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SynthesisRequest:
+    """One synthesis: what to say and, for zero-shot, the prompt (16 kHz mono float32)."""
+
+    request_id: str
+    target_text: str
+    reference_text: str | None = None
+    reference_wav: np.ndarray | None = None  # 16 kHz float32 mono, unpadded
+    pad_to_samples: int | None = None  # zero-pad reference_wav to this length (upstream client behaviour)
+    item_id: str = ""
+
+
+@dataclass
+class Chunk:
+    """One audio chunk as it arrived: monotonic arrival time and float32 samples at ``sample_rate``."""
+
+    t: float
+    audio: np.ndarray
+    sample_rate: int = 24000
+
+
+class TargetError(Exception):
+    """A failed request; ``kind`` is one of cvload.records.ERROR_KINDS."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+
+
+@dataclass
+class TargetInfo:
+    """What a target learned when it opened: for config.json and for checking the mode against the server."""
+
+    address: str
+    protocol: str
+    mode: str
+    model: str
+    decoupled: bool | None = None
+    server_version: str | None = None
+    model_config: dict[str, Any] = field(default_factory=dict)
+
+
+class Target(ABC):
+    """One server endpoint speaking one protocol in one mode."""
+
+    protocol: str = ""
+    mode: str = ""
+
+    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None) -> None:
+        self.address = address
+        self.model = model
+        self.timeout = timeout
+
+    @abstractmethod
+    async def open(self) -> TargetInfo:
+        """Connect, read the model config and fail with a ``CvloadError`` the user can act on when the server,
+        the model or the mode is wrong (e.g. offline HTTP infer against a decoupled model)."""
+
+    @abstractmethod
+    def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
+        """Yield chunks as they arrive; end after the final response; raise TargetError on failure."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    async def statistics(self) -> dict[str, Any] | None:
+        """Per-model inference statistics (Triton statistics API), if the server has them."""
+        return None

@@ -1,0 +1,65 @@
+"""A Triton model repository whose `cosyvoice2` model emulates the real CosyVoice2 front model."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvload.errors import UsageError
+from server_bootstrap.emulator.profiles import PRESETS, Profile, get_profile
+from server_bootstrap.templates import fill_file, pbtxt_string
+
+HERE = Path(__file__).parent
+MODES = ("streaming", "offline")
+
+__all__ = ["EmulatedModel", "build_repository", "PRESETS", "Profile", "get_profile", "MODES"]
+
+
+@dataclass(frozen=True)
+class EmulatedModel:
+    """One emulated front model: its name, latency profile and transaction mode."""
+
+    name: str = "cosyvoice2"
+    profile: Profile = PRESETS["fixed"]
+    mode: str = "streaming"
+    instances: int = 4  # bls_instance_num of the real deployment (offline requests served in parallel)
+    max_batch_size: int = 16
+
+
+def build_repository(root: Path, models: list[EmulatedModel] | None = None, *, trace: bool = True) -> Path:
+    """Write a model repository under ``root`` (created, or emptied of earlier models) and return its path.
+
+    With ``trace`` each model appends one JSON line per request (arrival and send times on the host's
+    monotonic clock) to ``root/<model>.trace.jsonl``: the ground truth measurement tests compare against.
+    """
+    models = models or [EmulatedModel()]
+    repo = Path(root) / "model_repository"
+    repo.mkdir(parents=True, exist_ok=True)
+    for model in models:
+        if model.mode not in MODES:
+            raise UsageError(f"unknown mode {model.mode!r}", hint="use streaming or offline")
+        model_dir = repo / model.name
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        (model_dir / "1").mkdir(parents=True)
+        shutil.copy(HERE / "model.py", model_dir / "1" / "model.py")
+        trace_path = (Path(root) / f"{model.name}.trace.jsonl").resolve() if trace else ""
+        fill_file(
+            HERE / "config.pbtxt",
+            model_dir / "config.pbtxt",
+            {
+                "model_name": model.name,
+                "triton_max_batch_size": model.max_batch_size,
+                "decoupled_mode": model.mode == "streaming",
+                "bls_instance_num": 1 if model.mode == "streaming" else model.instances,
+                "profile_json": pbtxt_string(model.profile.to_json()),
+                "trace_path": pbtxt_string(str(trace_path)),
+                "vocoder_lock": pbtxt_string(str((model_dir / "vocoder.lock").resolve())),
+            },
+        )
+    return repo
+
+
+def trace_path(root: Path, model: str = "cosyvoice2") -> Path:
+    return Path(root) / f"{model}.trace.jsonl"

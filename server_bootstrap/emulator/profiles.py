@@ -1,0 +1,123 @@
+"""Latency profiles of the CosyVoice emulator: how fast the pretend LLM and vocoder are, and what goes wrong.
+
+A profile is fixed per server start and travels to the Triton model as JSON in its config parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, fields
+
+from cvload.errors import UsageError
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Timing and fault knobs; every duration in seconds.
+
+    The streaming schedule mirrors CosyVoice2 on Triton: speech tokens at 25 per second of audio, chunks of
+    ``first_hop_tokens`` tokens growing by ``hop_growth`` (25, 50, 100, ...), each chunk vocoded by ONE shared
+    vocoder worker (the single token2wav instance), so latency grows with concurrency the way it does on a GPU.
+    """
+
+    name: str = "custom"
+    # LLM: time to first token, then tokens per second for one request; each further request in the LLM slows
+    # every request by ``llm_batch_slowdown`` (in-flight batching is cheap but not free).
+    llm_prefill_s: float = 0.0
+    llm_tokens_per_s: float = 0.0  # 0 = instant
+    llm_batch_slowdown: float = 0.0
+    lookahead_tokens: int = 3
+    # Vocoder (token2wav): one shared worker, each chunk costs base + per_token * tokens.
+    vocoder_base_s: float = 0.0
+    vocoder_per_token_s: float = 0.0
+    # Chunk schedule in speech tokens.
+    first_hop_tokens: int = 25
+    hop_growth: float = 2.0
+    max_hop_tokens: int = 400
+    # Ground-truth mode: first chunk exactly ``fixed_first_s`` after arrival, then one every ``fixed_interval_s``.
+    fixed_first_s: float | None = None
+    fixed_interval_s: float | None = None
+    # Multiplicative log-normal jitter on every delay (sigma of the log); 0 = none.
+    jitter: float = 0.0
+    # Faults.
+    error_rate: float = 0.0  # share of requests answered with an error response
+    stall_prob: float = 0.0  # share of requests that stall once mid-stream
+    stall_s: float = 0.0
+    crash_after: int = 0  # kill the server process when request N arrives (0 = never)
+    # Audio: "tone" (speech-like synthetic signal) or "espeak" (real speech through espeak-ng when installed).
+    voice: str = "tone"
+    seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def with_overrides(self, overrides: dict[str, object]) -> Profile:
+        known = {f.name: f for f in fields(self)}
+        values: dict[str, object] = {}
+        for key, raw in overrides.items():
+            if key not in known:
+                raise UsageError(
+                    f"unknown emulator profile setting {key!r}",
+                    hint="known settings: " + ", ".join(sorted(known)),
+                )
+            current = getattr(self, key)
+            try:
+                if isinstance(raw, str) and not isinstance(current, str):
+                    raw = json.loads(raw)
+                if isinstance(current, bool) or current is None:
+                    value = raw
+                else:
+                    value = type(current)(raw)  # type: ignore[call-arg]
+            except (TypeError, ValueError) as exc:
+                raise UsageError(f"emulator profile setting {key}={raw!r}: {exc}") from None
+            values[key] = value
+        return dataclasses.replace(self, **values)  # type: ignore[arg-type]
+
+
+PRESETS: dict[str, Profile] = {
+    # No added delay: what remains is client and transport overhead.
+    "instant": Profile(name="instant"),
+    # Ground truth for measurement fidelity: first chunk at exactly 200 ms, then every 100 ms.
+    "fixed": Profile(name="fixed", fixed_first_s=0.200, fixed_interval_s=0.100),
+    # Calibrated to the published single-L20 CosyVoice2-0.5B streaming figures (benchmarks/calibrate_l20.py).
+    "l20": Profile(
+        name="l20",
+        llm_prefill_s=0.060,
+        llm_tokens_per_s=420.0,
+        llm_batch_slowdown=0.08,
+        vocoder_base_s=0.020,
+        vocoder_per_token_s=0.0029,
+        jitter=0.05,
+    ),
+    # A quick realistic-looking profile for demos and the dashboard.
+    "demo": Profile(
+        name="demo",
+        llm_prefill_s=0.030,
+        llm_tokens_per_s=600.0,
+        llm_batch_slowdown=0.05,
+        vocoder_base_s=0.010,
+        vocoder_per_token_s=0.0012,
+        jitter=0.1,
+    ),
+    # Faults for exercising error handling: errors, stalls.
+    "faulty": Profile(
+        name="faulty",
+        llm_prefill_s=0.010,
+        llm_tokens_per_s=2000.0,
+        vocoder_base_s=0.002,
+        error_rate=0.2,
+        stall_prob=0.2,
+        stall_s=0.5,
+    ),
+}
+
+
+def get_profile(name: str, overrides: dict[str, object] | None = None) -> Profile:
+    try:
+        profile = PRESETS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown emulator profile {name!r}", hint="choose one of: " + ", ".join(sorted(PRESETS))
+        ) from None
+    return profile.with_overrides(overrides) if overrides else profile

@@ -1,0 +1,66 @@
+"""Shared real servers: one embedded Triton (CosyVoice emulator) per test session, more only where a test must
+break its server. Nothing here mocks Triton or tritonclient."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
+from server_bootstrap.launcher import TritonServer
+
+
+@dataclass
+class Emulator:
+    server: TritonServer
+    root: Path
+
+    @property
+    def grpc(self) -> str:
+        return self.server.grpc_url
+
+    @property
+    def http(self) -> str:
+        return self.server.http_url
+
+    def trace(self, model: str = "cosyvoice2") -> Path:
+        return self.root / f"{model}.trace.jsonl"
+
+
+# The session server's models: name -> (profile, mode, profile overrides)
+SESSION_MODELS = [
+    EmulatedModel(name="cosyvoice2", profile=get_profile("fixed"), mode="streaming"),
+    EmulatedModel(name="cosyvoice2_offline", profile=get_profile("instant"), mode="offline"),
+    EmulatedModel(name="cosyvoice2_instant", profile=get_profile("instant"), mode="streaming"),
+    EmulatedModel(name="cosyvoice2_faulty", profile=get_profile("faulty", {"seed": 7}), mode="streaming"),
+    EmulatedModel(name="cosyvoice2_demo", profile=get_profile("demo"), mode="streaming"),
+]
+
+
+@pytest.fixture(scope="session")
+def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
+    root = tmp_path_factory.mktemp("emulator")
+    repo = build_repository(root, SESSION_MODELS)
+    with TritonServer(repo, workdir=root / "server") as server:
+        yield Emulator(server, root)
+
+
+@pytest.fixture
+def start_emulator(tmp_path: Path) -> Iterator[Callable[..., Emulator]]:
+    """Start a private server (for tests that kill or misconfigure it); stopped after the test."""
+    started: list[TritonServer] = []
+
+    def start(models: list[EmulatedModel], **kwargs: object) -> Emulator:
+        root = tmp_path / f"emu{len(started)}"
+        repo = build_repository(root, models)
+        server = TritonServer(repo, workdir=root / "server", **kwargs)  # type: ignore[arg-type]
+        started.append(server)
+        server.start()
+        return Emulator(server, root)
+
+    yield start
+    for server in started:
+        server.stop()
