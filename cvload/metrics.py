@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cvload.records import AUDIO_FLAGS, ERROR_KINDS, RequestRecord
+from cvload.records import AUDIO_FLAGS, ERR_CANCELLED, ERROR_KINDS, RequestRecord
 
 PERCENTILES = (50, 90, 95, 99)
 STAT_KEYS = ("p50", "p90", "p95", "p99", "mean", "max", "min", "count")
@@ -123,7 +123,9 @@ def rtf_histogram(rtfs: Sequence[float], edges: Sequence[float] | None = None) -
 
 def summarize(records: Sequence[RequestRecord], *, wall_s: float) -> dict:
     """Run-level aggregates over the measured (non-warmup) records; the ``metrics`` part of summary.json."""
-    measured = [r for r in records if not r.warmup]
+    # Warmup requests and those cut off by the user stopping the run are not measurements.
+    measured = [r for r in records if not r.warmup and r.error_kind != ERR_CANCELLED]
+    cancelled = sum(1 for r in records if r.error_kind == ERR_CANCELLED)
     ok = [r for r in measured if r.ok]
     failed = len(measured) - len(ok)
     errors = {k: 0 for k in ERROR_KINDS}
@@ -138,7 +140,8 @@ def summarize(records: Sequence[RequestRecord], *, wall_s: float) -> dict:
     audio_total = sum(r.audio_s for r in ok)
     slower = sum(1 for v in rtfs if v > 1.0)
     return {
-        "requests": {"total": len(measured), "ok": len(ok), "failed": failed},
+        "requests": {"total": len(measured), "ok": len(ok), "failed": failed, "cancelled": cancelled,
+                     "warmup": sum(1 for r in records if r.warmup)},
         "error_rate": failed / len(measured) if measured else 0.0,
         "errors": errors,
         "audio_flags": flags,

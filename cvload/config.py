@@ -1,0 +1,164 @@
+"""The resolved settings of one run: defaults, then a scenario file, then command-line flags.
+
+One typed model (``RunConfig``) is shared by ``cvload run``, ``cvload tui`` and scenario files: a scenario key is
+a field name, a flag is the same name with dashes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from cvload.errors import UsageError
+
+PROTOCOLS = ("grpc", "http")
+MODES = ("streaming", "offline")
+ARRIVALS = ("poisson", "constant")
+DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
+    """'60s', '2m', '500ms', '1.5' (seconds) -> seconds."""
+    if isinstance(text, int | float) and not isinstance(text, bool):
+        seconds = float(text)
+    else:
+        m = _DURATION.match(str(text))
+        if not m:
+            raise UsageError(f"{what} {text!r} is not a duration", hint="use e.g. 500ms, 30s, 2m or 1h")
+        seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if seconds < 0:
+        raise UsageError(f"{what} {text!r} must not be negative")
+    return seconds
+
+
+@dataclass
+class Warmup:
+    """Requests (count) or seconds excluded from statistics at the start of a run."""
+
+    requests: int = 0
+    seconds: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | int | float | None) -> Warmup:
+        if text is None or text == "" or text == 0:
+            return cls()
+        if isinstance(text, int) and not isinstance(text, bool):
+            return cls(requests=text)
+        s = str(text).strip()
+        if s.isdigit():
+            return cls(requests=int(s))
+        return cls(seconds=parse_duration(s, what="warmup"))
+
+
+@dataclass
+class RunConfig:
+    """Everything a run needs; field names double as scenario keys (TOML) and flags (dashes for underscores)."""
+
+    # Target
+    server: list[str] = field(default_factory=list)  # HOST[:PORT]; several -> round-robin
+    protocol: str = "grpc"
+    mode: str = "streaming"
+    model: str = "cosyvoice2"
+    # Embedded server
+    emulator: bool = False
+    profile: str | None = None
+    profile_set: dict[str, Any] = field(default_factory=dict)
+    # Load shape: closed loop (num_tasks) or open loop (rate)
+    num_tasks: int | None = None
+    rate: float | None = None  # requests per second
+    arrival: str = "poisson"
+    max_inflight: int = 256
+    requests: int | None = None  # stop after this many (measured + warmup)
+    duration: float | None = None  # seconds
+    warmup: str | int | None = None  # N requests or a duration
+    ramp: float | None = None  # seconds over which closed-loop workers start; None = about one request
+    seed: int = 0
+    # Inputs
+    inputs: str | None = None  # manifest (utt|prompt_text|prompt_wav|target_text) or .jsonl; None = built in
+    spk_cache: bool = False  # send target_text only (server's cached speaker)
+    pad_prompt: bool = False  # zero-pad prompts like the upstream client (10 s streaming, 1 s offline)
+    request_timeout: float = 60.0
+    # Results
+    out: str | None = None
+    save_audio: bool = False
+    slo: list[str] = field(default_factory=list)
+    # Telemetry
+    metrics_url: str | None = None
+    telemetry_interval: float = 1.0
+    gpu_source: str = "auto"  # auto | server | nvml | none
+    # Scenario bookkeeping
+    scenario: str | None = None
+    name: str | None = None  # scenario's display name
+
+    def validate(self) -> RunConfig:
+        if self.protocol not in PROTOCOLS:
+            raise UsageError(f"--protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        if self.mode not in MODES:
+            raise UsageError(f"--mode {self.mode!r}: use one of {', '.join(MODES)}")
+        if self.arrival not in ARRIVALS:
+            raise UsageError(f"--arrival {self.arrival!r}: use one of {', '.join(ARRIVALS)}")
+        if self.num_tasks is not None and self.rate is not None:
+            raise UsageError("--num-tasks (closed loop) and --rate (open loop) exclude each other: pick one")
+        if self.num_tasks is not None and self.num_tasks < 1:
+            raise UsageError(f"--num-tasks must be at least 1, got {self.num_tasks}")
+        if self.rate is not None and self.rate <= 0:
+            raise UsageError(f"--rate must be positive, got {self.rate}")
+        if self.max_inflight < 1:
+            raise UsageError(f"--max-inflight must be at least 1, got {self.max_inflight}")
+        if self.requests is not None and self.requests < 1:
+            raise UsageError(f"--requests must be at least 1, got {self.requests}")
+        if self.request_timeout <= 0:
+            raise UsageError(f"--request-timeout must be positive, got {self.request_timeout}")
+        if not self.server and not self.emulator:
+            raise UsageError("no server given", hint="pass --server HOST[:PORT] or --emulator to start the "
+                             "embedded CosyVoice emulator")
+        if self.server and self.emulator:
+            raise UsageError("--server and --emulator exclude each other: the emulator picks its own address")
+        Warmup.parse(self.warmup)
+        return self
+
+    @property
+    def closed_loop(self) -> bool:
+        return self.rate is None
+
+    @property
+    def concurrency(self) -> int:
+        return self.num_tasks if self.num_tasks is not None else 1
+
+    def warmup_spec(self) -> Warmup:
+        return Warmup.parse(self.warmup)
+
+    def addresses(self) -> list[str]:
+        """Servers with the protocol's default port filled in."""
+        out = []
+        for s in self.server:
+            s = s.strip()
+            for prefix in ("http://", "https://", "grpc://"):
+                if s.startswith(prefix):
+                    s = s[len(prefix):]
+            s = s.rstrip("/")
+            if not s:
+                raise UsageError("--server '': expected HOST[:PORT]")
+            if ":" not in s:
+                s = f"{s}:{DEFAULT_PORTS[self.protocol]}"
+            out.append(s)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def merged(self, overrides: dict[str, Any]) -> RunConfig:
+        """A copy with the given (already typed) values replaced; None values are ignored."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
