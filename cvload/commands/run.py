@@ -1,0 +1,145 @@
+"""``cvload run [SCENARIO]``: a headless load test for CI; results folder, summary, objectives, exit code."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from cvload.commands.serve import add_emulator_options, parse_overrides
+from cvload.config import ARRIVALS, MODES, PROTOCOLS, RunConfig, parse_duration
+from cvload.errors import EXIT_INTERRUPTED
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except Exception as exc:  # argparse turns this into a one-line usage error
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by ``run`` and ``tui``; every default is None so a scenario file can supply it."""
+    p.add_argument("scenario", nargs="?", default=None,
+                   help="scenario TOML file or name (smoke, streaming-8, offline-http, open-loop, ci); "
+                        "flags given on the command line override it")
+    g = p.add_argument_group("target")
+    g.add_argument("--server", action="append", default=None, metavar="HOST[:PORT]",
+                   help="server address (repeat to spread requests round-robin); default ports 8001 gRPC, "
+                        "8000 HTTP")
+    g.add_argument("--protocol", choices=PROTOCOLS, default=None, help="grpc (default) or http")
+    g.add_argument("--mode", choices=MODES, default=None,
+                   help="streaming (decoupled model, default) or offline; must match the deployment")
+    g.add_argument("--model", default=None, help="front model name (default cosyvoice2)")
+    add_emulator_options(p)
+    g = p.add_argument_group("load shape")
+    g.add_argument("--num-tasks", type=int, default=None, metavar="N",
+                   help="closed loop: N workers, each sending its next request when the last ends (default 1)")
+    g.add_argument("--rate", type=float, default=None, metavar="R", help="open loop: R requests per second")
+    g.add_argument("--arrival", choices=ARRIVALS, default=None, help="open-loop arrivals (default poisson)")
+    g.add_argument("--max-inflight", type=int, default=None, help="open loop: cap on requests in flight (256)")
+    g.add_argument("--requests", type=int, default=None, metavar="N", help="stop after N requests")
+    g.add_argument("--duration", type=_duration, default=None, metavar="T", help="stop after T (e.g. 60s, 2m)")
+    g.add_argument("--warmup", default=None, metavar="N|T",
+                   help="exclude the first N requests or T (e.g. 10s) from statistics")
+    g.add_argument("--ramp", type=_duration, default=None, metavar="T",
+                   help="spread closed-loop worker starts over T (default 1s; 0 = all at once)")
+    g.add_argument("--seed", type=int, default=None)
+    g = p.add_argument_group("inputs")
+    g.add_argument("--inputs", default=None, metavar="FILE",
+                   help="manifest (utt|prompt_text|prompt_wav|target_text) or .jsonl; default: built-in set")
+    g.add_argument("--spk-cache", action="store_true", default=None,
+                   help="send target_text only (server's cached speaker, use_spk2info_cache)")
+    g.add_argument("--pad-prompt", action="store_true", default=None,
+                   help="zero-pad prompts like the upstream client (10 s streaming, 1 s offline)")
+    g.add_argument("--request-timeout", type=_duration, default=None, metavar="T",
+                   help="fail a request not finished after T (default 60s)")
+    g = p.add_argument_group("results and objectives")
+    g.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/<time>-<mode>)")
+    g.add_argument("--save-audio", action="store_true", default=None, help="write one 24 kHz WAV per request")
+    g.add_argument("--slo", action="append", default=None, metavar="OBJECTIVE",
+                   help='objective, e.g. "first_chunk.p95<300ms", "error_rate<1%%", "rtf.p50<0.5" (repeatable)')
+    g.add_argument("--metrics-url", default=None,
+                   help="Prometheus metrics endpoint to scrape (default the server's :8002/metrics; 'none')")
+    g.add_argument("--telemetry-interval", type=_duration, default=None, metavar="T")
+    g.add_argument("--gpu-source", choices=("auto", "server", "nvml", "none"), default=None)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run", help="run a headless load test (CI): results folder, summary, objectives, exit code",
+        description="Run a load test against a CosyVoice server and write a results folder. Exit codes: 0 all "
+                    "objectives met, 3 an objective failed, 2 bad usage or configuration, 1 runtime failure "
+                    "(server unreachable or died).",
+    )
+    add_run_options(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON instead of a table")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.set_defaults(func=run)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """Defaults < scenario file < flags given on the command line."""
+    config = RunConfig()
+    if args.scenario:
+        from cvload.scenario import load_scenario
+
+        config = config.merged(load_scenario(args.scenario))
+    flags: dict[str, Any] = {}
+    for name in config.to_json():
+        if name in ("scenario", "name", "profile_set"):
+            continue
+        value = getattr(args, name, None)
+        if value is not None:
+            flags[name] = value
+    if getattr(args, "emulator", False):
+        flags["emulator"] = True
+    if getattr(args, "profile_set", None):
+        flags["profile_set"] = {**config.profile_set, **parse_overrides(args.profile_set)}
+    if args.scenario:
+        flags["scenario"] = str(args.scenario)
+    if flags.get("server") and config.emulator and "emulator" not in flags:
+        flags["emulator"] = False  # an explicit --server replaces a scenario's embedded server
+    return config.merged(flags).validate()
+
+
+def run(args: argparse.Namespace) -> int:
+    from cvload.console import ConsoleView
+
+    config = config_from_args(args)
+    view = ConsoleView(json_output=args.json, quiet=args.quiet)
+    return asyncio.run(_run(config, view))
+
+
+async def _run(config: RunConfig, view: Any) -> int:
+    from cvload.session import Session
+
+    session = Session(config)
+    loop = asyncio.get_running_loop()
+    try:
+        view.preparing(config)
+        engine = await session.prepare()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, engine.interrupt)
+        view.attach(session)
+        try:
+            await session.execute()
+        finally:
+            view.detach()
+            summary = await session.finish()
+        view.final(session, summary)
+        if engine.state.interrupted and not engine.records:
+            return EXIT_INTERRUPTED
+        return session.exit_code()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        await session.close()
+        sys.stdout.flush()
+
+
+def print_json(summary: dict[str, Any]) -> None:
+    print(json.dumps(summary, indent=2, default=str))

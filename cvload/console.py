@@ -1,0 +1,152 @@
+"""The headless view of a run: a live progress line on stderr and a final summary table (or JSON) on stdout."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from typing import Any
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from cvload.config import RunConfig
+from cvload.metrics import BY_NAME, REQUEST_METRICS, stats, values
+
+LIVE_WINDOW = 2000  # live percentiles over the latest requests: cheap at any run length
+PLAIN_EVERY_S = 5.0  # without a terminal, one progress line every few seconds
+
+
+def progress_text(session: Any) -> str:
+    engine = session.engine
+    st = engine.state
+    elapsed = time.monotonic() - st.started if st.started else 0.0
+    planned = f"/{st.planned}" if st.planned else ""
+    recent = [r for r in engine.records[-LIVE_WINDOW:] if not r.warmup]
+    first = stats(values(recent, BY_NAME["first_chunk_latency_ms"]))
+    p50 = f"{first['p50']:.0f}" if first["p50"] is not None else "-"
+    p95 = f"{first['p95']:.0f}" if first["p95"] is not None else "-"
+    load = f"{st.concurrency} tasks" if engine.config.closed_loop else f"{st.rate:g} req/s"
+    state = " paused" if st.paused else " stopping" if st.stopping else ""
+    return (f"{elapsed:6.1f}s  done {st.done}{planned}  in flight {engine.inflight.count} ({load})  "
+            f"first chunk p50 {p50} ms p95 {p95} ms  errors {st.failed}{state}")
+
+
+class ConsoleView:
+    def __init__(self, *, json_output: bool = False, quiet: bool = False) -> None:
+        self.json_output = json_output
+        self.quiet = quiet
+        self.err = Console(stderr=True)
+        self.out = Console()
+        self._task: asyncio.Task[None] | None = None
+
+    def preparing(self, config: RunConfig) -> None:
+        if not self.quiet:
+            where = "embedded emulator" if config.emulator else ", ".join(config.server)
+            self.err.print(f"cvload: {config.mode} over {config.protocol} to {where} (model {config.model})",
+                           highlight=False)
+
+    def attach(self, session: Any) -> None:
+        if not self.quiet:
+            self._task = asyncio.create_task(self._refresh(session))
+
+    def detach(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _refresh(self, session: Any) -> None:
+        if self.err.is_terminal:
+            live = Live(Text(""), console=self.err, refresh_per_second=4, transient=True)
+            with live, contextlib.suppress(asyncio.CancelledError):
+                while True:
+                    live.update(Text(progress_text(session)))
+                    await asyncio.sleep(0.25)
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            while True:
+                await asyncio.sleep(PLAIN_EVERY_S)
+                print(progress_text(session), file=sys.stderr, flush=True)
+
+    def final(self, session: Any, summary: dict[str, Any]) -> None:
+        if self.json_output:
+            print(json.dumps(summary, indent=2, default=str), flush=True)
+            return
+        for warning in summary_warnings(summary):
+            self.err.print(f"[yellow]warning:[/] {warning}", highlight=False)
+        self.out.print(summary_table(summary))
+        if summary.get("slo"):
+            self.out.print(slo_table(summary["slo"]))
+        status = summary["status"]
+        if summary.get("abort_reason"):
+            self.err.print(f"[red]run aborted:[/] {summary['abort_reason']}", highlight=False)
+        self.out.print(f"results: {session.out_dir}  ({status})", highlight=False)
+
+
+def summary_warnings(summary: dict[str, Any]) -> list[str]:
+    out = []
+    conc = summary.get("concurrency") or {}
+    requested, achieved = conc.get("requested"), conc.get("achieved_mean")
+    if requested and achieved is not None and achieved < 0.9 * requested:
+        out.append(f"achieved concurrency {achieved:.1f} fell short of the {requested:g} requested "
+                   "(run longer, or the client or server cannot keep that many requests in flight)")
+    for warning in (summary.get("telemetry") or {}).get("warnings", []):
+        out.append(warning)
+    return out
+
+
+def _fmt(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.1f}"
+    return f"{value:.3f}"
+
+
+def summary_table(summary: dict[str, Any]) -> Table:
+    req = summary["requests"]
+    title = (f"{req['ok']} ok, {req['failed']} failed ({summary['error_rate']:.1%})   "
+             f"{summary['throughput']['requests_per_s']:.2f} req/s   "
+             f"{summary['throughput']['audio_s_per_s']:.2f} audio s/s")
+    table = Table(title=title, title_justify="left")
+    table.add_column("metric")
+    for key in ("p50", "p90", "p95", "p99", "mean", "max"):
+        table.add_column(key, justify="right")
+    for metric in REQUEST_METRICS:
+        s = summary["metrics"].get(metric.name) or {}
+        if not s.get("count"):
+            continue
+        unit = f" ({metric.unit})" if metric.unit else ""
+        table.add_row(metric.title + unit, *[_fmt(s.get(k), metric.unit) for k in
+                                             ("p50", "p90", "p95", "p99", "mean", "max")])
+    conc = summary.get("concurrency") or {}
+    extra = []
+    if conc.get("requested") is not None:
+        extra.append(f"concurrency {conc['requested']:g} requested, {conc['achieved_mean']:.2f} achieved "
+                     f"(max {conc['achieved_max']})")
+    if summary.get("run_wall_rtf") is not None:
+        extra.append(f"run wall RTF (upstream 'RTF') {summary['run_wall_rtf']:.3f}")
+    errors = {k: v for k, v in {**summary["errors"], **summary["audio_flags"]}.items() if v}
+    if errors:
+        extra.append("failures: " + ", ".join(f"{k} {v}" for k, v in errors.items()))
+    if extra:
+        table.caption = "   ".join(extra)
+        table.caption_justify = "left"
+    return table
+
+
+def slo_table(verdicts: list[dict[str, Any]]) -> Table:
+    table = Table(title="objectives", title_justify="left")
+    for col in ("objective", "measured", "verdict"):
+        table.add_column(col)
+    colors = {"pass": "green", "fail": "red"}
+    for v in verdicts:
+        measured = v.get("value")
+        shown = "no data" if measured is None else f"{measured:.4g}{v.get('unit') or ''}"
+        color = colors.get(v["verdict"], "yellow")
+        table.add_row(v["objective"], shown, f"[{color}]{v['verdict']}[/]")
+    return table

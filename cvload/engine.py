@@ -1,0 +1,397 @@
+"""The load engine shared by ``run``, ``tui`` and sweeps: schedules requests, times chunks, emits records.
+
+Data flows one way: items -> schedule (closed or open loop) -> target -> ``RequestRecord`` -> listeners (results
+writer, console progress, dashboard). Views only listen and send commands (pause, concurrency, rate, stop); the
+engine imports no view.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from cvload.audio_checks import AudioCheck
+from cvload.config import RunConfig
+from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT, RequestRecord
+from cvload.targets.base import SynthesisRequest, Target, TargetError
+
+DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
+DRAIN_TIMEOUT_S = 5.0  # on stop, how long in-flight requests may finish before they are cancelled
+UPSTREAM_PAD_S = {"streaming": 10.0, "offline": 1.0}  # the upstream client pads prompts to multiples of these
+
+
+class InputItem(Protocol):
+    item_id: str
+    target_text: str
+    prompt_text: str | None
+    prompt_wav: np.ndarray | None
+
+
+class InflightTracker:
+    """Time-weighted count of requests in flight: the concurrency a run really achieved."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.max = 0
+        self._last = time.monotonic()
+        self._area = 0.0
+        self._window_area = 0.0
+        self._window_start: float | None = None
+        self._window_end: float | None = None
+        self._start = self._last
+
+    def _advance(self, now: float) -> None:
+        dt = now - self._last
+        self._area += self.count * dt
+        if self._window_start is not None and self._window_end is None:
+            self._window_area += self.count * (now - max(self._last, self._window_start))
+        self._last = now
+
+    def change(self, delta: int) -> None:
+        self._advance(time.monotonic())
+        self.count += delta
+        if self._window_start is not None and self._window_end is None:
+            self.max = max(self.max, self.count)
+
+    def open_window(self) -> None:
+        """Steady state begins (all workers started): achieved concurrency is measured from here."""
+        now = time.monotonic()
+        self._advance(now)
+        self._window_start = now
+        self.max = max(self.max, self.count)
+
+    def close_window(self) -> None:
+        """Load stops being fully applied (the last request was sent)."""
+        if self._window_start is not None and self._window_end is None:
+            self._advance(time.monotonic())
+            self._window_end = self._last
+
+    def summary(self, requested: float | None) -> dict[str, float | None]:
+        self._advance(time.monotonic())
+        start = self._window_start if self._window_start is not None else self._start
+        end = self._window_end if self._window_end is not None else self._last
+        span = end - start
+        mean = self._window_area / span if self._window_start is not None and span > 0 else None
+        overall = self._area / (self._last - self._start) if self._last > self._start else 0.0
+        return {"requested": requested, "achieved_mean": mean if mean is not None else overall,
+                "achieved_max": self.max, "achieved_mean_overall": overall}
+
+
+@dataclass
+class EngineState:
+    """What views show live; updated by the engine, read by anyone."""
+
+    started: float = 0.0
+    planned: int | None = None
+    sent: int = 0
+    done: int = 0
+    failed: int = 0
+    paused: bool = False
+    stopping: bool = False
+    concurrency: int = 0  # closed loop: workers asked for now
+    rate: float | None = None  # open loop: requests per second now
+    measure_start: float | None = None  # end of warmup
+    last_send: float | None = None
+    aborted: str | None = None  # why the run was cut short by a failure (server died)
+    interrupted: bool = False  # stopped by the user
+
+
+@dataclass
+class RunResult:
+    records: list[RequestRecord]
+    state: EngineState
+    wall_s: float
+    concurrency: dict[str, float | None]
+    audio: dict[int, list[np.ndarray]] = field(default_factory=dict)
+
+
+class Engine:
+    """Drives one run. ``await engine.run()`` returns when the stop condition is met or ``stop()`` was called."""
+
+    def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[InputItem]) -> None:
+        if not targets:
+            raise ValueError("at least one target")
+        if not items:
+            raise ValueError("at least one input item")
+        self.config = config
+        self.targets = list(targets)
+        self.items = list(items)
+        self.listeners: list[Callable[[RequestRecord], None]] = []
+        self.on_measure_start: Callable[[], None] | None = None  # warmup ended (telemetry starts its window)
+        self.state = EngineState(planned=config.requests)
+        self.records: list[RequestRecord] = []
+        self.audio: dict[int, list[np.ndarray]] = {}
+        self.inflight = InflightTracker()
+        self.run_id = uuid.uuid4().hex[:8]
+        self._rng = random.Random(config.seed)
+        self._next_index = 0
+        self._resume = asyncio.Event()
+        self._resume.set()
+        self._stop = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._workers: dict[int, asyncio.Task[None]] = {}
+        self._retire: set[int] = set()
+        self._deadline: float | None = None
+        self._warmup = config.warmup_spec()
+        self._connection_failures = 0
+        self._slots: asyncio.Semaphore | None = None
+        self._rate_changed = asyncio.Event()
+
+    # ---- commands (from views or signal handlers) -----------------------------------------------------------
+    def pause(self) -> None:
+        self.state.paused = True
+        self._resume.clear()
+
+    def resume(self) -> None:
+        self.state.paused = False
+        self._resume.set()
+
+    def stop(self) -> None:
+        """Stop sending; in-flight requests get DRAIN_TIMEOUT_S to finish."""
+        self.state.stopping = True
+        self._stop.set()
+        self._resume.set()
+
+    def interrupt(self) -> None:
+        self.state.interrupted = True
+        self.stop()
+
+    def set_concurrency(self, n: int) -> None:
+        """Closed loop: add workers now, or retire the newest ones after their current request."""
+        n = max(1, int(n))
+        self.state.concurrency = n
+        if self.config.closed_loop and self.state.started and not self._stop.is_set():
+            self._sync_workers(ramp=0.0)
+
+    def set_rate(self, rate: float) -> None:
+        self.state.rate = max(0.01, float(rate))
+        self._rate_changed.set()
+
+    # ---- the run ------------------------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        cfg = self.config
+        self.state.started = time.monotonic()
+        if cfg.duration is not None:
+            self._deadline = self.state.started + cfg.duration
+        if self._warmup.requests == 0 and self._warmup.seconds == 0:
+            self._mark_measure_start(self.state.started)
+        try:
+            if cfg.closed_loop:
+                self.state.concurrency = cfg.concurrency
+                await self._closed_loop()
+            else:
+                self.state.rate = cfg.rate
+                await self._open_loop()
+        finally:
+            self.inflight.close_window()
+            await self._drain()
+        end = max((r.sent + (r.end_offset or 0.0) for r in self.records), default=time.monotonic())
+        start = self.state.measure_start if self.state.measure_start is not None else self.state.started
+        requested = float(self.state.concurrency) if cfg.closed_loop else None
+        return RunResult(self.records, self.state, max(0.0, end - start), self.inflight.summary(requested),
+                         self.audio)
+
+    def _should_send(self) -> bool:
+        if self._stop.is_set():
+            return False
+        if self.config.requests is not None and self._next_index >= self.config.requests:
+            return False
+        if self._deadline is not None and time.monotonic() >= self._deadline:
+            return False
+        return not (self.config.requests is None and self._deadline is None and self._next_index >= len(self.items))
+
+    def _take_index(self) -> int:
+        index = self._next_index
+        self._next_index += 1
+        return index
+
+    async def _wait_stop(self, timeout: float) -> bool:
+        """Sleep up to ``timeout``; True if stop was asked meanwhile."""
+        if timeout <= 0:
+            return self._stop.is_set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout)
+        return self._stop.is_set()
+
+    async def _closed_loop(self) -> None:
+        n = self.state.concurrency
+        ramp = self.config.ramp if self.config.ramp is not None else (DEFAULT_RAMP_S if n > 1 else 0.0)
+        self._sync_workers(ramp=ramp)
+        if await self._wait_stop(ramp) is False:
+            self.inflight.open_window()
+        while self._workers:
+            await asyncio.wait(list(self._workers.values()), return_when=asyncio.FIRST_COMPLETED)
+            self._workers = {k: t for k, t in self._workers.items() if not t.done()}
+        self._stop.set()
+
+    def _sync_workers(self, *, ramp: float) -> None:
+        want = self.state.concurrency
+        active = sorted(k for k in self._workers if k not in self._retire)
+        for k in active[want:]:
+            self._retire.add(k)
+        next_id = max(self._workers, default=-1) + 1
+        missing = want - min(len(active), want)
+        for j in range(missing):
+            delay = ramp * j / max(1, missing)
+            worker_id = next_id + j
+            self._workers[worker_id] = asyncio.create_task(self._worker(worker_id, delay))
+
+    async def _worker(self, worker_id: int, delay: float) -> None:
+        if await self._wait_stop(delay):
+            return
+        while worker_id not in self._retire:
+            if not self._resume.is_set():
+                await self._resume.wait()
+            if not self._should_send():
+                break
+            await self._one(self._take_index(), worker_id, None)
+        self._retire.discard(worker_id)
+        if not self._should_send() and self.state.last_send is not None:
+            self.inflight.close_window()
+
+    async def _open_loop(self) -> None:
+        self._slots = asyncio.Semaphore(self.config.max_inflight)
+        self.inflight.open_window()
+        next_at = time.monotonic()
+        while self._should_send():
+            rate = self.state.rate or 1.0
+            gap = self._rng.expovariate(rate) if self.config.arrival == "poisson" else 1.0 / rate
+            next_at += gap
+            self._rate_changed.clear()
+            if await self._wait_stop(next_at - time.monotonic()):
+                break
+            if not self._resume.is_set():
+                await self._resume.wait()
+                next_at = time.monotonic()  # a pause is not a backlog: do not burst afterwards
+            if not self._should_send():
+                break
+            intended = next_at
+            await self._slots.acquire()  # at max_inflight the wait shows up in the corrected latencies
+            task = asyncio.create_task(self._one(self._take_index(), -1, intended))
+            self._tasks.add(task)
+            task.add_done_callback(self._open_done)
+        self.inflight.close_window()
+
+    def _open_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        assert self._slots is not None
+        self._slots.release()
+
+    async def _drain(self) -> None:
+        pending = [t for t in self._tasks if not t.done()] + [t for t in self._workers.values() if not t.done()]
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=DRAIN_TIMEOUT_S)
+
+    # ---- one request --------------------------------------------------------------------------------------
+    def _request(self, index: int) -> tuple[SynthesisRequest, InputItem]:
+        item = self.items[index % len(self.items)]
+        cfg = self.config
+        wav = None if cfg.spk_cache else item.prompt_wav
+        pad = None
+        if wav is not None and cfg.pad_prompt:
+            step = int(UPSTREAM_PAD_S[cfg.mode] * 16000)
+            pad = max(step, -(-len(wav) // step) * step)
+        request = SynthesisRequest(
+            request_id=f"{self.run_id}-{index}",
+            target_text=item.target_text,
+            reference_text=None if cfg.spk_cache else item.prompt_text,
+            reference_wav=wav,
+            pad_to_samples=pad,
+            item_id=item.item_id,
+        )
+        return request, item
+
+    def _mark_measure_start(self, t: float) -> None:
+        self.state.measure_start = t
+        if self.on_measure_start is not None:
+            self.on_measure_start()
+
+    def _is_warmup(self, index: int, now: float) -> bool:
+        if self._warmup.requests and index < self._warmup.requests:
+            return True
+        return bool(self._warmup.seconds and now < self.state.started + self._warmup.seconds)
+
+    async def _one(self, index: int, worker: int, intended: float | None) -> None:
+        request, item = self._request(index)
+        target = self.targets[index % len(self.targets)]
+        check = AudioCheck()
+        keep_audio = self.config.save_audio
+        chunks_audio: list[np.ndarray] = []
+        record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
+                               server=target.address, text=item.target_text, sent=0.0, intended=intended,
+                               run_start=self.state.started)
+        offsets, samples = record.chunk_offsets, record.chunk_samples
+
+        async def consume() -> None:
+            async for chunk in target.synthesize(request):
+                offsets.append(chunk.t - sent)
+                samples.append(int(chunk.audio.size))
+                record.sample_rate = chunk.sample_rate
+                check.add(chunk.audio)
+                if keep_audio:
+                    chunks_audio.append(chunk.audio)
+
+        self.inflight.change(+1)
+        self.state.sent += 1
+        sent = time.monotonic()
+        record.sent = sent
+        self.state.last_send = sent
+        record.warmup = self._is_warmup(index, sent)
+        if not record.warmup and self.state.measure_start is None:
+            self._mark_measure_start(sent)
+        try:
+            await asyncio.wait_for(consume(), self.config.request_timeout)
+            record.end_offset = time.monotonic() - sent
+            record.flags = check.flags(item.target_text, record.sample_rate)
+        except TargetError as exc:
+            record.end_offset = time.monotonic() - sent
+            record.error_kind, record.error = exc.kind, exc.message
+        except asyncio.TimeoutError:
+            record.end_offset = time.monotonic() - sent
+            record.error_kind = ERR_TIMEOUT
+            record.error = f"no final response within --request-timeout {self.config.request_timeout:g} s"
+        except asyncio.CancelledError:
+            record.end_offset = time.monotonic() - sent
+            record.error_kind, record.error = ERR_CANCELLED, "cancelled when the run stopped"
+            self._finish(record, chunks_audio)
+            raise
+        except Exception as exc:  # noqa: BLE001 - a target bug must cost one request, not the run
+            record.end_offset = time.monotonic() - sent
+            record.error_kind, record.error = ERR_PROTOCOL, f"{type(exc).__name__}: {exc}"
+        self._finish(record, chunks_audio)
+
+    def _finish(self, record: RequestRecord, chunks_audio: list[np.ndarray]) -> None:
+        self.inflight.change(-1)
+        self.records.append(record)
+        self.state.done += 1
+        if not record.ok:
+            self.state.failed += 1
+        if chunks_audio:
+            self.audio[record.index] = chunks_audio
+        self._watch_connection(record)
+        for listener in self.listeners:
+            listener(record)
+
+    def _watch_connection(self, record: RequestRecord) -> None:
+        """A dead server fails every request at once: stop after a run of connection failures and no success."""
+        if record.error_kind == ERR_CONNECTION:
+            self._connection_failures += 1
+            limit = max(5, 2 * (self.state.concurrency or 1))
+            if self._connection_failures >= limit and not self._stop.is_set():
+                self.state.aborted = f"server unreachable: {self._connection_failures} requests in a row " \
+                                     f"failed to connect (last: {record.error})"
+                self.stop()
+        elif record.error_kind is None:
+            self._connection_failures = 0

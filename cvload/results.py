@@ -1,0 +1,129 @@
+"""The results folder: every record on disk as it completes, so a crash, Ctrl-C or dead server loses nothing.
+
+Layout (documented in README.md): config.json, records.jsonl, summary.json, summary.csv, model_config.json,
+server_stats.json, telemetry.jsonl, audio/*.wav (with --save-audio), emulator/ (with --emulator).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvload.errors import UsageError
+from cvload.metrics import REQUEST_METRICS, STAT_KEYS
+from cvload.records import RequestRecord
+
+SUMMARY_SCHEMA = "cvload.summary/1"
+
+
+def default_out_dir(label: str, root: Path = Path("results")) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"{stamp}-{label}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{stamp}-{label}-{n}"
+    return path
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_jsonable, ensure_ascii=False) + "\n")
+    tmp.replace(path)  # a reader never sees half a file
+
+
+class ResultsWriter:
+    """Owns one results folder; ``on_record`` is an engine listener (one flushed line per request)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.dir = Path(out_dir)
+        if (self.dir / "records.jsonl").exists():
+            raise UsageError(f"results folder {self.dir} already holds a run",
+                             hint="choose another --out (or leave it out for a new timestamped folder)")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._records = open(self.dir / "records.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+        except OSError as exc:
+            raise UsageError(f"cannot write results folder {self.dir}: {exc.strerror}",
+                             hint="pass a writable --out folder") from None
+
+    def write_json(self, name: str, data: Any) -> Path:
+        path = self.dir / name
+        write_json(path, data)
+        return path
+
+    def on_record(self, record: RequestRecord) -> None:
+        self._records.write(json.dumps(record.to_json(), default=_jsonable, ensure_ascii=False) + "\n")
+        self._records.flush()
+
+    def write_audio(self, record: RequestRecord, chunks: list[np.ndarray]) -> None:
+        import soundfile
+
+        folder = self.dir / "audio"
+        folder.mkdir(exist_ok=True)
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        safe_item = "".join(c if c.isalnum() or c in "-_" else "_" for c in record.item_id)[:60]
+        soundfile.write(folder / f"{record.index:06d}_{safe_item}.wav", np.clip(audio, -1.0, 1.0),
+                        record.sample_rate, subtype="PCM_16")
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        self.write_json("summary.json", summary)
+        with open(self.dir / "summary.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            keys = [k for k in STAT_KEYS]
+            writer.writerow(["metric", "unit", *keys])
+            for metric in REQUEST_METRICS:
+                stats = summary["metrics"].get(metric.name, {})
+                writer.writerow([metric.name, metric.unit, *[_cell(stats.get(k)) for k in keys]])
+            for key, value in _scalars(summary):
+                writer.writerow([key, "", _cell(value)])
+
+    def close(self) -> None:
+        self._records.close()
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _scalars(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    out = [("requests." + k, v) for k, v in summary["requests"].items()]
+    out.append(("error_rate", summary["error_rate"]))
+    out += [("throughput." + k, v) for k, v in summary["throughput"].items()]
+    out.append(("run_wall_rtf", summary.get("run_wall_rtf")))
+    out += [("concurrency." + k, v) for k, v in summary.get("concurrency", {}).items()]
+    return out
+
+
+def read_records(folder: Path) -> list[RequestRecord]:
+    """Records of a results folder (finished or cut short): for replay and reports."""
+    path = Path(folder) / "records.jsonl"
+    if not path.exists():
+        raise UsageError(f"{folder} is not a cvload results folder (no records.jsonl)")
+    records = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for line_no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(RequestRecord.from_json(json.loads(line)))
+        except (ValueError, TypeError) as exc:
+            if line_no == len(lines):
+                break  # a last line cut by a crash: keep everything before it
+            raise UsageError(f"{path}:{line_no}: unreadable record ({exc})") from None
+    return records

@@ -1,0 +1,211 @@
+"""One measured run from start to results folder, shared by ``cvload run`` and ``cvload tui``.
+
+Prepares everything that can fail before the first request (inputs, objectives, emulator, server, model, mode),
+then runs the engine, then writes the summary and evaluates objectives. Views plug in as engine listeners.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cvload import __version__
+from cvload.config import RunConfig
+from cvload.engine import Engine, RunResult
+from cvload.errors import EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.metrics import summarize
+from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
+from cvload.targets import make_target
+from cvload.targets.base import Target, TargetInfo
+
+
+def _versions() -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {"cvload": __version__, "python": platform.python_version()}
+    for pkg in ("tritonclient", "grpcio", "numpy", "textual"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass
+class Session:
+    config: RunConfig
+    out_dir: Path | None = None
+    writer: ResultsWriter | None = None
+    engine: Engine | None = None
+    targets: list[Target] = field(default_factory=list)
+    infos: list[TargetInfo] = field(default_factory=list)
+    objectives: list[Any] = field(default_factory=list)
+    telemetry: Any = None
+    server: Any = None  # the embedded TritonServer when --emulator
+    stats_before: dict[str, Any] | None = None
+    started_wall: float = 0.0
+    summary: dict[str, Any] | None = None
+    result: RunResult | None = None
+
+    # ---- before the first request --------------------------------------------------------------------------
+    def start_emulator(self) -> None:
+        """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it."""
+        from cvload.commands.serve import parse_overrides
+        from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
+        from server_bootstrap.launcher import TritonServer
+
+        cfg = self.config
+        overrides = cfg.profile_set if isinstance(cfg.profile_set, dict) else parse_overrides(cfg.profile_set)
+        profile = get_profile(cfg.profile or "demo", overrides)
+        root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
+        repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
+        self.server = TritonServer(repo, workdir=root)
+        self.server.start()
+        address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
+        self.config = cfg.merged({"server": [address]})
+        if cfg.metrics_url is None:
+            self.config = self.config.merged({"metrics_url": self.server.metrics_url})
+
+    async def prepare(self) -> Engine:
+        from cvload.inputs import load_items
+        from cvload.slo import parse_objectives
+
+        cfg = self.config.validate()
+        self.objectives = parse_objectives(cfg.slo)  # a misspelled metric fails before any load
+        items = load_items(cfg.inputs, spk_cache=cfg.spk_cache)
+        if not items:
+            raise UsageError(f"no input items in {cfg.inputs or 'the built-in set'}")
+        label = f"{cfg.mode}-{cfg.protocol}" + (f"-{cfg.name}" if cfg.name else "")
+        self.out_dir = Path(cfg.out) if cfg.out else default_out_dir(label)
+        self.writer = ResultsWriter(self.out_dir)
+        if cfg.emulator:
+            await asyncio.get_running_loop().run_in_executor(None, self.start_emulator)
+            cfg = self.config
+        for address in cfg.addresses():
+            self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,
+                                            timeout=cfg.request_timeout))
+        try:
+            self.infos = list(await asyncio.gather(*(t.open() for t in self.targets)))
+        except BaseException:
+            await self.close()
+            raise
+        self.stats_before = await self._statistics()
+        self.started_wall = time.time()
+        self.writer.write_json("config.json", {
+            "config": cfg.to_json(),
+            "versions": _versions(),
+            "servers": [{"address": i.address, "protocol": i.protocol, "mode": i.mode, "model": i.model,
+                         "decoupled": i.decoupled, "server_version": i.server_version} for i in self.infos],
+            "inputs": {"count": len(items), "source": cfg.inputs or "built-in"},
+            "started_at": _iso(self.started_wall),
+        })
+        if self.infos and self.infos[0].model_config:
+            self.writer.write_json("model_config.json", self.infos[0].model_config)
+        self.engine = Engine(cfg, self.targets, items)
+        self.engine.listeners.append(self.writer.on_record)
+        self.telemetry = self._make_telemetry()
+        return self.engine
+
+    def _metrics_url(self) -> str | None:
+        cfg = self.config
+        if cfg.metrics_url:
+            return None if cfg.metrics_url == "none" else cfg.metrics_url
+        host = cfg.addresses()[0].rsplit(":", 1)[0]
+        return f"http://{host}:8002/metrics"  # Triton's default metrics port
+
+    def _make_telemetry(self) -> Any:
+        if self.config.gpu_source == "none" and self.config.metrics_url == "none":
+            return None
+        from cvload.telemetry import Telemetry
+
+        assert self.out_dir is not None
+        return Telemetry(metrics_url=self._metrics_url(), stats_source=self._statistics,
+                         interval=self.config.telemetry_interval, gpu_source=self.config.gpu_source,
+                         out_path=self.out_dir / "telemetry.jsonl")
+
+    async def _statistics(self) -> dict[str, Any] | None:
+        try:
+            return await self.targets[0].statistics() if self.targets else None
+        except Exception:  # noqa: BLE001 - statistics are a bonus, never a failure
+            return None
+
+    # ---- the run -------------------------------------------------------------------------------------------
+    async def execute(self) -> RunResult:
+        assert self.engine is not None
+        if self.telemetry is not None:
+            await self.telemetry.start()
+            self.engine.on_measure_start = self.telemetry.mark_measure_start
+        try:
+            self.result = await self.engine.run()
+        finally:
+            if self.telemetry is not None:
+                await self.telemetry.stop()
+        return self.result
+
+    async def finish(self) -> dict[str, Any]:
+        """Write summary, stats diff and audio; evaluate objectives. Safe to call after a failed run."""
+        from cvload.slo import evaluate
+
+        assert self.writer is not None and self.engine is not None
+        result = self.result
+        records = self.engine.records if result is None else result.records
+        state = self.engine.state
+        wall = result.wall_s if result else 0.0
+        summary: dict[str, Any] = {"schema": SUMMARY_SCHEMA, "cvload_version": __version__}
+        cfg = self.config
+        summary["target"] = {"servers": cfg.addresses(), "protocol": cfg.protocol, "mode": cfg.mode,
+                             "model": cfg.model}
+        summary["load"] = ({"kind": "closed", "num_tasks": cfg.concurrency} if cfg.closed_loop else
+                           {"kind": "open", "rate": cfg.rate, "arrival": cfg.arrival,
+                            "max_inflight": cfg.max_inflight})
+        summary["status"] = "aborted" if state.aborted else "interrupted" if state.interrupted else "completed"
+        summary["abort_reason"] = state.aborted
+        summary["started_at"] = _iso(self.started_wall)
+        summary["finished_at"] = _iso(time.time())
+        summary["wall_s"] = wall
+        summary.update(summarize(records, wall_s=wall))
+        summary["concurrency"] = result.concurrency if result else {}
+        if self.telemetry is not None:
+            summary["telemetry"] = self.telemetry.summary()
+        stats_after = await self._statistics()
+        if self.stats_before is not None and stats_after is not None:
+            from cvload.telemetry import stats_diff
+
+            self.writer.write_json("server_stats.json", {"models": stats_diff(self.stats_before, stats_after)})
+        verdicts = evaluate(self.objectives, summary)
+        summary["slo"] = verdicts
+        summary["slo_passed"] = all(v["verdict"] == "pass" for v in verdicts)
+        self.writer.write_summary(summary)
+        if result and cfg.save_audio:
+            by_index = {r.index: r for r in records}
+            for index, chunks in result.audio.items():
+                self.writer.write_audio(by_index[index], chunks)
+        self.summary = summary
+        return summary
+
+    def exit_code(self) -> int:
+        assert self.summary is not None
+        if self.summary["status"] == "aborted":
+            return EXIT_RUNTIME
+        return EXIT_OK if self.summary["slo_passed"] else EXIT_SLO_FAILED
+
+    async def close(self) -> None:
+        for target in self.targets:
+            with contextlib.suppress(Exception):  # closing a broken connection must not hide the result
+                await target.close()
+        if self.writer is not None:
+            self.writer.close()
+        if self.server is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.server.stop)
+            self.server = None
