@@ -90,7 +90,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         config = config.merged(load_scenario(args.scenario))
     flags: dict[str, Any] = {}
     for name in config.to_json():
-        if name in ("scenario", "name", "profile_set"):
+        if name in ("scenario", "name", "profile_set", "emulator"):
             continue
         value = getattr(args, name, None)
         if value is not None:
