@@ -1,0 +1,75 @@
+"""``cvload tui [SCENARIO]``: the live dashboard over the same run as ``cvload run`` (same options, results
+folder, objectives and exit codes); ``--replay DIR`` reopens a finished run. Without a terminal it runs headless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from cvload.commands.run import _duration, _run, add_run_options, config_from_args
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "tui", help="run a load test with a live latency dashboard (or --replay a results folder)",
+        description="Run a load test with a live dashboard: first/second chunk latency, RTF, throughput, GPU, "
+                    "errors and recent requests. Keys: space pause/resume, +/- concurrency (or rate), s snapshot, "
+                    "r reset the live window, q quit (writes the results folder), ? help. Takes the options of "
+                    "`cvload run` and exits with its codes: 0 all objectives met, 3 an objective failed, 2 bad "
+                    "usage or configuration, 1 runtime failure. Without a terminal it runs headless.",
+    )
+    add_run_options(p)
+    p.add_argument("--replay", default=None, metavar="RESULTS_DIR",
+                   help="open a finished results folder (from `run` or `tui`) in the dashboard instead of running")
+    p.add_argument("--window", type=_duration, default=None, metavar="T",
+                   help="the live window ('now' percentiles) in seconds (default 10s)")
+    p.set_defaults(func=tui)
+
+
+def _is_terminal() -> bool:
+    return sys.stdout.isatty() and sys.stdin.isatty()
+
+
+def tui(args: argparse.Namespace) -> int:
+    from cvload.console import ConsoleView
+
+    if args.replay:
+        return replay(args.replay)
+    config = config_from_args(args)
+    if not _is_terminal():
+        print("cvload tui: not a terminal (stdout or stdin is redirected): running headless, as `cvload run`",
+              file=sys.stderr, flush=True)
+        return asyncio.run(_run(config, ConsoleView()))
+    from cvload.tui.app import DashboardApp
+    from cvload.tui.sources import RunSource
+
+    source = RunSource(config, window_s=args.window)
+    try:
+        DashboardApp(source).run()
+    finally:
+        source.stop()  # the app is gone (q, or it failed): the run still ends as `run` ends it
+        source.wait()
+    code = source.exit_code()  # re-raises what failed in the run (a CvloadError becomes its message)
+    if source.summary is not None:
+        ConsoleView().final(source.session, source.summary)
+    return code
+
+
+def replay(folder: str) -> int:
+    from cvload.console import summary_table
+    from cvload.tui.sources import ReplaySource
+
+    source = ReplaySource(folder)
+    if not _is_terminal():
+        print("cvload tui: not a terminal: printing the replayed run's summary instead", file=sys.stderr)
+        if source.summary is not None:
+            from rich.console import Console
+
+            Console().print(summary_table(source.summary))
+        return 0
+    from cvload.tui.app import DashboardApp
+
+    DashboardApp(source).run()
+    return 0

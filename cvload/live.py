@@ -1,0 +1,304 @@
+"""A live statistics window over finished requests, for any view (the dashboard today, anything tomorrow).
+
+The engine calls ``add`` once per finished request; it only appends to a queue, so a listener never costs the
+measurement more than an append. All folding (metric values, percentiles, histograms, per-second series) happens
+in ``snapshot``, which a view calls on its own timer. Every value comes from ``cvload.metrics``: per-request
+values from its ``REQUEST_METRICS`` definitions, percentiles from ``stats``, the RTF histogram from
+``rtf_histogram``, per-second throughput from ``summarize``. The scopes:
+
+- *run*: every measured request (not warmup, not cancelled), as ``summary.json`` will count them;
+- *now*: measured requests that finished in the last ``window_s`` seconds and after the last ``reset``;
+- *since reset*: what the histograms show (``reset`` empties them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cvload.metrics import BY_NAME, REQUEST_METRICS, rtf_histogram, stats, summarize, values
+from cvload.records import AUDIO_FLAGS, ERR_CANCELLED, ERROR_KINDS, RequestRecord
+
+WINDOW_S = 10.0  # "now": the last seconds of finished requests
+SERIES_S = 120  # per-second series kept for the time-series charts
+HIST_BINS = 12
+LATENCY_METRICS = ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_latency_ms")
+
+
+def finished_at(record: RequestRecord) -> float:
+    """Seconds after the run started at which the request finished (its place on every time axis)."""
+    return record.sent - record.run_start + (record.end_offset or 0.0)
+
+
+def is_measured(record: RequestRecord) -> bool:
+    """The same selection as ``summarize``: warmup and user-cancelled requests are not measurements."""
+    return not record.warmup and record.error_kind != ERR_CANCELLED
+
+
+class _Growable:
+    """An append-only float array (amortised O(1) appends, zero-copy views for numpy)."""
+
+    def __init__(self) -> None:
+        self._data = np.empty(256, dtype=float)
+        self.size = 0
+
+    def append(self, value: float) -> None:
+        if self.size == self._data.size:
+            self._data = np.resize(self._data, self.size * 2)
+        self._data[self.size] = value
+        self.size += 1
+
+    def view(self) -> np.ndarray:
+        return self._data[: self.size]
+
+
+@dataclass
+class Histogram:
+    edges: list[float]
+    counts: list[int]
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.counts))
+
+
+@dataclass
+class MetricView:
+    """One metric as a panel shows it."""
+
+    name: str
+    now: dict[str, float | None]
+    run: dict[str, float | None]
+    histogram: Histogram
+    series: list[float | None]  # p50 per second, oldest first (None: nothing finished that second)
+
+
+@dataclass
+class LiveSnapshot:
+    """What a view draws, computed in one go on the view's timer."""
+
+    elapsed: float
+    window_s: float
+    reset_at: float | None
+    metrics: dict[str, MetricView]
+    rtf_histogram: Histogram  # since reset, from cvload.metrics.rtf_histogram (1.0 is an edge)
+    slower_share_now: float | None
+    slower_share_run: float | None
+    stalls_run: dict[str, float]  # requests with a stall, stall count, stall seconds
+    throughput_series: dict[str, list[float]]  # requests_per_s, audio_s_per_s: one value per whole second
+    seconds: list[int]  # the seconds of the series (run-relative)
+    counts: dict[str, int]
+    errors: dict[str, int]  # error kinds and audio flags over the run (as summary.json)
+    latest_errors: list[tuple[float, str, str]]  # (finished at, kind, message), newest last
+    recent: list[RequestRecord]  # newest last
+    workers_seen: list[int] = field(default_factory=list)
+
+
+class LiveStats:
+    """Thread-safe feed (``add``) from the engine; ``snapshot`` folds and aggregates for a view."""
+
+    def __init__(self, *, window_s: float = WINDOW_S, recent: int = 12, latest_errors: int = 6) -> None:
+        self.window_s = window_s
+        self._pending: deque[RequestRecord] = deque()
+        self._lock = threading.Lock()  # snapshot vs reset (both from the view; add never takes it)
+        self._run = {m.name: _Growable() for m in REQUEST_METRICS}
+        self._window: deque[tuple[float, dict[str, float]]] = deque()
+        self._since_reset: dict[str, list[float]] = {name: [] for name in (*LATENCY_METRICS, "rtf")}
+        self._reset_at: float | None = None
+        self._buckets: dict[int, list[RequestRecord]] = {}  # second -> measured records finished in it
+        self._bucket_p50: dict[int, dict[str, float | None]] = {}
+        self._bucket_tput: dict[int, dict[str, float]] = {}
+        self._latest_second = -1
+        self._recent: deque[RequestRecord] = deque(maxlen=recent)
+        self._latest_errors: deque[tuple[float, str, str]] = deque(maxlen=latest_errors)
+        self._errors = {k: 0 for k in (*ERROR_KINDS, *AUDIO_FLAGS)}
+        self._counts = {"done": 0, "measured": 0, "ok": 0, "failed": 0, "cancelled": 0, "warmup": 0}
+        self._stalled_requests = 0
+        self._workers: set[int] = set()
+        self._last_finish = 0.0
+
+    # ---- feed (engine thread) ----------------------------------------------------------------------------
+    def add(self, record: RequestRecord) -> None:
+        """Engine listener: O(1), no computation (deque.append is atomic)."""
+        self._pending.append(record)
+
+    def extend(self, records: Iterable[RequestRecord]) -> None:
+        self._pending.extend(records)
+
+    def reset(self) -> None:
+        """Start the live window and histograms afresh; the run scope is untouched."""
+        with self._lock:
+            self._fold()
+            self._reset_at = self._last_finish
+            self._window.clear()
+            for bucket in self._since_reset.values():
+                bucket.clear()
+
+    # ---- fold (view thread) ------------------------------------------------------------------------------
+    def _fold(self) -> None:
+        while self._pending:
+            self._fold_one(self._pending.popleft())
+
+    def _fold_one(self, r: RequestRecord) -> None:
+        t = finished_at(r)
+        self._last_finish = max(self._last_finish, t)
+        self._counts["done"] += 1
+        self._recent.append(r)
+        if r.worker >= 0:
+            self._workers.add(r.worker)
+        if not r.ok and r.error_kind != ERR_CANCELLED:
+            self._latest_errors.append((t, r.error_kind or ",".join(r.flags), r.error or ", ".join(r.flags)))
+        if r.warmup:
+            self._counts["warmup"] += 1
+            return
+        if r.error_kind == ERR_CANCELLED:
+            self._counts["cancelled"] += 1
+            return
+        self._counts["measured"] += 1
+        self._counts["ok" if r.ok else "failed"] += 1
+        if r.error_kind:
+            self._errors[r.error_kind] = self._errors.get(r.error_kind, 0) + 1
+        for flag in r.flags:
+            self._errors[flag] = self._errors.get(flag, 0) + 1
+        row: dict[str, float] = {}
+        for metric in REQUEST_METRICS:
+            got = values((r,), metric)  # the metric's own definition, including its ok-only rule
+            if got:
+                row[metric.name] = got[0]
+                self._run[metric.name].append(got[0])
+        if row.get("stall_count", 0) > 0:
+            self._stalled_requests += 1
+        self._window.append((t, row))
+        for name, bucket in self._since_reset.items():
+            if name in row:
+                bucket.append(row[name])
+        second = int(t)
+        self._buckets.setdefault(second, []).append(r)
+        self._bucket_p50.pop(second, None)  # recompute the p50s of a second that gained records
+        self._bucket_tput.pop(second, None)
+        self._latest_second = max(self._latest_second, second)
+        for old in [s for s in self._buckets if s < second - SERIES_S]:
+            del self._buckets[old]
+            self._bucket_p50.pop(old, None)
+            self._bucket_tput.pop(old, None)
+
+    # ---- aggregate ---------------------------------------------------------------------------------------
+    def snapshot(self, elapsed: float | None = None) -> LiveSnapshot:
+        """Fold what arrived and aggregate. ``elapsed``: seconds since the run started (default: last finish)."""
+        with self._lock:
+            self._fold()
+            now_t = self._last_finish if elapsed is None else max(elapsed, self._last_finish)
+            while self._window and self._window[0][0] < now_t - self.window_s:
+                self._window.popleft()
+            window_rows = [row for _, row in self._window]
+            last_second = int(now_t)
+            seconds = list(range(max(0, last_second - SERIES_S + 1), last_second + 1))
+            p50s = [self._p50_row(s) for s in seconds]
+            metrics = {}
+            for name in LATENCY_METRICS + ("rtf",):
+                now_vals = [row[name] for row in window_rows if name in row]
+                metrics[name] = MetricView(
+                    name=name,
+                    now=stats(now_vals),
+                    run=stats(self._run[name].view()),
+                    histogram=_histogram(self._since_reset[name]) if name != "rtf" else Histogram([], []),
+                    series=[row[name] for row in p50s],
+                )
+            rtf_since = self._since_reset["rtf"]
+            hist = rtf_histogram(rtf_since)
+            rtf_now = [row["rtf"] for row in window_rows if "rtf" in row]
+            rtf_run = self._run["rtf"].view()
+            tput = [self._throughput(s, complete=s < last_second) for s in seconds]
+            return LiveSnapshot(
+                elapsed=now_t,
+                window_s=self.window_s,
+                reset_at=self._reset_at,
+                metrics=metrics,
+                rtf_histogram=Histogram(hist["edges"], hist["counts"]),
+                slower_share_now=_share_above(rtf_now, 1.0),
+                slower_share_run=_share_above(rtf_run, 1.0),
+                stalls_run={"requests": float(self._stalled_requests),
+                            "count": float(self._run["stall_count"].view().sum()),
+                            "seconds": float(self._run["stall_s"].view().sum())},
+                throughput_series={k: [t[k] for t in tput] for k in ("requests_per_s", "audio_s_per_s")},
+                seconds=seconds,
+                counts=dict(self._counts),
+                errors=dict(self._errors),
+                latest_errors=list(self._latest_errors),
+                recent=list(self._recent),
+                workers_seen=sorted(self._workers),
+            )
+
+    def run_stats(self) -> dict[str, dict[str, float | None]]:
+        """Every request metric over the run, as ``summary.json``'s ``metrics`` (for live objectives)."""
+        with self._lock:
+            self._fold()
+            return {name: stats(arr.view()) for name, arr in self._run.items()}
+
+    def summary_like(self, wall_s: float) -> dict[str, Any]:
+        """The parts of a summary that objectives read, from live aggregates (cheap at any run length).
+
+        Request counts, error rate and throughput use ``summarize``'s definitions (tests pin the agreement).
+        """
+        metrics = self.run_stats()
+        with self._lock:
+            c = dict(self._counts)
+            audio = float(self._run["audio_s"].view().sum())
+            errors = {k: v for k, v in self._errors.items() if k in ERROR_KINDS}
+            flags = {k: v for k, v in self._errors.items() if k in AUDIO_FLAGS}
+            rtfs = self._run["rtf"].view()
+        return {
+            "requests": {"total": c["measured"], "ok": c["ok"], "failed": c["failed"],
+                         "cancelled": c["cancelled"], "warmup": c["warmup"]},
+            "error_rate": c["failed"] / c["measured"] if c["measured"] else 0.0,
+            "errors": errors,
+            "audio_flags": flags,
+            "metrics": metrics,
+            "slower_than_realtime_share": _share_above(rtfs, 1.0) or 0.0,
+            "throughput": {"requests_per_s": c["ok"] / wall_s if wall_s > 0 else 0.0,
+                           "audio_s_per_s": audio / wall_s if wall_s > 0 else 0.0},
+            "audio_s_total": audio,
+        }
+
+    def _p50_row(self, second: int) -> dict[str, float | None]:
+        cached = self._bucket_p50.get(second)
+        if cached is None:
+            bucket = self._buckets.get(second, [])
+            cached = {n: stats(values(bucket, BY_NAME[n]))["p50"] for n in (*LATENCY_METRICS, "rtf")}
+            if second < self._latest_second:
+                self._bucket_p50[second] = cached
+        return cached
+
+    def _throughput(self, second: int, *, complete: bool) -> dict[str, float]:
+        cached = self._bucket_tput.get(second)
+        if cached is None:
+            bucket = self._buckets.get(second, [])
+            # summarize's own throughput definition over a one-second wall window
+            cached = summarize(bucket, wall_s=1.0)["throughput"] if bucket else {"requests_per_s": 0.0,
+                                                                                  "audio_s_per_s": 0.0}
+            if complete:
+                self._bucket_tput[second] = cached
+        return cached
+
+
+def _share_above(vals: Iterable[float] | np.ndarray, threshold: float) -> float | None:
+    arr = np.asarray(list(vals) if not isinstance(vals, np.ndarray) else vals, dtype=float)
+    return float((arr > threshold).mean()) if arr.size else None
+
+
+def _histogram(vals: list[float], bins: int = HIST_BINS) -> Histogram:
+    """Equal-width bins from the minimum to the 99th percentile; the last bin also holds the tail above."""
+    if not vals:
+        return Histogram([], [])
+    arr = np.asarray(vals, dtype=float)
+    lo, hi = float(arr.min()), float(np.percentile(arr, 99))
+    if hi <= lo:
+        hi = lo + max(1.0, abs(lo) * 0.01)
+    edges = np.linspace(lo, hi, bins + 1)
+    counts, _ = np.histogram(np.clip(arr, lo, hi), bins=edges)
+    return Histogram([float(e) for e in edges], [int(c) for c in counts])

@@ -1,0 +1,179 @@
+"""The dashboard app: draws a source (live run or replay) on a timer and turns keys into engine commands.
+
+Rendering happens only on the refresh timer (``REFRESH_S``), from the aggregates of ``cvload.live``; nothing is
+drawn per request or per chunk, and the engine runs on its own thread (``RunSource``), so the screen cannot delay
+a timestamp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import ClassVar
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding, BindingType
+from textual.containers import Horizontal
+from textual.screen import ModalScreen
+from textual.widgets import Footer, Static
+
+from cvload.tui.panels import (
+    ErrorsPanel,
+    GpuPanel,
+    LatencyPanel,
+    RecentPanel,
+    RtfPanel,
+    StagesPanel,
+    ThroughputPanel,
+    header_text,
+)
+from cvload.tui.sources import RunSource, Source, write_snapshot
+
+REFRESH_S = 0.25  # 4 Hz
+STAGES_WINDOW_S = 10.0
+
+HELP = """\
+[b]cvload dashboard[/b]
+
+[b]space[/b]   pause / resume sending (in-flight requests finish)
+[b]+ / -[/b]   one more / one fewer concurrent stream
+        (open loop: rate x1.25 / ÷1.25)
+[b]s[/b]       snapshot: results so far + SVG screenshot
+        into <results>/snapshots/
+[b]r[/b]       reset the live window ("now" and histograms)
+[b]q[/b]       quit: stop sending, let in-flight requests
+        finish, write the results folder as `cvload run`
+[b]?[/b]       this help (esc closes)
+
+[dim]now[/]  = requests finished in the last {window:g} s (since reset)
+[dim]run[/]  = every measured request, as summary.json counts them
+"""
+
+
+class HelpScreen(ModalScreen[None]):
+    BINDINGS: ClassVar[list[BindingType]] = [Binding("escape,question_mark,q", "dismiss", "close")]
+
+    def __init__(self, window_s: float) -> None:
+        super().__init__()
+        self.window_s = window_s
+
+    def compose(self) -> ComposeResult:
+        yield Static(HELP.format(window=self.window_s), id="help")
+
+
+class DashboardApp(App[int]):
+    """The live dashboard; ``source`` says what to show and takes the commands."""
+
+    CSS_PATH = "dashboard.tcss"
+    TITLE = "cvload"
+    ENABLE_COMMAND_PALETTE = False
+    BINDINGS: ClassVar[list[BindingType]] = [
+        Binding("space", "pause", "pause/resume"),
+        Binding("plus,equals_sign", "load(1)", "+ load", key_display="+"),
+        Binding("minus,underscore", "load(-1)", "- load", key_display="-"),
+        Binding("s", "snapshot", "snapshot"),
+        Binding("r", "reset", "reset window"),
+        Binding("q", "quit_run", "quit"),
+        Binding("ctrl+c", "quit_run", "quit", show=False, priority=True),
+        Binding("question_mark", "help", "help", key_display="?"),
+    ]
+
+    def __init__(self, source: Source, *, refresh_s: float = REFRESH_S, close_when_done: bool = False) -> None:
+        super().__init__()
+        self.source = source
+        self.refresh_s = refresh_s
+        self.close_when_done = close_when_done  # headless drivers (benchmark): exit when the run ends
+        self.frames = 0
+        self._quitting = False
+        self.last_snapshot: Path | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(id="header")
+        with Static(id="body"):
+            yield LatencyPanel("First chunk", "first_chunk_latency_ms", id="first")
+            yield LatencyPanel("Second chunk", "second_chunk_latency_ms", id="second")
+            yield RtfPanel("RTF", id="rtf")
+            yield ThroughputPanel("Throughput", id="throughput")
+            with Horizontal(id="gpu-row"):
+                yield GpuPanel("GPU", id="gpu")
+                yield StagesPanel("Server stages", id="stages")
+            yield ErrorsPanel("Errors", id="errors")
+            yield RecentPanel("Recent requests", id="recent")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        if isinstance(self.source, RunSource):
+            self.source.start()
+        try:
+            loop = asyncio.get_running_loop()
+            loop.add_signal_handler(signal.SIGTERM, self.action_quit_run)
+        except (RuntimeError, NotImplementedError, ValueError):  # not the main thread (tests): no handler
+            pass
+        self.draw()
+        self.set_interval(self.refresh_s, self.draw)
+
+    # ---- drawing (timer only) ----------------------------------------------------------------------------
+    def draw(self) -> None:
+        source = self.source
+        status = source.status()
+        live = source.live
+        snap = live.snapshot(status.elapsed if status.phase != "replay" else None)
+        self.query_one("#header", Static).update(header_text(status, source.target, source.scenario))
+        for panel in self.query(LatencyPanel):
+            panel.show(snap)
+        self.query_one(RtfPanel).show(snap)
+        self.query_one(ThroughputPanel).show(snap)
+        self.query_one(GpuPanel).show(source.telemetry)
+        self.query_one(StagesPanel).show(source.telemetry, STAGES_WINDOW_S)
+        self.query_one(ErrorsPanel).show(snap)
+        self.query_one(RecentPanel).show(snap)
+        self.frames += 1
+        if isinstance(source, RunSource) and source.done and (self._quitting or self.close_when_done
+                                                              or source.error is not None):
+            self.exit(0)
+
+    # ---- keys --------------------------------------------------------------------------------------------
+    def action_pause(self) -> None:
+        self._say(self.source.toggle_pause())
+
+    def action_load(self, direction: int) -> None:
+        self._say(self.source.change_load(direction))
+
+    def action_reset(self) -> None:
+        self.source.live.reset()
+        self.draw()
+        self.notify("live window reset", timeout=2)
+
+    def action_snapshot(self) -> None:
+        if self.source.out_dir is None:
+            self.notify("nothing to snapshot yet (the run has not started)", severity="warning")
+            return
+        self.draw()
+        try:
+            folder = write_snapshot(self.source, self.export_screenshot())
+        except OSError as exc:
+            self.notify(f"snapshot failed: {exc}", severity="error")
+            return
+        self.last_snapshot = folder
+        self.notify(f"snapshot saved: {folder}", timeout=4)
+
+    def action_help(self) -> None:
+        self.push_screen(HelpScreen(self.source.live.window_s))
+
+    def action_quit_run(self) -> None:
+        """Quit gracefully: a live run stops sending, drains and writes its results; then the app exits."""
+        if not isinstance(self.source, RunSource) or self.source.done:
+            self.exit(0)
+            return
+        if not self._quitting:
+            self._quitting = True
+            self.source.stop()
+            self.notify("stopping: waiting for in-flight requests, then writing the results folder",
+                        timeout=10)
+
+    def _say(self, message: str | None) -> None:
+        if message:
+            self.notify(message, timeout=2)
+        elif not self.source.controllable:
+            self.notify("replay: the run is over, nothing to control", severity="warning", timeout=2)

@@ -1,0 +1,306 @@
+"""The dashboard's panels: each draws one part of a ``LiveSnapshot`` (or the telemetry) as Rich text.
+
+Panels only format numbers computed elsewhere (``cvload.live`` from ``cvload.metrics``; telemetry from
+``cvload.telemetry``); they never compute a metric of their own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.text import Text
+from textual.widgets import Static
+
+from cvload.live import LiveSnapshot, MetricView, finished_at
+from cvload.metrics import BY_NAME, values
+from cvload.tui.charts import bar, fmt_ms, fmt_num, fmt_share, sparkline
+from cvload.tui.sources import Status
+
+PHASE_STYLES = {"running": "bold black on green", "paused": "bold black on yellow",
+                "stopping": "bold black on yellow", "finishing": "bold black on yellow",
+                "starting": "bold black on cyan", "finished": "bold white on blue", "failed": "bold white on red",
+                "replay": "bold white on magenta"}
+VERDICT_MARKS = {"pass": ("✓", "green"), "fail": ("✗", "bold red"), "no_data": ("?", "yellow")}
+STAT_COLUMNS = ("p50", "p90", "p99", "max")
+
+
+class Panel(Static):
+    """A bordered panel whose border title is its name (the names users and tests look for)."""
+
+    def __init__(self, title: str, **kwargs: Any) -> None:
+        super().__init__("", **kwargs)
+        self.border_title = title
+
+    @property
+    def width(self) -> int:
+        return max(16, self.content_size.width or 40)
+
+
+# ---- header ----------------------------------------------------------------------------------------------------
+def header_text(status: Status, target: str, scenario: str | None) -> Text:
+    text = Text()
+    text.append(f" {status.phase.upper()} ", style=PHASE_STYLES.get(status.phase, "reverse"))
+    text.append("  cvload ", style="bold")
+    text.append(target)
+    if scenario:
+        text.append(f"   scenario {scenario}", style="dim")
+    text.append("\n")
+    planned = f"/{status.planned}" if status.planned else ""
+    text.append(f" elapsed {status.elapsed:6.1f}s   done {status.done}{planned}   in flight {status.inflight}   "
+                f"{status.load}")
+    if status.objectives:
+        text.append("   objectives ")
+        for v in status.objectives:
+            mark, style = VERDICT_MARKS.get(v.get("verdict", ""), ("·", "dim"))
+            text.append(f"{v.get('objective', '?')} ", style=style)
+            text.append(f"{mark}  ", style=style)
+    if status.message:
+        text.append("\n ")
+        text.append(status.message, style="italic")
+    return text
+
+
+# ---- latency -----------------------------------------------------------------------------------------------------
+def stats_lines(view: MetricView, unit: str) -> Text:
+    """A small now/run table as plain text (Rich tables cost too much to lay out four times a second)."""
+    fmt = fmt_ms if unit == "ms" else fmt_num
+    head = "    " + "".join(f"{k:>8}" for k in STAT_COLUMNS) + f"{'n':>7}" + (f"  {unit}" if unit else "")
+    text = Text(head, style="dim")
+    for label, s in (("now", view.now), ("run", view.run)):
+        text.append("\n")
+        text.append(f"{label:<4}", style="bold")
+        text.append("".join(f"{fmt(s.get(k)):>8}" for k in STAT_COLUMNS))
+        text.append(f"{s.get('count') or 0:>7}", style="dim")
+    return text
+
+
+def histogram_lines(edges: list[float], counts: list[int], width: int, *, unit: str) -> Text:
+    text = Text()
+    if not counts or not sum(counts):
+        text.append("no data yet", style="dim")
+        return text
+    peak = max(counts)
+    fmt = fmt_ms if unit == "ms" else fmt_num
+    labels = [f"{fmt(lo)}-{fmt(hi)}" for lo, hi in zip(edges[:-1], edges[1:])]
+    label_w = max(len(s) for s in labels)
+    count_w = len(str(peak))
+    bar_w = max(4, width - label_w - count_w - 3)
+    for i, (label, count) in enumerate(zip(labels, counts)):
+        if i:
+            text.append("\n")
+        text.append(label.rjust(label_w), style="dim")
+        text.append(" ")
+        text.append(bar(count, peak, bar_w).ljust(bar_w), style="cyan")
+        text.append(" " + str(count).rjust(count_w))
+    return text
+
+
+class LatencyPanel(Panel):
+    """p50/p90/p99 now and over the run, the histogram since the last reset, p50 per second."""
+
+    def __init__(self, title: str, metric: str, **kwargs: Any) -> None:
+        super().__init__(title, **kwargs)
+        self.metric = metric
+
+    def show(self, snap: LiveSnapshot) -> None:
+        view = snap.metrics[self.metric]
+        unit = BY_NAME[self.metric].unit
+        w = self.width
+        series = Text("p50/s ", style="dim")
+        series.append_text(sparkline(view.series, w - 6))
+        self.update(Group(stats_lines(view, unit),
+                          histogram_lines(view.histogram.edges, view.histogram.counts, w, unit=unit),
+                          series))
+
+
+# ---- RTF ---------------------------------------------------------------------------------------------------------
+def rtf_lines(edges: list[float], counts: list[int], width: int) -> Text:
+    """The RTF histogram with the real-time line (RTF 1.0) drawn where it falls; bins above it in red."""
+    text = Text()
+    if not counts or not sum(counts):
+        text.append("no data yet", style="dim")
+        return text
+    nonzero = [i for i, c in enumerate(counts) if c]
+    realtime = edges.index(1.0) if 1.0 in edges else len(counts)
+    first = max(0, min(nonzero[0], realtime) - 1 if nonzero[0] > 0 else 0)
+    last = max(nonzero[-1], realtime - 1)
+    peak = max(counts)
+    labels = {i: f"{edges[i]:g}-{edges[i + 1]:g}" for i in range(first, last + 1)}
+    label_w = max(len(s) for s in labels.values())
+    count_w = len(str(peak))
+    bar_w = max(4, width - label_w - count_w - 3)
+    lines = []
+    for i in range(first, last + 1):
+        if i == realtime:
+            lines.append(Text("─" * max(0, (width - 18) // 2) + " real time 1.0 " +
+                              "─" * max(0, (width - 18) // 2), style="bold red"))
+        line = Text(labels[i].rjust(label_w), style="dim")
+        line.append(" ")
+        line.append(bar(counts[i], peak, bar_w).ljust(bar_w), style="red" if i >= realtime else "green")
+        line.append(" " + str(counts[i]).rjust(count_w))
+        lines.append(line)
+    if realtime > last:
+        lines.append(Text("─" * max(0, (width - 18) // 2) + " real time 1.0 " + "─" * max(0, (width - 18) // 2),
+                          style="bold red"))
+    return Text("\n").join(lines)
+
+
+class RtfPanel(Panel):
+    def show(self, snap: LiveSnapshot) -> None:
+        view = snap.metrics["rtf"]
+        w = self.width
+        stalls = snap.stalls_run
+        info = Text()
+        info.append("slower than real time ")
+        info.append(f"now {fmt_share(snap.slower_share_now)}  run {fmt_share(snap.slower_share_run)}",
+                    style="bold red" if (snap.slower_share_now or 0) > 0 else "bold")
+        info.append("\nplayback stalls ")
+        info.append(f"{stalls['count']:.0f} in {stalls['requests']:.0f} requests, {stalls['seconds']:.2f} s",
+                    style="bold yellow" if stalls["count"] else "bold")
+        self.update(Group(stats_lines(view, ""), info, rtf_lines(snap.rtf_histogram.edges,
+                                                                 snap.rtf_histogram.counts, w)))
+
+
+# ---- throughput --------------------------------------------------------------------------------------------------
+class ThroughputPanel(Panel):
+    def show(self, snap: LiveSnapshot) -> None:
+        w = self.width
+        out = []
+        complete = -2 if len(snap.seconds) > 1 else -1  # the running second is still filling
+        for key, label, fmt in (("requests_per_s", "requests/s", "{:.1f}"), ("audio_s_per_s", "audio s/s",
+                                                                             "{:.2f}")):
+            series = snap.throughput_series[key]
+            last = series[complete] if series else 0.0
+            peak = max(series) if series else 0.0
+            head = Text(f"{label:<11}", style="bold")
+            head.append(f"last {fmt.format(last)}  peak {fmt.format(peak)}")
+            out += [head, sparkline(series[:-1] if len(series) > 1 else series, w, style="green")]
+        c = snap.counts
+        out.append(Text(f"done {c['done']}  ok {c['ok']}  failed {c['failed']}  warmup {c['warmup']}  "
+                        f"cancelled {c['cancelled']}", style="dim"))
+        self.update(Group(*out))
+
+
+# ---- GPU and server stages ---------------------------------------------------------------------------------------
+def _series(telemetry: Any) -> dict[str, list[tuple[float, float]]]:
+    try:
+        return telemetry.series()
+    except RuntimeError:  # the sampler added a series while we copied: next tick
+        return {}
+
+
+def gpu_renderable(telemetry: Any, width: int) -> RenderableType:
+    no_gpu = Text("no GPU metrics from this server", style="bold yellow")
+    if telemetry is None:
+        return Group(no_gpu, Text("(telemetry off)", style="dim"))
+    series = _series(telemetry)
+    devices: dict[str, dict[str, list[float]]] = {}
+    for name, points in series.items():
+        if name.startswith("gpu.devices."):
+            uuid, _, fld = name[len("gpu.devices."):].rpartition(".")
+            devices.setdefault(uuid, {})[fld] = [v for _, v in points]
+    warnings = list(getattr(telemetry, "warnings", []) or [])
+    if not devices:
+        lines = [no_gpu]
+        lines += [Text(w, style="dim") for w in warnings[-2:]]
+        return Group(*lines)
+    spark_w = max(6, width - 30)
+    out = []
+    for i, (uuid, fields) in enumerate(sorted(devices.items())):
+        out.append(Text(f"GPU{i} {uuid[:16]}", style="bold"))
+        util = fields.get("util", [])
+        line = Text(" util  ")
+        line.append_text(sparkline([u * 100 for u in util], spark_w, style="green"))
+        line.append(f" {util[-1]:6.1%}" if util else "      -")
+        out.append(line)
+        used, total = fields.get("mem_used_bytes", []), fields.get("mem_total_bytes", [])
+        line = Text(" mem   ")
+        line.append_text(sparkline(used, spark_w, style="magenta"))
+        line.append(f" {used[-1] / 2**30:.1f}" + (f"/{total[-1] / 2**30:.0f} GiB" if total else " GiB")
+                    if used else "      -")
+        out.append(line)
+        power = fields.get("power_w", [])
+        line = Text(" power ")
+        line.append_text(sparkline(power, spark_w, style="yellow"))
+        line.append(f" {power[-1]:.0f} W" if power else "      -")
+        out.append(line)
+    return Group(*out)
+
+
+def stages_renderable(telemetry: Any, window_s: float) -> RenderableType:
+    rows: list[dict[str, Any]] = []
+    if telemetry is not None:
+        try:
+            rows = telemetry.stage_breakdown(window_s)
+        except Exception:  # noqa: BLE001 - a live view never fails on telemetry
+            rows = []
+    if not rows:
+        return Text("no per-model statistics yet", style="dim")
+    text = Text(f"mean ms per request, last {window_s:g} s\n", style="dim")
+    text.append(f"{'model':<18}{'n':>6}{'queue':>8}{'infer':>8}{'request':>9}{'busy':>7}", style="bold")
+    for r in rows:
+        text.append(f"\n{str(r.get('model'))[:18]:<18}{r.get('count') or 0:>6}{fmt_ms(r.get('queue_ms')):>8}"
+                    f"{fmt_ms(r.get('compute_infer_ms')):>8}{fmt_ms(r.get('request_ms')):>9}"
+                    f"{fmt_share(r.get('busy_share')):>7}")
+    return text
+
+
+class GpuPanel(Panel):
+    def show(self, telemetry: Any) -> None:
+        self.update(gpu_renderable(telemetry, self.width))
+
+
+class StagesPanel(Panel):
+    def show(self, telemetry: Any, window_s: float) -> None:
+        self.update(stages_renderable(telemetry, window_s))
+
+
+# ---- errors and recent requests ----------------------------------------------------------------------------------
+class ErrorsPanel(Panel):
+    def show(self, snap: LiveSnapshot) -> None:
+        c = snap.counts
+        rate = c["failed"] / c["measured"] if c["measured"] else 0.0
+        head = Text(f"failed {c['failed']} of {c['measured']} ({rate:.1%})",
+                    style="bold red" if c["failed"] else "bold green")
+        kinds = {k: v for k, v in snap.errors.items() if v}
+        body = Text("  ".join(f"{k} {v}" for k, v in kinds.items()) if kinds else "no errors",
+                    style="red" if kinds else "dim")
+        latest = Text()
+        w = self.width
+        for i, (t, kind, message) in enumerate(reversed(snap.latest_errors)):
+            if i:
+                latest.append("\n")
+            line = f"{t:7.1f}s {kind}: {message}"
+            latest.append(line[: w], style="dim")
+        self.update(Group(head, body, latest))
+
+
+RECENT_COLUMNS = (("#", 6), ("worker", 6), ("done at", 8), ("first ms", 9), ("second ms", 10),
+                  ("total ms", 9), ("RTF", 7), ("audio s", 8), ("chunks", 7))
+
+
+def recent_lines(snap: LiveSnapshot, rows: int) -> Text:
+    text = Text("".join(f"{name:>{w}}" for name, w in RECENT_COLUMNS) + "  status", style="bold")
+    metric = {n: BY_NAME[n] for n in ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_latency_ms",
+                                      "rtf")}
+    widths = [w for _, w in RECENT_COLUMNS]
+    for r in list(reversed(snap.recent))[:rows]:
+        vals = {n: (values((r,), m) or [None])[0] for n, m in metric.items()}
+        status = "ok" if r.ok else (r.error_kind or ",".join(r.flags))
+        if r.warmup:
+            status += " (warmup)"
+        cells = (str(r.index), str(r.worker) if r.worker >= 0 else "-", f"{finished_at(r):.1f}s",
+                 fmt_ms(vals["first_chunk_latency_ms"]), fmt_ms(vals["second_chunk_latency_ms"]),
+                 fmt_ms(vals["total_latency_ms"]), fmt_num(vals["rtf"]), f"{r.audio_s:.2f}",
+                 str(len(r.chunk_offsets)))
+        text.append("\n")
+        text.append("".join(f"{c:>{w}}" for c, w in zip(cells, widths)) + "  " + status,
+                    style="" if r.ok else "red")
+    return text
+
+
+class RecentPanel(Panel):
+    def show(self, snap: LiveSnapshot) -> None:
+        rows = max(1, (self.content_size.height or 8) - 1)
+        self.update(recent_lines(snap, rows))
