@@ -20,12 +20,12 @@ import numpy as np
 
 from cvload.audio_checks import AudioCheck
 from cvload.config import RunConfig
+from cvload.inputs import padded_length
 from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT, RequestRecord
 from cvload.targets.base import SynthesisRequest, Target, TargetError
 
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
 DRAIN_TIMEOUT_S = 5.0  # on stop, how long in-flight requests may finish before they are cancelled
-UPSTREAM_PAD_S = {"streaming": 10.0, "offline": 1.0}  # the upstream client pads prompts to multiples of these
 
 
 class InputItem(Protocol):
@@ -301,8 +301,7 @@ class Engine:
         wav = None if cfg.spk_cache else item.prompt_wav
         pad = None
         if wav is not None and cfg.pad_prompt:
-            step = int(UPSTREAM_PAD_S[cfg.mode] * 16000)
-            pad = max(step, -(-len(wav) // step) * step)
+            pad = padded_length(len(wav), cfg.mode, prompt_text=item.prompt_text, target_text=item.target_text)
         request = SynthesisRequest(
             request_id=f"{self.run_id}-{index}",
             target_text=item.target_text,
