@@ -118,11 +118,12 @@ class Session:
         return self.engine
 
     def _metrics_url(self) -> str | None:
+        from cvload.telemetry import default_metrics_url, normalize_metrics_url
+
         cfg = self.config
         if cfg.metrics_url:
-            return None if cfg.metrics_url == "none" else cfg.metrics_url
-        host = cfg.addresses()[0].rsplit(":", 1)[0]
-        return f"http://{host}:8002/metrics"  # Triton's default metrics port
+            return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
+        return default_metrics_url(cfg.addresses()[0])
 
     def _make_telemetry(self) -> Any:
         if self.config.gpu_source == "none" and self.config.metrics_url == "none":
