@@ -1,0 +1,253 @@
+"""``cvload bootstrap plan|up|status|logs|down|doctor`` (also ``python -m server_bootstrap``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from cvload.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, CvloadError, UsageError
+from server_bootstrap.config import TARGETS, DeploymentConfig, config_from_dict, load_config, parse_gpus
+from server_bootstrap.layout import Layout, resolve_workdir
+from server_bootstrap.state import State
+
+DESCRIPTION = (
+    "Bring a GPU machine from nothing to a served, smoke-tested CosyVoice on Triton + TensorRT-LLM, in 7 resumable "
+    "stages (preflight, source, download, build, repo, launch, smoke). `--target emulator` runs the same flow with "
+    "the CosyVoice emulator model on any machine (no GPU needed). Exit codes: 0 ok, 1 a stage or check failed, "
+    "2 bad config or flags, 130 interrupted."
+)
+
+
+def _common(p: argparse.ArgumentParser, *, deploy: bool = True) -> None:
+    p.add_argument("--config", type=Path, default=None, metavar="FILE", help="deployment config (TOML)")
+    p.add_argument("--target", choices=TARGETS, default=None,
+                   help="trtllm (default: the real deployment) or emulator (CPU, no GPU needed)")
+    p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
+                   help="where checkpoints, engines, logs and the state file live (default: the config's "
+                        "workdir, else ~/.cache/cvload/bootstrap)")
+    if deploy:
+        p.add_argument("--gpus", default=None, metavar="0,1",
+                       help="one server per GPU (per tp*pp GPUs), on ports shifted by [server] port_stride")
+        p.add_argument("--docker", action="store_true", default=None,
+                       help="serve (and build) in NVIDIA's Triton TRT-LLM image through docker compose")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the bootstrap subcommands to ``parser`` (``cvload bootstrap`` or ``python -m server_bootstrap``)."""
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    sub.required = True
+    p = sub.add_parser("plan", help="print every stage, its exact commands and whether it is done; runs nothing")
+    _common(p)
+    p.set_defaults(func=cmd_plan)
+    p = sub.add_parser("up", help="run the stages that are not done; leaves the server(s) running")
+    _common(p)
+    p.add_argument("--progress-every", type=float, default=10.0, metavar="S",
+                   help="seconds between progress lines of long stages (default 10)")
+    p.set_defaults(func=cmd_up)
+    p = sub.add_parser("status", help="stages done, servers running and their endpoints (exit 1 if not ready)")
+    _common(p, deploy=False)
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("logs", help="show a stage's or a server's log")
+    _common(p, deploy=False)
+    p.add_argument("what", nargs="?", default=None, help="a stage name, 'server' (all servers) or serverN; "
+                   "default: list the logs and tail the servers'")
+    p.add_argument("-n", "--lines", type=int, default=40, help="lines from the end (default 40)")
+    p.add_argument("--path", action="store_true", help="print the log paths only")
+    p.set_defaults(func=cmd_logs)
+    p = sub.add_parser("down", help="stop the server(s); built artifacts stay")
+    _common(p, deploy=False)
+    p.set_defaults(func=cmd_down)
+    p = sub.add_parser("doctor", help="diagnose a running deployment: ports, health, models, mode, GPU memory")
+    _common(p, deploy=False)
+    p.add_argument("--server", default=None, metavar="HOST[:HTTP_PORT]",
+                   help="diagnose this server instead of the recorded deployment (gRPC and metrics on the next "
+                        "two ports unless given)")
+    p.add_argument("--grpc-port", type=int, default=None)
+    p.add_argument("--metrics-port", type=int, default=None)
+    p.add_argument("--mode", choices=("streaming", "offline"), default=None,
+                   help="how clients will call the front model (default: the deployment's mode, else streaming)")
+    p.add_argument("--model", default=None, help="front model name (default: the deployment's, else cosyvoice2)")
+    p.set_defaults(func=cmd_doctor)
+
+
+# ---- resolving config, workdir and state ---------------------------------------------------------------------
+def _deploy_config(args: argparse.Namespace) -> tuple[DeploymentConfig, Layout]:
+    overrides = {
+        "target": args.target,
+        "workdir": str(args.workdir) if args.workdir else None,
+        "server.gpus": parse_gpus(args.gpus) if getattr(args, "gpus", None) else None,
+        "docker.enabled": True if getattr(args, "docker", None) else None,
+    }
+    config = load_config(args.config, overrides)
+    return config, Layout(resolve_workdir(args.workdir, config), config)
+
+
+def _recorded(args: argparse.Namespace, *, required: bool = True) -> tuple[DeploymentConfig | None, Layout | None,
+                                                                          State | None]:
+    """Config and state of an existing deployment: --config if given, else the one the state file recorded."""
+    config = None
+    if args.config is not None:
+        config, layout = _deploy_config(args)
+        workdir = layout.workdir
+    else:
+        workdir = resolve_workdir(args.workdir)
+    state = State.load(workdir / "bootstrap-state.json")
+    if config is None and state.config:
+        saved = dict(state.config)
+        if args.target:
+            saved["target"] = args.target
+        config = config_from_dict(saved, f"{workdir}/bootstrap-state.json")
+    if config is None:
+        if required:
+            raise UsageError(f"no deployment recorded in {workdir}",
+                             hint="run `cvload bootstrap up` first, or pass the --workdir / --config it used")
+        return None, None, state
+    return config, Layout(workdir, config), state
+
+
+# ---- actions -------------------------------------------------------------------------------------------------
+def cmd_plan(args: argparse.Namespace) -> int:
+    from server_bootstrap import pipeline
+
+    config, layout = _deploy_config(args)
+    ctx = pipeline.context(config, layout, sys.stdout)
+    print(pipeline.plan(ctx))
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from server_bootstrap import pipeline, servers
+    from server_bootstrap.state import workdir_lock
+
+    config, layout = _deploy_config(args)
+    if args.progress_every <= 0:
+        raise UsageError("--progress-every must be positive")
+    with workdir_lock(layout.workdir):
+        ctx = pipeline.context(config, layout, sys.stdout)
+        ctx.progress_every = args.progress_every
+        print(f"cvload bootstrap up: target {config.target}, mode {config.mode}, workdir {layout.workdir}",
+              flush=True)
+        records = pipeline.up(ctx)
+    print(f"endpoints: {servers.endpoints_line(records)}")
+    print(f"try: {servers.run_hint(records, config.mode)}")
+    print("stop with: cvload bootstrap down" + (f" --workdir {layout.workdir}" if args.workdir else ""))
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from server_bootstrap import pipeline
+
+    config, layout, state = _recorded(args)
+    assert config is not None and layout is not None and state is not None
+    text, ready = pipeline.status(pipeline.context(config, layout, sys.stdout, state=state))
+    print(text)
+    return 0 if ready else EXIT_RUNTIME
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from server_bootstrap.process import human_size, tail
+
+    config, layout, state = _recorded(args)
+    assert layout is not None and state is not None
+    logs: dict[str, Path] = {}
+    if layout.logs.is_dir():
+        for path in sorted(layout.logs.glob("*.log")):
+            logs[path.stem] = path
+    for rec in state.servers:
+        logs[f"server{rec.index}"] = Path(rec.log)
+    if not logs:
+        raise UsageError(f"no logs in {layout.logs} yet", hint="cvload bootstrap up writes them")
+    if args.what is None:
+        chosen = [n for n in logs if n.startswith("server")]
+        for name, path in logs.items():
+            size = human_size(path.stat().st_size) if path.exists() else "missing"
+            print(f"{name:<10} {size:>10}  {path}")
+    elif args.what == "server":
+        chosen = [n for n in logs if n.startswith("server")]
+    elif args.what in logs:
+        chosen = [args.what]
+    else:
+        raise UsageError(f"no log named {args.what!r}", hint="available: " + ", ".join(logs) + " (or 'server')")
+    if args.path:
+        for name in chosen:
+            print(logs[name])
+        return 0
+    for name in chosen:
+        print(f"==> {logs[name]} (last {args.lines} lines) <==")
+        print(tail(logs[name], args.lines))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from server_bootstrap import pipeline
+    from server_bootstrap.state import workdir_lock
+
+    config, layout, state = _recorded(args)
+    assert config is not None and layout is not None and state is not None
+    with workdir_lock(layout.workdir):
+        state = State.load(layout.state_path)  # re-read under the lock
+        count = pipeline.down(pipeline.context(config, layout, sys.stdout, state=state))
+    print(f"stopped {count} server(s)" if count else "nothing was running")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from server_bootstrap import doctor
+
+    config, _layout, state = _recorded(args, required=args.server is None)
+    expect = doctor.Expectations()
+    if config is not None:
+        expect = doctor.Expectations(model=config.model.name, mode=config.mode, target=config.target,
+                                     max_batch_size=config.triton.max_batch_size,
+                                     bls_instances=config.triton.bls_instances,
+                                     token2wav_instances=config.triton.token2wav_instances,
+                                     use_spk2info_cache=config.triton.use_spk2info_cache)
+    if args.mode:
+        expect.mode = args.mode
+    if args.model:
+        expect.model = args.model
+    if args.server:
+        ep = doctor.parse_server(args.server)
+        ep.grpc_port = args.grpc_port or ep.grpc_port
+        ep.metrics_port = args.metrics_port or ep.metrics_port
+        if config is None or args.config is None:
+            expect.target = None  # an arbitrary server: no deployment to compare against
+        endpoints = [(f"server {ep.host}:{ep.http_port}", ep)]
+    else:
+        assert state is not None
+        if not state.servers:
+            raise UsageError("no server recorded in this deployment (it is down)",
+                             hint="cvload bootstrap up, or pass --server HOST[:HTTP_PORT]")
+        endpoints = [(f"server {r.index} ({r.http})", doctor.Endpoint(
+            r.client_host, r.http_port, r.grpc_port, r.metrics_port, pid=r.pid, start_time=r.start_time,
+            log=Path(r.log))) for r in state.servers]
+    failed = 0
+    for title, ep in endpoints:
+        findings = doctor.diagnose(ep, expect)
+        print(doctor.format_findings(f"doctor: {title}, model {expect.model}, intended mode {expect.mode}", findings))
+        failed += sum(f.status == "FAIL" for f in findings)
+    print(f"{failed} check(s) failed" if failed else "all checks passed")
+    return EXIT_RUNTIME if failed else 0
+
+
+# ---- entry point ---------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _Parser(prog="python -m server_bootstrap", description=DESCRIPTION)
+    configure(parser)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CvloadError as exc:
+        print(f"cvload bootstrap: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("cvload bootstrap: interrupted (the stage will be redone by the next up)", file=sys.stderr)
+        return EXIT_INTERRUPTED

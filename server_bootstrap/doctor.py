@@ -1,0 +1,303 @@
+"""``doctor``: diagnose a running deployment the way an ops engineer would by hand, one check at a time.
+
+Ports reachable, live/ready, server version, every model's state, the front model's config against the mode
+clients will use (including the HTTP 501 a decoupled model answers to ``/infer``), batch size and instance
+counts, and GPU metrics with memory headroom. Every failed check says its likely cause and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from server_bootstrap import process
+
+GIB = 1 << 30
+
+
+@dataclass
+class Finding:
+    name: str
+    status: str  # ok | FAIL | warn | info | skip
+    detail: str
+    cause: str = ""
+    fix: str = ""
+
+
+@dataclass
+class Endpoint:
+    host: str
+    http_port: int
+    grpc_port: int
+    metrics_port: int
+    pid: int | None = None
+    start_time: int | None = None
+    log: Path | None = None
+
+    @property
+    def http(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+
+@dataclass
+class Expectations:
+    """What the deployment is meant to be (from the state file's config, or from flags)."""
+
+    model: str = "cosyvoice2"
+    mode: str = "streaming"
+    target: str | None = None  # trtllm | emulator | None (unknown server)
+    max_batch_size: int | None = None
+    bls_instances: int | None = None
+    token2wav_instances: int | None = None
+    use_spk2info_cache: bool | None = None
+
+
+def parse_server(text: str) -> Endpoint:
+    """``HOST[:HTTP_PORT]``: gRPC and metrics are assumed on the next two ports (Triton's 8000/8001/8002)."""
+    from cvload.errors import UsageError
+
+    text = text.strip().removeprefix("http://").rstrip("/")
+    host, _, port = text.rpartition(":") if ":" in text else (text, "", "8000")
+    try:
+        http = int(port)
+    except ValueError:
+        raise UsageError(f"--server {text!r}: expected HOST or HOST:HTTP_PORT (gRPC and metrics are the next two "
+                         "ports unless --grpc-port / --metrics-port say otherwise)") from None
+    return Endpoint(host or "127.0.0.1", http, http + 1, http + 2)
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2.0):
+            return True
+    except OSError:
+        return False
+
+
+def _http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=body, method=method,
+                                 headers={"Content-Type": "application/json"} if body is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, str(exc).encode()
+
+
+def _loading_models(log: Path | None) -> list[str]:
+    """Models the server log shows loading and never finishing (loaded or failed)."""
+    if log is None:
+        return []
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    loading = re.findall(r'loading: ([^:"\s]+):\d+', text)
+    finished = set(re.findall(r"successfully loaded '([^']+)'", text))
+    finished |= set(re.findall(r"failed to load '([^']+)'", text))
+    return [m for m in dict.fromkeys(loading) if m not in finished]
+
+
+def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
+    findings: list[Finding] = []
+    add = findings.append
+    base = ep.http
+    ports = {"http": ep.http_port, "grpc": ep.grpc_port, "metrics": ep.metrics_port}
+    reach = {kind: _reachable(ep.host, port) for kind, port in ports.items()}
+    proc_alive = process.alive(ep.pid, ep.start_time) if ep.pid else None
+    for kind, port in ports.items():
+        if reach[kind]:
+            add(Finding(f"{kind} port", "ok", f"{ep.host}:{port} accepts connections"))
+            continue
+        if proc_alive:
+            stuck = _loading_models(ep.log)
+            cause = (f"the server process (pid {ep.pid}) runs but does not listen yet: Triton opens its ports only "
+                     "after loading every model" + (f"; still loading: {', '.join(stuck)}" if stuck else ""))
+            fix = ("a model stuck loading usually means a Python-backend stub that cannot start (missing "
+                   "package, wrong Python, libpython mismatch) or a TensorRT engine that does not load; read "
+                   f"the log: {ep.log}") if stuck else f"wait, then read the log: {ep.log}"
+            add(Finding(f"{kind} port", "FAIL", f"{ep.host}:{port} refuses connections", cause, fix))
+        elif ep.pid:
+            add(Finding(f"{kind} port", "FAIL", f"{ep.host}:{port} refuses connections",
+                        f"the recorded server process (pid {ep.pid}) is not running: it exited or was killed",
+                        f"read the end of its log ({ep.log}) then run `cvload bootstrap up`"))
+        else:
+            add(Finding(f"{kind} port", "FAIL", f"{ep.host}:{port} refuses connections",
+                        "no server listens there (not started, exited, another host or port, or a firewall)",
+                        "start it (cvload bootstrap up) or give the right --server HOST:HTTP_PORT"))
+    if not reach["http"]:
+        return findings
+
+    code, _ = _http("GET", f"{base}/v2/health/live")
+    add(Finding("live", "ok", "/v2/health/live 200") if code == 200 else
+        Finding("live", "FAIL", f"/v2/health/live answered {code}", "the server is shutting down or broken",
+                f"read the server log{f' ({ep.log})' if ep.log else ''}"))
+    code, _ = _http("GET", f"{base}/v2/health/ready")
+    ready = code == 200
+    add(Finding("ready", "ok", "/v2/health/ready 200") if ready else
+        Finding("ready", "FAIL", f"/v2/health/ready answered {code}",
+                "a model is not READY (see the model list below)", "fix the model that failed to load, then "
+                "restart (cvload bootstrap up)"))
+    code, body = _http("GET", f"{base}/v2")
+    if code == 200:
+        meta = json.loads(body)
+        add(Finding("server version", "info", f"{meta.get('name', '?')} {meta.get('version', '?')}"))
+    _models(findings, base, expect)
+    _front_model(findings, base, expect)
+    if reach["metrics"]:
+        _gpu(findings, f"http://{ep.host}:{ep.metrics_port}/metrics", expect)
+    return findings
+
+
+def _models(findings: list[Finding], base: str, expect: Expectations) -> None:
+    code, body = _http("POST", f"{base}/v2/repository/index", b"{}")
+    if code != 200:
+        findings.append(Finding("models", "warn", f"repository index answered {code}", "model control API disabled",
+                                "look at the log's model table instead"))
+        return
+    index = json.loads(body)
+    states = {m["name"]: m for m in index}
+    listed = ", ".join(f"{m['name']} {m.get('state', '?')}" for m in index) or "none"
+    findings.append(Finding("models", "ok" if index else "FAIL", listed,
+                            "" if index else "the model repository is empty or unreadable",
+                            "" if index else "check --model-repository"))
+    wanted = [expect.model]
+    if expect.target == "trtllm":
+        wanted += ["tensorrt_llm", "token2wav"]
+        if expect.use_spk2info_cache is False:
+            wanted += ["audio_tokenizer", "speaker_embedding"]
+    for name in wanted:
+        m = states.get(name)
+        if m is None:
+            findings.append(Finding(f"model {name}", "FAIL", "not in the repository",
+                                    "the repository was built without it (wrong model name or an incomplete copy)",
+                                    "cvload bootstrap up rebuilds the repository"))
+        elif m.get("state") != "READY":
+            reason = m.get("reason", "")
+            stuck = m.get("state") in ("LOADING", "UNLOADING")
+            findings.append(Finding(
+                f"model {name}", "FAIL", f"{m.get('state')} {reason}".strip(),
+                "a model stuck loading means a backend stub that cannot start" if stuck else
+                "it failed to load: " + (reason or "see the server log"),
+                "read the server log (cvload bootstrap logs server); common: missing Python packages in the "
+                "image, an engine built by another TensorRT version ('Serialized Engine Version')"))
+
+
+def _front_model(findings: list[Finding], base: str, expect: Expectations) -> None:
+    model = expect.model
+    code, body = _http("GET", f"{base}/v2/models/{model}/config")
+    if code != 200:
+        findings.append(Finding("front model config", "FAIL", f"{model}: config answered {code}",
+                                f"no model named {model} is loaded", "pass --model NAME or fix the repository"))
+        return
+    config: dict[str, Any] = json.loads(body)
+    decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
+    served = "streaming" if decoupled else "offline"
+    if served == expect.mode:
+        findings.append(Finding("mode", "ok", f"{model} is {'decoupled' if decoupled else 'not decoupled'}: serves "
+                                f"{served} clients, as intended"))
+    else:
+        findings.append(Finding(
+            "mode", "FAIL", f"{model} is {'decoupled (streaming only)' if decoupled else 'not decoupled (offline only)'}"
+            f" but clients will call it {expect.mode}",
+            "decoupled_mode was filled for the other client mode" if decoupled else
+            "a non-decoupled model answers once, after the whole synthesis: no chunks, no first-chunk latency",
+            f"redeploy with mode = \"{expect.mode}\" (cvload bootstrap up), or run clients with --mode {served}"))
+    # HTTP infer: a decoupled model refuses it with 501 before running anything, so probing is free
+    code, body = _http("POST", f"{base}/v2/models/{model}/infer", b"{}")
+    if code == 501:
+        status = "ok" if expect.mode == "streaming" else "FAIL"
+        findings.append(Finding("http infer", status, "HTTP /infer answers 501 (decoupled transaction policy)",
+                                "" if status == "ok" else "HTTP 501 on infer = a streaming-only deployment",
+                                "HTTP clients must stream through /generate_stream; offline callers need a "
+                                "deployment with mode = \"offline\"" if status == "FAIL" else
+                                "HTTP clients stream through /generate_stream (or use gRPC)"))
+    elif code in (200, 400):
+        findings.append(Finding("http infer", "ok", f"HTTP /infer accepts requests for {model} (probe got {code})"))
+    batch = config.get("max_batch_size")
+    batch_status, batch_cause, batch_fix = "info", "", ""
+    if expect.max_batch_size is not None and batch != expect.max_batch_size:
+        batch_status = "warn"
+        batch_cause = f"the config asks for {expect.max_batch_size}: the server runs an older repository"
+        batch_fix = "cvload bootstrap up (rebuilds the repository and restarts)"
+    findings.append(Finding("max batch size", batch_status, f"{model} max_batch_size {batch}", batch_cause, batch_fix))
+    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", []))
+    if expect.target == "trtllm" and expect.bls_instances is not None and instances != expect.bls_instances:
+        findings.append(Finding("instances", "warn", f"{model} runs {instances} instance(s), the config asks for "
+                                f"{expect.bls_instances}", "the server runs an older repository",
+                                "cvload bootstrap up"))
+    else:
+        findings.append(Finding("instances", "info",
+                                f"{model}: {instances} instance(s): "
+                                + ("a decoupled model serves concurrent streams from its threads" if decoupled else
+                                   f"at most {instances} request(s) synthesize at once, more wait in the queue")))
+    if expect.target == "trtllm":
+        code, body = _http("GET", f"{base}/v2/models/token2wav/config")
+        if code == 200:
+            count = sum(int(g.get("count", 1)) for g in json.loads(body).get("instance_group", []))
+            findings.append(Finding("token2wav instances", "info", f"{count} (the vocoder every stream waits on)"))
+
+
+def parse_metrics(text: str) -> dict[str, dict[str, float]]:
+    """``name{gpu_uuid="..."} value`` -> {name: {gpu_uuid: value}} for the nv_gpu_* gauges."""
+    out: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        m = re.match(r'^(nv_gpu_\w+)\{[^}]*gpu_uuid="([^"]+)"[^}]*\}\s+(\S+)', line)
+        if m:
+            out.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
+    return out
+
+
+def _gpu(findings: list[Finding], url: str, expect: Expectations) -> None:
+    code, body = _http("GET", url)
+    if code != 200:
+        findings.append(Finding("metrics", "FAIL", f"{url} answered {code}", "metrics disabled (--allow-metrics)",
+                                "start tritonserver with --allow-metrics=true"))
+        return
+    metrics = parse_metrics(body.decode(errors="replace"))
+    total, used = metrics.get("nv_gpu_memory_total_bytes", {}), metrics.get("nv_gpu_memory_used_bytes", {})
+    if not total:
+        if expect.target == "emulator":
+            findings.append(Finding("gpu metrics", "skip", "the emulator runs without a GPU"))
+        else:
+            findings.append(Finding("gpu metrics", "FAIL" if expect.target == "trtllm" else "warn",
+                                    "no nv_gpu_* metrics at " + url,
+                                    "the server runs without --allow-gpu-metrics=true or sees no GPU "
+                                    "(CUDA_VISIBLE_DEVICES, container without --gpus)",
+                                    "restart with GPU metrics on (cvload bootstrap up does) and the GPU visible"))
+        return
+    for uuid, tot in total.items():
+        use = used.get(uuid, 0.0)
+        free = tot - use
+        detail = f"{uuid[:12]}: {use / GIB:.1f} of {tot / GIB:.1f} GiB used, {free / GIB:.1f} GiB free"
+        util = metrics.get("nv_gpu_utilization", {}).get(uuid)
+        if util is not None:
+            detail += f", utilization {util * 100:.0f}%"
+        if free < 1 * GIB or free < 0.03 * tot:
+            findings.append(Finding("gpu memory", "warn", detail,
+                                    "little headroom: long streams or more concurrency may fail to allocate",
+                                    "lower [triton] kv_cache_free_gpu_mem_fraction or max_batch_size, or move "
+                                    "other processes off this GPU"))
+        else:
+            findings.append(Finding("gpu memory", "ok", detail))
+
+
+def format_findings(title: str, findings: list[Finding]) -> str:
+    width = max((len(f.name) for f in findings), default=4)
+    lines = [title]
+    for f in findings:
+        lines.append(f"  {f.status:<4}  {f.name:<{width}}  {f.detail}")
+        if f.status in ("FAIL", "warn"):
+            if f.cause:
+                lines.append(f"        {'':<{width}}  cause: {f.cause}")
+            if f.fix:
+                lines.append(f"        {'':<{width}}  fix:   {f.fix}")
+    return "\n".join(lines)

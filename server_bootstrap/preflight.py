@@ -1,0 +1,307 @@
+"""Preflight: check everything a deployment needs before spending an hour on it, and say how to fix what fails.
+
+Each check is one line of the report: ok, FAIL (the deployment cannot work), warn (it may work badly) or skip
+(not needed for this target or already done). NVML and TensorRT-LLM are looked up lazily: neither is needed,
+or present, on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.metadata
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvload.errors import EXIT_RUNTIME, CvloadError
+from server_bootstrap.config import DeploymentConfig
+from server_bootstrap.layout import Layout
+from server_bootstrap.process import human_size
+
+GIB = 1 << 30
+TRTLLM_CONTAINER = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"
+# GPU memory (PROTOCOL.md): about 24 GB for the whole pipeline; below 8 GB it cannot load.
+GPU_MEM_RECOMMENDED = 24 * GIB
+GPU_MEM_MINIMUM = 8 * GIB
+DISK_NEEDED = {"trtllm": 20 * GIB, "emulator": 1 * GIB}  # checkpoints + weights + engine; logs
+SHM_NEEDED = {"trtllm": 1 * GIB, "emulator": 64 << 20}  # Python-backend tensors travel through /dev/shm
+
+
+class PreflightFailed(CvloadError):
+    exit_code = EXIT_RUNTIME
+
+
+@dataclass
+class Check:
+    name: str
+    status: str  # ok | FAIL | warn | skip
+    detail: str
+    fix: str = ""
+
+
+def _ok(name: str, detail: str) -> Check:
+    return Check(name, "ok", detail)
+
+
+def _fail(name: str, detail: str, fix: str) -> Check:
+    return Check(name, "FAIL", detail, fix)
+
+
+def _warn(name: str, detail: str, fix: str) -> Check:
+    return Check(name, "warn", detail, fix)
+
+
+def _skip(name: str, detail: str) -> Check:
+    return Check(name, "skip", detail)
+
+
+# ---- individual checks ---------------------------------------------------------------------------------------
+def check_gpus(config: DeploymentConfig) -> list[Check]:
+    """NVML (nvidia-ml-py, imported lazily), the driver, and each configured GPU's free memory."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+    except ImportError:
+        driver = _driver_from_proc()
+        return [
+            _fail("nvml", "nvidia-ml-py is not installed: GPUs and their free memory cannot be checked",
+                  "pip install 'cvload[gpu]' (nvidia-ml-py)"),
+            _ok("driver", f"NVIDIA driver {driver}") if driver else
+            _fail("driver", "no NVIDIA driver loaded (/proc/driver/nvidia/version is missing)",
+                  "run on a machine with an NVIDIA GPU and its driver installed"),
+        ]
+    try:
+        pynvml.nvmlInit()
+    except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+        return [
+            _fail("nvml", f"NVML cannot start: {exc}",
+                  "install the NVIDIA driver; in a container pass the GPUs (--gpus all / compose device_ids)"),
+            _fail("driver", "no usable NVIDIA driver", "install the NVIDIA driver on the host"),
+        ]
+    checks = []
+    try:
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        count = pynvml.nvmlDeviceGetCount()
+        checks.append(_ok("nvml", f"{count} GPU(s) visible"))
+        checks.append(_ok("driver", f"NVIDIA driver {_text(driver)}"))
+        for gpu in config.server.gpus:
+            name = f"gpu {gpu}"
+            if gpu >= count:
+                checks.append(_fail(name, f"no GPU {gpu} ({count} visible)",
+                                    "fix [server] gpus / --gpus, or CUDA_VISIBLE_DEVICES"))
+                continue
+            handle = pynvml.nvmlDeviceGetHandleByIndex(gpu)
+            mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+            label = f"{_text(pynvml.nvmlDeviceGetName(handle))}, {human_size(mem.free)} free of {human_size(mem.total)}"
+            if mem.free < GPU_MEM_MINIMUM:
+                checks.append(_fail(name, label, f"free GPU memory: the pipeline needs about "
+                                    f"{human_size(GPU_MEM_RECOMMENDED)}; stop other processes on GPU {gpu}"))
+            elif mem.free < GPU_MEM_RECOMMENDED:
+                checks.append(_warn(name, label, "below the ~24 GiB the pipeline uses: lower [triton] "
+                                    "kv_cache_free_gpu_mem_fraction or max_batch_size"))
+            else:
+                checks.append(_ok(name, label))
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+    return checks
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _driver_from_proc() -> str | None:
+    try:
+        text = Path("/proc/driver/nvidia/version").read_text()
+    except OSError:
+        return None
+    for word in text.split():
+        if word.count(".") >= 1 and word.replace(".", "").isdigit():
+            return word
+    return text.splitlines()[0] if text else None
+
+
+def check_disk(config: DeploymentConfig, workdir: Path) -> Check:
+    probe = workdir
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    need = DISK_NEEDED[config.target]
+    detail = f"{human_size(free)} free at {probe}"
+    if free < need:
+        return _fail("disk", detail + f" (needs about {human_size(need)})",
+                     "free space or choose another --workdir")
+    return _ok("disk", detail)
+
+
+def check_shm(config: DeploymentConfig) -> Check:
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return _fail("/dev/shm", "missing", "mount a tmpfs at /dev/shm (docker: --shm-size=1g)")
+    size = st.f_blocks * st.f_frsize
+    need = SHM_NEEDED[config.target]
+    if size < need:
+        return _fail("/dev/shm", f"{human_size(size)} (needs {human_size(need)})",
+                     "docker run --shm-size=1g (compose: shm_size: 1gb); Python-backend tensors go through it")
+    return _ok("/dev/shm", f"{human_size(size)}")
+
+
+def check_ports(config: DeploymentConfig, ours: Iterable[int] = ()) -> list[Check]:
+    """Every fixed port of every server is free (ports held by this deployment's own servers are fine)."""
+    ours = set(ours)
+    checks = []
+    for index in range(len(config.server_gpus())):
+        ports = dict(zip(("http", "grpc", "metrics"), config.server_ports(index)))
+        busy = [f"{kind} {port}" for kind, port in ports.items() if port and port not in ours
+                and _port_busy(config.host, port)]
+        name = f"ports server {index}"
+        shown = " ".join(f"{k} {p or 'any'}" for k, p in ports.items())
+        if busy:
+            checks.append(_fail(name, f"in use: {', '.join(busy)}",
+                                "stop what listens there (ss -ltnp) or change [server] ports / port_stride"))
+        else:
+            checks.append(_ok(name, f"free ({shown})" + (" - held by this deployment" if ours else "")))
+    return checks
+
+
+def _port_busy(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_tritonserver(config: DeploymentConfig) -> Check:
+    from server_bootstrap.launcher import find_tritonserver
+
+    try:
+        install = find_tritonserver(config.server.tritonserver)
+    except CvloadError as exc:
+        return _fail("tritonserver", exc.message, exc.hint or "")
+    if config.target == "emulator":
+        return _ok("tritonserver", str(install.binary))
+    backends = install.backends
+    if install.bundle_root is not None or backends is None or not (backends / "tensorrtllm").is_dir():
+        where = "the nvidia-pytriton bundle" if install.bundle_root is not None else str(backends)
+        return _fail("tritonserver", f"{install.binary} has no TensorRT-LLM backend ({where})",
+                     f"run inside {TRTLLM_CONTAINER} (it has backends/tensorrtllm), or use --docker")
+    return _ok("tritonserver", f"{install.binary} with backends/tensorrtllm")
+
+
+def check_tensorrt_llm(required: bool) -> Check:
+    """tensorrt_llm importable, and its version, without importing it (an import needs a GPU and takes long)."""
+    spec = importlib.util.find_spec("tensorrt_llm")
+    if spec is None:
+        detail = "Python package tensorrt_llm is not importable (checkpoint conversion and trtllm-build need it)"
+        fix = (f"run inside {TRTLLM_CONTAINER} (TensorRT-LLM 0.20) or use --docker; the PyPI package needs "
+               "NVIDIA's index and a GPU")
+        return _fail("tensorrt_llm", detail, fix) if required else _warn("tensorrt_llm", detail, fix)
+    try:
+        version = importlib.metadata.version("tensorrt_llm")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown version"
+    return _ok("tensorrt_llm", f"{version} at {Path(spec.origin or '?').parent}")
+
+
+def check_tool(name: str, executable: str, fix: str, *, required: bool = True, why: str = "") -> Check:
+    path = shutil.which(executable)
+    if path:
+        return _ok(name, path)
+    detail = f"`{executable}` not on PATH" + (f" ({why})" if why else "")
+    return _fail(name, detail, fix) if required else _warn(name, detail, fix)
+
+
+def check_docker() -> list[Check]:
+    """The docker CLI, its compose plugin, and an engine that answers."""
+    docker = shutil.which("docker")
+    if not docker:
+        return [_fail("docker", "`docker` not on PATH", "install Docker Engine with the compose plugin")]
+    checks = [_ok("docker", docker)]
+    compose = _run(["docker", "compose", "version", "--short"])
+    checks.append(_ok("docker compose", compose[1]) if compose[0] == 0 else
+                  _fail("docker compose", f"the compose plugin is missing ({compose[1]})",
+                        "install docker-compose-plugin (apt-get install docker-compose-plugin)"))
+    engine = _run(["docker", "info", "--format", "{{.ServerVersion}}"])
+    checks.append(_ok("docker engine", f"server {engine[1]}") if engine[0] == 0 else
+                  _fail("docker engine", f"not reachable: {engine[1]}",
+                        "start the Docker daemon (systemctl start docker) or run without --docker"))
+    if engine[0] == 0:
+        runtimes = _run(["docker", "info", "--format", "{{json .Runtimes}}"])
+        if "nvidia" not in runtimes[1]:
+            checks.append(_warn("nvidia runtime", "docker reports no nvidia runtime",
+                                "install the NVIDIA Container Toolkit so compose can reserve GPUs"))
+    return checks
+
+
+def _run(cmd: list[str]) -> tuple[int, str]:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 1, str(exc)
+    text = (proc.stdout.strip() or proc.stderr.strip()).splitlines()
+    return proc.returncode, (text[-1] if text else "")
+
+
+# ---- the whole report ----------------------------------------------------------------------------------------
+def run_checks(config: DeploymentConfig, layout: Layout, *, will_run: set[str],
+               our_ports: Iterable[int] = ()) -> list[Check]:
+    """Every check for this target; tools of stages that are already done are only warnings."""
+    checks: list[Check] = []
+    emulator = config.target == "emulator"
+    docker = config.docker.enabled
+    if emulator:
+        checks.append(_skip("gpu", "the emulator target needs no GPU, NVML or driver"))
+    else:
+        checks += check_gpus(config)
+    checks.append(check_disk(config, layout.workdir))
+    checks.append(check_shm(config))
+    checks += check_ports(config, our_ports)
+    if docker:
+        checks += check_docker()
+        checks.append(_skip("tritonserver", f"runs inside {config.docker.image}"))
+        checks.append(_skip("tensorrt_llm", f"runs inside {config.docker.image}"))
+    else:
+        checks.append(check_tritonserver(config))
+        if emulator:
+            checks.append(_skip("tensorrt_llm", "not needed by the emulator target"))
+        else:
+            build = "build" in will_run
+            checks.append(check_tensorrt_llm(required=build))
+            checks.append(check_tool("trtllm-build", config.engine.trtllm_build, f"run inside {TRTLLM_CONTAINER}",
+                                     required=build, why="builds the engine"))
+    if not emulator:
+        source = "source" in will_run
+        checks.append(check_tool("git", "git", "apt-get install git", required=source or not config.source.path,
+                                 why="fetches and checks the CosyVoice checkout"))
+        download = "download" in will_run
+        checks.append(check_tool("huggingface-cli", config.model.hf_cli, "pip install -U 'huggingface_hub[cli]'",
+                                 required=download, why=f"downloads {config.model.llm_repo}"))
+        if config.model.cosyvoice_hub == "modelscope":
+            checks.append(check_tool("modelscope", config.model.modelscope_cli, "pip install modelscope",
+                                     required=download, why=f"downloads {config.model.cosyvoice_repo}"))
+        checks.append(check_tool("curl", "curl", "apt-get install curl", required=download,
+                                 why="downloads spk2info.pt"))
+    return checks
+
+
+def format_report(checks: list[Check]) -> str:
+    width = max(len(c.name) for c in checks)
+    lines = []
+    for c in checks:
+        lines.append(f"    {c.status:<4}  {c.name:<{width}}  {c.detail}")
+        if c.fix and c.status in ("FAIL", "warn"):
+            lines.append(f"          {'':<{width}}  fix: {c.fix}")
+    return "\n".join(lines)
+
+
+def failures(checks: list[Check]) -> list[Check]:
+    return [c for c in checks if c.status == "FAIL"]

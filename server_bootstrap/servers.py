@@ -1,0 +1,177 @@
+"""Servers that outlive the command that started them: launch in the background, find, check and stop later.
+
+``up`` starts each tritonserver through the local launcher in its own session (so it survives ``up`` and a
+Ctrl-C in the terminal), records it in the state file the moment it is spawned, then waits for readiness. A
+later ``status``, ``doctor`` or ``down`` finds it through that record; a reused pid is told apart by its start
+time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from cvload.errors import CvloadError, ServerError
+from server_bootstrap import process
+from server_bootstrap.config import DeploymentConfig
+from server_bootstrap.launcher import TritonInstall, TritonServer, log_tail
+from server_bootstrap.layout import Layout
+from server_bootstrap.state import ServerRecord
+
+
+@dataclass
+class DetachedServer(TritonServer):
+    """A TritonServer that reports its process as soon as it exists and can carry extra environment."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    on_spawn: Callable[[DetachedServer], None] | None = None
+
+    def _environment(self, install: TritonInstall) -> dict[str, str]:
+        env = super()._environment(install)
+        env.update(self.env)
+        return env
+
+    def wait_ready(self) -> None:
+        if self.on_spawn is not None:
+            self.on_spawn(self)
+        super().wait_ready()
+
+
+def server_env(config: DeploymentConfig, layout: Layout, gpus: list[int]) -> dict[str, str]:
+    """What the real deployment's processes need: their GPUs and CosyVoice on PYTHONPATH (as run.sh exports)."""
+    if config.target == "emulator":
+        return {}
+    paths = [str(layout.source), str(layout.source / "third_party" / "Matcha-TTS")]
+    if os.environ.get("PYTHONPATH"):
+        paths.append(os.environ["PYTHONPATH"])
+    env = {"CUDA_VISIBLE_DEVICES": ",".join(map(str, gpus)), "PYTHONPATH": os.pathsep.join(paths),
+           "PYTHONIOENCODING": "utf-8"}
+    if config.world_size > 1:
+        env["TRTLLM_ORCHESTRATOR"] = "1"
+    return env
+
+
+def launch(config: DeploymentConfig, layout: Layout, *, record: Callable[[ServerRecord], None],
+           out: TextIO) -> list[ServerRecord]:
+    """Start every server; ``record`` is called at spawn (pid known) and again once ready (ports final)."""
+    started: list[DetachedServer] = []
+    records: list[ServerRecord] = []
+    try:
+        for index, gpus in enumerate(config.server_gpus()):
+            http, grpc, metrics = config.server_ports(index)
+            log = layout.server_log(index)
+            log.parent.mkdir(parents=True, exist_ok=True)
+
+            def spawned(server: DetachedServer, index: int = index, gpus: list[int] = gpus) -> None:
+                assert server.process is not None
+                rec = ServerRecord(
+                    index=index, host=server.host, http_port=int(server.http_port or 0),
+                    grpc_port=int(server.grpc_port or 0), metrics_port=int(server.metrics_port or 0),
+                    gpus=gpus if config.target != "emulator" else [],
+                    log=str(server.log_path), model_repository=str(server.model_repository),
+                    pid=server.process.pid, start_time=process.start_time(server.process.pid),
+                    shm_prefix=server._shm_prefix)
+                records.append(rec)
+                record(rec)
+
+            server = DetachedServer(
+                layout.model_repository(index), host=config.host, http_port=http or None, grpc_port=grpc or None,
+                metrics_port=metrics or None, tritonserver=config.server.tritonserver,
+                workdir=layout.server_dir(index), log_path=log, ready_timeout=config.ready_timeout,
+                gpu_metrics=config.target != "emulator", env=server_env(config, layout, gpus), on_spawn=spawned)
+            t0 = time.monotonic()
+            started.append(server)
+            server.start()
+            print(f"    server {index}: ready in {time.monotonic() - t0:.1f}s, pid {server.process.pid}, "  # type: ignore[union-attr]
+                  f"grpc {records[-1].grpc}, http {records[-1].http}, metrics {records[-1].metrics}"
+                  + (f", GPUs {','.join(map(str, gpus))}" if config.target != "emulator" else ""),
+                  file=out, flush=True)
+    except BaseException:
+        for server in started:  # a half-started deployment is worse than none
+            server.stop()
+        for rec in records:
+            stop(rec)
+        raise
+    return records
+
+
+def ready(rec: ServerRecord, timeout: float = 2.0) -> bool:
+    url = f"http://{rec.http}/v2/health/ready"
+    with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=timeout) as resp:
+        return resp.status == 200
+    return False
+
+
+def running(rec: ServerRecord) -> bool:
+    """The recorded process (or compose service) still runs."""
+    if rec.compose_file:
+        return ready(rec)
+    return process.alive(rec.pid, rec.start_time)
+
+
+def stop(rec: ServerRecord, *, timeout: float = 20.0) -> bool:
+    """Stop one recorded server and remove what its Python backend left in /dev/shm; False if not running."""
+    if rec.compose_file:
+        return False  # compose services stop together (compose.down)
+    was_running = process.stop_group(rec.pid or 0, rec.start_time, timeout=timeout) if rec.pid else False
+    if rec.shm_prefix:
+        for path in glob.glob(f"/dev/shm/{rec.shm_prefix}*"):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+    return was_running
+
+
+def wait_ready(records: list[ServerRecord], deadline_s: float, *, alive: Callable[[], bool] | None = None) -> None:
+    """Poll readiness of servers started elsewhere (docker compose); fail with the logs command to read."""
+    deadline = time.monotonic() + deadline_s
+    pending = list(records)
+    delay = 0.05
+    while pending:
+        pending = [r for r in pending if not ready(r, timeout=1.0)]
+        if not pending:
+            return
+        if alive is not None and not alive():
+            raise ServerError("the compose services exited before becoming ready",
+                              hint="read their output with `docker compose -f <workdir>/docker-compose.yaml logs`")
+        if time.monotonic() > deadline:
+            raise ServerError(f"server(s) {', '.join(str(r.index) for r in pending)} not ready after "
+                              f"{deadline_s:.0f} s (a model stuck loading usually means a Python-backend stub "
+                              "that cannot start)", hint="cvload bootstrap doctor; cvload bootstrap logs server")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 1.0)
+
+
+def endpoints_line(records: list[ServerRecord]) -> str:
+    return " ".join(r.grpc for r in records)
+
+
+def run_hint(records: list[ServerRecord], mode: str) -> str:
+    servers = " ".join(f"--server {r.grpc}" for r in records)
+    return f"cvload run {servers} --mode {mode} --requests 20"
+
+
+def describe(rec: ServerRecord) -> str:
+    state = "ready" if ready(rec, timeout=1.0) else ("running, not ready" if running(rec) else "not running")
+    where = f"pid {rec.pid}" if rec.pid else f"compose service {rec.service}"
+    return (f"server {rec.index}: {state} ({where}) grpc {rec.grpc} http {rec.http} metrics {rec.metrics}"
+            f"{' GPUs ' + ','.join(map(str, rec.gpus)) if rec.gpus else ''}")
+
+
+def server_log_tail(rec: ServerRecord, lines: int = 25) -> str:
+    return log_tail(Path(rec.log), lines)
+
+
+def run_quiet(cmd: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise CvloadError(f"`{cmd[0]}` not found", hint=process.TOOL_HINTS.get(cmd[0])) from None
