@@ -70,8 +70,8 @@ class DashboardApp(App[int]):
     ENABLE_COMMAND_PALETTE = False
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("space", "pause", "pause/resume"),
-        Binding("plus,equals_sign", "load(1)", "+ load", key_display="+"),
-        Binding("minus,underscore", "load(-1)", "- load", key_display="-"),
+        Binding("plus,equals_sign", "load(1)", "more load", key_display="+"),
+        Binding("minus,underscore", "load(-1)", "less load", key_display="-"),
         Binding("s", "snapshot", "snapshot"),
         Binding("r", "reset", "reset window"),
         Binding("q", "quit_run", "quit"),
@@ -87,6 +87,7 @@ class DashboardApp(App[int]):
         self.frames = 0
         self._quitting = False
         self.last_snapshot: Path | None = None
+        self._sigterm = False
 
     def compose(self) -> ComposeResult:
         yield Static(id="header")
@@ -105,13 +106,17 @@ class DashboardApp(App[int]):
     def on_mount(self) -> None:
         if isinstance(self.source, RunSource):
             self.source.start()
-        try:
-            loop = asyncio.get_running_loop()
-            loop.add_signal_handler(signal.SIGTERM, self.action_quit_run)
-        except (RuntimeError, NotImplementedError, ValueError):  # not the main thread (tests): no handler
-            pass
+        try:  # SIGTERM quits as q does (results written); Ctrl-C arrives as a key in raw mode
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.action_quit_run)
+            self._sigterm = True
+        except (RuntimeError, NotImplementedError, ValueError):  # not the main thread: no handler
+            self._sigterm = False
         self.draw()
         self.set_interval(self.refresh_s, self.draw)
+
+    def on_unmount(self) -> None:
+        if self._sigterm:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
 
     # ---- drawing (timer only) ----------------------------------------------------------------------------
     def draw(self) -> None:

@@ -6,9 +6,10 @@ Panels only format numbers computed elsewhere (``cvload.live`` from ``cvload.met
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
-from rich.console import Group, RenderableType
+from rich.console import Console, Group, RenderableType
 from rich.text import Text
 from textual.widgets import Static
 
@@ -31,6 +32,18 @@ class Panel(Static):
     def __init__(self, title: str, **kwargs: Any) -> None:
         super().__init__("", **kwargs)
         self.border_title = title
+        self.shown: RenderableType = ""
+
+    def update(self, content: Any = "", *, layout: bool = True) -> None:
+        self.shown = content
+        super().update(content, layout=layout)
+
+    def plain(self) -> str:
+        """What the panel shows, as plain text (for tests and tools)."""
+        console = Console(width=self.width, file=io.StringIO(), color_system=None, legacy_windows=False)
+        with console.capture() as capture:
+            console.print(self.shown)
+        return capture.get()
 
     @property
     def width(self) -> int:
@@ -53,8 +66,10 @@ def header_text(status: Status, target: str, scenario: str | None) -> Text:
         text.append("   objectives ")
         for v in status.objectives:
             mark, style = VERDICT_MARKS.get(v.get("verdict", ""), ("·", "dim"))
-            text.append(f"{v.get('objective', '?')} ", style=style)
-            text.append(f"{mark}  ", style=style)
+            text.append(f"{v.get('objective', '?')} {mark}", style=style)
+            measured = v.get("measured")
+            text.append(f" ({measured:.3g}{v.get('unit') or ''})  " if isinstance(measured, int | float) else "  ",
+                        style="dim")
     if status.message:
         text.append("\n ")
         text.append(status.message, style="italic")
@@ -65,7 +80,7 @@ def header_text(status: Status, target: str, scenario: str | None) -> Text:
 def stats_lines(view: MetricView, unit: str) -> Text:
     """A small now/run table as plain text (Rich tables cost too much to lay out four times a second)."""
     fmt = fmt_ms if unit == "ms" else fmt_num
-    head = "    " + "".join(f"{k:>8}" for k in STAT_COLUMNS) + f"{'n':>7}" + (f"  {unit}" if unit else "")
+    head = f"{unit:<4}" + "".join(f"{k:>8}" for k in STAT_COLUMNS) + f"{'n':>7}"
     text = Text(head, style="dim")
     for label, s in (("now", view.now), ("run", view.run)):
         text.append("\n")
@@ -177,8 +192,9 @@ class ThroughputPanel(Panel):
             head.append(f"last {fmt.format(last)}  peak {fmt.format(peak)}")
             out += [head, sparkline(series[:-1] if len(series) > 1 else series, w, style="green")]
         c = snap.counts
-        out.append(Text(f"done {c['done']}  ok {c['ok']}  failed {c['failed']}  warmup {c['warmup']}  "
-                        f"cancelled {c['cancelled']}", style="dim"))
+        counts = f"done {c['done']}  ok {c['ok']}  failed {c['failed']}"
+        counts += "".join(f"  {k} {c[k]}" for k in ("warmup", "cancelled") if c[k])
+        out.append(Text(counts, style="dim"))
         self.update(Group(*out))
 
 
@@ -228,7 +244,7 @@ def gpu_renderable(telemetry: Any, width: int) -> RenderableType:
     return Group(*out)
 
 
-def stages_renderable(telemetry: Any, window_s: float) -> RenderableType:
+def stages_renderable(telemetry: Any, window_s: float, width: int = 60) -> RenderableType:
     rows: list[dict[str, Any]] = []
     if telemetry is not None:
         try:
@@ -237,12 +253,14 @@ def stages_renderable(telemetry: Any, window_s: float) -> RenderableType:
             rows = []
     if not rows:
         return Text("no per-model statistics yet", style="dim")
-    text = Text(f"mean ms per request, last {window_s:g} s\n", style="dim")
-    text.append(f"{'model':<18}{'n':>6}{'queue':>8}{'infer':>8}{'request':>9}{'busy':>7}", style="bold")
+    scope = getattr(telemetry, "stages_scope", None) or f"last {window_s:g} s"
+    text = Text(f"mean ms per request, {scope}\n", style="dim")
+    name_w = max(10, min(24, width - 35))
+    text.append(f"{'model':<{name_w}}{'n':>6}{'queue':>7}{'infer':>7}{'request':>8}{'busy':>7}", style="bold")
     for r in rows:
-        text.append(f"\n{str(r.get('model'))[:18]:<18}{r.get('count') or 0:>6}{fmt_ms(r.get('queue_ms')):>8}"
-                    f"{fmt_ms(r.get('compute_infer_ms')):>8}{fmt_ms(r.get('request_ms')):>9}"
-                    f"{fmt_share(r.get('busy_share')):>7}")
+        text.append(f"\n{str(r.get('model'))[:name_w]:<{name_w}}{r.get('count') or 0:>6}"
+                    f"{fmt_ms(r.get('queue_ms')):>7}{fmt_ms(r.get('compute_infer_ms')):>7}"
+                    f"{fmt_ms(r.get('request_ms')):>8}{fmt_share(r.get('busy_share')):>7}")
     return text
 
 
@@ -253,7 +271,7 @@ class GpuPanel(Panel):
 
 class StagesPanel(Panel):
     def show(self, telemetry: Any, window_s: float) -> None:
-        self.update(stages_renderable(telemetry, window_s))
+        self.update(stages_renderable(telemetry, window_s, self.width))
 
 
 # ---- errors and recent requests ----------------------------------------------------------------------------------
@@ -276,8 +294,8 @@ class ErrorsPanel(Panel):
         self.update(Group(head, body, latest))
 
 
-RECENT_COLUMNS = (("#", 6), ("worker", 6), ("done at", 8), ("first ms", 9), ("second ms", 10),
-                  ("total ms", 9), ("RTF", 7), ("audio s", 8), ("chunks", 7))
+RECENT_COLUMNS = (("#", 6), ("worker", 7), ("done at", 9), ("first ms", 10), ("second ms", 10),
+                  ("total ms", 10), ("RTF", 8), ("audio s", 9), ("chunks", 7))
 
 
 def recent_lines(snap: LiveSnapshot, rows: int) -> Text:

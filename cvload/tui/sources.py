@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from cvload.records import RequestRecord
 from cvload.results import read_records, write_json
 
 OBJECTIVES_EVERY_S = 1.0  # live objective verdicts: once a second is plenty and keeps the cost flat
+SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while drawing: the engine thread waits at most this for its turn
 RATE_STEP = 1.25  # open loop: + and - multiply / divide the rate (geometric steps work at any scale)
 
 
@@ -119,7 +121,14 @@ class RunSource(Source):
             self._thread.start()
 
     def _main(self) -> None:
-        asyncio.run(self._run())
+        # The screen is drawn on the main thread; a short GIL switch interval bounds how long a chunk arriving
+        # on the engine thread can wait for the interpreter while a frame is being rendered.
+        previous = sys.getswitchinterval()
+        sys.setswitchinterval(min(previous, SWITCH_INTERVAL_S))
+        try:
+            asyncio.run(self._run())
+        finally:
+            sys.setswitchinterval(previous)
 
     async def _run(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -299,7 +308,7 @@ class ReplaySource(Source):
         self.scenario = cfg.get("name") or cfg.get("scenario")
         self._load = _load_label((self.summary or {}).get("load") or {}, cfg)
         self._elapsed = max((finished_at(r) for r in self._records), default=0.0)
-        self.telemetry = _replay_telemetry(self.out_dir)
+        self.telemetry = _replay_telemetry(self.out_dir, self.summary)
 
     def records(self) -> list[RequestRecord]:
         return list(self._records)
@@ -334,22 +343,53 @@ def _load_label(load: dict[str, Any], cfg: dict[str, Any]) -> str:
     return f"concurrency {load.get('num_tasks') or cfg.get('num_tasks') or 1}"
 
 
-def _replay_telemetry(folder: Path) -> Any:
-    """The saved telemetry of a run, if the telemetry module can read it back."""
+class ReplayTelemetry:
+    """The telemetry of a finished run, read back from ``telemetry.jsonl`` (one sample a line) and the summary's
+    ``telemetry`` section; answers what the dashboard asks a live ``cvload.telemetry.Telemetry``."""
+
+    stages_scope = "over the run"
+
+    def __init__(self, samples: list[dict[str, Any]], section: dict[str, Any]) -> None:
+        self._series: dict[str, list[tuple[float, float]]] = {}
+        for sample in samples:
+            flat: dict[str, float] = {}
+            _flatten("", {k: v for k, v in sample.items() if k in ("gpu", "cpu", "models")}, flat)
+            for name, value in flat.items():
+                self._series.setdefault(name, []).append((float(sample.get("t", 0.0)), value))
+        self._stages = list(section.get("stages") or [])
+        self.warnings = list(section.get("warnings") or [])
+
+    def series(self) -> dict[str, list[tuple[float, float]]]:
+        return {name: list(points) for name, points in self._series.items()}
+
+    def stage_breakdown(self, window_s: float | None = None) -> list[dict[str, Any]]:
+        return list(self._stages)
+
+
+def _flatten(prefix: str, node: dict[str, Any], out: dict[str, float]) -> None:
+    for key, value in node.items():
+        path = f"{prefix}.{key}" if prefix else key
+        if isinstance(value, dict):
+            _flatten(path, value, out)
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            out[path] = float(value)
+
+
+def _replay_telemetry(folder: Path, summary: dict[str, Any] | None) -> ReplayTelemetry | None:
     path = folder / "telemetry.jsonl"
-    if not path.exists():
+    section = (summary or {}).get("telemetry") or {}
+    if not path.exists() and not section:
         return None
-    try:
-        from cvload import telemetry
-    except ImportError:
-        return None
-    loader = getattr(telemetry, "load_telemetry", None) or getattr(telemetry, "read_telemetry", None)
-    if loader is None:
-        return None
-    try:
-        return loader(path)
-    except Exception:  # noqa: BLE001 - a replay still shows latencies without its telemetry
-        return None
+    samples = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                sample = json.loads(line)
+            except ValueError:
+                continue  # a line cut by a crash
+            if isinstance(sample, dict):
+                samples.append(sample)
+    return ReplayTelemetry(samples, section)
 
 
 def write_snapshot(source: Source, svg: str) -> Path:
