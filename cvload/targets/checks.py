@@ -1,0 +1,89 @@
+"""What every Triton target checks in ``open()``, with errors that tell the user what to do next.
+
+gRPC and HTTP reach the same facts by different calls; the wording lives here once so both protocols say the
+same thing: server unreachable, unknown model (with the server's models), model not ready, mode mismatch, and
+a model that is not a CosyVoice front model.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from cvload.errors import ServerError, UsageError
+
+OPEN_TIMEOUT_S = 4.0  # open() must fail within 5 s on an unreachable server
+_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
+DEFAULT_PORT = {"grpc": 8001, "http": 8000}
+
+
+def check_address(address: str, protocol: str) -> str:
+    """``HOST:PORT`` (IPv6 in brackets) or a UsageError saying what was expected."""
+    m = _ADDRESS.match(address)
+    if not m or not 0 < int(m.group(2)) < 65536:
+        raise UsageError(
+            f"--server {address!r} is not HOST:PORT",
+            hint=f"e.g. localhost:{DEFAULT_PORT.get(protocol, 8001)} (Triton serves gRPC on 8001, HTTP on 8000)",
+        )
+    return address
+
+
+def unreachable(address: str, protocol: str, detail: str) -> ServerError:
+    return ServerError(
+        f"cannot reach a Triton {protocol} endpoint at {address}: {detail}",
+        hint=f"start the server (Triton listens for {protocol} on port {DEFAULT_PORT[protocol.lower()]} by default), "
+        "check --server HOST:PORT and --protocol, or pass --emulator to run against the embedded emulator",
+    )
+
+
+def unknown_model(model: str, address: str, models: list[tuple[str, str]] | None) -> UsageError:
+    if models is None:
+        listing = "the server did not list its models"
+    elif not models:
+        listing = "the server has no models"
+    else:
+        listing = "server models: " + ", ".join(f"{name} ({state or 'unknown state'})" for name, state in models)
+    return UsageError(f"model {model!r} not found on {address}; {listing}", hint="pass --model NAME")
+
+
+def not_ready(model: str, address: str, state: str, reason: str = "") -> ServerError:
+    why = f": {reason}" if reason else ""
+    status = f"state {state}{why}" if state else f"not loaded{why}"  # explicit model control, never loaded
+    return ServerError(
+        f"model {model!r} on {address} is not ready ({status})",
+        hint="wait for the model to load (see the server log), or load it (e.g. POST "
+        f"/v2/repository/models/{model}/load when the server runs with --model-control-mode=explicit)",
+    )
+
+
+def check_mode(mode: str, decoupled: bool, model: str, address: str, protocol: str) -> None:
+    """The client's mode must match how the model was deployed (decoupled_mode), before the first request."""
+    if mode == "offline" and decoupled:
+        call = "HTTP infer" if protocol == "http" else "gRPC ModelInfer"
+        raise UsageError(
+            f"model {model!r} on {address} is decoupled (deployed for streaming): offline {call} cannot call it"
+            + (" (Triton answers HTTP 501 for decoupled models)" if protocol == "http" else ""),
+            hint="use --mode streaming, or redeploy the model with decoupled_mode=false for offline tests",
+        )
+    if mode == "streaming" and not decoupled:
+        raise UsageError(
+            f"model {model!r} on {address} is not decoupled (deployed for offline synthesis): it answers with "
+            "one response, so there is no streaming to measure",
+            hint="use --mode offline, or redeploy the model with decoupled_mode=true for streaming tests",
+        )
+
+
+def check_tensors(config: dict[str, Any], model: str, address: str) -> None:
+    """A model without ``target_text`` in or ``waveform`` out is not a CosyVoice front model."""
+    inputs = [t.get("name", "") for t in config.get("input", [])]
+    outputs = [t.get("name", "") for t in config.get("output", [])]
+    if "target_text" not in inputs or "waveform" not in outputs:
+        raise UsageError(
+            f"model {model!r} on {address} is not a CosyVoice front model (inputs: {', '.join(inputs) or 'none'}; "
+            f"outputs: {', '.join(outputs) or 'none'}; expected target_text in and waveform out)",
+            hint="pass --model with the front model's name (usually cosyvoice2, cosyvoice2_dit or cosyvoice3)",
+        )
+
+
+def decoupled_of(config: dict[str, Any]) -> bool:
+    return bool(config.get("model_transaction_policy", {}).get("decoupled", False))

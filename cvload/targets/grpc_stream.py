@@ -1,0 +1,155 @@
+"""One long-lived Triton ``ModelStreamInfer`` call shared by all streaming requests of a target on one loop.
+
+Opening a gRPC stream per request costs ~0.8 ms of first-chunk latency, so requests share one bidirectional
+stream: each carries a unique id, one reader task stamps every response the moment gRPC hands it over and
+routes it by id to that request's inbox. When the stream breaks (server died) every request still on it fails
+with kind ``connection``; a stream the server ends cleanly fails them with ``no_final``. The next request opens
+a new stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from typing import Any
+
+import grpc
+
+from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_NO_FINAL
+from cvload.targets.base import TargetError
+
+# What an inbox holds: (arrival time, ModelStreamInferResponse), a TargetError, or TIMED_OUT.
+TIMED_OUT = object()
+
+
+class Inbox:
+    """A request's queue of responses: cheaper than asyncio.Queue, one waiter at most."""
+
+    __slots__ = ("items", "waiter", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.items: deque[Any] = deque()
+        self.waiter: asyncio.Future[None] | None = None
+        self.loop = loop
+
+    def put(self, item: Any) -> None:
+        self.items.append(item)
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> Any:
+        items = self.items
+        while not items:
+            self.waiter = self.loop.create_future()
+            try:
+                await self.waiter
+            finally:
+                self.waiter = None
+        return items.popleft()
+
+
+class SharedStream:
+    """A ``ModelStreamInfer`` call, its reader and writer tasks, and the inboxes of the requests on it.
+
+    Writes go through one writer task, never from the request's own task: gRPC cancels the whole call when a
+    pending write is cancelled, so a request cancelled mid-send (Ctrl-C, a caller's timeout) would otherwise
+    fail every other request on the stream. gRPC also allows only one pending write per call.
+    """
+
+    def __init__(self, stub: Any, address: str) -> None:
+        self.address = address
+        self.loop = asyncio.get_running_loop()
+        self.call = stub.ModelStreamInfer()
+        self.inboxes: dict[str, Inbox] = {}
+        self.broken: TargetError | None = None
+        self._closing = False
+        self._outbox = Inbox(self.loop)
+        self._reader = self.loop.create_task(self._read())
+        self._writer = self.loop.create_task(self._write())
+
+    @property
+    def usable(self) -> bool:
+        return self.broken is None and not self._closing
+
+    def register(self, request_id: str) -> Inbox:
+        if request_id in self.inboxes:
+            raise ValueError(f"request id {request_id!r} is already in flight on this stream: ids must be unique")
+        inbox = self.inboxes[request_id] = Inbox(self.loop)
+        return inbox
+
+    def unregister(self, request_id: str) -> None:
+        # Responses still coming for it (after a timeout) are dropped by the reader: nobody waits for them.
+        self.inboxes.pop(request_id, None)
+
+    def send(self, message: Any) -> None:
+        """Queue a request for the writer; a failure to write reaches the request through its inbox."""
+        if self.broken is not None:
+            raise TargetError(self.broken.kind, self.broken.message)
+        self._outbox.put(message)
+
+    async def _write(self) -> None:
+        outbox, write = self._outbox, self.call.write
+        try:
+            while True:
+                message = outbox.items.popleft() if outbox.items else await outbox.get()
+                await write(message)
+        except asyncio.CancelledError:
+            return
+        except grpc.aio.AioRpcError as exc:
+            self._fail(_connection_error(self.address, exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. InvalidStateError: the call ended, the reader knows why
+            await asyncio.wait([self._reader], timeout=1.0)
+            self._fail(TargetError(ERR_CONNECTION, f"gRPC stream to {self.address} closed: {exc!r}"))
+
+    async def _read(self) -> None:
+        read = self.call.read
+        route = self.inboxes.get
+        clock = time.monotonic
+        eof = grpc.aio.EOF
+        try:
+            while True:
+                response = await read()
+                t = clock()  # stamp first: decoding happens later, in the request's own task
+                if response is eof:
+                    break
+                inbox = route(response.infer_response.id)
+                if inbox is not None:
+                    inbox.put((t, response))
+        except asyncio.CancelledError:
+            self._fail(TargetError(ERR_CANCELLED, f"gRPC stream to {self.address} closed by cvload"))
+            return
+        except grpc.aio.AioRpcError as exc:
+            if self._closing and exc.code() == grpc.StatusCode.CANCELLED:
+                self._fail(TargetError(ERR_CANCELLED, f"gRPC stream to {self.address} closed by cvload"))
+            else:
+                self._fail(_connection_error(self.address, exc))
+            return
+        except Exception as exc:  # noqa: BLE001 - never leave requests waiting on a dead reader
+            self._fail(TargetError(ERR_CONNECTION, f"gRPC stream to {self.address} failed: {exc!r}"))
+            return
+        self._fail(TargetError(ERR_NO_FINAL, f"the server ({self.address}) ended the gRPC stream before the "
+                               "final response"))
+
+    def _fail(self, error: TargetError) -> None:
+        """Mark the stream broken and fail every request on it."""
+        if self.broken is None:
+            self.broken = error
+        for inbox in list(self.inboxes.values()):
+            inbox.put(TargetError(error.kind, error.message))
+        self.inboxes.clear()
+        if not self._writer.done() and asyncio.current_task() is not self._writer:
+            self._writer.cancel()
+
+    async def close(self) -> None:
+        self._closing = True
+        self.call.cancel()
+        self._writer.cancel()
+        await asyncio.wait([self._reader, self._writer], timeout=2.0)
+        if not self._reader.done():
+            self._reader.cancel()
+
+
+def _connection_error(address: str, exc: grpc.aio.AioRpcError) -> TargetError:
+    return TargetError(ERR_CONNECTION, f"gRPC stream to {address} broke: {exc.code().name}: {exc.details()}")

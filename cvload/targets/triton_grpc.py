@@ -1,0 +1,242 @@
+"""Triton over gRPC: streaming (decoupled model, one shared bidirectional stream) and offline (ModelInfer).
+
+Built on the generated stubs (``tritonclient.grpc.service_pb2*``) on ``grpc.aio`` rather than
+``tritonclient.grpc.aio``: its ``stream_infer`` cannot ask for ``triton_enable_empty_final_response``, and
+without it a request's end is only visible as the end of its own stream, which costs a stream per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import numpy as np
+from tritonclient.grpc import service_pb2 as pb
+from tritonclient.grpc import service_pb2_grpc as pb_grpc
+
+from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.targets import checks
+from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.grpc_stream import TIMED_OUT, SharedStream
+from cvload.targets.proto_dict import message_to_dict
+from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+]
+_TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+
+
+def decode_waveform(response: Any) -> np.ndarray:
+    """The ``waveform`` tensor of a ModelInferResponse as float32, a view on the received bytes (no copy)."""
+    outputs = response.outputs
+    index = next((i for i, output in enumerate(outputs) if output.name == WAVEFORM), None)
+    if index is None:
+        names = ", ".join(o.name for o in outputs) or "none"
+        raise TargetError(ERR_PROTOCOL, f"response has no {WAVEFORM} tensor (outputs: {names})")
+    output = outputs[index]
+    if output.datatype != "FP32":
+        raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} is {output.datatype}, expected FP32")
+    count = int(np.prod(output.shape)) if len(output.shape) else 1
+    raw_contents = response.raw_output_contents
+    if index < len(raw_contents):
+        raw = raw_contents[index]
+        if len(raw) != 4 * count:
+            raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} has {len(raw)} bytes for shape {list(output.shape)} "
+                              f"({4 * count} expected)")
+        return np.frombuffer(raw, dtype="<f4")
+    values = output.contents.fp32_contents
+    if len(values) != count:
+        raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} holds {len(values)} values for shape {list(output.shape)}")
+    return np.asarray(values, dtype=np.float32)
+
+
+class _Connection:
+    """A channel, its stub and (for streaming) the shared stream, all bound to one event loop."""
+
+    def __init__(self, address: str) -> None:
+        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
+        self.stream: SharedStream | None = None
+        self.streams_opened = 0
+
+    async def close(self) -> None:
+        if self.stream is not None:
+            await self.stream.close()
+            self.stream = None
+        await self.channel.close()
+
+
+class _TritonGrpc(Target):
+    protocol = "grpc"
+
+    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None) -> None:
+        super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout)
+        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._prompts = PromptCache()
+        self._id_prefix = f"cvload-{uuid.uuid4().hex[:8]}-"
+        self._ids = itertools.count()
+
+    # ---- connection --------------------------------------------------------------------------------------
+    def _connection(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        connection = self._connections.get(loop)
+        if connection is None:
+            connection = self._connections[loop] = _Connection(self.address)
+        return connection
+
+    async def open(self) -> TargetInfo:
+        try:
+            return await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _open(self) -> TargetInfo:
+        stub = self._connection().stub
+        deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        try:
+            server = await stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=left())
+        except grpc.aio.AioRpcError as exc:
+            raise checks.unreachable(self.address, "gRPC", f"{exc.code().name}: {exc.details()}") from None
+        try:
+            reply = await stub.ModelConfig(pb.ModelConfigRequest(name=self.model), timeout=left())
+        except grpc.aio.AioRpcError:
+            raise await self._missing_model(stub, left()) from None
+        ready = await stub.ModelReady(pb.ModelReadyRequest(name=self.model), timeout=left())
+        if not ready.ready:
+            raise await self._missing_model(stub, left())
+        config = message_to_dict(reply.config)
+        checks.check_tensors(config, self.model, self.address)
+        decoupled = checks.decoupled_of(config)
+        checks.check_mode(self.mode, decoupled, self.model, self.address, "grpc")
+        return TargetInfo(address=self.address, protocol=self.protocol, mode=self.mode, model=self.model,
+                          decoupled=decoupled, server_version=server.version, model_config=config)
+
+    async def _missing_model(self, stub: Any, timeout: float) -> Exception:
+        """Not ready (listed in the repository) or unknown (listed with the server's models)."""
+        try:
+            index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _TRANSPORT_CODES:
+                return checks.unreachable(self.address, "gRPC", f"{exc.code().name}: {exc.details()}")
+            return checks.unknown_model(self.model, self.address, None)
+        for entry in index.models:
+            if entry.name == self.model:
+                return checks.not_ready(self.model, self.address, entry.state, entry.reason)
+        return checks.unknown_model(self.model, self.address, [(m.name, m.state) for m in index.models])
+
+    async def statistics(self) -> dict[str, Any] | None:
+        reply = await self._connection().stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=10.0)
+        return message_to_dict(reply)
+
+    async def close(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover - close() is a coroutine, a loop runs
+            return
+        connection = self._connections.pop(loop, None)
+        if connection is not None:
+            await connection.close()
+
+    # ---- requests ----------------------------------------------------------------------------------------
+    def _request(self, request: SynthesisRequest, request_id: str) -> Any:
+        message = pb.ModelInferRequest(model_name=self.model, id=request_id)
+        inputs, contents = message.inputs, message.raw_input_contents
+        for tensor in request_tensors(request, self._prompts):
+            inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
+            contents.append(tensor.raw)
+        return message
+
+    def _request_id(self, request: SynthesisRequest) -> str:
+        return request.request_id or f"{self._id_prefix}{next(self._ids)}"
+
+
+class TritonGrpcStreaming(_TritonGrpc):
+    """Decoupled model over one long-lived ``ModelStreamInfer`` stream per event loop."""
+
+    mode = "streaming"
+
+    @property
+    def streams_opened(self) -> int:
+        """How many streams this loop's connection opened (one, unless the server went away)."""
+        connection = self._connections.get(asyncio.get_running_loop())
+        return connection.streams_opened if connection is not None else 0
+
+    def _stream(self) -> SharedStream:
+        connection = self._connection()
+        stream = connection.stream
+        if stream is None or not stream.usable:
+            stream = connection.stream = SharedStream(connection.stub, self.address)
+            connection.streams_opened += 1
+        return stream
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
+        request_id = self._request_id(request)
+        message = self._request(request, request_id)
+        message.parameters["triton_enable_empty_final_response"].bool_param = True
+        stream = self._stream()
+        inbox = stream.register(request_id)
+        timer = None
+        if self.timeout is not None:
+            timer = stream.loop.call_later(self.timeout, inbox.put, TIMED_OUT)
+        try:
+            stream.send(message)
+            while True:
+                item = inbox.items.popleft() if inbox.items else await inbox.get()
+                if item.__class__ is not tuple:
+                    if item is TIMED_OUT:
+                        raise TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s "
+                                          f"(request {request_id})")
+                    raise item
+                t, response = item
+                if response.error_message:
+                    raise TargetError(ERR_SERVER, response.error_message)
+                result = response.infer_response
+                final = result.parameters.get("triton_final_response")
+                is_final = final is not None and final.bool_param
+                if len(result.outputs):
+                    yield Chunk(t, decode_waveform(result))
+                elif not is_final:
+                    raise TargetError(ERR_PROTOCOL, f"a non-final response without a {WAVEFORM} tensor")
+                if is_final:
+                    return
+        finally:
+            if timer is not None:
+                timer.cancel()
+            stream.unregister(request_id)
+
+
+class TritonGrpcOffline(_TritonGrpc):
+    """Non-decoupled model: one ``ModelInfer`` call and one response holding the whole waveform."""
+
+    mode = "offline"
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
+        message = self._request(request, self._request_id(request))
+        stub = self._connection().stub
+        try:
+            # The deadline travels to the server, which cancels the request when it passes.
+            response = await stub.ModelInfer(message, timeout=self.timeout)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise TargetError(ERR_TIMEOUT, f"no response within {self.timeout:g} s") from None
+            if code == grpc.StatusCode.UNAVAILABLE:
+                raise TargetError(ERR_CONNECTION, f"gRPC {self.address}: {exc.details()}") from None
+            raise TargetError(ERR_SERVER, exc.details() or code.name) from None
+        t = time.monotonic()
+        yield Chunk(t, decode_waveform(response))

@@ -1,0 +1,290 @@
+"""Triton over HTTP: offline ``POST /v2/models/{m}/infer`` and streaming ``POST /v2/models/{m}/generate_stream``.
+
+Offline sends the prompt audio and asks for the waveform through the binary tensor extension
+(``Inference-Header-Content-Length``): JSON floats cost far more to print and parse than the audio is worth.
+A server that answers in plain JSON is read too. Streaming reads server-sent events, one per chunk, each
+stamped when its last byte arrives, before its JSON is parsed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import time
+import uuid
+import weakref
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import numpy as np
+
+from cvload.errors import ServerError
+from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.targets import checks
+from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.sse import SseParser
+from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def error_text(payload: bytes, status: int) -> str:
+    """Triton's ``{"error": ...}`` message (plain JSON or one SSE event), else the body itself."""
+    text = payload.decode("utf-8", errors="replace").strip()
+    body = text[5:].strip() if text.startswith("data:") else text
+    try:
+        message = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        message = None
+    return f"HTTP {status}: {message or text[:300] or 'no body'}"
+
+
+def decode_infer_response(payload: bytes, header_length: str | None) -> np.ndarray:
+    """The waveform of an ``infer`` response: binary (a view on the body, no copy) or JSON ``data``."""
+    try:
+        offset = int(header_length) if header_length is not None else len(payload)
+        header = json.loads(payload[:offset])
+        outputs = header["outputs"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise TargetError(ERR_PROTOCOL, f"unreadable infer response: {exc}") from None
+    for output in outputs:
+        size = (output.get("parameters") or {}).get("binary_data_size")
+        if output.get("name") != WAVEFORM:
+            offset += int(size or 0)
+            continue
+        if output.get("datatype") != "FP32":
+            raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} is {output.get('datatype')}, expected FP32")
+        count = int(np.prod(output.get("shape") or [0]))
+        if size is not None:
+            if size != 4 * count or offset + size > len(payload):
+                raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} binary data of {size} bytes does not fit shape "
+                                  f"{output.get('shape')} and a {len(payload)}-byte body")
+            return np.frombuffer(payload, dtype="<f4", count=count, offset=offset)
+        data = output.get("data")
+        if not isinstance(data, list):
+            raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} has neither binary nor JSON data")
+        return _float_array(data, count)
+    names = ", ".join(str(o.get("name")) for o in outputs) or "none"
+    raise TargetError(ERR_PROTOCOL, f"response has no {WAVEFORM} tensor (outputs: {names})")
+
+
+def decode_event(payload: bytes) -> np.ndarray:
+    """One ``generate_stream`` event: its waveform, or the server's error as a TargetError."""
+    try:
+        event = json.loads(payload)
+    except ValueError as exc:
+        raise TargetError(ERR_PROTOCOL, f"unreadable server-sent event ({exc}): {payload[:100]!r}") from None
+    if not isinstance(event, dict):
+        raise TargetError(ERR_PROTOCOL, f"server-sent event is not a JSON object: {payload[:100]!r}")
+    if "error" in event:
+        raise TargetError(ERR_SERVER, str(event["error"]))
+    data = event.get(WAVEFORM)
+    if not isinstance(data, list):
+        raise TargetError(ERR_PROTOCOL, f"server-sent event without a {WAVEFORM} array (keys: "
+                          f"{', '.join(event) or 'none'})")
+    return _float_array(data, None)
+
+
+def _float_array(data: list[Any], count: int | None) -> np.ndarray:
+    try:
+        audio = np.asarray(data, dtype=np.float32).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} is not an array of numbers: {exc}") from None
+    if count is not None and audio.size != count:
+        raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} holds {audio.size} values, its shape says {count}")
+    return audio
+
+
+class _TritonHttp(Target):
+    protocol = "http"
+
+    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None) -> None:
+        super().__init__(checks.check_address(address, "http"), model, timeout=timeout)
+        self.base = f"http://{self.address}"
+        self._model_path = f"/v2/models/{quote(model, safe='')}"
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._prompts = PromptCache()
+        self._id_prefix = f"cvload-{uuid.uuid4().hex[:8]}-"
+        self._ids = itertools.count()
+
+    def _session(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0),
+                # No gzip: compressing audio costs server CPU and latency, and every client here is local.
+                headers={"Accept-Encoding": "identity"},
+            )
+        return session
+
+    def _timeout(self) -> aiohttp.ClientTimeout:
+        return aiohttp.ClientTimeout(total=self.timeout)
+
+    def _request_id(self, request: SynthesisRequest) -> str:
+        return request.request_id or f"{self._id_prefix}{next(self._ids)}"
+
+    # ---- open ----------------------------------------------------------------------------------------------
+    async def open(self) -> TargetInfo:
+        try:
+            return await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    async def _call(self, method: str, path: str, deadline: float) -> tuple[int, Any]:
+        """A small JSON call of open(); an unreachable server becomes the user-facing ServerError."""
+        timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - time.monotonic()))
+        try:
+            async with self._session().request(method, self.base + path, timeout=timeout,
+                                               json={} if method == "POST" else None) as resp:
+                payload = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise checks.unreachable(self.address, "HTTP", _describe(exc)) from None
+        try:
+            return resp.status, json.loads(payload) if payload else None
+        except ValueError:
+            return resp.status, payload.decode("utf-8", errors="replace")
+
+    async def _open(self) -> TargetInfo:
+        deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
+        status, server = await self._call("GET", "/v2", deadline)
+        if status != 200 or not isinstance(server, dict) or "version" not in server:
+            raise ServerError(
+                f"{self.base} answered GET /v2 with HTTP {status}: not a Triton server",
+                hint="check --server HOST:PORT (Triton serves HTTP on port 8000 by default) and --protocol",
+            )
+        status, config = await self._call("GET", f"{self._model_path}/config", deadline)
+        if status != 200 or not isinstance(config, dict):
+            raise await self._missing_model(deadline)
+        status, _ = await self._call("GET", f"{self._model_path}/ready", deadline)
+        if status != 200:
+            raise await self._missing_model(deadline)
+        checks.check_tensors(config, self.model, self.address)
+        decoupled = checks.decoupled_of(config)
+        checks.check_mode(self.mode, decoupled, self.model, self.address, "http")
+        return TargetInfo(address=self.address, protocol=self.protocol, mode=self.mode, model=self.model,
+                          decoupled=decoupled, server_version=server.get("version"), model_config=config)
+
+    async def _missing_model(self, deadline: float) -> Exception:
+        status, index = await self._call("POST", "/v2/repository/index", deadline)
+        if status != 200 or not isinstance(index, list):
+            return checks.unknown_model(self.model, self.address, None)
+        for entry in index:
+            if entry.get("name") == self.model:
+                return checks.not_ready(self.model, self.address, entry.get("state", ""), entry.get("reason", ""))
+        return checks.unknown_model(self.model, self.address,
+                                    [(str(e.get("name")), str(e.get("state", ""))) for e in index])
+
+    async def statistics(self) -> dict[str, Any] | None:
+        async with self._session().get(f"{self.base}/v2/models/stats",
+                                       timeout=aiohttp.ClientTimeout(total=10.0)) as resp:
+            resp.raise_for_status()
+            return await resp.json()  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # pragma: no cover
+            return
+        session = self._sessions.pop(loop, None)
+        if session is not None:
+            await session.close()
+
+    def _failure(self, exc: BaseException) -> TargetError:
+        if isinstance(exc, asyncio.TimeoutError):
+            return TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s")
+        return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {_describe(exc)}")
+
+
+class TritonHttpOffline(_TritonHttp):
+    """``POST /v2/models/{m}/infer``: text as JSON, prompt audio and waveform as binary tensors."""
+
+    mode = "offline"
+
+    def _body(self, request: SynthesisRequest) -> tuple[bytes, int]:
+        inputs: list[dict[str, Any]] = []
+        binary: list[bytes] = []
+        for tensor in request_tensors(request, self._prompts):
+            entry: dict[str, Any] = {"name": tensor.name, "shape": list(tensor.shape), "datatype": tensor.datatype}
+            if tensor.text is not None:
+                entry["data"] = [tensor.text]
+            else:
+                entry["parameters"] = {"binary_data_size": len(tensor.raw)}
+                binary.append(tensor.raw)
+            inputs.append(entry)
+        header = json.dumps({
+            "id": self._request_id(request),
+            "inputs": inputs,
+            "outputs": [{"name": WAVEFORM, "parameters": {"binary_data": True}}],
+        }).encode()
+        return header + b"".join(binary), len(header)
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
+        body, header_length = self._body(request)
+        headers = {HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
+        try:
+            async with self._session().post(f"{self.base}{self._model_path}/infer", data=body, headers=headers,
+                                            timeout=self._timeout()) as resp:
+                payload = await resp.read()
+                t = time.monotonic()
+                status, returned_length = resp.status, resp.headers.get(HEADER_LENGTH)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._failure(exc) from None
+        if status != 200:
+            raise TargetError(ERR_SERVER, error_text(payload, status))
+        yield Chunk(t, decode_infer_response(payload, returned_length))
+
+
+class TritonHttpStreaming(_TritonHttp):
+    """``POST /v2/models/{m}/generate_stream``: inputs as JSON keys, one server-sent event per chunk."""
+
+    mode = "streaming"
+
+    def _body(self, request: SynthesisRequest) -> bytes:
+        parts = [f'"id": {json.dumps(self._request_id(request))}',
+                 f'"target_text": {json.dumps(request.target_text)}']
+        if request.reference_wav is not None:
+            prompt = self._prompts.get(request.reference_wav, request.pad_to_samples)
+            parts.append(f'"reference_text": {json.dumps(request.reference_text or "")}')
+            parts.append(f'"reference_wav": {prompt.json}')
+            parts.append(f'"reference_wav_len": [{prompt.length}]')
+        elif request.reference_text is not None:
+            parts.append(f'"reference_text": {json.dumps(request.reference_text)}')
+        return ("{" + ", ".join(parts) + "}").encode()
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
+        url = f"{self.base}{self._model_path}/generate_stream"
+        clock = time.monotonic
+        try:
+            async with self._session().post(url, data=self._body(request), timeout=self._timeout(),
+                                            headers={"Content-Type": "application/json"}) as resp:
+                if resp.status != 200:
+                    raise TargetError(ERR_SERVER, error_text(await resp.read(), resp.status))
+                parser = SseParser()
+                content = resp.content
+                while True:
+                    data = await content.readany()
+                    t = clock()
+                    if not data:
+                        break
+                    for payload in parser.feed(data):
+                        yield Chunk(t, decode_event(payload))
+                t = clock()
+                for payload in parser.finish():
+                    yield Chunk(t, decode_event(payload))
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._failure(exc) from None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer in time"
+    if isinstance(exc, aiohttp.ClientResponseError) and "status line" in str(exc.message):
+        return "the answer is not HTTP/1.1 (is this Triton's gRPC port? then use --protocol grpc)"
+    return str(exc) or type(exc).__name__
