@@ -10,6 +10,8 @@ import sys
 
 from cvload.commands.run import _duration, _run, add_run_options, config_from_args
 
+UNTIL_QUIT_S = 3600.0  # a dashboard without --requests/--duration runs until q, bounded to an hour
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
@@ -18,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "errors and recent requests. Keys: space pause/resume, +/- concurrency (or rate), s snapshot, "
                     "r reset the live window, q quit (writes the results folder), ? help. Takes the options of "
                     "`cvload run` and exits with its codes: 0 all objectives met, 3 an objective failed, 2 bad "
-                    "usage or configuration, 1 runtime failure. Without a terminal it runs headless.",
+                    "usage or configuration, 1 runtime failure. Without --requests or --duration it runs until q (at "
+                    "most an hour). Without a terminal it runs headless, exactly as `cvload run`.",
     )
     add_run_options(p)
     p.add_argument("--replay", default=None, metavar="RESULTS_DIR",
@@ -45,6 +48,8 @@ def tui(args: argparse.Namespace) -> int:
     from cvload.tui.app import DashboardApp
     from cvload.tui.sources import RunSource
 
+    if config.requests is None and config.duration is None:
+        config = config.merged({"duration": UNTIL_QUIT_S})  # watch until q instead of one pass over the inputs
     source = RunSource(config, window_s=args.window)
     try:
         DashboardApp(source).run()

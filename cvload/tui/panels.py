@@ -33,8 +33,14 @@ class Panel(Static):
         super().__init__("", **kwargs)
         self.border_title = title
         self.shown: RenderableType = ""
+        self._key: object = None
 
-    def update(self, content: Any = "", *, layout: bool = True) -> None:
+    def update(self, content: Any = "", *, layout: bool = False) -> None:
+        """Repaint only when the content changed, and never re-layout the screen (panels have fixed sizes)."""
+        key = _content_key(content)
+        if key is not None and key == self._key:
+            return
+        self._key = key
         self.shown = content
         super().update(content, layout=layout)
 
@@ -50,6 +56,18 @@ class Panel(Static):
         return max(16, self.content_size.width or 40)
 
 
+def _content_key(content: Any) -> object:
+    """A comparable fingerprint of Text / Group-of-Text content (None: unknown, always repaint)."""
+    if isinstance(content, Text):
+        return (content.plain, tuple((sp.start, sp.end, str(sp.style)) for sp in content.spans), str(content.style))
+    if isinstance(content, Group):
+        keys = tuple(_content_key(r) for r in content.renderables)
+        return None if any(k is None for k in keys) else keys
+    if isinstance(content, str):
+        return content
+    return None
+
+
 # ---- header ----------------------------------------------------------------------------------------------------
 def header_text(status: Status, target: str, scenario: str | None) -> Text:
     text = Text()
@@ -62,6 +80,9 @@ def header_text(status: Status, target: str, scenario: str | None) -> Text:
     planned = f"/{status.planned}" if status.planned else ""
     text.append(f" elapsed {status.elapsed:6.1f}s   done {status.done}{planned}   in flight {status.inflight}   "
                 f"{status.load}")
+    if status.remaining_s is not None:
+        minutes, seconds = divmod(int(status.remaining_s + 0.5), 60)
+        text.append(f"   ends in {minutes}:{seconds:02d} (or q)", style="dim")
     if status.objectives:
         text.append("   objectives ")
         for v in status.objectives:

@@ -39,6 +39,7 @@ class Status:
     planned: int | None = None
     inflight: int = 0
     load: str = ""
+    remaining_s: float | None = None  # --duration runs: time left
     message: str | None = None
     objectives: list[dict[str, Any]] = field(default_factory=list)
 
@@ -240,8 +241,12 @@ class RunSource(Source):
         message = st.aborted
         if phase == "finished" and self.out_dir is not None:
             message = f"results written to {self.out_dir}" + (f" ({st.aborted})" if st.aborted else "")
-        return Status(phase=phase, elapsed=self._elapsed(), done=st.done, planned=st.planned,
-                      inflight=engine.inflight.count, load=load, message=message,
+        elapsed = self._elapsed()
+        remaining = None
+        if engine.config.duration is not None and phase in ("running", "paused"):
+            remaining = max(0.0, engine.config.duration - elapsed)
+        return Status(phase=phase, elapsed=elapsed, done=st.done, planned=st.planned,
+                      inflight=engine.inflight.count, load=load, remaining_s=remaining, message=message,
                       objectives=self._verdicts())
 
     def _verdicts(self) -> list[dict[str, Any]]:
