@@ -3,6 +3,9 @@
 Built on the generated stubs (``tritonclient.grpc.service_pb2*``) on ``grpc.aio`` rather than
 ``tritonclient.grpc.aio``: its ``stream_infer`` cannot ask for ``triton_enable_empty_final_response``, and
 without it a request's end is only visible as the end of its own stream, which costs a stream per request.
+A streaming request that times out cannot be cancelled on the server (Triton cancels whole streams, not one
+request on them): cvload stops waiting and drops its late responses. Offline requests carry their deadline to
+the server, which cancels them.
 """
 
 from __future__ import annotations

@@ -1,0 +1,210 @@
+"""How much latency and CPU the gRPC streaming target adds, against the emulator's ground truth.
+
+The ``fixed`` profile sends every first chunk exactly 200 ms after the request reached the model, and the server
+writes each request's arrival and send times (host monotonic clock) to its trace file. Two clients run the same
+closed loop (N workers, staggered over one request's duration, 3 s prompts unpadded) one after the other at each
+concurrency:
+
+- ``target``: cvload's ``TritonGrpcStreaming`` (one shared stream, empty final responses, decoded float32 audio);
+- ``lean``: a bare loop over ``tritonclient.grpc.aio`` (one ``stream_infer`` per request, bytes counted only).
+
+Printed per client and concurrency: first-chunk latency minus the 200 ms (p50/p99), the same split into the
+send path (request sent -> model got it) and the receive path (model sent the chunk -> client stamped it), client
+CPU seconds per 100 requests, and the achieved (time-weighted) concurrency.
+
+    .venv/bin/python -m benchmarks.grpc_target_overhead --concurrency 1 16 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+TRUTH_S = 0.200  # fixed profile: first chunk this long after arrival
+TEXT = "Hello there world."  # 38 speech tokens: two chunks, at 200 and 300 ms
+PROMPT_TEXT = "A three second prompt, sent unpadded."
+PROMPT = (0.1 * np.sin(np.arange(48000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+
+
+@dataclass
+class Timed:
+    request_id: str
+    sent: float
+    first: float | None = None
+    end: float | None = None
+    error: str | None = None
+
+
+async def closed_loop(concurrency: int, requests: int, one: Callable[[str], Awaitable[Timed]],
+                      ramp_s: float) -> tuple[list[Timed], float, float]:
+    """N workers, each sending its next request when the previous ends; starts spread over ``ramp_s``."""
+    counter = iter(range(requests))
+    done: list[Timed] = []
+    tag = f"b{os.getpid()}-{time.monotonic_ns()}"
+
+    async def worker(k: int) -> None:
+        await asyncio.sleep(k * ramp_s / concurrency)
+        for i in counter:
+            done.append(await one(f"{tag}-{i}"))
+
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    return done, time.process_time() - cpu0, time.monotonic() - wall0
+
+
+def target_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable[[], Awaitable[None]],
+                                      Callable[[], Awaitable[None]]]:
+    from cvload.targets.base import SynthesisRequest
+    from cvload.targets.triton_grpc import TritonGrpcStreaming
+
+    target = TritonGrpcStreaming(url, "cosyvoice2", timeout=30)
+
+    async def one(request_id: str) -> Timed:
+        request = SynthesisRequest(request_id, TEXT, PROMPT_TEXT, PROMPT)
+        timed = Timed(request_id, time.monotonic())
+        try:
+            async for chunk in target.synthesize(request):
+                if timed.first is None:
+                    timed.first = chunk.t
+        except Exception as exc:  # noqa: BLE001
+            timed.error = repr(exc)
+        timed.end = time.monotonic()
+        return timed
+
+    async def start() -> None:
+        await target.open()
+
+    return one, start, target.close
+
+
+def lean_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable[[], Awaitable[None]],
+                                    Callable[[], Awaitable[None]]]:
+    import tritonclient.grpc.aio as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+
+    def inputs() -> list[object]:
+        tensors = [grpcclient.InferInput("target_text", [1, 1], "BYTES"),
+                   grpcclient.InferInput("reference_wav", [1, PROMPT.size], "FP32"),
+                   grpcclient.InferInput("reference_wav_len", [1, 1], "INT32"),
+                   grpcclient.InferInput("reference_text", [1, 1], "BYTES")]
+        tensors[0].set_data_from_numpy(np.array([[TEXT.encode()]], dtype=object))
+        tensors[1].set_data_from_numpy(PROMPT.reshape(1, -1))
+        tensors[2].set_data_from_numpy(np.array([[PROMPT.size]], dtype=np.int32))
+        tensors[3].set_data_from_numpy(np.array([[PROMPT_TEXT.encode()]], dtype=object))
+        return tensors
+
+    async def one(request_id: str) -> Timed:
+        tensors = inputs()
+
+        async def requests():  # type: ignore[no-untyped-def]
+            yield {"model_name": "cosyvoice2", "inputs": tensors, "request_id": request_id}
+
+        timed = Timed(request_id, time.monotonic())
+        try:
+            async for response, error in client.stream_infer(requests()):
+                now = time.monotonic()
+                if error is not None:
+                    timed.error = str(error)
+                elif timed.first is None and response.get_response().raw_output_contents:
+                    timed.first = now
+        except Exception as exc:  # noqa: BLE001
+            timed.error = repr(exc)
+        timed.end = time.monotonic()
+        return timed
+
+    async def start() -> None:
+        await client.is_server_ready()
+
+    return one, start, client.close
+
+
+def read_trace(path: Path) -> dict[str, dict]:
+    out = {}
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        out[entry["id"]] = entry
+    return out
+
+
+def achieved(timed: list[Timed]) -> tuple[float, int]:
+    """Time-weighted mean and max of requests in flight."""
+    events = sorted([(t.sent, 1) for t in timed] + [(t.end or t.sent, -1) for t in timed])
+    level = peak = 0
+    area = 0.0
+    for (t0, step), (t1, _) in zip(events, events[1:]):
+        level += step
+        peak = max(peak, level)
+        area += level * (t1 - t0)
+    span = events[-1][0] - events[0][0]
+    return (area / span if span else 0.0), peak
+
+
+def report(name: str, concurrency: int, timed: list[Timed], cpu_s: float, trace: dict[str, dict]) -> dict:
+    ok = [t for t in timed if t.error is None and t.first is not None]
+    over = np.array([t.first - t.sent - TRUTH_S for t in ok]) * 1000
+    send = np.array([trace[t.request_id]["arrival"] - t.sent for t in ok]) * 1000
+    recv = np.array([t.first - trace[t.request_id]["arrival"] - trace[t.request_id]["sends"][0] for t in ok]) * 1000
+    mean, peak = achieved(timed)
+    row = {
+        "client": name, "concurrency": concurrency, "requests": len(timed), "errors": len(timed) - len(ok),
+        "over_p50_ms": round(float(np.percentile(over, 50)), 2), "over_p99_ms": round(float(np.percentile(over, 99)), 2),
+        "send_p50_ms": round(float(np.percentile(send, 50)), 2), "recv_p50_ms": round(float(np.percentile(recv, 50)), 2),
+        "recv_p99_ms": round(float(np.percentile(recv, 99)), 2),
+        "cpu_s_per_100": round(100 * cpu_s / max(1, len(timed)), 3),
+        "achieved_mean": round(mean, 1), "achieved_max": peak,
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+async def bench(url: str, trace_path: Path, levels: list[int], rounds: int, seconds: float) -> list[dict]:
+    clients = {"target": target_client(url), "lean": lean_client(url)}
+    for _, start, _ in clients.values():
+        await start()
+    rows = []
+    try:
+        for concurrency in levels:
+            requests = max(40, int(seconds * concurrency / 0.31))  # a request lasts ~0.31 s
+            for _ in range(rounds):
+                for name, (one, _, _) in clients.items():
+                    await closed_loop(min(concurrency, 4), 8, one, 0.0)  # warm up
+                    timed, cpu_s, _ = await closed_loop(concurrency, requests, one, ramp_s=0.3)
+                    await asyncio.sleep(0.5)  # let the server finish writing its trace
+                    rows.append(report(name, concurrency, timed, cpu_s, read_trace(trace_path)))
+    finally:
+        for _, _, close in clients.values():
+            await close()
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    parser.add_argument("--rounds", type=int, default=2, help="alternate the two clients this many times")
+    parser.add_argument("--seconds", type=float, default=6.0, help="measured load per client and round")
+    args = parser.parse_args(argv)
+    from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
+    from server_bootstrap.launcher import TritonServer
+
+    with tempfile.TemporaryDirectory(prefix="cvload-overhead-") as tmp:
+        root = Path(tmp)
+        repo = build_repository(root, [EmulatedModel("cosyvoice2", get_profile("fixed"), "streaming")])
+        with TritonServer(repo, workdir=root / "server") as server:
+            asyncio.run(bench(server.grpc_url, root / "cosyvoice2.trace.jsonl", args.concurrency, args.rounds,
+                              args.seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
