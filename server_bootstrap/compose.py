@@ -43,10 +43,10 @@ def _mounts(layout: Layout) -> list[str]:
     return mounts
 
 
-def _environment(layout: Layout, gpus: list[int] | None = None) -> dict[str, str]:
-    env = {"PYTHONIOENCODING": "utf-8",
-           "PYTHONPATH": f"{layout.source}:{layout.source / 'third_party' / 'Matcha-TTS'}"}
-    return env
+def _environment(layout: Layout) -> dict[str, str]:
+    """CosyVoice on PYTHONPATH, as upstream run.sh exports it for the Python models."""
+    return {"PYTHONIOENCODING": "utf-8",
+            "PYTHONPATH": f"{layout.source}:{layout.source / 'third_party' / 'Matcha-TTS'}"}
 
 
 def _gpu_reservation(gpus: list[int]) -> dict[str, Any]:

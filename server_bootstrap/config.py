@@ -268,6 +268,9 @@ class DeploymentConfig:
         if self.docker.enabled and self.target == "emulator":
             raise bad("docker", "the emulator target runs the local bundled server; --docker is for trtllm",
                       "drop --docker, or use --target trtllm")
+        if self.docker.enabled and len(fixed) != 3:
+            raise bad("[server] ports", "docker mode publishes fixed ports: 0 (any free port) cannot be mapped",
+                      "set http_port, grpc_port and metrics_port")
         if self.target == "emulator":
             from server_bootstrap.emulator import get_profile
 

@@ -220,8 +220,9 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
                                 "HTTP clients must stream through /generate_stream; offline callers need a "
                                 "deployment with mode = \"offline\"" if status == "FAIL" else
                                 "HTTP clients stream through /generate_stream (or use gRPC)"))
-    elif code in (200, 400):
-        findings.append(Finding("http infer", "ok", f"HTTP /infer accepts requests for {model} (probe got {code})"))
+    elif code:  # an empty request gets a parse error, not the 501: the model takes HTTP /infer
+        findings.append(Finding("http infer", "ok", f"HTTP /infer accepts requests for {model} (an empty probe "
+                                f"got {code}, not 501)"))
     batch = config.get("max_batch_size")
     batch_status, batch_cause, batch_fix = "info", "", ""
     if expect.max_batch_size is not None and batch != expect.max_batch_size:

@@ -155,14 +155,17 @@ def alive(pid: int | None, started: int | None) -> bool:
 
 def stop_group(pid: int, started: int | None, *, timeout: float = 20.0,
                on_wait: Callable[[], None] | None = None) -> bool:
-    """SIGTERM the process group led by ``pid`` (Triton unloads models), SIGKILL after ``timeout``.
+    """SIGTERM the leader ``pid`` (Triton unloads its models), then SIGKILL its whole group (the Python-backend
+    stubs), after ``timeout`` at the latest.
 
-    Returns False if the process was not running. Waits on the process itself, which may not be our child.
+    Only the leader gets SIGTERM: a stub terminated under a running server leaves its model unable to unload,
+    and the server then waits out its 30 s exit timeout. Returns False if the process was not running. Waits on
+    the process itself, which may not be our child.
     """
     if not alive(pid, started):
         return False
     with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
     delay = 0.02
     while alive(pid, started) and time.monotonic() < deadline:

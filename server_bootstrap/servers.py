@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import signal
 import subprocess
 import time
 import urllib.error
@@ -116,6 +117,13 @@ def running(rec: ServerRecord) -> bool:
     if rec.compose_file:
         return ready(rec)
     return process.alive(rec.pid, rec.start_time)
+
+
+def terminate(rec: ServerRecord) -> None:
+    """Ask a recorded server to shut down (SIGTERM to its leader only) without waiting."""
+    if rec.pid and not rec.compose_file and process.alive(rec.pid, rec.start_time):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(rec.pid, signal.SIGTERM)
 
 
 def stop(rec: ServerRecord, *, timeout: float = 20.0) -> bool:

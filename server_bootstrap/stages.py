@@ -485,10 +485,13 @@ def stop_recorded(state: State, layout: Layout, log: StageLog | None = None) -> 
     """Stop every server the state file knows (host processes and compose services); forget them."""
     stopped = 0
     compose_files = {r.compose_file for r in state.servers if r.compose_file}
-    for rec in state.servers:
-        if rec.compose_file:
-            continue
-        if servers.stop(rec):
+    hosted = [r for r in state.servers if not r.compose_file]
+    was_running = [servers.running(r) for r in hosted]
+    for rec in hosted:  # all shut down at once; each takes seconds to unload its models
+        servers.terminate(rec)
+    for rec, running in zip(hosted, was_running):
+        servers.stop(rec)
+        if running:
             stopped += 1
             if log:
                 log.say(f"stopped server {rec.index} (pid {rec.pid})")

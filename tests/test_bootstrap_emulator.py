@@ -1,0 +1,274 @@
+"""The whole bootstrap flow on the emulator target, against real tritonserver processes: ``up`` leaves servers
+running, and later, separate invocations (``status``, ``logs``, ``doctor``, ``down``) find, diagnose and stop
+them; interrupted and killed ``up`` runs resume; changed inputs are redone."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from server_bootstrap import process
+from server_bootstrap.cli import main
+from server_bootstrap.launcher import find_tritonserver
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+    """A separate invocation, as a user would type it."""
+    return subprocess.run([sys.executable, "-m", "server_bootstrap", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def state(workdir: Path) -> dict:
+    return json.loads((workdir / "bootstrap-state.json").read_text())
+
+
+def write_config(tmp_path: Path, extra: str = "", *, top: str = "") -> Path:
+    path = tmp_path / "deploy.toml"
+    path.write_text(f'target = "emulator"\n{top}\n[server]\nhttp_port = 0\ngrpc_port = 0\nmetrics_port = 0\n'
+                    f'[emulator]\nprofile = "instant"\n{extra}')
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Iterator[Path]:
+    """A deployment folder whose servers are stopped after the test, whatever happened."""
+    w = tmp_path / "deploy"
+    yield w
+    if (w / "bootstrap-state.json").exists():
+        for rec in state(w).get("servers", []):
+            if rec.get("pid"):
+                process.stop_group(rec["pid"], rec.get("start_time"), timeout=5)
+
+
+def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.05)
+
+
+def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: Path) -> None:
+    cfg = write_config(tmp_path)
+    up = cli("up", "--config", str(cfg), "--workdir", str(workdir))
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert "[5/7] repo" in up.stdout and "[6/7] launch" in up.stdout and "[2/7]" not in up.stdout
+    assert "cosyvoice2 streaming via grpc" in up.stdout and "first chunk" in up.stdout
+    rec = state(workdir)["servers"][0]
+    assert process.alive(rec["pid"], rec["start_time"])  # the server outlived `up`
+    grpc = f"127.0.0.1:{rec['grpc_port']}"
+    assert f"endpoints: {grpc}" in up.stdout and f"try: cvload run --server {grpc} --mode streaming" in up.stdout
+
+    status = cli("status", "--workdir", str(workdir))
+    assert status.returncode == 0, status.stderr
+    assert f"server 0: ready (pid {rec['pid']}) grpc {grpc}" in status.stdout
+    assert "repo      done" in status.stdout and "launch    done" in status.stdout
+
+    logs = cli("logs", "server", "--workdir", str(workdir), "-n", "200")
+    assert logs.returncode == 0 and f"Started GRPCInferenceService at {grpc}" in logs.stdout
+    smoke_log = cli("logs", "smoke", "--workdir", str(workdir))
+    assert "first chunk" in smoke_log.stdout
+    paths = cli("logs", "--path", "--workdir", str(workdir)).stdout.split()
+    assert str(workdir / "logs" / "server0.log") in paths
+    bad = cli("logs", "nope", "--workdir", str(workdir))
+    assert bad.returncode == 2 and "available:" in bad.stderr and "preflight" in bad.stderr
+
+    doctor = cli("doctor", "--workdir", str(workdir))
+    assert doctor.returncode == 0, doctor.stdout
+    assert "HTTP /infer answers 501" in doctor.stdout and "all checks passed" in doctor.stdout
+
+    again = cli("up", "--config", str(cfg), "--workdir", str(workdir))
+    assert again.returncode == 0, again.stderr
+    assert "[5/7] repo: done, skipped" in again.stdout and "[6/7] launch: done, skipped" in again.stdout
+    assert state(workdir)["servers"][0]["pid"] == rec["pid"]
+
+    down = cli("down", "--workdir", str(workdir))
+    assert down.returncode == 0 and "stopped 1 server(s)" in down.stdout
+    assert not process.alive(rec["pid"], rec["start_time"])
+    assert not glob.glob(f"/dev/shm/{rec['shm_prefix']}*")
+    after = cli("status", "--workdir", str(workdir))
+    assert after.returncode == 1 and "none running" in after.stdout and "launch    pending" in after.stdout
+    assert "nothing was running" in cli("down", "--workdir", str(workdir)).stdout
+
+
+def test_two_offline_servers_and_a_changed_knob(tmp_path: Path, workdir: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write_config(tmp_path, "[triton]\nbls_instances = 1\n", top='mode = "offline"')
+    up = cli("up", "--config", str(cfg), "--workdir", str(workdir), "--gpus", "0,1")
+    assert up.returncode == 0, up.stdout + up.stderr
+    first = state(workdir)["servers"]
+    assert len(first) == 2 and len({r["grpc_port"] for r in first}) == 2
+    grpcs = [f"127.0.0.1:{r['grpc_port']}" for r in first]
+    assert f"endpoints: {grpcs[0]} {grpcs[1]}" in up.stdout
+    assert f"--server {grpcs[0]} --server {grpcs[1]} --mode offline" in up.stdout
+    assert up.stdout.count("cosyvoice2 offline via grpc") == 2
+
+    cfg.write_text(cfg.read_text().replace("bls_instances = 1", "bls_instances = 2"))
+    assert main(["plan", "--config", str(cfg), "--workdir", str(workdir), "--gpus", "0,1"]) == 0
+    plan = capsys.readouterr().out
+    assert "5. repo      [inputs changed: will redo]" in plan and "6. launch    [will redo: after repo]" in plan
+    again = cli("up", "--config", str(cfg), "--workdir", str(workdir), "--gpus", "0,1")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "stopped server 0" in again.stdout and "stopped server 1" in again.stdout
+    second = state(workdir)["servers"]
+    assert all(not process.alive(r["pid"], r["start_time"]) for r in first)
+    assert all(process.alive(r["pid"], r["start_time"]) for r in second)
+    doctor = cli("doctor", "--workdir", str(workdir))
+    assert doctor.returncode == 0, doctor.stdout
+    assert doctor.stdout.count("cosyvoice2: 2 instance(s)") == 2
+    assert "HTTP /infer accepts requests" in doctor.stdout
+    # the same servers, diagnosed for streaming clients: the mismatch and its fix
+    wrong = cli("doctor", "--workdir", str(workdir), "--mode", "streaming")
+    assert wrong.returncode == 1
+    assert "is not decoupled (offline only) but clients will call it streaming" in wrong.stdout
+    assert "fix:   redeploy with mode = \"streaming\"" in wrong.stdout
+    assert cli("down", "--workdir", str(workdir)).stdout.strip() == "stopped 2 server(s)"
+
+
+@pytest.fixture
+def gated_tritonserver(tmp_path: Path) -> tuple[Path, Path]:
+    """A tritonserver that starts only once a gate file exists, so a test can interrupt ``up`` mid-launch.
+
+    It is the real bundled binary behind a two-line wrapper, with the Python backend laid out next to it.
+    """
+    real = find_tritonserver()
+    if real.bundle_root is None:
+        pytest.skip("needs the nvidia-pytriton bundle")  # pragma: no cover
+    root = tmp_path / "gated"
+    (root / "bin").mkdir(parents=True)
+    backend = root / "backends" / "python"
+    backend.mkdir(parents=True)
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    for item in (real.bundle_root / "backends" / "python" / "libtriton_python.so",
+                 real.bundle_root / "backends" / "python" / "triton_python_backend_utils.py",
+                 real.bundle_root / "python_backend_stubs" / version / "triton_python_backend_stub"):
+        (backend / item.name).symlink_to(item)
+    gate = tmp_path / "gate"
+    wrapper = root / "bin" / "tritonserver"
+    wrapper.write_text(f'#!/bin/sh\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\nexec "{real.binary}" "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper, gate
+
+
+def start_up(cfg: Path, workdir: Path) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "server_bootstrap", "up", "--config", str(cfg), "--workdir",
+                             str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def launching(workdir: Path) -> bool:
+    try:
+        s = state(workdir)
+    except (FileNotFoundError, ValueError):
+        return False
+    return s["stages"].get("emulator", {}).get("launch", {}).get("status") == "running" and bool(s["servers"])
+
+
+def test_interrupted_and_killed_up_resume(tmp_path: Path, workdir: Path, gated_tritonserver: tuple[Path, Path],
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    wrapper, gate = gated_tritonserver
+    cfg = write_config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("metrics_port = 0\n", f'metrics_port = 0\ntritonserver = "{wrapper}"\n'))
+
+    # 1. Ctrl-C while the server starts: the half-started server is stopped, the stage marked interrupted
+    up = start_up(cfg, workdir)
+    wait_for(lambda: launching(workdir), what="launch to start")
+    pid = state(workdir)["servers"][0]["pid"]
+    up.send_signal(signal.SIGINT)
+    out, err = up.communicate(timeout=60)
+    assert up.returncode == 130, out + err
+    assert "interrupted" in err and "Traceback" not in err
+    assert state(workdir)["stages"]["emulator"]["launch"]["status"] == "interrupted"
+    assert state(workdir)["servers"] == [] and not process.alive(pid, None)
+
+    # 2. kill -9 while the server starts: the orphan stays recorded, the stage stays "running"
+    up = start_up(cfg, workdir)
+    wait_for(lambda: launching(workdir), what="launch to start again")
+    orphan = state(workdir)["servers"][0]
+    up.kill()
+    up.communicate(timeout=30)
+    assert process.alive(orphan["pid"], orphan["start_time"])
+    assert main(["plan", "--config", str(cfg), "--workdir", str(workdir)]) == 0
+    plan = capsys.readouterr().out
+    assert "5. repo      [done]" in plan and "6. launch    [interrupted: will redo]" in plan
+
+    # 3. the next up keeps the repository, stops the orphan and launches again
+    gate.touch()
+    done = cli("up", "--config", str(cfg), "--workdir", str(workdir))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "[5/7] repo: done, skipped" in done.stdout
+    assert "[6/7] launch: tritonserver in the background (interrupted: will redo)" in done.stdout
+    assert f"stopped server 0 (pid {orphan['pid']})" in done.stdout
+    assert not process.alive(orphan["pid"], orphan["start_time"])
+    fresh = state(workdir)["servers"][0]
+    assert fresh["pid"] != orphan["pid"] and process.alive(fresh["pid"], fresh["start_time"])
+    assert "first chunk" in done.stdout
+    assert cli("down", "--workdir", str(workdir)).returncode == 0
+
+
+def test_doctor_on_unreachable_and_mismatched_servers(emulator, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    from server_bootstrap.launcher import free_port
+
+    port = free_port()
+    assert main(["doctor", "--server", f"127.0.0.1:{port}"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  http port" in out and "no server listens there" in out and "fix:" in out
+    server = emulator.server
+    args = ["doctor", "--server", server.http_url, "--grpc-port", str(server.grpc_port), "--metrics-port",
+            str(server.metrics_port), "--workdir", "/nonexistent-cvload-workdir"]
+    assert main([*args, "--model", "cosyvoice2_offline", "--mode", "offline"]) == 0
+    assert "all checks passed" in capsys.readouterr().out
+    assert main([*args, "--model", "cosyvoice2", "--mode", "offline"]) == 1
+    out = capsys.readouterr().out
+    assert "cause: HTTP 501 on infer = a streaming-only deployment" in out
+    assert "models          " in out and "cosyvoice2_faulty READY" in out
+
+
+def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
+    """Triton opens no port until every model loaded: doctor reads the log of the live process instead."""
+    from server_bootstrap import doctor
+    from server_bootstrap.launcher import TritonServer
+
+    repo = tmp_path / "repo" / "hang"
+    (repo / "1").mkdir(parents=True)
+    (repo / "1" / "model.py").write_text(
+        "import threading\n\nclass TritonPythonModel:\n    def initialize(self, args):\n"
+        "        threading.Event().wait()  # a stub that never finishes starting\n\n"
+        "    def execute(self, requests):\n        return []\n")
+    (repo / "config.pbtxt").write_text(
+        'name: "hang"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [ { name: "x", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        'output [ { name: "y", data_type: TYPE_FP32, dims: [ 1 ] } ]\n'
+        "instance_group [ { count: 1, kind: KIND_CPU } ]\n")
+
+    class NoWait(TritonServer):
+        def wait_ready(self) -> None:  # start the real server, diagnose it while it loads
+            return None
+
+    server = NoWait(tmp_path / "repo", workdir=tmp_path / "srv", stop_timeout=3)
+    server.start()
+    try:
+        assert server.process is not None and server.log_path is not None
+        log = server.log_path
+        wait_for(lambda: "loading: hang:1" in log.read_text(errors="replace"), what="the model to start loading")
+        ep = doctor.Endpoint("127.0.0.1", int(server.http_port), int(server.grpc_port), int(server.metrics_port),
+                             pid=server.process.pid, start_time=process.start_time(server.process.pid), log=log)
+        findings = doctor.diagnose(ep, doctor.Expectations())
+        http = next(f for f in findings if f.name == "http port")
+        assert http.status == "FAIL" and "still loading: hang" in http.cause
+        assert "Python-backend stub that cannot start" in http.fix and str(log) in http.fix
+        os.kill(server.process.pid, 0)
+    finally:
+        server.stop()
