@@ -244,7 +244,12 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
         code, body = _http("GET", f"{base}/v2/models/token2wav/config")
         if code == 200:
             count = sum(int(g.get("count", 1)) for g in json.loads(body).get("instance_group", []))
-            findings.append(Finding("token2wav instances", "info", f"{count} (the vocoder every stream waits on)"))
+            if expect.token2wav_instances is not None and count != expect.token2wav_instances:
+                findings.append(Finding("token2wav instances", "warn", f"{count}, the config asks for "
+                                        f"{expect.token2wav_instances}", "the server runs an older repository",
+                                        "cvload bootstrap up"))
+            else:
+                findings.append(Finding("token2wav instances", "info", f"{count} (the vocoder every stream waits on)"))
 
 
 def parse_metrics(text: str) -> dict[str, dict[str, float]]:

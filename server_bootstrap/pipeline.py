@@ -13,8 +13,6 @@ from server_bootstrap.process import human_duration, show
 from server_bootstrap.stages import Context, Stage, StageLog, build_stages, stop_recorded
 from server_bootstrap.state import DONE, FAILED, INTERRUPTED, RUNNING, ServerRecord, State, stable_hash
 
-SKIPPED_FOR_EMULATOR = ("source", "download", "build")
-
 
 @dataclass
 class Decision:
@@ -75,9 +73,8 @@ def plan(ctx: Context) -> str:
              + (f", docker image {c.docker.image}" if c.docker.enabled else ""),
              f"  config: {c.origin}"]
     ds = decisions(ctx)
-    numbered = _numbering(c)
     for d in ds:
-        lines.append(f"{numbered[d.stage.name]}. {d.stage.name:<9} [{d.status}] {d.stage.title}")
+        lines.append(f"{NUMBERS[d.stage.name]}. {d.stage.name:<9} [{d.status}] {d.stage.title}")
         for cmd in d.stage.commands():
             lines.append(f"     $ {show(cmd)}")
         for text in d.stage.describe():
@@ -88,9 +85,9 @@ def plan(ctx: Context) -> str:
     return "\n".join(lines)
 
 
-def _numbering(config: DeploymentConfig) -> dict[str, int]:
-    order = ("preflight", "source", "download", "build", "repo", "launch", "smoke")
-    return {name: i + 1 for i, name in enumerate(order)}
+# Stage numbers are the real deployment's, also for the emulator target (which has no stages 2-4).
+NUMBERS = {name: i + 1 for i, name in enumerate(("preflight", "source", "download", "build", "repo", "launch",
+                                                    "smoke"))}
 
 
 def up(ctx: Context) -> list[ServerRecord]:
@@ -99,16 +96,14 @@ def up(ctx: Context) -> list[ServerRecord]:
     state.target = c.target
     state.config = c.to_dict()
     state.save()
-    numbered = _numbering(c)
     ds = decisions(ctx)
-    total = 7
     ran: set[str] = set()
     hashes: dict[str, str] = {}
     for planned in ds:
         stage = planned.stage
         # decide again now: an earlier stage may have changed the inputs (e.g. templates after a clone)
         d = _decide(stage, hashes, ran, ctx)
-        head = f"[{numbered[stage.name]}/{total}] {stage.name}"
+        head = f"[{NUMBERS[stage.name]}/{len(NUMBERS)}] {stage.name}"
         if not d.run:
             print(f"{head}: {d.status}, skipped", file=out, flush=True)
             continue

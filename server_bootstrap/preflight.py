@@ -280,7 +280,7 @@ def run_checks(config: DeploymentConfig, layout: Layout, *, will_run: set[str],
                                      required=build, why="builds the engine"))
     if not emulator:
         source = "source" in will_run
-        checks.append(check_tool("git", "git", "apt-get install git", required=source or not config.source.path,
+        checks.append(check_tool("git", "git", "apt-get install git", required=source,
                                  why="fetches and checks the CosyVoice checkout"))
         download = "download" in will_run
         checks.append(check_tool("huggingface-cli", config.model.hf_cli, "pip install -U 'huggingface_hub[cli]'",

@@ -20,7 +20,7 @@ from pathlib import Path
 from cvload.errors import UsageError
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
-from server_bootstrap.templates import fill_template, placeholders
+from server_bootstrap.templates import fill_template
 
 # The placeholders of each CosyVoice model template (runtime/triton_trtllm/model_repo/<model>/config.pbtxt), as
 # upstream run.sh fills them; only these names are needed here, not the templates themselves.
@@ -98,7 +98,7 @@ def template_values(config: DeploymentConfig, layout: Layout) -> dict[str, dict[
     return {name: values[name] for name in models(config)}
 
 
-def prune_unset_parameters(text: str, values: dict[str, object], *, source: str) -> tuple[str, list[str]]:
+def prune_unset_parameters(text: str, values: dict[str, object]) -> tuple[str, list[str]]:
     """Remove optional backend-parameter entries whose placeholder gets no value; return what was removed."""
     removed: list[str] = []
 
@@ -170,7 +170,7 @@ def build_trtllm_repository(config: DeploymentConfig, layout: Layout, dest: Path
         source = str(model_src / "config.pbtxt")
         text = cfg.read_text()
         if model == "tensorrt_llm":
-            text, removed = prune_unset_parameters(text, model_values, source=source)
+            text, removed = prune_unset_parameters(text, model_values)
             if removed and log is not None:
                 log.append(f"tensorrt_llm: left unset (backend defaults): {', '.join(removed)}")
         text = fill_template(text, model_values, source=source)
@@ -180,7 +180,7 @@ def build_trtllm_repository(config: DeploymentConfig, layout: Layout, dest: Path
             text = set_instance_count(text, config.triton.token2wav_instances, source=source)
         cfg.write_text(text)
         if log is not None:
-            log.append(f"{model}: " + " ".join(f"{k}={_show(v)}" for k, v in sorted(model_values.items())))
+            log.append(f"{model}: " + " ".join(f"{k}={show_value(v)}" for k, v in sorted(model_values.items())))
     for model in (config.model.name, "tensorrt_llm"):
         check_decoupled(dest, model, config.mode)
     return dest
@@ -202,12 +202,7 @@ def build_emulator_repository(config: DeploymentConfig, layout: Layout, index: i
     return repo
 
 
-def describe_template(path: Path) -> list[str]:
-    """The placeholders a template asks for (for error messages and docs)."""
-    return sorted(placeholders(path.read_text()))
-
-
-def _show(value: object) -> str:
+def show_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)

@@ -18,13 +18,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TextIO
 
 from cvload.errors import CvloadError, ServerError
 from server_bootstrap import process
 from server_bootstrap.config import DeploymentConfig
-from server_bootstrap.launcher import TritonInstall, TritonServer, log_tail
+from server_bootstrap.launcher import TritonInstall, TritonServer
 from server_bootstrap.layout import Layout
 from server_bootstrap.state import ServerRecord
 
@@ -172,10 +171,6 @@ def describe(rec: ServerRecord) -> str:
     where = f"pid {rec.pid}" if rec.pid else f"compose service {rec.service}"
     return (f"server {rec.index}: {state} ({where}) grpc {rec.grpc} http {rec.http} metrics {rec.metrics}"
             f"{' GPUs ' + ','.join(map(str, rec.gpus)) if rec.gpus else ''}")
-
-
-def server_log_tail(rec: ServerRecord, lines: int = 25) -> str:
-    return log_tail(Path(rec.log), lines)
 
 
 def run_quiet(cmd: list[str], *, timeout: float = 120) -> subprocess.CompletedProcess[str]:

@@ -12,10 +12,11 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from cvload.errors import CvloadError, ServerError, UsageError
+from cvload.errors import ServerError, UsageError
 
 SAMPLE_RATE_OUT = 24000
 SAMPLE_RATE_PROMPT = 16000
@@ -60,8 +61,8 @@ def synthetic_prompt(seconds: float = 1.5) -> np.ndarray:
     return (0.1 * np.sin(2 * np.pi * 150 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 4 * t))).astype(np.float32)
 
 
-def _inputs(grpcclient, text: str, prompt: np.ndarray | None, prompt_text: str | None) -> list:  # noqa: ANN001
-    def tensor(name: str, data: np.ndarray, dtype: str):  # noqa: ANN202
+def _inputs(grpcclient: Any, text: str, prompt: np.ndarray | None, prompt_text: str | None) -> list[Any]:
+    def tensor(name: str, data: np.ndarray, dtype: str) -> Any:
         t = grpcclient.InferInput(name, list(data.shape), dtype)
         t.set_data_from_numpy(data)
         return t
@@ -114,7 +115,8 @@ def smoke_request(address: str, model: str, mode: str, *, text: str, prompt: np.
         client.close()
 
 
-def _stream(client, grpcclient, model, inputs, outputs, request_id, address, timeout) -> SmokeResult:  # noqa: ANN001
+def _stream(client: Any, grpcclient: Any, model: str, inputs: list[Any], outputs: list[Any], request_id: str,
+            address: str, timeout: float) -> SmokeResult:
     events: queue.Queue[tuple[float, object, object]] = queue.Queue()
     client.start_stream(callback=lambda result, error: events.put((time.monotonic(), result, error)))
     try:
@@ -151,6 +153,3 @@ def _stream(client, grpcclient, model, inputs, outputs, request_id, address, tim
         raise ServerError(f"smoke: the stream from {address} ended without audio", hint="cvload bootstrap logs server")
     return SmokeResult(address, model, "streaming", first, total, chunks, samples / SAMPLE_RATE_OUT)
 
-
-class SmokeError(CvloadError):
-    pass

@@ -342,7 +342,7 @@ class Repository(Stage):
         dest = self.layout.model_repository()
         lines = [f"(in process) copy {self.layout.template_repo}/{{{','.join(repo.models(self.config))}}} -> {dest}"]
         for model, values in repo.template_values(self.config, self.layout).items():
-            lines.append(f"fill {model}/config.pbtxt: " + " ".join(f"{k}={repo._show(v)}" for k, v in values.items()))
+            lines.append(f"fill {model}/config.pbtxt: " + " ".join(f"{k}={repo.show_value(v)}" for k, v in values.items()))
         lines.append(f"token2wav instance count {self.config.triton.token2wav_instances}; check "
                      f"{self.config.model.name} and tensorrt_llm are decoupled={str(self.config.decoupled).lower()}")
         return lines

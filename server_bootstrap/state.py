@@ -137,10 +137,6 @@ class State:
             records[name] = StageRecord(status, inputs_hash, previous.started, finished=now, detail=detail)
         self.save()
 
-    def forget(self, target: str, name: str) -> None:
-        if self.stages.get(target, {}).pop(name, None) is not None:
-            self.save()
-
 
 @contextlib.contextmanager
 def workdir_lock(workdir: Path) -> Iterator[None]:

@@ -110,3 +110,12 @@ def test_missing_file_and_flag_overrides(tmp_path: Path) -> None:
     assert parse_gpus("0, 2") == [0, 2]
     with pytest.raises(UsageError, match="--gpus 'a,b'"):
         parse_gpus("a,b")
+
+
+def test_the_documented_config_is_valid_and_matches_the_defaults(tmp_path: Path) -> None:
+    """docs/bootstrap.md's reference config loads, and documents the real defaults."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "bootstrap.md").read_text()
+    block = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    documented = load_config(write(tmp_path, block))
+    defaults = load_config(None, {"workdir": documented.workdir})
+    assert documented.to_dict() == defaults.to_dict()
