@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import socket
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -262,13 +263,24 @@ def parse_metrics(text: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def _scrape_gpu(url: str, wait_s: float) -> tuple[int, dict[str, dict[str, float]]]:
+    """GPU gauges read 0 until the server's first metrics refresh (--metrics-interval-ms): wait that long."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        code, body = _http("GET", url)
+        metrics = parse_metrics(body.decode(errors="replace")) if code == 200 else {}
+        totals = metrics.get("nv_gpu_memory_total_bytes", {})
+        if code != 200 or not totals or all(v > 0 for v in totals.values()) or time.monotonic() > deadline:
+            return code, metrics
+        time.sleep(0.2)
+
+
 def _gpu(findings: list[Finding], url: str, expect: Expectations) -> None:
-    code, body = _http("GET", url)
+    code, metrics = _scrape_gpu(url, wait_s=3.0)
     if code != 200:
         findings.append(Finding("metrics", "FAIL", f"{url} answered {code}", "metrics disabled (--allow-metrics)",
                                 "start tritonserver with --allow-metrics=true"))
         return
-    metrics = parse_metrics(body.decode(errors="replace"))
     total, used = metrics.get("nv_gpu_memory_total_bytes", {}), metrics.get("nv_gpu_memory_used_bytes", {})
     if not total:
         if expect.target == "emulator":
@@ -281,6 +293,10 @@ def _gpu(findings: list[Finding], url: str, expect: Expectations) -> None:
                                     "restart with GPU metrics on (cvload bootstrap up does) and the GPU visible"))
         return
     for uuid, tot in total.items():
+        if tot <= 0:
+            findings.append(Finding("gpu memory", "info", f"{uuid[:12]}: not sampled yet (the server refreshes GPU "
+                                    "metrics every --metrics-interval-ms)"))
+            continue
         use = used.get(uuid, 0.0)
         free = tot - use
         detail = f"{uuid[:12]}: {use / GIB:.1f} of {tot / GIB:.1f} GiB used, {free / GIB:.1f} GiB free"

@@ -272,3 +272,22 @@ def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
         os.kill(server.process.pid, 0)
     finally:
         server.stop()
+
+
+def test_gpu_metrics_as_an_h100_server_reports_them() -> None:
+    """Lines scraped from the bundled tritonserver on an H100 (--allow-gpu-metrics=true)."""
+    from server_bootstrap import doctor
+
+    text = """# TYPE nv_gpu_memory_total_bytes gauge
+nv_energy_consumption{gpu_uuid="GPU-299a1631-9295-7353-18d6-20673fb6dd08"} 260.284
+nv_gpu_utilization{gpu_uuid="GPU-299a1631-9295-7353-18d6-20673fb6dd08"} 0
+nv_gpu_memory_total_bytes{gpu_uuid="GPU-299a1631-9295-7353-18d6-20673fb6dd08"} 85520809984
+nv_gpu_memory_used_bytes{gpu_uuid="GPU-299a1631-9295-7353-18d6-20673fb6dd08"} 618659840
+nv_gpu_power_limit{gpu_uuid="GPU-299a1631-9295-7353-18d6-20673fb6dd08"} 700
+nv_inference_count{model="cosyvoice2",version="1"} 0
+"""
+    metrics = doctor.parse_metrics(text)
+    uuid = "GPU-299a1631-9295-7353-18d6-20673fb6dd08"
+    assert metrics["nv_gpu_memory_total_bytes"] == {uuid: 85520809984.0}
+    assert metrics["nv_gpu_memory_used_bytes"][uuid] == 618659840.0
+    assert "nv_inference_count" not in metrics and "nv_energy_consumption" not in metrics
