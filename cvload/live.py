@@ -14,6 +14,7 @@ values from its ``REQUEST_METRICS`` definitions, percentiles from ``stats``, the
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from cvload.records import AUDIO_FLAGS, ERR_CANCELLED, ERROR_KINDS, RequestRecor
 WINDOW_S = 10.0  # "now": the last seconds of finished requests
 SERIES_S = 120  # per-second series kept for the time-series charts
 HIST_BINS = 12
+BIG_RUN = 20000  # past this many values, run-scope percentiles refresh once a second instead of every frame
 LATENCY_METRICS = ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_latency_ms")
 
 
@@ -121,6 +123,7 @@ class LiveStats:
         self._stalled_requests = 0
         self._workers: set[int] = set()
         self._last_finish = 0.0
+        self._run_cache: dict[str, tuple[int, float, dict[str, float | None]]] = {}
 
     # ---- feed (engine thread) ----------------------------------------------------------------------------
     def add(self, record: RequestRecord) -> None:
@@ -205,7 +208,7 @@ class LiveStats:
                 metrics[name] = MetricView(
                     name=name,
                     now=stats(now_vals),
-                    run=stats(self._run[name].view()),
+                    run=self._run_stats(name),
                     histogram=_histogram(self._since_reset[name]) if name != "rtf" else Histogram([], []),
                     series=[row[name] for row in p50s],
                 )
@@ -233,6 +236,16 @@ class LiveStats:
                 recent=list(self._recent),
                 workers_seen=sorted(self._workers),
             )
+
+    def _run_stats(self, name: str) -> dict[str, float | None]:
+        """Run-scope stats, recomputed when the count changed; past BIG_RUN values at most once a second."""
+        arr = self._run[name]
+        cached = self._run_cache.get(name)
+        now = time.monotonic()
+        if cached is None or (cached[0] != arr.size and (arr.size < BIG_RUN or now - cached[1] >= 1.0)):
+            cached = (arr.size, now, stats(arr.view()))
+            self._run_cache[name] = cached
+        return cached[2]
 
     def run_stats(self) -> dict[str, dict[str, float | None]]:
         """Every request metric over the run, as ``summary.json``'s ``metrics`` (for live objectives)."""
