@@ -147,3 +147,13 @@ def test_bad_flags_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert main(["plan", "--config", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err
     assert "config file not found" in err and "Traceback" not in err
+
+
+def test_cvload_bootstrap_is_the_same_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from cvload.cli import main as cvload_main
+
+    assert cvload_main(["bootstrap", "plan", "--target", "emulator", "--workdir", str(tmp_path / "w")]) == 0
+    assert "6. launch" in capsys.readouterr().out
+    assert cvload_main(["bootstrap", "status", "--workdir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cvload: error: no deployment recorded in") and "hint: run `cvload bootstrap up`" in err
