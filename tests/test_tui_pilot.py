@@ -60,39 +60,38 @@ def header(app: DashboardApp) -> str:
 
 async def test_keys_reach_the_engine(emulator, tmp_path):
     # The fixed profile (first chunk at 200 ms, ~0.4 s a request) keeps requests in flight long enough to watch.
+    # The engine runs in the measuring process: its state is what that process reports, its records what it wrote.
     source = RunSource(config(emulator, tmp_path, model="cosyvoice2", num_tasks=1, duration=60.0, ramp=0.0))
     app = DashboardApp(source)
     async with app.run_test(size=SIZE) as pilot:
-        await until(pilot, lambda: source.session.engine is not None and source.live.snapshot().counts["done"] >= 1,
-                    "the first request")
-        engine = source.session.engine
-        assert engine is not None and engine.state.concurrency == 1
+        await until(pilot, lambda: source.live.snapshot().counts["done"] >= 1, "the first request")
+        assert source.state["concurrency"] == 1
 
         # + : one more stream, the engine starts worker 1 and its requests show up in the records
         await pilot.press("plus")
-        await until(pilot, lambda: engine.state.concurrency == 2, "concurrency 2 in the engine")
+        await until(pilot, lambda: source.state["concurrency"] == 2, "concurrency 2 in the engine")
         await until(pilot, lambda: any(r.worker == 1 for r in source.records()), "a record from worker 1")
         await until(pilot, lambda: "concurrency 2" in header(app), "the header showing concurrency 2")
-        await until(pilot, lambda: engine.inflight.count == 2, "two requests in flight")
+        await until(pilot, lambda: source.state["inflight"] == 2, "two requests in flight")
 
         # - : back to one; worker 1 retires after its current request and sends nothing more
         await pilot.press("minus")
-        await until(pilot, lambda: engine.state.concurrency == 1, "concurrency 1 in the engine")
-        applied = time.monotonic()
+        await until(pilot, lambda: source.state["concurrency"] == 1, "concurrency 1 in the engine")
+        applied = time.monotonic()  # the system-wide monotonic clock: the records' clock too
         await until(pilot, lambda: any(r.worker == 0 and r.sent > applied + 0.5 for r in source.records()),
                     "worker 0 sending on alone")
         assert not [r for r in source.records() if r.worker == 1 and r.sent > applied]
 
         # space : pause; in-flight requests finish, nothing new is sent until resumed
         await pilot.press("space")
-        await until(pilot, lambda: engine.state.paused, "the engine paused")
-        await until(pilot, lambda: engine.inflight.count == 0, "in-flight requests finishing")
-        sent, frames = engine.state.sent, app.frames
-        await until(pilot, lambda: app.frames >= frames + 3, "three dashboard refreshes")
-        assert engine.state.sent == sent and "PAUSED" in header(app)
+        await until(pilot, lambda: source.state["paused"], "the engine paused")
+        await until(pilot, lambda: source.state["inflight"] == 0, "in-flight requests finishing")
+        sent, frames = source.state["sent"], app.frames
+        await until(pilot, lambda: app.frames >= frames + 4, "four dashboard refreshes")
+        assert source.state["sent"] == sent and "PAUSED" in header(app)
         await pilot.press("space")
-        await until(pilot, lambda: engine.state.sent > sent, "sending again after resume")
-        assert not engine.state.paused
+        await until(pilot, lambda: source.state["sent"] > sent, "sending again after resume")
+        assert not source.state["paused"]
 
         # s : results so far and the screen, in the results folder
         await pilot.press("s")
@@ -114,6 +113,7 @@ async def test_keys_reach_the_engine(emulator, tmp_path):
         # q : stop sending, drain, write the results folder, leave
         await pilot.press("q")
         await until(pilot, lambda: source.done, "the run to finish writing", timeout=20)
+    source.wait()
     assert source.error is None
     out = source.out_dir
     summary = json.loads((out / "summary.json").read_text())

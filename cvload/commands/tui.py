@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from types import SimpleNamespace
 
 from cvload.commands.run import _duration, _run, add_run_options, config_from_args
 
@@ -50,15 +51,19 @@ def tui(args: argparse.Namespace) -> int:
 
     if config.requests is None and config.duration is None:
         config = config.merged({"duration": UNTIL_QUIT_S})  # watch until q instead of one pass over the inputs
-    source = RunSource(config, window_s=args.window)
+    source = RunSource(config, window_s=args.window, yield_cpu=True)
     try:
         DashboardApp(source).run()
     finally:
         source.stop()  # the app is gone (q, or it failed): the run still ends as `run` ends it
         source.wait()
+    for line in source.stderr:  # what the measuring process said while the dashboard owned the terminal
+        print(line, file=sys.stderr)
+    if source.error_detail:
+        print(source.error_detail, file=sys.stderr)
     code = source.exit_code()  # re-raises what failed in the run (a CvloadError becomes its message)
     if source.summary is not None:
-        ConsoleView().final(source.session, source.summary)
+        ConsoleView().final(SimpleNamespace(out_dir=source.out_dir), source.summary)
     return code
 
 

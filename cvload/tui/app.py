@@ -1,8 +1,8 @@
 """The dashboard app: draws a source (live run or replay) on a timer and turns keys into engine commands.
 
 Rendering happens only on the refresh timer (``REFRESH_S``), from the aggregates of ``cvload.live``; nothing is
-drawn per request or per chunk, and the engine runs on its own thread (``RunSource``), so the screen cannot delay
-a timestamp.
+drawn per request or per chunk, and a live run is measured in another process (``RunSource``), so the screen
+cannot delay a timestamp.
 """
 
 from __future__ import annotations
@@ -90,17 +90,25 @@ class DashboardApp(App[int]):
         self._sigterm = False
 
     def compose(self) -> ComposeResult:
-        yield Static(id="header")
+        self.header = Static(id="header")
+        self.latency = [LatencyPanel("First chunk", "first_chunk_latency_ms", id="first"),
+                        LatencyPanel("Second chunk", "second_chunk_latency_ms", id="second")]
+        self.rtf = RtfPanel("RTF", id="rtf")
+        self.throughput = ThroughputPanel("Throughput", id="throughput")
+        self.gpu = GpuPanel("GPU", id="gpu")
+        self.stages = StagesPanel("Server stages", id="stages")
+        self.errors = ErrorsPanel("Errors", id="errors")
+        self.recent = RecentPanel("Recent requests", id="recent")
+        yield self.header
         with Static(id="body"):
-            yield LatencyPanel("First chunk", "first_chunk_latency_ms", id="first")
-            yield LatencyPanel("Second chunk", "second_chunk_latency_ms", id="second")
-            yield RtfPanel("RTF", id="rtf")
-            yield ThroughputPanel("Throughput", id="throughput")
+            yield from self.latency
+            yield self.rtf
+            yield self.throughput
             with Horizontal(id="gpu-row"):
-                yield GpuPanel("GPU", id="gpu")
-                yield StagesPanel("Server stages", id="stages")
-            yield ErrorsPanel("Errors", id="errors")
-            yield RecentPanel("Recent requests", id="recent")
+                yield self.gpu
+                yield self.stages
+            yield self.errors
+            yield self.recent
         yield Footer()
 
     def on_mount(self) -> None:
@@ -120,19 +128,22 @@ class DashboardApp(App[int]):
 
     # ---- drawing (timer only) ----------------------------------------------------------------------------
     def draw(self) -> None:
+        """One frame from the source's aggregates (the widgets are kept, so a modal screen on top is fine)."""
+        if not self.header.is_attached:
+            return  # shutting down
         source = self.source
+        source.poll()
         status = source.status()
-        live = source.live
-        snap = live.snapshot(status.elapsed if status.phase != "replay" else None)
-        self.query_one("#header", Static).update(header_text(status, source.target, source.scenario))
-        for panel in self.query(LatencyPanel):
+        snap = source.live.snapshot(status.elapsed if status.phase != "replay" else None)
+        self.header.update(header_text(status, source.target, source.scenario))
+        for panel in self.latency:
             panel.show(snap)
-        self.query_one(RtfPanel).show(snap)
-        self.query_one(ThroughputPanel).show(snap)
-        self.query_one(GpuPanel).show(source.telemetry)
-        self.query_one(StagesPanel).show(source.telemetry, STAGES_WINDOW_S)
-        self.query_one(ErrorsPanel).show(snap)
-        self.query_one(RecentPanel).show(snap)
+        self.rtf.show(snap)
+        self.throughput.show(snap)
+        self.gpu.show(source.telemetry)
+        self.stages.show(source.telemetry, STAGES_WINDOW_S)
+        self.errors.show(snap)
+        self.recent.show(snap)
         self.frames += 1
         if isinstance(source, RunSource) and source.done and (self._quitting or self.close_when_done
                                                               or source.error is not None):

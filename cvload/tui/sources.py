@@ -1,31 +1,34 @@
-"""What the dashboard shows: a live run (a ``Session`` on its own thread) or a finished results folder.
+"""What the dashboard shows: a live run (measured by a child process) or a finished results folder.
 
-The live run's engine gets a thread and event loop of its own, so drawing the screen never delays the moment a
-chunk is timestamped; the dashboard reads counters and a ``LiveStats`` window and sends commands across threads
-(``call_soon_threadsafe``). Both sources answer the same questions, so one dashboard serves both.
+The live run is measured in its own process (``cvload.tui.worker``: a ``Session`` exactly as ``cvload run``), so
+drawing the screen shares no interpreter lock and no garbage collector with the clock that timestamps chunks.
+The dashboard tails the results folder the run writes anyway, reads a few status lines a second and sends
+commands as JSON lines. Both sources answer the same questions, so one dashboard serves both.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cvload.config import RunConfig
-from cvload.errors import EXIT_INTERRUPTED, UsageError
+from cvload.errors import CvloadError, UsageError
 from cvload.live import LiveStats, finished_at
 from cvload.metrics import summarize
 from cvload.records import RequestRecord
 from cvload.results import read_records, write_json
 
 OBJECTIVES_EVERY_S = 1.0  # live objective verdicts: once a second is plenty and keeps the cost flat
-SWITCH_INTERVAL_S = 0.0005  # GIL hand-over while drawing: the engine thread waits at most this for its turn
+YIELD_NICE = 10
 RATE_STEP = 1.25  # open loop: + and - multiply / divide the rate (geometric steps work at any scale)
 
 
@@ -77,6 +80,9 @@ class Source:
     def records(self) -> list[RequestRecord]:
         return []
 
+    def poll(self) -> None:
+        """Take in new data (a live run); called once per frame."""
+
     def snapshot_summary(self) -> dict[str, Any]:
         raise NotImplementedError
 
@@ -90,205 +96,327 @@ class Source:
         return path
 
 
+class _Tail:
+    """New complete lines of a file another process appends to (records.jsonl, telemetry.jsonl)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: Any = None
+        self._partial = ""
+
+    def lines(self) -> list[str]:
+        if self._fh is None:
+            if not self.path.exists():
+                return []
+            self._fh = open(self.path, encoding="utf-8")  # noqa: SIM115 - kept open while the run lasts
+        data = self._partial + self._fh.read()
+        lines = data.split("\n")
+        self._partial = lines.pop()
+        return [line for line in lines if line.strip()]
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+
+class LiveTelemetry:
+    """The run's telemetry as the dashboard sees it: samples from ``telemetry.jsonl`` as they are written, the
+    stage breakdown and warnings from the measuring process's status lines."""
+
+    stages_scope = "last 10 s"
+
+    def __init__(self, path: Path) -> None:
+        self._tail = _Tail(path)
+        self._series: dict[str, list[tuple[float, float]]] = {}
+        self.stages: list[dict[str, Any]] = []
+        self.warnings: list[str] = []
+
+    def poll(self) -> None:
+        for line in self._tail.lines():
+            try:
+                sample = json.loads(line)
+            except ValueError:
+                continue
+            flat: dict[str, float] = {}
+            _flatten("", {k: v for k, v in sample.items() if k in ("gpu", "cpu", "models")}, flat)
+            for name, value in flat.items():
+                self._series.setdefault(name, []).append((float(sample.get("t", 0.0)), value))
+
+    def series(self) -> dict[str, list[tuple[float, float]]]:
+        return self._series
+
+    def stage_breakdown(self, window_s: float | None = None) -> list[dict[str, Any]]:
+        return self.stages
+
+    def close(self) -> None:
+        self._tail.close()
+
+
 class RunSource(Source):
-    """A live run: ``Session`` prepared and executed on a background thread, exactly as ``cvload run`` does."""
+    """A live run, measured by a child process (``cvload.tui.worker``) that runs the ``Session`` exactly as
+    ``cvload run`` does; this side tails the files it writes and sends it commands."""
 
     controllable = True
 
-    def __init__(self, config: RunConfig, *, window_s: float | None = None) -> None:
-        from cvload.session import Session
-
+    def __init__(self, config: RunConfig, *, window_s: float | None = None, yield_cpu: bool = False) -> None:
         self.config = config
         self.live = LiveStats() if window_s is None else LiveStats(window_s=window_s)
-        self.session = Session(config)
-        self.error: BaseException | None = None
+        self.yield_cpu = yield_cpu
+        self.error: CvloadError | None = None
+        self.error_detail: str | None = None
         self.summary: dict[str, Any] | None = None
         self.phase = "starting"
+        self.state: dict[str, Any] = {}
         self.target = target_label(config.protocol, config.mode, config.model,
                                    ["embedded emulator"] if config.emulator else config.server)
         self.scenario = config.name or config.scenario
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = threading.Thread(target=self._main, name="cvload-engine", daemon=True)
+        self.stderr: deque[str] = deque(maxlen=200)
+        self._exit_code: int | None = None
+        self._proc: subprocess.Popen[str] | None = None
+        self._readers: list[threading.Thread] = []
         self._finished = threading.Event()
+        self._lock = threading.Lock()
+        self._records: _Tail | None = None
+        self._asked: float | None = None  # the concurrency or rate last asked for (keys faster than status)
         self._quit = False
         self._ended_at: float | None = None
-        self._objectives: list[dict[str, Any]] = []
-        self._objectives_at = 0.0
+        self._objectives = _parse_objectives(config)
+        self._verdicts_cache: list[dict[str, Any]] = []
+        self._verdicts_at = 0.0
 
     # ---- lifecycle ---------------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the run's thread (once; later calls do nothing)."""
-        if not self._thread.is_alive() and not self.done and self._thread.ident is None:
-            self._thread.start()
+        """Start the measuring process (once; later calls do nothing)."""
+        if self._proc is not None:
+            return
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "cvload.tui.worker"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1,
+            start_new_session=True,  # the terminal's Ctrl-C is the dashboard's to handle (it quits gracefully)
+        )
+        self._send({"config": self.config.to_json()})
+        if self.yield_cpu:
+            # Where the machine is short of CPU (a local server, a small box), drawing must lose to measuring:
+            # this thread (the dashboard's, and threads it starts later) runs at a lower priority than the
+            # measuring process started above and the server it starts.
+            with contextlib.suppress(OSError, AttributeError):
+                os.nice(YIELD_NICE)
+        for target in (self._read_messages, self._read_stderr):
+            thread = threading.Thread(target=target, daemon=True, name="cvload-tui-reader")
+            thread.start()
+            self._readers.append(thread)
 
-    def _main(self) -> None:
-        # The screen is drawn on the main thread; a short GIL switch interval bounds how long a chunk arriving
-        # on the engine thread can wait for the interpreter while a frame is being rendered.
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous, SWITCH_INTERVAL_S))
+    def _send(self, message: dict[str, Any]) -> bool:
+        proc = self._proc
+        if proc is None or proc.stdin is None or proc.poll() is not None:
+            return False
         try:
-            asyncio.run(self._run())
-        finally:
-            sys.setswitchinterval(previous)
+            with self._lock:
+                proc.stdin.write(json.dumps(message) + "\n")
+                proc.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError):
+            return False
+        return True
 
-    async def _run(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        session = self.session
-        try:
-            engine = await session.prepare()
-            engine.listeners.append(self.live.add)
-            self.out_dir = session.out_dir
-            cfg = session.config
-            self.target = target_label(cfg.protocol, cfg.mode, cfg.model, cfg.addresses())
-            self.telemetry = session.telemetry
-            if self._quit:
-                engine.interrupt()
-            self.phase = "running"
+    def _read_messages(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        for line in proc.stdout:
             try:
-                await session.execute()
-            finally:
-                self._ended_at = time.monotonic()
-                self.phase = "finishing"
-                self.summary = await session.finish()
+                message = json.loads(line)
+            except ValueError:
+                continue
+            self._on_message(message)
+        proc.wait()
+        if self._exit_code is None and self.error is None:
+            self._fail(f"the measuring process ended unexpectedly (exit code {proc.returncode})",
+                       proc.returncode or 1)
+        self._ended_at = self._ended_at or time.monotonic()
+        if self.error is None and self.out_dir is not None and (self.out_dir / "summary.json").exists():
+            self.summary = _read_json(self.out_dir / "summary.json")
             self.phase = "finished"
-        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which reports it after the UI
-            self.error = exc
-            self.phase = "failed"
-        finally:
-            try:
-                await session.close()
-            finally:
-                self._finished.set()
+        self._finished.set()
+
+    def _read_stderr(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stderr is not None
+        for line in proc.stderr:
+            self.stderr.append(line.rstrip("\n"))
+
+    def _on_message(self, message: dict[str, Any]) -> None:
+        kind = message.get("type")
+        if kind == "status":
+            self.state = message
+            if self.telemetry is not None:
+                if "stages" in message:
+                    self.telemetry.stages = message["stages"]
+                self.telemetry.warnings = message.get("warnings", [])
+            if self.phase == "starting":
+                self.phase = "running"
+        elif kind == "prepared":
+            self.out_dir = Path(message["out_dir"])
+            cfg = self.config
+            self.target = target_label(cfg.protocol, cfg.mode, cfg.model, message.get("servers") or [])
+            self._records = _Tail(self.out_dir / "records.jsonl")
+            if message.get("telemetry"):
+                self.telemetry = LiveTelemetry(self.out_dir / "telemetry.jsonl")
+            self.phase = "running"
+        elif kind == "finished":
+            self._exit_code = int(message["exit_code"])
+            self._ended_at = time.monotonic()
+            self.phase = "finishing"
+        elif kind == "error":
+            self.error_detail = message.get("traceback")
+            self._fail(str(message.get("message")), int(message.get("exit_code", 1)))
+
+    def _fail(self, message: str, code: int) -> None:
+        error = CvloadError(message)
+        error.exit_code = code
+        self.error = error
+        self.phase = "failed"
 
     @property
     def done(self) -> bool:
         return self._finished.is_set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._finished.wait(timeout)
+        if self._proc is None:
+            return True
+        finished = self._finished.wait(timeout)
+        if finished:
+            for thread in self._readers:
+                thread.join(timeout=5)
+            if self._records is not None:
+                self._records.close()
+            if isinstance(self.telemetry, LiveTelemetry):
+                self.telemetry.close()
+        return finished
 
     def exit_code(self) -> int:
-        """As ``cvload run``: raise what failed, else the objectives' verdict."""
+        """As ``cvload run``: raise what failed, else the measuring process's exit code."""
         if self.error is not None:
             raise self.error
-        engine = self.session.engine
-        if engine is not None and engine.state.interrupted and not engine.records:
-            return EXIT_INTERRUPTED
-        return self.session.exit_code()
+        assert self._exit_code is not None
+        return self._exit_code
 
-    # ---- commands (UI thread -> engine thread) -----------------------------------------------------------
-    def _call(self, fn: Any, *args: Any) -> bool:
-        loop = self._loop
-        if loop is None or loop.is_closed() or self.session.engine is None or self.done:
-            return False
-        try:
-            loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:  # the loop closed meanwhile
-            return False
-        return True
-
+    # ---- commands ----------------------------------------------------------------------------------------
     def toggle_pause(self) -> str | None:
-        engine = self.session.engine
-        if engine is None or engine.state.stopping:
+        if not self.state or self.state.get("stopping") or self.done:
             return None
-        if engine.state.paused:
-            return "resumed" if self._call(engine.resume) else None
-        return "paused: in-flight requests finish, no new ones start" if self._call(engine.pause) else None
+        if self.state.get("paused"):
+            return "resumed" if self._send({"cmd": "resume"}) else None
+        if self._send({"cmd": "pause"}):
+            return "paused: in-flight requests finish, no new ones start"
+        return None
 
     def change_load(self, direction: int) -> str | None:
-        engine = self.session.engine
-        if engine is None or engine.state.stopping:
+        if not self.state or self.state.get("stopping") or self.done:
             return None
-        if engine.config.closed_loop:
-            n = max(1, engine.state.concurrency + direction)
-            return f"concurrency {n}" if self._call(engine.set_concurrency, n) else None
-        rate = engine.state.rate or 1.0
+        if self.config.closed_loop:
+            n = max(1, int(self._asked or self.state.get("concurrency") or 1) + direction)
+            self._asked = n
+            return f"concurrency {n}" if self._send({"cmd": "concurrency", "value": n}) else None
+        rate = float(self._asked or self.state.get("rate") or 1.0)
         rate = rate * RATE_STEP if direction > 0 else rate / RATE_STEP
-        return f"rate {rate:.3g} req/s" if self._call(engine.set_rate, rate) else None
+        self._asked = rate
+        return f"rate {rate:.3g} req/s" if self._send({"cmd": "rate", "value": rate}) else None
 
     def stop(self) -> None:
         self._quit = True
-        engine = self.session.engine
-        if engine is not None and not engine.state.stopping:
-            self._call(engine.interrupt)
+        if not self._send({"cmd": "interrupt"}) and self._proc is not None and self._proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self._proc.stdin.close()
 
     # ---- reading -----------------------------------------------------------------------------------------
+    def poll(self) -> None:
+        """Take in what the measuring process wrote since the last frame."""
+        if self._records is not None:
+            for line in self._records.lines():
+                try:
+                    self.live.add(RequestRecord.from_json(json.loads(line)))
+                except (ValueError, TypeError):
+                    continue
+        if isinstance(self.telemetry, LiveTelemetry):
+            self.telemetry.poll()
+
     def records(self) -> list[RequestRecord]:
-        engine = self.session.engine
-        return list(engine.records) if engine is not None else []
+        if self.out_dir is None or not (self.out_dir / "records.jsonl").exists():
+            return []
+        return read_records(self.out_dir)
 
     def _elapsed(self) -> float:
-        engine = self.session.engine
-        if engine is None or not engine.state.started:
+        started = self.state.get("started")
+        if not started:
             return 0.0
         end = self._ended_at if self._ended_at is not None else time.monotonic()
-        return max(0.0, end - engine.state.started)
+        return max(0.0, end - started)
 
     def status(self) -> Status:
-        engine = self.session.engine
-        if engine is None:
+        st = self.state
+        if not st:
             message = None
             if self.error is not None:
                 message = str(self.error)
             elif self.config.emulator:
                 message = "starting the embedded emulator server ..."
             return Status(phase=self.phase, message=message)
-        st = engine.state
         phase = self.phase
         if phase == "running":
-            phase = "stopping" if st.stopping else "paused" if st.paused else "running"
-        load = f"concurrency {st.concurrency}" if engine.config.closed_loop else f"rate {st.rate or 0:.3g} req/s"
-        message = st.aborted
-        if phase == "finished" and self.out_dir is not None:
-            message = f"results written to {self.out_dir}" + (f" ({st.aborted})" if st.aborted else "")
+            phase = "stopping" if st.get("stopping") else "paused" if st.get("paused") else "running"
+        load = (f"concurrency {st.get('concurrency')}" if self.config.closed_loop
+                else f"rate {st.get('rate') or 0:.3g} req/s")
+        message = st.get("aborted")
+        if self.error is not None:
+            message = str(self.error)
+        elif phase == "finished" and self.out_dir is not None:
+            message = f"results written to {self.out_dir}" + (f" ({message})" if message else "")
         elapsed = self._elapsed()
         remaining = None
-        if engine.config.duration is not None and phase in ("running", "paused"):
-            remaining = max(0.0, engine.config.duration - elapsed)
-        return Status(phase=phase, elapsed=elapsed, done=st.done, planned=st.planned,
-                      inflight=engine.inflight.count, load=load, remaining_s=remaining, message=message,
-                      objectives=self._verdicts())
+        if self.config.duration is not None and phase in ("running", "paused"):
+            remaining = max(0.0, self.config.duration - elapsed)
+        return Status(phase=phase, elapsed=elapsed, done=st.get("done", 0), planned=st.get("planned"),
+                      inflight=st.get("inflight", 0), load=load, remaining_s=remaining, message=message,
+                      objectives=self._verdicts(elapsed))
 
-    def _verdicts(self) -> list[dict[str, Any]]:
+    def _verdicts(self, elapsed: float) -> list[dict[str, Any]]:
         if self.summary is not None:
             return list(self.summary.get("slo") or [])
-        objectives = self.session.objectives
-        if not objectives:
+        if not self._objectives:
             return []
         now = time.monotonic()
-        if now - self._objectives_at >= OBJECTIVES_EVERY_S:
-            self._objectives_at = now
-            self._objectives = self._evaluate_live(objectives)
-        return self._objectives
+        if now - self._verdicts_at >= OBJECTIVES_EVERY_S:
+            self._verdicts_at = now
+            self._verdicts_cache = self._evaluate_live(elapsed)
+        return self._verdicts_cache
 
-    def _evaluate_live(self, objectives: list[Any]) -> list[dict[str, Any]]:
+    def _evaluate_live(self, elapsed: float) -> list[dict[str, Any]]:
+        """Objectives on the live aggregates (advisory: the verdicts that count come with summary.json)."""
         from cvload.slo import evaluate
 
-        engine = self.session.engine
-        assert engine is not None
-        start = engine.state.measure_start or engine.state.started
-        end = self._ended_at if self._ended_at is not None else time.monotonic()
-        summary = self.live.summary_like(max(0.0, end - start))
-        summary["concurrency"] = engine.inflight.summary(float(engine.state.concurrency)
-                                                         if engine.config.closed_loop else None)
-        if self.telemetry is not None:
-            with contextlib.suppress(Exception):  # a live view never fails on telemetry
-                summary["telemetry"] = self.telemetry.summary()
+        summary = self.live.summary_like(max(0.0, elapsed))
         try:
-            return list(evaluate(objectives, summary))
-        except Exception as exc:  # noqa: BLE001 - live verdicts are advisory; the final ones come from finish()
-            return [{"objective": str(getattr(o, "text", o)), "verdict": "?", "value": None,
-                     "error": str(exc)} for o in objectives]
+            return list(evaluate(self._objectives, summary))
+        except Exception as exc:  # noqa: BLE001 - live verdicts are advisory
+            return [{"objective": getattr(o, "text", str(o)), "verdict": "?", "detail": str(exc)}
+                    for o in self._objectives]
 
     def snapshot_summary(self) -> dict[str, Any]:
-        """Results so far, from ``summarize`` over the finished records (the summary's own definitions)."""
-        engine = self.session.engine
+        """Results so far, from ``summarize`` over the records on disk (the summary's own definitions)."""
         records = self.records()
-        start = (engine.state.measure_start or engine.state.started) if engine else 0.0
+        start = min((r.sent for r in records if not r.warmup), default=0.0)
         wall = max((r.sent + (r.end_offset or 0.0) for r in records), default=start) - start
         summary = summarize(records, wall_s=max(0.0, wall))
         summary["snapshot"] = {"elapsed_s": self._elapsed(), "phase": self.status().phase}
         return summary
+
+
+def _parse_objectives(config: RunConfig) -> list[Any]:
+    if not config.slo:
+        return []
+    from cvload.slo import parse_objectives
+
+    return parse_objectives(config.slo)  # a misspelled metric fails here, before anything starts
 
 
 class ReplaySource(Source):
