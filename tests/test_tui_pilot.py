@@ -204,3 +204,20 @@ def test_cli_replay_of_a_non_results_folder(tmp_path, capsys):
     err = capsys.readouterr().err
     assert str(tmp_path) in err and "records.jsonl" in err
 
+
+
+def test_results_survive_the_dashboard_going_away(emulator, tmp_path):
+    """If the dashboard dies, the measuring process sees its input end, stops, and still writes the results."""
+    source = RunSource(config(emulator, tmp_path, model="cosyvoice2_instant", num_tasks=2, duration=60.0))
+    source.start()
+    deadline = time.monotonic() + 30
+    while source.live.snapshot().counts["done"] < 5:
+        assert time.monotonic() < deadline and not source.done, "no records from the measuring process"
+        source.poll()
+        time.sleep(0.05)
+    assert source._proc is not None and source._proc.stdin is not None
+    source._proc.stdin.close()  # what the kernel does to the pipe when the dashboard's process dies
+    assert source.wait(30)
+    assert source.error is None and source.exit_code() == EXIT_OK
+    summary = json.loads((source.out_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["requests"]["ok"] >= 5

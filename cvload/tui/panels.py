@@ -98,15 +98,18 @@ def header_text(status: Status, target: str, scenario: str | None) -> Text:
 
 
 # ---- latency -----------------------------------------------------------------------------------------------------
-def stats_lines(view: MetricView, unit: str) -> Text:
-    """A small now/run table as plain text (Rich tables cost too much to lay out four times a second)."""
+def stats_lines(view: MetricView, unit: str, width: int = 80) -> Text:
+    """A small now/run table as plain text (Rich tables cost too much to lay out five times a second); as many
+    statistics as fit the width, p50 and p99 first."""
     fmt = fmt_ms if unit == "ms" else fmt_num
-    head = f"{unit:<4}" + "".join(f"{k:>8}" for k in STAT_COLUMNS) + f"{'n':>7}"
+    fits = max(2, (width - 11) // 8)
+    columns = [k for k in STAT_COLUMNS if k in ("p50", "p99", "p90", "max")[:fits]]
+    head = f"{unit:<4}" + "".join(f"{k:>8}" for k in columns) + f"{'n':>7}"
     text = Text(head, style="dim")
     for label, s in (("now", view.now), ("run", view.run)):
         text.append("\n")
         text.append(f"{label:<4}", style="bold")
-        text.append("".join(f"{fmt(s.get(k)):>8}" for k in STAT_COLUMNS))
+        text.append("".join(f"{fmt(s.get(k)):>8}" for k in columns))
         text.append(f"{s.get('count') or 0:>7}", style="dim")
     return text
 
@@ -145,7 +148,7 @@ class LatencyPanel(Panel):
         w = self.width
         series = Text("p50/s ", style="dim")
         series.append_text(sparkline(view.series, w - 6))
-        self.update(Group(stats_lines(view, unit),
+        self.update(Group(stats_lines(view, unit, w),
                           histogram_lines(view.histogram.edges, view.histogram.counts, w, unit=unit),
                           series))
 
@@ -194,7 +197,7 @@ class RtfPanel(Panel):
         info.append("\nplayback stalls ")
         info.append(f"{stalls['count']:.0f} in {stalls['requests']:.0f} requests, {stalls['seconds']:.2f} s",
                     style="bold yellow" if stalls["count"] else "bold")
-        self.update(Group(stats_lines(view, ""), info, rtf_lines(snap.rtf_histogram.edges,
+        self.update(Group(stats_lines(view, "", w), info, rtf_lines(snap.rtf_histogram.edges,
                                                                  snap.rtf_histogram.counts, w)))
 
 
