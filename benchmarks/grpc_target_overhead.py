@@ -10,7 +10,9 @@ concurrency:
 
 Printed per client and concurrency: first-chunk latency minus the 200 ms (p50/p99), the same split into the
 send path (request sent -> model got it) and the receive path (model sent the chunk -> client stamped it), client
-CPU seconds per 100 requests, and the achieved (time-weighted) concurrency.
+CPU seconds per 100 requests, and the achieved (time-weighted) concurrency. Each phase also prints the CPU
+that processes other than this client and its server used meanwhile (``foreign_cores``): on a shared machine,
+phases disturbed by other work are left out of the pooled figures at the end (``--max-foreign``).
 
     .venv/bin/python -m benchmarks.grpc_target_overhead --concurrency 1 16 64
 """
@@ -34,6 +36,7 @@ TRUTH_S = 0.200  # fixed profile: first chunk this long after arrival
 TEXT = "Hello there world."  # 38 speech tokens: two chunks, at 200 and 300 ms
 PROMPT_TEXT = "A three second prompt, sent unpadded."
 PROMPT = (0.1 * np.sin(np.arange(48000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
+USE_PROMPT = True  # --no-prompt: spk-cache requests (target_text only)
 
 
 @dataclass
@@ -70,7 +73,8 @@ def target_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable
     target = TritonGrpcStreaming(url, "cosyvoice2", timeout=30)
 
     async def one(request_id: str) -> Timed:
-        request = SynthesisRequest(request_id, TEXT, PROMPT_TEXT, PROMPT)
+        request = (SynthesisRequest(request_id, TEXT, PROMPT_TEXT, PROMPT) if USE_PROMPT
+                   else SynthesisRequest(request_id, TEXT))
         timed = Timed(request_id, time.monotonic())
         try:
             async for chunk in target.synthesize(request):
@@ -102,7 +106,7 @@ def lean_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable[[
         tensors[1].set_data_from_numpy(PROMPT.reshape(1, -1))
         tensors[2].set_data_from_numpy(np.array([[PROMPT.size]], dtype=np.int32))
         tensors[3].set_data_from_numpy(np.array([[PROMPT_TEXT.encode()]], dtype=object))
-        return tensors
+        return tensors if USE_PROMPT else tensors[:1]
 
     async def one(request_id: str) -> Timed:
         tensors = inputs()
@@ -129,6 +133,31 @@ def lean_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable[[
     return one, start, client.close
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _busy_s() -> float:
+    """CPU seconds spent by the whole machine (all cores, not idle or iowait)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
+
+
+def _group_cpu_s(pgid: int) -> float:
+    """CPU seconds of every live process in a process group (the server and its Python-backend stubs)."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        if int(fields[2]) == pgid:
+            total += (int(fields[11]) + int(fields[12])) / TICK
+    return total
+
+
 def read_trace(path: Path) -> dict[str, dict]:
     out = {}
     for line in path.read_text().splitlines():
@@ -150,14 +179,18 @@ def achieved(timed: list[Timed]) -> tuple[float, int]:
     return (area / span if span else 0.0), peak
 
 
-def report(name: str, concurrency: int, timed: list[Timed], cpu_s: float, trace: dict[str, dict]) -> dict:
+def report(name: str, concurrency: int, timed: list[Timed], cpu_s: float, trace: dict[str, dict],
+           foreign: float | None = None, server: float | None = None,
+           concurrency_achieved: tuple[float, int] | None = None) -> dict:
     ok = [t for t in timed if t.error is None and t.first is not None]
     over = np.array([t.first - t.sent - TRUTH_S for t in ok]) * 1000
     send = np.array([trace[t.request_id]["arrival"] - t.sent for t in ok]) * 1000
     recv = np.array([t.first - trace[t.request_id]["arrival"] - trace[t.request_id]["sends"][0] for t in ok]) * 1000
-    mean, peak = achieved(timed)
+    mean, peak = concurrency_achieved or achieved(timed)
     row = {
         "client": name, "concurrency": concurrency, "requests": len(timed), "errors": len(timed) - len(ok),
+        "foreign_cores": None if foreign is None else round(foreign, 2),
+        "server_cores": None if server is None else round(server, 2),
         "over_p50_ms": round(float(np.percentile(over, 50)), 2), "over_p99_ms": round(float(np.percentile(over, 99)), 2),
         "send_p50_ms": round(float(np.percentile(send, 50)), 2), "recv_p50_ms": round(float(np.percentile(recv, 50)), 2),
         "recv_p99_ms": round(float(np.percentile(recv, 99)), 2),
@@ -168,24 +201,37 @@ def report(name: str, concurrency: int, timed: list[Timed], cpu_s: float, trace:
     return row
 
 
-async def bench(url: str, trace_path: Path, levels: list[int], rounds: int, seconds: float) -> list[dict]:
+async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int], rounds: int, seconds: float,
+                max_foreign: float) -> None:
     clients = {"target": target_client(url), "lean": lean_client(url)}
     for _, start, _ in clients.values():
         await start()
-    rows = []
+    pooled: dict[tuple[str, int], list[tuple[list[Timed], float, tuple[float, int]]]] = {}
     try:
         for concurrency in levels:
             requests = max(40, int(seconds * concurrency / 0.31))  # a request lasts ~0.31 s
             for _ in range(rounds):
                 for name, (one, _, _) in clients.items():
                     await closed_loop(min(concurrency, 4), 8, one, 0.0)  # warm up
+                    busy0, server0, wall0 = _busy_s(), _group_cpu_s(server_pgid), time.monotonic()
                     timed, cpu_s, _ = await closed_loop(concurrency, requests, one, ramp_s=0.3)
+                    server_s = _group_cpu_s(server_pgid) - server0
+                    wall = time.monotonic() - wall0
+                    foreign = (_busy_s() - busy0 - cpu_s - server_s) / wall
                     await asyncio.sleep(0.5)  # let the server finish writing its trace
-                    rows.append(report(name, concurrency, timed, cpu_s, read_trace(trace_path)))
+                    report(name, concurrency, timed, cpu_s, read_trace(trace_path), foreign, server_s / wall)
+                    if foreign <= max_foreign:
+                        pooled.setdefault((name, concurrency), []).append((timed, cpu_s, achieved(timed)))
     finally:
         for _, _, close in clients.values():
             await close()
-    return rows
+    print(f"pooled over phases with other work under {max_foreign} cores:")
+    trace = read_trace(trace_path)
+    for (name, concurrency), phases in sorted(pooled.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        timed = [t for phase, _, _ in phases for t in phase]
+        mean = float(np.mean([a[0] for _, _, a in phases]))
+        peak = max(a[1] for _, _, a in phases)
+        report(name, concurrency, timed, sum(c for _, c, _ in phases), trace, concurrency_achieved=(mean, peak))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -193,7 +239,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=2, help="alternate the two clients this many times")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured load per client and round")
+    parser.add_argument("--max-foreign", type=float, default=0.15,
+                        help="pool only phases where other processes used at most this many cores")
+    parser.add_argument("--no-prompt", action="store_true", help="spk-cache requests: target_text only")
     args = parser.parse_args(argv)
+    global USE_PROMPT
+    USE_PROMPT = not args.no_prompt
     from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
     from server_bootstrap.launcher import TritonServer
 
@@ -201,8 +252,9 @@ def main(argv: list[str] | None = None) -> int:
         root = Path(tmp)
         repo = build_repository(root, [EmulatedModel("cosyvoice2", get_profile("fixed"), "streaming")])
         with TritonServer(repo, workdir=root / "server") as server:
-            asyncio.run(bench(server.grpc_url, root / "cosyvoice2.trace.jsonl", args.concurrency, args.rounds,
-                              args.seconds))
+            assert server.process is not None
+            asyncio.run(bench(server.grpc_url, server.process.pid, root / "cosyvoice2.trace.jsonl",
+                              args.concurrency, args.rounds, args.seconds, args.max_foreign))
     return 0
 
 
