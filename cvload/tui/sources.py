@@ -179,7 +179,6 @@ class RunSource(Source):
         self._lock = threading.Lock()
         self._records: _Tail | None = None
         self._asked: float | None = None  # the concurrency or rate last asked for (keys faster than status)
-        self._quit = False
         self._ended_at: float | None = None
         self._objectives = _parse_objectives(config)
         self._verdicts_cache: list[dict[str, Any]] = []
@@ -323,7 +322,6 @@ class RunSource(Source):
         return f"rate {rate:.3g} req/s" if self._send({"cmd": "rate", "value": rate}) else None
 
     def stop(self) -> None:
-        self._quit = True
         if not self._send({"cmd": "interrupt"}) and self._proc is not None and self._proc.stdin is not None:
             with contextlib.suppress(OSError):
                 self._proc.stdin.close()
