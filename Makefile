@@ -4,7 +4,7 @@ PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: install demo test lint
+.PHONY: install system-deps demo test lint
 $(BIN)/cvload: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
@@ -16,7 +16,12 @@ install: $(BIN)/cvload
 demo: install
 	$(BIN)/cvload run --emulator --profile demo --num-tasks 4 --requests 40
 
-test: install
+# tmux drives the real-terminal dashboard test (Debian; skipped where neither tmux nor apt-get exists).
+system-deps:
+	@command -v tmux >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq tmux >/dev/null)
+
+test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 

@@ -145,7 +145,7 @@ def slo_table(verdicts: list[dict[str, Any]]) -> Table:
         table.add_column(col)
     colors = {"pass": "green", "fail": "red"}
     for v in verdicts:
-        measured = v.get("value")
+        measured = v.get("measured")
         shown = "no data" if measured is None else f"{measured:.4g}{v.get('unit') or ''}"
         color = colors.get(v["verdict"], "yellow")
         table.add_row(v["objective"], shown, f"[{color}]{v['verdict']}[/]")

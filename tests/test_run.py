@@ -48,16 +48,19 @@ def test_streaming_grpc_matches_server_schedule(emulator, tmp_path):
     assert summary["throughput"]["requests_per_s"] > 0 and summary["throughput"]["audio_s_per_s"] > 0
     assert all(r["ok"] and r["audio_s"] > 1.0 and r["flags"] == [] for r in records)
     assert [v["verdict"] for v in summary["slo"]] == ["pass", "pass"] and summary["slo_passed"] is True
+    assert summary["slo"][0]["measured"] == pytest.approx(first["p50"])
     assert (out / "config.json").exists() and (out / "summary.csv").exists()
     assert json.loads((out / "model_config.json").read_text())["name"] == "cosyvoice2"
     csv_text = (out / "summary.csv").read_text()
     assert csv_text.startswith("metric,unit,") and "first_chunk_latency_ms" in csv_text
 
 
-def test_failed_objective_exits_3(emulator, tmp_path):
-    code = run_cli("--server", emulator.grpc, "--requests", "2", "--out", str(tmp_path / "r"),
-                   "--slo", "first_chunk.p95<50ms")
+def test_failed_objective_exits_3(emulator, tmp_path, capsys):
+    code = main(["run", "--server", emulator.grpc, "--requests", "2", "--out", str(tmp_path / "r"),
+                 "--slo", "first_chunk.p95<50ms"])
     assert code == 3
+    table = capsys.readouterr().out
+    assert "first_chunk.p95<50ms" in table and "fail" in table and "no data" not in table
     summary, _ = load(tmp_path / "r")
     assert summary["slo"][0]["verdict"] == "fail" and summary["slo_passed"] is False
 
