@@ -9,10 +9,12 @@ this module exists to hide: stub lookup, libpython resolution, hangs on a stub t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import importlib.util
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -96,6 +99,20 @@ def _prepare_bundle_backends(install: TritonInstall, workdir: Path) -> Path:
     return workdir / "backends"
 
 
+# prctl resolved here, not in the forked child (a dlopen or import there could block on a lock another thread held).
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux), so a killed cvload or test run does not
+    leave an orphaned server that its own session shields from the terminal's signals."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free right now on ``host`` (the server binds it a moment later; a lost race fails loudly)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
@@ -120,12 +137,46 @@ def log_tail(path: Path, lines: int = 25) -> str:
     return "\n".join("    " + line for line in text[-lines:]) or "    (server log is empty)"
 
 
+# Lines of a tritonserver log that explain a failure, and the noise every CPU-only start prints at error level.
+_LOG_ERROR = re.compile(r"^E\d{4} |\bERROR\b|Failed to initialize|UNAVAILABLE|Traceback|error: ")
+_LOG_NOISE = re.compile(r"CudaDriverHelper|pinned memory|CUDA driver version|cuda_memory_manager|GPU metrics")
+
+
+def log_excerpt(path: Path, *, tail: int = 12, max_errors: int = 12, width: int = 600) -> str:
+    """What a failed start needs quoted: the log's error lines (the cause, which a plain tail of the startup
+    tables often cuts off) followed by its last lines."""
+    try:
+        text = path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "    (no server log)"
+    if not text:
+        return "    (server log is empty)"
+    # The startup tables (options, models, backends) are wide and say little; a failing model shows UNAVAILABLE.
+    lines = [ln for ln in text if ln.strip() and (not ln.startswith(("|", "+")) or "UNAVAILABLE" in ln)]
+    last = lines[-tail:]
+    errors = [ln for ln in lines[:-tail] if _LOG_ERROR.search(ln) and not _LOG_NOISE.search(ln)]
+    out = []
+    if errors:
+        out.append("    errors in the log:")
+        out += ["      " + _shorten(line, width) for line in errors[-max_errors:]]
+        out.append("    last lines:")
+    out += ["      " + _shorten(line, width) for line in last]
+    return "\n".join(out)
+
+
+def _shorten(line: str, width: int) -> str:
+    line = line.replace("\\n", " | ")  # glog escapes Python tracebacks onto one line
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 @dataclass
 class TritonServer:
     """A tritonserver process bound to loopback on free (or given) ports; use it as a context manager.
 
     ``with TritonServer(repo) as server: server.grpc_url`` starts the server, waits for ``/v2/health/ready``
-    within ``ready_timeout`` and stops it (SIGTERM, then SIGKILL) on exit, removing what it left in /dev/shm.
+    within ``ready_timeout`` and stops it (SIGTERM, then SIGKILL) on exit, removing what it left in /dev/shm and
+    /tmp. Without a ``workdir`` it makes a temporary one for the log and the backend folder, removed after a clean
+    stop and kept (log included) after a failure: a failed start, a server that died, or one that needed SIGKILL.
     """
 
     model_repository: Path
@@ -141,10 +192,17 @@ class TritonServer:
     gpu_metrics: bool = False
     metrics_interval_ms: int = 1000
     extra_args: list[str] = field(default_factory=list)
+    #: SIGTERM the server when the process that started it dies (even by SIGKILL), on Linux, when started from the
+    #: main thread. Off for servers meant to outlive their starter (``server_bootstrap up``).
+    die_with_parent: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _own_workdir: bool = field(default=False, init=False)
     _shm_prefix: str = field(default="", init=False)
     _tmp_before: set[str] = field(default_factory=set, init=False)
+    _tmp_own: set[str] = field(default_factory=set, init=False)
+    #: None while running (or never started); True after a clean stop, False after any failure.
+    clean_exit: bool | None = field(default=None, init=False)
+    _stopped: bool = field(default=False, init=False)
 
     # ---- endpoints -------------------------------------------------------------------------------------------
     @property
@@ -158,6 +216,11 @@ class TritonServer:
     @property
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
+
+    @property
+    def shm_prefix(self) -> str:
+        """Name prefix of this server's Python-backend regions in /dev/shm (empty before start)."""
+        return self._shm_prefix
 
     def endpoints(self) -> dict[str, str]:
         return {
@@ -225,6 +288,8 @@ class TritonServer:
         if install.bundle_root is not None:
             backends = _prepare_bundle_backends(install, self.workdir)
         self._tmp_before = set(glob.glob("/tmp/python_env_*"))
+        self.clean_exit = None
+        self._stopped = False
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 self.command(install, backends),
@@ -233,12 +298,24 @@ class TritonServer:
                 stdin=subprocess.DEVNULL,
                 env=self._environment(install),
                 start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop the server in order
+                # The death signal fires when the *thread* that started the server ends: only ask for it from the
+                # main thread, whose end is the process's.
+                preexec_fn=_die_with_parent
+                if self.die_with_parent and _PRCTL is not None
+                and threading.current_thread() is threading.main_thread()
+                else None,
             )
         try:
             self.wait_ready()
         except BaseException:
+            self.clean_exit = False
             self.stop()
             raise
+        finally:
+            # The Python backend makes one /tmp/python_env_* folder as it loads, before readiness; those that
+            # appeared meanwhile are this server's (or a neighbour's that started at the same moment: cleanup
+            # removes only empty ones, which no server uses without EXECUTION_ENV_PATH).
+            self._tmp_own = set(glob.glob("/tmp/python_env_*")) - self._tmp_before
         return self
 
     def wait_ready(self) -> None:
@@ -253,17 +330,16 @@ class TritonServer:
                 raise ServerError(
                     f"tritonserver exited with code {code} before becoming ready "
                     f"(ports http {self.http_port}, grpc {self.grpc_port}, metrics {self.metrics_port}); "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"  # type: ignore[arg-type]
+                    f"log {self.log_path}:\n{log_excerpt(self.log_path)}"  # type: ignore[arg-type]
                 )
-            with contextlib.suppress(urllib.error.URLError, OSError):
-                with urllib.request.urlopen(url, timeout=1.0) as resp:
-                    if resp.status == 200:
-                        return
+            with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=1.0) as resp:
+                if resp.status == 200:
+                    return
             if time.monotonic() > deadline:
                 raise ServerError(
                     f"tritonserver not ready after {self.ready_timeout:.0f} s (a model still loading usually "
                     f"means a Python-backend stub that cannot start); log {self.log_path}:\n"
-                    f"{log_tail(self.log_path)}"  # type: ignore[arg-type]
+                    f"{log_excerpt(self.log_path)}"  # type: ignore[arg-type]
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.2)
@@ -272,20 +348,28 @@ class TritonServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
+        """SIGTERM, then SIGKILL after ``stop_timeout``; afterwards no process of the server's group survives and
+        its /dev/shm regions and temp folders are gone. Safe to call more than once."""
         proc = self.process
-        if proc is not None and proc.poll() is None:
+        if proc is None or self._stopped:
+            return
+        self._stopped = True
+        clean = self.clean_exit is None and proc.poll() is None  # False: failed start, or it died on its own
+        if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
             try:
                 proc.wait(timeout=self.stop_timeout)
             except subprocess.TimeoutExpired:
+                clean = False
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=10)
-        if proc is not None:
-            # Stubs live in the server's process group; make sure none outlives it.
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            clean = clean and proc.returncode in (0, -signal.SIGTERM)
+        # Stubs live in the server's process group (start_new_session): make sure none outlives it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        self.clean_exit = clean
         self.cleanup()
 
     def cleanup(self) -> None:
@@ -294,11 +378,15 @@ class TritonServer:
             for path in glob.glob(f"/dev/shm/{self._shm_prefix}*"):
                 with contextlib.suppress(OSError):
                     os.unlink(path)
-        for path in set(glob.glob("/tmp/python_env_*")) - self._tmp_before:
-            shutil.rmtree(path, ignore_errors=True)
+        for path in self._tmp_own:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)  # only if empty: never a neighbour's extracted environment
+        self._tmp_own = set()
         if self._own_workdir and self.workdir is not None:
-            # Keep the log readable after a failure: only the backend links go.
-            shutil.rmtree(self.workdir / "backends", ignore_errors=True)
+            if self.clean_exit:
+                shutil.rmtree(self.workdir, ignore_errors=True)
+            else:  # keep the log readable after a failure: only the backend links go
+                shutil.rmtree(self.workdir / "backends", ignore_errors=True)
 
     def __enter__(self) -> TritonServer:
         return self.start()

@@ -50,38 +50,69 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+class _Stop(Exception):
+    """SIGTERM (or SIGINT) arrived while the server was still starting."""
+
+
 def run(args: argparse.Namespace) -> int:
+    import shutil
+    import tempfile
+
     from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-    from server_bootstrap.launcher import TritonServer
+    from server_bootstrap.launcher import TritonServer, log_tail
 
     if not args.emulator:
         raise UsageError("cvload serve only runs the embedded emulator for now: add --emulator",
                          hint="for the real TensorRT-LLM server use `cvload bootstrap up`")
     profile = get_profile(args.profile or "fixed", parse_overrides(args.profile_set))
-    import tempfile
-
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cvload-serve-"))
-    repo = build_repository(workdir, [EmulatedModel(name=args.model, profile=profile, mode=args.mode)])
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    own_root = args.workdir is None
+    root = Path(tempfile.mkdtemp(prefix="cvload-serve-")) if own_root else args.workdir
+    repo = build_repository(root, [EmulatedModel(name=args.model, profile=profile, mode=args.mode)])
     server = TritonServer(repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                          metrics_port=args.metrics_port, tritonserver=args.tritonserver, workdir=workdir,
-                          ready_timeout=args.ready_timeout)
-    with server:
-        ep = server.endpoints()
-        print(f"cvload emulator ready: model {args.model} ({args.mode}, profile {profile.name})")
-        print(f"  grpc     {ep['grpc']}")
-        print(f"  http     {ep['http']}")
-        print(f"  metrics  {ep['metrics']}")
-        print(f"  log      {ep['log']}")
-        print(f"try: cvload run --server {ep['grpc']} --mode {args.mode} --requests 20", flush=True)
-        while not stop.wait(0.5):
-            if not server.alive():
-                from server_bootstrap.launcher import log_tail
+                          metrics_port=args.metrics_port, tritonserver=args.tritonserver, workdir=root / "server",
+                          ready_timeout=args.ready_timeout, die_with_parent=True)
+    stop = threading.Event()
+    serving = False
 
-                print(f"tritonserver exited unexpectedly; log tail:\n{log_tail(server.log_path)}", flush=True)
-                return 1
-        print("stopping tritonserver...", flush=True)
-    print("stopped", flush=True)
-    return 0
+    def on_signal(signum: int, _frame: object) -> None:
+        if not serving:
+            raise _Stop(signal.Signals(signum).name)  # unwinds start(), which stops the half-started server
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        with server:
+            serving = True
+            ep = server.endpoints()
+            print(f"cvload emulator ready: model {args.model} ({args.mode}, profile {profile.name})")
+            print(f"  grpc     {ep['grpc']}")
+            print(f"  http     {ep['http']}")
+            print(f"  metrics  {ep['metrics']}")
+            print(f"  log      {ep['log']}")
+            print(f"try: cvload run --server {ep['grpc']} --mode {args.mode} --requests 20", flush=True)
+            while not stop.wait(0.5):
+                if not server.alive():
+                    print(f"tritonserver exited unexpectedly; log tail:\n{log_tail(server.log_path)}", flush=True)
+                    code = 1
+                    break
+            if code == 0:
+                print("stopping tritonserver...", flush=True)
+    except _Stop:
+        code = 130
+        print("interrupted while starting", flush=True)
+    except BaseException:
+        code = -1
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        # A temporary folder goes, unless the server failed: then its log stays for a look.
+        failed = code != 130 and server.clean_exit is False
+        if own_root and failed and server.log_path is not None and server.log_path.exists():
+            print(f"kept {root} (server log {server.log_path})", flush=True)
+        elif own_root:
+            shutil.rmtree(root, ignore_errors=True)
+    if code == 0:
+        print("stopped", flush=True)
+    return code

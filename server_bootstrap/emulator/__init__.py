@@ -30,8 +30,12 @@ class EmulatedModel:
 def build_repository(root: Path, models: list[EmulatedModel] | None = None, *, trace: bool = True) -> Path:
     """Write a model repository under ``root`` (created, or emptied of earlier models) and return its path.
 
-    With ``trace`` each model appends one JSON line per request (arrival and send times on the host's
-    monotonic clock) to ``root/<model>.trace.jsonl``: the ground truth measurement tests compare against.
+    With ``trace`` each model appends one JSON line per request to ``root/<model>.trace.jsonl``, written before
+    the request's final response goes out: the ground truth measurement tests compare against. Fields: ``id``,
+    ``model``, ``pid`` (the instance's stub process), ``arrival`` (``time.monotonic()`` when the request reached
+    the model: the host's monotonic clock, comparable with any process's), ``sends`` (seconds after arrival of
+    each audio response; offline: of the one response), ``vocoder`` ([start, end] of each vocoder job, seconds
+    after arrival) and ``error`` (null or the error message sent).
     """
     models = models or [EmulatedModel()]
     repo = Path(root) / "model_repository"
@@ -56,6 +60,7 @@ def build_repository(root: Path, models: list[EmulatedModel] | None = None, *, t
                 "profile_json": pbtxt_string(model.profile.to_json()),
                 "trace_path": pbtxt_string(str(trace_path)),
                 "vocoder_lock": pbtxt_string(str((model_dir / "vocoder.lock").resolve())),
+                "state_path": pbtxt_string(str((model_dir / "state.json").resolve())),
             },
         )
     return repo

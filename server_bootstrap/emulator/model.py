@@ -9,10 +9,10 @@ only numpy and triton_python_backend_utils can be imported.
 from __future__ import annotations
 
 import fcntl
+import heapq
 import json
 import math
 import os
-import queue
 import random
 import re
 import shutil
@@ -23,7 +23,11 @@ import time
 import zlib
 
 import numpy as np
-import triton_python_backend_utils as pb_utils
+
+try:
+    import triton_python_backend_utils as pb_utils
+except ImportError:  # imported outside the stub (tests use the text and audio helpers)
+    pb_utils = None
 
 SAMPLE_RATE = 24000
 TOKENS_PER_S = 25
@@ -39,6 +43,22 @@ def speech_seconds(text: str) -> float:
     words = len(_WORD.findall(_CJK.sub(" ", text)))
     pauses = len(_PAUSE.findall(text))
     return 0.25 + cjk * 0.22 + words * 0.37 + pauses * 0.18
+
+
+def speech_tokens(text: str) -> int:
+    """Speech tokens (25 per second of audio) the emulator produces for ``text`` with the synthetic voice."""
+    return max(1, round(speech_seconds(text) * TOKENS_PER_S))
+
+
+def chunk_schedule(total_tokens: int, profile: dict) -> list[int]:
+    """Token counts of the streamed chunks: ``first_hop_tokens`` growing by ``hop_growth`` up to the maximum."""
+    hop, chunks, left = float(profile.get("first_hop_tokens", 25)), [], total_tokens
+    while left > 0:
+        n = min(left, max(1, int(hop)))
+        chunks.append(n)
+        left -= n
+        hop = min(hop * profile.get("hop_growth", 2.0), profile.get("max_hop_tokens", 400))
+    return chunks
 
 
 class ToneVoice:
@@ -67,14 +87,22 @@ class ToneVoice:
 
 
 class RecordedVoice:
-    """Real speech from espeak-ng, resampled to 24 kHz and handed out in chunks."""
+    """Real speech from espeak-ng (Mandarin voice when the text has CJK characters), resampled to 24 kHz and
+    handed out in chunks."""
 
     def __init__(self, text: str) -> None:
-        out = subprocess.run(["espeak-ng", "--stdout", text], capture_output=True, check=True, timeout=30).stdout
-        # espeak-ng writes a 22050 Hz 16-bit mono WAV; skip the 44-byte header.
-        pcm = np.frombuffer(out[44 : len(out) - (len(out) - 44) % 2], dtype="<i2").astype(np.float32) / 32768.0
-        n_out = int(len(pcm) * SAMPLE_RATE / 22050)
-        self.audio = np.interp(np.linspace(0, len(pcm) - 1, n_out), np.arange(len(pcm)), pcm).astype(np.float32)
+        voice = "cmn" if _CJK.search(text) else "en"
+        # Text through stdin as UTF-8 bytes: the stub's embedded Python may have an ASCII filesystem encoding,
+        # which cannot put CJK text into argv.
+        out = subprocess.run(
+            ["espeak-ng", "-v", voice, "-b", "1", "--stdin", "--stdout"],
+            input=text.encode("utf-8"), capture_output=True, check=True, timeout=30,
+        ).stdout
+        rate, pcm = _parse_wav(out)
+        n_out = max(1, int(len(pcm) * SAMPLE_RATE / rate))
+        audio = np.interp(np.linspace(0, len(pcm) - 1, n_out), np.arange(len(pcm)), pcm)
+        # espeak pauses are digital silence; a faint floor keeps every chunk audibly "on" for level checks
+        self.audio = (audio + 1e-3 * np.sin(np.arange(n_out) * 0.05)).astype(np.float32)
         self.pos = 0
 
     def render(self, n: int) -> np.ndarray:
@@ -85,32 +113,72 @@ class RecordedVoice:
         return chunk
 
 
-class Vocoder:
-    """The one shared token2wav worker: chunk jobs from all requests are served first come, first served."""
+def _parse_wav(data: bytes) -> tuple[int, np.ndarray]:
+    """(sample rate, float samples) of a 16-bit PCM WAV as espeak-ng writes it to stdout (sizes unset)."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        raise ValueError("espeak-ng did not write a WAV")
+    pos, rate = 12, 22050
+    while pos + 8 <= len(data):
+        tag, size = data[pos : pos + 4], int.from_bytes(data[pos + 4 : pos + 8], "little")
+        if tag == b"fmt ":
+            rate = int.from_bytes(data[pos + 12 : pos + 16], "little")
+        elif tag == b"data":
+            body = data[pos + 8 :]
+            body = body[: len(body) - len(body) % 2]
+            return rate, np.frombuffer(body, dtype="<i2").astype(np.float32) / 32768.0
+        pos += 8 + size
+    raise ValueError("espeak-ng WAV has no data chunk")
 
-    def __init__(self, lock_path: str | None) -> None:
-        self.jobs: queue.Queue[tuple[float, threading.Event]] = queue.Queue()
+
+class Vocoder:
+    """The one shared token2wav worker: chunk jobs from all requests wait in one queue for one worker.
+
+    ``priority="fifo"`` serves jobs in the order they come; ``"oldest"`` serves the job of the request that
+    arrived first (a request in progress finishes before a newer one gets its first chunk). Offline instances live in separate stub processes;
+    with ``lock_path`` they share one worker through an exclusive file lock held for each job (first come,
+    first served across processes). ``run`` returns the job's (start, end) on the host's monotonic clock.
+    """
+
+    def __init__(self, lock_path: str | None, priority: str = "fifo") -> None:
+        self.jobs: list[tuple[float, int, float, threading.Event, list[float]]] = []
+        self.cond = threading.Condition()
+        self.seq = 0
         self.lock_path = lock_path
+        self.priority = priority
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
         while True:
-            cost, done = self.jobs.get()
-            if self.lock_path:  # offline instances live in separate processes: share one worker by file lock
+            with self.cond:
+                while not self.jobs:
+                    self.cond.wait()
+                _, _, cost, done, span = heapq.heappop(self.jobs)
+            if self.lock_path:
                 with open(self.lock_path, "a") as fh:
                     fcntl.flock(fh, fcntl.LOCK_EX)
-                    _sleep(cost)
-                    fcntl.flock(fh, fcntl.LOCK_UN)
+                    try:
+                        span.append(time.monotonic())
+                        _sleep(cost)
+                        span.append(time.monotonic())
+                    finally:
+                        fcntl.flock(fh, fcntl.LOCK_UN)
             else:
+                span.append(time.monotonic())
                 _sleep(cost)
+                span.append(time.monotonic())
             done.set()
 
-    def run(self, cost: float) -> None:
+    def run(self, cost: float, arrival: float) -> tuple[float, float] | None:
         if cost <= 0:
-            return
-        done = threading.Event()
-        self.jobs.put((cost, done))
+            return None
+        done, span = threading.Event(), []
+        with self.cond:
+            self.seq += 1
+            key = arrival if self.priority == "oldest" else time.monotonic()
+            heapq.heappush(self.jobs, (key, self.seq, cost, done, span))
+            self.cond.notify()
         done.wait()
+        return span[0], span[1]
 
 
 def _sleep(seconds: float) -> None:
@@ -125,7 +193,60 @@ def _sleep_until(deadline: float) -> None:
 
 
 class RequestError(Exception):
-    """A bad request, answered with an error response; the server stays up."""
+    """A bad request, answered with an error response (INVALID_ARG); the server stays up."""
+
+
+def _error(message: str, invalid_argument: bool = False):
+    code = getattr(pb_utils.TritonError, "INVALID_ARG", None) if invalid_argument else None
+    return pb_utils.TritonError(message, code) if code is not None else pb_utils.TritonError(message)
+
+
+class SharedState:
+    """Arrival count and in-flight request ids, shared by every instance (stub process) of one model."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.lock = threading.Lock()
+        self.arrivals = 0
+        self.in_flight: set[str] = set()
+        if path:  # the server is not ready before every instance has initialized: no request can be lost
+            with open(path, "w") as fh:
+                fh.write('{"arrivals": 0, "in_flight": []}')
+
+    def _update(self, change):
+        if not self.path:
+            with self.lock:
+                return change(self)
+        with self.lock, open(self.path, "r+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                data = json.loads(fh.read() or "{}")
+                self.arrivals = int(data.get("arrivals", 0))
+                self.in_flight = set(data.get("in_flight", []))
+                result = change(self)
+                fh.seek(0)
+                fh.truncate()
+                fh.write(json.dumps({"arrivals": self.arrivals, "in_flight": sorted(self.in_flight)}))
+                fh.flush()  # before the unlock: the next process must read the whole state
+                return result
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def admit(self, request_id: str) -> tuple[int, bool]:
+        """Count an arrival; returns (arrival number, whether its id was already in flight)."""
+
+        def change(state: SharedState) -> tuple[int, bool]:
+            state.arrivals += 1
+            duplicate = bool(request_id) and request_id in state.in_flight
+            if request_id and not duplicate:
+                state.in_flight.add(request_id)
+            return state.arrivals, duplicate
+
+        return self._update(change)
+
+    def release(self, request_id: str) -> None:
+        if request_id:
+            self._update(lambda state: state.in_flight.discard(request_id))
 
 
 class TritonPythonModel:
@@ -136,17 +257,19 @@ class TritonPythonModel:
         self.profile = json.loads(params.get("profile", "{}"))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.trace_path = params.get("trace_path") or None
+        # Streaming runs one instance (threads inside it); offline instances are separate processes that share
+        # the vocoder through a file lock and the arrival count and in-flight ids through a state file.
         lock = params.get("vocoder_lock") or None
-        self.vocoder = Vocoder(None if self.decoupled else lock)
+        shared = params.get("state_path") or None
+        self.vocoder = Vocoder(None if self.decoupled else lock, self.profile.get("vocoder_priority", "fifo"))
+        self.state = SharedState(None if self.decoupled else shared)
         self.rng = random.Random(self.profile.get("seed", 0) or None)
         self.lock = threading.Lock()
         self.active = 0
-        self.arrivals = 0
-        self.in_flight: set[str] = set()
         self.trace_lock = threading.Lock()
 
     # ---- request parsing -------------------------------------------------------------------------------------
-    def _text(self, request: pb_utils.InferenceRequest, name: str) -> str | None:
+    def _text(self, request, name: str) -> str | None:
         tensor = pb_utils.get_input_tensor_by_name(request, name)
         if tensor is None:
             return None
@@ -156,7 +279,7 @@ class TritonPythonModel:
         value = array.reshape(-1)[0]
         return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
 
-    def _parse(self, request: pb_utils.InferenceRequest) -> dict:
+    def _parse(self, request) -> dict:
         target = self._text(request, "target_text")
         if target is None:
             raise RequestError("missing required input 'target_text'")
@@ -170,7 +293,10 @@ class TritonPythonModel:
             n = samples.size
             wav_len = pb_utils.get_input_tensor_by_name(request, "reference_wav_len")
             if wav_len is not None:
-                n = int(wav_len.as_numpy().reshape(-1)[0])
+                lengths = wav_len.as_numpy().reshape(-1)
+                if lengths.size != 1:
+                    raise RequestError(f"reference_wav_len must hold one value, got {lengths.size}")
+                n = int(lengths[0])
                 if not 0 < n <= samples.size:
                     raise RequestError(
                         f"reference_wav_len {n} is outside 1..{samples.size} (the samples sent in reference_wav)"
@@ -201,127 +327,154 @@ class TritonPythonModel:
         return self._jitter(p.get("vocoder_base_s", 0.0) + p.get("vocoder_per_token_s", 0.0) * tokens)
 
     def _chunks(self, total_tokens: int) -> list[int]:
-        p = self.profile
-        hop, chunks, left = float(p.get("first_hop_tokens", 25)), [], total_tokens
-        while left > 0:
-            n = min(left, max(1, int(hop)))
-            chunks.append(n)
-            left -= n
-            hop = min(hop * p.get("hop_growth", 2.0), p.get("max_hop_tokens", 400))
-        return chunks
+        return chunk_schedule(total_tokens, self.profile)
 
     # ---- serving ---------------------------------------------------------------------------------------------
     def _voice(self, text: str, request_id: str):
         if self.profile.get("voice") == "espeak" and shutil.which("espeak-ng"):
-            return RecordedVoice(text)
+            try:
+                return RecordedVoice(text)
+            except (OSError, subprocess.SubprocessError, ValueError):
+                pass  # fall back to the synthetic voice rather than fail the request
         return ToneVoice(zlib.crc32(text.encode()) ^ zlib.crc32(request_id.encode()))
 
-    def _admit(self, request_id: str) -> str | None:
-        """Count the arrival and apply the crash/duplicate rules; returns an error message or None."""
+    def _admit(self, request_id: str) -> tuple[str | None, bool]:
+        """Count the arrival and apply the crash/duplicate/error rules.
+
+        Returns (error message or None, whether the error is the client's: INVALID_ARG rather than INTERNAL)."""
+        arrivals, duplicate = self.state.admit(request_id)
+        crash_after = self.profile.get("crash_after", 0)
+        if crash_after and arrivals >= crash_after:
+            os.kill(os.getppid(), signal.SIGKILL)  # the server dies mid-run, as a crashed GPU server does
+            time.sleep(60)
+        if duplicate:
+            return f"request id {request_id!r} is already in flight: request ids must be unique", True
         with self.lock:
-            self.arrivals += 1
-            crash_after = self.profile.get("crash_after", 0)
-            if crash_after and self.arrivals >= crash_after:
-                os.kill(os.getppid(), signal.SIGKILL)  # the server dies mid-run, as a crashed GPU server does
-            if request_id and request_id in self.in_flight:
-                return f"request id {request_id!r} is already in flight: request ids must be unique"
-            if request_id:
-                self.in_flight.add(request_id)
             self.active += 1
         if self.rng.random() < self.profile.get("error_rate", 0.0):
-            return "emulated server error (profile error_rate)"
-        return None
+            self._release(request_id)
+            return "emulated server error (profile error_rate)", False
+        return None, False
+
+    def _admit_safely(self, request_id: str) -> tuple[str | None, bool]:
+        try:
+            return self._admit(request_id)
+        except Exception as exc:  # noqa: BLE001 - a request must always get its answer, never hang
+            return f"emulator failure: {exc!r}", False
 
     def _release(self, request_id: str) -> None:
         with self.lock:
             self.active -= 1
-            self.in_flight.discard(request_id)
+        self.state.release(request_id)
 
-    def _synthesize(self, parsed: dict, request_id: str, arrival: float, emit) -> list[float]:
-        """Produce the chunks of one request, calling ``emit(audio)`` at each chunk's time; returns send offsets."""
+    def _synthesize(self, parsed: dict, request_id: str, arrival: float, emit) -> tuple[list[float], list]:
+        """Produce the chunks of one request, calling ``emit(audio)`` at each chunk's time.
+
+        Returns the send offsets (seconds after arrival) and the vocoder jobs' (start, end) offsets."""
         p = self.profile
-        total_tokens = max(1, round(speech_seconds(parsed["target"]) * TOKENS_PER_S))
+        total_tokens = speech_tokens(parsed["target"])
         voice = self._voice(parsed["target"], request_id)
         if isinstance(voice, RecordedVoice):
             total_tokens = max(1, math.ceil(len(voice.audio) / SAMPLES_PER_TOKEN))
         chunks = self._chunks(total_tokens)
         stall_at = self.rng.randrange(len(chunks)) if self.rng.random() < p.get("stall_prob", 0.0) else -1
         sends: list[float] = []
+        spans: list[list[float]] = []
         fixed_first = p.get("fixed_first_s")
-        llm_clock = arrival + self._jitter(p.get("llm_prefill_s", 0.0))
+        others = max(0, self.active - 1)  # other requests in flight when this one starts
+        llm_clock = arrival + self._jitter(
+            p.get("llm_prefill_s", 0.0) + p.get("llm_prefill_per_active_s", 0.0) * others
+        )
         produced = 0
+        shift = 0.0  # a stall delays this chunk and every later one
         for i, n in enumerate(chunks):
             if i == stall_at:
-                _sleep(p.get("stall_s", 0.0))
-                llm_clock += p.get("stall_s", 0.0)
+                stall = p.get("stall_s", 0.0)
+                _sleep(stall)
+                llm_clock += stall
+                shift += stall
             produced += n
             audio = voice.render(n * SAMPLES_PER_TOKEN)  # before the wait: rendering must not delay the send
             if fixed_first is not None:
-                _sleep_until(arrival + fixed_first + i * (p.get("fixed_interval_s") or 0.0))
+                _sleep_until(arrival + shift + fixed_first + i * (p.get("fixed_interval_s") or 0.0))
             else:
                 lookahead = 0 if produced == total_tokens else p.get("lookahead_tokens", 3)
                 llm_clock += self._token_time(n + (lookahead if i == 0 else 0))
                 _sleep_until(llm_clock)
-                self.vocoder.run(self._vocoder_cost(n))
+                span = self.vocoder.run(self._vocoder_cost(n), arrival)
+                if span is not None:
+                    spans.append([span[0] - arrival, span[1] - arrival])
             sends.append(time.monotonic() - arrival)
             emit(audio)
-        return sends
+        return sends, spans
 
-    def _trace(self, request_id: str, arrival: float, sends: list[float], error: str | None) -> None:
+    def _trace(self, request_id: str, arrival: float, sends: list[float], spans: list, error: str | None) -> None:
         if not self.trace_path:
             return
         line = json.dumps(
-            {"model": self.model_name, "id": request_id, "arrival": arrival, "sends": sends, "error": error}
+            {
+                "model": self.model_name,
+                "id": request_id,
+                "pid": os.getpid(),
+                "arrival": arrival,  # host monotonic clock (time.monotonic() of any process on this host)
+                "sends": sends,  # seconds after arrival, one per response sent with audio
+                "vocoder": spans,  # the request's vocoder jobs: [start, end] seconds after arrival
+                "error": error,
+            }
         )
         with self.trace_lock, open(self.trace_path, "a") as fh:
             fh.write(line + "\n")
 
-    def _serve_stream(self, request: pb_utils.InferenceRequest, arrival: float) -> None:
+    def _serve_stream(self, request, arrival: float) -> None:
         sender = request.get_response_sender()
         request_id = request.request_id()
-        error = self._admit(request_id)
+        error, invalid = self._admit_safely(request_id)
         sends: list[float] = []
-        try:
-            if error is None:
+        spans: list = []
+        if error is None:
+            try:
                 parsed = self._parse(request)
 
                 def emit(audio: np.ndarray) -> None:
                     out = pb_utils.Tensor("waveform", audio.reshape(1, -1))
                     sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
 
-                sends = self._synthesize(parsed, request_id, arrival, emit)
-        except RequestError as exc:
-            error = str(exc)
-        except Exception as exc:  # noqa: BLE001 - a bug in the emulator must not hang the client
-            error = f"emulator failure: {exc!r}"
+                sends, spans = self._synthesize(parsed, request_id, arrival, emit)
+            except RequestError as exc:
+                error, invalid = str(exc), True
+            except Exception as exc:  # noqa: BLE001 - a bug in the emulator must not hang the client
+                error = f"emulator failure: {exc!r}"
+            finally:
+                self._release(request_id)
+        try:
+            self._trace(request_id, arrival, sends, spans, error)  # before the final response: clients may read it
         finally:
-            self._release(request_id)
-        if error is not None:
-            sender.send(
-                pb_utils.InferenceResponse(error=pb_utils.TritonError(error)),
-                flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-            )
-        else:
-            sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
-        self._trace(request_id, arrival, sends, error)
+            if error is not None:
+                sender.send(
+                    pb_utils.InferenceResponse(error=_error(error, invalid)),
+                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                )
+            else:
+                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
-    def _serve_offline(self, request: pb_utils.InferenceRequest, arrival: float) -> pb_utils.InferenceResponse:
+    def _serve_offline(self, request, arrival: float):
         request_id = request.request_id()
-        error = self._admit(request_id)
+        error, invalid = self._admit_safely(request_id)
         parts: list[np.ndarray] = []
         sends: list[float] = []
-        try:
-            if error is None:
-                sends = self._synthesize(self._parse(request), request_id, arrival, parts.append)
-        except RequestError as exc:
-            error = str(exc)
-        except Exception as exc:  # noqa: BLE001
-            error = f"emulator failure: {exc!r}"
-        finally:
-            self._release(request_id)
-        self._trace(request_id, arrival, sends[-1:], error)
+        spans: list = []
+        if error is None:
+            try:
+                sends, spans = self._synthesize(self._parse(request), request_id, arrival, parts.append)
+            except RequestError as exc:
+                error, invalid = str(exc), True
+            except Exception as exc:  # noqa: BLE001
+                error = f"emulator failure: {exc!r}"
+            finally:
+                self._release(request_id)
+        self._trace(request_id, arrival, sends[-1:], spans, error)
         if error is not None:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(error))
+            return pb_utils.InferenceResponse(error=_error(error, invalid))
         audio = np.concatenate(parts).reshape(1, -1)
         return pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor("waveform", audio)])
 
@@ -335,7 +488,10 @@ class TritonPythonModel:
         responses: list = [None] * len(requests)
 
         def serve(i: int) -> None:
-            responses[i] = self._serve_offline(requests[i], arrival)
+            try:
+                responses[i] = self._serve_offline(requests[i], arrival)
+            except Exception as exc:  # noqa: BLE001 - a missing response would hang the client
+                responses[i] = pb_utils.InferenceResponse(error=_error(f"emulator failure: {exc!r}"))
 
         threads = [threading.Thread(target=serve, args=(i,)) for i in range(len(requests))]
         for thread in threads:

@@ -25,12 +25,18 @@ class Profile:
     # LLM: time to first token, then tokens per second for one request; each further request in the LLM slows
     # every request by ``llm_batch_slowdown`` (in-flight batching is cheap but not free).
     llm_prefill_s: float = 0.0
+    # Added to the time to first token for each other request in flight (a busy server admits a new request
+    # later: TRT-LLM's context phase competing with the batch's decoding, the front model's queue).
+    llm_prefill_per_active_s: float = 0.0
     llm_tokens_per_s: float = 0.0  # 0 = instant
     llm_batch_slowdown: float = 0.0
     lookahead_tokens: int = 3
     # Vocoder (token2wav): one shared worker, each chunk costs base + per_token * tokens.
     vocoder_base_s: float = 0.0
     vocoder_per_token_s: float = 0.0
+    # Which queued vocoder job goes next: "fifo" (first queued) or "oldest" (the job of the earliest request, so
+    # requests in progress finish before a new one gets its first chunk).
+    vocoder_priority: str = "fifo"
     # Chunk schedule in speech tokens.
     first_hop_tokens: int = 25
     hop_growth: float = 2.0
@@ -49,6 +55,15 @@ class Profile:
     voice: str = "tone"
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        if self.voice not in ("tone", "espeak"):
+            raise UsageError(f"emulator voice {self.voice!r} is unknown", hint="use tone or espeak")
+        if self.vocoder_priority not in ("fifo", "oldest"):
+            raise UsageError(f"vocoder_priority {self.vocoder_priority!r} is unknown", hint="use fifo or oldest")
+        for name in ("error_rate", "stall_prob"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise UsageError(f"emulator profile {name} must be between 0 and 1, got {getattr(self, name)}")
+
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
 
@@ -65,10 +80,8 @@ class Profile:
             try:
                 if isinstance(raw, str) and not isinstance(current, str):
                     raw = json.loads(raw)
-                if isinstance(current, bool) or current is None:
-                    value = raw
-                else:
-                    value = type(current)(raw)  # type: ignore[call-arg]
+                keep = isinstance(current, bool) or current is None
+                value = raw if keep else type(current)(raw)  # type: ignore[call-arg]
             except (TypeError, ValueError) as exc:
                 raise UsageError(f"emulator profile setting {key}={raw!r}: {exc}") from None
             values[key] = value
@@ -80,14 +93,17 @@ PRESETS: dict[str, Profile] = {
     "instant": Profile(name="instant"),
     # Ground truth for measurement fidelity: first chunk at exactly 200 ms, then every 100 ms.
     "fixed": Profile(name="fixed", fixed_first_s=0.200, fixed_interval_s=0.100),
-    # Calibrated to the published single-L20 CosyVoice2-0.5B streaming figures (benchmarks/calibrate_l20.py).
+    # Calibrated to the published single-L20 CosyVoice2-0.5B streaming figures (first chunk avg 220 / 477 / 1107 ms,
+    # RTF 0.124 at concurrency 1 / 2 / 4) by benchmarks/calibrate_l20.py: a fast LLM whose time to first token grows
+    # with the requests in flight, and one vocoder worker (73 ms + 3 ms per token and chunk) that all requests share.
     "l20": Profile(
         name="l20",
-        llm_prefill_s=0.060,
-        llm_tokens_per_s=420.0,
-        llm_batch_slowdown=0.08,
-        vocoder_base_s=0.020,
-        vocoder_per_token_s=0.0029,
+        llm_prefill_s=0.054,
+        llm_prefill_per_active_s=0.134,
+        llm_tokens_per_s=1600.0,
+        llm_batch_slowdown=0.6,
+        vocoder_base_s=0.073,
+        vocoder_per_token_s=0.00298,
         jitter=0.05,
     ),
     # A quick realistic-looking profile for demos and the dashboard.

@@ -1,0 +1,230 @@
+"""The local Triton launcher against the real tritonserver: start, stop, cleanup, and every way a start fails."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from cvload.errors import CvloadError, ServerError
+from server_bootstrap import launcher
+from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
+from server_bootstrap.launcher import TritonServer
+
+INSTANT = get_profile("instant")
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group: the server and its Python-backend stubs."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def wait_until(condition, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return condition()
+
+
+def repository(tmp_path: Path, models: list[EmulatedModel] | None = None) -> Path:
+    return build_repository(tmp_path / "emu", models or [EmulatedModel("cosyvoice2", INSTANT, "streaming")])
+
+
+def break_initialize(repo: Path, statement: str, model: str = "cosyvoice2") -> None:
+    """Make the model's initialize() run ``statement`` first (raise, hang, ...)."""
+    path = repo / model / "1" / "model.py"
+    text = path.read_text()
+    marker = '        config = json.loads(args["model_config"])'
+    assert marker in text
+    path.write_text(text.replace(marker, f"        {statement}\n{marker}"))
+
+
+def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
+    repo = repository(tmp_path, [
+        EmulatedModel("cosyvoice2", INSTANT, "streaming"),
+        EmulatedModel("cosyvoice2_offline", INSTANT, "offline", instances=2),
+    ])
+    envs_before = set(glob.glob("/tmp/python_env_*"))
+    server = TritonServer(repo)  # no workdir: the launcher makes (and owns) a temporary one
+    server.start()
+    try:
+        assert server.alive()
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
+            assert resp.status == 200
+        pid = server.process.pid  # type: ignore[union-attr]
+        members = group_members(pid)
+        assert pid in members and len(members) >= 1 + 1 + 2, "server plus one stub per model instance"
+        assert server.shm_prefix and glob.glob(f"/dev/shm/{server.shm_prefix}*"), "stubs talk through /dev/shm"
+        workdir = server.workdir
+        assert workdir is not None and (workdir / "tritonserver.log").is_file()
+        envs_during = set(glob.glob("/tmp/python_env_*")) - envs_before
+        assert set(server.endpoints()) == {"http", "grpc", "metrics", "log"}
+        with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
+            assert b"nv_inference_request_success" in resp.read()
+    finally:
+        server.stop()
+    assert server.process.poll() is not None  # type: ignore[union-attr]
+    assert wait_until(lambda: not group_members(pid), 5), f"left running: {group_members(pid)}"
+    assert not glob.glob(f"/dev/shm/{server.shm_prefix}*")
+    assert server.clean_exit is True
+    assert not workdir.exists(), "a clean stop removes the launcher's own workdir"
+    assert not any(os.path.exists(p) for p in envs_during)
+    server.stop()  # a second stop is harmless
+
+
+def test_given_workdir_is_kept_after_a_clean_stop(tmp_path: Path) -> None:
+    workdir = tmp_path / "server"
+    with TritonServer(repository(tmp_path), workdir=workdir) as server:
+        assert server.log_path == workdir / "tritonserver.log"
+    assert server.clean_exit is True
+    assert (workdir / "tritonserver.log").read_text().strip(), "the caller's folder and log stay"
+
+
+@pytest.mark.parametrize("which", ["http_port", "grpc_port", "metrics_port"])
+def test_busy_port_is_named(tmp_path: Path, which: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = TritonServer(repository(tmp_path), **{which: port})  # type: ignore[arg-type]
+        with pytest.raises(ServerError) as err:
+            server.start()
+    assert str(port) in str(err.value)
+    assert "already in use" in str(err.value)
+    assert server.process is None, "nothing was started"
+
+
+@pytest.mark.parametrize("kind", ["missing", "not_executable"])
+def test_explicit_binary_that_is_not_there_says_how_to_install(tmp_path: Path, kind: str) -> None:
+    binary = tmp_path / "bin" / "tritonserver"
+    if kind == "not_executable":
+        binary.parent.mkdir()
+        binary.write_text("#!/bin/sh\n")
+    with pytest.raises(CvloadError) as err:
+        TritonServer(repository(tmp_path), tritonserver=binary).start()
+    message = str(err.value)
+    assert str(binary) in message
+    assert "pip install 'cvload[emulator]'" in message and "--tritonserver" in message
+
+
+def test_no_binary_anywhere_says_how_to_install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    if Path("/opt/tritonserver/bin/tritonserver").exists():
+        pytest.skip("this machine has /opt/tritonserver")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setattr(launcher, "_pytriton_root", lambda: None)  # as if nvidia-pytriton were not installed
+    with pytest.raises(ServerError) as err:
+        TritonServer(repository(tmp_path)).start()
+    assert "tritonserver not found" in str(err.value)
+    assert "pip install 'cvload[emulator]'" in str(err.value)
+
+
+def _assert_failed_start_cleaned(server: TritonServer) -> None:
+    pid = server.process.pid  # type: ignore[union-attr]
+    assert server.process.poll() is not None  # type: ignore[union-attr]
+    assert wait_until(lambda: not group_members(pid), 5), f"left running: {group_members(pid)}"
+    assert not glob.glob(f"/dev/shm/{server.shm_prefix}*")
+    assert server.clean_exit is False
+
+
+@pytest.mark.parametrize(
+    "breakage, expected",
+    [
+        ("raise", "RuntimeError: emulator boom in initialize"),
+        ("config", "config.pbtxt"),
+    ],
+)
+def test_model_that_fails_to_load_quotes_the_log(tmp_path: Path, breakage: str, expected: str) -> None:
+    repo = repository(tmp_path)
+    if breakage == "raise":
+        break_initialize(repo, 'raise RuntimeError("emulator boom in initialize")')
+    else:
+        (repo / "cosyvoice2" / "config.pbtxt").write_text('name: "cosyvoice2"\nbackend: "python"\ninput [ { name: x\n')
+    server = TritonServer(repo, ready_timeout=30)  # own workdir: kept after the failure, log included
+    started = time.monotonic()
+    with pytest.raises(ServerError) as err:
+        server.start()
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"a model that fails to load ends the start early ({elapsed:.1f} s)"
+    message = str(err.value)
+    assert "exited with code" in message and expected in message
+    assert str(server.log_path) in message
+    _assert_failed_start_cleaned(server)
+    assert server.log_path is not None and server.log_path.is_file(), "the log stays after a failure"
+    assert expected.split(":")[0] in server.log_path.read_text()
+    assert not (server.workdir / "backends").exists()  # type: ignore[operator]
+    shutil.rmtree(server.workdir)  # type: ignore[arg-type]
+
+
+def test_stub_that_hangs_hits_the_deadline(tmp_path: Path) -> None:
+    repo = repository(tmp_path)
+    break_initialize(repo, "time.sleep(3600)")
+    server = TritonServer(repo, workdir=tmp_path / "server", ready_timeout=3, stop_timeout=5)
+    started = time.monotonic()
+    with pytest.raises(ServerError) as err:
+        server.start()
+    elapsed = time.monotonic() - started
+    assert 3 <= elapsed < 12
+    message = str(err.value)
+    assert "not ready after 3 s" in message
+    assert "loading: cosyvoice2" in message, "the log tail shows what was still loading"
+    _assert_failed_start_cleaned(server)
+
+
+def test_server_that_dies_is_noticed_and_cleaned(tmp_path: Path) -> None:
+    server = TritonServer(repository(tmp_path))
+    server.start()
+    pid = server.process.pid  # type: ignore[union-attr]
+    os.kill(pid, 9)
+    assert wait_until(lambda: not server.alive(), 5)
+    server.stop()
+    assert server.clean_exit is False
+    assert wait_until(lambda: not group_members(pid), 5), f"stubs outlived the server: {group_members(pid)}"
+    assert not glob.glob(f"/dev/shm/{server.shm_prefix}*")
+    assert server.workdir is not None and (server.workdir / "tritonserver.log").is_file(), "kept after a failure"
+    shutil.rmtree(server.workdir)
+
+
+def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
+    """A cvload (or test run) killed with SIGKILL cannot stop its server: the server gets SIGTERM from the kernel."""
+    repo = repository(tmp_path)
+    script = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from server_bootstrap.launcher import TritonServer\n"
+        f"server = TritonServer(Path({str(repo)!r}), workdir=Path({str(tmp_path / 'server')!r}),\n"
+        "                       die_with_parent=True).start()\n"
+        "print(server.process.pid, server.shm_prefix, flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        line = parent.stdout.readline().split()  # type: ignore[union-attr]
+        assert line, "the parent did not start its server"
+        server_pid, prefix = int(line[0]), line[1]
+        assert group_members(server_pid)
+    finally:
+        parent.kill()
+        parent.wait()
+    assert wait_until(lambda: not group_members(server_pid), 20), f"orphans: {group_members(server_pid)}"
+    assert wait_until(lambda: not glob.glob(f"/dev/shm/{prefix}*"), 5), "the server cleaned its regions"

@@ -1,0 +1,182 @@
+"""`cvload serve --emulator` as a user runs it: a foreground process that prints its endpoints, serves, and stops
+cleanly on Ctrl-C (SIGINT) or SIGTERM, leaving no server, stub, /dev/shm region or temporary folder behind."""
+
+from __future__ import annotations
+
+import glob
+import os
+import queue
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tritonclient.grpc as grpcclient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def process_table() -> dict[int, tuple[int, int, str, str]]:
+    """pid -> (ppid, pgid, state, command line) of every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+            with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        table[int(entry)] = (int(fields[1]), int(fields[2]), fields[0], cmd)
+    return table
+
+
+def alive_in_group(pgid: int) -> list[int]:
+    return [pid for pid, (_, group, state, _) in process_table().items() if group == pgid and state != "Z"]
+
+
+class Serve:
+    """``python -m cvload serve --emulator ...`` with its output read line by line in the background."""
+
+    def __init__(self, *args: str) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cvload", "serve", "--emulator", *args],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            self.lines.put(line)
+        self.lines.put(None)
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {pattern!r} within {timeout} s; output:\n{''.join(self.output)}") from None
+            if line is None:
+                raise AssertionError(f"exited ({self.proc.poll()}) before {pattern!r}; output:\n{''.join(self.output)}")
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+    def finish(self, timeout: float = 60.0) -> str:
+        try:
+            self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        time.sleep(0.1)  # let the reader thread drain
+        return "".join(self.output)
+
+
+def stream_request(grpc_url: str, text: str) -> int:
+    """One streaming request; returns the samples received."""
+    client = grpcclient.InferenceServerClient(grpc_url)
+    done: queue.Queue = queue.Queue()
+    samples = 0
+
+    def callback(result, error) -> None:
+        done.put((result, error))
+
+    client.start_stream(callback=callback)
+    tensor = grpcclient.InferInput("target_text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[text.encode()]], dtype=object))
+    client.async_stream_infer("cosyvoice2", [tensor], request_id="cli-1", enable_empty_final_response=True)
+    try:
+        while True:
+            result, error = done.get(timeout=30)
+            assert error is None, error
+            response = result.get_response()
+            if response.outputs:
+                samples += result.as_numpy("waveform").size
+            final = response.parameters.get("triton_final_response")
+            if final and final.bool_param:
+                return samples
+    finally:
+        client.stop_stream()
+        client.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_serve_prints_endpoints_serves_and_stops_cleanly(sig: signal.Signals) -> None:
+    serve = Serve("--profile", "instant")
+    try:
+        serve.wait_for(r"cvload emulator ready: model cosyvoice2 \(streaming, profile instant\)")
+        grpc_url = serve.wait_for(r"^\s+grpc\s+(\S+)").group(1)
+        http_url = serve.wait_for(r"^\s+http\s+(\S+)").group(1)
+        serve.wait_for(r"^\s+metrics\s+(\S+)")
+        log_path = Path(serve.wait_for(r"^\s+log\s+(\S+)").group(1))
+        assert http_url.startswith("http://127.0.0.1:") and grpc_url.startswith("127.0.0.1:")
+        assert log_path.is_file()
+        workdir = log_path.parent.parent  # <temp root>/server/tritonserver.log, the model repository beside it
+        assert workdir.name.startswith("cvload-serve-")
+        servers = [pid for pid, (ppid, _, _, cmd) in process_table().items()
+                   if ppid == serve.proc.pid and "tritonserver" in cmd]
+        assert len(servers) == 1
+        server_pid = servers[0]
+        assert len(alive_in_group(server_pid)) >= 2, "the server and its stub"
+
+        assert stream_request(grpc_url, "Hello from the command line, once more.") > 0
+
+        serve.proc.send_signal(sig)
+        output = serve.finish()
+    finally:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+    assert serve.proc.returncode == 0, output
+    assert "stopping tritonserver" in output and output.rstrip().endswith("stopped")
+    for name in ("grpc", "http", "metrics", "log"):
+        assert len(re.findall(rf"^\s+{name}\s", output, re.M)) == 1, f"{name} printed once"
+    assert not alive_in_group(server_pid), "no server or stub left"
+    assert not glob.glob(f"/dev/shm/cvload{serve.proc.pid}x*"), "no shared-memory region left"
+    assert not workdir.exists(), "the temporary folder is gone"
+
+
+def test_serve_on_a_busy_port_fails_naming_it(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        serve = Serve("--http-port", str(port), "--workdir", str(tmp_path / "w"))
+        output = serve.finish()
+    assert serve.proc.returncode == 1, output
+    assert f"port {port}" in output and "already in use" in output
+
+
+def test_serve_offline_mode_with_given_workdir_keeps_it(tmp_path: Path) -> None:
+    workdir = tmp_path / "w"
+    serve = Serve("--mode", "offline", "--profile", "instant", "--workdir", str(workdir))
+    try:
+        serve.wait_for(r"\(offline, profile instant\)")
+        grpc_url = serve.wait_for(r"^\s+grpc\s+(\S+)").group(1)
+        serve.wait_for(r"^try:")
+        client = grpcclient.InferenceServerClient(grpc_url)
+        tensor = grpcclient.InferInput("target_text", [1, 1], "BYTES")
+        tensor.set_data_from_numpy(np.array([[b"Offline please."]], dtype=object))
+        assert client.infer("cosyvoice2", [tensor]).as_numpy("waveform").size > 0
+        serve.proc.send_signal(signal.SIGTERM)
+        output = serve.finish()
+    finally:
+        if serve.proc.poll() is None:
+            serve.proc.kill()
+    assert serve.proc.returncode == 0, output
+    assert (workdir / "model_repository" / "cosyvoice2" / "config.pbtxt").is_file()
+    assert (workdir / "server" / "tritonserver.log").is_file()
