@@ -70,7 +70,7 @@ class Session:
         profile = get_profile(cfg.profile or "demo", overrides)
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
         repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
-        self.server = TritonServer(repo, workdir=root)
+        self.server = TritonServer(repo, workdir=root, die_with_parent=True)
         self.server.start()
         address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
         self.config = cfg.merged({"server": [address]})
@@ -90,7 +90,8 @@ class Session:
         self.out_dir = Path(cfg.out) if cfg.out else default_out_dir(label)
         self.writer = ResultsWriter(self.out_dir)
         if cfg.emulator:
-            await asyncio.get_running_loop().run_in_executor(None, self.start_emulator)
+            # In this (main) thread: the server's parent-death signal follows the thread that started it.
+            self.start_emulator()
             cfg = self.config
         for address in cfg.addresses():
             self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,

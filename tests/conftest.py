@@ -44,7 +44,7 @@ SESSION_MODELS = [
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     root = tmp_path_factory.mktemp("emulator")
     repo = build_repository(root, SESSION_MODELS)
-    with TritonServer(repo, workdir=root / "server") as server:
+    with TritonServer(repo, workdir=root / "server", die_with_parent=True) as server:
         yield Emulator(server, root)
 
 
@@ -56,7 +56,7 @@ def start_emulator(tmp_path: Path) -> Iterator[Callable[..., Emulator]]:
     def start(models: list[EmulatedModel], **kwargs: object) -> Emulator:
         root = tmp_path / f"emu{len(started)}"
         repo = build_repository(root, models)
-        server = TritonServer(repo, workdir=root / "server", **kwargs)  # type: ignore[arg-type]
+        server = TritonServer(repo, workdir=root / "server", die_with_parent=True, **kwargs)  # type: ignore[arg-type]
         started.append(server)
         server.start()
         return Emulator(server, root)
