@@ -206,10 +206,13 @@ async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int],
     clients = {"target": target_client(url), "lean": lean_client(url)}
     for _, start, _ in clients.values():
         await start()
+    probe, _, _ = clients["target"]
+    timed = await probe(f"probe-{os.getpid()}")
+    request_s = (timed.end or timed.sent) - timed.sent  # how long one request lasts unloaded
     pooled: dict[tuple[str, int], list[tuple[list[Timed], float, tuple[float, int]]]] = {}
     try:
         for concurrency in levels:
-            requests = max(40, int(seconds * concurrency / 0.31))  # a request lasts ~0.31 s
+            requests = max(40, int(seconds * concurrency / request_s))
             for _ in range(rounds):
                 for name, (one, _, _) in clients.items():
                     await closed_loop(min(concurrency, 4), 8, one, 0.0)  # warm up
@@ -242,9 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-foreign", type=float, default=0.15,
                         help="pool only phases where other processes used at most this many cores")
     parser.add_argument("--no-prompt", action="store_true", help="spk-cache requests: target_text only")
+    parser.add_argument("--text", default=None, help="target text (its length sets the chunks per request)")
     args = parser.parse_args(argv)
-    global USE_PROMPT
-    USE_PROMPT = not args.no_prompt
+    global USE_PROMPT, TEXT
+    USE_PROMPT, TEXT = not args.no_prompt, args.text or TEXT
     from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
     from server_bootstrap.launcher import TritonServer
 
