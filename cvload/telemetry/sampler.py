@@ -59,6 +59,13 @@ def _flatten(prefix: str, node: dict[str, Any], out: dict[str, float]) -> None:
             out[path] = float(value)
 
 
+def sample_values(sample: dict[str, Any]) -> dict[str, float]:
+    """A sample (one telemetry.jsonl line) as series name -> value: the dotted paths of its readings."""
+    values: dict[str, float] = {}
+    _flatten("", {k: v for k, v in sample.items() if k in ("gpu", "cpu", "models")}, values)
+    return values
+
+
 def _aggregate_gpus(gpus: dict[str, dict[str, float]]) -> dict[str, Any]:
     """All GPUs as one: mean utilization, summed memory, power and energy; per GPU under ``devices``."""
     agg: dict[str, Any] = {"count": len(gpus)}
@@ -227,9 +234,7 @@ class Telemetry:
             self._model_names.update(dict.fromkeys(scrape.models))
             self._prev_models = scrape.models
         sample["status"] = {name: src["status"] for name, src in self._sources.items()}
-        values: dict[str, float] = {}
-        _flatten("", {k: v for k, v in sample.items() if k in ("gpu", "cpu", "models")}, values)
-        for name, value in values.items():
+        for name, value in sample_values(sample).items():
             self._series.setdefault(name, []).append((t, value))
         self._ticks.append(t)
         self._latest = sample

@@ -26,6 +26,7 @@ from cvload.live import LiveStats, finished_at
 from cvload.metrics import summarize
 from cvload.records import RequestRecord
 from cvload.results import read_records, write_json
+from cvload.telemetry.sampler import sample_values
 
 OBJECTIVES_EVERY_S = 1.0  # live objective verdicts: once a second is plenty and keeps the cost flat
 YIELD_NICE = 10
@@ -138,9 +139,7 @@ class LiveTelemetry:
                 sample = json.loads(line)
             except ValueError:
                 continue
-            flat: dict[str, float] = {}
-            _flatten("", {k: v for k, v in sample.items() if k in ("gpu", "cpu", "models")}, flat)
-            for name, value in flat.items():
+            for name, value in sample_values(sample).items():
                 self._series.setdefault(name, []).append((float(sample.get("t", 0.0)), value))
 
     def series(self) -> dict[str, list[tuple[float, float]]]:
@@ -483,9 +482,7 @@ class ReplayTelemetry:
     def __init__(self, samples: list[dict[str, Any]], section: dict[str, Any]) -> None:
         self._series: dict[str, list[tuple[float, float]]] = {}
         for sample in samples:
-            flat: dict[str, float] = {}
-            _flatten("", {k: v for k, v in sample.items() if k in ("gpu", "cpu", "models")}, flat)
-            for name, value in flat.items():
+            for name, value in sample_values(sample).items():
                 self._series.setdefault(name, []).append((float(sample.get("t", 0.0)), value))
         self._stages = list(section.get("stages") or [])
         self.warnings = list(section.get("warnings") or [])
@@ -495,15 +492,6 @@ class ReplayTelemetry:
 
     def stage_breakdown(self, window_s: float | None = None) -> list[dict[str, Any]]:
         return list(self._stages)
-
-
-def _flatten(prefix: str, node: dict[str, Any], out: dict[str, float]) -> None:
-    for key, value in node.items():
-        path = f"{prefix}.{key}" if prefix else key
-        if isinstance(value, dict):
-            _flatten(path, value, out)
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            out[path] = float(value)
 
 
 def _replay_telemetry(folder: Path, summary: dict[str, Any] | None) -> ReplayTelemetry | None:
