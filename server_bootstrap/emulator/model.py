@@ -62,28 +62,47 @@ def chunk_schedule(total_tokens: int, profile: dict) -> list[int]:
 
 
 class ToneVoice:
-    """A speech-like, never-silent signal: a gliding harmonic voice with a syllable-rate envelope."""
+    """A speech-like, never-silent signal: a gliding harmonic voice with a syllable-rate envelope.
+
+    Rendering sines per chunk cost the server more CPU than everything else at 64 streams on 2 cores, so a few
+    voices are rendered once per process and each request plays one from a seed-chosen offset, looping.
+    """
+
+    VOICES = 8
+    LOOP_S = 6.0
+    _loops: dict[int, np.ndarray] = {}
 
     def __init__(self, seed: int) -> None:
-        rng = np.random.default_rng(seed)
-        self.f0 = float(rng.uniform(110, 210))
-        self.rate = float(rng.uniform(3.5, 5.0))  # syllables per second
-        self.phase = 0.0
-        self.pos = 0
-        self.rng = rng
+        self.loop = self._voice(seed % self.VOICES)
+        self.pos = (seed // self.VOICES) % len(self.loop)
 
-    def render(self, n: int) -> np.ndarray:
-        t = (self.pos + np.arange(n)) / SAMPLE_RATE
-        f0 = self.f0 * (1.0 + 0.12 * np.sin(2 * np.pi * 0.7 * t) + 0.05 * np.sin(2 * np.pi * self.rate * t))
-        phase = self.phase + 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
-        self.phase = float(phase[-1]) if n else self.phase
-        self.pos += n
+    @classmethod
+    def _voice(cls, index: int) -> np.ndarray:
+        loop = cls._loops.get(index)
+        if loop is None:
+            loop = cls._loops[index] = cls._render(index)
+        return loop
+
+    @staticmethod
+    def _render(index: int) -> np.ndarray:
+        rng = np.random.default_rng(index)
+        f0_base, rate = float(rng.uniform(110, 210)), float(rng.uniform(3.5, 5.0))
+        # Whole cycles of the slow contours, so the loop joins without a click.
+        n = int(ToneVoice.LOOP_S * SAMPLE_RATE)
+        t = np.arange(n) / SAMPLE_RATE
+        f0 = f0_base * (1.0 + 0.12 * np.sin(2 * np.pi * t / ToneVoice.LOOP_S) + 0.05 * np.sin(2 * np.pi * rate * t))
+        phase = 2 * np.pi * np.cumsum(f0) / SAMPLE_RATE
         voice = np.zeros(n)
         for k, amp in ((1, 1.0), (2, 0.6), (3, 0.45), (4, 0.3), (5, 0.2), (7, 0.1)):
             voice += amp * np.sin(k * phase)
-        envelope = 0.35 + 0.65 * np.abs(np.sin(np.pi * self.rate * t))
-        noise = self.rng.normal(0.0, 0.02, n)
-        return (0.12 * voice * envelope + noise).astype(np.float32)
+        envelope = 0.35 + 0.65 * np.abs(np.sin(np.pi * rate * t))
+        return (0.12 * voice * envelope + rng.normal(0.0, 0.02, n)).astype(np.float32)
+
+    def render(self, n: int) -> np.ndarray:
+        idx = (self.pos + np.arange(n)) % len(self.loop) if self.pos + n > len(self.loop) else None
+        chunk = self.loop[idx] if idx is not None else self.loop[self.pos : self.pos + n].copy()
+        self.pos = (self.pos + n) % len(self.loop)
+        return chunk
 
 
 class RecordedVoice:
