@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -47,6 +47,7 @@ class InflightTracker:
         self._window_start: float | None = None
         self._window_end: float | None = None
         self._start = self._last
+        self._max_overall = 0
 
     def _advance(self, now: float) -> None:
         dt = now - self._last
@@ -55,9 +56,14 @@ class InflightTracker:
             self._window_area += self.count * (now - max(self._last, self._window_start))
         self._last = now
 
+    def start(self) -> None:
+        """The run begins: the overall mean counts from here, not from when the engine was built."""
+        self._start = self._last = time.monotonic()
+
     def change(self, delta: int) -> None:
         self._advance(time.monotonic())
         self.count += delta
+        self._max_overall = max(self._max_overall, self.count)
         if self._window_start is not None and self._window_end is None:
             self.max = max(self.max, self.count)
 
@@ -81,8 +87,10 @@ class InflightTracker:
         span = end - start
         mean = self._window_area / span if self._window_start is not None and span > 0 else None
         overall = self._area / (self._last - self._start) if self._last > self._start else 0.0
+        # A run over before its ramp ended (fewer requests than workers) never reached steady state: whole run.
         return {"requested": requested, "achieved_mean": mean if mean is not None else overall,
-                "achieved_max": self.max, "achieved_mean_overall": overall}
+                "achieved_max": self.max if self._window_start is not None else self._max_overall,
+                "achieved_mean_overall": overall}
 
 
 @dataclass
@@ -110,7 +118,6 @@ class RunResult:
     state: EngineState
     wall_s: float
     concurrency: dict[str, float | None]
-    audio: dict[int, list[np.ndarray]] = field(default_factory=dict)
 
 
 class Engine:
@@ -128,7 +135,8 @@ class Engine:
         self.on_measure_start: Callable[[], None] | None = None  # warmup ended (telemetry starts its window)
         self.state = EngineState(planned=config.requests)
         self.records: list[RequestRecord] = []
-        self.audio: dict[int, list[np.ndarray]] = {}
+        # With --save-audio: called with each finished request's chunks (written at once, never kept in memory).
+        self.on_audio: Callable[[RequestRecord, list[np.ndarray]], None] | None = None
         self.inflight = InflightTracker()
         self.run_id = uuid.uuid4().hex[:8]
         self._rng = random.Random(config.seed)
@@ -144,6 +152,7 @@ class Engine:
         self._connection_failures = 0
         self._slots: asyncio.Semaphore | None = None
         self._rate_changed = asyncio.Event()
+        self._window_opener = -1
 
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
     def pause(self) -> None:
@@ -179,6 +188,7 @@ class Engine:
     async def run(self) -> RunResult:
         cfg = self.config
         self.state.started = time.monotonic()
+        self.inflight.start()
         if cfg.duration is not None:
             self._deadline = self.state.started + cfg.duration
         if self._warmup.requests == 0 and self._warmup.seconds == 0:
@@ -193,11 +203,14 @@ class Engine:
         finally:
             self.inflight.close_window()
             await self._drain()
+        if self._connection_failures and not self.state.aborted and not self.state.interrupted:
+            # The run ended on requests that could not reach the server: it died, even if too few failed to stop us.
+            self.state.aborted = f"server unreachable: the last {self._connection_failures} request(s) failed " \
+                                 "to connect"
         end = max((r.sent + (r.end_offset or 0.0) for r in self.records), default=time.monotonic())
         start = self.state.measure_start if self.state.measure_start is not None else self.state.started
         requested = float(self.state.concurrency) if cfg.closed_loop else None
-        return RunResult(self.records, self.state, max(0.0, end - start), self.inflight.summary(requested),
-                         self.audio)
+        return RunResult(self.records, self.state, max(0.0, end - start), self.inflight.summary(requested))
 
     def _should_send(self) -> bool:
         if self._stop.is_set():
@@ -225,12 +238,15 @@ class Engine:
         n = self.state.concurrency
         ramp = self.config.ramp if self.config.ramp is not None else (DEFAULT_RAMP_S if n > 1 else 0.0)
         self._sync_workers(ramp=ramp)
-        if await self._wait_stop(ramp) is False:
-            self.inflight.open_window()
-        while self._workers:
-            await asyncio.wait(list(self._workers.values()), return_when=asyncio.FIRST_COMPLETED)
-            self._workers = {k: t for k, t in self._workers.items() if not t.done()}
-        self._stop.set()
+        self._window_opener = max(self._workers)  # the last worker to start opens the steady window
+        stopped = asyncio.ensure_future(self._stop.wait())
+        try:
+            while self._workers and not self._stop.is_set():
+                await asyncio.wait([*self._workers.values(), stopped], return_when=asyncio.FIRST_COMPLETED)
+                self._workers = {k: t for k, t in self._workers.items() if not t.done()}
+        finally:
+            stopped.cancel()
+        self._stop.set()  # on stop, in-flight requests get DRAIN_TIMEOUT_S in _drain, not their full timeout
 
     def _sync_workers(self, *, ramp: float) -> None:
         want = self.state.concurrency
@@ -247,6 +263,8 @@ class Engine:
     async def _worker(self, worker_id: int, delay: float) -> None:
         if await self._wait_stop(delay):
             return
+        if worker_id == self._window_opener and self._should_send():
+            self.inflight.open_window()
         while worker_id not in self._retire:
             if not self._resume.is_set():
                 await self._resume.wait()
@@ -274,11 +292,27 @@ class Engine:
             if not self._should_send():
                 break
             intended = next_at
-            await self._slots.acquire()  # at max_inflight the wait shows up in the corrected latencies
+            # At max_inflight the wait shows up in the corrected latencies; a stop meanwhile sends nothing more.
+            if not await self._acquire_slot():
+                break
             task = asyncio.create_task(self._one(self._take_index(), -1, intended))
             self._tasks.add(task)
             task.add_done_callback(self._open_done)
         self.inflight.close_window()
+
+    async def _acquire_slot(self) -> bool:
+        assert self._slots is not None
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stopped = asyncio.ensure_future(self._stop.wait())
+        await asyncio.wait([acquire, stopped], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        if not acquire.done():
+            acquire.cancel()
+            return False
+        if not self._should_send():
+            self._slots.release()
+            return False
+        return True
 
     def _open_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -377,8 +411,8 @@ class Engine:
         self.state.done += 1
         if not record.ok:
             self.state.failed += 1
-        if chunks_audio:
-            self.audio[record.index] = chunks_audio
+        if chunks_audio and self.on_audio is not None:
+            self.on_audio(record, chunks_audio)
         self._watch_connection(record)
         for listener in self.listeners:
             listener(record)

@@ -50,7 +50,8 @@ class ResultsWriter:
 
     def __init__(self, out_dir: Path) -> None:
         self.dir = Path(out_dir)
-        if (self.dir / "records.jsonl").exists():
+        records = self.dir / "records.jsonl"
+        if (self.dir / "summary.json").exists() or (records.exists() and records.stat().st_size > 0):
             raise UsageError(f"results folder {self.dir} already holds a run",
                              hint="choose another --out (or leave it out for a new timestamped folder)")
         try:

@@ -19,7 +19,7 @@ from typing import Any
 from cvload import __version__
 from cvload.config import RunConfig
 from cvload.engine import Engine, RunResult
-from cvload.errors import EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
 from cvload.metrics import summarize
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
 from cvload.targets import make_target
@@ -115,6 +115,8 @@ class Session:
             self.writer.write_json("model_config.json", self.infos[0].model_config)
         self.engine = Engine(cfg, self.targets, items)
         self.engine.listeners.append(self.writer.on_record)
+        if cfg.save_audio:
+            self.engine.on_audio = self.writer.write_audio
         self.telemetry = self._make_telemetry()
         return self.engine
 
@@ -157,7 +159,7 @@ class Session:
 
     async def finish(self) -> dict[str, Any]:
         """Write summary, stats diff and audio; evaluate objectives. Safe to call after a failed run."""
-        from cvload.slo import evaluate
+        from cvload.slo import all_met, evaluate
 
         assert self.writer is not None and self.engine is not None
         result = self.result
@@ -187,12 +189,8 @@ class Session:
             self.writer.write_json("server_stats.json", {"models": stats_diff(self.stats_before, stats_after)})
         verdicts = evaluate(self.objectives, summary)
         summary["slo"] = verdicts
-        summary["slo_passed"] = all(v["verdict"] == "pass" for v in verdicts)
+        summary["slo_passed"] = all_met(verdicts)
         self.writer.write_summary(summary)
-        if result and cfg.save_audio:
-            by_index = {r.index: r for r in records}
-            for index, chunks in result.audio.items():
-                self.writer.write_audio(by_index[index], chunks)
         self.summary = summary
         return summary
 
@@ -200,6 +198,8 @@ class Session:
         assert self.summary is not None
         if self.summary["status"] == "aborted":
             return EXIT_RUNTIME
+        if self.summary["status"] == "interrupted" and self.summary["requests"]["total"] == 0:
+            return EXIT_INTERRUPTED  # stopped before anything was measured
         return EXIT_OK if self.summary["slo_passed"] else EXIT_SLO_FAILED
 
     async def close(self) -> None:

@@ -246,3 +246,64 @@ def test_sigterm_stops_sending_and_writes_summary(emulator, tmp_path):
     summary, lines = load(out)
     assert summary["status"] == "interrupted"
     assert summary["requests"]["ok"] >= 2 and len(lines) >= 2
+
+
+async def _interrupt_when_sent(session, count: int) -> float:
+    """Run the session, interrupt once ``count`` requests went out; returns seconds from interrupt to return."""
+    import asyncio
+
+    engine = await session.prepare()
+    run = asyncio.ensure_future(session.execute())
+    while engine.state.sent < count and not run.done():
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    engine.interrupt()
+    await run
+    elapsed = time.monotonic() - started
+    await session.finish()
+    await session.close()
+    return elapsed
+
+
+@pytest.mark.parametrize("shape", [{"num_tasks": 2, "ramp": 0.0}, {"rate": 20.0, "max_inflight": 1}])
+async def test_interrupt_drains_briefly_even_with_stalled_requests(start_emulator, tmp_path, shape):
+    from cvload.config import RunConfig
+    from cvload.engine import DRAIN_TIMEOUT_S
+    from cvload.session import Session
+
+    # Requests stall for 30 s; the server would wait for them on SIGTERM, so stop it quickly.
+    emu = start_emulator([EmulatedModel(profile=get_profile("fixed", {"fixed_interval_s": 30.0}))], stop_timeout=2.0)
+    config = RunConfig(server=[emu.grpc], requests=50, out=str(tmp_path / "r"), metrics_url="none",
+                       gpu_source="none", request_timeout=60.0, **shape)
+    session = Session(config)
+    elapsed = await _interrupt_when_sent(session, 1)
+    assert elapsed < DRAIN_TIMEOUT_S + 3  # not the 60 s request timeout
+    summary = session.summary
+    assert summary["status"] == "interrupted"
+    assert summary["requests"]["cancelled"] == session.engine.state.sent  # nothing sent after the stop
+    assert session.exit_code() == 130  # nothing was measured
+
+
+def test_server_dying_in_a_short_run_is_a_runtime_failure(start_emulator, tmp_path):
+    emu = start_emulator([EmulatedModel(profile=get_profile("instant", {"crash_after": 3}))])
+    out = tmp_path / "r"
+    assert run_cli("--server", emu.grpc, "--requests", "5", "--out", str(out)) == 1
+    summary, _ = load(out)
+    assert summary["status"] == "aborted" and summary["errors"]["connection"] >= 1
+
+
+def test_run_shorter_than_the_ramp_still_reports_concurrency(emulator, tmp_path):
+    out = tmp_path / "r"
+    assert run_cli("--server", emulator.grpc, "--model", "cosyvoice2_instant", "--num-tasks", "4",
+                   "--requests", "3", "--out", str(out)) == 0
+    summary, _ = load(out)
+    assert summary["concurrency"]["achieved_max"] >= 1 and summary["concurrency"]["achieved_mean"] > 0
+
+
+def test_failed_start_does_not_claim_the_results_folder(tmp_path):
+    from server_bootstrap.launcher import free_port
+
+    out = tmp_path / "r"
+    address = f"127.0.0.1:{free_port()}"
+    assert run_cli("--server", address, "--out", str(out)) == 1
+    assert run_cli("--server", address, "--out", str(out)) == 1  # a retry fails the same way, not as "used"

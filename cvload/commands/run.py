@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
 from typing import Any
 
 from cvload.commands.serve import add_emulator_options, parse_overrides
 from cvload.config import ARRIVALS, MODES, PROTOCOLS, RunConfig, parse_duration
-from cvload.errors import EXIT_INTERRUPTED
 
 
 def _duration(text: str) -> float:
@@ -131,8 +129,6 @@ async def _run(config: RunConfig, view: Any) -> int:
             view.detach()
             summary = await session.finish()
         view.final(session, summary)
-        if engine.state.interrupted and not engine.records:
-            return EXIT_INTERRUPTED
         return session.exit_code()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -140,6 +136,3 @@ async def _run(config: RunConfig, view: Any) -> int:
         await session.close()
         sys.stdout.flush()
 
-
-def print_json(summary: dict[str, Any]) -> None:
-    print(json.dumps(summary, indent=2, default=str))

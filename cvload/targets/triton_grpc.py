@@ -119,7 +119,10 @@ class _TritonGrpc(Target):
             reply = await stub.ModelConfig(pb.ModelConfigRequest(name=self.model), timeout=left())
         except grpc.aio.AioRpcError:
             raise await self._missing_model(stub, left()) from None
-        ready = await stub.ModelReady(pb.ModelReadyRequest(name=self.model), timeout=left())
+        try:
+            ready = await stub.ModelReady(pb.ModelReadyRequest(name=self.model), timeout=left())
+        except grpc.aio.AioRpcError:
+            raise await self._missing_model(stub, left()) from None
         if not ready.ready:
             raise await self._missing_model(stub, left())
         config = message_to_dict(reply.config)
