@@ -115,13 +115,25 @@ def _die_with_parent() -> None:
 
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free right now on ``host`` (the server binds it a moment later; a lost race fails loudly)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    return free_ports(1, host)[0]
 
 
-def _port_busy(host: str, port: int) -> bool:
+def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
+    """``count`` distinct free ports: all sockets stay bound until all are chosen, so none is handed out twice."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            s.bind((host, 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
+
+
+def port_busy(host: str, port: int) -> bool:
+    """Whether something listens on (or holds) ``host:port``; a port in TIME_WAIT after a stop counts as free,
+    as it does for tritonserver, which binds with SO_REUSEADDR."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -269,11 +281,13 @@ class TritonServer:
         if not Path(self.model_repository).is_dir():
             raise UsageError(f"model repository not found: {self.model_repository}")
         install = find_tritonserver(self.tritonserver)
-        for name in ("http_port", "grpc_port", "metrics_port"):
+        names = ("http_port", "grpc_port", "metrics_port")
+        free = iter(free_ports(sum(getattr(self, n) is None for n in names), self.host))
+        for name in names:
             port = getattr(self, name)
             if port is None:
-                setattr(self, name, free_port(self.host))
-            elif _port_busy(self.host, port):
+                setattr(self, name, next(free))
+            elif port_busy(self.host, port):
                 raise ServerError(
                     f"port {port} on {self.host} is already in use ({name.replace('_', ' ')})",
                     hint=f"stop whatever listens on {self.host}:{port} or choose another port",
@@ -308,15 +322,18 @@ class TritonServer:
         try:
             self.wait_ready()
         except BaseException:
+            self._note_tmp()  # before stop(), whose cleanup removes them
             self.clean_exit = False
             self.stop()
             raise
-        finally:
-            # The Python backend makes one /tmp/python_env_* folder as it loads, before readiness; those that
-            # appeared meanwhile are this server's (or a neighbour's that started at the same moment: cleanup
-            # removes only empty ones, which no server uses without EXECUTION_ENV_PATH).
-            self._tmp_own = set(glob.glob("/tmp/python_env_*")) - self._tmp_before
+        self._note_tmp()
         return self
+
+    def _note_tmp(self) -> None:
+        """The Python backend makes one /tmp/python_env_* folder as it loads, before readiness; those that
+        appeared meanwhile are this server's (or a neighbour's that started at the same moment: cleanup removes
+        only empty ones, which no server uses without EXECUTION_ENV_PATH)."""
+        self._tmp_own = set(glob.glob("/tmp/python_env_*")) - self._tmp_before
 
     def wait_ready(self) -> None:
         """Poll readiness until the deadline; fail fast if the process exits, quoting the log either way."""

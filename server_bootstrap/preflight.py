@@ -12,7 +12,6 @@ import importlib.metadata
 import importlib.util
 import os
 import shutil
-import socket
 import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 
 from cvload.errors import EXIT_RUNTIME, CvloadError
 from server_bootstrap.config import DeploymentConfig
+from server_bootstrap.launcher import port_busy
 from server_bootstrap.layout import Layout
 from server_bootstrap.process import human_size
 
@@ -159,7 +159,7 @@ def check_ports(config: DeploymentConfig, ours: Iterable[int] = ()) -> list[Chec
     for index in range(len(config.server_gpus())):
         ports = dict(zip(("http", "grpc", "metrics"), config.server_ports(index)))
         busy = [f"{kind} {port}" for kind, port in ports.items() if port and port not in ours
-                and _port_busy(config.host, port)]
+                and port_busy(config.host, port)]
         name = f"ports server {index}"
         shown = " ".join(f"{k} {p or 'any'}" for k, p in ports.items())
         if busy:
@@ -170,14 +170,6 @@ def check_ports(config: DeploymentConfig, ours: Iterable[int] = ()) -> list[Chec
     return checks
 
 
-def _port_busy(host: str, port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
 
 
 def check_tritonserver(config: DeploymentConfig) -> Check:

@@ -16,7 +16,7 @@ import pytest
 from cvload.errors import CvloadError
 from server_bootstrap.cli import main
 from server_bootstrap.config import load_config
-from server_bootstrap.launcher import free_port
+from server_bootstrap.launcher import free_ports
 from server_bootstrap.layout import Layout
 from server_bootstrap.pipeline import context
 from server_bootstrap.stages import Build, StageLog, require_tensorrt_llm
@@ -24,7 +24,7 @@ from server_bootstrap.stages import Build, StageLog, require_tensorrt_llm
 
 def free_ports_config(tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "deploy.toml"
-    ports = [free_port() for _ in range(3)]
+    ports = free_ports(3)
     path.write_text(extra + f"\n[server]\nhttp_port = {ports[0]}\ngrpc_port = {ports[1]}\nmetrics_port = {ports[2]}\n")
     return path
 

@@ -189,6 +189,20 @@ def test_stub_that_hangs_hits_the_deadline(tmp_path: Path) -> None:
     assert "not ready after 3 s" in message
     assert "loading: cosyvoice2" in message, "the log tail shows what was still loading"
     _assert_failed_start_cleaned(server)
+    assert not [p for p in server._tmp_own if os.path.exists(p)], "its /tmp/python_env_* folder is removed"
+
+
+def test_restart_on_the_same_ports_right_after_a_stop(tmp_path: Path) -> None:
+    """Ports left in TIME_WAIT by the stopped server are free for the next one (bootstrap down, then up)."""
+    http, grpc, metrics = launcher.free_ports(3)
+    for round_ in range(2):
+        server = TritonServer(repository(tmp_path), workdir=tmp_path / f"s{round_}", http_port=http,
+                              grpc_port=grpc, metrics_port=metrics)
+        with server:
+            with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
+                assert resp.status == 200
+            with socket.create_connection(("127.0.0.1", metrics), timeout=5):
+                pass
 
 
 def test_server_that_dies_is_noticed_and_cleaned(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from cvload.telemetry import (
 from cvload.telemetry.prometheus import MalformedScrape, model_deltas
 from cvload.telemetry.sampler import _aggregate_gpus, _flatten
 from cvload.telemetry.summary import build_summary
-from server_bootstrap.launcher import free_port
+from server_bootstrap.launcher import free_port, free_ports
 
 FIXTURES = Path(__file__).parent / "fixtures"
 H100 = "GPU-44c5e1bf-45ec-5991-49d8-0c969b43e3c6"
@@ -259,7 +259,7 @@ async def test_telemetry_samples_real_server(emulator, tmp_path: Path) -> None:
 async def test_unreachable_sources_warn_once_and_sampling_goes_on(tmp_path: Path) -> None:
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
-    metrics_port, http_port = free_port(), free_port()
+    metrics_port, http_port = free_ports(2)
     tel = Telemetry(metrics_url=f"127.0.0.1:{metrics_port}",
                     stats_source=functools.partial(http_stats_source, f"127.0.0.1:{http_port}"),
                     interval=0.02, gpu_source="server", out_path=blocker / "telemetry.jsonl")
