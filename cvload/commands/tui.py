@@ -12,6 +12,7 @@ from types import SimpleNamespace
 from cvload.commands.run import _duration, _run, add_run_options, config_from_args
 
 UNTIL_QUIT_S = 3600.0  # a dashboard without --requests/--duration runs until q, bounded to an hour
+STOP_WAIT_S = 60.0  # after q: drain (5 s) plus stopping an embedded server with stuck requests (15 s), with margin
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,7 +57,13 @@ def tui(args: argparse.Namespace) -> int:
         DashboardApp(source).run()
     finally:
         source.stop()  # the app is gone (q, or it failed): the run still ends as `run` ends it
-        source.wait()
+        try:
+            finished = source.wait(timeout=STOP_WAIT_S)
+        except KeyboardInterrupt:
+            finished = False
+        if not finished:  # a stuck server or a second Ctrl-C: end the measuring process, never orphan it
+            source.terminate()
+            source.wait(timeout=STOP_WAIT_S)
     for line in source.stderr:  # what the measuring process said while the dashboard owned the terminal
         print(line, file=sys.stderr)
     if source.error_detail:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -319,6 +320,20 @@ class RunSource(Source):
         rate = rate * RATE_STEP if direction > 0 else rate / RATE_STEP
         self._asked = rate
         return f"rate {rate:.3g} req/s" if self._send({"cmd": "rate", "value": rate}) else None
+
+    def terminate(self, grace: float = 5.0) -> None:
+        """The measuring process did not end after a stop: SIGTERM (it writes its summary), then SIGKILL."""
+        proc = self._proc
+        if proc is None or proc.poll() is not None:
+            return
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, sig)
+            try:
+                proc.wait(timeout=grace)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
     def stop(self) -> None:
         if not self._send({"cmd": "interrupt"}) and self._proc is not None and self._proc.stdin is not None:
