@@ -93,6 +93,28 @@ def _http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0
         return 0, str(exc).encode()
 
 
+def _json(body: bytes) -> Any:
+    """The parsed body, or None when it is not JSON (an ordinary web server, a proxy's error page)."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
+
+
+def _not_triton(url: str) -> Finding:
+    return Finding("triton api", "FAIL", f"{url}: not a Triton server (HTTP answered but not with Triton's JSON)",
+                   "another HTTP service (or a proxy) listens on that port",
+                   "give the Triton HTTP port with --server HOST:HTTP_PORT (Triton's default is 8000)")
+
+
+def _instances(config: Any) -> int:
+    groups = config.get("instance_group", []) if isinstance(config, dict) else []
+    try:
+        return sum(int(g.get("count", 1)) for g in groups if isinstance(g, dict))
+    except (TypeError, ValueError):
+        return 0
+
+
 def _loading_models(log: Path | None) -> list[str]:
     """Models the server log shows loading and never finishing (loaded or failed)."""
     if log is None:
@@ -149,7 +171,10 @@ def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
                 "restart (cvload bootstrap up)"))
     code, body = _http("GET", f"{base}/v2")
     if code == 200:
-        meta = json.loads(body)
+        meta = _json(body)
+        if not isinstance(meta, dict):
+            add(_not_triton(f"{base}/v2"))
+            return findings
         add(Finding("server version", "info", f"{meta.get('name', '?')} {meta.get('version', '?')}"))
     _models(findings, base, expect)
     _front_model(findings, base, expect)
@@ -164,7 +189,10 @@ def _models(findings: list[Finding], base: str, expect: Expectations) -> None:
         findings.append(Finding("models", "warn", f"repository index answered {code}", "model control API disabled",
                                 "look at the log's model table instead"))
         return
-    index = json.loads(body)
+    index = _json(body)
+    if not isinstance(index, list) or not all(isinstance(m, dict) and "name" in m for m in index):
+        findings.append(_not_triton(f"{base}/v2/repository/index"))
+        return
     states = {m["name"]: m for m in index}
     listed = ", ".join(f"{m['name']} {m.get('state', '?')}" for m in index) or "none"
     findings.append(Finding("models", "ok" if index else "FAIL", listed,
@@ -199,8 +227,12 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
         findings.append(Finding("front model config", "FAIL", f"{model}: config answered {code}",
                                 f"no model named {model} is loaded", "pass --model NAME or fix the repository"))
         return
-    config: dict[str, Any] = json.loads(body)
-    decoupled = bool(config.get("model_transaction_policy", {}).get("decoupled", False))
+    config = _json(body)
+    if not isinstance(config, dict):
+        findings.append(_not_triton(f"{base}/v2/models/{model}/config"))
+        return
+    policy = config.get("model_transaction_policy")
+    decoupled = isinstance(policy, dict) and bool(policy.get("decoupled", False))
     served = "streaming" if decoupled else "offline"
     if served == expect.mode:
         findings.append(Finding("mode", "ok", f"{model} is {'decoupled' if decoupled else 'not decoupled'}: serves "
@@ -231,7 +263,7 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
         batch_cause = f"the config asks for {expect.max_batch_size}: the server runs an older repository"
         batch_fix = "cvload bootstrap up (rebuilds the repository and restarts)"
     findings.append(Finding("max batch size", batch_status, f"{model} max_batch_size {batch}", batch_cause, batch_fix))
-    instances = sum(int(g.get("count", 1)) for g in config.get("instance_group", []))
+    instances = _instances(config)
     if expect.target == "trtllm" and expect.bls_instances is not None and instances != expect.bls_instances:
         findings.append(Finding("instances", "warn", f"{model} runs {instances} instance(s), the config asks for "
                                 f"{expect.bls_instances}", "the server runs an older repository",
@@ -244,7 +276,7 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
     if expect.target == "trtllm":
         code, body = _http("GET", f"{base}/v2/models/token2wav/config")
         if code == 200:
-            count = sum(int(g.get("count", 1)) for g in json.loads(body).get("instance_group", []))
+            count = _instances(_json(body))
             if expect.token2wav_instances is not None and count != expect.token2wav_instances:
                 findings.append(Finding("token2wav instances", "warn", f"{count}, the config asks for "
                                         f"{expect.token2wav_instances}", "the server runs an older repository",

@@ -122,6 +122,12 @@ def up(ctx: Context) -> list[ServerRecord]:
         except OSError as exc:
             state.mark(c.target, stage.name, FAILED, stage.inputs_hash, str(exc))
             raise CvloadError(f"{stage.name}: {exc}", hint=f"stage log {stage.log_path}") from None
+        except Exception as exc:  # a bug or an unforeseen input: still a failed stage and a message, no traceback
+            detail = f"{type(exc).__name__}: {exc}"
+            state.mark(c.target, stage.name, FAILED, stage.inputs_hash, detail[:2000])
+            log.note(f"FAILED: {detail}")
+            raise CvloadError(f"{stage.name} failed unexpectedly ({detail})",
+                              hint=f"stage log {stage.log_path}; please report this if the cause is unclear") from exc
         state.mark(c.target, stage.name, DONE, stage.inputs_hash, summary)
         log.note(f"done: {summary}")
         if not stage.always:

@@ -94,18 +94,22 @@ class State:
         except FileNotFoundError:
             return state
         except (OSError, ValueError) as exc:
-            raise UsageError(f"state file {path} is unreadable ({exc})",
-                             hint="remove it to start over (stages will run again); stop servers by hand") from None
+            raise _unreadable(path, str(exc)) from None
+        if not isinstance(data, dict):
+            raise _unreadable(path, f"expected a JSON object, found {type(data).__name__}")
         if data.get("version") != VERSION:
             raise UsageError(f"state file {path} has version {data.get('version')!r}, expected {VERSION}",
                              hint="remove it to start over")
-        state.stages = {t: {n: StageRecord(**r) for n, r in recs.items()}
-                        for t, recs in data.get("stages", {}).items()}
-        state.servers = [ServerRecord(**s) for s in data.get("servers", [])]
-        state.servers_target = data.get("servers_target")
-        state.servers_inputs = data.get("servers_inputs", "")
-        state.config = data.get("config", {})
-        state.target = data.get("target")
+        try:  # valid JSON of the wrong shape (hand-edited, another tool's file) must not crash every command
+            state.stages = {t: {n: StageRecord(**r) for n, r in recs.items()}
+                            for t, recs in data.get("stages", {}).items()}
+            state.servers = [ServerRecord(**s) for s in data.get("servers", [])]
+            state.servers_target = data.get("servers_target")
+            state.servers_inputs = data.get("servers_inputs", "")
+            state.config = dict(data.get("config", {}))
+            state.target = data.get("target")
+        except (TypeError, AttributeError, KeyError, ValueError) as exc:
+            raise _unreadable(path, f"unexpected shape: {type(exc).__name__}: {exc}") from None
         return state
 
     def save(self) -> None:
@@ -136,6 +140,11 @@ class State:
         else:
             records[name] = StageRecord(status, inputs_hash, previous.started, finished=now, detail=detail)
         self.save()
+
+
+def _unreadable(path: Path, why: str) -> UsageError:
+    return UsageError(f"state file {path} is unreadable ({why})",
+                      hint="remove it to start over (stages will run again); stop servers by hand")
 
 
 @contextlib.contextmanager

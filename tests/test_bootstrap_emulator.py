@@ -104,6 +104,26 @@ def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: 
     assert "nothing was running" in cli("down", "--workdir", str(workdir)).stdout
 
 
+def test_a_stage_raising_an_unexpected_error_is_marked_failed(tmp_path: Path, workdir: Path) -> None:
+    """A zero-frame 8 kHz prompt makes the smoke stage's resampling raise ValueError (not a CvloadError): ``up``
+    still records the stage as failed and says which stage, what and where its log is, with no traceback."""
+    import numpy as np
+    import soundfile as sf
+
+    wav = tmp_path / "empty.wav"
+    sf.write(str(wav), np.zeros(0, dtype=np.float32), 8000)
+    cfg = write_config(tmp_path, f'[smoke]\nprompt_wav = "{wav}"\nprompt_text = "hi"\n')
+    up = cli("up", "--config", str(cfg), "--workdir", str(workdir))
+    assert up.returncode == 1, up.stdout + up.stderr
+    assert "Traceback" not in up.stderr
+    assert "smoke failed unexpectedly (ValueError:" in up.stderr
+    assert f"stage log {workdir / 'logs' / 'smoke.log'}" in up.stderr
+    smoke = state(workdir)["stages"]["emulator"]["smoke"]
+    assert smoke["status"] == "failed" and smoke["detail"].startswith("ValueError:")
+    assert "FAILED: ValueError:" in (workdir / "logs" / "smoke.log").read_text()
+    assert cli("down", "--workdir", str(workdir)).returncode == 0
+
+
 def test_two_offline_servers_and_a_changed_knob(tmp_path: Path, workdir: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write_config(tmp_path, "[triton]\nbls_instances = 1\n", top='mode = "offline"')
