@@ -201,6 +201,36 @@ def report(name: str, concurrency: int, timed: list[Timed], cpu_s: float, trace:
     return row
 
 
+Pooled = dict[tuple[str, int], list[tuple[list[Timed], float, tuple[float, int]]]]
+
+
+async def measure_phase(name: str, concurrency: int, run: Callable[[], Awaitable[tuple[list[Timed], float]]],
+                        server_pgid: int, trace_path: Path, max_foreign: float, pooled: Pooled) -> None:
+    """Run one client's phase, print it, and pool it when other processes stayed under ``max_foreign`` cores."""
+    busy0, server0, wall0 = _busy_s(), _group_cpu_s(server_pgid), time.monotonic()
+    timed, cpu_s = await run()
+    server_s = _group_cpu_s(server_pgid) - server0
+    wall = time.monotonic() - wall0
+    foreign = (_busy_s() - busy0 - cpu_s - server_s) / wall
+    await asyncio.sleep(0.5)  # let the server finish writing its trace
+    report(name, concurrency, timed, cpu_s, read_trace(trace_path), foreign, server_s / wall)
+    if foreign <= max_foreign:
+        pooled.setdefault((name, concurrency), []).append((timed, cpu_s, achieved(timed)))
+
+
+def report_pooled(pooled: Pooled, trace_path: Path, max_foreign: float) -> dict[tuple[str, int], dict]:
+    print(f"pooled over phases with other work under {max_foreign} cores:")
+    trace = read_trace(trace_path)
+    rows = {}
+    for (name, concurrency), phases in sorted(pooled.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        timed = [t for phase, _, _ in phases for t in phase]
+        mean = float(np.mean([a[0] for _, _, a in phases]))
+        peak = max(a[1] for _, _, a in phases)
+        rows[(name, concurrency)] = report(name, concurrency, timed, sum(c for _, c, _ in phases), trace,
+                                           concurrency_achieved=(mean, peak))
+    return rows
+
+
 async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int], rounds: int, seconds: float,
                 max_foreign: float) -> None:
     clients = {"target": target_client(url), "lean": lean_client(url)}
@@ -209,32 +239,23 @@ async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int],
     probe, _, _ = clients["target"]
     timed = await probe(f"probe-{os.getpid()}")
     request_s = (timed.end or timed.sent) - timed.sent  # how long one request lasts unloaded
-    pooled: dict[tuple[str, int], list[tuple[list[Timed], float, tuple[float, int]]]] = {}
+    pooled: Pooled = {}
     try:
         for concurrency in levels:
             requests = max(40, int(seconds * concurrency / request_s))
             for _ in range(rounds):
                 for name, (one, _, _) in clients.items():
                     await closed_loop(min(concurrency, 4), 8, one, 0.0)  # warm up
-                    busy0, server0, wall0 = _busy_s(), _group_cpu_s(server_pgid), time.monotonic()
-                    timed, cpu_s, _ = await closed_loop(concurrency, requests, one, ramp_s=0.3)
-                    server_s = _group_cpu_s(server_pgid) - server0
-                    wall = time.monotonic() - wall0
-                    foreign = (_busy_s() - busy0 - cpu_s - server_s) / wall
-                    await asyncio.sleep(0.5)  # let the server finish writing its trace
-                    report(name, concurrency, timed, cpu_s, read_trace(trace_path), foreign, server_s / wall)
-                    if foreign <= max_foreign:
-                        pooled.setdefault((name, concurrency), []).append((timed, cpu_s, achieved(timed)))
+
+                    async def run(one=one, concurrency=concurrency, requests=requests) -> tuple[list[Timed], float]:
+                        timed, cpu_s, _ = await closed_loop(concurrency, requests, one, ramp_s=0.3)
+                        return timed, cpu_s
+
+                    await measure_phase(name, concurrency, run, server_pgid, trace_path, max_foreign, pooled)
     finally:
         for _, _, close in clients.values():
             await close()
-    print(f"pooled over phases with other work under {max_foreign} cores:")
-    trace = read_trace(trace_path)
-    for (name, concurrency), phases in sorted(pooled.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        timed = [t for phase, _, _ in phases for t in phase]
-        mean = float(np.mean([a[0] for _, _, a in phases]))
-        peak = max(a[1] for _, _, a in phases)
-        report(name, concurrency, timed, sum(c for _, c, _ in phases), trace, concurrency_achieved=(mean, peak))
+    report_pooled(pooled, trace_path, max_foreign)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import soundfile
 
 from benchmarks import grpc_target_overhead as harness
-from benchmarks.grpc_target_overhead import Timed, achieved, closed_loop, lean_client, read_trace, report
+from benchmarks.grpc_target_overhead import Timed, closed_loop, lean_client
 
 RAMP_S = 0.3
 
@@ -70,7 +69,7 @@ async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int],
     lean_one, lean_start, lean_close = lean_client(url)
     await lean_start()
     runs = 0
-    pooled: dict[tuple[str, int], list[tuple[list[Timed], float, tuple[float, int]]]] = {}
+    pooled: harness.Pooled = {}
     request_s = 0.35  # one fixed-profile request of this text: chunks at 200 and 300 ms
     try:
         for concurrency in levels:
@@ -78,30 +77,19 @@ async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int],
             for _ in range(rounds):
                 for name in ("cvload", "lean"):
                     await closed_loop(min(concurrency, 4), 8, lean_one, 0.0)  # warm the server
-                    busy0, server0, wall0 = harness._busy_s(), harness._group_cpu_s(server_pgid), time.monotonic()
-                    if name == "cvload":
-                        runs += 1
-                        timed, cpu_s = await run_cvload(url, manifest, work / f"run{runs}", concurrency, requests)
-                    else:
+                    runs += 1
+
+                    async def run(name=name, concurrency=concurrency, requests=requests,
+                                  out=work / f"run{runs}") -> tuple[list[Timed], float]:
+                        if name == "cvload":
+                            return await run_cvload(url, manifest, out, concurrency, requests)
                         timed, cpu_s, _ = await closed_loop(concurrency, requests, lean_one, ramp_s=RAMP_S)
-                    server_s = harness._group_cpu_s(server_pgid) - server0
-                    wall = time.monotonic() - wall0
-                    foreign = (harness._busy_s() - busy0 - cpu_s - server_s) / wall
-                    await asyncio.sleep(0.5)  # let the server finish writing its trace
-                    report(name, concurrency, timed, cpu_s, read_trace(trace_path), foreign, server_s / wall)
-                    if foreign <= max_foreign:
-                        pooled.setdefault((name, concurrency), []).append((timed, cpu_s, achieved(timed)))
+                        return timed, cpu_s
+
+                    await harness.measure_phase(name, concurrency, run, server_pgid, trace_path, max_foreign, pooled)
     finally:
         await lean_close()
-    print(f"pooled over phases with other work under {max_foreign} cores:")
-    trace = read_trace(trace_path)
-    rows: dict[tuple[str, int], dict] = {}
-    for (name, concurrency), phases in sorted(pooled.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-        timed = [t for phase, _, _ in phases for t in phase]
-        mean = float(np.mean([a[0] for _, _, a in phases]))
-        peak = max(a[1] for _, _, a in phases)
-        rows[(name, concurrency)] = report(name, concurrency, timed, sum(c for _, c, _ in phases), trace,
-                                           concurrency_achieved=(mean, peak))
+    rows = harness.report_pooled(pooled, trace_path, max_foreign)
     print("cvload against the lean reference (same run, same server):")
     for concurrency in levels:
         c, ref = rows.get(("cvload", concurrency)), rows.get(("lean", concurrency))
