@@ -400,8 +400,9 @@ def test_stall_prob_one_leaves_one_gap_of_stall_s(private: Private, model: str) 
     stalled = [i for i, d in enumerate(delays) if d > STALL_S * 0.8]
     assert stalled, f"no stall: {delays}"
     k = stalled[0]
-    assert all(d < 0.1 for d in delays[:k]), delays
-    assert all(STALL_S * 0.95 <= d < STALL_S + 0.15 for d in delays[k:]), "one stall of stall_s delays the rest"
+    # Bounds tell one stall from none (< 0.5 stall) and from two (>= 2 stalls) with room for a loaded CI machine.
+    assert all(d < STALL_S * 0.5 for d in delays[:k]), delays
+    assert all(STALL_S * 0.95 <= d < STALL_S * 1.5 for d in delays[k:]), f"one stall of stall_s delays the rest: {delays}"
     assert responses[-1].final
 
 
