@@ -8,7 +8,6 @@ engine imports no view.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import time
 import uuid
@@ -226,12 +225,14 @@ class Engine:
         self._next_index += 1
         return index
 
-    async def _wait_stop(self, timeout: float) -> bool:
-        """Sleep up to ``timeout``; True if stop was asked meanwhile."""
+    async def _wait_stop(self, timeout: float, also: asyncio.Event | None = None) -> bool:
+        """Sleep up to ``timeout`` (or until ``also`` is set); True if stop was asked meanwhile."""
         if timeout <= 0:
             return self._stop.is_set()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), timeout)
+        waiters = [asyncio.ensure_future(e.wait()) for e in (self._stop, also) if e is not None]
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for waiter in waiters:
+            waiter.cancel()
         return self._stop.is_set()
 
     async def _closed_loop(self) -> None:
@@ -284,8 +285,11 @@ class Engine:
             gap = self._rng.expovariate(rate) if self.config.arrival == "poisson" else 1.0 / rate
             next_at += gap
             self._rate_changed.clear()
-            if await self._wait_stop(next_at - time.monotonic()):
+            if await self._wait_stop(next_at - time.monotonic(), also=self._rate_changed):
                 break
+            if self._rate_changed.is_set():  # a new rate applies now, not after the old gap
+                next_at = time.monotonic()
+                continue
             if not self._resume.is_set():
                 await self._resume.wait()
                 next_at = time.monotonic()  # a pause is not a backlog: do not burst afterwards

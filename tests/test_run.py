@@ -307,3 +307,27 @@ def test_failed_start_does_not_claim_the_results_folder(tmp_path):
     address = f"127.0.0.1:{free_port()}"
     assert run_cli("--server", address, "--out", str(out)) == 1
     assert run_cli("--server", address, "--out", str(out)) == 1  # a retry fails the same way, not as "used"
+
+
+async def test_rate_change_applies_at_once(emulator, tmp_path):
+    import asyncio
+
+    from cvload.config import RunConfig
+    from cvload.session import Session
+
+    config = RunConfig(server=[emulator.grpc], model="cosyvoice2_instant", rate=0.1, arrival="constant",
+                       duration=30.0, out=str(tmp_path / "r"), metrics_url="none", gpu_source="none")
+    session = Session(config)
+    engine = await session.prepare()
+    run = asyncio.ensure_future(session.execute())
+    while engine.state.sent < 1:
+        await asyncio.sleep(0.01)
+    engine.set_rate(40.0)  # the next arrival was 10 s away at the old rate
+    while engine.state.sent < 5 and not run.done():
+        await asyncio.sleep(0.01)
+    engine.stop()
+    await run
+    await session.finish()
+    await session.close()
+    sends = sorted(r.sent for r in engine.records)
+    assert len(sends) >= 5 and sends[4] - sends[0] < 2.0
