@@ -258,13 +258,18 @@ async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int],
     report_pooled(pooled, trace_path, max_foreign)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_bench_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the benchmarks that alternate two clients on one emulator."""
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--rounds", type=int, default=2, help="alternate the two clients this many times")
     parser.add_argument("--seconds", type=float, default=6.0, help="measured load per client and round")
     parser.add_argument("--max-foreign", type=float, default=0.15,
                         help="pool only phases where other processes used at most this many cores")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_bench_options(parser)
     parser.add_argument("--no-prompt", action="store_true", help="spk-cache requests: target_text only")
     parser.add_argument("--text", default=None, help="target text (its length sets the chunks per request)")
     args = parser.parse_args(argv)

@@ -107,11 +107,7 @@ async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int],
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--rounds", type=int, default=2, help="alternate the two clients this many times")
-    parser.add_argument("--seconds", type=float, default=6.0, help="measured load per client and round")
-    parser.add_argument("--max-foreign", type=float, default=0.15,
-                        help="pool only phases where other processes used at most this many cores")
+    harness.add_bench_options(parser)
     args = parser.parse_args(argv)
     from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
     from server_bootstrap.launcher import TritonServer

@@ -12,18 +12,30 @@ from cvload.errors import EXIT_INTERRUPTED, EXIT_USAGE, CvloadError
 COMMANDS = ("serve", "run", "tui", "bootstrap")
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 too; keep the message one line, no traceback
         self.print_usage(sys.stderr)
-        self.exit(EXIT_USAGE, f"cvload: error: {message}\n")
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def dispatch(args: argparse.Namespace, *, name: str = "cvload", interrupted: str = "interrupted") -> int:
+    """Run the chosen command: a CvloadError becomes its message and exit code, Ctrl-C exit 130."""
+    try:
+        return int(args.func(args) or 0)
+    except CvloadError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{name}: {interrupted}", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 def build_parser() -> argparse.ArgumentParser:
     import importlib
 
-    parser = _Parser(prog="cvload", description="Load tests and live latency views for CosyVoice TTS servers.")
+    parser = Parser(prog="cvload", description="Load tests and live latency views for CosyVoice TTS servers.")
     parser.add_argument("--version", action="version", version=f"cvload {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name in COMMANDS:
         try:
@@ -37,16 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except CvloadError as exc:
-        print(f"cvload: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("cvload: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return dispatch(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cvload.errors import EXIT_INTERRUPTED, EXIT_RUNTIME, CvloadError, UsageError
+from cvload.errors import EXIT_RUNTIME, UsageError
 from server_bootstrap.config import TARGETS, DeploymentConfig, config_from_dict, load_config, parse_gpus
 from server_bootstrap.layout import Layout, resolve_workdir
 from server_bootstrap.state import State
@@ -233,21 +233,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 # ---- entry point ---------------------------------------------------------------------------------------------
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        self.print_usage(sys.stderr)
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = _Parser(prog="python -m server_bootstrap", description=DESCRIPTION)
+    from cvload.cli import Parser, dispatch
+
+    parser = Parser(prog="python -m server_bootstrap", description=DESCRIPTION)
     configure(parser)
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except CvloadError as exc:
-        print(f"cvload bootstrap: error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        print("cvload bootstrap: interrupted (the stage will be redone by the next up)", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    return dispatch(parser.parse_args(argv), name="cvload bootstrap",
+                    interrupted="interrupted (the stage will be redone by the next up)")
