@@ -68,8 +68,16 @@ class Target(ABC):
         self.model = model
         self.timeout = timeout
 
-    @abstractmethod
     async def open(self) -> TargetInfo:
+        """Connect and check the server; on failure release what was opened before raising."""
+        try:
+            return await self._open()
+        except BaseException:
+            await self.close()
+            raise
+
+    @abstractmethod
+    async def _open(self) -> TargetInfo:
         """Connect, read the model config and fail with a ``CvloadError`` the user can act on when the server,
         the model or the mode is wrong (e.g. offline HTTP infer against a decoupled model)."""
 

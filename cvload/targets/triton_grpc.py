@@ -97,13 +97,6 @@ class _TritonGrpc(Target):
             connection = self._connections[loop] = _Connection(self.address)
         return connection
 
-    async def open(self) -> TargetInfo:
-        try:
-            return await self._open()
-        except BaseException:
-            await self.close()
-            raise
-
     async def _open(self) -> TargetInfo:
         stub = self._connection().stub
         deadline = time.monotonic() + checks.OPEN_TIMEOUT_S

@@ -130,13 +130,6 @@ class _TritonHttp(Target):
         return request.request_id or f"{self._id_prefix}{next(self._ids)}"
 
     # ---- open ----------------------------------------------------------------------------------------------
-    async def open(self) -> TargetInfo:
-        try:
-            return await self._open()
-        except BaseException:
-            await self.close()
-            raise
-
     async def _call(self, method: str, path: str, deadline: float) -> tuple[int, Any]:
         """A small JSON call of open(); an unreachable server becomes the user-facing ServerError."""
         timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - time.monotonic()))
