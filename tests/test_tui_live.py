@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from assertions import assert_same_stats
 
 from cvload.live import LiveStats, finished_at, is_measured
 from cvload.metrics import REQUEST_METRICS, rtf_histogram, summarize
@@ -19,13 +20,6 @@ from cvload.results import read_records
 REPLAY = Path(__file__).parent / "snapshots" / "replay_run"
 
 
-def assert_same_stats(got: dict, expected: dict, name: str) -> None:
-    """Equal statistics (None where nothing was measured; floats to rounding of the JSON round trip)."""
-    assert got.keys() == expected.keys(), name
-    for key, value in expected.items():
-        assert (got[key] is None) == (value is None), f"{name}.{key}"
-        if value is not None:
-            assert got[key] == pytest.approx(value, rel=1e-9), f"{name}.{key}"
 
 
 @pytest.fixture(scope="module")

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from assertions import assert_same_stats
 from textual.pilot import Pilot
 from textual.widgets import Static
 
@@ -27,12 +28,6 @@ PANEL_TITLES = {"First chunk", "Second chunk", "RTF", "Throughput", "GPU", "Serv
                 "Recent requests"}
 
 
-def assert_same_stats(got: dict, expected: dict, name: str) -> None:
-    assert got.keys() == expected.keys(), name
-    for key, value in expected.items():
-        assert (got[key] is None) == (value is None), f"{name}.{key}"
-        if value is not None:
-            assert got[key] == pytest.approx(value, rel=1e-9), f"{name}.{key}"
 
 
 async def until(pilot: Pilot, cond: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
