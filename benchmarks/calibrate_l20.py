@@ -60,7 +60,7 @@ PROMPTS = (
 
 def audio_seconds(texts: Sequence[str]) -> float:
     """Seconds of audio the emulator produces for ``texts`` (its text-length model, tokens rounded)."""
-    from server_bootstrap.emulator.model import TOKENS_PER_S, speech_tokens
+    from cvload.emulator.model import TOKENS_PER_S, speech_tokens
 
     return sum(speech_tokens(t) for t in texts) / TOKENS_PER_S
 

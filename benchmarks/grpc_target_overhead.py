@@ -275,8 +275,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     global USE_PROMPT, TEXT
     USE_PROMPT, TEXT = not args.no_prompt, args.text or TEXT
-    from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-    from server_bootstrap.launcher import TritonServer
+    from cvload.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.triton.launcher import TritonServer
 
     with tempfile.TemporaryDirectory(prefix="cvload-overhead-") as tmp:
         root = Path(tmp)

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from server_bootstrap.launcher import TritonServer
+    from cvload.triton.launcher import TritonServer
 
 SAMPLE_RATE = 24000
 DEFAULT_TEXTS = (
@@ -228,8 +228,8 @@ def run_load_sync(url: str, texts: Sequence[str], **kwargs: object) -> RunResult
 def emulated_server(profile: str = "fixed", *, model: str = "cosyvoice2", mode: str = "streaming",
                     overrides: dict[str, object] | None = None) -> Iterator[TritonServer]:
     """The embedded Triton server with one emulated model, in a temporary folder removed afterwards."""
-    from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-    from server_bootstrap.launcher import TritonServer
+    from cvload.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.triton.launcher import TritonServer
 
     with tempfile.TemporaryDirectory(prefix="cvload-bench-") as root:
         repo = build_repository(Path(root), [EmulatedModel(model, get_profile(profile, overrides), mode)])

@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_bench_options(parser)
     args = parser.parse_args(argv)
-    from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-    from server_bootstrap.launcher import TritonServer
+    from cvload.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.triton.launcher import TritonServer
 
     with tempfile.TemporaryDirectory(prefix="cvload-run-overhead-") as tmp:
         root = Path(tmp)

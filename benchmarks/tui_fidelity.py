@@ -101,8 +101,8 @@ def main() -> int:
     if args.one:
         return one(args.one, args.server, args.out, args.streams, args.requests, args.inputs)
 
-    from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-    from server_bootstrap.launcher import TritonServer
+    from cvload.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.triton.launcher import TritonServer
 
     root = Path(tempfile.mkdtemp(prefix="cvload-tui-fidelity-"))
     repo = build_repository(root / "repo", [EmulatedModel(name="cosyvoice2", profile=get_profile("fixed"),

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from importlib.metadata import entry_points
 
 from cvload import __version__
 from cvload.errors import EXIT_INTERRUPTED, EXIT_USAGE, CvloadError
 
-COMMANDS = ("serve", "run", "tui", "bootstrap")
+COMMANDS = ("serve", "run", "tui")  # cvload.commands.<name>; others come from the entry-point group below
+ENTRY_POINT_GROUP = "cvload.commands"  # e.g. ``bootstrap`` from server_bootstrap, which builds on cvload
 
 
 class Parser(argparse.ArgumentParser):
@@ -45,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
+    for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        entry.load()(sub)
     return parser
 
 

@@ -8,7 +8,8 @@ the first and second chunk, not a time from the start.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -90,6 +91,18 @@ REQUEST_METRICS: tuple[RequestMetric, ...] = (
 )
 BY_NAME = {m.name: m for m in REQUEST_METRICS}
 BY_ALIAS = {m.alias: m for m in REQUEST_METRICS}
+
+
+def record_json(record: RequestRecord) -> dict[str, Any]:
+    """The raw record plus its per-request metric values: one line of records.jsonl."""
+    data = asdict(record)
+    data["ok"] = record.ok
+    data["audio_s"] = round(record.audio_s, 6)
+    data["sent_s"] = round(record.sent - record.run_start, 6)
+    for metric in REQUEST_METRICS:
+        value = metric.of(record)
+        data[metric.name] = None if value is None else round(value, 6)
+    return data
 
 
 def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | None]:

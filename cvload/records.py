@@ -6,7 +6,7 @@ Times are ``time.monotonic()`` seconds stamped when the bytes arrived; offsets i
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 # Error kinds: each counted on its own so a run can say *how* it failed.
@@ -55,19 +55,6 @@ class RequestRecord:
     @property
     def audio_s(self) -> float:
         return sum(self.chunk_samples) / self.sample_rate if self.sample_rate else 0.0
-
-    def to_json(self) -> dict[str, Any]:
-        """The raw record plus the per-request metric values, as written to records.jsonl."""
-        from cvload.metrics import REQUEST_METRICS  # one definition per metric
-
-        data = asdict(self)
-        data["ok"] = self.ok
-        data["audio_s"] = round(self.audio_s, 6)
-        data["sent_s"] = round(self.sent - self.run_start, 6)
-        for metric in REQUEST_METRICS:
-            value = metric.of(self)
-            data[metric.name] = None if value is None else round(value, 6)
-        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RequestRecord:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cvload.errors import UsageError
-from cvload.metrics import REQUEST_METRICS, STAT_KEYS
+from cvload.metrics import REQUEST_METRICS, STAT_KEYS, record_json
 from cvload.records import RequestRecord
 
 SUMMARY_SCHEMA = "cvload.summary/1"
@@ -67,7 +67,7 @@ class ResultsWriter:
         return path
 
     def on_record(self, record: RequestRecord) -> None:
-        self._records.write(json.dumps(record.to_json(), default=_jsonable, ensure_ascii=False) + "\n")
+        self._records.write(json.dumps(record_json(record), default=_jsonable, ensure_ascii=False) + "\n")
         self._records.flush()
 
     def write_audio(self, record: RequestRecord, chunks: list[np.ndarray]) -> None:

@@ -61,13 +61,11 @@ class Session:
     # ---- before the first request --------------------------------------------------------------------------
     def start_emulator(self) -> None:
         """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it."""
-        from cvload.commands.serve import parse_overrides
-        from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-        from server_bootstrap.launcher import TritonServer
+        from cvload.emulator import EmulatedModel, build_repository, get_profile
+        from cvload.triton.launcher import TritonServer
 
         cfg = self.config
-        overrides = cfg.profile_set if isinstance(cfg.profile_set, dict) else parse_overrides(cfg.profile_set)
-        profile = get_profile(cfg.profile or "demo", overrides)
+        profile = get_profile(cfg.profile or "demo", cfg.profile_set)
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
         repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
         self.server = TritonServer(repo, workdir=root, die_with_parent=True)

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cvload.cli import Parser, dispatch
 from cvload.errors import EXIT_RUNTIME, UsageError
 from server_bootstrap.config import TARGETS, DeploymentConfig, config_from_dict, load_config, parse_gpus
 from server_bootstrap.layout import Layout, resolve_workdir
@@ -147,7 +148,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from server_bootstrap.process import human_size, tail
+    from cvload.process import human_size, tail
 
     config, layout, state = _recorded(args)
     assert layout is not None and state is not None
@@ -235,9 +236,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 # ---- entry point ---------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    from cvload.cli import Parser, dispatch
+def register(sub: argparse._SubParsersAction) -> None:
+    """``cvload bootstrap``: registered through the ``cvload.commands`` entry point (cvload never imports us)."""
+    p = sub.add_parser("bootstrap", help="build and launch the Triton + TensorRT-LLM CosyVoice server "
+                       "(or the emulator), resumably; diagnose it (doctor)", description=DESCRIPTION)
+    configure(p)
 
+
+def main(argv: Sequence[str] | None = None) -> int:
     parser = Parser(prog="python -m server_bootstrap", description=DESCRIPTION)
     configure(parser)
     return dispatch(parser.parse_args(argv), name="cvload bootstrap",

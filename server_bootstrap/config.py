@@ -112,7 +112,7 @@ class DockerConfig:
 
 @dataclass
 class EmulatorConfig:
-    """``--target emulator``: the CosyVoice emulator's latency profile (server_bootstrap.emulator)."""
+    """``--target emulator``: the CosyVoice emulator's latency profile (cvload.emulator)."""
 
     profile: str = "demo"
     profile_set: dict[str, Any] = field(default_factory=dict)
@@ -272,7 +272,7 @@ class DeploymentConfig:
             raise bad("[server] ports", "docker mode publishes fixed ports: 0 (any free port) cannot be mapped",
                       "set http_port, grpc_port and metrics_port")
         if self.target == "emulator":
-            from server_bootstrap.emulator import get_profile
+            from cvload.emulator import get_profile
 
             try:
                 get_profile(self.emulator.profile, dict(self.emulator.profile_set))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from server_bootstrap import process
+from cvload import process
 
 GIB = 1 << 30
 

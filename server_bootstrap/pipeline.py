@@ -6,10 +6,10 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from cvload.errors import CvloadError
+from cvload.process import human_duration, show
 from server_bootstrap import servers
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
-from server_bootstrap.process import human_duration, show
 from server_bootstrap.stages import Context, Stage, StageLog, build_stages, stop_recorded
 from server_bootstrap.state import DONE, FAILED, INTERRUPTED, RUNNING, ServerRecord, State, stable_hash
 

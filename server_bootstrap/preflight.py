@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cvload.errors import EXIT_RUNTIME, CvloadError
+from cvload.process import human_size
+from cvload.triton.launcher import port_busy
 from server_bootstrap.config import DeploymentConfig
-from server_bootstrap.launcher import port_busy
 from server_bootstrap.layout import Layout
-from server_bootstrap.process import human_size
 
 GIB = 1 << 30
 TRTLLM_CONTAINER = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"
@@ -173,7 +173,7 @@ def check_ports(config: DeploymentConfig, ours: Iterable[int] = ()) -> list[Chec
 
 
 def check_tritonserver(config: DeploymentConfig) -> Check:
-    from server_bootstrap.launcher import find_tritonserver
+    from cvload.triton.launcher import find_tritonserver
 
     try:
         install = find_tritonserver(config.server.tritonserver)

@@ -1,6 +1,6 @@
 """Model repositories: CosyVoice's ``model_repo`` filled from the deployment config, or the emulator's.
 
-Filling goes through ``server_bootstrap.templates.fill_template``, which fails on a placeholder without a value
+Filling goes through ``cvload.triton.templates.fill_template``, which fails on a placeholder without a value
 and on a value no placeholder asks for (CosyVoice's fill_template.py silently leaves both, and the model then
 fails to load far from the cause). The one exception is TensorRT-LLM's optional backend parameters: entries of
 ``tensorrt_llm/config.pbtxt`` such as ``lora_cache_*`` that the backend treats as unset while they still read
@@ -18,9 +18,9 @@ import shutil
 from pathlib import Path
 
 from cvload.errors import UsageError
+from cvload.triton.templates import fill_template
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
-from server_bootstrap.templates import fill_template
 
 # The placeholders of each CosyVoice model template (runtime/triton_trtllm/model_repo/<model>/config.pbtxt), as
 # upstream run.sh fills them; only these names are needed here, not the templates themselves.
@@ -188,7 +188,7 @@ def build_trtllm_repository(config: DeploymentConfig, layout: Layout, dest: Path
 
 def build_emulator_repository(config: DeploymentConfig, layout: Layout, index: int) -> Path:
     """The emulator's repository for server ``index`` (its own folder: the emulator's locks are per server)."""
-    from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.emulator import EmulatedModel, build_repository, get_profile
 
     root = layout.emulator_root(index)
     repo = root / "model_repository"

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from cvload import process
 from cvload.errors import CvloadError, ServerError
-from server_bootstrap import process
+from cvload.triton.launcher import TritonInstall, TritonServer
 from server_bootstrap.config import DeploymentConfig
-from server_bootstrap.launcher import TritonInstall, TritonServer
 from server_bootstrap.layout import Layout
 from server_bootstrap.state import ServerRecord
 

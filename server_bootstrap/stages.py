@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from cvload import process
 from cvload.errors import CvloadError, UsageError
-from server_bootstrap import compose, preflight, process, repo, servers
+from server_bootstrap import compose, preflight, repo, servers
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
 from server_bootstrap.state import ServerRecord, State, stable_hash
@@ -400,7 +401,7 @@ class Launch(Stage):
     def commands(self) -> list[list[str]]:
         if self.config.docker.enabled:
             return [compose.up_command(self.layout)]
-        from server_bootstrap.launcher import TritonInstall, find_tritonserver
+        from cvload.triton.launcher import TritonInstall, find_tritonserver
 
         try:
             install = find_tritonserver(self.config.server.tritonserver)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-from server_bootstrap.launcher import TritonServer
+from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.triton.launcher import TritonServer
 
 
 @dataclass

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 
 from cvload.errors import UsageError
+from cvload.triton.launcher import free_port
 from server_bootstrap import compose
 from server_bootstrap.cli import main
 from server_bootstrap.config import load_config
-from server_bootstrap.launcher import free_port
 from server_bootstrap.layout import Layout
 
 

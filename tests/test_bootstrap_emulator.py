@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from server_bootstrap import process
+from cvload import process
+from cvload.triton.launcher import find_tritonserver
 from server_bootstrap.cli import main
-from server_bootstrap.launcher import find_tritonserver
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -239,7 +239,7 @@ def test_interrupted_and_killed_up_resume(tmp_path: Path, workdir: Path, gated_t
 
 
 def test_doctor_on_unreachable_and_mismatched_servers(emulator, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
-    from server_bootstrap.launcher import free_port
+    from cvload.triton.launcher import free_port
 
     port = free_port()
     assert main(["doctor", "--server", f"127.0.0.1:{port}"]) == 1
@@ -258,8 +258,8 @@ def test_doctor_on_unreachable_and_mismatched_servers(emulator, capsys: pytest.C
 
 def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
     """Triton opens no port until every model loaded: doctor reads the log of the live process instead."""
+    from cvload.triton.launcher import TritonServer
     from server_bootstrap import doctor
-    from server_bootstrap.launcher import TritonServer
 
     repo = tmp_path / "repo" / "hang"
     (repo / "1").mkdir(parents=True)

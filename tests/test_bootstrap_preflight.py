@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from cvload.errors import CvloadError
+from cvload.triton.launcher import free_ports
 from server_bootstrap.cli import main
 from server_bootstrap.config import load_config
-from server_bootstrap.launcher import free_ports
 from server_bootstrap.layout import Layout
 from server_bootstrap.pipeline import context
 from server_bootstrap.stages import Build, StageLog, require_tensorrt_llm

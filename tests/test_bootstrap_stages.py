@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 from cvload.errors import CvloadError, UsageError
+from cvload.process import run_logged
 from server_bootstrap.config import load_config
 from server_bootstrap.layout import Layout
 from server_bootstrap.pipeline import context
-from server_bootstrap.process import run_logged
 from server_bootstrap.stages import Download, Source, StageLog
 
 GIT = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "protocol.file.allow=always"]

@@ -19,8 +19,8 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-from server_bootstrap.emulator.model import (
+from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.emulator.model import (
     SAMPLE_RATE,
     SAMPLES_PER_TOKEN,
     RecordedVoice,
@@ -28,7 +28,7 @@ from server_bootstrap.emulator.model import (
     speech_seconds,
     speech_tokens,
 )
-from server_bootstrap.launcher import TritonServer
+from cvload.triton.launcher import TritonServer
 
 LATIN = "The quick brown fox jumps over the lazy dog, then it rests in the warm afternoon sun by the river."
 CJK = "今天天气很好，我们一起去公园散步，然后在湖边喝一杯热茶，聊聊最近的生活。"

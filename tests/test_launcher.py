@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import CvloadError, ServerError
-from server_bootstrap import launcher
-from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-from server_bootstrap.launcher import TritonServer
+from cvload.triton import launcher
+from cvload.triton.launcher import TritonServer
 
 INSTANT = get_profile("instant")
 
@@ -225,7 +225,7 @@ def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     script = (
         "import sys, time\n"
         "from pathlib import Path\n"
-        "from server_bootstrap.launcher import TritonServer\n"
+        "from cvload.triton.launcher import TritonServer\n"
         f"server = TritonServer(Path({str(repo)!r}), workdir=Path({str(tmp_path / 'server')!r}),\n"
         "                       die_with_parent=True).start()\n"
         "print(server.process.pid, server.shm_prefix, flush=True)\n"

@@ -15,7 +15,7 @@ import pytest
 import soundfile
 
 from cvload.cli import main
-from server_bootstrap.emulator import EmulatedModel, get_profile
+from cvload.emulator import EmulatedModel, get_profile
 
 
 def run_cli(*args: str) -> int:
@@ -106,7 +106,7 @@ def test_save_audio_and_json_output(emulator, tmp_path, capsys):
 
 
 def test_unreachable_server_fails_fast_naming_address(tmp_path, capsys):
-    from server_bootstrap.launcher import free_port
+    from cvload.triton.launcher import free_port
 
     address = f"127.0.0.1:{free_port()}"
     started = time.monotonic()
@@ -301,7 +301,7 @@ def test_run_shorter_than_the_ramp_still_reports_concurrency(emulator, tmp_path)
 
 
 def test_failed_start_does_not_claim_the_results_folder(tmp_path):
-    from server_bootstrap.launcher import free_port
+    from cvload.triton.launcher import free_port
 
     out = tmp_path / "r"
     address = f"127.0.0.1:{free_port()}"

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
+from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import make_target
@@ -28,8 +29,7 @@ from cvload.targets.sse import SseParser
 from cvload.targets.tensors import PromptCache, request_tensors
 from cvload.targets.triton_grpc import decode_waveform
 from cvload.targets.triton_http import decode_event, decode_infer_response
-from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-from server_bootstrap.launcher import TritonServer, free_port
+from cvload.triton.launcher import TritonServer, free_port
 
 # 11 words and 2 pauses: 4.68 s of speech = 117 tokens -> chunks of 25, 50, 42 tokens (960 samples each).
 TEXT = "Hello there, this is a test of the emergency broadcast system."

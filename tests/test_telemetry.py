@@ -36,7 +36,7 @@ from cvload.telemetry import (
 from cvload.telemetry.prometheus import MalformedScrape, model_deltas
 from cvload.telemetry.sampler import _aggregate_gpus, _flatten
 from cvload.telemetry.summary import build_summary
-from server_bootstrap.launcher import free_port, free_ports
+from cvload.triton.launcher import free_port, free_ports
 
 FIXTURES = Path(__file__).parent / "fixtures"
 H100 = "GPU-44c5e1bf-45ec-5991-49d8-0c969b43e3c6"

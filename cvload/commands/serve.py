@@ -12,7 +12,7 @@ from cvload.errors import UsageError
 
 def add_emulator_options(parser: argparse.ArgumentParser) -> None:
     """Options shared by every command that can start the embedded server (serve, run, tui)."""
-    from server_bootstrap.emulator import PRESETS
+    from cvload.emulator import PRESETS
 
     parser.add_argument("--emulator", action="store_true", help="start the embedded Triton server with the "
                         "CosyVoice emulator model (needs the 'emulator' extra)")
@@ -58,8 +58,8 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-    from server_bootstrap.launcher import TritonServer, log_tail
+    from cvload.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.triton.launcher import TritonServer, log_tail
 
     if not args.emulator:
         raise UsageError("cvload serve only runs the embedded emulator for now: add --emulator",

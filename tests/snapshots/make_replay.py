@@ -15,8 +15,8 @@ import tempfile
 from pathlib import Path
 
 from cvload.cli import main
-from server_bootstrap.emulator import EmulatedModel, build_repository, get_profile
-from server_bootstrap.launcher import TritonServer
+from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.triton.launcher import TritonServer
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "replay_run"

@@ -6,9 +6,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvload.emulator.profiles import PRESETS, Profile, get_profile
 from cvload.errors import UsageError
-from server_bootstrap.emulator.profiles import PRESETS, Profile, get_profile
-from server_bootstrap.templates import fill_file, pbtxt_string
+from cvload.triton.templates import fill_file, pbtxt_string
 
 HERE = Path(__file__).parent
 MODES = ("streaming", "offline")
