@@ -2,7 +2,7 @@
 
 One TOML file, one typed section per concern; a key that does not exist or a value of the wrong type is an error
 naming the file, the section and the key, never a silently ignored setting. Relative paths are relative to the
-config file. Defaults are the upstream ones (runtime/triton_trtllm/run.sh), see shared/PROTOCOL.md.
+config file. Defaults are the upstream ones (runtime/triton_trtllm/run.sh), see docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -10,19 +10,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from cvload.errors import UsageError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - Python 3.10
-    import tomli as tomllib
+from cvload.typed_toml import Rules, Where, build, merge, read_table, read_toml
 
 TARGETS = ("trtllm", "emulator")
 MODES = ("streaming", "offline")
@@ -126,18 +119,6 @@ class SmokeConfig:
     prompt_wav: str | None = None  # 16 kHz mono; default CosyVoice's asset/zero_shot_prompt.wav (trtllm)
     prompt_text: str | None = None
     timeout: float = 120.0
-
-
-SECTIONS = {
-    "source": SourceConfig,
-    "model": ModelConfig,
-    "engine": EngineConfig,
-    "triton": TritonConfig,
-    "server": ServerConfig,
-    "docker": DockerConfig,
-    "emulator": EmulatorConfig,
-    "smoke": SmokeConfig,
-}
 
 
 @dataclass
@@ -282,78 +263,30 @@ class DeploymentConfig:
 
 
 # ---- loading -------------------------------------------------------------------------------------------------
-_PATH_KEYS = {("", "workdir"), ("source", "path"), ("server", "tritonserver"), ("smoke", "prompt_wav")}
-
-
-def _type_name(tp: Any) -> str:
-    return getattr(tp, "__name__", str(tp)).replace("NoneType", "none")
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check one TOML value against the field's type (int is accepted for float; "" for an optional value)."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        if value == "" or value is None:
-            return None
-        return _coerce(value, args[0], where)
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if not isinstance(value, list):
-            raise UsageError(f"{where}: expected a list of {_type_name(item)}, got {value!r}")
-        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise UsageError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is Any or (isinstance(value, tp) and not (tp is int and isinstance(value, bool))):
-        return value
-    raise UsageError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-
-
-def _fill(obj: Any, table: dict[str, Any], where: str, base: Path | None, section: str) -> None:
-    hints = typing.get_type_hints(type(obj))
-    known = {f.name for f in dataclasses.fields(obj) if f.name != "origin"}
-    for key, value in table.items():
-        if key not in known:
-            raise UsageError(f"{where}: unknown key {key!r}",
-                             hint="known keys here: " + ", ".join(sorted(known)))
-        if key in SECTIONS and not section:
-            if not isinstance(value, dict):
-                raise UsageError(f"{where}: {key} must be a table ([{key}])")
-            _fill(getattr(obj, key), value, f"{where} [{key}]", base, key)
-            continue
-        value = _coerce(value, hints[key], f"{where} {key}")
-        if (section, key) in _PATH_KEYS and value and base is not None:
-            value = str((base / os.path.expanduser(value)).resolve())
-        setattr(obj, key, value)
+RULES = Rules(paths={"workdir", "source.path", "server.tritonserver", "smoke.prompt_wav"}, reserved={"origin"},
+              blank_is_none=True)
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: dict[str, Any] | None = None,
                 ) -> DeploymentConfig:
     """Defaults, then the TOML file, then ``overrides`` (flat "section.key" or top-level keys); validated."""
-    config = DeploymentConfig()
+    values: dict[str, Any] = {}
+    origin = "defaults"
     if path is not None:
         file = Path(path)
-        try:
-            data = tomllib.loads(file.read_text())
-        except FileNotFoundError:
-            raise UsageError(f"config file not found: {file}",
-                             hint="see docs/bootstrap.md for an example deployment config") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise UsageError(f"cannot read config file {file}: {exc}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"{file}: not valid TOML: {exc}") from None
-        config.origin = str(file)
-        _fill(config, data, str(file), file.resolve().parent, "")
+        data = read_toml(file, "config", hint="see docs/bootstrap.md for an example deployment config")
+        origin = str(file)
+        values = read_table(data, DeploymentConfig, Where(f"config {file}"), base=file.resolve().parent,
+                            rules=RULES)
+    flags: dict[str, Any] = {}
     for dotted, value in (overrides or {}).items():
-        if value is None:
-            continue
-        section, _, key = dotted.rpartition(".")
-        target = getattr(config, section) if section else config
-        _fill(target, {key: value}, f"{config.origin} (command line)", Path.cwd(), section)
+        if value is not None:
+            section, _, key = dotted.rpartition(".")
+            merge(flags, {section: {key: value}} if section else {key: value})
+    merge(values, read_table(flags, DeploymentConfig, Where(f"command-line settings (config {origin})"),
+                             base=Path.cwd(), rules=RULES))
+    config: DeploymentConfig = build(DeploymentConfig, values)
+    config.origin = origin
     return config.validate()
 
 
@@ -370,7 +303,7 @@ def parse_gpus(text: str) -> list[int]:
 
 def config_from_dict(data: dict[str, Any], origin: str) -> DeploymentConfig:
     """A config saved in the state file (paths there are already absolute)."""
-    config = DeploymentConfig()
+    config: DeploymentConfig = build(DeploymentConfig, read_table(data, DeploymentConfig, Where(f"saved config {origin}"),
+                                                                  rules=RULES))
     config.origin = origin
-    _fill(config, data, origin, None, "")
     return config.validate()

@@ -70,11 +70,17 @@ image = "soar97/triton-cosyvoice:25.06"
 
 
 @pytest.mark.parametrize(("text", "expected"), [
-    ("[triton]\nbls_instance = 4\n", "[triton]: unknown key 'bls_instance'"),
-    ("[tritonn]\nx = 1\n", "unknown key 'tritonn'"),
-    ("[engine]\nmax_batch_size = \"16\"\n", "[engine] max_batch_size: expected int, got '16'"),
-    ("[triton]\nuse_spk2info_cache = 1\n", "use_spk2info_cache: expected bool, got 1"),
-    ("[server]\ngpus = \"0,1\"\n", "gpus: expected a list of int"),
+    ("[triton]\nbls_instance = 4\n", "unknown key 'bls_instance' in [triton] of config FILE (did you mean "
+                                     "'bls_instances'?)"),
+    ("[tritonn]\nx = 1\n", "unknown key 'tritonn' in config FILE (did you mean 'triton'?)"),
+    ("triton = 3\n", "key 'triton' in config FILE must be a table ([triton]), got int 3"),
+    ("origin = \"x\"\n", "key 'origin' in config FILE: set by cvload"),
+    ("[engine]\nmax_batch_size = \"16\"\n", "key 'max_batch_size' in [engine] of config FILE must be an integer, "
+                                            "got str '16'"),
+    ("[triton]\nuse_spk2info_cache = 1\n", "key 'use_spk2info_cache' in [triton] of config FILE must be true or "
+                                           "false, got int 1"),
+    ("[server]\ngpus = \"0,1\"\n", "key 'gpus' in [server] of config FILE must be a list of integers, got str"),
+    ("[server]\ngpus = [0, \"1\"]\n", "must be a list of integers, got list [0, '1']"),
     ("mode = \"stream\"\n", "mode: 'stream' is not a client mode"),
     ("[triton]\ndecoupled = true\n[model]\n", None),  # agrees with the default streaming mode
     ("mode = \"offline\"\n[triton]\ndecoupled = true\n", "decoupled = true contradicts mode = 'offline'"),
@@ -98,13 +104,16 @@ def test_mistakes_name_file_section_and_key(tmp_path: Path, text: str, expected:
     with pytest.raises(UsageError) as info:
         load_config(path)
     message = str(info.value)
-    assert expected in message
+    assert expected.replace("FILE", str(path)) in message
     assert str(path) in message
 
 
 def test_missing_file_and_flag_overrides(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="config file not found"):
+    with pytest.raises(UsageError, match="config file .*nope.toml not found"):
         load_config(tmp_path / "nope.toml")
+    with pytest.raises(UsageError, match=r"key 'gpus' in \[server\] of command-line settings \(config defaults\) "
+                                         "must be a list of integers"):
+        load_config(None, {"server.gpus": "0"})
     c = load_config(None, {"target": "emulator", "server.gpus": [0, 1], "docker.enabled": None})
     assert c.target == "emulator" and len(c.server_gpus()) == 2 and c.host == "127.0.0.1"
     assert parse_gpus("0, 2") == [0, 2]
