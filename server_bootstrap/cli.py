@@ -196,6 +196,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     from server_bootstrap import doctor
+    from server_bootstrap.findings import format_findings
 
     config, _layout, state = _recorded(args, required=args.server is None)
     expect = doctor.Expectations()
@@ -227,7 +228,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     failed = 0
     for title, ep in endpoints:
         findings = doctor.diagnose(ep, expect)
-        print(doctor.format_findings(f"doctor: {title}, model {expect.model}, intended mode {expect.mode}", findings))
+        print(f"doctor: {title}, model {expect.model}, intended mode {expect.mode}")
+        print(format_findings(findings))
         failed += sum(f.status == "FAIL" for f in findings)
     print(f"{failed} check(s) failed" if failed else "all checks passed")
     return EXIT_RUNTIME if failed else 0

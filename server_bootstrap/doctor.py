@@ -18,17 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from cvload import process
+from server_bootstrap.findings import Finding
 
 GIB = 1 << 30
-
-
-@dataclass
-class Finding:
-    name: str
-    status: str  # ok | FAIL | warn | info | skip
-    detail: str
-    cause: str = ""
-    fix: str = ""
 
 
 @dataclass
@@ -342,16 +334,3 @@ def _gpu(findings: list[Finding], url: str, expect: Expectations) -> None:
                                     "other processes off this GPU"))
         else:
             findings.append(Finding("gpu memory", "ok", detail))
-
-
-def format_findings(title: str, findings: list[Finding]) -> str:
-    width = max((len(f.name) for f in findings), default=4)
-    lines = [title]
-    for f in findings:
-        lines.append(f"  {f.status:<4}  {f.name:<{width}}  {f.detail}")
-        if f.status in ("FAIL", "warn"):
-            if f.cause:
-                lines.append(f"        {'':<{width}}  cause: {f.cause}")
-            if f.fix:
-                lines.append(f"        {'':<{width}}  fix:   {f.fix}")
-    return "\n".join(lines)

@@ -14,13 +14,13 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 from cvload.errors import EXIT_RUNTIME, CvloadError
 from cvload.process import human_size
 from cvload.triton.launcher import port_busy
 from server_bootstrap.config import DeploymentConfig
+from server_bootstrap.findings import Finding, fail, ok, skip, warn
 from server_bootstrap.layout import Layout
 
 GIB = 1 << 30
@@ -36,75 +36,51 @@ class PreflightFailed(CvloadError):
     exit_code = EXIT_RUNTIME
 
 
-@dataclass
-class Check:
-    name: str
-    status: str  # ok | FAIL | warn | skip
-    detail: str
-    fix: str = ""
-
-
-def _ok(name: str, detail: str) -> Check:
-    return Check(name, "ok", detail)
-
-
-def _fail(name: str, detail: str, fix: str) -> Check:
-    return Check(name, "FAIL", detail, fix)
-
-
-def _warn(name: str, detail: str, fix: str) -> Check:
-    return Check(name, "warn", detail, fix)
-
-
-def _skip(name: str, detail: str) -> Check:
-    return Check(name, "skip", detail)
-
-
 # ---- individual checks ---------------------------------------------------------------------------------------
-def check_gpus(config: DeploymentConfig) -> list[Check]:
+def check_gpus(config: DeploymentConfig) -> list[Finding]:
     """NVML (nvidia-ml-py, imported lazily), the driver, and each configured GPU's free memory."""
     try:
         import pynvml  # type: ignore[import-not-found]
     except ImportError:
         driver = _driver_from_proc()
         return [
-            _fail("nvml", "nvidia-ml-py is not installed: GPUs and their free memory cannot be checked",
-                  "pip install 'cvload[gpu]' (nvidia-ml-py)"),
-            _ok("driver", f"NVIDIA driver {driver}") if driver else
-            _fail("driver", "no NVIDIA driver loaded (/proc/driver/nvidia/version is missing)",
-                  "run on a machine with an NVIDIA GPU and its driver installed"),
+            fail("nvml", "nvidia-ml-py is not installed: GPUs and their free memory cannot be checked",
+                 "pip install 'cvload[gpu]' (nvidia-ml-py)"),
+            ok("driver", f"NVIDIA driver {driver}") if driver else
+            fail("driver", "no NVIDIA driver loaded (/proc/driver/nvidia/version is missing)",
+                 "run on a machine with an NVIDIA GPU and its driver installed"),
         ]
     try:
         pynvml.nvmlInit()
     except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
         return [
-            _fail("nvml", f"NVML cannot start: {exc}",
-                  "install the NVIDIA driver; in a container pass the GPUs (--gpus all / compose device_ids)"),
-            _fail("driver", "no usable NVIDIA driver", "install the NVIDIA driver on the host"),
+            fail("nvml", f"NVML cannot start: {exc}",
+                 "install the NVIDIA driver; in a container pass the GPUs (--gpus all / compose device_ids)"),
+            fail("driver", "no usable NVIDIA driver", "install the NVIDIA driver on the host"),
         ]
     checks = []
     try:
         driver = pynvml.nvmlSystemGetDriverVersion()
         count = pynvml.nvmlDeviceGetCount()
-        checks.append(_ok("nvml", f"{count} GPU(s) visible"))
-        checks.append(_ok("driver", f"NVIDIA driver {_text(driver)}"))
+        checks.append(ok("nvml", f"{count} GPU(s) visible"))
+        checks.append(ok("driver", f"NVIDIA driver {_text(driver)}"))
         for gpu in config.server.gpus:
             name = f"gpu {gpu}"
             if gpu >= count:
-                checks.append(_fail(name, f"no GPU {gpu} ({count} visible)",
-                                    "fix [server] gpus / --gpus, or CUDA_VISIBLE_DEVICES"))
+                checks.append(fail(name, f"no GPU {gpu} ({count} visible)",
+                                   "fix [server] gpus / --gpus, or CUDA_VISIBLE_DEVICES"))
                 continue
             handle = pynvml.nvmlDeviceGetHandleByIndex(gpu)
             mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
             label = f"{_text(pynvml.nvmlDeviceGetName(handle))}, {human_size(mem.free)} free of {human_size(mem.total)}"
             if mem.free < GPU_MEM_MINIMUM:
-                checks.append(_fail(name, label, f"free GPU memory: the pipeline needs about "
-                                    f"{human_size(GPU_MEM_RECOMMENDED)}; stop other processes on GPU {gpu}"))
+                checks.append(fail(name, label, f"free GPU memory: the pipeline needs about "
+                                   f"{human_size(GPU_MEM_RECOMMENDED)}; stop other processes on GPU {gpu}"))
             elif mem.free < GPU_MEM_RECOMMENDED:
-                checks.append(_warn(name, label, "below the ~24 GiB the pipeline uses: lower [triton] "
-                                    "kv_cache_free_gpu_mem_fraction or max_batch_size"))
+                checks.append(warn(name, label, "below the ~24 GiB the pipeline uses: lower [triton] "
+                                   "kv_cache_free_gpu_mem_fraction or max_batch_size"))
             else:
-                checks.append(_ok(name, label))
+                checks.append(ok(name, label))
     finally:
         with contextlib.suppress(Exception):
             pynvml.nvmlShutdown()
@@ -126,7 +102,7 @@ def _driver_from_proc() -> str | None:
     return text.splitlines()[0] if text else None
 
 
-def check_disk(config: DeploymentConfig, workdir: Path) -> Check:
+def check_disk(config: DeploymentConfig, workdir: Path) -> Finding:
     probe = workdir
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -134,25 +110,25 @@ def check_disk(config: DeploymentConfig, workdir: Path) -> Check:
     need = DISK_NEEDED[config.target]
     detail = f"{human_size(free)} free at {probe}"
     if free < need:
-        return _fail("disk", detail + f" (needs about {human_size(need)})",
-                     "free space or choose another --workdir")
-    return _ok("disk", detail)
+        return fail("disk", detail + f" (needs about {human_size(need)})",
+                    "free space or choose another --workdir")
+    return ok("disk", detail)
 
 
-def check_shm(config: DeploymentConfig) -> Check:
+def check_shm(config: DeploymentConfig) -> Finding:
     try:
         st = os.statvfs("/dev/shm")
     except OSError:
-        return _fail("/dev/shm", "missing", "mount a tmpfs at /dev/shm (docker: --shm-size=1g)")
+        return fail("/dev/shm", "missing", "mount a tmpfs at /dev/shm (docker: --shm-size=1g)")
     size = st.f_blocks * st.f_frsize
     need = SHM_NEEDED[config.target]
     if size < need:
-        return _fail("/dev/shm", f"{human_size(size)} (needs {human_size(need)})",
-                     "docker run --shm-size=1g (compose: shm_size: 1gb); Python-backend tensors go through it")
-    return _ok("/dev/shm", f"{human_size(size)}")
+        return fail("/dev/shm", f"{human_size(size)} (needs {human_size(need)})",
+                    "docker run --shm-size=1g (compose: shm_size: 1gb); Python-backend tensors go through it")
+    return ok("/dev/shm", f"{human_size(size)}")
 
 
-def check_ports(config: DeploymentConfig, ours: Iterable[int] = ()) -> list[Check]:
+def check_ports(config: DeploymentConfig, ours: Iterable[int] = ()) -> list[Finding]:
     """Every fixed port of every server is free (ports held by this deployment's own servers are fine)."""
     ours = set(ours)
     checks = []
@@ -163,74 +139,74 @@ def check_ports(config: DeploymentConfig, ours: Iterable[int] = ()) -> list[Chec
         name = f"ports server {index}"
         shown = " ".join(f"{k} {p or 'any'}" for k, p in ports.items())
         if busy:
-            checks.append(_fail(name, f"in use: {', '.join(busy)}",
-                                "stop what listens there (ss -ltnp) or change [server] ports / port_stride"))
+            checks.append(fail(name, f"in use: {', '.join(busy)}",
+                               "stop what listens there (ss -ltnp) or change [server] ports / port_stride"))
         else:
-            checks.append(_ok(name, f"free ({shown})" + (" - held by this deployment" if ours else "")))
+            checks.append(ok(name, f"free ({shown})" + (" - held by this deployment" if ours else "")))
     return checks
 
 
 
 
-def check_tritonserver(config: DeploymentConfig) -> Check:
+def check_tritonserver(config: DeploymentConfig) -> Finding:
     from cvload.triton.launcher import find_tritonserver
 
     try:
         install = find_tritonserver(config.server.tritonserver)
     except CvloadError as exc:
-        return _fail("tritonserver", exc.message, exc.hint or "")
+        return fail("tritonserver", exc.message, exc.hint or "")
     if config.target == "emulator":
-        return _ok("tritonserver", str(install.binary))
+        return ok("tritonserver", str(install.binary))
     backends = install.backends
     if install.bundle_root is not None or backends is None or not (backends / "tensorrtllm").is_dir():
         where = "the nvidia-pytriton bundle" if install.bundle_root is not None else str(backends)
-        return _fail("tritonserver", f"{install.binary} has no TensorRT-LLM backend ({where})",
-                     f"run inside {TRTLLM_CONTAINER} (it has backends/tensorrtllm), or use --docker")
-    return _ok("tritonserver", f"{install.binary} with backends/tensorrtllm")
+        return fail("tritonserver", f"{install.binary} has no TensorRT-LLM backend ({where})",
+                    f"run inside {TRTLLM_CONTAINER} (it has backends/tensorrtllm), or use --docker")
+    return ok("tritonserver", f"{install.binary} with backends/tensorrtllm")
 
 
-def check_tensorrt_llm(required: bool) -> Check:
+def check_tensorrt_llm(required: bool) -> Finding:
     """tensorrt_llm importable, and its version, without importing it (an import needs a GPU and takes long)."""
     spec = importlib.util.find_spec("tensorrt_llm")
     if spec is None:
         detail = "Python package tensorrt_llm is not importable (checkpoint conversion and trtllm-build need it)"
         fix = (f"run inside {TRTLLM_CONTAINER} (TensorRT-LLM 0.20) or use --docker; the PyPI package needs "
                "NVIDIA's index and a GPU")
-        return _fail("tensorrt_llm", detail, fix) if required else _warn("tensorrt_llm", detail, fix)
+        return fail("tensorrt_llm", detail, fix) if required else warn("tensorrt_llm", detail, fix)
     try:
         version = importlib.metadata.version("tensorrt_llm")
     except importlib.metadata.PackageNotFoundError:
         version = "unknown version"
-    return _ok("tensorrt_llm", f"{version} at {Path(spec.origin or '?').parent}")
+    return ok("tensorrt_llm", f"{version} at {Path(spec.origin or '?').parent}")
 
 
-def check_tool(name: str, executable: str, fix: str, *, required: bool = True, why: str = "") -> Check:
+def check_tool(name: str, executable: str, fix: str, *, required: bool = True, why: str = "") -> Finding:
     path = shutil.which(executable)
     if path:
-        return _ok(name, path)
+        return ok(name, path)
     detail = f"`{executable}` not on PATH" + (f" ({why})" if why else "")
-    return _fail(name, detail, fix) if required else _warn(name, detail, fix)
+    return fail(name, detail, fix) if required else warn(name, detail, fix)
 
 
-def check_docker() -> list[Check]:
+def check_docker() -> list[Finding]:
     """The docker CLI, its compose plugin, and an engine that answers."""
     docker = shutil.which("docker")
     if not docker:
-        return [_fail("docker", "`docker` not on PATH", "install Docker Engine with the compose plugin")]
-    checks = [_ok("docker", docker)]
+        return [fail("docker", "`docker` not on PATH", "install Docker Engine with the compose plugin")]
+    checks = [ok("docker", docker)]
     compose = _run(["docker", "compose", "version", "--short"])
-    checks.append(_ok("docker compose", compose[1]) if compose[0] == 0 else
-                  _fail("docker compose", f"the compose plugin is missing ({compose[1]})",
-                        "install docker-compose-plugin (apt-get install docker-compose-plugin)"))
+    checks.append(ok("docker compose", compose[1]) if compose[0] == 0 else
+                  fail("docker compose", f"the compose plugin is missing ({compose[1]})",
+                       "install docker-compose-plugin (apt-get install docker-compose-plugin)"))
     engine = _run(["docker", "info", "--format", "{{.ServerVersion}}"])
-    checks.append(_ok("docker engine", f"server {engine[1]}") if engine[0] == 0 else
-                  _fail("docker engine", f"not reachable: {engine[1]}",
-                        "start the Docker daemon (systemctl start docker) or run without --docker"))
+    checks.append(ok("docker engine", f"server {engine[1]}") if engine[0] == 0 else
+                  fail("docker engine", f"not reachable: {engine[1]}",
+                       "start the Docker daemon (systemctl start docker) or run without --docker"))
     if engine[0] == 0:
         runtimes = _run(["docker", "info", "--format", "{{json .Runtimes}}"])
         if "nvidia" not in runtimes[1]:
-            checks.append(_warn("nvidia runtime", "docker reports no nvidia runtime",
-                                "install the NVIDIA Container Toolkit so compose can reserve GPUs"))
+            checks.append(warn("nvidia runtime", "docker reports no nvidia runtime",
+                               "install the NVIDIA Container Toolkit so compose can reserve GPUs"))
     return checks
 
 
@@ -245,13 +221,13 @@ def _run(cmd: list[str]) -> tuple[int, str]:
 
 # ---- the whole report ----------------------------------------------------------------------------------------
 def run_checks(config: DeploymentConfig, layout: Layout, *, will_run: set[str],
-               our_ports: Iterable[int] = ()) -> list[Check]:
+               our_ports: Iterable[int] = ()) -> list[Finding]:
     """Every check for this target; tools of stages that are already done are only warnings."""
-    checks: list[Check] = []
+    checks: list[Finding] = []
     emulator = config.target == "emulator"
     docker = config.docker.enabled
     if emulator:
-        checks.append(_skip("gpu", "the emulator target needs no GPU, NVML or driver"))
+        checks.append(skip("gpu", "the emulator target needs no GPU, NVML or driver"))
     else:
         checks += check_gpus(config)
     checks.append(check_disk(config, layout.workdir))
@@ -259,12 +235,12 @@ def run_checks(config: DeploymentConfig, layout: Layout, *, will_run: set[str],
     checks += check_ports(config, our_ports)
     if docker:
         checks += check_docker()
-        checks.append(_skip("tritonserver", f"runs inside {config.docker.image}"))
-        checks.append(_skip("tensorrt_llm", f"runs inside {config.docker.image}"))
+        checks.append(skip("tritonserver", f"runs inside {config.docker.image}"))
+        checks.append(skip("tensorrt_llm", f"runs inside {config.docker.image}"))
     else:
         checks.append(check_tritonserver(config))
         if emulator:
-            checks.append(_skip("tensorrt_llm", "not needed by the emulator target"))
+            checks.append(skip("tensorrt_llm", "not needed by the emulator target"))
         else:
             build = "build" in will_run
             checks.append(check_tensorrt_llm(required=build))
@@ -283,17 +259,3 @@ def run_checks(config: DeploymentConfig, layout: Layout, *, will_run: set[str],
         checks.append(check_tool("curl", "curl", "apt-get install curl", required=download,
                                  why="downloads spk2info.pt"))
     return checks
-
-
-def format_report(checks: list[Check]) -> str:
-    width = max(len(c.name) for c in checks)
-    lines = []
-    for c in checks:
-        lines.append(f"    {c.status:<4}  {c.name:<{width}}  {c.detail}")
-        if c.fix and c.status in ("FAIL", "warn"):
-            lines.append(f"          {'':<{width}}  fix: {c.fix}")
-    return "\n".join(lines)
-
-
-def failures(checks: list[Check]) -> list[Check]:
-    return [c for c in checks if c.status == "FAIL"]

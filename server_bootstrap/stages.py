@@ -21,6 +21,7 @@ from cvload import process
 from cvload.errors import CvloadError, UsageError
 from server_bootstrap import compose, preflight, repo, servers
 from server_bootstrap.config import DeploymentConfig
+from server_bootstrap.findings import WARN, failures, format_findings
 from server_bootstrap.layout import Layout
 from server_bootstrap.state import ServerRecord, State, stable_hash
 
@@ -128,14 +129,14 @@ class Preflight(Stage):
         state = self.ctx.state
         ours = [p for r in state.servers if servers.running(r) for p in (r.http_port, r.grpc_port, r.metrics_port)]
         checks = preflight.run_checks(self.config, self.layout, will_run=self.ctx.will_run, our_ports=ours)
-        log.say(preflight.format_report(checks))
-        failed = preflight.failures(checks)
+        log.say(format_findings(checks, indent="    "))
+        failed = failures(checks)
         if failed:
             raise preflight.PreflightFailed(
                 f"preflight: {len(failed)} check(s) failed: {', '.join(c.name for c in failed)} (report above; "
                 f"also in {self.log_path})", hint="fix them and run `cvload bootstrap up` again; stages already "
                 "done are kept")
-        warned = sum(c.status == "warn" for c in checks)
+        warned = sum(c.status == WARN for c in checks)
         return f"{len(checks)} checks, {warned} warning(s)"
 
 

@@ -61,9 +61,9 @@ def test_trtllm_preflight_reports_what_this_machine_lacks(tmp_path: Path, capsys
         line = report_line(out, name)
         assert line.split()[0] == ("FAIL" if should_fail else "ok"), line
     if not has_trtllm:
-        assert "fix: run inside nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3" in out
+        assert "fix:   run inside nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3" in out
     if not has_nvml:
-        assert "fix: pip install 'cvload[gpu]' (nvidia-ml-py)" in out
+        assert "fix:   pip install 'cvload[gpu]' (nvidia-ml-py)" in out
     if not Path("/opt/tritonserver/backends/tensorrtllm").is_dir():
         assert report_line(out, "tritonserver").split()[0] == "FAIL" and "no TensorRT-LLM backend" in out
     failed = [name for name, bad in expectations.items() if bad]
@@ -87,7 +87,7 @@ def test_busy_port_fails_preflight_with_the_fix(tmp_path: Path, capsys: pytest.C
     assert code == 1
     line = report_line(out, "ports server 0")
     assert line.split()[0] == "FAIL" and f"in use: http {port}" in line
-    assert "fix: stop what listens there" in out
+    assert "fix:   stop what listens there" in out
     assert "skip  gpu" in out  # the emulator needs no GPU
 
 
