@@ -21,7 +21,7 @@ TARGETS = ("trtllm", "emulator")
 MODES = ("streaming", "offline")
 DTYPES = ("bfloat16", "float16", "float32")
 HUBS = ("modelscope", "huggingface")
-# A CosyVoice commit whose runtime/triton_trtllm/model_repo has the templates repo.py knows (optional prompt
+# A CosyVoice commit whose runtime/triton_trtllm/model_repo has the templates model_repository.py knows (optional prompt
 # inputs on cosyvoice2, token2wav with streaming inputs, speaker_embedding). Override with [source] commit.
 PINNED_COMMIT = "4d60ff6abcc890c4dae01ea982aba62adb1fdbd4"
 TRTLLM_IMAGE = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"

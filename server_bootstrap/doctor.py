@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from cvload import process
+from cvload.targets.checks import decoupled_of
+from cvload.telemetry.prometheus import MalformedScrape, parse_metrics
 from server_bootstrap.findings import Finding
 
 GIB = 1 << 30
@@ -223,8 +225,7 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
     if not isinstance(config, dict):
         findings.append(_not_triton(f"{base}/v2/models/{model}/config"))
         return
-    policy = config.get("model_transaction_policy")
-    decoupled = isinstance(policy, dict) and bool(policy.get("decoupled", False))
+    decoupled = decoupled_of(config)
     served = "streaming" if decoupled else "offline"
     if served == expect.mode:
         findings.append(Finding("mode", "ok", f"{model} is {'decoupled' if decoupled else 'not decoupled'}: serves "
@@ -277,36 +278,43 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
                 findings.append(Finding("token2wav instances", "info", f"{count} (the vocoder every stream waits on)"))
 
 
-def parse_metrics(text: str) -> dict[str, dict[str, float]]:
-    """``name{gpu_uuid="..."} value`` -> {name: {gpu_uuid: value}} for the nv_gpu_* gauges."""
-    out: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        m = re.match(r'^(nv_gpu_\w+)\{[^}]*gpu_uuid="([^"]+)"[^}]*\}\s+(\S+)', line)
-        if m:
-            out.setdefault(m.group(1), {})[m.group(2)] = float(m.group(3))
-    return out
-
-
-def _scrape_gpu(url: str, wait_s: float) -> tuple[int, dict[str, dict[str, float]]]:
-    """GPU gauges read 0 until the server's first metrics refresh (--metrics-interval-ms): wait that long."""
+def _scrape_gpu(url: str, wait_s: float) -> tuple[int, dict[str, dict[str, float]] | None]:
+    """GPU readings by UUID (None: not Prometheus text). Triton's GPU gauges read 0 until its first metrics
+    refresh (--metrics-interval-ms): wait that long."""
     deadline = time.monotonic() + wait_s
     while True:
         code, body = _http("GET", url)
-        metrics = parse_metrics(body.decode(errors="replace")) if code == 200 else {}
-        totals = metrics.get("nv_gpu_memory_total_bytes", {})
-        if code != 200 or not totals or all(v > 0 for v in totals.values()) or time.monotonic() > deadline:
-            return code, metrics
+        if code != 200:
+            return code, {}
+        try:
+            gpus = parse_metrics(body.decode(errors="replace")).gpus
+        except MalformedScrape:
+            return code, None
+        totals = [g.get("mem_total_bytes", 0.0) for g in gpus.values()]
+        if all(t > 0 for t in totals) or time.monotonic() > deadline:
+            return code, gpus
         time.sleep(0.2)
 
 
 def _gpu(findings: list[Finding], url: str, expect: Expectations) -> None:
-    code, metrics = _scrape_gpu(url, wait_s=3.0)
+    code, gpus = _scrape_gpu(url, wait_s=3.0)
     if code != 200:
         findings.append(Finding("metrics", "FAIL", f"{url} answered {code}", "metrics disabled (--allow-metrics)",
                                 "start tritonserver with --allow-metrics=true"))
         return
-    total, used = metrics.get("nv_gpu_memory_total_bytes", {}), metrics.get("nv_gpu_memory_used_bytes", {})
-    if not total:
+    if gpus is None:
+        findings.append(Finding("metrics", "FAIL", f"{url}: not Prometheus metrics",
+                                "another service answers on the metrics port",
+                                "give Triton's metrics port with --metrics-port (Triton's default is 8002)"))
+        return
+    findings += gpu_findings(gpus, url, expect)
+
+
+def gpu_findings(gpus: dict[str, dict[str, float]], url: str, expect: Expectations) -> list[Finding]:
+    """Memory headroom of each GPU the server reports (``telemetry.prometheus`` readings, keyed by UUID)."""
+    findings: list[Finding] = []
+    gpus = {uuid: g for uuid, g in gpus.items() if "mem_total_bytes" in g}
+    if not gpus:
         if expect.target == "emulator":
             findings.append(Finding("gpu metrics", "skip", "the emulator runs without a GPU"))
         else:
@@ -315,18 +323,17 @@ def _gpu(findings: list[Finding], url: str, expect: Expectations) -> None:
                                     "the server runs without --allow-gpu-metrics=true or sees no GPU "
                                     "(CUDA_VISIBLE_DEVICES, container without --gpus)",
                                     "restart with GPU metrics on (cvload bootstrap up does) and the GPU visible"))
-        return
-    for uuid, tot in total.items():
+    for uuid, gpu in gpus.items():
+        tot = gpu["mem_total_bytes"]
         if tot <= 0:
             findings.append(Finding("gpu memory", "info", f"{uuid[:12]}: not sampled yet (the server refreshes GPU "
                                     "metrics every --metrics-interval-ms)"))
             continue
-        use = used.get(uuid, 0.0)
+        use = gpu.get("mem_used_bytes", 0.0)
         free = tot - use
         detail = f"{uuid[:12]}: {use / GIB:.1f} of {tot / GIB:.1f} GiB used, {free / GIB:.1f} GiB free"
-        util = metrics.get("nv_gpu_utilization", {}).get(uuid)
-        if util is not None:
-            detail += f", utilization {util * 100:.0f}%"
+        if "util" in gpu:
+            detail += f", utilization {gpu['util'] * 100:.0f}%"
         if free < 1 * GIB or free < 0.03 * tot:
             findings.append(Finding("gpu memory", "warn", detail,
                                     "little headroom: long streams or more concurrency may fail to allocate",
@@ -334,3 +341,4 @@ def _gpu(findings: list[Finding], url: str, expect: Expectations) -> None:
                                     "other processes off this GPU"))
         else:
             findings.append(Finding("gpu memory", "ok", detail))
+    return findings

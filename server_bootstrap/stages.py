@@ -19,7 +19,7 @@ from typing import Any, TextIO
 
 from cvload import process
 from cvload.errors import CvloadError, UsageError
-from server_bootstrap import compose, preflight, repo, servers
+from server_bootstrap import compose, model_repository, preflight, servers
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.findings import WARN, failures, format_findings
 from server_bootstrap.layout import Layout
@@ -342,9 +342,9 @@ class Repository(Stage):
                     f"{self.config.emulator.profile}) -> {self.layout.model_repository(i)}"
                     for i in range(len(self.config.server_gpus()))]
         dest = self.layout.model_repository()
-        lines = [f"(in process) copy {self.layout.template_repo}/{{{','.join(repo.models(self.config))}}} -> {dest}"]
-        for model, values in repo.template_values(self.config, self.layout).items():
-            lines.append(f"fill {model}/config.pbtxt: " + " ".join(f"{k}={repo.show_value(v)}" for k, v in values.items()))
+        lines = [f"(in process) copy {self.layout.template_repo}/{{{','.join(model_repository.models(self.config))}}} -> {dest}"]
+        for model, values in model_repository.template_values(self.config, self.layout).items():
+            lines.append(f"fill {model}/config.pbtxt: " + " ".join(f"{k}={model_repository.show_value(v)}" for k, v in values.items()))
         lines.append(f"token2wav instance count {self.config.triton.token2wav_instances}; check "
                      f"{self.config.model.name} and tensorrt_llm are decoupled={str(self.config.decoupled).lower()}")
         return lines
@@ -356,35 +356,35 @@ class Repository(Stage):
                     "profile_set": c.emulator.profile_set, "instances": c.triton.bls_instances,
                     "max_batch": c.triton.max_batch_size, "servers": len(c.server_gpus())}
         templates = {m: _file_hash(self.layout.template_repo / m / "config.pbtxt")
-                     for m in (*repo.INTERNAL_MODELS, "cosyvoice2", c.model.name)}
-        return {"values": repo.template_values(c, self.layout), "mode": c.mode,
+                     for m in (*model_repository.INTERNAL_MODELS, "cosyvoice2", c.model.name)}
+        return {"values": model_repository.template_values(c, self.layout), "mode": c.mode,
                 "token2wav": c.triton.token2wav_instances, "templates": templates}
 
     def done(self) -> bool:
         try:
             for i in range(len(self.config.server_gpus()) if self.config.target == "emulator" else 1):
                 repo_dir = self.layout.model_repository(i)
-                names = [self.config.model.name] if self.config.target == "emulator" else repo.models(self.config)
+                names = [self.config.model.name] if self.config.target == "emulator" else model_repository.models(self.config)
                 for model in names:
                     if not (repo_dir / model / "config.pbtxt").is_file():
                         return False
-                repo.check_decoupled(repo_dir, self.config.model.name, self.config.mode)
+                model_repository.check_decoupled(repo_dir, self.config.model.name, self.config.mode)
         except CvloadError:
             return False
         return True
 
     def run(self, log: StageLog) -> str:
         if self.config.target == "emulator":
-            built = [repo.build_emulator_repository(self.config, self.layout, i)
+            built = [model_repository.build_emulator_repository(self.config, self.layout, i)
                      for i in range(len(self.config.server_gpus()))]
             for path in built:
                 log.say(f"{path}: {self.config.model.name} ({self.config.mode}, profile {self.config.emulator.profile})")
             return f"{len(built)} emulator repositor{'y' if len(built) == 1 else 'ies'}"
         notes: list[str] = []
-        dest = repo.build_trtllm_repository(self.config, self.layout, self.layout.model_repository(), log=notes)
+        dest = model_repository.build_trtllm_repository(self.config, self.layout, self.layout.model_repository(), log=notes)
         for note in notes:
             log.say(note)
-        return f"{dest} ({', '.join(repo.models(self.config))})"
+        return f"{dest} ({', '.join(model_repository.models(self.config))})"
 
 
 def _file_hash(path: Path) -> str | None:

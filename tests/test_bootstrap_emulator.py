@@ -295,7 +295,9 @@ def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
 
 
 def test_gpu_metrics_as_an_h100_server_reports_them() -> None:
-    """Lines scraped from the bundled tritonserver on an H100 (--allow-gpu-metrics=true)."""
+    """Lines scraped from the bundled tritonserver on an H100 (--allow-gpu-metrics=true), read by
+    cvload.telemetry.prometheus into doctor's memory-headroom finding."""
+    from cvload.telemetry.prometheus import parse_metrics
     from server_bootstrap import doctor
 
     text = """# TYPE nv_gpu_memory_total_bytes gauge
@@ -306,8 +308,12 @@ nv_gpu_memory_used_bytes{gpu_uuid="GPU-299a1631-9295-7353-18d6-20673fb6dd08"} 61
 nv_gpu_power_limit{gpu_uuid="GPU-299a1631-9295-7353-18d6-20673fb6dd08"} 700
 nv_inference_count{model="cosyvoice2",version="1"} 0
 """
-    metrics = doctor.parse_metrics(text)
-    uuid = "GPU-299a1631-9295-7353-18d6-20673fb6dd08"
-    assert metrics["nv_gpu_memory_total_bytes"] == {uuid: 85520809984.0}
-    assert metrics["nv_gpu_memory_used_bytes"][uuid] == 618659840.0
-    assert "nv_inference_count" not in metrics and "nv_energy_consumption" not in metrics
+    gpus = parse_metrics(text).gpus
+    findings = doctor.gpu_findings(gpus, "http://h100:8002/metrics", doctor.Expectations(target="trtllm"))
+    assert [(f.name, f.status) for f in findings] == [("gpu memory", "ok")]
+    assert findings[0].detail == "GPU-299a1631: 0.6 of 79.6 GiB used, 79.1 GiB free, utilization 0%"
+    nearly_full = {uuid: dict(g, mem_used_bytes=g["mem_total_bytes"] - 2**29) for uuid, g in gpus.items()}
+    tight = doctor.gpu_findings(nearly_full, "http://h100:8002/metrics", doctor.Expectations(target="trtllm"))
+    assert tight[0].status == "warn" and "little headroom" in tight[0].cause
+    none = doctor.gpu_findings({}, "http://cpu:8002/metrics", doctor.Expectations(target="trtllm"))
+    assert none[0].status == "FAIL" and "no nv_gpu_* metrics at http://cpu:8002/metrics" in none[0].detail

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from cvload.errors import UsageError
-from server_bootstrap import repo
+from cvload.targets.checks import decoupled_of
+from server_bootstrap import model_repository
 from server_bootstrap.config import load_config
 from server_bootstrap.layout import Layout
 
@@ -110,7 +111,7 @@ def test_templates_filled_from_the_config(tmp_path: Path) -> None:
     layout, dest = setup(tmp_path, "[triton]\nbls_instances = 6\ntoken2wav_instances = 3\n"
                                    "kv_cache_free_gpu_mem_fraction = 0.4\n")
     notes: list[str] = []
-    repo.build_trtllm_repository(layout.config, layout, dest, log=notes)
+    model_repository.build_trtllm_repository(layout.config, layout, dest, log=notes)
     front = (dest / "cosyvoice2" / "config.pbtxt").read_text()
     assert "decoupled: true" in front and "count: 6" in front and "max_batch_size: 16" in front
     assert f'string_value:"{layout.llm_dir}"' in front and f'string_value:"{layout.model_dir}"' in front
@@ -122,7 +123,7 @@ def test_templates_filled_from_the_config(tmp_path: Path) -> None:
     assert "FORCE_CPU_ONLY_INPUT_TENSORS" in trt
     assert any("left unset" in n and "lora_cache_max_adapter_size" in n for n in notes)
     assert "count: 3" in (dest / "token2wav" / "config.pbtxt").read_text()
-    for model in repo.models(layout.config):
+    for model in model_repository.models(layout.config):
         text = (dest / model / "config.pbtxt").read_text()
         assert "${" not in text, model
         assert (dest / model / "1" / "model.py").is_file()
@@ -131,7 +132,7 @@ def test_templates_filled_from_the_config(tmp_path: Path) -> None:
 def test_offline_spk2info_and_tensor_parallel_variants(tmp_path: Path) -> None:
     layout, dest = setup(tmp_path, 'mode = "offline"\n[engine]\ntp_size = 2\n[server]\ngpus = [0, 1]\n'
                                    "[triton]\nuse_spk2info_cache = true\n")
-    repo.build_trtllm_repository(layout.config, layout, dest)
+    model_repository.build_trtllm_repository(layout.config, layout, dest)
     assert sorted(p.name for p in dest.iterdir()) == ["cosyvoice2", "tensorrt_llm", "token2wav"]
     assert "decoupled: false" in (dest / "cosyvoice2" / "config.pbtxt").read_text()
     trt = (dest / "tensorrt_llm" / "config.pbtxt").read_text()
@@ -140,7 +141,7 @@ def test_offline_spk2info_and_tensor_parallel_variants(tmp_path: Path) -> None:
 
 def test_renamed_front_model(tmp_path: Path) -> None:
     layout, dest = setup(tmp_path, '[model]\nname = "tts"\n')
-    repo.build_trtllm_repository(layout.config, layout, dest)
+    model_repository.build_trtllm_repository(layout.config, layout, dest)
     assert (dest / "tts" / "config.pbtxt").read_text().startswith('name: "tts"')
     assert not (dest / "cosyvoice2").exists()
 
@@ -148,14 +149,14 @@ def test_renamed_front_model(tmp_path: Path) -> None:
 def test_unfilled_placeholder_names_file_and_key(tmp_path: Path) -> None:
     layout, dest = setup(tmp_path, token2wav=SIMPLE.format(name="token2wav") + "# ${vocoder_fp16}\n")
     with pytest.raises(UsageError) as info:
-        repo.build_trtllm_repository(layout.config, layout, dest)
+        model_repository.build_trtllm_repository(layout.config, layout, dest)
     assert "token2wav/config.pbtxt" in str(info.value) and "${vocoder_fp16}" in str(info.value)
 
 
 def test_value_without_placeholder_is_an_unknown_key(tmp_path: Path) -> None:
     layout, dest = setup(tmp_path, cosyvoice2=FRONT.replace("${bls_instance_num}", "4"))
     with pytest.raises(UsageError, match=r"cosyvoice2/config.pbtxt: unknown key\(s\) bls_instance_num"):
-        repo.build_trtllm_repository(layout.config, layout, dest)
+        model_repository.build_trtllm_repository(layout.config, layout, dest)
 
 
 def test_hard_coded_decoupled_contradicting_the_mode(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_hard_coded_decoupled_contradicting_the_mode(tmp_path: Path) -> None:
                          .replace('parameters: { key: "max_beam_width"', '# ${decoupled_mode}\nparameters: { key: '
                                   '"max_beam_width"'))
     with pytest.raises(UsageError) as info:
-        repo.build_trtllm_repository(layout.config, layout, dest)
+        model_repository.build_trtllm_repository(layout.config, layout, dest)
     message = str(info.value)
     assert "tensorrt_llm is decoupled (streaming only) but clients will call it in offline mode" in message
     assert "HTTP 501" in message
@@ -176,17 +177,17 @@ def test_checkout_without_a_template(tmp_path: Path) -> None:
 
     shutil.rmtree(layout.template_repo / "speaker_embedding")
     with pytest.raises(UsageError, match="no model template for speaker_embedding"):
-        repo.build_trtllm_repository(layout.config, layout, dest)
+        model_repository.build_trtllm_repository(layout.config, layout, dest)
     shutil.rmtree(layout.template_repo)
     with pytest.raises(UsageError, match="has no runtime/triton_trtllm/model_repo"):
-        repo.build_trtllm_repository(layout.config, layout, dest)
+        model_repository.build_trtllm_repository(layout.config, layout, dest)
 
 
 def test_emulator_repository_checked_for_its_mode(tmp_path: Path) -> None:
     config = load_config(None, {"target": "emulator", "mode": "offline", "triton.bls_instances": 3})
     layout = Layout(tmp_path, config)
-    path = repo.build_emulator_repository(config, layout, 0)
-    text = (path / "cosyvoice2" / "config.pbtxt").read_text()
-    assert repo.decoupled_of(text) is False and "count: 3" in text
+    path = model_repository.build_emulator_repository(config, layout, 0)
+    config = model_repository.model_config(path / "cosyvoice2" / "config.pbtxt")
+    assert decoupled_of(config) is False and [g["count"] for g in config["instance_group"]] == [3]
     with pytest.raises(UsageError, match="offline only"):
-        repo.check_decoupled(path, "cosyvoice2", "streaming")
+        model_repository.check_decoupled(path, "cosyvoice2", "streaming")

@@ -86,4 +86,7 @@ def check_tensors(config: dict[str, Any], model: str, address: str) -> None:
 
 
 def decoupled_of(config: dict[str, Any]) -> bool:
-    return bool(config.get("model_transaction_policy", {}).get("decoupled", False))
+    """Whether a model config (Triton's JSON form) is decoupled: a request gets any number of responses (streaming),
+    and offline calls (HTTP infer, gRPC ModelInfer) are refused. Every check of a model's mode asks here."""
+    policy = config.get("model_transaction_policy")
+    return isinstance(policy, dict) and bool(policy.get("decoupled", False))

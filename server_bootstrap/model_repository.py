@@ -16,8 +16,11 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
 from cvload.errors import UsageError
+from cvload.targets.checks import decoupled_of
+from cvload.targets.proto_dict import message_to_dict
 from cvload.triton.templates import fill_template
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
@@ -49,7 +52,6 @@ INTERNAL_MODELS = ("tensorrt_llm", "token2wav", "audio_tokenizer", "speaker_embe
 _OPTIONAL_PARAM = re.compile(
     r"parameters\s*:?\s*\{\s*key\s*:\s*\"(?P<key>[^\"]+)\"\s*,?\s*value\s*:?\s*\{\s*string_value\s*:\s*"
     r"\"\$\{(?P<name>[A-Za-z_][A-Za-z0-9_]*)\}\"\s*\}\s*\}\s*,?\s*\n?")
-_DECOUPLED = re.compile(r"model_transaction_policy\s*\{[^}]*?decoupled\s*:\s*(\w+)", re.S)
 _INSTANCE_COUNT = re.compile(r"(instance_group\s*\[\s*\{[^}]*?count\s*:\s*)(\d+)", re.S)
 
 
@@ -121,18 +123,23 @@ def set_instance_count(text: str, count: int, *, source: str) -> str:
     return _INSTANCE_COUNT.sub(lambda m: f"{m.group(1)}{count}", text)
 
 
-def decoupled_of(text: str) -> bool | None:
-    m = _DECOUPLED.search(text)
-    if not m:
-        return None
-    value = m.group(1).lower()
-    return value in ("true", "t", "1")
+def model_config(path: Path) -> dict[str, Any]:
+    """A filled ``config.pbtxt`` as Triton's JSON model config, the form clients read from the server."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    try:
+        message = text_format.Parse(path.read_text(), model_config_pb2.ModelConfig(), allow_unknown_field=True)
+    except text_format.ParseError as exc:
+        raise UsageError(f"{path}: not a valid Triton model config ({exc})",
+                         hint="this template differs from the pinned CosyVoice commit; check [source] commit") from None
+    return message_to_dict(message)
 
 
 def check_decoupled(repo: Path, model: str, mode: str) -> None:
     """The filled config of ``model`` must be decoupled exactly when clients stream."""
     path = repo / model / "config.pbtxt"
-    decoupled = decoupled_of(path.read_text())
+    decoupled = decoupled_of(model_config(path))
     want = mode == "streaming"
     if bool(decoupled) != want:
         state = "decoupled (streaming only)" if decoupled else "not decoupled (offline only)"
