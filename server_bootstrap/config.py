@@ -116,7 +116,8 @@ class SmokeConfig:
     """The one request ``up`` sends at the end."""
 
     text: str = "Hello from cvload: one short sentence to check the whole pipeline."
-    prompt_wav: str | None = None  # 16 kHz mono; default CosyVoice's asset/zero_shot_prompt.wav (trtllm)
+    prompt_wav: str | None = None  # read as 16 kHz mono; default CosyVoice's asset/zero_shot_prompt.wav (trtllm),
+    # cvload's first built-in prompt (emulator)
     prompt_text: str | None = None
     timeout: float = 120.0
 

@@ -533,7 +533,8 @@ class Smoke(Stage):
         if c.smoke.prompt_wav:
             return smoke.load_prompt(Path(c.smoke.prompt_wav)), c.smoke.prompt_text or ""
         if c.target == "emulator":
-            return smoke.synthetic_prompt(), c.smoke.prompt_text or "A synthetic prompt."
+            wav, text = smoke.builtin_prompt()
+            return wav, c.smoke.prompt_text or text
         path = self.layout.source / SMOKE_PROMPT[0]
         if not path.is_file():
             raise UsageError(f"no smoke prompt: {path} is missing",

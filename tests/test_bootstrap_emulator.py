@@ -104,9 +104,8 @@ def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: 
     assert "nothing was running" in cli("down", "--workdir", str(workdir)).stdout
 
 
-def test_a_stage_raising_an_unexpected_error_is_marked_failed(tmp_path: Path, workdir: Path) -> None:
-    """A zero-frame 8 kHz prompt makes the smoke stage's resampling raise ValueError (not a CvloadError): ``up``
-    still records the stage as failed and says which stage, what and where its log is, with no traceback."""
+def test_a_prompt_without_samples_fails_the_smoke_stage(tmp_path: Path, workdir: Path) -> None:
+    """A zero-frame 8 kHz prompt: ``up`` records the smoke stage as failed and names the setting and the file."""
     import numpy as np
     import soundfile as sf
 
@@ -114,14 +113,34 @@ def test_a_stage_raising_an_unexpected_error_is_marked_failed(tmp_path: Path, wo
     sf.write(str(wav), np.zeros(0, dtype=np.float32), 8000)
     cfg = write_config(tmp_path, f'[smoke]\nprompt_wav = "{wav}"\nprompt_text = "hi"\n')
     up = cli("up", "--config", str(cfg), "--workdir", str(workdir))
-    assert up.returncode == 1, up.stdout + up.stderr
+    assert up.returncode == 2, up.stdout + up.stderr
     assert "Traceback" not in up.stderr
-    assert "smoke failed unexpectedly (ValueError:" in up.stderr
-    assert f"stage log {workdir / 'logs' / 'smoke.log'}" in up.stderr
+    assert f"[smoke] prompt_wav: prompt audio {wav} has no samples" in up.stderr
     smoke = state(workdir)["stages"]["emulator"]["smoke"]
-    assert smoke["status"] == "failed" and smoke["detail"].startswith("ValueError:")
-    assert "FAILED: ValueError:" in (workdir / "logs" / "smoke.log").read_text()
+    assert smoke["status"] == "failed" and "has no samples" in smoke["detail"]
+    assert "FAILED: [smoke] prompt_wav" in (workdir / "logs" / "smoke.log").read_text()
     assert cli("down", "--workdir", str(workdir)).returncode == 0
+
+
+def test_a_stage_raising_an_unexpected_error_is_marked_failed(tmp_path: Path, workdir: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """A bug in a stage (here an injected ValueError while the repository is built): ``up`` still records the
+    stage as failed and says which stage, what and where its log is, with no traceback."""
+    from server_bootstrap import model_repository
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise ValueError("an injected bug")
+
+    monkeypatch.setattr(model_repository, "build_emulator_repository", bug)
+    assert main(["up", "--config", str(write_config(tmp_path)), "--workdir", str(workdir)]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert "repo failed unexpectedly (ValueError: an injected bug)" in err
+    assert f"stage log {workdir / 'logs' / 'repo.log'}" in err
+    repo = state(workdir)["stages"]["emulator"]["repo"]
+    assert repo["status"] == "failed" and repo["detail"] == "ValueError: an injected bug"
+    assert "FAILED: ValueError: an injected bug" in (workdir / "logs" / "repo.log").read_text()
 
 
 def test_two_offline_servers_and_a_changed_knob(tmp_path: Path, workdir: Path,
@@ -317,3 +336,22 @@ nv_inference_count{model="cosyvoice2",version="1"} 0
     assert tight[0].status == "warn" and "little headroom" in tight[0].cause
     none = doctor.gpu_findings({}, "http://cpu:8002/metrics", doctor.Expectations(target="trtllm"))
     assert none[0].status == "FAIL" and "no nv_gpu_* metrics at http://cpu:8002/metrics" in none[0].detail
+
+
+def test_smoke_sends_through_cvload_targets(emulator) -> None:  # noqa: ANN001
+    """The smoke request on the real server: an offline answer timed, a mode mismatch and an unknown model named."""
+    from cvload.errors import ServerError
+    from server_bootstrap import smoke
+
+    prompt, text = smoke.builtin_prompt()
+    result = smoke.smoke_request(emulator.grpc, "cosyvoice2_offline", "offline", text="Hello there.", prompt=prompt,
+                                 prompt_text=text, timeout=30)
+    assert (result.mode, result.chunks, result.first_chunk_s) == ("offline", 1, None) and result.audio_s > 0
+    assert result.line().startswith(f"cosyvoice2_offline offline via grpc {emulator.grpc}: 1 chunk(s)")
+    with pytest.raises(ServerError, match=r"smoke: model 'cosyvoice2_offline' on .* is not decoupled") as info:
+        smoke.smoke_request(emulator.grpc, "cosyvoice2_offline", "streaming", text="Hi.", prompt=None,
+                            prompt_text=None, timeout=30)
+    assert "run `cvload bootstrap up` again" in (info.value.hint or "")
+    with pytest.raises(ServerError, match=r"smoke: model 'nope' not found on .*cosyvoice2_offline") as info:
+        smoke.smoke_request(emulator.grpc, "nope", "streaming", text="Hi.", prompt=None, prompt_text=None, timeout=30)
+    assert info.value.hint == "cvload bootstrap doctor"

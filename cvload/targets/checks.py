@@ -56,17 +56,21 @@ def not_ready(model: str, address: str, state: str, reason: str = "") -> ServerE
     )
 
 
+class ModeMismatch(UsageError):
+    """The client's mode does not fit how the model was deployed (decoupled or not)."""
+
+
 def check_mode(mode: str, decoupled: bool, model: str, address: str, protocol: str) -> None:
     """The client's mode must match how the model was deployed (decoupled_mode), before the first request."""
     if mode == "offline" and decoupled:
         call = "HTTP infer" if protocol == "http" else "gRPC ModelInfer"
-        raise UsageError(
+        raise ModeMismatch(
             f"model {model!r} on {address} is decoupled (deployed for streaming): offline {call} cannot call it"
             + (" (Triton answers HTTP 501 for decoupled models)" if protocol == "http" else ""),
             hint="use --mode streaming, or redeploy the model with decoupled_mode=false for offline tests",
         )
     if mode == "streaming" and not decoupled:
-        raise UsageError(
+        raise ModeMismatch(
             f"model {model!r} on {address} is not decoupled (deployed for offline synthesis): it answers with "
             "one response, so there is no streaming to measure",
             hint="use --mode offline, or redeploy the model with decoupled_mode=true for streaming tests",
