@@ -159,6 +159,3 @@ class RunConfig:
         if unknown:
             raise UsageError(f"unknown setting(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
-
-
-FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}

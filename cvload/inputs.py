@@ -280,10 +280,3 @@ def padded_length(n_samples: int, mode: str, *, prompt_text: str | None = None,
     duration = n_samples / sample_rate
     target = duration / len(prompt_text) * len(target_text) if prompt_text and target_text else duration
     return step * sample_rate * (int(target + duration) // step + 1)
-
-
-def pad(wav: np.ndarray, mode: str, *, prompt_text: str | None = None, target_text: str | None = None) -> np.ndarray:
-    """A zero-padded copy of a 16 kHz prompt, as the upstream client sends it (cvload's default is no padding)."""
-    out = np.zeros(padded_length(len(wav), mode, prompt_text=prompt_text, target_text=target_text), np.float32)
-    out[: len(wav)] = wav
-    return out

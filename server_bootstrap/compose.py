@@ -5,7 +5,8 @@ work folder mounted at the same path so every absolute path in the filled templa
 ``build`` service (profile ``build``, never started by ``up``) that runs the checkpoint conversion and
 ``trtllm-build`` inside the same image, so the engine's TensorRT version is the one that loads it.
 
-The file is YAML whose scalars are all JSON-quoted: values from the config cannot break its structure.
+The file is JSON, which is YAML (docker compose reads it as such): values from the config cannot break its
+structure. Its note on where it came from is an ``x-`` extension field, which compose ignores.
 """
 
 from __future__ import annotations
@@ -85,34 +86,11 @@ def compose_spec(config: DeploymentConfig, layout: Layout) -> dict[str, Any]:
     return {"name": config.docker.project, "services": services}
 
 
-def to_yaml(value: Any, indent: int = 0) -> str:
-    """Block-style YAML with every scalar JSON-encoded (a JSON string is a valid YAML double-quoted scalar)."""
-    pad = "  " * indent
-    lines: list[str] = []
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if isinstance(item, dict | list) and item:
-                lines.append(f"{pad}{json.dumps(str(key))}:")
-                lines.append(to_yaml(item, indent + 1))
-            else:
-                lines.append(f"{pad}{json.dumps(str(key))}: {json.dumps(item)}")
-    elif isinstance(value, list):
-        for item in value:
-            if isinstance(item, dict | list) and item:
-                body = to_yaml(item, indent + 1).lstrip()
-                lines.append(f"{pad}- {body}")
-            else:
-                lines.append(f"{pad}- {json.dumps(item)}")
-    else:
-        lines.append(pad + json.dumps(value))
-    return "\n".join(lines)
-
-
 def write(config: DeploymentConfig, layout: Layout) -> Path:
     path = layout.compose_file
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = "# Written by `cvload bootstrap up --docker`; rewritten on every up.\n"
-    path.write_text(text + to_yaml(compose_spec(config, layout)) + "\n")
+    spec = {"x-cvload": "written by `cvload bootstrap up --docker`; rewritten on every up", **compose_spec(config, layout)}
+    path.write_text(json.dumps(spec, indent=2) + "\n")
     return path
 
 
@@ -128,7 +106,3 @@ def in_container(layout: Layout, cmd: list[str]) -> list[str]:
 
 def up_command(layout: Layout) -> list[str]:
     return compose(layout, "up", "-d")
-
-
-def down_command(layout: Layout) -> list[str]:
-    return compose(layout, "down")

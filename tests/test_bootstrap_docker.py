@@ -3,6 +3,7 @@ at the same path) and the preflight that refuses to run it where no Docker engin
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 from pathlib import Path
@@ -33,18 +34,19 @@ def test_compose_file_for_two_gpus(tmp_path: Path) -> None:
     assert t1["volumes"] == [f"{w}:{w}", f"{checkout}:{checkout}"]  # absolute paths in the configs stay valid
     assert t1["command"][:2] == ["tritonserver", f"--model-repository={w}/model_repository"]
     assert spec["services"]["build"]["profiles"] == ["build"]  # `up -d` never starts it
-    text = compose.write(config, layout).read_text()
-    assert '    "image": "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"' in text
-    assert '            - "driver": "nvidia"\n              "device_ids":\n                - "2"' in text
+    written = json.loads(compose.write(config, layout).read_text())  # JSON is YAML: what docker compose reads
+    assert {k: v for k, v in written.items() if not k.startswith("x-")} == spec
+    assert "cvload bootstrap up" in written["x-cvload"]
     assert compose.in_container(layout, ["trtllm-build", "--x"]) == [
         "docker", "compose", "-f", f"{w}/docker-compose.yaml", "run", "--rm", "build", "trtllm-build", "--x"]
 
 
 def test_hostile_values_cannot_break_the_compose_file(tmp_path: Path) -> None:
     config = load_config(None, {"docker.enabled": True, "docker.image": 'img"\n  evil: [1'})
-    text = compose.to_yaml(compose.compose_spec(config, Layout(tmp_path, config)))
+    text = compose.write(config, Layout(tmp_path, config)).read_text()
     assert '"image": "img\\"\\n  evil: [1"' in text
     assert "\n  evil" not in text
+    assert json.loads(text)["services"]["triton0"]["image"] == 'img"\n  evil: [1'
 
 
 def test_docker_mode_needs_fixed_ports() -> None:

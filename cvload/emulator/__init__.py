@@ -64,7 +64,3 @@ def build_repository(root: Path, models: list[EmulatedModel] | None = None, *, t
             },
         )
     return repo
-
-
-def trace_path(root: Path, model: str = "cosyvoice2") -> Path:
-    return Path(root) / f"{model}.trace.jsonl"
