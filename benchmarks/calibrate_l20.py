@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 from benchmarks.lean_client import emulated_server, run_load
 
-# Published: single NVIDIA L20, CosyVoice2-0.5B, streaming, 26 prompts, ~170 s of audio (../shared/PROTOCOL.md).
+# Published: single NVIDIA L20, CosyVoice2-0.5B, streaming, 26 prompts, ~170 s of audio (docs/protocol.md).
 PUBLISHED = {
     1: {"first_avg_ms": 220.0, "first_p50_ms": 218.0, "rtf": 0.124},
     2: {"first_avg_ms": 477.0, "first_p50_ms": 369.0, "rtf": 0.102},

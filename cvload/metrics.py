@@ -1,7 +1,7 @@
 """Every metric cvload reports, defined once: the summary, CSV, dashboard and objectives all read these.
 
 Per-request metrics are computed from a ``RequestRecord``; latency names and meanings follow the CosyVoice
-team's benchmark client (shared/PROTOCOL.md) so numbers compare: the second-chunk latency is the *gap* between
+team's benchmark client (docs/protocol.md) so numbers compare: the second-chunk latency is the *gap* between
 the first and second chunk, not a time from the start.
 """
 

@@ -25,7 +25,7 @@ from server_bootstrap.layout import Layout
 
 GIB = 1 << 30
 TRTLLM_CONTAINER = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"
-# GPU memory (PROTOCOL.md): about 24 GB for the whole pipeline; below 8 GB it cannot load.
+# GPU memory (docs/protocol.md): about 24 GB for the whole pipeline; below 8 GB it cannot load.
 GPU_MEM_RECOMMENDED = 24 * GIB
 GPU_MEM_MINIMUM = 8 * GIB
 DISK_NEEDED = {"trtllm": 20 * GIB, "emulator": 1 * GIB}  # checkpoints + weights + engine; logs

@@ -234,7 +234,7 @@ def test_offline_http_infer(emulator) -> None:
     result = client.infer("cosyvoice2_offline", [tensor], request_id=new_id())
     audio = result.as_numpy("waveform")
     assert audio.dtype == np.float32 and audio.shape == (1, speech_tokens(LATIN) * SAMPLES_PER_TOKEN)
-    # and the plain JSON body of PROTOCOL.md
+    # and the plain JSON body of docs/protocol.md
     body = json.dumps({"inputs": [{"name": "target_text", "shape": [1, 1], "datatype": "BYTES", "data": [CJK]}]})
     req = urllib.request.Request(f"http://{emulator.http}/v2/models/cosyvoice2_offline/infer", data=body.encode())
     with urllib.request.urlopen(req, timeout=30) as resp:

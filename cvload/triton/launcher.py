@@ -1,7 +1,7 @@
 """Start, watch and stop a real ``tritonserver`` process.
 
 Works with the NGC container's ``/opt/tritonserver`` and with the binary bundled in the ``nvidia-pytriton`` wheel,
-which lets every machine (no GPU, no container) run a real server. See shared/LOCAL_TRITON.md for the pitfalls
+which lets every machine (no GPU, no container) run a real server. See docs/local-triton.md for the pitfalls
 this module exists to hide: stub lookup, libpython resolution, hangs on a stub that cannot start, leftovers in
 /dev/shm.
 """
