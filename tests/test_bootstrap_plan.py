@@ -146,7 +146,7 @@ def test_bad_flags_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--gpus 'one'" in capsys.readouterr().err
     assert main(["plan", "--config", str(tmp_path / "missing.toml")]) == 2
     err = capsys.readouterr().err
-    assert "config file not found" in err and "Traceback" not in err
+    assert f"config file {tmp_path / 'missing.toml'} not found" in err and "Traceback" not in err
 
 
 def test_cvload_bootstrap_is_the_same_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
