@@ -96,17 +96,11 @@ def read_table(table: Mapping[str, Any], cls: type, where: Where, *, base: Path 
                 raise UsageError(f"{where.key(key)} must be a table ([{dotted}]), got {_shown(value)}")
             values[key] = read_table(value, hint, where.inner(key), base=base, rules=rules)  # type: ignore[arg-type]
             continue
-        try:
-            if dotted in rules.parse:
-                value = rules.parse[dotted](value)
-        except UsageError as exc:
-            raise UsageError(f"{where.key(key)}: {exc.message}", hint=exc.hint) from None
-        value = typed(value, hint, where.key(key), key, blank_is_none=rules.blank_is_none)
-        try:
-            if dotted in rules.check and value is not None:
-                value = rules.check[dotted](value)
-        except UsageError as exc:
-            raise UsageError(f"{where.key(key)}: {exc.message}", hint=exc.hint) from None
+        place = where.key(key)
+        value = typed(_placed(place, rules.parse.get(dotted), value), hint, place, key,
+                      blank_is_none=rules.blank_is_none)
+        if value is not None:
+            value = _placed(place, rules.check.get(dotted), value)
         if dotted in rules.paths and value:
             path = Path(os.path.expanduser(value))
             if base is not None and not path.is_absolute():
@@ -114,6 +108,16 @@ def read_table(table: Mapping[str, Any], cls: type, where: Where, *, base: Path 
             value = str(path)
         values[key] = value
     return values
+
+
+def _placed(place: str, rule: Callable[[Any], Any] | None, value: Any) -> Any:
+    """``rule(value)``, its UsageError prefixed with where the value was found."""
+    if rule is None:
+        return value
+    try:
+        return rule(value)
+    except UsageError as exc:
+        raise UsageError(f"{place}: {exc.message}", hint=exc.hint) from None
 
 
 def build(cls: type, values: Mapping[str, Any]) -> Any:
