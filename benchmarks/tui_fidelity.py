@@ -61,7 +61,7 @@ async def _headless(cfg) -> dict:  # noqa: ANN001
 
 async def _under_tui(cfg) -> dict:  # noqa: ANN001
     from cvload.tui.app import DashboardApp
-    from cvload.tui.sources import RunSource
+    from cvload.tui.run_source import RunSource
 
     source = RunSource(cfg, yield_cpu=True)  # as `cvload tui` runs it
     app = DashboardApp(source, close_when_done=True)

@@ -15,7 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cvload.config import RunConfig
-from cvload.metrics import BY_NAME, REQUEST_METRICS, stats, values
+from cvload.metrics import BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, lookup, stats, values
 
 LIVE_WINDOW = 2000  # live percentiles over the latest requests: cheap at any run length
 PLAIN_EVERY_S = 5.0  # without a terminal, one progress line every few seconds
@@ -54,7 +54,7 @@ class ConsoleView:
         if not self.quiet:
             self._task = asyncio.create_task(self._refresh(session))
 
-    def detach(self) -> None:
+    def detach(self, session: Any) -> None:
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -107,12 +107,19 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value:.3f}"
 
 
+def run_phrases(summary: dict[str, Any], place: str) -> list[str]:
+    """The run metrics' ``headline`` or ``footer`` phrases (cvload.metrics.RUN_METRICS), for those with a value."""
+    flat = {m.name.replace(".", "_"): lookup(summary, m.name) for m in RUN_METRICS}
+    out = []
+    for metric in RUN_METRICS:
+        phrase, value = getattr(metric, place), lookup(summary, metric.name)
+        if phrase is not None and value is not MISSING and value is not None:
+            out.append(phrase.format(value, **flat))
+    return out
+
+
 def summary_table(summary: dict[str, Any]) -> Table:
-    req = summary["requests"]
-    title = (f"{req['ok']} ok, {req['failed']} failed ({summary['error_rate']:.1%})   "
-             f"{summary['throughput']['requests_per_s']:.2f} req/s   "
-             f"{summary['throughput']['audio_s_per_s']:.2f} audio s/s")
-    table = Table(title=title, title_justify="left")
+    table = Table(title="   ".join(run_phrases(summary, "headline")), title_justify="left")
     table.add_column("metric")
     for key in ("p50", "p90", "p95", "p99", "mean", "max"):
         table.add_column(key, justify="right")
@@ -123,13 +130,7 @@ def summary_table(summary: dict[str, Any]) -> Table:
         unit = f" ({metric.unit})" if metric.unit else ""
         table.add_row(metric.title + unit, *[_fmt(s.get(k), metric.unit) for k in
                                              ("p50", "p90", "p95", "p99", "mean", "max")])
-    conc = summary.get("concurrency") or {}
-    extra = []
-    if conc.get("requested") is not None:
-        extra.append(f"concurrency {conc['requested']:g} requested, {conc['achieved_mean']:.2f} achieved "
-                     f"(max {conc['achieved_max']})")
-    if summary.get("run_wall_rtf") is not None:
-        extra.append(f"run wall RTF (upstream 'RTF') {summary['run_wall_rtf']:.3f}")
+    extra = run_phrases(summary, "footer")
     errors = {k: v for k, v in {**summary["errors"], **summary["audio_flags"]}.items() if v}
     if errors:
         extra.append("failures: " + ", ".join(f"{k} {v}" for k, v in errors.items()))

@@ -20,6 +20,7 @@ import numpy as np
 from cvload.audio_checks import AudioCheck
 from cvload.config import RunConfig
 from cvload.inputs import padded_length
+from cvload.metrics import wall_time
 from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT, RequestRecord
 from cvload.targets.base import SynthesisRequest, Target, TargetError
 
@@ -206,10 +207,13 @@ class Engine:
             # The run ended on requests that could not reach the server: it died, even if too few failed to stop us.
             self.state.aborted = f"server unreachable: the last {self._connection_failures} request(s) failed " \
                                  "to connect"
-        end = max((r.sent + (r.end_offset or 0.0) for r in self.records), default=time.monotonic())
-        start = self.state.measure_start if self.state.measure_start is not None else self.state.started
         requested = float(self.state.concurrency) if cfg.closed_loop else None
-        return RunResult(self.records, self.state, max(0.0, end - start), self.inflight.summary(requested))
+        return RunResult(self.records, self.state, self.wall_s(), self.inflight.summary(requested))
+
+    def wall_s(self) -> float:
+        """The run's wall time so far (``cvload.metrics.wall_time`` from this engine's start of measurement)."""
+        start = self.state.measure_start if self.state.measure_start is not None else self.state.started
+        return wall_time(self.records, start=start, end=None if self.records else time.monotonic())
 
     def _should_send(self) -> bool:
         if self._stop.is_set():

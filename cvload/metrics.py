@@ -1,14 +1,16 @@
-"""Every metric cvload reports, defined once: the summary, CSV, dashboard and objectives all read these.
+"""Every metric cvload reports, defined once: the summary, CSV, console, dashboard and objectives all read these.
 
-Per-request metrics are computed from a ``RequestRecord``; latency names and meanings follow the CosyVoice
-team's benchmark client (docs/protocol.md) so numbers compare: the second-chunk latency is the *gap* between
-the first and second chunk, not a time from the start.
+Per-request metrics (``REQUEST_METRICS``) are computed from a ``RequestRecord``; latency names and meanings
+follow the CosyVoice team's benchmark client (docs/protocol.md) so numbers compare: the second-chunk latency is the *gap* between
+the first and second chunk, not a time from the start. Run-level metrics (``RUN_METRICS``) are computed from a
+run's ``RunTotals`` (counts, audio, wall time, the engine's concurrency), which ``summarize`` builds from records
+and the live window keeps as requests finish; adding one is one entry there.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -134,38 +136,178 @@ def rtf_histogram(rtfs: Sequence[float], edges: Sequence[float] | None = None) -
     return {"edges": [float(e) for e in edges], "counts": [int(c) for c in counts]}
 
 
-def summarize(records: Sequence[RequestRecord], *, wall_s: float) -> dict:
-    """Run-level aggregates over the measured (non-warmup) records; the ``metrics`` part of summary.json."""
-    # Warmup requests and those cut off by the user stopping the run are not measurements.
-    measured = [r for r in records if not r.warmup and r.error_kind != ERR_CANCELLED]
-    cancelled = sum(1 for r in records if r.error_kind == ERR_CANCELLED)
-    ok = [r for r in measured if r.ok]
-    failed = len(measured) - len(ok)
-    errors = {k: 0 for k in ERROR_KINDS}
-    flags = {k: 0 for k in AUDIO_FLAGS}
-    for r in measured:
+def end_time(record: RequestRecord) -> float:
+    """When the request finished (final response or failure), on the monotonic clock of ``sent``."""
+    return record.sent + (record.end_offset or 0.0)
+
+
+def measure_start(records: Iterable[RequestRecord]) -> float | None:
+    """When measurement began, derived from records as the engine marks it: the run's start when no request was
+    warmup, else the send time of the first measured request (None without records)."""
+    records = list(records)
+    if not records:
+        return None
+    if not any(r.warmup for r in records):
+        return records[0].run_start
+    return min((r.sent for r in records if not r.warmup), default=records[0].run_start)
+
+
+def wall_time(records: Iterable[RequestRecord] = (), *, start: float | None = None,
+              end: float | None = None) -> float:
+    """The run's wall time, the denominator of every throughput: from the start of measurement (after warmup) to
+    the last finish. ``start``: the engine's own mark where known, else ``measure_start`` of the records; ``end``:
+    the last finish of the records unless given (nothing finished yet: now; a live view: its latest finish).
+    The summary, live objectives and dashboard snapshots all use this."""
+    records = list(records)
+    if start is None:
+        start = measure_start(records)
+    if end is None:
+        end = max((end_time(r) for r in records), default=None)
+    if start is None or end is None:
+        return 0.0
+    return max(0.0, end - start)
+
+
+@dataclass
+class RunTotals:
+    """What every run-level metric is computed from: ``from_records`` for the summary, kept live by the window."""
+
+    measured: int = 0  # neither warmup nor cancelled by the user
+    ok: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    warmup: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ERROR_KINDS})
+    flags: dict[str, int] = field(default_factory=lambda: {k: 0 for k in AUDIO_FLAGS})
+    audio_s: float = 0.0  # audio of the successful measured requests
+    rtf_count: int = 0  # successful measured requests with an RTF
+    slower_than_realtime: int = 0  # ... of which RTF > 1
+    wall_s: float = 0.0  # see ``wall_time``
+    concurrency: dict[str, Any] = field(default_factory=dict)  # the engine's InflightTracker.summary
+
+    @classmethod
+    def from_records(cls, records: Iterable[RequestRecord], *, wall_s: float,
+                     concurrency: dict[str, Any] | None = None) -> RunTotals:
+        totals = cls(wall_s=wall_s, concurrency=dict(concurrency or {}))
+        for r in records:
+            totals.add(r)
+        return totals
+
+    def add(self, r: RequestRecord) -> None:
+        """Count one finished request. Warmup requests and those cut off by the user are not measurements."""
+        if r.warmup:
+            self.warmup += 1
+            return
+        if r.error_kind == ERR_CANCELLED:
+            self.cancelled += 1
+            return
+        self.measured += 1
         if r.error_kind:
-            errors[r.error_kind] = errors.get(r.error_kind, 0) + 1
-        for f in r.flags:
-            flags[f] = flags.get(f, 0) + 1
-    metrics = {m.name: stats(values(measured, m)) for m in REQUEST_METRICS}
-    rtfs = values(measured, BY_NAME["rtf"])
-    audio_total = sum(r.audio_s for r in ok)
-    slower = sum(1 for v in rtfs if v > 1.0)
-    return {
-        "requests": {"total": len(measured), "ok": len(ok), "failed": failed, "cancelled": cancelled,
-                     "warmup": sum(1 for r in records if r.warmup)},
-        "error_rate": failed / len(measured) if measured else 0.0,
-        "errors": errors,
-        "audio_flags": flags,
-        "metrics": metrics,
-        "rtf_histogram": rtf_histogram(rtfs),
-        "slower_than_realtime_share": slower / len(rtfs) if rtfs else 0.0,
-        "throughput": {
-            "requests_per_s": len(ok) / wall_s if wall_s > 0 else 0.0,
-            "audio_s_per_s": audio_total / wall_s if wall_s > 0 else 0.0,
-        },
-        "audio_s_total": audio_total,
-        # The upstream client's "RTF": the whole run's wall time over all audio produced.
-        "run_wall_rtf": wall_s / audio_total if audio_total > 0 else None,
-    }
+            self.errors[r.error_kind] = self.errors.get(r.error_kind, 0) + 1
+        for flag in r.flags:
+            self.flags[flag] = self.flags.get(flag, 0) + 1
+        if not r.ok:
+            self.failed += 1
+            return
+        self.ok += 1
+        self.audio_s += r.audio_s
+        rtf = BY_NAME["rtf"].of(r)
+        if rtf is not None:
+            self.rtf_count += 1
+            self.slower_than_realtime += rtf > 1.0
+
+
+MISSING: Any = object()  # a value the run did not measure (no engine result): left out of summary and CSV
+
+
+@dataclass(frozen=True)
+class RunMetric:
+    """One value per run, at ``name`` (a dotted path) in summary.json; objectives name it as written."""
+
+    name: str
+    unit: str  # "share" (a fraction 0..1, objectives take %), "s", "req/s", "audio s/s", "" (a count or ratio)
+    title: str
+    of: Callable[[RunTotals], Any]  # MISSING where the run has no such value
+    csv: bool = True  # a row of summary.csv
+    objective: bool = True  # may be named in an objective
+    headline: str | None = None  # console: a phrase of the title line (format: the value, then every value)
+    footer: str | None = None  # console: a phrase under the table, shown when the value is not None
+
+
+def _per_s(amount: float, wall_s: float) -> float:
+    return amount / wall_s if wall_s > 0 else 0.0
+
+
+def _engine(key: str) -> Callable[[RunTotals], Any]:
+    return lambda t: t.concurrency.get(key, MISSING)
+
+
+RUN_METRICS: tuple[RunMetric, ...] = (
+    RunMetric("wall_s", "s", "Wall time (measured)", lambda t: t.wall_s, csv=False, objective=False),
+    RunMetric("requests.total", "", "Measured requests", lambda t: t.measured),
+    RunMetric("requests.ok", "", "Successful requests", lambda t: t.ok,
+              headline="{} ok, {requests_failed} failed ({error_rate:.1%})"),
+    RunMetric("requests.failed", "", "Failed requests", lambda t: t.failed),
+    RunMetric("requests.cancelled", "", "Cancelled by the user", lambda t: t.cancelled, objective=False),
+    RunMetric("requests.warmup", "", "Warmup requests", lambda t: t.warmup, objective=False),
+    RunMetric("error_rate", "share", "Error rate", lambda t: t.failed / t.measured if t.measured else 0.0),
+    *(RunMetric(f"errors.{kind}", "", f"Errors: {kind}", lambda t, k=kind: t.errors.get(k, 0), csv=False)
+      for kind in ERROR_KINDS),
+    *(RunMetric(f"audio_flags.{flag}", "", f"Audio flag: {flag}", lambda t, f=flag: t.flags.get(f, 0), csv=False)
+      for flag in AUDIO_FLAGS),
+    RunMetric("slower_than_realtime_share", "share", "Slower than real time",
+              lambda t: t.slower_than_realtime / t.rtf_count if t.rtf_count else 0.0, csv=False),
+    RunMetric("throughput.requests_per_s", "req/s", "Throughput", lambda t: _per_s(t.ok, t.wall_s),
+              headline="{:.2f} req/s"),
+    RunMetric("throughput.audio_s_per_s", "audio s/s", "Audio throughput", lambda t: _per_s(t.audio_s, t.wall_s),
+              headline="{:.2f} audio s/s"),
+    RunMetric("audio_s_total", "s", "Audio produced", lambda t: t.audio_s, csv=False),
+    # The upstream client's "RTF": the whole run's wall time over all audio produced.
+    RunMetric("run_wall_rtf", "", "Run wall RTF", lambda t: t.wall_s / t.audio_s if t.audio_s > 0 else None,
+              footer="run wall RTF (upstream 'RTF') {:.3f}"),
+    RunMetric("concurrency.requested", "", "Concurrency requested", _engine("requested"),
+              footer="concurrency {:g} requested, {concurrency_achieved_mean:.2f} achieved "
+                     "(max {concurrency_achieved_max})"),
+    RunMetric("concurrency.achieved_mean", "", "Concurrency achieved (steady state)", _engine("achieved_mean")),
+    RunMetric("concurrency.achieved_max", "", "Concurrency achieved, max", _engine("achieved_max")),
+    RunMetric("concurrency.achieved_mean_overall", "", "Concurrency achieved (whole run)",
+              _engine("achieved_mean_overall"), objective=False),
+)
+RUN_BY_NAME = {m.name: m for m in RUN_METRICS}
+
+
+def run_values(totals: RunTotals) -> dict[str, Any]:
+    """Every run metric's value, nested by its dotted name as in summary.json (groups kept even when empty)."""
+    out: dict[str, Any] = {}
+    for metric in RUN_METRICS:
+        *groups, key = metric.name.split(".")
+        node = out
+        for group in groups:
+            node = node.setdefault(group, {})
+        value = metric.of(totals)
+        if value is not MISSING:
+            node[key] = value
+    return out
+
+
+def lookup(summary: dict[str, Any], name: str) -> Any:
+    """The value at a dotted name in a summary, MISSING where it has none."""
+    node: Any = summary
+    for key in name.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return MISSING
+        node = node[key]
+    return node
+
+
+def summarize(records: Sequence[RequestRecord], *, wall_s: float,
+              concurrency: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The measured part of summary.json: every run metric, each request metric's statistics, the RTF histogram.
+
+    Computed over the measured records (not warmup, not cancelled by the user).
+    """
+    measured = [r for r in records if not r.warmup and r.error_kind != ERR_CANCELLED]
+    summary = run_values(RunTotals.from_records(records, wall_s=wall_s, concurrency=concurrency))
+    summary["metrics"] = {m.name: stats(values(measured, m)) for m in REQUEST_METRICS}
+    summary["rtf_histogram"] = rtf_histogram(values(measured, BY_NAME["rtf"]))
+    return summary

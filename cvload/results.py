@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from cvload.errors import UsageError
-from cvload.metrics import REQUEST_METRICS, STAT_KEYS, record_json
+from cvload.metrics import MISSING, REQUEST_METRICS, RUN_METRICS, STAT_KEYS, lookup, record_json
 from cvload.records import RequestRecord
 
 SUMMARY_SCHEMA = "cvload.summary/1"
@@ -89,8 +89,10 @@ class ResultsWriter:
             for metric in REQUEST_METRICS:
                 stats = summary["metrics"].get(metric.name, {})
                 writer.writerow([metric.name, metric.unit, *[_cell(stats.get(k)) for k in keys]])
-            for key, value in _scalars(summary):
-                writer.writerow([key, "", _cell(value)])
+            for metric in RUN_METRICS:
+                value = lookup(summary, metric.name)
+                if metric.csv and value is not MISSING:
+                    writer.writerow([metric.name, "", _cell(value)])
 
     def close(self) -> None:
         self._records.close()
@@ -102,13 +104,15 @@ def _cell(value: Any) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
-def _scalars(summary: dict[str, Any]) -> list[tuple[str, Any]]:
-    out = [("requests." + k, v) for k, v in summary["requests"].items()]
-    out.append(("error_rate", summary["error_rate"]))
-    out += [("throughput." + k, v) for k, v in summary["throughput"].items()]
-    out.append(("run_wall_rtf", summary.get("run_wall_rtf")))
-    out += [("concurrency." + k, v) for k, v in summary.get("concurrency", {}).items()]
-    return out
+def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object of a results folder (summary.json, config.json); None when the file is not there."""
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: unreadable ({exc})") from None
+    return data if isinstance(data, dict) else None
 
 
 def read_records(folder: Path) -> list[RequestRecord]:

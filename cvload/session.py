@@ -1,7 +1,9 @@
 """One measured run from start to results folder, shared by ``cvload run`` and ``cvload tui``.
 
-Prepares everything that can fail before the first request (inputs, objectives, emulator, server, model, mode),
-then runs the engine, then writes the summary and evaluates objectives. Views plug in as engine listeners.
+``Session.run(view)`` is the one lifecycle: prepare everything that can fail before the first request (inputs,
+objectives, emulator, server, model, mode), take Ctrl-C/SIGTERM as "stop and write the results", run the engine,
+write the summary, evaluate objectives, give the exit code. Views only listen (``RunView``): the console of
+``cvload run`` and the dashboard's measuring process.
 """
 
 from __future__ import annotations
@@ -10,11 +12,12 @@ import asyncio
 import contextlib
 import datetime as dt
 import platform
+import signal
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cvload import __version__
 from cvload.config import RunConfig
@@ -42,6 +45,22 @@ def _iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).isoformat(timespec="seconds")
 
 
+class RunView(Protocol):
+    """What ``Session.run`` tells a view, in order: preparing, attach (the engine is ready), detach (the run is
+    over or failed), final (the summary is written)."""
+
+    def preparing(self, config: RunConfig) -> None: ...
+
+    def attach(self, session: Session) -> None: ...
+
+    def detach(self, session: Session) -> None: ...
+
+    def final(self, session: Session, summary: dict[str, Any]) -> None: ...
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 @dataclass
 class Session:
     config: RunConfig
@@ -57,6 +76,39 @@ class Session:
     started_wall: float = 0.0
     summary: dict[str, Any] | None = None
     result: RunResult | None = None
+    stop_asked: bool = False
+
+    # ---- the lifecycle -------------------------------------------------------------------------------------------
+    async def run(self, view: RunView) -> int:
+        """Prepare, run, write the results folder, close; the exit code (errors of preparing propagate)."""
+        loop = asyncio.get_running_loop()
+        handled: list[signal.Signals] = []
+        try:
+            view.preparing(self.config)
+            engine = await self.prepare()
+            for sig in STOP_SIGNALS:
+                loop.add_signal_handler(sig, self.interrupt)
+                handled.append(sig)
+            if self.stop_asked:  # asked while preparing: the run stops at once and still writes its results
+                engine.interrupt()
+            view.attach(self)
+            try:
+                await self.execute()
+            finally:
+                view.detach(self)
+                summary = await self.finish()
+            view.final(self, summary)
+            return self.exit_code()
+        finally:
+            for sig in handled:
+                loop.remove_signal_handler(sig)
+            await self.close()
+
+    def interrupt(self) -> None:
+        """The user's stop (Ctrl-C, SIGTERM, the dashboard's q): stop sending, drain, write the results."""
+        self.stop_asked = True
+        if self.engine is not None and not self.engine.state.stopping:
+            self.engine.interrupt()
 
     # ---- before the first request --------------------------------------------------------------------------
     def start_emulator(self) -> None:
@@ -175,9 +227,7 @@ class Session:
         summary["abort_reason"] = state.aborted
         summary["started_at"] = _iso(self.started_wall)
         summary["finished_at"] = _iso(time.time())
-        summary["wall_s"] = wall
-        summary.update(summarize(records, wall_s=wall))
-        summary["concurrency"] = result.concurrency if result else {}
+        summary.update(summarize(records, wall_s=wall, concurrency=result.concurrency if result else None))
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary()
         stats_after = await self._statistics()

@@ -4,8 +4,9 @@ An objective is ``METRIC OP NUMBER[UNIT]`` with OP one of ``< <= > >= ==``. METR
 
 * a per-request metric of cvload/metrics.py by alias or summary name, plus a statistic:
   ``first_chunk.p95``, ``second_chunk.p99``, ``total.p50``, ``rtf.p50``, ``first_chunk_latency_ms.max``;
-* a run-level value of the summary: ``error_rate``, ``throughput.requests_per_s``, ``throughput.audio_s_per_s``,
-  ``requests.ok``, ``run_wall_rtf``, ``concurrency.achieved_mean``, ``errors.timeout``, ``audio_flags.audio_silent``...;
+* a run-level metric of cvload/metrics.py (``RUN_METRICS``) by its summary name: ``error_rate``,
+  ``throughput.requests_per_s``, ``requests.ok``, ``run_wall_rtf``, ``concurrency.achieved_mean``,
+  ``errors.timeout``, ``audio_flags.audio_silent``...;
 * a telemetry value, read from the summary's ``telemetry`` section (keys: cvload.telemetry.summary):
   ``gpu.util.mean``, ``gpu.mem_used_bytes.max``, ``gpu.power_w.mean``, ``cpu.util.max``,
   ``gpu.devices.<uuid>.util.max``... A run without telemetry gives the verdict ``no_data``.
@@ -25,8 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cvload.errors import UsageError
-from cvload.metrics import BY_ALIAS, BY_NAME, REQUEST_METRICS, STAT_KEYS
-from cvload.records import AUDIO_FLAGS, ERROR_KINDS
+from cvload.metrics import BY_ALIAS, BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, STAT_KEYS, lookup
 from cvload.telemetry.summary import TELEMETRY_KEYS
 
 PASS, FAIL, NO_DATA = "pass", "fail", "no_data"
@@ -56,24 +56,15 @@ _UNITS: dict[str, dict[str, float]] = {
 }
 _DEFAULT_UNIT = {"ms": "ms", "s": "s", "share": "", "bytes": "", "plain": ""}
 
-# Run-level values of summary.json (built by cvload.metrics.summarize and the engine): name -> unit kind.
-RUN_METRICS: dict[str, str] = {
-    "error_rate": "share",
-    "slower_than_realtime_share": "share",
-    "throughput.requests_per_s": "plain",
-    "throughput.audio_s_per_s": "plain",
-    "requests.total": "plain",
-    "requests.ok": "plain",
-    "requests.failed": "plain",
-    "audio_s_total": "s",
-    "run_wall_rtf": "plain",
-    "concurrency.requested": "plain",
-    "concurrency.achieved_mean": "plain",
-    "concurrency.achieved_max": "plain",
-    **{f"errors.{kind}": "plain" for kind in ERROR_KINDS},
-    **{f"audio_flags.{flag}": "plain" for flag in AUDIO_FLAGS},
-}
 
+
+def _unit_kind(unit: str) -> str:
+    """A metric's unit (cvload.metrics) -> the unit kind its objectives are written in."""
+    return {"ms": "ms", "s": "s", "share": "share"}.get(unit, "plain")
+
+
+# Run metrics an objective may name -> unit kind.
+RUN_OBJECTIVES: dict[str, str] = {m.name: _unit_kind(m.unit) for m in RUN_METRICS if m.objective}
 
 
 def _telemetry_kind(key: str) -> str:
@@ -104,15 +95,11 @@ class Objective:
     factor: float
     telemetry: bool = False
 
-    @property
-    def path(self) -> tuple[str, ...]:
-        return tuple(self.metric.split("."))
-
 
 def valid_names() -> list[str]:
     """Every metric an objective may name (aliases with statistics, run-level values, telemetry)."""
     names = [f"{m.alias}.{s}" for m in REQUEST_METRICS for s in STAT_KEYS]
-    names += list(RUN_METRICS)
+    names += list(RUN_OBJECTIVES)
     names += list(TELEMETRY_METRICS)
     return names
 
@@ -122,7 +109,7 @@ def _names_hint(name: str) -> str:
     parts = [f"did you mean {close[0]}? " if close else ""]
     parts.append("per-request metrics: " + ", ".join(m.alias for m in REQUEST_METRICS)
                  + " with ." + "/.".join(STAT_KEYS))
-    parts.append("; run metrics: " + ", ".join(k for k in RUN_METRICS if not k.startswith(("errors.", "audio_flags.")))
+    parts.append("; run metrics: " + ", ".join(k for k in RUN_OBJECTIVES if not k.startswith(("errors.", "audio_flags.")))
                  + ", errors.<kind>, audio_flags.<flag>")
     parts.append("; telemetry: " + ", ".join(TELEMETRY_METRICS) + ", gpu.devices.<uuid>.<field>")
     return "".join(parts)
@@ -130,8 +117,8 @@ def _names_hint(name: str) -> str:
 
 def _resolve(text: str, name: str) -> tuple[str, str, bool]:
     """Metric name as written -> (summary path, unit kind, is telemetry)."""
-    if name in RUN_METRICS:
-        return name, RUN_METRICS[name], False
+    if name in RUN_OBJECTIVES:
+        return name, RUN_OBJECTIVES[name], False
     base, _, stat = name.rpartition(".")
     metric = BY_ALIAS.get(base) or BY_NAME.get(base)
     if metric is not None:
@@ -142,7 +129,7 @@ def _resolve(text: str, name: str) -> tuple[str, str, bool]:
                 + (f" (did you mean {base}.{close[0]}?)" if close else ""),
                 hint="statistics: " + ", ".join(STAT_KEYS),
             )
-        kind = "plain" if stat == "count" else {"ms": "ms", "s": "s"}.get(metric.unit, "plain")
+        kind = "plain" if stat == "count" else _unit_kind(metric.unit)
         return f"metrics.{metric.name}.{stat}", kind, False
     if name in TELEMETRY_METRICS:
         return f"telemetry.{name}", TELEMETRY_METRICS[name], True
@@ -180,21 +167,17 @@ def parse_objectives(texts: list[str]) -> list[Objective]:
     return [parse_objective(t) for t in texts]
 
 
-def _lookup(summary: dict[str, Any], path: tuple[str, ...]) -> Any:
-    node: Any = summary
-    for key in path:
-        if not isinstance(node, dict) or key not in node:
-            return None
-        node = node[key]
-    return node
+def _value(summary: dict[str, Any], name: str) -> Any:
+    value = lookup(summary, name)
+    return None if value is MISSING else value
 
 
 def evaluate(objectives: list[Objective], summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Judge each objective on a summary; one dict per objective, as written to summary.json's ``slo``."""
     results = []
-    measured_requests = _lookup(summary, ("requests", "total"))
+    measured_requests = _value(summary, "requests.total")
     for obj in objectives:
-        value = _lookup(summary, obj.path)
+        value = _value(summary, obj.metric)
         detail = None
         if obj.telemetry and not isinstance(summary.get("telemetry"), dict):
             detail = "no telemetry in this run (no metrics endpoint or GPU source)"

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from cvload.metrics import BY_NAME, playback_stalls, stats, summarize
+from cvload.metrics import (
+    BY_NAME,
+    MISSING,
+    RUN_METRICS,
+    lookup,
+    measure_start,
+    playback_stalls,
+    stats,
+    summarize,
+    wall_time,
+)
 from cvload.records import ERR_CANCELLED, FLAG_SILENT, RequestRecord
 
 
@@ -47,3 +57,35 @@ def test_exact_percentiles():
     st = stats(list(range(1, 101)))
     assert st["p50"] == 50.5 and st["max"] == 100 and st["count"] == 100
     assert stats([])["p50"] is None
+
+
+def test_wall_time_from_the_start_of_measurement_to_the_last_finish():
+    warm = record([0.2], [24000], warmup=True)  # sent at 10.0
+    first = record([0.2], [24000], run_start=9.0)
+    first.sent = 10.5
+    last = record([0.2, 1.5], [24000, 24000])
+    last.sent = 11.0  # finishes at 12.5
+    assert measure_start([warm, first, last]) == 10.5  # warmup excluded: the first measured send
+    assert wall_time([warm, first, last]) == 2.0
+    assert wall_time([first, last]) == 12.5 - 9.0  # no warmup: from the run's start
+    assert wall_time([first, last], start=11.0) == 1.5  # the engine's own mark wins
+    assert wall_time([], start=3.0, end=5.0) == 2.0 and wall_time([]) == 0.0
+
+
+def test_every_run_metric_is_in_the_summary_csv_and_objectives(tmp_path):
+    from cvload.results import ResultsWriter
+    from cvload.slo import RUN_OBJECTIVES
+
+    s = summarize([record([0.2, 0.3], [24000, 24000])], wall_s=2.0,
+                  concurrency={"requested": 1.0, "achieved_mean": 1.0, "achieved_max": 1,
+                               "achieved_mean_overall": 1.0})
+    for metric in RUN_METRICS:
+        assert lookup(s, metric.name) is not MISSING, metric.name
+        assert (metric.name in RUN_OBJECTIVES) == metric.objective
+    assert s["throughput"]["requests_per_s"] == 0.5 and s["run_wall_rtf"] == 1.0
+    assert summarize([], wall_s=0.0)["concurrency"] == {}  # nothing from the engine: an empty group
+    writer = ResultsWriter(tmp_path)
+    writer.write_summary(s)
+    writer.close()
+    rows = [line.split(",")[0] for line in (tmp_path / "summary.csv").read_text().splitlines()]
+    assert rows[len(BY_NAME) + 1:] == [m.name for m in RUN_METRICS if m.csv]

@@ -7,7 +7,6 @@ tests/fixtures/capture_gpu_metrics.py); everything else talks to the session's e
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import time
 from collections.abc import Callable
@@ -19,24 +18,22 @@ import pytest
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
 
-from cvload.errors import ServerError, UsageError
+from cvload.errors import UsageError
+from cvload.targets import make_target
 from cvload.telemetry import (
     TELEMETRY_KEYS,
     NvmlSampler,
     NvmlUnavailable,
     Telemetry,
     default_metrics_url,
-    grpc_stats_source,
-    http_stats_source,
     normalize_metrics_url,
     parse_metrics,
     stats_diff,
-    telemetry_value,
 )
 from cvload.telemetry.prometheus import MalformedScrape, model_deltas
 from cvload.telemetry.sampler import _aggregate_gpus, _flatten
 from cvload.telemetry.summary import build_summary
-from cvload.triton.launcher import free_port, free_ports
+from cvload.triton.launcher import free_ports
 
 FIXTURES = Path(__file__).parent / "fixtures"
 H100 = "GPU-44c5e1bf-45ec-5991-49d8-0c969b43e3c6"
@@ -59,6 +56,25 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str 
     while not cond():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await asyncio.sleep(0.02)
+
+
+def at(section: dict, key: str) -> float | None:
+    """The value at an objective key (``gpu.util.mean``) in a telemetry section, as objectives read it."""
+    node = section
+    for part in key.split("."):
+        assert isinstance(node, dict) and part in node, f"{key}: no {part!r} in the summary"
+        node = node[part]
+    assert node is None or isinstance(node, int | float), f"{key} names a group"
+    return node
+
+
+async def statistics(protocol: str, address: str) -> dict:
+    """Triton's statistics as a run reads them: through its target."""
+    target = make_target(protocol, "offline", address, OFFLINE)
+    try:
+        return await target.statistics()
+    finally:
+        await target.close()
 
 
 def row(rows: list[dict], model: str) -> dict:
@@ -93,24 +109,20 @@ def test_summary_over_real_idle_and_loaded_scrapes() -> None:
             series.setdefault(k, []).append((t, v))
     summary = build_summary(series, start=0.0, end=2.0, gpu_ids=[H100], model_names=[], gpu_source="server",
                             stages=[], sources={}, warnings=[], interval=1.0, ticks=[1.0, 2.0])
-    assert telemetry_value(summary, "gpu.util.mean") == pytest.approx(0.495)
-    assert telemetry_value(summary, "gpu.util.max") == pytest.approx(0.99)
-    assert telemetry_value(summary, "gpu.mem_used_bytes.max") == 10265559040
-    assert telemetry_value(summary, "gpu.power_w.mean") == pytest.approx((126.652 + 702.663) / 2)
-    assert telemetry_value(summary, "gpu.energy_j") == pytest.approx(2087.646 - 630.398)
-    assert telemetry_value(summary, f"gpu.devices.{H100}.util.max") == pytest.approx(0.99)
+    assert at(summary, "gpu.util.mean") == pytest.approx(0.495)
+    assert at(summary, "gpu.util.max") == pytest.approx(0.99)
+    assert at(summary, "gpu.mem_used_bytes.max") == 10265559040
+    assert at(summary, "gpu.power_w.mean") == pytest.approx((126.652 + 702.663) / 2)
+    assert at(summary, "gpu.energy_j") == pytest.approx(2087.646 - 630.398)
+    assert at(summary, f"gpu.devices.{H100}.util.max") == pytest.approx(0.99)
     assert summary["gpu"]["count"] == 1
     # Only the measured window counts: from t=2 the idle sample is out.
     later = build_summary(series, start=1.5, end=2.0, gpu_ids=[H100], model_names=[], gpu_source="server",
                           stages=[], sources={}, warnings=[], interval=1.0, ticks=[1.0, 2.0])
-    assert telemetry_value(later, "gpu.util.mean") == pytest.approx(0.99)
+    assert at(later, "gpu.util.mean") == pytest.approx(0.99)
     assert later["window"]["samples"] == 1
     for key in TELEMETRY_KEYS:  # every documented key resolves
-        telemetry_value(summary, key)
-    with pytest.raises(UsageError, match="unknown telemetry key 'gpu.utilization.mean'"):
-        telemetry_value(summary, "gpu.utilization.mean")
-    with pytest.raises(UsageError, match="names a group"):
-        telemetry_value(summary, "gpu.util")
+        at(summary, key)
 
 
 def test_parses_dcgm_exporter_format() -> None:
@@ -175,9 +187,9 @@ def test_bad_settings_are_usage_errors() -> None:
 
 # -- statistics API against the real server ---------------------------------------------------------------------
 async def test_stats_diff_counts_requests_per_stage(emulator) -> None:
-    before = await http_stats_source(emulator.http)
+    before = await statistics("http", emulator.http)
     await infer_offline(emulator.http, 3)
-    after = await http_stats_source(emulator.http)
+    after = await statistics("http", emulator.http)
     rows = stats_diff(before, after)
     r = row(rows, OFFLINE)
     assert r["count"] == 3 and r["failures"] == 0 and r["executions"] == 3
@@ -191,14 +203,11 @@ async def test_stats_diff_counts_requests_per_stage(emulator) -> None:
     assert rows[0]["model"] == "cosyvoice2"  # the front model leads (pipeline order)
 
     # The gRPC form (counts as strings, zero stats as {}) diffs the same.
-    grpc_after = await grpc_stats_source(emulator.grpc)
+    grpc_after = await statistics("grpc", emulator.grpc)
     assert row(stats_diff(before, grpc_after), OFFLINE)["count"] == 3
 
 
-async def test_stats_sources_fail_with_clear_errors(emulator) -> None:
-    port = free_port()
-    with pytest.raises(ServerError, match=f"127.0.0.1:{port}/v2/models/stats unreachable"):
-        await http_stats_source(f"127.0.0.1:{port}", timeout=2)
+def test_malformed_statistics_are_rejected() -> None:
     with pytest.raises(ValueError, match="no 'model_stats' list"):
         stats_diff(None, {"name": "triton"})
     with pytest.raises(ValueError, match=r"model_stats\[m\].queue.ns: expected a number"):
@@ -208,8 +217,8 @@ async def test_stats_sources_fail_with_clear_errors(emulator) -> None:
 # -- Telemetry end to end ---------------------------------------------------------------------------------------
 async def test_telemetry_samples_real_server(emulator, tmp_path: Path) -> None:
     out = tmp_path / "results" / "telemetry.jsonl"
-    tel = Telemetry(metrics_url=emulator.server.metrics_url,
-                    stats_source=functools.partial(http_stats_source, emulator.http),
+    target = make_target("http", "offline", emulator.http, OFFLINE)
+    tel = Telemetry(metrics_url=emulator.server.metrics_url, stats_source=target.statistics,
                     interval=0.1, out_path=out)
     await tel.start()
     try:
@@ -220,11 +229,12 @@ async def test_telemetry_samples_real_server(emulator, tmp_path: Path) -> None:
         ok = f"models.{OFFLINE}.success"
         await wait_until(lambda: sum(v for _, v in tel.series().get(ok, [])) >= 6, what="success deltas")
         # Triton refreshes CPU readings every metrics interval (1 s on the test server).
-        await wait_until(lambda: "mem_total_bytes" in tel.latest().get("cpu", {}), what="CPU memory reading")
+        await wait_until(lambda: "cpu.mem_total_bytes" in tel.series(), what="CPU memory reading")
         live = tel.stage_breakdown(window_s=60)
         assert row(live, OFFLINE)["count"] == 6  # the live window reaches back over the warmup
     finally:
         await tel.stop()
+        await target.close()
 
     summary = tel.summary()
     assert summary["warnings"] == [] and tel.warnings == []
@@ -234,11 +244,11 @@ async def test_telemetry_samples_real_server(emulator, tmp_path: Path) -> None:
     assert all(r["count"] or r["failures"] or r["executions"] for r in summary["stages"])
     assert 4 <= summary["models"][OFFLINE]["success"] <= 6  # interval deltas: the mark falls inside one
     assert summary["models"][OFFLINE]["failure"] == 0
-    cpu_util = telemetry_value(summary, "cpu.util.max")
+    cpu_util = at(summary, "cpu.util.max")
     assert cpu_util is not None and 0 <= cpu_util <= 1
-    assert telemetry_value(summary, "cpu.mem_total_bytes") > 0
+    assert at(summary, "cpu.mem_total_bytes") > 0
     # No GPU on this server: GPU values are None, marked unavailable with the reason, and no warning in auto.
-    assert telemetry_value(summary, "gpu.util.mean") is None
+    assert at(summary, "gpu.util.mean") is None
     gpu = summary["sources"]["gpu"]
     assert gpu["status"] == "unavailable" and "reports no GPU metrics" in gpu["error"]
 
@@ -253,27 +263,26 @@ async def test_telemetry_samples_real_server(emulator, tmp_path: Path) -> None:
     assert lines[0]["measured"] is False and lines[-1]["measured"] is True
     assert all(x["status"]["metrics"] == "ok" for x in lines)
     assert sum(x.get("models", {}).get(OFFLINE, {}).get("success", 0) for x in lines) == 6
-    assert lines[-1] == json.loads(json.dumps(tel.latest()))
 
 
 async def test_unreachable_sources_warn_once_and_sampling_goes_on(tmp_path: Path) -> None:
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("")
     metrics_port, http_port = free_ports(2)
-    tel = Telemetry(metrics_url=f"127.0.0.1:{metrics_port}",
-                    stats_source=functools.partial(http_stats_source, f"127.0.0.1:{http_port}"),
+    target = make_target("http", "offline", f"127.0.0.1:{http_port}", OFFLINE)
+    tel = Telemetry(metrics_url=f"127.0.0.1:{metrics_port}", stats_source=target.statistics,
                     interval=0.02, gpu_source="server", out_path=blocker / "telemetry.jsonl")
     await tel.start()  # must not raise
     await wait_until(lambda: tel.summary()["window"]["samples"] >= 10, what="10 samples")
     await tel.stop()
     await tel.stop()  # idempotent
+    await target.close()
     assert len(tel.warnings) == 3, tel.warnings  # metrics, stats, output file: one each however many samples
     assert any(f"metrics endpoint http://127.0.0.1:{metrics_port}/metrics unreachable" in w for w in tel.warnings)
-    assert any(f"127.0.0.1:{http_port}/v2/models/stats unreachable" in w for w in tel.warnings)
+    assert any("statistics unavailable" in w and f"127.0.0.1:{http_port}" in w for w in tel.warnings)
     assert any("cannot write" in w and "kept in memory only" in w for w in tel.warnings)
     status = tel.status()
     assert status["metrics"]["status"] == status["stats"]["status"] == status["gpu"]["status"] == "unavailable"
-    assert tel.latest()["status"]["metrics"] == "unavailable"
     assert tel.series() == {} and tel.stage_breakdown() == []
     summary = tel.summary()
     assert summary["gpu"]["util"] == {"mean": None, "max": None} and summary["stages"] == []
@@ -327,7 +336,8 @@ async def test_gpu_source_choices_without_gpu(emulator) -> None:
     await tel.stop()
     assert len(tel.warnings) == 1 and tel.warnings[0].startswith("telemetry: --gpu-source nvml:")
     assert tel.status()["gpu"]["status"] == "unavailable"
-    assert tel.latest()["status"] == {"metrics": "off", "stats": "off", "gpu": "unavailable"}
+    assert {name: src["status"] for name, src in tel.status().items()} == {
+        "metrics": "off", "stats": "off", "gpu": "unavailable"}
 
     # auto with nothing to read: quiet, the reason kept in sources.
     tel = Telemetry(metrics_url=None, stats_source=None, interval=0.05)

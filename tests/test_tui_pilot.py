@@ -19,8 +19,10 @@ from cvload.errors import EXIT_OK, EXIT_SLO_FAILED, CvloadError
 from cvload.metrics import REQUEST_METRICS
 from cvload.tui.app import DashboardApp
 from cvload.tui.charts import fmt_ms
+from cvload.tui.messages import Command, EngineStatus, Failed, Finished, Prepared, Start, from_line
 from cvload.tui.panels import Panel
-from cvload.tui.sources import ReplaySource, RunSource
+from cvload.tui.replay import ReplaySource
+from cvload.tui.run_source import RunSource
 
 SIZE = (160, 48)
 REPLAY = Path(__file__).parent / "snapshots" / "replay_run"
@@ -60,18 +62,18 @@ async def test_keys_reach_the_engine(emulator, tmp_path):
     app = DashboardApp(source)
     async with app.run_test(size=SIZE) as pilot:
         await until(pilot, lambda: source.live.snapshot().counts["done"] >= 1, "the first request")
-        assert source.state["concurrency"] == 1
+        assert source.state.concurrency == 1
 
         # + : one more stream, the engine starts worker 1 and its requests show up in the records
         await pilot.press("plus")
-        await until(pilot, lambda: source.state["concurrency"] == 2, "concurrency 2 in the engine")
+        await until(pilot, lambda: source.state.concurrency == 2, "concurrency 2 in the engine")
         await until(pilot, lambda: any(r.worker == 1 for r in source.records()), "a record from worker 1")
         await until(pilot, lambda: "concurrency 2" in header(app), "the header showing concurrency 2")
-        await until(pilot, lambda: source.state["inflight"] == 2, "two requests in flight")
+        await until(pilot, lambda: source.state.inflight == 2, "two requests in flight")
 
         # - : back to one; worker 1 retires after its current request and sends nothing more
         await pilot.press("minus")
-        await until(pilot, lambda: source.state["concurrency"] == 1, "concurrency 1 in the engine")
+        await until(pilot, lambda: source.state.concurrency == 1, "concurrency 1 in the engine")
         applied = time.monotonic()  # the system-wide monotonic clock: the records' clock too
         await until(pilot, lambda: any(r.worker == 0 and r.sent > applied + 0.5 for r in source.records()),
                     "worker 0 sending on alone")
@@ -79,14 +81,14 @@ async def test_keys_reach_the_engine(emulator, tmp_path):
 
         # space : pause; in-flight requests finish, nothing new is sent until resumed
         await pilot.press("space")
-        await until(pilot, lambda: source.state["paused"], "the engine paused")
-        await until(pilot, lambda: source.state["inflight"] == 0, "in-flight requests finishing")
-        sent, frames = source.state["sent"], app.frames
+        await until(pilot, lambda: source.state.paused, "the engine paused")
+        await until(pilot, lambda: source.state.inflight == 0, "in-flight requests finishing")
+        sent, frames = source.state.sent, app.frames
         await until(pilot, lambda: app.frames >= frames + 4, "four dashboard refreshes")
-        assert source.state["sent"] == sent and "PAUSED" in header(app)
+        assert source.state.sent == sent and "PAUSED" in header(app)
         await pilot.press("space")
-        await until(pilot, lambda: source.state["sent"] > sent, "sending again after resume")
-        assert not source.state["paused"]
+        await until(pilot, lambda: source.state.sent > sent, "sending again after resume")
+        assert not source.state.paused
 
         # s : results so far and the screen, in the results folder
         await pilot.press("s")
@@ -210,9 +212,20 @@ def test_results_survive_the_dashboard_going_away(emulator, tmp_path):
         assert time.monotonic() < deadline and not source.done, "no records from the measuring process"
         source.poll()
         time.sleep(0.05)
-    assert source._proc is not None and source._proc.stdin is not None
-    source._proc.stdin.close()  # what the kernel does to the pipe when the dashboard's process dies
+    source.process.close_input()  # what the kernel does to the pipe when the dashboard's process dies
     assert source.wait(30)
     assert source.error is None and source.exit_code() == EXIT_OK
     summary = json.loads((source.out_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and summary["requests"]["ok"] >= 5
+
+
+def test_messages_round_trip():
+    sent = [Start(config=RunConfig().to_json()), Command("rate", 2.5), Command("pause"),
+            Prepared(out_dir="/r", servers=["h:1"], closed_loop=True, telemetry=False),
+            EngineStatus(started=1.0, done=3, stages=[{"model": "m"}], warnings=["w"]),
+            Finished(exit_code=3, status="completed"), Failed(message="boom", exit_code=1, traceback="tb")]
+    assert [from_line(m.to_line()) for m in sent] == sent
+    assert EngineStatus(started=1.0).measure_from == 1.0 and EngineStatus(1.0, 2.0).measure_from == 2.0
+    for bad in ("not json", '{"type": "nope"}', '{"type": "finished"}', "[1]"):
+        with pytest.raises(ValueError):
+            from_line(bad)

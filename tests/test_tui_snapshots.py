@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cvload.tui.app import DashboardApp
-from cvload.tui.sources import ReplaySource
+from cvload.tui.replay import ReplaySource
 
 HERE = Path(__file__).parent / "snapshots"
 REPO = Path(__file__).parent.parent

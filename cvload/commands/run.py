@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from typing import Any
 
@@ -107,32 +106,14 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 def run(args: argparse.Namespace) -> int:
     from cvload.console import ConsoleView
 
-    config = config_from_args(args)
-    view = ConsoleView(json_output=args.json, quiet=args.quiet)
-    return asyncio.run(_run(config, view))
+    return run_headless(config_from_args(args), ConsoleView(json_output=args.json, quiet=args.quiet))
 
 
-async def _run(config: RunConfig, view: Any) -> int:
+def run_headless(config: RunConfig, view: Any) -> int:
+    """One run in this process, as ``Session.run`` runs it, with ``view`` (the console) listening."""
     from cvload.session import Session
 
-    session = Session(config)
-    loop = asyncio.get_running_loop()
     try:
-        view.preparing(config)
-        engine = await session.prepare()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, engine.interrupt)
-        view.attach(session)
-        try:
-            await session.execute()
-        finally:
-            view.detach()
-            summary = await session.finish()
-        view.final(session, summary)
-        return session.exit_code()
+        return asyncio.run(Session(config).run(view))
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-        await session.close()
         sys.stdout.flush()
-

@@ -5,11 +5,10 @@ folder, objectives and exit codes); ``--replay DIR`` reopens a finished run. Wit
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from types import SimpleNamespace
 
-from cvload.commands.run import _duration, _run, add_run_options, config_from_args
+from cvload.commands.run import _duration, add_run_options, config_from_args, run_headless
 
 UNTIL_QUIT_S = 3600.0  # a dashboard without --requests/--duration runs until q, bounded to an hour
 STOP_WAIT_S = 60.0  # after q: drain (5 s) plus stopping an embedded server with stuck requests (15 s), with margin
@@ -46,9 +45,9 @@ def tui(args: argparse.Namespace) -> int:
     if not _is_terminal():
         print("cvload tui: not a terminal (stdout or stdin is redirected): running headless, as `cvload run`",
               file=sys.stderr, flush=True)
-        return asyncio.run(_run(config, ConsoleView()))
+        return run_headless(config, ConsoleView())
     from cvload.tui.app import DashboardApp
-    from cvload.tui.sources import RunSource
+    from cvload.tui.run_source import RunSource
 
     if config.requests is None and config.duration is None:
         config = config.merged({"duration": UNTIL_QUIT_S})  # watch until q instead of one pass over the inputs
@@ -76,7 +75,7 @@ def tui(args: argparse.Namespace) -> int:
 
 def replay(folder: str) -> int:
     from cvload.console import summary_table
-    from cvload.tui.sources import ReplaySource
+    from cvload.tui.replay import ReplaySource
 
     source = ReplaySource(folder)
     if not _is_terminal():

@@ -6,8 +6,9 @@ this host (``gpu_source="nvml"``, or ``auto`` when the server reports no GPU).
 
 Units everywhere: utilization a fraction 0..1, memory bytes, power W, energy J, durations ms.
 
-Series names (``Telemetry.series()``) are the dotted paths of values in a sample (``Telemetry.latest()``,
-one line of telemetry.jsonl)::
+Series names (``Telemetry.series()``) are the dotted paths of values in a sample (one line of telemetry.jsonl:
+``{"t", "wall", "measured", "status": {source: ok|unavailable|off|pending}, "gpu": {...}, "cpu": {...},
+"models": {...}}``, a section absent while its source is unavailable)::
 
     gpu.util  gpu.mem_used_bytes  gpu.mem_total_bytes  gpu.power_w  gpu.power_limit_w  gpu.energy_j  gpu.count
         all GPUs as one: mean utilization; memory, power and energy summed
@@ -19,7 +20,7 @@ one line of telemetry.jsonl)::
 
 summary.json ``telemetry`` section (``Telemetry.summary()``), measured window only (after
 ``mark_measure_start``); an objective key is a path in it, ``gpu.util.mean`` -> ``["gpu"]["util"]["mean"]``
-(``telemetry_value``; ``TELEMETRY_KEYS`` lists the documented ones)::
+(``TELEMETRY_KEYS`` lists the documented ones; ``cvload.slo`` resolves them)::
 
     {"window":  {"samples", "duration_s", "interval_s"},
      "gpu":     {"util": {"mean", "max"}, "mem_used_bytes": {"mean", "max"}, "power_w": {"mean", "max"},
@@ -42,8 +43,8 @@ from cvload.telemetry.sampler import (
     default_metrics_url,
     normalize_metrics_url,
 )
-from cvload.telemetry.stats import grpc_stats_source, http_stats_source, normalize_stats, stats_diff
-from cvload.telemetry.summary import TELEMETRY_KEYS, telemetry_value
+from cvload.telemetry.summary import TELEMETRY_KEYS
+from cvload.telemetry.triton_stats import normalize_stats, stats_diff
 
 __all__ = [
     "GPU_SOURCES",
@@ -54,11 +55,8 @@ __all__ = [
     "TELEMETRY_KEYS",
     "Telemetry",
     "default_metrics_url",
-    "grpc_stats_source",
-    "http_stats_source",
     "normalize_metrics_url",
     "normalize_stats",
     "parse_metrics",
     "stats_diff",
-    "telemetry_value",
 ]

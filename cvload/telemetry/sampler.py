@@ -21,8 +21,8 @@ import aiohttp
 from cvload.errors import UsageError
 from cvload.telemetry.nvml import NvmlSampler, NvmlUnavailable
 from cvload.telemetry.prometheus import MalformedScrape, Scrape, model_deltas, parse_metrics
-from cvload.telemetry.stats import diff_normalized, normalize_stats
 from cvload.telemetry.summary import build_summary
+from cvload.telemetry.triton_stats import diff_normalized, normalize_stats
 
 GPU_SOURCES = ("auto", "server", "nvml", "none")
 OK, UNAVAILABLE, OFF, PENDING = "ok", "unavailable", "off", "pending"
@@ -84,7 +84,7 @@ class Telemetry:
     """Periodic samples of GPU, CPU and per-model server metrics plus per-stage Triton statistics.
 
     ``metrics_url``: a Prometheus text endpoint (Triton ``:8002/metrics`` or a DCGM exporter), None for none.
-    ``stats_source``: async callable returning Triton's statistics JSON (``http_stats_source``), None for none.
+    ``stats_source``: async callable returning Triton's statistics JSON (a target's ``statistics``), None for none.
     ``gpu_source``: ``server`` (the scrape), ``nvml`` (this host), ``none``, or ``auto`` (the scrape when it has
     GPU metrics, else NVML when this host has a GPU). ``out_path``: telemetry.jsonl, one line per sample.
     """
@@ -116,7 +116,6 @@ class Telemetry:
         self._ticks: list[float] = []
         self._gpu_ids: dict[str, None] = {}
         self._model_names: dict[str, None] = {}
-        self._latest: dict[str, Any] = {}
         self._prev_models: dict[str, dict[str, float]] | None = None
         self._snaps: deque[Snapshot] = deque()
         self._first_snap: Snapshot | None = None
@@ -237,7 +236,6 @@ class Telemetry:
         for name, value in sample_values(sample).items():
             self._series.setdefault(name, []).append((t, value))
         self._ticks.append(t)
-        self._latest = sample
         self._write(sample)
 
     def _write(self, sample: dict[str, Any]) -> None:
@@ -357,12 +355,6 @@ class Telemetry:
         return gpus
 
     # ---- views -------------------------------------------------------------------------------------------------
-    def latest(self) -> dict:
-        """The newest sample: ``{"t", "wall", "measured", "status": {source: ok|unavailable|off|pending},
-        "gpu": {util, mem_used_bytes, ..., "devices": {uuid: {...}}}, "cpu": {...}, "models": {name: {...}}}``;
-        a section is absent while its source is unavailable."""
-        return copy.deepcopy(self._latest)
-
     def series(self, since: float | None = None) -> dict[str, list[tuple[float, float]]]:
         """Every series (``gpu.util``, ``gpu.devices.<uuid>.util``, ``cpu.util``, ``models.<m>.success``, ...)
         as (monotonic t, value) points, optionally only those at or after ``since``."""

@@ -2,15 +2,14 @@
 
 Series are named by the dotted path of the value in a sample (``gpu.util``, ``gpu.devices.<uuid>.power_w``,
 ``cpu.util``, ``models.<model>.queue_ms``); the summary keeps the same paths, so an objective key such as
-``gpu.util.mean`` is the path ``summary["telemetry"]["gpu"]["util"]["mean"]`` (see ``telemetry_value``).
+``gpu.util.mean`` is the path ``summary["telemetry"]["gpu"]["util"]["mean"]`` (``cvload.slo``
+resolves objectives there).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Any
-
-from cvload.errors import UsageError
 
 Points = Sequence[tuple[float, float]]
 
@@ -98,20 +97,3 @@ def build_summary(series: dict[str, list[tuple[float, float]]], *, start: float,
         "sources": sources,
         "warnings": list(warnings),
     }
-
-
-def telemetry_value(section: dict[str, Any], key: str) -> float | None:
-    """Resolve an objective key (``gpu.util.mean``) in a summary's telemetry section; None when no data.
-
-    Per-GPU keys work too: ``gpu.devices.<uuid>.util.max``. An unknown key is a UsageError listing known ones.
-    """
-    node: Any = section
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            raise UsageError(f"unknown telemetry key {key!r}",
-                             hint=f"use one of {', '.join(TELEMETRY_KEYS)} (or gpu.devices.<uuid>.<field>)")
-        node = node[part]
-    if node is None or (isinstance(node, int | float) and not isinstance(node, bool)):
-        return None if node is None else float(node)
-    raise UsageError(f"telemetry key {key!r} names a group, not a value",
-                     hint="end it with a statistic, e.g. gpu.util.mean or gpu.util.max")

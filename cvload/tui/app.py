@@ -1,6 +1,6 @@
 """The dashboard app: draws a source (live run or replay) on a timer and turns keys into engine commands.
 
-Rendering happens only on the refresh timer (``REFRESH_S``), from the aggregates of ``cvload.live``; nothing is
+Rendering happens only on the refresh timer (``REFRESH_S``), from the aggregates of ``cvload.live_window``; nothing is
 drawn per request or per chunk, and a live run is measured in another process (``RunSource``), so the screen
 cannot delay a timestamp.
 """
@@ -28,7 +28,9 @@ from cvload.tui.panels import (
     ThroughputPanel,
     header_text,
 )
-from cvload.tui.sources import RunSource, Source, write_snapshot
+from cvload.tui.run_source import RunSource
+from cvload.tui.snapshots import write_snapshot
+from cvload.tui.source import Source
 
 REFRESH_S = 0.2  # 5 Hz: at least 4 Hz even when a loaded machine drops a tick
 STAGES_WINDOW_S = 10.0

@@ -1,6 +1,6 @@
 """The dashboard's panels: each draws one part of a ``LiveSnapshot`` (or the telemetry) as Rich text.
 
-Panels only format numbers computed elsewhere (``cvload.live`` from ``cvload.metrics``; telemetry from
+Panels only format numbers computed elsewhere (``cvload.live_window`` from ``cvload.metrics``; telemetry from
 ``cvload.telemetry``); they never compute a metric of their own.
 """
 
@@ -13,10 +13,10 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 from textual.widgets import Static
 
-from cvload.live import LiveSnapshot, MetricView, finished_at
+from cvload.live_window import LiveSnapshot, MetricView, finished_at
 from cvload.metrics import BY_NAME, values
 from cvload.tui.charts import bar, fmt_ms, fmt_num, fmt_share, sparkline
-from cvload.tui.sources import Status
+from cvload.tui.source import Status
 
 PHASE_STYLES = {"running": "bold black on green", "paused": "bold black on yellow",
                 "stopping": "bold black on yellow", "finishing": "bold black on yellow",

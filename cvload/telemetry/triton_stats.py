@@ -10,10 +10,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import aiohttp
-
-from cvload.errors import ServerError
-
 STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
 # Front models first, then the stages they call, in pipeline order; other models follow by name.
 PIPELINE_ORDER = ("cosyvoice2", "cosyvoice2_dit", "cosyvoice3", "audio_tokenizer", "speaker_embedding",
@@ -135,46 +131,3 @@ def stats_diff(before: dict | None, after: dict, *, active_only: bool = False) -
     """
     return diff_normalized(None if before is None else normalize_stats(before), normalize_stats(after),
                            active_only=active_only)
-
-
-def http_base(address: str) -> str:
-    """'host:port' or 'http://host:port[/]' -> 'http://host:port'."""
-    address = address.strip().rstrip("/")
-    return address if address.startswith(("http://", "https://")) else f"http://{address}"
-
-
-async def http_stats_source(address: str, *, session: aiohttp.ClientSession | None = None,
-                            timeout: float = 5.0) -> dict:
-    """Fetch ``GET /v2/models/stats`` from a Triton HTTP endpoint (``host:8000``). For ``Telemetry`` pass
-    ``functools.partial(http_stats_source, address)``. Raises ServerError naming the URL on failure."""
-    url = f"{http_base(address)}/v2/models/stats"
-    own = session is None
-    session = session or aiohttp.ClientSession()
-    try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-            if resp.status != 200:
-                body = (await resp.text())[:200]
-                raise ServerError(f"Triton statistics at {url} answered HTTP {resp.status}: {body}")
-            return await resp.json(content_type=None)
-    except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ServerError(f"Triton statistics at {url} unreachable: {exc or type(exc).__name__}",
-                          hint="check the server's HTTP address (default port 8000)") from exc
-    except ValueError as exc:
-        raise ServerError(f"Triton statistics at {url} are not JSON: {exc}") from exc
-    finally:
-        if own:
-            await session.close()
-
-
-async def grpc_stats_source(address: str, *, timeout: float = 5.0) -> dict:
-    """Fetch the statistics over gRPC (``host:8001``) in the same JSON shape (counts as strings are fine)."""
-    import tritonclient.grpc.aio as grpcclient
-    from tritonclient.utils import InferenceServerException
-
-    client = grpcclient.InferenceServerClient(address)
-    try:
-        return await client.get_inference_statistics(as_json=True, client_timeout=timeout)
-    except InferenceServerException as exc:
-        raise ServerError(f"Triton statistics over gRPC at {address} failed: {exc.message()}") from exc
-    finally:
-        await client.close()

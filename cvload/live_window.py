@@ -3,8 +3,9 @@
 The engine calls ``add`` once per finished request; it only appends to a queue, so a listener never costs the
 measurement more than an append. All folding (metric values, percentiles, histograms, per-second series) happens
 in ``snapshot``, which a view calls on its own timer. Every value comes from ``cvload.metrics``: per-request
-values from its ``REQUEST_METRICS`` definitions, percentiles from ``stats``, the RTF histogram from
-``rtf_histogram``, per-second throughput from ``summarize``. The scopes:
+values from its ``REQUEST_METRICS`` definitions, run values from ``RUN_METRICS`` over the same ``RunTotals`` the
+summary counts, percentiles from ``stats``, the RTF histogram from ``rtf_histogram``, per-second throughput from
+``summarize``. The scopes:
 
 - *run*: every measured request (not warmup, not cancelled), as ``summary.json`` will count them;
 - *now*: measured requests that finished in the last ``window_s`` seconds and after the last ``reset``;
@@ -17,13 +18,23 @@ import threading
 import time
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from cvload.metrics import BY_NAME, REQUEST_METRICS, rtf_histogram, stats, summarize, values
-from cvload.records import AUDIO_FLAGS, ERR_CANCELLED, ERROR_KINDS, RequestRecord
+from cvload.metrics import (
+    BY_NAME,
+    REQUEST_METRICS,
+    RunTotals,
+    end_time,
+    rtf_histogram,
+    run_values,
+    stats,
+    summarize,
+    values,
+)
+from cvload.records import ERR_CANCELLED, RequestRecord
 
 WINDOW_S = 10.0  # "now": the last seconds of finished requests
 SERIES_S = 120  # per-second series kept for the time-series charts
@@ -34,7 +45,7 @@ LATENCY_METRICS = ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_l
 
 def finished_at(record: RequestRecord) -> float:
     """Seconds after the run started at which the request finished (its place on every time axis)."""
-    return record.sent - record.run_start + (record.end_offset or 0.0)
+    return end_time(record) - record.run_start
 
 
 def is_measured(record: RequestRecord) -> bool:
@@ -118,8 +129,8 @@ class LiveStats:
         self._latest_second = -1
         self._recent: deque[RequestRecord] = deque(maxlen=recent)
         self._latest_errors: deque[tuple[float, str, str]] = deque(maxlen=latest_errors)
-        self._errors = {k: 0 for k in (*ERROR_KINDS, *AUDIO_FLAGS)}
-        self._counts = {"done": 0, "measured": 0, "ok": 0, "failed": 0, "cancelled": 0, "warmup": 0}
+        self._totals = RunTotals()  # the summary's own counting
+        self._done = 0
         self._stalled_requests = 0
         self._workers: set[int] = set()
         self._last_finish = 0.0
@@ -150,24 +161,15 @@ class LiveStats:
     def _fold_one(self, r: RequestRecord) -> None:
         t = finished_at(r)
         self._last_finish = max(self._last_finish, t)
-        self._counts["done"] += 1
+        self._done += 1
+        self._totals.add(r)
         self._recent.append(r)
         if r.worker >= 0:
             self._workers.add(r.worker)
         if not r.ok and r.error_kind != ERR_CANCELLED:
             self._latest_errors.append((t, r.error_kind or ",".join(r.flags), r.error or ", ".join(r.flags)))
-        if r.warmup:
-            self._counts["warmup"] += 1
+        if not is_measured(r):
             return
-        if r.error_kind == ERR_CANCELLED:
-            self._counts["cancelled"] += 1
-            return
-        self._counts["measured"] += 1
-        self._counts["ok" if r.ok else "failed"] += 1
-        if r.error_kind:
-            self._errors[r.error_kind] = self._errors.get(r.error_kind, 0) + 1
-        for flag in r.flags:
-            self._errors[flag] = self._errors.get(flag, 0) + 1
         row: dict[str, float] = {}
         for metric in REQUEST_METRICS:
             got = values((r,), metric)  # the metric's own definition, including its ok-only rule
@@ -230,8 +232,8 @@ class LiveStats:
                             "seconds": float(self._run["stall_s"].view().sum())},
                 throughput_series={k: [t[k] for t in tput] for k in ("requests_per_s", "audio_s_per_s")},
                 seconds=seconds,
-                counts=dict(self._counts),
-                errors=dict(self._errors),
+                counts=self._counts(),
+                errors={**self._totals.errors, **self._totals.flags},
                 latest_errors=list(self._latest_errors),
                 recent=list(self._recent),
                 workers_seen=sorted(self._workers),
@@ -253,30 +255,21 @@ class LiveStats:
             self._fold()
             return {name: stats(arr.view()) for name, arr in self._run.items()}
 
-    def summary_like(self, wall_s: float) -> dict[str, Any]:
-        """The parts of a summary that objectives read, from live aggregates (cheap at any run length).
+    def summary_like(self, wall_s: float, concurrency: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The summary's run values and request statistics from live aggregates (cheap at any run length).
 
-        Request counts, error rate and throughput use ``summarize``'s definitions (tests pin the agreement).
+        The same ``RUN_METRICS`` over the same ``RunTotals`` as ``summarize`` (tests pin the agreement).
         """
         metrics = self.run_stats()
         with self._lock:
-            c = dict(self._counts)
-            audio = float(self._run["audio_s"].view().sum())
-            errors = {k: v for k, v in self._errors.items() if k in ERROR_KINDS}
-            flags = {k: v for k, v in self._errors.items() if k in AUDIO_FLAGS}
-            rtfs = self._run["rtf"].view()
-        return {
-            "requests": {"total": c["measured"], "ok": c["ok"], "failed": c["failed"],
-                         "cancelled": c["cancelled"], "warmup": c["warmup"]},
-            "error_rate": c["failed"] / c["measured"] if c["measured"] else 0.0,
-            "errors": errors,
-            "audio_flags": flags,
-            "metrics": metrics,
-            "slower_than_realtime_share": _share_above(rtfs, 1.0) or 0.0,
-            "throughput": {"requests_per_s": c["ok"] / wall_s if wall_s > 0 else 0.0,
-                           "audio_s_per_s": audio / wall_s if wall_s > 0 else 0.0},
-            "audio_s_total": audio,
-        }
+            totals = replace(self._totals, errors=dict(self._totals.errors), flags=dict(self._totals.flags),
+                             wall_s=wall_s, concurrency=dict(concurrency or {}))
+        return {**run_values(totals), "metrics": metrics}
+
+    def _counts(self) -> dict[str, int]:
+        t = self._totals
+        return {"done": self._done, "measured": t.measured, "ok": t.ok, "failed": t.failed,
+                "cancelled": t.cancelled, "warmup": t.warmup}
 
     def _p50_row(self, second: int) -> dict[str, float | None]:
         cached = self._bucket_p50.get(second)

@@ -1,0 +1,108 @@
+"""What the dashboard and its measuring process (``cvload.tui.measuring``) say to each other: one JSON object a
+line, each a small dataclass here, so both sides agree on every field by construction.
+
+Dashboard -> measuring process (its stdin): ``Start`` first, then ``Command`` lines; the end of its input means
+the dashboard is gone, and the run is interrupted (its results are still written). Measuring process ->
+dashboard (its stdout): ``Prepared`` (results folder, target), ``EngineStatus`` a few times a second, then
+``Finished`` (exit code) or ``Failed`` (a message for the user and its exit code).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar
+
+
+class Message:
+    """A line of the protocol: ``to_line`` here, ``from_line`` (module level) there."""
+
+    kind: ClassVar[str]
+
+    def to_line(self) -> str:
+        return json.dumps({"type": self.kind, **asdict(self)}, default=str) + "\n"  # type: ignore[call-overload]
+
+
+@dataclass
+class Start(Message):
+    kind: ClassVar[str] = "start"
+    config: dict[str, Any]  # RunConfig.to_json()
+
+
+@dataclass
+class Command(Message):
+    """A key of the dashboard: pause, resume, interrupt (q), concurrency (closed loop), rate (open loop)."""
+
+    kind: ClassVar[str] = "command"
+    name: str
+    value: float | None = None
+
+    NAMES: ClassVar[tuple[str, ...]] = ("pause", "resume", "interrupt", "concurrency", "rate")
+
+
+@dataclass
+class Prepared(Message):
+    kind: ClassVar[str] = "prepared"
+    out_dir: str
+    servers: list[str]
+    closed_loop: bool
+    telemetry: bool  # telemetry.jsonl is being written
+
+
+@dataclass
+class EngineStatus(Message):
+    """The engine's counters at one moment (``cvload.engine.EngineState`` plus requests in flight)."""
+
+    kind: ClassVar[str] = "status"
+    started: float = 0.0  # monotonic, the clock of the records
+    measure_start: float | None = None  # end of warmup
+    sent: int = 0
+    done: int = 0
+    failed: int = 0
+    planned: int | None = None
+    paused: bool = False
+    stopping: bool = False
+    concurrency: int = 0
+    rate: float | None = None
+    aborted: str | None = None
+    interrupted: bool = False
+    inflight: int = 0
+    stages: list[dict[str, Any]] | None = None  # the server's stage breakdown, when refreshed (once a second)
+    warnings: list[str] = field(default_factory=list)  # telemetry warnings
+
+    @property
+    def measure_from(self) -> float:
+        """The start of measurement as the engine counts it (the run's start while warmup lasts)."""
+        return self.measure_start if self.measure_start is not None else self.started
+
+
+@dataclass
+class Finished(Message):
+    kind: ClassVar[str] = "finished"
+    exit_code: int
+    status: str  # completed | interrupted | aborted
+
+
+@dataclass
+class Failed(Message):
+    kind: ClassVar[str] = "failed"
+    message: str
+    exit_code: int
+    traceback: str | None = None  # a bug's traceback, shown after the dashboard closes
+
+
+KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Start, Command, Prepared, EngineStatus, Finished,
+                                                              Failed)}
+
+
+def from_line(line: str) -> Message:
+    """One line back into its message; ValueError when it is not one (a stray print, a cut line)."""
+    data = json.loads(line)
+    if not isinstance(data, dict) or data.get("type") not in KINDS:
+        raise ValueError(f"not a cvload dashboard message: {line[:80]!r}")
+    cls = KINDS[data.pop("type")]
+    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    try:
+        return cls(**{k: v for k, v in data.items() if k in names})
+    except TypeError as exc:
+        raise ValueError(f"malformed {cls.kind} message: {exc}") from None
