@@ -1,8 +1,8 @@
 """Every metric cvload reports, defined once: the summary, CSV, console, dashboard and objectives all read these.
 
 Per-request metrics (``REQUEST_METRICS``) are computed from a ``RequestRecord``; latency names and meanings
-follow the CosyVoice team's benchmark client (docs/protocol.md) so numbers compare: the second-chunk latency is the *gap* between
-the first and second chunk, not a time from the start. Run-level metrics (``RUN_METRICS``) are computed from a
+follow the CosyVoice team's benchmark client (docs/protocol.md) so numbers compare: the second-chunk latency is
+the *gap* between the first and second chunk, not a time from the start. Run-level metrics (``RUN_METRICS``) are computed from a
 run's ``RunTotals`` (counts, audio, wall time, the engine's concurrency), which ``summarize`` builds from records
 and the live window keeps as requests finish; adding one is one entry there.
 """
