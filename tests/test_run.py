@@ -15,7 +15,8 @@ import pytest
 import soundfile
 
 from cvload.cli import main
-from cvload.emulator import EmulatedModel, get_profile
+from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.triton.launcher import TritonServer
 
 
 def run_cli(*args: str) -> int:
@@ -269,15 +270,23 @@ async def _interrupt_when_sent(session, count: int, *, drain_timeout: float) -> 
     return elapsed
 
 
+@pytest.fixture(scope="module")
+def stalling_server(tmp_path_factory):
+    """A server whose requests stall for 30 s after their first chunk. On SIGTERM it would wait for them: it exits
+    at once instead (--exit-timeout-secs=0)."""
+    root = tmp_path_factory.mktemp("stalling")
+    repo = build_repository(root, [EmulatedModel(profile=get_profile("fixed", {"fixed_interval_s": 30.0}))])
+    with TritonServer(repo, workdir=root / "server", die_with_parent=True,
+                      extra_args=["--exit-timeout-secs=0"]) as server:
+        yield server
+
+
 @pytest.mark.parametrize("shape", [{"num_tasks": 2, "ramp": 0.0}, {"rate": 20.0, "max_inflight": 1}])
-async def test_interrupt_drains_briefly_even_with_stalled_requests(start_emulator, tmp_path, shape):
+async def test_interrupt_drains_briefly_even_with_stalled_requests(stalling_server, tmp_path, shape):
     from cvload.config import RunConfig
     from cvload.session import Session
 
-    # Requests stall for 30 s; the server would wait for them on SIGTERM, so it exits at once on stop.
-    emu = start_emulator([EmulatedModel(profile=get_profile("fixed", {"fixed_interval_s": 30.0}))],
-                         extra_args=["--exit-timeout-secs=0"])
-    config = RunConfig(server=[emu.grpc], requests=50, out=str(tmp_path / "r"), metrics_url="none",
+    config = RunConfig(server=[stalling_server.grpc_url], requests=50, out=str(tmp_path / "r"), metrics_url="none",
                        gpu_source="none", request_timeout=60.0, **shape)
     session = Session(config)
     drain = 0.5
