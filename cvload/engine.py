@@ -25,7 +25,7 @@ from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_PROTOCOL, ERR_TIME
 from cvload.targets.base import SynthesisRequest, Target, TargetError
 
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
-DRAIN_TIMEOUT_S = 5.0  # on stop, how long in-flight requests may finish before they are cancelled
+DRAIN_TIMEOUT_S = 5.0  # default: on stop, how long in-flight requests may finish before they are cancelled
 
 
 class InputItem(Protocol):
@@ -121,14 +121,19 @@ class RunResult:
 
 
 class Engine:
-    """Drives one run. ``await engine.run()`` returns when the stop condition is met or ``stop()`` was called."""
+    """Drives one run. ``await engine.run()`` returns when the stop condition is met or ``stop()`` was called.
 
-    def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[InputItem]) -> None:
+    ``drain_timeout``: on stop, the seconds in-flight requests get to finish before they are cancelled.
+    """
+
+    def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[InputItem], *,
+                 drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
         if not targets:
             raise ValueError("at least one target")
         if not items:
             raise ValueError("at least one input item")
         self.config = config
+        self.drain_timeout = drain_timeout
         self.targets = list(targets)
         self.items = list(items)
         self.listeners: list[Callable[[RequestRecord], None]] = []
@@ -164,7 +169,7 @@ class Engine:
         self._resume.set()
 
     def stop(self) -> None:
-        """Stop sending; in-flight requests get DRAIN_TIMEOUT_S to finish."""
+        """Stop sending; in-flight requests get ``drain_timeout`` to finish."""
         self.state.stopping = True
         self._stop.set()
         self._resume.set()
@@ -251,7 +256,7 @@ class Engine:
                 self._workers = {k: t for k, t in self._workers.items() if not t.done()}
         finally:
             stopped.cancel()
-        self._stop.set()  # on stop, in-flight requests get DRAIN_TIMEOUT_S in _drain, not their full timeout
+        self._stop.set()  # on stop, in-flight requests get drain_timeout in _drain, not their full timeout
 
     def _sync_workers(self, *, ramp: float) -> None:
         want = self.state.concurrency
@@ -330,11 +335,11 @@ class Engine:
     async def _drain(self) -> None:
         pending = [t for t in self._tasks if not t.done()] + [t for t in self._workers.values() if not t.done()]
         if pending:
-            _, still = await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
+            _, still = await asyncio.wait(pending, timeout=self.drain_timeout)
             for task in still:
                 task.cancel()
             if still:
-                await asyncio.wait(still, timeout=DRAIN_TIMEOUT_S)
+                await asyncio.wait(still, timeout=self.drain_timeout)
 
     # ---- one request --------------------------------------------------------------------------------------
     def _request(self, index: int) -> tuple[SynthesisRequest, InputItem]:

@@ -336,6 +336,7 @@ def test_good_zero_shot_request_is_served(stream: Stream) -> None:
 
 # ---- fault injection, offline parallelism, the shared vocoder (a private server) -----------------------------
 STALL_S = 0.6
+FAST_EXIT = ["--exit-timeout-secs=0"]
 VOCODER_S = 0.15
 
 
@@ -365,7 +366,8 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
         EmulatedModel("plain", instant, "streaming"),
     ]
     repo = build_repository(root, models)
-    with TritonServer(repo, workdir=root / "server", die_with_parent=True) as server:
+    # Exit without unloading model by model on stop (one second per stub process, 10 of them here).
+    with TritonServer(repo, workdir=root / "server", die_with_parent=True, extra_args=FAST_EXIT) as server:
         yield Private(server, root)
 
 

@@ -15,7 +15,8 @@ import pytest
 import soundfile
 
 from cvload.cli import main
-from cvload.emulator import EmulatedModel, get_profile
+from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.triton.launcher import TritonServer
 
 
 def run_cli(*args: str) -> int:
@@ -248,11 +249,15 @@ def test_sigterm_stops_sending_and_writes_summary(emulator, tmp_path):
     assert summary["requests"]["ok"] >= 2 and len(lines) >= 2
 
 
-async def _interrupt_when_sent(session, count: int) -> float:
+async def _interrupt_when_sent(session, count: int, *, drain_timeout: float) -> float:
     """Run the session, interrupt once ``count`` requests went out; returns seconds from interrupt to return."""
     import asyncio
 
+    from cvload.engine import DRAIN_TIMEOUT_S
+
     engine = await session.prepare()
+    assert engine.drain_timeout == DRAIN_TIMEOUT_S == 5.0  # what a user's Ctrl-C gives in-flight requests
+    engine.drain_timeout = drain_timeout
     run = asyncio.ensure_future(session.execute())
     while engine.state.sent < count and not run.done():
         await asyncio.sleep(0.01)
@@ -265,19 +270,28 @@ async def _interrupt_when_sent(session, count: int) -> float:
     return elapsed
 
 
+@pytest.fixture(scope="module")
+def stalling_server(tmp_path_factory):
+    """A server whose requests stall for 30 s after their first chunk. On SIGTERM it would wait for them: it exits
+    at once instead (--exit-timeout-secs=0)."""
+    root = tmp_path_factory.mktemp("stalling")
+    repo = build_repository(root, [EmulatedModel(profile=get_profile("fixed", {"fixed_interval_s": 30.0}))])
+    with TritonServer(repo, workdir=root / "server", die_with_parent=True,
+                      extra_args=["--exit-timeout-secs=0"]) as server:
+        yield server
+
+
 @pytest.mark.parametrize("shape", [{"num_tasks": 2, "ramp": 0.0}, {"rate": 20.0, "max_inflight": 1}])
-async def test_interrupt_drains_briefly_even_with_stalled_requests(start_emulator, tmp_path, shape):
+async def test_interrupt_drains_briefly_even_with_stalled_requests(stalling_server, tmp_path, shape):
     from cvload.config import RunConfig
-    from cvload.engine import DRAIN_TIMEOUT_S
     from cvload.session import Session
 
-    # Requests stall for 30 s; the server would wait for them on SIGTERM, so stop it quickly.
-    emu = start_emulator([EmulatedModel(profile=get_profile("fixed", {"fixed_interval_s": 30.0}))], stop_timeout=2.0)
-    config = RunConfig(server=[emu.grpc], requests=50, out=str(tmp_path / "r"), metrics_url="none",
+    config = RunConfig(server=[stalling_server.grpc_url], requests=50, out=str(tmp_path / "r"), metrics_url="none",
                        gpu_source="none", request_timeout=60.0, **shape)
     session = Session(config)
-    elapsed = await _interrupt_when_sent(session, 1)
-    assert elapsed < DRAIN_TIMEOUT_S + 3  # not the 60 s request timeout
+    drain = 0.5
+    elapsed = await _interrupt_when_sent(session, 1, drain_timeout=drain)
+    assert drain - 0.05 <= elapsed < drain + 3  # the stalled request got its drain time, not the 60 s timeout
     summary = session.summary
     assert summary["status"] == "interrupted"
     assert summary["requests"]["cancelled"] == session.engine.state.sent  # nothing sent after the stop
@@ -320,9 +334,12 @@ async def test_rate_change_applies_at_once(emulator, tmp_path):
     session = Session(config)
     engine = await session.prepare()
     run = asyncio.ensure_future(session.execute())
-    while engine.state.sent < 1:
+    # The rate is set as the open loop starts, which then waits for its first arrival (10 s away at the old rate)
+    # without yielding in between: once it shows, the loop is in that wait.
+    while engine.state.rate is None and not run.done():
         await asyncio.sleep(0.01)
-    engine.set_rate(40.0)  # the next arrival was 10 s away at the old rate
+    assert engine.state.sent == 0
+    engine.set_rate(40.0)
     while engine.state.sent < 5 and not run.done():
         await asyncio.sleep(0.01)
     engine.stop()
@@ -330,4 +347,4 @@ async def test_rate_change_applies_at_once(emulator, tmp_path):
     await session.finish()
     await session.close()
     sends = sorted(r.sent for r in engine.records)
-    assert len(sends) >= 5 and sends[4] - sends[0] < 2.0
+    assert len(sends) >= 5 and sends[0] - engine.state.started < 2.0 and sends[4] - sends[0] < 2.0

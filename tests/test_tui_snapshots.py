@@ -1,49 +1,41 @@
 """SVG snapshots of the dashboard on deterministic data: the committed replay folder (a real run).
 
-A snapshot that differs is written beside the expected one as ``<name>.actual.svg`` (open both in a browser).
-After an intended change of the screen: ``CVLOAD_UPDATE_SNAPSHOTS=1 pytest tests/test_tui_snapshots.py``.
+Compared by pytest-textual-snapshot (``snap_compare``); the expected screens are in
+``__snapshots__/test_tui_snapshots/``. A mismatch writes an HTML report with both screens side by side
+(``snapshot_report.html``). After an intended change of the screen: ``pytest tests/test_tui_snapshots.py
+--snapshot-update``, then look at the new SVGs before committing them. The screens depend on Textual's rendering:
+pyproject pins the Textual releases they were made with.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
+from textual.pilot import Pilot
 
 from cvload.tui.app import DashboardApp
 from cvload.tui.replay import ReplaySource
 
-HERE = Path(__file__).parent / "snapshots"
 REPO = Path(__file__).parent.parent
+REPLAY = Path("tests/snapshots/replay_run")  # relative: the header names the replayed folder as given
 SIZE = (150, 46)
 
 
-async def screenshot(keys: tuple[str, ...] = ()) -> str:
-    app = DashboardApp(ReplaySource(Path("tests/snapshots/replay_run")), refresh_s=3600)
-    async with app.run_test(size=SIZE) as pilot:
-        await pilot.pause()
-        for key in keys:
-            await pilot.press(key)
-        app.clear_notifications()
-        app.draw()
-        await pilot.pause()
-        return app.export_screenshot(title="cvload tui")
+def dashboard() -> DashboardApp:
+    return DashboardApp(ReplaySource(REPLAY), refresh_s=3600)  # no timer redraws: one frame per action
 
 
-def compare(name: str, svg: str) -> None:
-    expected = HERE / f"{name}.svg"
-    actual = HERE / f"{name}.actual.svg"
-    if os.environ.get("CVLOAD_UPDATE_SNAPSHOTS") or not expected.exists():
-        expected.write_text(svg, encoding="utf-8")
-        actual.unlink(missing_ok=True)
-        if not os.environ.get("CVLOAD_UPDATE_SNAPSHOTS"):
-            pytest.fail(f"no snapshot {expected.name} yet: written now, check it and commit it")
-        return
-    if svg != expected.read_text(encoding="utf-8"):
-        actual.write_text(svg, encoding="utf-8")
-        pytest.fail(f"screen differs from {expected}; see {actual}")
-    actual.unlink(missing_ok=True)
+def after(*keys: str):
+    """Press ``keys``, then drop the toasts they raised and draw one frame: the screen shows their effect only."""
+
+    async def run_before(pilot: Pilot) -> None:
+        await pilot.pause()
+        await pilot.press(*keys)
+        pilot.app.clear_notifications()
+        pilot.app.draw()
+
+    return run_before
 
 
 @pytest.fixture(autouse=True)
@@ -51,13 +43,13 @@ def _in_repo(monkeypatch):
     monkeypatch.chdir(REPO)  # the header names the replayed folder: keep the path the same everywhere
 
 
-async def test_replay_dashboard():
-    compare("replay_dashboard", await screenshot())
+def test_replay_dashboard(snap_compare):
+    assert snap_compare(dashboard(), terminal_size=SIZE, run_before=after())
 
 
-async def test_replay_after_reset():
-    compare("replay_reset", await screenshot(("r",)))
+def test_replay_after_reset(snap_compare):
+    assert snap_compare(dashboard(), terminal_size=SIZE, run_before=after("r"))
 
 
-async def test_help_screen():
-    compare("help_screen", await screenshot(("question_mark",)))
+def test_help_screen(snap_compare):
+    assert snap_compare(dashboard(), terminal_size=SIZE, run_before=after("question_mark"))

@@ -43,13 +43,13 @@ def test_dashboard_in_tmux(tmp_path):
             if all(t in screen for t in TITLES) and RUN_ROW.search(screen) and "RUNNING" in screen \
                     and "(or q)" in screen:
                 break
-            time.sleep(0.2)
+            time.sleep(0.05)
         else:
             pytest.fail(f"the dashboard did not show its panels and live numbers:\n{screen}")
         subprocess.run([*tmux, "send-keys", "-t", "tui", "q"], check=True)
         deadline = time.monotonic() + 60
         while not status.exists() and time.monotonic() < deadline:
-            time.sleep(0.2)
+            time.sleep(0.05)
         assert status.exists(), f"cvload tui did not exit after q:\n{capture()}"
         assert status.read_text().strip() == "0"
     finally:

@@ -4,7 +4,7 @@ A short ``cvload run`` against the embedded Triton server (emulator ``demo`` pro
 playback stalls, so every panel has something to show), with its telemetry scraped from the server:
 
     .venv/bin/python tests/snapshots/make_replay.py
-    CVLOAD_UPDATE_SNAPSHOTS=1 .venv/bin/python -m pytest -q tests/test_tui_snapshots.py
+    .venv/bin/python -m pytest -q tests/test_tui_snapshots.py --snapshot-update
 """
 
 from __future__ import annotations
