@@ -11,12 +11,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from cvload.address import server_address
 from cvload.errors import UsageError
 
 PROTOCOLS = ("grpc", "http")
 MODES = ("streaming", "offline")
 ARRIVALS = ("poisson", "constant")
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -134,20 +134,8 @@ class RunConfig:
         return Warmup.parse(self.warmup)
 
     def addresses(self) -> list[str]:
-        """Servers with the protocol's default port filled in."""
-        out = []
-        for s in self.server:
-            s = s.strip()
-            for prefix in ("http://", "https://", "grpc://"):
-                if s.startswith(prefix):
-                    s = s[len(prefix):]
-            s = s.rstrip("/")
-            if not s:
-                raise UsageError("--server '': expected HOST[:PORT]")
-            if ":" not in s:
-                s = f"{s}:{DEFAULT_PORTS[self.protocol]}"
-            out.append(s)
-        return out
+        """Servers as HOST:PORT, the protocol's default port filled in."""
+        return [server_address(s, self.protocol) for s in self.server]
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

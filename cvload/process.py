@@ -1,22 +1,29 @@
-"""Processes the bootstrap starts: long commands with a log file and progress, and servers it must find again.
+"""Processes: long commands with a log and progress, ending a process group, waiting with a deadline, log tails,
+finding a process again later, and the /dev/shm and /tmp residue a killed Triton server leaves.
 
 Commands are argument lists, never shell strings, so a config value cannot inject a command. A long command's
-full output goes to its stage log; the console gets one progress line every few seconds (elapsed time and the
-size of what the command is writing) and, on failure, the command, its exit code and the end of the log.
+full output goes to its log; the console gets one progress line every few seconds (elapsed time and the size of
+what the command is writing) and, on failure, the command, its exit code and the end of the log.
+
+Processes are found and watched through psutil; a recorded process is told from a reused pid by its start time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import Any, Literal, TextIO, TypeVar
+
+import psutil
 
 from cvload.errors import CvloadError
 
@@ -100,7 +107,7 @@ def run_logged(cmd: Sequence[str], log_path: Path, *, label: str, out: TextIO | 
                     print(f"    {label}: {human_duration(time.monotonic() - start)} elapsed"
                           + _sizes(watch) + f", log {human_size(tree_size(log_path))}", file=out, flush=True)
         except BaseException:
-            _kill_group(proc)
+            end(proc, grace=5.0)
             raise
     elapsed = time.monotonic() - start
     if code != 0:
@@ -113,18 +120,8 @@ def _sizes(paths: Sequence[Path]) -> str:
     return "".join(f", {p.name} {human_size(tree_size(p))}" for p in paths)
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=5)
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def tail(path: Path, lines: int = 20) -> str:
+    """The last ``lines`` of a log, indented for quoting in an error or on the console."""
     try:
         text = path.read_text(errors="replace").splitlines()
     except OSError:
@@ -132,59 +129,201 @@ def tail(path: Path, lines: int = 20) -> str:
     return "\n".join("    " + line for line in text[-lines:]) or "    (log is empty)"
 
 
-# ---- processes of earlier invocations ------------------------------------------------------------------------
+# ---- waiting with a deadline ---------------------------------------------------------------------------------
+T = TypeVar("T")
+
+
+class WaitTimeout(CvloadError, TimeoutError):
+    """A condition did not come true before its deadline."""
+
+
+def wait_until(predicate: Callable[[], T], timeout_s: float, *, what: str, first_delay: float = 0.01,
+               max_delay: float = 0.25) -> T:
+    """Poll ``predicate`` until it returns a true value, and return that value.
+
+    Polls often at first (a server that is ready at once is seen at once), then every ``max_delay`` seconds.
+    The predicate is tried once more at the deadline; then a WaitTimeout names ``what``. An exception from the
+    predicate (a server that exited, say) ends the wait at once.
+    """
+    deadline = time.monotonic() + timeout_s
+    delay = first_delay
+    while True:
+        value = predicate()
+        if value:
+            return value
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise WaitTimeout(f"timed out after {timeout_s:g} s waiting for {what}")
+        time.sleep(min(delay, left))
+        delay = min(delay * 1.5, max_delay)
+
+
+# ---- finding a process again ---------------------------------------------------------------------------------
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
 def start_time(pid: int) -> int | None:
-    """The process's start time in clock ticks since boot (field 22 of /proc/<pid>/stat), None if gone."""
+    """The process's start time in clock ticks since boot (as /proc/<pid>/stat has it), None if it is gone.
+
+    Recorded beside a pid (the bootstrap's state file), it tells that process from a later one given the same
+    pid. Ticks rather than psutil's wall-clock seconds keep records written by earlier versions valid.
+    """
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:  # it has exited already
+            return None
+        return round((proc.create_time() - psutil.boot_time()) * _CLOCK_TICKS)
+    except psutil.Error:
         return None
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces and parentheses
-    if fields[0] == "Z":  # a zombie has exited already
+
+
+def _process(pid: int, started: int | None) -> psutil.Process | None:
+    """The running process ``pid``, if it is the one that started at ``started`` (None: any)."""
+    now = start_time(pid) if pid > 0 else None
+    if now is None or (started is not None and now != started):
         return None
-    return int(fields[19])
+    with contextlib.suppress(psutil.Error):
+        return psutil.Process(pid)
+    return None
 
 
 def alive(pid: int | None, started: int | None) -> bool:
     """True while the process we recorded runs (a reused pid has another start time)."""
-    if not pid:
+    return bool(pid) and _process(pid, started) is not None  # type: ignore[arg-type]
+
+
+def _running(proc: psutil.Process) -> bool:
+    """Still running: not exited, not a zombie, not a reused pid. Collects the exit status of our own child."""
+    try:
+        if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+            return True
+    except psutil.Error:
         return False
-    now = start_time(pid)
-    return now is not None and (started is None or now == started)
+    with contextlib.suppress(OSError):
+        os.waitpid(proc.pid, os.WNOHANG)  # our child: reap it (someone else's zombie is theirs to reap)
+    return False
 
 
-def stop_group(pid: int, started: int | None, *, timeout: float = 20.0,
-               on_wait: Callable[[], None] | None = None) -> bool:
-    """SIGTERM the leader ``pid`` (Triton unloads its models), then SIGKILL its whole group (the Python-backend
-    stubs), after ``timeout`` at the latest.
+def group_members(pgid: int) -> list[psutil.Process]:
+    """The running processes (zombies left out) of process group ``pgid``: a server and its backend stubs."""
+    members = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                members.append(proc)
+    return members
 
-    Only the leader gets SIGTERM: a stub terminated under a running server leaves its model unable to unload,
-    and the server then waits out its 30 s exit timeout. Returns False if the process was not running. Waits on
-    the process itself, which may not be our child.
-    """
-    if not alive(pid, started):
+
+# ---- ending a process group ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Ended:
+    """How ``end`` went."""
+
+    was_running: bool  # the leader ran when asked to end (False: it had exited, or its pid is another's now)
+    forced: bool  # the leader outlived its grace period and was killed (SIGKILL)
+
+
+def send_term(pid: int, started: int | None = None) -> bool:
+    """SIGTERM to a recorded process, if it still runs, without waiting (to end several at once)."""
+    proc = _process(pid, started)
+    if proc is None:
         return False
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    delay = 0.02
-    while alive(pid, started) and time.monotonic() < deadline:
-        if on_wait:
-            on_wait()
-        _reap(pid)
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.25)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)  # also the Python-backend stubs of the group
-    deadline = time.monotonic() + 10
-    while alive(pid, started) and time.monotonic() < deadline:
-        _reap(pid)
-        time.sleep(0.05)
-    _reap(pid)
+    with contextlib.suppress(psutil.Error):
+        proc.terminate()
     return True
 
 
-def _reap(pid: int) -> None:
-    """Collect the exit status if the process is our own child (else it is someone else's zombie to reap)."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
+def end(leader: subprocess.Popen[Any] | int, *, grace: float = 5.0, sigterm: Literal["group", "leader"] = "group",
+        started: int | None = None, kill_wait: float = 10.0) -> Ended:
+    """End the process group ``leader`` leads, children included: SIGTERM, up to ``grace`` seconds for the
+    leader to exit, then SIGKILL to whatever of the group is left.
+
+    ``leader`` is a Popen we started with ``start_new_session`` (waited on, so its ``returncode`` is set), or a
+    pid of any process with its ``start_time`` as ``started`` to tell it from a reused pid. ``sigterm="leader"``
+    sends SIGTERM to the leader only and lets it end its children: tritonserver unloads its models and ends its
+    Python-backend stubs itself, while a stub terminated under a running server leaves its model unable to
+    unload, and the server then waits out its 30 s exit timeout. Processes that started their own session
+    (a server with die-with-parent) are not of the group: they follow their parent's death on their own.
+
+    A Popen leader that has exited already is not signalled, but the rest of its group still gets SIGKILL
+    (the stubs of a server that died); a recorded pid that no longer runs is left alone (its group number may
+    be another's by now).
+    """
+    if isinstance(leader, subprocess.Popen):
+        popen: subprocess.Popen[Any] | None = leader
+        pid, running = leader.pid, leader.poll() is None
+        proc = None
+    else:
+        popen, pid = None, leader
+        proc = _process(pid, started)
+        running = proc is not None
+        if not running:
+            return Ended(False, False)
+
+    def leader_gone() -> bool:
+        return popen.poll() is not None if popen is not None else not _running(proc)  # type: ignore[arg-type]
+
+    leads = _leads_group(pid)
+    forced = False
+    if running:
+        _signal(pid, signal.SIGTERM, group=leads and sigterm == "group")
+        try:
+            wait_until(leader_gone, grace, what=f"process {pid} to exit")
+        except WaitTimeout:
+            forced = True
+    members = group_members(pid)
+    _signal(pid, signal.SIGKILL, group=True)
+    if forced and not leads:
+        _signal(pid, signal.SIGKILL, group=False)
+    with contextlib.suppress(WaitTimeout):
+        wait_until(lambda: leader_gone() and not any(_running(m) for m in members), kill_wait,
+                   what=f"process group {pid} to exit after SIGKILL")
+    return Ended(running, forced)
+
+
+def _leads_group(pid: int) -> bool:
+    try:
+        return os.getpgid(pid) == pid
+    except OSError:
+        return True  # the leader is gone; its group (if any is left) still bears its pid
+
+
+def _signal(pid: int, sig: int, *, group: bool) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        if group:
+            os.killpg(pid, sig)
+        else:
+            os.kill(pid, sig)
+
+
+# ---- what a killed Triton server leaves behind ---------------------------------------------------------------
+# Triton's Python backend names its shared-memory regions ``<prefix><n>``: by default
+# ``triton_python_backend_shm_region_``, shared by every server on the machine, so the launcher gives each server
+# its own prefix (``--backend-config=python,shm-region-prefix-name=...``) and removes only that one's.
+PYTHON_ENVS = "/tmp/python_env_*"  # where the Python backend unpacks execution environments
+
+
+def shm_regions(prefix: str) -> list[str]:
+    """The /dev/shm regions whose names start with ``prefix``."""
+    if not prefix:
+        raise ValueError("an empty shared-memory prefix would match every region of every program")
+    return glob.glob(f"/dev/shm/{glob.escape(prefix)}*")
+
+
+def remove_shm(prefix: str) -> None:
+    """Remove the /dev/shm regions of one server, which a server killed (not stopped) leaves behind."""
+    for path in shm_regions(prefix):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+
+
+def python_envs() -> set[str]:
+    """The Python backend's folders in /tmp now (compare before and after a start to find a server's own)."""
+    return set(glob.glob(PYTHON_ENVS))
+
+
+def remove_empty_dirs(paths: Iterable[str]) -> None:
+    """Remove those of ``paths`` that are empty folders: never a neighbour's unpacked environment."""
+    for path in paths:
+        with contextlib.suppress(OSError):
+            os.rmdir(path)

@@ -176,7 +176,7 @@ class Session:
         cfg = self.config
         if cfg.metrics_url:
             return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
-        return default_metrics_url(cfg.addresses()[0])
+        return default_metrics_url(cfg.addresses()[0], cfg.protocol)
 
     def _make_telemetry(self) -> Any:
         if self.config.gpu_source == "none" and self.config.metrics_url == "none":

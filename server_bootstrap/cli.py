@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from cvload.address import hostport
 from cvload.cli import Parser, dispatch
 from cvload.errors import EXIT_RUNTIME, UsageError
 from server_bootstrap.config import TARGETS, DeploymentConfig, config_from_dict, load_config, parse_gpus
@@ -216,7 +217,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         ep.metrics_port = args.metrics_port or ep.metrics_port
         if config is None or args.config is None:
             expect.target = None  # an arbitrary server: no deployment to compare against
-        endpoints = [(f"server {ep.host}:{ep.http_port}", ep)]
+        endpoints = [(f"server {hostport(ep.host, ep.http_port)}", ep)]
     else:
         assert state is not None
         if not state.servers:

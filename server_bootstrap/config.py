@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvload.address import TRITON_PORTS
 from cvload.errors import UsageError
 from cvload.typed_toml import Rules, Where, build, merge, read_table, read_toml
 
@@ -84,9 +85,9 @@ class ServerConfig:
     """Where the servers listen: one per GPU (or per tp*pp GPUs), ports shifted by ``port_stride``."""
 
     host: str | None = None  # default 0.0.0.0 (trtllm), 127.0.0.1 (emulator)
-    http_port: int = 8000  # 0 = any free port (picked at launch)
-    grpc_port: int = 8001
-    metrics_port: int = 8002
+    http_port: int = TRITON_PORTS.http  # 0 = any free port (picked at launch)
+    grpc_port: int = TRITON_PORTS.grpc
+    metrics_port: int = TRITON_PORTS.metrics
     port_stride: int = 10
     gpus: list[int] = field(default_factory=lambda: [0])
     ready_timeout: float | None = None  # default 900 s (trtllm: engine load), 60 s (emulator)

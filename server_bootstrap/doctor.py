@@ -7,19 +7,19 @@ counts, and GPU metrics with memory headroom. Every failed check says its likely
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-import socket
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvload import process
+from cvload import address, process
 from cvload.targets.checks import decoupled_of
 from cvload.telemetry.prometheus import MalformedScrape, parse_metrics
+from cvload.triton.launcher import accepts
 from server_bootstrap.findings import Finding
 
 GIB = 1 << 30
@@ -37,7 +37,7 @@ class Endpoint:
 
     @property
     def http(self) -> str:
-        return f"http://{self.host}:{self.http_port}"
+        return f"http://{address.hostport(self.host, self.http_port)}"
 
 
 @dataclass
@@ -54,25 +54,12 @@ class Expectations:
 
 
 def parse_server(text: str) -> Endpoint:
-    """``HOST[:HTTP_PORT]``: gRPC and metrics are assumed on the next two ports (Triton's 8000/8001/8002)."""
-    from cvload.errors import UsageError
-
-    text = text.strip().removeprefix("http://").rstrip("/")
-    host, _, port = text.rpartition(":") if ":" in text else (text, "", "8000")
-    try:
-        http = int(port)
-    except ValueError:
-        raise UsageError(f"--server {text!r}: expected HOST or HOST:HTTP_PORT (gRPC and metrics are the next two "
-                         "ports unless --grpc-port / --metrics-port say otherwise)") from None
-    return Endpoint(host or "127.0.0.1", http, http + 1, http + 2)
-
-
-def _reachable(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=2.0):
-            return True
-    except OSError:
-        return False
+    """``HOST[:HTTP_PORT]``: gRPC and metrics are assumed on the next two ports, as in Triton's 8000/8001/8002."""
+    where = address.parse(text, default_port=address.TRITON_PORTS.http, expected="HOST or HOST:HTTP_PORT",
+                          hint=f"e.g. localhost:{address.TRITON_PORTS.http} (gRPC and metrics are the next two "
+                               "ports unless --grpc-port / --metrics-port say otherwise)")
+    ports = address.Ports.beside(where.port, "http")
+    return Endpoint(where.host, ports.http, ports.grpc, ports.metrics)
 
 
 def _http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -128,7 +115,7 @@ def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
     add = findings.append
     base = ep.http
     ports = {"http": ep.http_port, "grpc": ep.grpc_port, "metrics": ep.metrics_port}
-    reach = {kind: _reachable(ep.host, port) for kind, port in ports.items()}
+    reach = {kind: accepts(ep.host, port) for kind, port in ports.items()}
     proc_alive = process.alive(ep.pid, ep.start_time) if ep.pid else None
     for kind, port in ports.items():
         if reach[kind]:
@@ -173,7 +160,7 @@ def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
     _models(findings, base, expect)
     _front_model(findings, base, expect)
     if reach["metrics"]:
-        _gpu(findings, f"http://{ep.host}:{ep.metrics_port}/metrics", expect)
+        _gpu(findings, address.metrics_url(ep.host, ep.metrics_port), expect)
     return findings
 
 
@@ -281,19 +268,24 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
 def _scrape_gpu(url: str, wait_s: float) -> tuple[int, dict[str, dict[str, float]] | None]:
     """GPU readings by UUID (None: not Prometheus text). Triton's GPU gauges read 0 until its first metrics
     refresh (--metrics-interval-ms): wait that long."""
-    deadline = time.monotonic() + wait_s
-    while True:
+    last: list[tuple[int, dict[str, dict[str, float]] | None]] = []
+
+    def sampled() -> bool:
         code, body = _http("GET", url)
         if code != 200:
-            return code, {}
+            last.append((code, {}))
+            return True
         try:
             gpus = parse_metrics(body.decode(errors="replace")).gpus
         except MalformedScrape:
-            return code, None
-        totals = [g.get("mem_total_bytes", 0.0) for g in gpus.values()]
-        if all(t > 0 for t in totals) or time.monotonic() > deadline:
-            return code, gpus
-        time.sleep(0.2)
+            last.append((code, None))
+            return True
+        last.append((code, gpus))
+        return all(g.get("mem_total_bytes", 0.0) > 0 for g in gpus.values())
+
+    with contextlib.suppress(process.WaitTimeout):
+        process.wait_until(sampled, wait_s, what="GPU metrics", first_delay=0.2, max_delay=0.2)
+    return last[-1]
 
 
 def _gpu(findings: list[Finding], url: str, expect: Expectations) -> None:

@@ -8,20 +8,16 @@ time.
 
 from __future__ import annotations
 
-import contextlib
-import glob
 import os
-import signal
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from cvload import process
 from cvload.errors import CvloadError, ServerError
+from cvload.triton import launcher
 from cvload.triton.launcher import TritonInstall, TritonServer
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
@@ -105,10 +101,7 @@ def launch(config: DeploymentConfig, layout: Layout, *, record: Callable[[Server
 
 
 def ready(rec: ServerRecord, timeout: float = 2.0) -> bool:
-    url = f"http://{rec.http}/v2/health/ready"
-    with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=timeout) as resp:
-        return resp.status == 200
-    return False
+    return launcher.ready(rec.http, timeout)
 
 
 def running(rec: ServerRecord) -> bool:
@@ -120,41 +113,38 @@ def running(rec: ServerRecord) -> bool:
 
 def terminate(rec: ServerRecord) -> None:
     """Ask a recorded server to shut down (SIGTERM to its leader only) without waiting."""
-    if rec.pid and not rec.compose_file and process.alive(rec.pid, rec.start_time):
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(rec.pid, signal.SIGTERM)
+    if rec.pid and not rec.compose_file:
+        process.send_term(rec.pid, rec.start_time)
 
 
 def stop(rec: ServerRecord, *, timeout: float = 20.0) -> bool:
     """Stop one recorded server and remove what its Python backend left in /dev/shm; False if not running."""
     if rec.compose_file:
         return False  # compose services stop together (compose.down)
-    was_running = process.stop_group(rec.pid or 0, rec.start_time, timeout=timeout) if rec.pid else False
+    ended = process.end(rec.pid, started=rec.start_time, grace=timeout, sigterm="leader") if rec.pid else None
     if rec.shm_prefix:
-        for path in glob.glob(f"/dev/shm/{rec.shm_prefix}*"):
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-    return was_running
+        process.remove_shm(rec.shm_prefix)
+    return bool(ended and ended.was_running)
 
 
 def wait_ready(records: list[ServerRecord], deadline_s: float, *, alive: Callable[[], bool] | None = None) -> None:
     """Poll readiness of servers started elsewhere (docker compose); fail with the logs command to read."""
-    deadline = time.monotonic() + deadline_s
     pending = list(records)
-    delay = 0.05
-    while pending:
-        pending = [r for r in pending if not ready(r, timeout=1.0)]
-        if not pending:
-            return
-        if alive is not None and not alive():
+
+    def all_ready() -> bool:
+        pending[:] = [r for r in pending if not ready(r, timeout=1.0)]
+        if pending and alive is not None and not alive():
             raise ServerError("the compose services exited before becoming ready",
                               hint="read their output with `docker compose -f <workdir>/docker-compose.yaml logs`")
-        if time.monotonic() > deadline:
-            raise ServerError(f"server(s) {', '.join(str(r.index) for r in pending)} not ready after "
-                              f"{deadline_s:.0f} s (a model stuck loading usually means a Python-backend stub "
-                              "that cannot start)", hint="cvload bootstrap doctor; cvload bootstrap logs server")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 1.0)
+        return not pending
+
+    try:
+        process.wait_until(all_ready, deadline_s, what="the servers to become ready", first_delay=0.05,
+                           max_delay=1.0)
+    except process.WaitTimeout:
+        raise ServerError(f"server(s) {', '.join(str(r.index) for r in pending)} not ready after "
+                          f"{deadline_s:.0f} s (a model stuck loading usually means a Python-backend stub "
+                          "that cannot start)", hint="cvload bootstrap doctor; cvload bootstrap logs server") from None
 
 
 def endpoints_line(records: list[ServerRecord]) -> str:

@@ -4,13 +4,11 @@ them; interrupted and killed ``up`` runs resume; changed inputs are redone."""
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -48,17 +46,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     if (w / "bootstrap-state.json").exists():
         for rec in state(w).get("servers", []):
             if rec.get("pid"):
-                process.stop_group(rec["pid"], rec.get("start_time"), timeout=5)
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    delay = 0.005
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.05)
+                process.end(rec["pid"], started=rec.get("start_time"), grace=5, sigterm="leader")
 
 
 def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: Path) -> None:
@@ -98,7 +86,7 @@ def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: 
     down = cli("down", "--workdir", str(workdir))
     assert down.returncode == 0 and "stopped 1 server(s)" in down.stdout
     assert not process.alive(rec["pid"], rec["start_time"])
-    assert not glob.glob(f"/dev/shm/{rec['shm_prefix']}*")
+    assert not process.shm_regions(rec["shm_prefix"])
     after = cli("status", "--workdir", str(workdir))
     assert after.returncode == 1 and "none running" in after.stdout and "launch    pending" in after.stdout
     assert "nothing was running" in cli("down", "--workdir", str(workdir)).stdout
@@ -223,7 +211,7 @@ def test_interrupted_and_killed_up_resume(tmp_path: Path, workdir: Path, gated_t
 
     # 1. Ctrl-C while the server starts: the half-started server is stopped, the stage marked interrupted
     up = start_up(cfg, workdir)
-    wait_for(lambda: launching(workdir), what="launch to start")
+    process.wait_until(lambda: launching(workdir), 20, what="launch to start")
     pid = state(workdir)["servers"][0]["pid"]
     up.send_signal(signal.SIGINT)
     out, err = up.communicate(timeout=60)
@@ -234,7 +222,7 @@ def test_interrupted_and_killed_up_resume(tmp_path: Path, workdir: Path, gated_t
 
     # 2. kill -9 while the server starts: the orphan stays recorded, the stage stays "running"
     up = start_up(cfg, workdir)
-    wait_for(lambda: launching(workdir), what="launch to start again")
+    process.wait_until(lambda: launching(workdir), 20, what="launch to start again")
     orphan = state(workdir)["servers"][0]
     up.kill()
     up.communicate(timeout=30)
@@ -301,7 +289,8 @@ def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
     try:
         assert server.process is not None and server.log_path is not None
         log = server.log_path
-        wait_for(lambda: "loading: hang:1" in log.read_text(errors="replace"), what="the model to start loading")
+        process.wait_until(lambda: "loading: hang:1" in log.read_text(errors="replace"), 20,
+                           what="the model to start loading")
         ep = doctor.Endpoint("127.0.0.1", int(server.http_port), int(server.grpc_port), int(server.metrics_port),
                              pid=server.process.pid, start_time=process.start_time(server.process.pid), log=log)
         findings = doctor.diagnose(ep, doctor.Expectations())

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import socket
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from cvload import process
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import CvloadError, ServerError
 from cvload.triton import launcher
@@ -22,29 +22,9 @@ from cvload.triton.launcher import TritonServer
 INSTANT = get_profile("instant")
 
 
-def group_members(pgid: int) -> list[int]:
-    """Live (not zombie) processes of a process group: the server and its Python-backend stubs."""
-    members = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
-
-
-def wait_until(condition, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+def group_pids(pgid: int) -> list[int]:
+    """Running processes of a process group: the server and its Python-backend stubs."""
+    return [p.pid for p in process.group_members(pgid)]
 
 
 def repository(tmp_path: Path, models: list[EmulatedModel] | None = None) -> Path:
@@ -65,7 +45,7 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         EmulatedModel("cosyvoice2", INSTANT, "streaming"),
         EmulatedModel("cosyvoice2_offline", INSTANT, "offline", instances=2),
     ])
-    envs_before = set(glob.glob("/tmp/python_env_*"))
+    envs_before = process.python_envs()
     server = TritonServer(repo)  # no workdir: the launcher makes (and owns) a temporary one
     server.start()
     try:
@@ -73,20 +53,20 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
             assert resp.status == 200
         pid = server.process.pid  # type: ignore[union-attr]
-        members = group_members(pid)
+        members = group_pids(pid)
         assert pid in members and len(members) >= 1 + 1 + 2, "server plus one stub per model instance"
-        assert server.shm_prefix and glob.glob(f"/dev/shm/{server.shm_prefix}*"), "stubs talk through /dev/shm"
+        assert server.shm_prefix and process.shm_regions(server.shm_prefix), "stubs talk through /dev/shm"
         workdir = server.workdir
         assert workdir is not None and (workdir / "tritonserver.log").is_file()
-        envs_during = set(glob.glob("/tmp/python_env_*")) - envs_before
+        envs_during = process.python_envs() - envs_before
         assert set(server.endpoints()) == {"http", "grpc", "metrics", "log"}
         with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
             assert b"nv_inference_request_success" in resp.read()
     finally:
         server.stop()
     assert server.process.poll() is not None  # type: ignore[union-attr]
-    assert wait_until(lambda: not group_members(pid), 5), f"left running: {group_members(pid)}"
-    assert not glob.glob(f"/dev/shm/{server.shm_prefix}*")
+    assert not group_pids(pid), "stop() returns once no process of the server's group runs"
+    assert not process.shm_regions(server.shm_prefix)
     assert server.clean_exit is True
     assert not workdir.exists(), "a clean stop removes the launcher's own workdir"
     assert not any(os.path.exists(p) for p in envs_during)
@@ -142,8 +122,8 @@ def test_no_binary_anywhere_says_how_to_install(tmp_path: Path, monkeypatch: pyt
 def _assert_failed_start_cleaned(server: TritonServer) -> None:
     pid = server.process.pid  # type: ignore[union-attr]
     assert server.process.poll() is not None  # type: ignore[union-attr]
-    assert wait_until(lambda: not group_members(pid), 5), f"left running: {group_members(pid)}"
-    assert not glob.glob(f"/dev/shm/{server.shm_prefix}*")
+    assert not group_pids(pid), "stop() returns once no process of the server's group runs"
+    assert not process.shm_regions(server.shm_prefix)
     assert server.clean_exit is False
 
 
@@ -210,11 +190,11 @@ def test_server_that_dies_is_noticed_and_cleaned(tmp_path: Path) -> None:
     server.start()
     pid = server.process.pid  # type: ignore[union-attr]
     os.kill(pid, 9)
-    assert wait_until(lambda: not server.alive(), 5)
+    process.wait_until(lambda: not server.alive(), 5, what="the server to die")
     server.stop()
     assert server.clean_exit is False
-    assert wait_until(lambda: not group_members(pid), 5), f"stubs outlived the server: {group_members(pid)}"
-    assert not glob.glob(f"/dev/shm/{server.shm_prefix}*")
+    assert not group_pids(pid), "stop() returns once no process of the server's group runs"
+    assert not process.shm_regions(server.shm_prefix)
     assert server.workdir is not None and (server.workdir / "tritonserver.log").is_file(), "kept after a failure"
     shutil.rmtree(server.workdir)
 
@@ -236,9 +216,9 @@ def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
         line = parent.stdout.readline().split()  # type: ignore[union-attr]
         assert line, "the parent did not start its server"
         server_pid, prefix = int(line[0]), line[1]
-        assert group_members(server_pid)
+        assert group_pids(server_pid)
     finally:
         parent.kill()
         parent.wait()
-    assert wait_until(lambda: not group_members(server_pid), 20), f"orphans: {group_members(server_pid)}"
-    assert wait_until(lambda: not glob.glob(f"/dev/shm/{prefix}*"), 5), "the server cleaned its regions"
+    process.wait_until(lambda: not group_pids(server_pid), 20, what="the orphaned server to exit")
+    process.wait_until(lambda: not process.shm_regions(prefix), 5, what="the server to remove its regions")

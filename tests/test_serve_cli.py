@@ -3,7 +3,6 @@ cleanly on Ctrl-C (SIGINT) or SIGTERM, leaving no server, stub, /dev/shm region 
 
 from __future__ import annotations
 
-import glob
 import os
 import queue
 import re
@@ -16,31 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import tritonclient.grpc as grpcclient
 
+from cvload import process
+
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def process_table() -> dict[int, tuple[int, int, str, str]]:
-    """pid -> (ppid, pgid, state, command line) of every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{entry}/cmdline", "rb") as fh:
-                cmd = fh.read().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        table[int(entry)] = (int(fields[1]), int(fields[2]), fields[0], cmd)
-    return table
-
-
-def alive_in_group(pgid: int) -> list[int]:
-    return [pid for pid, (_, group, state, _) in process_table().items() if group == pgid and state != "Z"]
 
 
 class Serve:
@@ -54,7 +35,8 @@ class Serve:
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -83,7 +65,7 @@ class Serve:
             if self.proc.poll() is None:
                 self.proc.kill()
                 self.proc.wait()
-        time.sleep(0.1)  # let the reader thread drain
+        self.reader.join(timeout=10)  # the output read to its end
         return "".join(self.output)
 
 
@@ -128,11 +110,10 @@ def test_serve_prints_endpoints_serves_and_stops_cleanly(sig: signal.Signals) ->
         assert log_path.is_file()
         workdir = log_path.parent.parent  # <temp root>/server/tritonserver.log, the model repository beside it
         assert workdir.name.startswith("cvload-serve-")
-        servers = [pid for pid, (ppid, _, _, cmd) in process_table().items()
-                   if ppid == serve.proc.pid and "tritonserver" in cmd]
+        servers = [p.pid for p in psutil.Process(serve.proc.pid).children() if "tritonserver" in p.name()]
         assert len(servers) == 1
         server_pid = servers[0]
-        assert len(alive_in_group(server_pid)) >= 2, "the server and its stub"
+        assert len(process.group_members(server_pid)) >= 2, "the server and its stub"
 
         assert stream_request(grpc_url, "Hello from the command line, once more.") > 0
 
@@ -145,8 +126,8 @@ def test_serve_prints_endpoints_serves_and_stops_cleanly(sig: signal.Signals) ->
     assert "stopping tritonserver" in output and output.rstrip().endswith("stopped")
     for name in ("grpc", "http", "metrics", "log"):
         assert len(re.findall(rf"^\s+{name}\s", output, re.M)) == 1, f"{name} printed once"
-    assert not alive_in_group(server_pid), "no server or stub left"
-    assert not glob.glob(f"/dev/shm/cvload{serve.proc.pid}x*"), "no shared-memory region left"
+    assert not process.group_members(server_pid), "no server or stub left"
+    assert not process.shm_regions(f"cvload{serve.proc.pid}x"), "no shared-memory region left"
     assert not workdir.exists(), "the temporary folder is gone"
 
 

@@ -173,9 +173,10 @@ def test_counter_deltas_and_restart() -> None:
 def test_urls() -> None:
     assert normalize_metrics_url("gpu-box:9400") == "http://gpu-box:9400/metrics"
     assert normalize_metrics_url("http://h:8002/metrics") == "http://h:8002/metrics"
-    assert default_metrics_url("10.0.0.5:8001") == "http://10.0.0.5:8002/metrics"
-    assert default_metrics_url("http://h:18000") == "http://h:18002/metrics"
-    assert default_metrics_url("h") == "http://h:8002/metrics"
+    assert default_metrics_url("10.0.0.5:8001", "grpc") == "http://10.0.0.5:8002/metrics"
+    assert default_metrics_url("http://h:18000", "http") == "http://h:18002/metrics"
+    assert default_metrics_url("h", "grpc") == "http://h:8002/metrics"
+    assert default_metrics_url("h", "http") == "http://h:8002/metrics"
 
 
 def test_bad_settings_are_usage_errors() -> None:

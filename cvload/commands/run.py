@@ -60,7 +60,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slo", action="append", default=None, metavar="OBJECTIVE",
                    help='objective, e.g. "first_chunk.p95<300ms", "error_rate<1%%", "rtf.p50<0.5" (repeatable)')
     g.add_argument("--metrics-url", default=None,
-                   help="Prometheus metrics endpoint to scrape (default the server's :8002/metrics; 'none')")
+                   help="Prometheus metrics endpoint to scrape (default: the first server's, on its gRPC port + 1 "
+                        "or HTTP port + 2 as in Triton's 8000/8001/8002; 'none')")
     g.add_argument("--telemetry-interval", type=_duration, default=None, metavar="T")
     g.add_argument("--gpu-source", choices=("auto", "server", "nvml", "none"), default=None)
 

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
 
     from cvload.emulator import EmulatedModel, build_repository, get_profile
-    from cvload.triton.launcher import TritonServer, log_tail
+    from cvload.process import tail
+    from cvload.triton.launcher import TritonServer
 
     if not args.emulator:
         raise UsageError("cvload serve only runs the embedded emulator for now: add --emulator",
@@ -93,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"try: cvload run --server {ep['grpc']} --mode {args.mode} --requests 20", flush=True)
             while not stop.wait(0.5):
                 if not server.alive():
-                    print(f"tritonserver exited unexpectedly; log tail:\n{log_tail(server.log_path)}", flush=True)
+                    print(f"tritonserver exited unexpectedly; log tail:\n{tail(server.log_path, 25)}", flush=True)
                     code = 1
                     break
             if code == 0:

@@ -7,32 +7,25 @@ a model that is not a CosyVoice front model.
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
+from cvload.address import TRITON_PORTS, parse, server_hint
 from cvload.errors import ServerError, UsageError
 
 OPEN_TIMEOUT_S = 4.0  # open() must fail within 5 s on an unreachable server
-_ADDRESS = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+):(\d{1,5})$")
-DEFAULT_PORT = {"grpc": 8001, "http": 8000}
 
 
 def check_address(address: str, protocol: str) -> str:
     """``HOST:PORT`` (IPv6 in brackets) or a UsageError saying what was expected."""
-    m = _ADDRESS.match(address)
-    if not m or not 0 < int(m.group(2)) < 65536:
-        raise UsageError(
-            f"--server {address!r} is not HOST:PORT",
-            hint=f"e.g. localhost:{DEFAULT_PORT.get(protocol, 8001)} (Triton serves gRPC on 8001, HTTP on 8000)",
-        )
+    parse(address, urls=False, hint=server_hint(protocol))
     return address
 
 
 def unreachable(address: str, protocol: str, detail: str) -> ServerError:
     return ServerError(
         f"cannot reach a Triton {protocol} endpoint at {address}: {detail}",
-        hint=f"start the server (Triton listens for {protocol} on port {DEFAULT_PORT[protocol.lower()]} by default), "
-        "check --server HOST:PORT and --protocol, or pass --emulator to run against the embedded emulator",
+        hint=f"start the server (Triton listens for {protocol} on port {TRITON_PORTS.of(protocol.lower())} by "
+        "default), check --server HOST:PORT and --protocol, or pass --emulator to run against the embedded emulator",
     )
 
 

@@ -35,14 +35,10 @@ summary.json ``telemetry`` section (``Telemetry.summary()``), measured window on
 A value with no data is None (e.g. ``gpu.util.mean`` on a CPU-only server).
 """
 
+from cvload.address import default_metrics_url, normalize_metrics_url
 from cvload.telemetry.nvml import NvmlSampler, NvmlUnavailable
 from cvload.telemetry.prometheus import MalformedScrape, Scrape, parse_metrics
-from cvload.telemetry.sampler import (
-    GPU_SOURCES,
-    Telemetry,
-    default_metrics_url,
-    normalize_metrics_url,
-)
+from cvload.telemetry.sampler import GPU_SOURCES, Telemetry
 from cvload.telemetry.summary import TELEMETRY_KEYS
 from cvload.telemetry.triton_stats import normalize_stats, stats_diff
 

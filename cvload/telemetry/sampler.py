@@ -18,6 +18,7 @@ from typing import IO, Any
 
 import aiohttp
 
+from cvload.address import normalize_metrics_url
 from cvload.errors import UsageError
 from cvload.telemetry.nvml import NvmlSampler, NvmlUnavailable
 from cvload.telemetry.prometheus import MalformedScrape, Scrape, model_deltas, parse_metrics
@@ -30,24 +31,6 @@ STATS_RETAIN_S = 600.0  # live stage windows can reach this far back
 
 StatsSource = Callable[[], Awaitable[dict | None]]
 Snapshot = tuple[float, dict]  # (monotonic time, normalized statistics)
-
-
-def normalize_metrics_url(url: str) -> str:
-    """'host:8002' -> 'http://host:8002/metrics'; a full URL is kept as given."""
-    url = url.strip()
-    if not url.startswith(("http://", "https://")):
-        url = f"http://{url}"
-    scheme, _, rest = url.partition("://")
-    return url if "/" in rest else f"{url}/metrics"
-
-
-def default_metrics_url(address: str) -> str:
-    """Triton's metrics endpoint beside a server address: port 8002 (18002 for the 18000/18001 layout)."""
-    host, _, port = address.strip().removeprefix("http://").removeprefix("https://").rstrip("/").rpartition(":")
-    if not host:
-        host, port = port, ""
-    metrics_port = "18002" if port in ("18000", "18001") else "8002"
-    return f"http://{host}:{metrics_port}/metrics"
 
 
 def _flatten(prefix: str, node: dict[str, Any], out: dict[str, float]) -> None:

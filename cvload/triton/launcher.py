@@ -1,16 +1,16 @@
 """Start, watch and stop a real ``tritonserver`` process.
 
 Works with the NGC container's ``/opt/tritonserver`` and with the binary bundled in the ``nvidia-pytriton`` wheel,
-which lets every machine (no GPU, no container) run a real server. See docs/local-triton.md for the pitfalls
-this module exists to hide: stub lookup, libpython resolution, hangs on a stub that cannot start, leftovers in
-/dev/shm.
+which lets every machine (no GPU, no container) run a real server. It hides the pitfalls of running one by
+hand (docs/local-triton.md): the wheel ships the Python-backend stub apart from the backend, the stub needs this
+interpreter's libpython, a stub that cannot start makes the server hang instead of exit, and a killed server
+leaves regions in /dev/shm and folders in /tmp.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import glob
 import importlib.util
 import itertools
 import os
@@ -23,12 +23,13 @@ import sys
 import sysconfig
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cvload import process
+from cvload.address import hostport, metrics_url
 from cvload.errors import ServerError, UsageError
 
 INSTALL_HINT = (
@@ -141,12 +142,21 @@ def port_busy(host: str, port: int) -> bool:
     return False
 
 
-def log_tail(path: Path, lines: int = 25) -> str:
+def accepts(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
     try:
-        text = path.read_text(errors="replace").splitlines()
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
     except OSError:
-        return "(no server log)"
-    return "\n".join("    " + line for line in text[-lines:]) or "    (server log is empty)"
+        return False
+
+
+def ready(http: str, timeout: float = 1.0) -> bool:
+    """Whether the Triton server at ``http`` (``host:port``) answers ``/v2/health/ready`` with 200."""
+    with contextlib.suppress(urllib.error.URLError, OSError), \
+            urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=timeout) as resp:
+        return resp.status == 200
+    return False
 
 
 # Lines of a tritonserver log that explain a failure, and the noise every CPU-only start prints at error level.
@@ -219,15 +229,15 @@ class TritonServer:
     # ---- endpoints -------------------------------------------------------------------------------------------
     @property
     def http_url(self) -> str:
-        return f"{self.host}:{self.http_port}"
+        return hostport(self.host, self.http_port)  # type: ignore[arg-type]
 
     @property
     def grpc_url(self) -> str:
-        return f"{self.host}:{self.grpc_port}"
+        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]
 
     @property
     def metrics_url(self) -> str:
-        return f"http://{self.host}:{self.metrics_port}/metrics"
+        return metrics_url(self.host, self.metrics_port)  # type: ignore[arg-type]
 
     @property
     def shm_prefix(self) -> str:
@@ -301,7 +311,7 @@ class TritonServer:
         backends = install.backends
         if install.bundle_root is not None:
             backends = _prepare_bundle_backends(install, self.workdir)
-        self._tmp_before = set(glob.glob("/tmp/python_env_*"))
+        self._tmp_before = process.python_envs()
         self.clean_exit = None
         self._stopped = False
         with open(self.log_path, "wb") as log:
@@ -333,71 +343,51 @@ class TritonServer:
         """The Python backend makes one /tmp/python_env_* folder as it loads, before readiness; those that
         appeared meanwhile are this server's (or a neighbour's that started at the same moment: cleanup removes
         only empty ones, which no server uses without EXECUTION_ENV_PATH)."""
-        self._tmp_own = set(glob.glob("/tmp/python_env_*")) - self._tmp_before
+        self._tmp_own = process.python_envs() - self._tmp_before
 
     def wait_ready(self) -> None:
         """Poll readiness until the deadline; fail fast if the process exits, quoting the log either way."""
-        assert self.process is not None
-        deadline = time.monotonic() + self.ready_timeout
-        url = f"http://{self.http_url}/v2/health/ready"
-        delay = 0.02
-        while True:
-            code = self.process.poll()
+        proc = self.process
+        assert proc is not None and self.log_path is not None
+        log = self.log_path
+
+        def up() -> bool:
+            code = proc.poll()
             if code is not None:
                 raise ServerError(
-                    f"tritonserver exited with code {code} before becoming ready "
-                    f"(ports http {self.http_port}, grpc {self.grpc_port}, metrics {self.metrics_port}); "
-                    f"log {self.log_path}:\n{log_excerpt(self.log_path)}"  # type: ignore[arg-type]
-                )
-            with contextlib.suppress(urllib.error.URLError, OSError), urllib.request.urlopen(url, timeout=1.0) as resp:
-                if resp.status == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise ServerError(
-                    f"tritonserver not ready after {self.ready_timeout:.0f} s (a model still loading usually "
-                    f"means a Python-backend stub that cannot start); log {self.log_path}:\n"
-                    f"{log_excerpt(self.log_path)}"  # type: ignore[arg-type]
-                )
-            time.sleep(delay)
-            delay = min(delay * 1.5, 0.2)
+                    f"tritonserver exited with code {code} before becoming ready (ports http {self.http_port}, "
+                    f"grpc {self.grpc_port}, metrics {self.metrics_port}); log {log}:\n{log_excerpt(log)}")
+            # Triton opens its metrics port a moment after reporting ready: wait for every advertised endpoint.
+            return ready(self.http_url) and accepts(self.host, self.metrics_port)  # type: ignore[arg-type]
+
+        try:
+            process.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)
+        except process.WaitTimeout:
+            raise ServerError(
+                f"tritonserver not ready after {self.ready_timeout:.0f} s (a model still loading usually means a "
+                f"Python-backend stub that cannot start); log {log}:\n{log_excerpt(log)}") from None
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        """SIGTERM, then SIGKILL after ``stop_timeout``; afterwards no process of the server's group survives and
-        its /dev/shm regions and temp folders are gone. Safe to call more than once."""
+        """SIGTERM to the server (it ends its stubs), SIGKILL to its whole group after ``stop_timeout``;
+        afterwards no process of the group survives and its /dev/shm regions and temp folders are gone. Safe to
+        call more than once."""
         proc = self.process
         if proc is None or self._stopped:
             return
         self._stopped = True
         clean = self.clean_exit is None and proc.poll() is None  # False: failed start, or it died on its own
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=self.stop_timeout)
-            except subprocess.TimeoutExpired:
-                clean = False
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=10)
-            clean = clean and proc.returncode in (0, -signal.SIGTERM)
-        # Stubs live in the server's process group (start_new_session): make sure none outlives it.
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        self.clean_exit = clean
+        ended = process.end(proc, grace=self.stop_timeout, sigterm="leader")
+        self.clean_exit = clean and not ended.forced and proc.returncode in (0, -signal.SIGTERM)
         self.cleanup()
 
     def cleanup(self) -> None:
         """Remove the shared-memory regions and temp folders this server left behind."""
         if self._shm_prefix:
-            for path in glob.glob(f"/dev/shm/{self._shm_prefix}*"):
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
-        for path in self._tmp_own:
-            with contextlib.suppress(OSError):
-                os.rmdir(path)  # only if empty: never a neighbour's extracted environment
+            process.remove_shm(self._shm_prefix)
+        process.remove_empty_dirs(self._tmp_own)
         self._tmp_own = set()
         if self._own_workdir and self.workdir is not None:
             if self.clean_exit:
