@@ -40,11 +40,16 @@ SESSION_MODELS = [
 ]
 
 
+# On stop, exit without unloading the models one by one (about a second per stub process, 5 s for this server):
+# what these servers are for is serving; the clean stop itself is tested in test_launcher.py and test_serve_cli.py.
+FAST_EXIT = ["--exit-timeout-secs=0"]
+
+
 @pytest.fixture(scope="session")
 def emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Emulator]:
     root = tmp_path_factory.mktemp("emulator")
     repo = build_repository(root, SESSION_MODELS)
-    with TritonServer(repo, workdir=root / "server", die_with_parent=True) as server:
+    with TritonServer(repo, workdir=root / "server", die_with_parent=True, extra_args=FAST_EXIT) as server:
         yield Emulator(server, root)
 
 
@@ -56,6 +61,7 @@ def start_emulator(tmp_path: Path) -> Iterator[Callable[..., Emulator]]:
     def start(models: list[EmulatedModel], **kwargs: object) -> Emulator:
         root = tmp_path / f"emu{len(started)}"
         repo = build_repository(root, models)
+        kwargs.setdefault("extra_args", FAST_EXIT)
         server = TritonServer(repo, workdir=root / "server", die_with_parent=True, **kwargs)  # type: ignore[arg-type]
         started.append(server)
         server.start()

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 
+from cvload import process
 from cvload.tui.messages import Message, from_line
 
 YIELD_NICE = 10
@@ -88,14 +88,5 @@ class MeasuringProcess:
 
     def terminate(self, grace: float = 5.0) -> None:
         """The measuring process did not end after a stop: SIGTERM (it writes its summary), then SIGKILL."""
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
-            try:
-                proc.wait(timeout=grace)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        if self.proc is not None and self.proc.poll() is None:
+            process.end(self.proc, grace=grace)
