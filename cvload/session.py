@@ -20,6 +20,7 @@ from cvload import __version__
 from cvload.config import RunConfig
 from cvload.engine import Engine, RunResult
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.loop_health import LoopHealth
 from cvload.metrics import summarize
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
 from cvload.targets import make_target
@@ -57,6 +58,7 @@ class Session:
     started_wall: float = 0.0
     summary: dict[str, Any] | None = None
     result: RunResult | None = None
+    loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
 
     # ---- before the first request --------------------------------------------------------------------------
     def start_emulator(self) -> None:
@@ -148,9 +150,11 @@ class Session:
         if self.telemetry is not None:
             await self.telemetry.start()
             self.engine.on_measure_start = self.telemetry.mark_measure_start
+        self.loop_health.start()
         try:
             self.result = await self.engine.run()
         finally:
+            self.loop_health.stop()
             if self.telemetry is not None:
                 await self.telemetry.stop()
         return self.result
@@ -180,6 +184,7 @@ class Session:
         summary["concurrency"] = result.concurrency if result else {}
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary()
+        summary["client"] = self.loop_health.summary()
         stats_after = await self._statistics()
         if self.stats_before is not None and stats_after is not None:
             from cvload.telemetry import stats_diff

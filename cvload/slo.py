@@ -5,7 +5,8 @@ An objective is ``METRIC OP NUMBER[UNIT]`` with OP one of ``< <= > >= ==``. METR
 * a per-request metric of cvload/metrics.py by alias or summary name, plus a statistic:
   ``first_chunk.p95``, ``second_chunk.p99``, ``total.p50``, ``rtf.p50``, ``first_chunk_latency_ms.max``;
 * a run-level value of the summary: ``error_rate``, ``throughput.requests_per_s``, ``throughput.audio_s_per_s``,
-  ``requests.ok``, ``run_wall_rtf``, ``concurrency.achieved_mean``, ``errors.timeout``, ``audio_flags.audio_silent``...;
+  ``requests.ok``, ``run_wall_rtf``, ``concurrency.achieved_mean``, ``errors.timeout``, ``audio_flags.audio_silent``,
+  ``client.loop_lag_ms.p99`` (how late the measuring process's event loop ran), ``client.cpu_cores``...;
 * a telemetry value, read from the summary's ``telemetry`` section (keys: cvload.telemetry.summary):
   ``gpu.util.mean``, ``gpu.mem_used_bytes.max``, ``gpu.power_w.mean``, ``cpu.util.max``,
   ``gpu.devices.<uuid>.util.max``... A run without telemetry gives the verdict ``no_data``.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cvload.errors import UsageError
+from cvload.loop_health import CLIENT_METRICS
 from cvload.metrics import BY_ALIAS, BY_NAME, REQUEST_METRICS, STAT_KEYS
 from cvload.records import AUDIO_FLAGS, ERROR_KINDS
 from cvload.telemetry.summary import TELEMETRY_KEYS
@@ -72,6 +74,7 @@ RUN_METRICS: dict[str, str] = {
     "concurrency.achieved_max": "plain",
     **{f"errors.{kind}": "plain" for kind in ERROR_KINDS},
     **{f"audio_flags.{flag}": "plain" for flag in AUDIO_FLAGS},
+    **CLIENT_METRICS,  # the run's own timing error: client.loop_lag_ms.p99, client.cpu_cores
 }
 
 

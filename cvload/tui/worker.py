@@ -41,7 +41,8 @@ def emit(message: dict[str, Any]) -> None:
     _channel.flush()
 
 
-def _status(engine: Any, telemetry: Any, stages: list[dict[str, Any]] | None) -> dict[str, Any]:
+def _status(engine: Any, telemetry: Any, stages: list[dict[str, Any]] | None,
+            client: dict[str, Any] | None = None) -> dict[str, Any]:
     st = engine.state
     out: dict[str, Any] = {
         "type": "status", "started": st.started, "sent": st.sent, "done": st.done, "failed": st.failed,
@@ -52,6 +53,8 @@ def _status(engine: Any, telemetry: Any, stages: list[dict[str, Any]] | None) ->
         out["stages"] = stages
     if telemetry is not None:
         out["warnings"] = list(telemetry.warnings)
+    if client is not None:
+        out["client"] = client  # this process's loop lag and CPU (cvload.loop_health), for the header
     return out
 
 
@@ -123,7 +126,7 @@ async def serve(config: RunConfig) -> int:
             await session.execute()
         finally:
             reporter.cancel()
-            emit(_status(engine, session.telemetry, None))
+            emit(_status(engine, session.telemetry, None, session.loop_health.summary()))
             summary = await session.finish()
         code = EXIT_INTERRUPTED if engine.state.interrupted and not engine.records else session.exit_code()
         emit({"type": "finished", "exit_code": code, "status": summary["status"]})
@@ -145,7 +148,7 @@ async def _report(engine: Any, session: Any) -> None:
             last_stages = now
             with contextlib.suppress(Exception):  # telemetry never stops a run
                 stages = session.telemetry.stage_breakdown(STAGES_WINDOW_S)
-        emit(_status(engine, session.telemetry, stages))
+        emit(_status(engine, session.telemetry, stages, session.loop_health.live()))
         await asyncio.sleep(STATUS_EVERY_S)
 
 
