@@ -304,16 +304,15 @@ class TritonHttpStreaming(_TritonHttp):
     mode = "streaming"
 
     def _body(self, request: SynthesisRequest) -> bytes:
-        parts = [f'"id": {json.dumps(self._request_id(request))}',
-                 f'"target_text": {json.dumps(request.target_text)}']
+        # One copy of the (cached) prompt JSON, which can be a megabyte: the body is built on the event loop.
+        head = f'{{"id": {json.dumps(self._request_id(request))}, "target_text": {json.dumps(request.target_text)}'
         if request.reference_wav is not None:
             prompt = self._prompts.get(request.reference_wav, request.pad_to_samples)
-            parts.append(f'"reference_text": {json.dumps(request.reference_text or "")}')
-            parts.append(f'"reference_wav": {prompt.json}')
-            parts.append(f'"reference_wav_len": [{prompt.length}]')
-        elif request.reference_text is not None:
-            parts.append(f'"reference_text": {json.dumps(request.reference_text)}')
-        return ("{" + ", ".join(parts) + "}").encode()
+            head += f', "reference_text": {json.dumps(request.reference_text or "")}, "reference_wav": '
+            return b"".join((head.encode(), prompt.json, f', "reference_wav_len": [{prompt.length}]}}'.encode()))
+        if request.reference_text is not None:
+            head += f', "reference_text": {json.dumps(request.reference_text)}'
+        return (head + "}").encode()
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         url = f"{self.base}{self._model_path}/generate_stream"
