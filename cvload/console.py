@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cvload.config import RunConfig
+from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, lookup, stats, values
 
 LIVE_WINDOW = 2000  # live percentiles over the latest requests: cheap at any run length
@@ -32,8 +33,10 @@ def progress_text(session: Any) -> str:
     p95 = f"{first['p95']:.0f}" if first["p95"] is not None else "-"
     load = f"{st.concurrency} tasks" if engine.config.closed_loop else f"{st.rate:g} req/s"
     state = " paused" if st.paused else " stopping" if st.stopping else ""
+    health = getattr(session, "loop_health", None)
+    client = f"  {client_text(health.live())}" if health is not None and st.started else ""
     return (f"{elapsed:6.1f}s  done {st.done}{planned}  in flight {engine.inflight.count} ({load})  "
-            f"first chunk p50 {p50} ms p95 {p95} ms  errors {st.failed}{state}")
+            f"first chunk p50 {p50} ms p95 {p95} ms  errors {st.failed}{state}{client}")
 
 
 class ConsoleView:
@@ -96,6 +99,7 @@ def summary_warnings(summary: dict[str, Any]) -> list[str]:
                    "(run longer, or the client or server cannot keep that many requests in flight)")
     for warning in (summary.get("telemetry") or {}).get("warnings", []):
         out.append(warning)
+    out += (summary.get("client") or {}).get("warnings", [])
     return out
 
 
@@ -131,6 +135,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row(metric.title + unit, *[_fmt(s.get(k), metric.unit) for k in
                                              ("p50", "p90", "p95", "p99", "mean", "max")])
     extra = run_phrases(summary, "footer")
+    if client_text(summary.get("client")):
+        extra.append(client_text(summary.get("client")))
     errors = {k: v for k, v in {**summary["errors"], **summary["audio_flags"]}.items() if v}
     if errors:
         extra.append("failures: " + ", ".join(f"{k} {v}" for k, v in errors.items()))

@@ -17,12 +17,12 @@ from typing import Protocol
 
 import numpy as np
 
-from cvload.audio_checks import AudioCheck
+from cvload.audio_checks import check_request
 from cvload.config import RunConfig
 from cvload.inputs import padded_length
 from cvload.metrics import wall_time
 from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT, RequestRecord
-from cvload.targets.base import SynthesisRequest, Target, TargetError
+from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
 
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
 DRAIN_TIMEOUT_S = 5.0  # default: on stop, how long in-flight requests may finish before they are cancelled
@@ -372,22 +372,17 @@ class Engine:
     async def _one(self, index: int, worker: int, intended: float | None) -> None:
         request, item = self._request(index)
         target = self.targets[index % len(self.targets)]
-        check = AudioCheck()
-        keep_audio = self.config.save_audio
-        chunks_audio: list[np.ndarray] = []
+        chunks: list[Chunk] = []
         record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
                                server=target.address, text=item.target_text, sent=0.0, intended=intended,
                                run_start=self.state.started)
-        offsets, samples = record.chunk_offsets, record.chunk_samples
+        offsets = record.chunk_offsets
 
         async def consume() -> None:
+            # Nothing here but the stamp: samples are counted and checked after the final response.
             async for chunk in target.synthesize(request):
                 offsets.append(chunk.t - sent)
-                samples.append(int(chunk.audio.size))
-                record.sample_rate = chunk.sample_rate
-                check.add(chunk.audio)
-                if keep_audio:
-                    chunks_audio.append(chunk.audio)
+                chunks.append(chunk)
 
         self.inflight.change(+1)
         self.state.sent += 1
@@ -400,7 +395,6 @@ class Engine:
         try:
             await asyncio.wait_for(consume(), self.config.request_timeout)
             record.end_offset = time.monotonic() - sent
-            record.flags = check.flags(item.target_text, record.sample_rate)
         except TargetError as exc:
             record.end_offset = time.monotonic() - sent
             record.error_kind, record.error = exc.kind, exc.message
@@ -411,14 +405,34 @@ class Engine:
         except asyncio.CancelledError:
             record.end_offset = time.monotonic() - sent
             record.error_kind, record.error = ERR_CANCELLED, "cancelled when the run stopped"
-            self._finish(record, chunks_audio)
+            self._finish(record, chunks, [])
             raise
         except Exception as exc:  # noqa: BLE001 - a target bug must cost one request, not the run
             record.end_offset = time.monotonic() - sent
             record.error_kind, record.error = ERR_PROTOCOL, f"{type(exc).__name__}: {exc}"
-        self._finish(record, chunks_audio)
+        audio: list[np.ndarray] = []
+        if record.error_kind is None:
+            try:
+                checked = await check_request(chunks, item.target_text, self._sample_rate(chunks),
+                                              self.config.save_audio)
+            except TargetError as exc:  # a chunk that only proved malformed when its samples were read
+                record.error_kind, record.error = exc.kind, exc.message
+            except asyncio.CancelledError:
+                self._finish(record, chunks, [])
+                raise
+            else:
+                record.chunk_samples.extend(checked.samples)
+                record.flags, audio = checked.flags, checked.audio
+        self._finish(record, chunks, audio)
 
-    def _finish(self, record: RequestRecord, chunks_audio: list[np.ndarray]) -> None:
+    @staticmethod
+    def _sample_rate(chunks: list[Chunk]) -> int:
+        return chunks[-1].sample_rate if chunks else RequestRecord.sample_rate
+
+    def _finish(self, record: RequestRecord, chunks: list[Chunk], chunks_audio: list[np.ndarray]) -> None:
+        if len(record.chunk_samples) != len(chunks):  # a failed request: count its samples without decoding
+            record.chunk_samples[:] = [chunk.samples for chunk in chunks]
+        record.sample_rate = self._sample_rate(chunks)
         self.inflight.change(-1)
         self.records.append(record)
         self.state.done += 1

@@ -23,6 +23,7 @@ from cvload import __version__
 from cvload.config import RunConfig
 from cvload.engine import Engine, RunResult
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.loop_health import LoopHealth
 from cvload.metrics import summarize
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
 from cvload.targets import make_target
@@ -77,6 +78,7 @@ class Session:
     summary: dict[str, Any] | None = None
     result: RunResult | None = None
     stop_asked: bool = False
+    loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
 
     # ---- the lifecycle -------------------------------------------------------------------------------------------
     async def run(self, view: RunView) -> int:
@@ -200,9 +202,11 @@ class Session:
         if self.telemetry is not None:
             await self.telemetry.start()
             self.engine.on_measure_start = self.telemetry.mark_measure_start
+        self.loop_health.start()
         try:
             self.result = await self.engine.run()
         finally:
+            self.loop_health.stop()
             if self.telemetry is not None:
                 await self.telemetry.stop()
         return self.result
@@ -230,6 +234,7 @@ class Session:
         summary.update(summarize(records, wall_s=wall, concurrency=result.concurrency if result else None))
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary()
+        summary["client"] = self.loop_health.summary()
         stats_after = await self._statistics()
         if self.stats_before is not None and stats_after is not None:
             from cvload.telemetry import stats_diff

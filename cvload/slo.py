@@ -7,6 +7,8 @@ An objective is ``METRIC OP NUMBER[UNIT]`` with OP one of ``< <= > >= ==``. METR
 * a run-level metric of cvload/metrics.py (``RUN_METRICS``) by its summary name: ``error_rate``,
   ``throughput.requests_per_s``, ``requests.ok``, ``run_wall_rtf``, ``concurrency.achieved_mean``,
   ``errors.timeout``, ``audio_flags.audio_silent``...;
+* the run's own timing error (cvload/loop_health.py): ``client.loop_lag_ms.p99`` (how late the measuring
+  process's event loop ran), ``client.cpu_cores``;
 * a telemetry value, read from the summary's ``telemetry`` section (keys: cvload.telemetry.summary):
   ``gpu.util.mean``, ``gpu.mem_used_bytes.max``, ``gpu.power_w.mean``, ``cpu.util.max``,
   ``gpu.devices.<uuid>.util.max``... A run without telemetry gives the verdict ``no_data``.
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cvload.errors import UsageError
+from cvload.loop_health import CLIENT_METRICS
 from cvload.metrics import BY_ALIAS, BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, STAT_KEYS, lookup
 from cvload.telemetry.summary import TELEMETRY_KEYS
 
@@ -64,7 +67,10 @@ def _unit_kind(unit: str) -> str:
 
 
 # Run metrics an objective may name -> unit kind.
-RUN_OBJECTIVES: dict[str, str] = {m.name: _unit_kind(m.unit) for m in RUN_METRICS if m.objective}
+RUN_OBJECTIVES: dict[str, str] = {
+    **{m.name: _unit_kind(m.unit) for m in RUN_METRICS if m.objective},
+    **CLIENT_METRICS,  # the run's own timing error, from the summary's client section
+}
 
 
 def _telemetry_kind(key: str) -> str:

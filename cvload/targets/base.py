@@ -1,7 +1,9 @@
 """The small interface every protocol sits behind: open, synthesize (timed chunks), close.
 
 A target stamps ``time.monotonic()`` the moment a response arrives, before decoding it, and raises
-``TargetError`` with one of the error kinds of ``cvload.records`` when a request fails.
+``TargetError`` with one of the error kinds of ``cvload.records`` when a request fails. Between one read and the
+next read's timestamp a target does only work that costs a small fraction of a millisecond: whatever costs more
+(parsing a JSON float array) waits in a ``LazyAudio`` until someone needs the samples, off the measuring path.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -26,13 +28,55 @@ class SynthesisRequest:
     item_id: str = ""
 
 
-@dataclass
-class Chunk:
-    """One audio chunk as it arrived: monotonic arrival time and float32 samples at ``sample_rate``."""
+class LazyAudio(Protocol):
+    """Audio as it came off the wire, decoded only on demand (``decode`` may raise ``TargetError``)."""
 
-    t: float
-    audio: np.ndarray
-    sample_rate: int = 24000
+    def count(self) -> int:
+        """How many samples, without materialising them (cheap: a byte scan at most)."""
+
+    def decode(self) -> np.ndarray:
+        """The float32 samples."""
+
+
+class Chunk:
+    """One audio chunk as it arrived: monotonic arrival time ``t`` and its samples at ``sample_rate``.
+
+    ``audio`` is a float32 array, or a ``LazyAudio`` that turns into one on first access of ``.audio``;
+    ``samples`` counts either without decoding.
+    """
+
+    __slots__ = ("t", "sample_rate", "_audio", "_lazy")
+
+    def __init__(self, t: float, audio: np.ndarray | LazyAudio, sample_rate: int = 24000) -> None:
+        self.t = t
+        self.sample_rate = sample_rate
+        if isinstance(audio, np.ndarray):
+            self._audio: np.ndarray | None = audio
+            self._lazy: LazyAudio | None = None
+        else:
+            self._audio, self._lazy = None, audio
+
+    @property
+    def decoded(self) -> bool:
+        return self._audio is not None
+
+    @property
+    def audio(self) -> np.ndarray:
+        if self._audio is None:
+            assert self._lazy is not None
+            self._audio, self._lazy = self._lazy.decode(), None
+        return self._audio
+
+    @property
+    def samples(self) -> int:
+        if self._audio is not None:
+            return int(self._audio.size)
+        assert self._lazy is not None
+        return self._lazy.count()
+
+    def __repr__(self) -> str:
+        state = f"{self.samples} samples" + ("" if self.decoded else ", not decoded")
+        return f"Chunk(t={self.t:.6f}, {state}, {self.sample_rate} Hz)"
 
 
 class TargetError(Exception):

@@ -2,7 +2,8 @@
 
 Triton writes one ``data: {json}`` event per response, each ended by a blank line; an event can be several
 hundred kilobytes (a chunk of audio as a JSON array), far past aiohttp's line-length limit, so events are cut
-from raw reads here instead of read line by line.
+from raw reads here instead of read line by line. Each event's bytes are copied once, straight from the read
+buffer to its payload, so cutting a megabyte-sized event costs a memory copy, not a parse.
 """
 
 from __future__ import annotations
@@ -28,12 +29,18 @@ class SseParser:
         events: list[bytes] = []
         start = 0
         while True:
-            end = buffer.find(b"\n\n", search_from)
+            end = _blank_line(buffer, search_from)
             if end < 0:
                 break
-            payload = _data_of(bytes(buffer[start:end]))
-            if payload is not None:
-                events.append(payload)
+            if buffer.startswith(b"data:", start) and buffer.find(b"\n", start, end) < 0:
+                # One data line (how Triton writes every event): the payload is the line after "data: ".
+                skip = 6 if end > start + 5 and buffer[start + 5] == 0x20 else 5
+                with memoryview(buffer) as view:
+                    events.append(bytes(view[start + skip:end]))
+            else:
+                payload = _data_of(bytes(buffer[start:end]))
+                if payload is not None:
+                    events.append(payload)
             start = search_from = end + 2
         if start:
             del buffer[:start]
@@ -44,6 +51,20 @@ class SseParser:
         rest, self._buffer, self._cr = bytes(self._buffer).strip(b"\n"), bytearray(), False
         payload = _data_of(rest) if rest else None
         return [payload] if payload is not None else []
+
+
+def _blank_line(buffer: bytearray, start: int) -> int:
+    """Where the next ``\\n\\n`` starts, or -1: memchr for single newlines is ~50x faster than a two-byte
+    search, and an event has few newlines however long it is."""
+    find = buffer.find
+    size = len(buffer)
+    while True:
+        pos = find(b"\n", start)
+        if pos < 0 or pos + 1 >= size:
+            return -1
+        if buffer[pos + 1] == 0x0A:
+            return pos
+        start = pos + 1
 
 
 def _data_of(block: bytes) -> bytes | None:

@@ -41,7 +41,7 @@ class Prompt:
     samples: np.ndarray  # float32 little endian, contiguous, padded
     length: int
     _raw: bytes | None = field(default=None, repr=False)
-    _json: str | None = field(default=None, repr=False)
+    _json: bytes | None = field(default=None, repr=False)
 
     @property
     def raw(self) -> bytes:
@@ -50,10 +50,10 @@ class Prompt:
         return self._raw
 
     @property
-    def json(self) -> str:
-        """The samples as a JSON array (float32 values printed exactly), for the generate endpoint."""
+    def json(self) -> bytes:
+        """The samples as a JSON array (float32 values printed exactly), UTF-8, for the generate endpoint."""
         if self._json is None:
-            self._json = json.dumps(self.samples.tolist())
+            self._json = json.dumps(self.samples.tolist()).encode()
         return self._json
 
     def tensors(self) -> tuple[Tensor, Tensor]:

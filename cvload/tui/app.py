@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import signal
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -51,6 +51,13 @@ HELP = """\
 [dim]now[/]  = requests finished in the last {window:g} s (since reset)
 [dim]run[/]  = every measured request, as summary.json counts them
 """
+
+
+def client_health(source: Source) -> dict[str, Any] | None:
+    """The measuring process's loop lag and CPU: live from its status lines, else from summary.json."""
+    state = getattr(source, "state", None)
+    live = getattr(state, "client", None)
+    return live if live else (getattr(source, "summary", None) or {}).get("client")
 
 
 class HelpScreen(ModalScreen[None]):
@@ -137,7 +144,7 @@ class DashboardApp(App[int]):
         source.poll()
         status = source.status()
         snap = source.live.snapshot(status.elapsed if status.phase != "replay" else None)
-        self.header.update(header_text(status, source.target, source.scenario))
+        self.header.update(header_text(status, source.target, source.scenario, client_health(source)))
         for panel in self.latency:
             panel.show(snap)
         self.rtf.show(snap)

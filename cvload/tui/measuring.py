@@ -39,7 +39,8 @@ class Channel:
         self.stream.flush()
 
 
-def engine_status(session: Session, stages: list[dict[str, Any]] | None = None) -> EngineStatus:
+def engine_status(session: Session, stages: list[dict[str, Any]] | None = None, *, final: bool = False) -> EngineStatus:
+    """The engine's counters now; ``client``: the last ~2 s of loop lag while running, the whole run's at the end."""
     engine = session.engine
     assert engine is not None
     st = engine.state
@@ -48,6 +49,7 @@ def engine_status(session: Session, stages: list[dict[str, Any]] | None = None) 
         planned=st.planned, paused=st.paused, stopping=st.stopping, concurrency=st.concurrency, rate=st.rate,
         aborted=st.aborted, interrupted=st.interrupted, inflight=engine.inflight.count, stages=stages,
         warnings=list(session.telemetry.warnings) if session.telemetry is not None else [],
+        client=session.loop_health.summary() if final else session.loop_health.live(),
     )
 
 
@@ -71,7 +73,7 @@ class DashboardLink:
         if self._reporter is not None:
             self._reporter.cancel()
         if session.engine is not None:
-            self.channel.send(engine_status(session))
+            self.channel.send(engine_status(session, final=True))
 
     def final(self, session: Session, summary: dict[str, Any]) -> None:
         self.channel.send(Finished(exit_code=session.exit_code(), status=summary["status"]))

@@ -69,6 +69,7 @@ class EngineStatus(Message):
     inflight: int = 0
     stages: list[dict[str, Any]] | None = None  # the server's stage breakdown, when refreshed (once a second)
     warnings: list[str] = field(default_factory=list)  # telemetry warnings
+    client: dict[str, Any] | None = None  # the measuring process's own loop lag and CPU (cvload.loop_health)
 
     @property
     def measure_from(self) -> float:

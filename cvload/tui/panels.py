@@ -14,6 +14,7 @@ from rich.text import Text
 from textual.widgets import Static
 
 from cvload.live_window import LiveSnapshot, MetricView, finished_at
+from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, values
 from cvload.tui.charts import bar, fmt_ms, fmt_num, fmt_share, sparkline
 from cvload.tui.source import Status
@@ -69,13 +70,15 @@ def _content_key(content: Any) -> object:
 
 
 # ---- header ----------------------------------------------------------------------------------------------------
-def header_text(status: Status, target: str, scenario: str | None) -> Text:
+def header_text(status: Status, target: str, scenario: str | None, client: dict[str, Any] | None = None) -> Text:
     text = Text()
     text.append(f" {status.phase.upper()} ", style=PHASE_STYLES.get(status.phase, "reverse"))
     text.append("  cvload ", style="bold")
     text.append(target)
     if scenario:
         text.append(f"   scenario {scenario}", style="dim")
+    if client_text(client):  # the measuring process's own timing error (cvload.loop_health)
+        text.append("   " + client_text(client), style="bold yellow" if (client or {}).get("warnings") else "dim")
     text.append("\n")
     planned = f"/{status.planned}" if status.planned else ""
     text.append(f" elapsed {status.elapsed:6.1f}s   done {status.done}{planned}   in flight {status.inflight}   "
