@@ -14,9 +14,12 @@ from typing import Any
 from cvload.address import server_address
 from cvload.errors import UsageError
 
+APIS = ("triton", "cosyvoice", "openai")  # Triton (+TRT-LLM), CosyVoice's Python runtime, OpenAI-style speech
 PROTOCOLS = ("grpc", "http")
 MODES = ("streaming", "offline")
 ARRIVALS = ("poisson", "constant")
+INFERENCES = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")  # the Python runtime's request kinds
+RESPONSE_FORMATS = ("pcm", "wav")  # OpenAI-style speech: raw int16 (may stream) or a whole WAV file
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -61,9 +64,17 @@ class RunConfig:
 
     # Target
     server: list[str] = field(default_factory=list)  # HOST[:PORT]; several -> round-robin
+    api: str = "triton"  # which server API: triton | cosyvoice (Python runtime, :50000) | openai (/v1/audio/speech)
     protocol: str = "grpc"
     mode: str = "streaming"
     model: str = "cosyvoice2"
+    # Request details of the non-Triton APIs
+    inference: str | None = None  # cosyvoice: sft | zero_shot | cross_lingual | instruct | instruct2
+    spk_id: str | None = None  # cosyvoice sft/instruct: the server's speaker id
+    instruct_text: str | None = None  # cosyvoice instruct/instruct2
+    sample_rate: int | None = None  # rate of audio a server sends without saying it (None: the API's default)
+    voice: str | None = None  # openai: the voice name
+    response_format: str = "pcm"  # openai: pcm | wav
     # Embedded server
     emulator: bool = False
     profile: str | None = None
@@ -96,6 +107,14 @@ class RunConfig:
     name: str | None = None  # scenario's display name
 
     def validate(self) -> RunConfig:
+        if self.api not in APIS:
+            raise UsageError(f"--api {self.api!r}: use one of {', '.join(APIS)}")
+        if self.inference is not None and self.inference not in INFERENCES:
+            raise UsageError(f"--inference {self.inference!r}: use one of {', '.join(INFERENCES)}")
+        if self.response_format not in RESPONSE_FORMATS:
+            raise UsageError(f"--response-format {self.response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}")
+        if self.sample_rate is not None and self.sample_rate <= 0:
+            raise UsageError(f"--sample-rate must be positive, got {self.sample_rate}")
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"--protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if self.mode not in MODES:

@@ -147,7 +147,7 @@ class Session:
             cfg = self.config
         for address in cfg.addresses():
             self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,
-                                            timeout=cfg.request_timeout))
+                                            timeout=cfg.request_timeout, api=cfg.api, options=cfg))
         try:
             self.infos = list(await asyncio.gather(*(t.open() for t in self.targets)))
         except BaseException:

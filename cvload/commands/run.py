@@ -8,7 +8,16 @@ import sys
 from typing import Any
 
 from cvload.commands.serve import add_emulator_options, parse_overrides
-from cvload.config import ARRIVALS, MODES, PROTOCOLS, RunConfig, parse_duration
+from cvload.config import (
+    APIS,
+    ARRIVALS,
+    INFERENCES,
+    MODES,
+    PROTOCOLS,
+    RESPONSE_FORMATS,
+    RunConfig,
+    parse_duration,
+)
 
 
 def _duration(text: str) -> float:
@@ -31,6 +40,20 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default=None,
                    help="streaming (decoupled model, default) or offline; must match the deployment")
     g.add_argument("--model", default=None, help="front model name (default cosyvoice2)")
+    g.add_argument("--api", choices=APIS, default=None,
+                   help="server API: triton (default; Triton + TensorRT-LLM), cosyvoice (CosyVoice's Python runtime, "
+                        "gRPC or FastAPI on :50000) or openai (POST /v1/audio/speech)")
+    g = p.add_argument_group("requests of the cosyvoice and openai APIs")
+    g.add_argument("--inference", choices=INFERENCES, default=None,
+                   help="cosyvoice: request kind (upstream's route names; default zero_shot with prompts, sft without)")
+    g.add_argument("--spk-id", default=None, metavar="ID", help="cosyvoice sft/instruct: the server's speaker id")
+    g.add_argument("--instruct-text", default=None, metavar="TEXT", help="cosyvoice instruct/instruct2: the instruction")
+    g.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
+                   help="rate of audio the server sends without saying it (cosyvoice, openai pcm; default 24000: "
+                        "CosyVoice2/3; CosyVoice-300M speaks at 22050)")
+    g.add_argument("--voice", default=None, help="openai: the voice")
+    g.add_argument("--response-format", choices=RESPONSE_FORMATS, default=None,
+                   help="openai: pcm (raw int16, may stream; default) or wav (a whole file)")
     add_emulator_options(p)
     g = p.add_argument_group("load shape")
     g.add_argument("--num-tasks", type=int, default=None, metavar="N",
