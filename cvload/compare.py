@@ -1,0 +1,505 @@
+"""Did a change make a deployment worse? Two results folders, metric by metric, with verdicts CI can act on.
+
+A metric **regressed** when its change is worse than the threshold (``--threshold``: 5% by default, per metric
+overridable, e.g. ``first_chunk.p95=10ms``) AND the bootstrap confidence interval of the change lies entirely on
+the worse side of zero: each run's per-request values are resampled with replacement (seeded, so the verdict is
+reproducible), the statistic is recomputed on each resample and the difference new - base collected. A large but
+noisy change (one slow request moving a p99 of 40) is reported as ``uncertain``, never as a regression, so noise
+does not fail a build; a small but certain one is ``ok`` because it stays inside the threshold.
+
+What is resampled, per metric:
+
+* latencies, RTF, stalls: the per-request values the summary's statistics were computed from;
+* error rate: one 0/1 value per measured request (failed or not);
+* throughput: successful completions per second in 5 to 20 equal time bins of the measured window (their mean is
+  the summary's throughput); the bins are resampled (a block bootstrap: completions within a bin stay together).
+  With few bins the interval is wide, so a throughput change of a short run tends to be "uncertain";
+* goodput: as throughput, times the run's share of good requests as measured (records do not say which request
+  met every objective, so that share is not resampled);
+* a sweep's capacity: no interval (a level either met the objectives or not); the threshold alone decides.
+
+Which direction is worse is part of each metric's declaration: latency up, throughput/goodput/capacity down.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvload.errors import UsageError
+from cvload.metrics import BY_ALIAS, MISSING, end_time, lookup, measure_start, values
+from cvload.records import ERR_CANCELLED, RequestRecord
+from cvload.results import read_json
+from cvload.results_folder import RUN, SWEEP, RunFolder, SweepFolder, kind_of, load_run, load_sweep
+from cvload.slo import parse_objective
+
+COMPARE_SCHEMA = "cvload.compare/1"
+UP, DOWN = "up", "down"  # which change is worse
+REGRESSION, IMPROVED, OK, UNCERTAIN, NO_DATA = "regression", "improved", "ok", "uncertain", "no_data"
+DEFAULT_THRESHOLD = "5%"
+DEFAULT_CONFIDENCE = 0.95
+DEFAULT_RESAMPLES = 2000
+_BATCH_VALUES = 2_000_000  # resampled values held in memory at once
+
+Stat = Callable[[np.ndarray], np.ndarray]  # a statistic over the last axis: (..., n) -> (...)
+Samples = Callable[[RunFolder], np.ndarray]
+
+
+@dataclass(frozen=True)
+class CompareMetric:
+    """One row of the comparison: where its value is in summary.json and how to bootstrap it."""
+
+    name: str  # as in objectives and --threshold (``first_chunk.p95``, ``error_rate``)
+    title: str
+    path: str  # dotted path in summary.json
+    unit: str  # "ms", "share", "req/s" or "" (a ratio or count)
+    worse: str  # UP or DOWN
+    samples: Samples | None  # per-run values to resample; None: no interval
+    stat: Stat | None
+    optional: bool = False  # shown only when a run has it (open-loop latencies, goodput)
+
+
+def _measured(run: RunFolder) -> list[RequestRecord]:
+    return [r for r in run.records if not r.warmup and r.error_kind != ERR_CANCELLED]
+
+
+def _request_values(alias: str) -> Samples:
+    metric = BY_ALIAS[alias]
+    return lambda run: np.asarray(values(_measured(run), metric), dtype=float)
+
+
+def _failed(run: RunFolder) -> np.ndarray:
+    return np.asarray([0.0 if r.ok else 1.0 for r in _measured(run)])
+
+
+def _completion_rates(run: RunFolder) -> np.ndarray:
+    """Successful completions per second in equal time bins of the measured window (5 to 20 bins, about 5
+    completions each): their mean is the run's throughput, and resampling bins keeps the regularity of completions
+    within a bin that resampling single gaps would lose."""
+    measured = _measured(run)
+    start = measure_start(run.records)
+    ends = np.asarray(sorted(end_time(r) for r in measured if r.ok))
+    if start is None or ends.size == 0:
+        return np.zeros(0)
+    stop = max(end_time(r) for r in measured)
+    if stop <= start:
+        return np.zeros(0)
+    bins = int(min(20, max(5, ends.size // 5)))
+    counts, _ = np.histogram(np.clip(ends, start, stop), bins=bins, range=(start, stop))
+    return counts / ((stop - start) / bins)
+
+
+def _percentile(q: float) -> Stat:
+    return lambda a: np.percentile(a, q, axis=-1)
+
+
+def _mean(a: np.ndarray) -> np.ndarray:
+    return np.mean(a, axis=-1)
+
+
+def _goodput_path(summary: dict[str, Any]) -> str | None:
+    for path in ("goodput.requests_per_s", "goodput"):
+        value = lookup(summary, path)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return path
+    return None
+
+
+def _goodput_stat_for(run: RunFolder) -> float:
+    """Share of successful requests that were good: goodput / throughput as the run measured them."""
+    path = _goodput_path(run.summary)
+    good = lookup(run.summary, path) if path else MISSING
+    throughput = lookup(run.summary, "throughput.requests_per_s")
+    if good is MISSING or not isinstance(throughput, int | float) or throughput <= 0:
+        return 0.0
+    return float(good) / float(throughput)
+
+
+def _request_rows(alias: str, title: str, stats: Sequence[str], *, optional: bool = False) -> list[CompareMetric]:
+    metric = BY_ALIAS[alias]
+    unit = {"ms": "ms", "s": "s"}.get(metric.unit, "")
+    rows = []
+    for stat in stats:
+        fn = _mean if stat == "mean" else _percentile(float(stat[1:]))
+        rows.append(CompareMetric(f"{alias}.{stat}", f"{title} {stat}", f"metrics.{metric.name}.{stat}", unit, UP,
+                                  _request_values(alias), fn, optional=optional))
+    return rows
+
+
+PCTS = ("p50", "p95", "p99")
+METRICS: tuple[CompareMetric, ...] = (
+    *_request_rows("first_chunk", "First chunk", PCTS),
+    *_request_rows("second_chunk", "Second chunk", PCTS),
+    *_request_rows("total", "Total latency", PCTS),
+    *_request_rows("rtf", "RTF", PCTS),
+    *_request_rows("first_chunk_corrected", "First chunk from intended send", ("p95", "p99"), optional=True),
+    CompareMetric("stalls.mean", "Playback stalls per request", "metrics.stall_count.mean", "", UP,
+                  _request_values("stalls"), _mean),
+    CompareMetric("error_rate", "Error rate", "error_rate", "share", UP, _failed, _mean),
+    CompareMetric("throughput.requests_per_s", "Throughput", "throughput.requests_per_s", "req/s", DOWN,
+                  _completion_rates, _mean),
+    CompareMetric("goodput", "Goodput", "goodput", "req/s", DOWN, _completion_rates, _mean, optional=True),
+)
+CAPACITY = CompareMetric("capacity", "Capacity", "capacity.value", "", DOWN, None, None)
+BY_METRIC = {m.name: m for m in (*METRICS, CAPACITY)}
+
+
+# ---------------------------------------------------------------------------------------------------- thresholds
+@dataclass(frozen=True)
+class Threshold:
+    """How much worse a metric may get: ``relative`` (a fraction of the base) or ``absolute`` (summary units)."""
+
+    text: str
+    relative: float | None = None
+    absolute: float | None = None
+
+    def allows(self, worse_by: float, base: float) -> bool:
+        """True while a change ``worse_by`` (> 0 is worse) stays within the threshold."""
+        if self.absolute is not None:
+            return worse_by <= self.absolute
+        assert self.relative is not None
+        return worse_by <= self.relative * abs(base)
+
+
+_NUMBER = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_RELATIVE = re.compile(rf"^\s*({_NUMBER})\s*%\s*$")
+_ABSOLUTE = re.compile(rf"^\s*({_NUMBER})\s*([A-Za-z]*)\s*$")
+THRESHOLD_HELP = ("N% (of the base) for every metric, or METRIC=VALUE for one: first_chunk.p95=10ms, "
+                  "error_rate=0.5pp (percentage points), throughput.requests_per_s=3%")
+
+
+def _names_hint(name: str) -> str:
+    names = [m.name for m in (*METRICS, CAPACITY)]
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    return (f"did you mean {close[0]}? " if close else "") + "compared metrics: " + ", ".join(names)
+
+
+def _metric_named(spec: str, name: str) -> CompareMetric:
+    """A compared metric by its name, or by any name the objective parser resolves to the same summary value."""
+    if name in BY_METRIC:
+        return BY_METRIC[name]
+    try:
+        path = parse_objective(f"{name}<0").metric
+    except UsageError:
+        raise UsageError(f"--threshold {spec!r}: unknown metric {name!r}", hint=_names_hint(name)) from None
+    for metric in METRICS:
+        if metric.path == path:
+            return metric
+    raise UsageError(f"--threshold {spec!r}: {name} is not one of the metrics compare judges",
+                     hint=_names_hint(name))
+
+
+def _relative(spec: str, text: str) -> Threshold | None:
+    m = _RELATIVE.match(text)
+    if not m:
+        return None
+    value = float(m.group(1))
+    if value < 0:
+        raise UsageError(f"--threshold {spec!r} must not be negative")
+    return Threshold(text=text.strip(), relative=value / 100.0)
+
+
+def _absolute(spec: str, metric: CompareMetric, text: str) -> Threshold:
+    m = _ABSOLUTE.match(text)
+    if not m:
+        raise UsageError(f"--threshold {spec!r}: {text!r} is not a number with a unit", hint=THRESHOLD_HELP)
+    number, unit = float(m.group(1)), m.group(2)
+    if number < 0:
+        raise UsageError(f"--threshold {spec!r} must not be negative")
+    if metric.unit == "share" and unit == "pp":  # percentage points of a share
+        return Threshold(text=text.strip(), absolute=number / 100.0)
+    if metric.name in (CAPACITY.name, "goodput"):  # not known to the objective parser
+        if unit:
+            raise UsageError(f"--threshold {spec!r}: {metric.name} takes a bare number (in {metric.unit or 'levels'})"
+                             " or N%", hint=THRESHOLD_HELP)
+        return Threshold(text=text.strip(), absolute=number)
+    try:  # the objective parser knows every unit a metric may be written in (ms or s for times)
+        objective = parse_objective(f"{metric.name}<{number}{unit}")
+    except UsageError as exc:
+        allowed = "pp or a bare fraction" if metric.unit == "share" else "ms or s" if metric.unit in ("ms", "s") \
+            else "a bare number"
+        raise UsageError(f"--threshold {spec!r}: unit {unit!r} does not apply to {metric.name}",
+                         hint=f"use N% (relative) or {allowed}") from exc
+    return Threshold(text=text.strip(), absolute=objective.threshold * objective.factor)
+
+
+def parse_thresholds(specs: Sequence[str]) -> tuple[Threshold, dict[str, Threshold]]:
+    """``--threshold`` values -> the default threshold and per-metric overrides (by compared metric name)."""
+    default = Threshold(text=DEFAULT_THRESHOLD, relative=0.05)
+    per_metric: dict[str, Threshold] = {}
+    for spec in specs:
+        name, sep, value = spec.partition("=")
+        if not sep:
+            threshold = _relative(spec, spec)
+            if threshold is None:
+                raise UsageError(f"--threshold {spec!r}: a default threshold is a percentage, e.g. 5%",
+                                 hint=THRESHOLD_HELP)
+            default = threshold
+            continue
+        metric = _metric_named(spec, name.strip())
+        per_metric[metric.name] = _relative(spec, value) or _absolute(spec, metric, value)
+    return default, per_metric
+
+
+# ------------------------------------------------------------------------------------------------------ bootstrap
+def _resampled(values: np.ndarray, stat: Stat, resamples: int, rng: np.random.Generator) -> np.ndarray:
+    n = values.size
+    batch = max(1, _BATCH_VALUES // n)
+    out = []
+    for start in range(0, resamples, batch):
+        idx = rng.integers(0, n, size=(min(batch, resamples - start), n))
+        out.append(stat(values[idx]))
+    return np.concatenate(out)
+
+
+def bootstrap_delta(base: np.ndarray, new: np.ndarray, stat: Stat, *, resamples: int, confidence: float,
+                    rng: np.random.Generator, scale: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float] | None:
+    """Percentile interval of stat(new*) * scale[1] - stat(base*) * scale[0] over resamples of each run."""
+    if base.size == 0 or new.size == 0:
+        return None
+    deltas = (_resampled(new, stat, resamples, rng) * scale[1]
+              - _resampled(base, stat, resamples, rng) * scale[0])
+    alpha = (1.0 - confidence) / 2.0
+    lo, hi = np.quantile(deltas, [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+# ---------------------------------------------------------------------------------------------------- comparison
+@dataclass
+class Row:
+    metric: str
+    title: str
+    unit: str
+    worse: str
+    base: float | None
+    new: float | None
+    delta: float | None
+    percent: float | None  # of the base; None where the base is 0 (and the change is not)
+    ci: tuple[float, float] | None  # interval of the delta; None where none can be computed
+    threshold: str
+    verdict: str
+    level: str | None = None  # a sweep's level ("num_tasks 8"); None for a run or the capacity
+
+
+@dataclass
+class Comparison:
+    base: str
+    new: str
+    kind: str  # RUN or SWEEP
+    rows: list[Row] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def regressions(self) -> list[Row]:
+        return [r for r in self.rows if r.verdict == REGRESSION]
+
+
+@dataclass(frozen=True)
+class Settings:
+    default: Threshold = Threshold(text=DEFAULT_THRESHOLD, relative=0.05)
+    per_metric: dict[str, Threshold] = field(default_factory=dict)
+    confidence: float = DEFAULT_CONFIDENCE
+    resamples: int = DEFAULT_RESAMPLES
+    seed: int = 0
+
+    def threshold(self, metric: str) -> Threshold:
+        return self.per_metric.get(metric, self.default)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def _beyond_noise(metric: CompareMetric, ci: tuple[float, float] | None, *, worse: bool) -> bool:
+    """The whole interval of the change lies on one side of zero (the worse side, or the better one)."""
+    if ci is None:
+        return metric.samples is None  # a value with no interval by nature (capacity): the threshold decides
+    up = (metric.worse == UP) == worse  # is the side asked for an increase?
+    return ci[0] > 0 if up else ci[1] < 0
+
+
+def judge(metric: CompareMetric, base: float | None, new: float | None, ci: tuple[float, float] | None,
+          threshold: Threshold, *, level: str | None = None) -> Row:
+    """One row: the change, and whether it is beyond the threshold and beyond noise (the interval)."""
+    if base is None or new is None:
+        return Row(metric.name, metric.title, metric.unit, metric.worse, base, new, None, None, ci,
+                   threshold.text, NO_DATA, level)
+    delta = new - base
+    percent = delta / abs(base) if base != 0 else (0.0 if delta == 0 else None)
+    worse_by = delta if metric.worse == UP else -delta
+    verdict = OK
+    if not threshold.allows(worse_by, base):  # worse beyond the threshold: a regression unless it may be noise
+        verdict = REGRESSION if _beyond_noise(metric, ci, worse=True) else UNCERTAIN
+    elif not threshold.allows(-worse_by, base) and _beyond_noise(metric, ci, worse=False):
+        verdict = IMPROVED
+    return Row(metric.name, metric.title, metric.unit, metric.worse, base, new, delta, percent, ci,
+               threshold.text, verdict, level)
+
+
+def _compare_metric(metric: CompareMetric, index: int, base: RunFolder, new: RunFolder, settings: Settings,
+                    level: str | None) -> Row | None:
+    path = metric.path
+    if metric.name == "goodput":
+        path_base, path_new = _goodput_path(base.summary), _goodput_path(new.summary)
+        if path_base is None and path_new is None:
+            return None
+        b = _number(lookup(base.summary, path_base)) if path_base else None
+        n = _number(lookup(new.summary, path_new)) if path_new else None
+        scale = (_goodput_stat_for(base), _goodput_stat_for(new))
+    else:
+        b, n = _number(lookup(base.summary, path)), _number(lookup(new.summary, path))
+        scale = (1.0, 1.0)
+        if metric.optional and b is None and n is None:
+            return None
+    ci = None
+    if metric.samples is not None and metric.stat is not None and b is not None and n is not None:
+        rng = np.random.default_rng([settings.seed, index])
+        ci = bootstrap_delta(metric.samples(base), metric.samples(new), metric.stat, resamples=settings.resamples,
+                             confidence=settings.confidence, rng=rng, scale=scale)
+    return judge(metric, b, n, ci, settings.threshold(metric.name), level=level)
+
+
+def _check_compatible(base: Path, base_settings: dict[str, Any], new: Path, new_settings: dict[str, Any]) -> None:
+    """Mode and server API change what every latency means: comparing across them is a usage error."""
+    for key, flag in (("mode", "--mode"), ("api", "--api")):
+        a, b = base_settings.get(key), new_settings.get(key)
+        if key == "api":
+            a, b = a or "triton", b or "triton"
+        if a is not None and b is not None and a != b:
+            raise UsageError(f"{new} was measured with {flag} {b}, {base} with {flag} {a}: their latencies do not "
+                             "compare", hint=f"compare runs of the same {flag}")
+
+
+def _notes(base: RunFolder, new: RunFolder) -> list[str]:
+    """What a reader should know before trusting the verdicts (not errors: a change of load may be the point)."""
+    notes = []
+    for key in ("protocol", "model", "num_tasks", "rate"):
+        a, b = base.settings.get(key), new.settings.get(key)
+        if a != b:
+            notes.append(f"{key} differs: {a} (base) vs {b} (new)")
+    for run, which in ((base, "base"), (new, "new")):
+        status = run.summary.get("status")
+        if status not in (None, "completed"):
+            notes.append(f"{which} run is {status}")
+        measured = len(_measured(run))
+        if measured < 20:
+            notes.append(f"{which} run measured only {measured} requests: intervals are wide")
+        for warning in (run.summary.get("client") or {}).get("warnings") or []:
+            notes.append(f"{which}: {warning}")
+    return notes
+
+
+def compare_runs(base: RunFolder, new: RunFolder, settings: Settings, *, level: str | None = None) -> list[Row]:
+    rows = []
+    for index, metric in enumerate(METRICS):
+        row = _compare_metric(metric, index, base, new, settings, level)
+        if row is not None:
+            rows.append(row)
+    return rows
+
+
+def _sweep_settings(sweep: SweepFolder) -> dict[str, Any]:
+    config = sweep.sweep.get("config")
+    if isinstance(config, dict):
+        return config
+    for folder in _level_folders(sweep).values():
+        settings = (read_json(folder / "config.json") or {}).get("config")
+        return settings if isinstance(settings, dict) else {}
+    return {}
+
+
+def _level_key(level: dict[str, Any]) -> str:
+    return f"{level.get('kind', 'level')} {level.get('value')}"
+
+
+def _level_folders(sweep: SweepFolder) -> dict[str, Path]:
+    """Each level's own run folder, where sweep.json names it (``dir``/``path``/``folder``) and it exists."""
+    folders = {}
+    for level in sweep.sweep.get("levels") or []:
+        if not isinstance(level, dict):
+            continue
+        for key in ("dir", "path", "folder", "out"):
+            name = level.get(key)
+            if isinstance(name, str) and (sweep.path / name / "summary.json").is_file():
+                folders[_level_key(level)] = sweep.path / name
+                break
+    return folders
+
+
+def compare_sweeps(base: SweepFolder, new: SweepFolder, settings: Settings) -> Comparison:
+    comparison = Comparison(str(base.path), str(new.path), SWEEP)
+    cap_base = base.sweep.get("capacity") or {}
+    cap_new = new.sweep.get("capacity") or {}
+    if cap_base.get("kind") and cap_new.get("kind") and cap_base.get("kind") != cap_new.get("kind"):
+        raise UsageError(f"{new.path} sweeps {cap_new.get('kind')}, {base.path} sweeps {cap_base.get('kind')}: "
+                         "their capacities do not compare", hint="compare sweeps over the same kind of level")
+    comparison.rows.append(judge(CAPACITY, _number(cap_base.get("value")), _number(cap_new.get("value")), None,
+                                 settings.threshold(CAPACITY.name)))
+    for cap, which in ((cap_base, "base"), (cap_new, "new")):
+        if cap.get("bracket") is not None:
+            comparison.notes.append(f"{which} capacity bracket {cap.get('bracket')}")
+    folders_base, folders_new = _level_folders(base), _level_folders(new)
+    common = [k for k in folders_base if k in folders_new]
+    for key in common:
+        comparison.rows += compare_runs(load_run(folders_base[key]), load_run(folders_new[key]), settings, level=key)
+    if not common:
+        comparison.notes.append("no level measured in both sweeps with its records: only the capacity is compared")
+    return comparison
+
+
+def compare_folders(paths: Sequence[str | Path], settings: Settings) -> list[Comparison]:
+    """Each folder after the first against the first. Every folder is checked before anything is computed."""
+    if len(paths) < 2:
+        raise UsageError("compare needs two results folders: BASE NEW [NEW...]")
+    kinds = [kind_of(p) for p in paths]
+    base_path = Path(paths[0])
+    for path, kind in zip(paths[1:], kinds[1:]):
+        if kind != kinds[0]:
+            raise UsageError(f"cannot compare a {kinds[0]} ({base_path}) with a {kind} ({path})",
+                             hint="compare runs with runs and sweeps with sweeps")
+    if kinds[0] == RUN:
+        runs = [load_run(p) for p in paths]
+        for run in runs[1:]:
+            _check_compatible(runs[0].path, runs[0].settings, run.path, run.settings)
+        return [Comparison(str(runs[0].path), str(run.path), RUN, compare_runs(runs[0], run, settings),
+                           _notes(runs[0], run)) for run in runs[1:]]
+    sweeps = [load_sweep(p) for p in paths]
+    base_settings = _sweep_settings(sweeps[0])
+    for sweep in sweeps[1:]:
+        _check_compatible(sweeps[0].path, base_settings, sweep.path, _sweep_settings(sweep))
+    return [compare_sweeps(sweeps[0], sweep, settings) for sweep in sweeps[1:]]
+
+
+def to_json(comparisons: list[Comparison], settings: Settings) -> dict[str, Any]:
+    """The machine-readable result (``--json``), schema cvload.compare/1."""
+    return {
+        "schema": COMPARE_SCHEMA,
+        "regression": any(c.regressions for c in comparisons),
+        "settings": {
+            "threshold": settings.default.text,
+            "thresholds": {k: v.text for k, v in settings.per_metric.items()},
+            "confidence": settings.confidence,
+            "resamples": settings.resamples,
+            "seed": settings.seed,
+        },
+        "comparisons": [
+            {
+                "base": c.base,
+                "new": c.new,
+                "kind": c.kind,
+                "regression": bool(c.regressions),
+                "notes": c.notes,
+                "rows": [{**asdict(r), "ci": list(r.ci) if r.ci else None} for r in c.rows],
+            }
+            for c in comparisons
+        ],
+    }
