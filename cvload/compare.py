@@ -18,6 +18,11 @@ What is resampled, per metric:
   met every objective, so that share is not resampled);
 * a sweep's capacity: no interval (a level either met the objectives or not); the threshold alone decides.
 
+Two limits keep the verdicts honest where the records cannot: a percentile is judged only where each run has at
+least ``MIN_TAIL`` values beyond it (the bootstrap of a run's largest values is far too sure of itself), and a
+latency change no larger than the runs' own timing error (event-loop lag, see cvload/loop_health.py: its p50 for a
+p50 or mean, its p99 for a tail percentile) is not a regression. Both make a row ``uncertain`` at most, with a note saying why.
+
 Which direction is worse is part of each metric's declaration: latency up, throughput/goodput/capacity down.
 """
 
@@ -47,6 +52,11 @@ DEFAULT_THRESHOLD = "5%"
 DEFAULT_CONFIDENCE = 0.95
 DEFAULT_RESAMPLES = 2000
 _BATCH_VALUES = 2_000_000  # resampled values held in memory at once
+# A percentile is judged only where each run has at least this many values beyond it (p95: 100 requests, p99:
+# 500). Below that the percentile is one of the run's few largest values, whose bootstrap interval is far too
+# narrow (the resamples cannot go beyond the largest value seen): a p99 of 40 requests moved by one slow second
+# chunk would otherwise read as a certain change. Such a row is at most "uncertain".
+MIN_TAIL = 5
 
 Stat = Callable[[np.ndarray], np.ndarray]  # a statistic over the last axis: (..., n) -> (...)
 Samples = Callable[[RunFolder], np.ndarray]
@@ -64,6 +74,11 @@ class CompareMetric:
     samples: Samples | None  # per-run values to resample; None: no interval
     stat: Stat | None
     optional: bool = False  # shown only when a run has it (open-loop latencies, goodput)
+    tail: float | None = None  # a percentile's share of values beyond it (0.05 for p95): see MIN_TAIL
+
+    def too_few(self, n: int) -> bool:
+        """Too few values beyond this percentile for its interval to mean anything (see MIN_TAIL)."""
+        return self.tail is not None and n * self.tail < MIN_TAIL
 
 
 def _measured(run: RunFolder) -> list[RequestRecord]:
@@ -128,8 +143,9 @@ def _request_rows(alias: str, title: str, stats: Sequence[str], *, optional: boo
     rows = []
     for stat in stats:
         fn = _mean if stat == "mean" else _percentile(float(stat[1:]))
+        tail = None if stat == "mean" else 1.0 - float(stat[1:]) / 100.0
         rows.append(CompareMetric(f"{alias}.{stat}", f"{title} {stat}", f"metrics.{metric.name}.{stat}", unit, UP,
-                                  _request_values(alias), fn, optional=optional))
+                                  _request_values(alias), fn, optional=optional, tail=tail))
     return rows
 
 
@@ -286,6 +302,7 @@ class Row:
     threshold: str
     verdict: str
     level: str | None = None  # a sweep's level ("num_tasks 8"); None for a run or the capacity
+    note: str | None = None  # why a verdict is weaker than the numbers alone suggest
 
 
 @dataclass
@@ -328,7 +345,8 @@ def _beyond_noise(metric: CompareMetric, ci: tuple[float, float] | None, *, wors
 
 
 def judge(metric: CompareMetric, base: float | None, new: float | None, ci: tuple[float, float] | None,
-          threshold: Threshold, *, level: str | None = None) -> Row:
+          threshold: Threshold, *, level: str | None = None, too_few: str | None = None,
+          timing_error: float = 0.0) -> Row:
     """One row: the change, and whether it is beyond the threshold and beyond noise (the interval)."""
     if base is None or new is None:
         return Row(metric.name, metric.title, metric.unit, metric.worse, base, new, None, None, ci,
@@ -341,8 +359,13 @@ def judge(metric: CompareMetric, base: float | None, new: float | None, ci: tupl
         verdict = REGRESSION if _beyond_noise(metric, ci, worse=True) else UNCERTAIN
     elif not threshold.allows(-worse_by, base) and _beyond_noise(metric, ci, worse=False):
         verdict = IMPROVED
+    note = too_few
+    if verdict in (REGRESSION, IMPROVED) and abs(delta) <= timing_error:
+        note = f"within the runs' own timing error (event-loop lag {timing_error:.1f} ms)"
+    if note and verdict in (REGRESSION, IMPROVED):
+        verdict = UNCERTAIN if verdict == REGRESSION else OK
     return Row(metric.name, metric.title, metric.unit, metric.worse, base, new, delta, percent, ci,
-               threshold.text, verdict, level)
+               threshold.text, verdict, level, note)
 
 
 def _compare_metric(metric: CompareMetric, index: int, base: RunFolder, new: RunFolder, settings: Settings,
@@ -360,12 +383,27 @@ def _compare_metric(metric: CompareMetric, index: int, base: RunFolder, new: Run
         scale = (1.0, 1.0)
         if metric.optional and b is None and n is None:
             return None
-    ci = None
+    ci, too_few = None, None
     if metric.samples is not None and metric.stat is not None and b is not None and n is not None:
         rng = np.random.default_rng([settings.seed, index])
-        ci = bootstrap_delta(metric.samples(base), metric.samples(new), metric.stat, resamples=settings.resamples,
+        samples_base, samples_new = metric.samples(base), metric.samples(new)
+        ci = bootstrap_delta(samples_base, samples_new, metric.stat, resamples=settings.resamples,
                              confidence=settings.confidence, rng=rng, scale=scale)
-    return judge(metric, b, n, ci, settings.threshold(metric.name), level=level)
+        fewest = min(samples_base.size, samples_new.size)
+        if metric.too_few(fewest):
+            need = math.ceil(MIN_TAIL / (metric.tail or 1.0) - 1e-9)
+            too_few = f"{fewest} values: a {metric.name.rsplit('.', 1)[-1]} is judged from {need} per run"
+    timing_error = 0.0
+    if metric.unit == "ms":  # a p50 may be off by the loop's typical lag, a tail by its tail lag
+        lag = "p50" if metric.name.endswith((".p50", ".mean")) else "p99"
+        timing_error = max(_loop_lag(base, lag), _loop_lag(new, lag))
+    return judge(metric, b, n, ci, settings.threshold(metric.name), level=level, too_few=too_few,
+                 timing_error=timing_error)
+
+
+def _loop_lag(run: RunFolder, stat: str) -> float:
+    """How late the run's event loop answered (ms): latencies it measured may be inflated by about that much."""
+    return _number(lookup(run.summary, f"client.loop_lag_ms.{stat}")) or 0.0
 
 
 def _check_compatible(base: Path, base_settings: dict[str, Any], new: Path, new_settings: dict[str, Any]) -> None:

@@ -104,6 +104,12 @@ def _print(comparisons: list[Comparison], settings: Settings) -> None:
             table.add_row(f"{r.metric}{unit}", _fmt(r.base, r.unit), _fmt(r.new, r.unit),
                           _fmt(r.delta, r.unit, signed=True), _percent(r.percent, r.delta), ci, r.threshold, verdict)
         out.print(table)
+        by_note: dict[str, list[str]] = {}
+        for r in c.rows:
+            if r.note and r.verdict in ("uncertain", "ok") and r.percent != 0:
+                by_note.setdefault(r.note, []).append(r.metric if r.level is None else f"{r.level} {r.metric}")
+        for note, names in by_note.items():
+            out.print(f"{', '.join(names)}: at most uncertain, {note}", highlight=False)
         for note in c.notes:
             out.print(f"note: {note}", highlight=False)
         if c.regressions:

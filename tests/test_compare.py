@@ -1,0 +1,243 @@
+"""`cvload compare` on results folders made by real `cvload run`s against the embedded emulator: noise is not
+flagged, a real +20 ms first-chunk change is, bad input is a usage error. Plus the verdict rule on its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cvload.cli import main
+from cvload.compare import (
+    BY_METRIC,
+    IMPROVED,
+    OK,
+    REGRESSION,
+    UNCERTAIN,
+    Threshold,
+    bootstrap_delta,
+    judge,
+    parse_thresholds,
+)
+from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.errors import UsageError
+from cvload.triton.launcher import TritonServer
+
+PAIRS = 2  # the fast version of benchmarks/compare_false_alarms.py (10 pairs there)
+STREAMS, REQUESTS = 4, 32
+
+
+@pytest.fixture(scope="module")
+def shifted_server(tmp_path_factory):
+    """The session emulator's ``fixed`` profile with the first chunk 20 ms later (220 ms instead of 200 ms)."""
+    root = tmp_path_factory.mktemp("shifted")
+    profile = get_profile("fixed", {"fixed_first_s": 0.22})
+    repo = build_repository(root, [EmulatedModel(profile=profile), EmulatedModel(name="cosyvoice2_offline",
+                                                                                 profile=profile, mode="offline")])
+    with TritonServer(repo, workdir=root / "server", die_with_parent=True,
+                      extra_args=["--exit-timeout-secs=0"]) as server:
+        yield server
+
+
+def _run(server: str, out: Path, *extra: str) -> Path:
+    code = main(["run", "--quiet", "--server", server, "--num-tasks", str(STREAMS), "--requests", str(REQUESTS),
+                 "--metrics-url", "none", "--gpu-source", "none", "--out", str(out), *extra])
+    assert code == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def runs(emulator, shifted_server, tmp_path_factory):
+    """PAIRS bases, a same-configuration run for each, a shifted run for each."""
+    root = tmp_path_factory.mktemp("runs")
+    folders: dict[str, Path] = {}
+    for i in range(PAIRS):
+        folders[f"base{i}"] = _run(emulator.grpc, root / f"base{i}")
+        folders[f"same{i}"] = _run(emulator.grpc, root / f"same{i}")
+        folders[f"shift{i}"] = _run(shifted_server.grpc_url, root / f"shift{i}")
+    return folders
+
+
+def compare_json(capsys, *args: str) -> tuple[int, dict]:
+    code = main(["compare", "--json", *map(str, args)])
+    out = capsys.readouterr().out
+    return code, json.loads(out) if code in (0, 3) else {}
+
+
+def rows_of(result: dict, index: int = 0) -> dict[str, dict]:
+    return {r["metric"]: r for r in result["comparisons"][index]["rows"]}
+
+
+@pytest.mark.parametrize("pair", range(PAIRS))
+def test_same_configuration_is_not_flagged(runs, capsys, pair):
+    code, result = compare_json(capsys, runs[f"base{pair}"], runs[f"same{pair}"])
+    rows = rows_of(result)
+    assert code == 0, [r for r in rows.values() if r["verdict"] == REGRESSION]
+    assert result["regression"] is False
+    assert abs(rows["first_chunk.p50"]["delta"]) < 10  # the same 200 ms server, measured twice
+
+
+@pytest.mark.parametrize("pair", range(PAIRS))
+def test_first_chunk_plus_20ms_is_flagged(runs, capsys, pair):
+    code, result = compare_json(capsys, runs[f"base{pair}"], runs[f"shift{pair}"])
+    assert code == 3 and result["regression"] is True
+    rows = rows_of(result)
+    first = rows["first_chunk.p50"]
+    assert first["verdict"] == REGRESSION
+    assert 15 < first["delta"] < 25 and first["ci"][0] > 0  # the interval of the change excludes zero
+    assert rows["second_chunk.p50"]["verdict"] != REGRESSION  # only the first chunk moved
+    # a p95 of 32 requests is one of the two largest: never more than uncertain, and the row says why
+    assert rows["first_chunk.p95"]["verdict"] != REGRESSION
+    assert "a p95 is judged from 100 per run" in rows["first_chunk.p95"]["note"]
+
+
+def test_table_names_the_regression_and_more_folders_compare_against_the_first(runs, capsys):
+    code = main(["compare", str(runs["base0"]), str(runs["same0"]), str(runs["shift0"])])
+    out = capsys.readouterr().out
+    assert code == 3
+    assert f"no regression: {runs['same0']}" in out
+    assert f"REGRESSION {runs['shift0']}: first_chunk.p50 +" in out
+    assert out.count(f"vs  {runs['base0']} (base)") == 2
+
+
+def test_verdicts_are_reproducible_with_a_seed(runs, capsys):
+    args = (runs["base0"], runs["shift0"], "--seed", "7")
+    assert compare_json(capsys, *args) == compare_json(capsys, *args)
+
+
+def test_thresholds_per_metric_and_default(runs, capsys):
+    pair = (runs["base0"], runs["shift0"])
+    # +20 ms is about +10%: a 15% default lets it pass ...
+    code, result = compare_json(capsys, *pair, "--threshold", "15%")
+    assert code == 0 and rows_of(result)["first_chunk.p95"]["verdict"] == OK
+    # ... unless one metric is held tighter, in ms or s, by alias or summary name
+    for spec in ("first_chunk.p50=10ms", "first_chunk_latency_ms.p50=0.01s"):
+        code, result = compare_json(capsys, *pair, "--threshold", "15%", "--threshold", spec)
+        rows = rows_of(result)
+        assert code == 3 and rows["first_chunk.p50"]["verdict"] == REGRESSION
+        assert rows["first_chunk.p50"]["threshold"] in ("10ms", "0.01s") and rows["total.p50"]["verdict"] == OK
+
+
+@pytest.mark.parametrize(("spec", "expected"), [
+    ("frist_chunk.p95=10ms", "did you mean first_chunk.p95"),
+    ("first_chunk.p95=10kg", "unit 'kg' does not apply"),
+    ("first_chunk.p90=10ms", "not one of the metrics compare judges"),
+    ("error_rate=1ms", "unit 'ms' does not apply"),
+    ("fast", "a default threshold is a percentage"),
+])
+def test_bad_threshold_is_a_usage_error(runs, capsys, spec, expected):
+    assert main(["compare", str(runs["base0"]), str(runs["same0"]), "--threshold", spec]) == 2
+    assert expected in capsys.readouterr().err
+
+
+def test_not_a_results_folder(runs, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("x")
+    for bad, expected in ((empty, "is not a cvload results folder"), (a_file, "is a file"),
+                          (tmp_path / "missing", "no such folder")):
+        assert main(["compare", str(runs["base0"]), str(bad)]) == 2
+        err = capsys.readouterr().err
+        assert expected in err and str(bad) in err and "Traceback" not in err
+    assert main(["compare", str(runs["base0"])]) == 2
+    assert "needs two results folders" in capsys.readouterr().err
+
+
+def test_mixing_modes_or_apis_is_a_usage_error(runs, emulator, tmp_path, capsys):
+    offline = _run(emulator.grpc, tmp_path / "offline", "--mode", "offline", "--model", "cosyvoice2_offline")
+    assert main(["compare", str(runs["base0"]), str(offline)]) == 2
+    assert "--mode offline" in capsys.readouterr().err
+    other_api = tmp_path / "openai"
+    shutil.copytree(runs["same0"], other_api)
+    config = json.loads((other_api / "config.json").read_text())
+    config["config"]["api"] = "openai"
+    (other_api / "config.json").write_text(json.dumps(config))
+    assert main(["compare", str(runs["base0"]), str(other_api)]) == 2
+    assert "--api openai" in capsys.readouterr().err
+
+
+def _sweep(folder: Path, capacity: int, levels: dict[int, Path]) -> Path:
+    """A sweep folder as `cvload sweep` writes it (schema cvload.sweep/1), its levels copies of real runs."""
+    folder.mkdir()
+    entries = []
+    for value, run in levels.items():
+        shutil.copytree(run, folder / f"num_tasks-{value}")
+        summary = json.loads((run / "summary.json").read_text())
+        entries.append({"value": value, "kind": "num_tasks", "slo_passed": value <= capacity,
+                        "summary": {"first_chunk_p95_ms": summary["metrics"]["first_chunk_latency_ms"]["p95"]},
+                        "dir": f"num_tasks-{value}"})
+    (folder / "sweep.json").write_text(json.dumps({
+        "schema": "cvload.sweep/1", "levels": entries,
+        "capacity": {"kind": "num_tasks", "value": capacity, "bracket": [capacity, capacity * 2]},
+        "knee": None, "stopped_because": "objective failed"}))
+    return folder
+
+
+def test_sweeps_compare_capacity_and_common_levels(runs, tmp_path, capsys):
+    base = _sweep(tmp_path / "base", 8, {4: runs["base0"]})
+    same = _sweep(tmp_path / "same", 8, {4: runs["same0"]})
+    lower = _sweep(tmp_path / "lower", 4, {4: runs["shift0"]})
+    code, result = compare_json(capsys, base, same, lower)
+    assert code == 3
+    same_rows, lower_rows = result["comparisons"][0]["rows"], result["comparisons"][1]["rows"]
+    assert same_rows[0]["metric"] == "capacity" and same_rows[0]["verdict"] == OK
+    assert lower_rows[0]["metric"] == "capacity" and lower_rows[0]["verdict"] == REGRESSION
+    level = [r for r in lower_rows if r["level"] == "num_tasks 4" and r["metric"] == "first_chunk.p95"]
+    assert level and level[0]["verdict"] == REGRESSION
+    assert not any(r["verdict"] == REGRESSION for r in same_rows)
+    # a run against a sweep
+    assert main(["compare", str(runs["base0"]), str(base)]) == 2
+    assert "cannot compare a run" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ the rule on its own
+def test_verdict_needs_both_threshold_and_interval():
+    first, throughput = BY_METRIC["first_chunk.p95"], BY_METRIC["throughput.requests_per_s"]
+    five = Threshold("5%", relative=0.05)
+    assert judge(first, 200.0, 220.0, (15.0, 25.0), five).verdict == REGRESSION
+    assert judge(first, 200.0, 220.0, (-1.0, 40.0), five).verdict == UNCERTAIN  # big but noisy
+    assert judge(first, 200.0, 205.0, (4.0, 6.0), five).verdict == OK  # certain but small
+    assert judge(first, 200.0, 180.0, (-25.0, -15.0), five).verdict == IMPROVED
+    assert judge(throughput, 10.0, 9.0, (-1.5, -0.5), five).verdict == REGRESSION  # down is worse
+    assert judge(throughput, 10.0, 11.0, (0.5, 1.5), five).verdict == IMPROVED
+    assert judge(first, 200.0, 215.0, (10.0, 20.0), Threshold("20ms", absolute=20.0)).verdict == OK
+    capacity = BY_METRIC["capacity"]  # no interval by nature: the threshold decides
+    assert judge(capacity, 8.0, 6.0, None, five).verdict == REGRESSION
+    assert judge(first, 200.0, 220.0, None, five).verdict == UNCERTAIN  # no interval where one was due
+
+
+def test_too_few_values_or_timing_error_make_a_change_at_most_uncertain():
+    p99, p50 = BY_METRIC["first_chunk.p99"], BY_METRIC["first_chunk.p50"]
+    assert p99.too_few(499) and not p99.too_few(500) and not p50.too_few(10)
+    five = Threshold("5%", relative=0.05)
+    row = judge(p99, 200.0, 230.0, (20.0, 40.0), five, too_few="40 values")
+    assert row.verdict == UNCERTAIN and row.note == "40 values"
+    row = judge(p50, 200.0, 220.0, (15.0, 25.0), five, timing_error=25.0)
+    assert row.verdict == UNCERTAIN and "timing error" in row.note
+    assert judge(p50, 200.0, 220.0, (15.0, 25.0), five, timing_error=2.0).verdict == REGRESSION
+
+
+def test_threshold_units():
+    default, per = parse_thresholds(["10%", "first_chunk.p95=0.02s", "error_rate=0.5pp", "capacity=1"])
+    assert default.relative == pytest.approx(0.10)
+    assert per["first_chunk.p95"].absolute == pytest.approx(20.0)  # summary holds ms
+    assert per["error_rate"].absolute == pytest.approx(0.005)  # a share
+    assert per["capacity"].absolute == 1.0
+    with pytest.raises(UsageError, match="takes a bare number"):
+        parse_thresholds(["capacity=1ms"])
+
+
+def test_interval_covers_zero_for_samples_of_one_distribution():
+    """Same distribution on both sides: the 95% interval of the p95 change contains zero in most trials."""
+    rng = np.random.default_rng(1)
+    covered = 0
+    for _ in range(100):
+        a, b = rng.lognormal(5.3, 0.1, 60), rng.lognormal(5.3, 0.1, 60)
+        lo, hi = bootstrap_delta(a, b, lambda x: np.percentile(x, 95, axis=-1), resamples=400, confidence=0.95,
+                                 rng=rng)
+        covered += lo <= 0 <= hi
+    assert covered >= 88
