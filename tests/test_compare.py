@@ -21,6 +21,8 @@ from cvload.compare import (
     bootstrap_delta,
     judge,
     parse_thresholds,
+    resample_mean,
+    resample_percentile,
 )
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import UsageError
@@ -231,13 +233,29 @@ def test_threshold_units():
         parse_thresholds(["capacity=1ms"])
 
 
+def test_exact_resampling_matches_resampling_every_value():
+    """The O(1) draws of a percentile (order statistics of uniforms) and of a mean (multinomial counts) have the
+    distribution of the statistic over full resamples."""
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(5, 0.3, 50)
+    full = values[rng.integers(0, 50, size=(20000, 50))]
+    for q in (50, 95, 99):
+        fast = resample_percentile(q)(values, 20000, np.random.default_rng(4))
+        slow = np.percentile(full, q, axis=-1)
+        assert np.quantile(fast, [0.025, 0.5, 0.975]) == pytest.approx(np.quantile(slow, [0.025, 0.5, 0.975]),
+                                                                        rel=0.01)
+    failed = (rng.random(50) < 0.1).astype(float)
+    fast = resample_mean(failed, 20000, np.random.default_rng(5))
+    slow = failed[rng.integers(0, 50, size=(20000, 50))].mean(axis=-1)
+    assert fast.mean() == pytest.approx(slow.mean(), rel=0.02) and fast.std() == pytest.approx(slow.std(), rel=0.05)
+
+
 def test_interval_covers_zero_for_samples_of_one_distribution():
     """Same distribution on both sides: the 95% interval of the p95 change contains zero in most trials."""
     rng = np.random.default_rng(1)
     covered = 0
     for _ in range(100):
         a, b = rng.lognormal(5.3, 0.1, 60), rng.lognormal(5.3, 0.1, 60)
-        lo, hi = bootstrap_delta(a, b, lambda x: np.percentile(x, 95, axis=-1), resamples=400, confidence=0.95,
-                                 rng=rng)
+        lo, hi = bootstrap_delta(a, b, resample_percentile(95), resamples=400, confidence=0.95, rng=rng)
         covered += lo <= 0 <= hi
     assert covered >= 88
