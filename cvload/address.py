@@ -120,3 +120,27 @@ def normalize_metrics_url(text: str) -> str:
 
 
 _SCHEME_PORTS = {"http": 80, "https": 443}
+
+SPEECH_ROUTE = "/v1/audio/speech"  # OpenAI-style speech endpoint
+
+
+def speech_url(text: str, *, what: str = "--server") -> str:
+    """The OpenAI-style speech endpoint of ``--server`` as a full URL.
+
+    ``HOST[:PORT]`` or ``http(s)://HOST[:PORT]`` -> ``/v1/audio/speech`` on it (port 8000 without a scheme, the
+    scheme's port with one); a path ending in ``/v1`` (``http://h:8080/v1``, ``/openai/v1``) gets
+    ``/audio/speech`` appended; any other path is the route itself (``http://h:8080/tts/speech``).
+    """
+    url = "://" in text
+    address = parse(text, what=what, default_port=_SCHEME_PORTS.get(text.split("://")[0].lower(), 0) if url
+                    else TRITON_PORTS.http, paths=True, expected="HOST[:PORT] or an http(s):// URL",
+                    hint=f"e.g. gpu-host:8080 or http://gpu-host:8080 (POST {SPEECH_ROUTE} there), "
+                         "http://gpu-host:8080/v1 or a full route such as http://gpu-host:8080/tts/speech")
+    if address.scheme == "grpc":
+        raise UsageError(f"{what} {text!r}: the OpenAI-style speech API is HTTP", hint="use http:// or https://")
+    path = address.path.rstrip("/")
+    if not path:
+        path = SPEECH_ROUTE
+    elif path.endswith("/v1"):
+        path += "/audio/speech"
+    return f"{address.scheme or 'http'}://{address}{path}"

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvload.address import server_address
+from cvload.address import server_address, speech_url
 from cvload.errors import UsageError
 
 APIS = ("triton", "cosyvoice", "openai")  # Triton (+TRT-LLM), CosyVoice's Python runtime, OpenAI-style speech
@@ -20,6 +20,7 @@ MODES = ("streaming", "offline")
 ARRIVALS = ("poisson", "constant")
 INFERENCES = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")  # the Python runtime's request kinds
 RESPONSE_FORMATS = ("pcm", "wav")  # OpenAI-style speech: raw int16 (may stream) or a whole WAV file
+API_PROTOCOLS = {"openai": ("http",)}  # protocols of an API, the first its default (unlisted: grpc, http)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -65,7 +66,7 @@ class RunConfig:
     # Target
     server: list[str] = field(default_factory=list)  # HOST[:PORT]; several -> round-robin
     api: str = "triton"  # which server API: triton | cosyvoice (Python runtime, :50000) | openai (/v1/audio/speech)
-    protocol: str = "grpc"
+    protocol: str | None = None  # grpc | http; None: the API's own (see API_PROTOCOLS), set by validate()
     mode: str = "streaming"
     model: str = "cosyvoice2"
     # Request details of the non-Triton APIs
@@ -115,6 +116,12 @@ class RunConfig:
             raise UsageError(f"--response-format {self.response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}")
         if self.sample_rate is not None and self.sample_rate <= 0:
             raise UsageError(f"--sample-rate must be positive, got {self.sample_rate}")
+        protocols = API_PROTOCOLS.get(self.api, PROTOCOLS)
+        if self.protocol is None:
+            self.protocol = protocols[0]
+        elif self.protocol in PROTOCOLS and self.protocol not in protocols:
+            raise UsageError(f"--api {self.api} speaks {' or '.join(protocols)}, not --protocol {self.protocol}",
+                             hint=f"leave --protocol out (--api {self.api} implies {protocols[0]})")
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"--protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if self.mode not in MODES:
@@ -153,8 +160,10 @@ class RunConfig:
         return Warmup.parse(self.warmup)
 
     def addresses(self) -> list[str]:
-        """Servers as HOST:PORT, the protocol's default port filled in."""
-        return [server_address(s, self.protocol) for s in self.server]
+        """Servers as HOST:PORT, the protocol's default port filled in (--api openai: the speech endpoint's URL)."""
+        if self.api == "openai":
+            return [speech_url(s) for s in self.server]
+        return [server_address(s, self.protocol or PROTOCOLS[0]) for s in self.server]
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

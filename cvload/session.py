@@ -121,6 +121,12 @@ class Session:
         cfg = self.config
         profile = get_profile(cfg.profile or "demo", cfg.profile_set)
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
+        if cfg.api == "openai":  # the OpenAI-style speech server, in its own process, with the same profile
+            from cvload.emulator.openai_server import OpenAIServer
+
+            self.server = OpenAIServer(profile, model=cfg.model, workdir=root, die_with_parent=True).start()
+            self.config = cfg.merged({"server": [self.server.url]})
+            return
         repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
         self.server = TritonServer(repo, workdir=root, die_with_parent=True)
         self.server.start()
@@ -178,6 +184,8 @@ class Session:
         cfg = self.config
         if cfg.metrics_url:
             return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
+        if cfg.api != "triton":  # no Triton metrics port beside these servers: only a given --metrics-url
+            return None
         return default_metrics_url(cfg.addresses()[0], cfg.protocol)
 
     def _make_telemetry(self) -> Any:
@@ -186,9 +194,16 @@ class Session:
         from cvload.telemetry import Telemetry
 
         assert self.out_dir is not None
-        return Telemetry(metrics_url=self._metrics_url(), stats_source=self._statistics,
-                         interval=self.config.telemetry_interval, gpu_source=self.config.gpu_source,
-                         out_path=self.out_dir / "telemetry.jsonl")
+        triton = self.config.api == "triton"
+        telemetry = Telemetry(metrics_url=self._metrics_url(), stats_source=self._statistics if triton else None,
+                              interval=self.config.telemetry_interval, gpu_source=self.config.gpu_source,
+                              out_path=self.out_dir / "telemetry.jsonl")
+        if not triton:  # said on the dashboard's GPU panel and in the summary's telemetry warnings
+            telemetry.warnings.append(
+                f"--api {self.config.api}: no Triton statistics or metrics; GPU from "
+                + (f"--metrics-url {self.config.metrics_url}" if telemetry.metrics_url else
+                   "this host's NVML (--gpu-source nvml), or pass --metrics-url (e.g. a DCGM exporter)"))
+        return telemetry
 
     async def _statistics(self) -> dict[str, Any] | None:
         try:

@@ -47,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--workdir", type=Path, default=None, help="where the model repository and log go")
     p.add_argument("--ready-timeout", type=float, default=60.0)
+    g = p.add_argument_group("server API")
+    g.add_argument("--api", choices=("triton", "openai"), default="triton",
+                   help="triton (default) or openai: an OpenAI-style POST /v1/audio/speech server on --http-port "
+                        "(needs a bearer token when CVLOAD_EMULATOR_API_KEY is set)")
+    g.add_argument("--max-conc", type=int, default=0, metavar="N",
+                   help="--api openai: refuse requests over N in flight with HTTP 429 (default 0: no cap)")
     p.set_defaults(func=run)
 
 
@@ -66,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("cvload serve only runs the embedded emulator for now: add --emulator",
                          hint="for the real TensorRT-LLM server use `cvload bootstrap up`")
     profile = get_profile(args.profile or "fixed", parse_overrides(args.profile_set))
+    if args.api == "openai":
+        return run_openai(args, profile)
     own_root = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="cvload-serve-")) if own_root else args.workdir
     repo = build_repository(root, [EmulatedModel(name=args.model, profile=profile, mode=args.mode)])
@@ -117,3 +125,36 @@ def run(args: argparse.Namespace) -> int:
     if code == 0:
         print("stopped", flush=True)
     return code
+
+
+def run_openai(args: argparse.Namespace, profile: object) -> int:
+    """The OpenAI-style speech emulator in the foreground until Ctrl-C or SIGTERM."""
+    import os
+
+    from cvload.emulator.openai_server import TOKEN_ENV, OpenAIServer
+
+    if args.max_conc < 0:
+        raise UsageError(f"--max-conc must not be negative, got {args.max_conc}")
+    server = OpenAIServer(profile, model=args.model, host=args.host, port=args.http_port,  # type: ignore[arg-type]
+                          max_conc=args.max_conc, token=os.environ.get(TOKEN_ENV) or None, workdir=args.workdir,
+                          ready_timeout=args.ready_timeout, die_with_parent=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with server:
+            ep = server.endpoints()
+            cap = f", at most {args.max_conc} in flight" if args.max_conc else ""
+            token = f", bearer token from {TOKEN_ENV}" if server.token else ""
+            print(f"cvload openai emulator ready: model {args.model} (profile {profile.name}{cap}{token})")  # type: ignore[attr-defined]
+            print(f"  speech   POST {ep['speech']}")
+            print(f"  log      {ep['log']}")
+            print(f"try: cvload run --api openai --server {server.url} --requests 20", flush=True)
+            while not stop.wait(0.5):
+                if not server.alive():
+                    print("the OpenAI-style emulator exited unexpectedly", flush=True)
+                    return 1
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("stopped", flush=True)
+    return 0
