@@ -105,8 +105,9 @@ class SpeechApp:
     """The routes and their state: one model name, the synthesizer, the in-flight count and the cap."""
 
     def __init__(self, model: str, profile: Profile, *, max_conc: int = 0, token: str | None = None,
-                 trace_path: str | None = None) -> None:
+                 trace_path: str | None = None, odd_splits: bool = False) -> None:
         self.model = model
+        self.odd_splits = odd_splits
         self.synth = Synthesizer(model, profile, trace_path)
         self.max_conc = max_conc
         self.token = token
@@ -204,9 +205,13 @@ class SpeechApp:
                                                    "X-Sample-Rate": str(SAMPLE_RATE)})
             response.enable_chunked_encoding()
             await response.prepare(request)
-            await response.write(first)
-            while (data := await queue.get()) is not None:
+            data: bytes | None = first
+            while data is not None:
+                if self.odd_splits:  # two HTTP chunks, cut inside a sample, as network chunks come
+                    await response.write(data[:len(data) // 2 | 1])
+                    data = data[len(data) // 2 | 1:]
                 await response.write(data)
+                data = await queue.get()
             if outcome[0] is not None:  # failed mid-stream: the status is sent, so break the body off
                 request.transport.close()
                 return response
@@ -243,10 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-json", default=None, help="a Profile as JSON (default: fixed)")
     parser.add_argument("--max-conc", type=int, default=0)
     parser.add_argument("--trace", default=None, help="append one JSON line per request (the model's trace)")
+    parser.add_argument("--odd-splits", action="store_true", help="pcm: send each chunk as two HTTP chunks "
+                        "cut inside a sample (clients must carry the odd byte over)")
     args = parser.parse_args(argv)
     profile = Profile(**json.loads(args.profile_json)) if args.profile_json else PRESETS["fixed"]
     serve(args.host, args.port, SpeechApp(args.model, profile, max_conc=args.max_conc,
-                                          token=os.environ.get(TOKEN_ENV) or None, trace_path=args.trace))
+                                          token=os.environ.get(TOKEN_ENV) or None, trace_path=args.trace,
+                                          odd_splits=args.odd_splits))
     return 0
 
 
@@ -272,6 +280,7 @@ class OpenAIServer:
     port: int | None = None
     max_conc: int = 0
     token: str | None = None
+    odd_splits: bool = False  # pcm: each chunk as two HTTP chunks cut inside a sample
     workdir: Path | None = None
     ready_timeout: float = 30.0
     die_with_parent: bool = False
@@ -312,6 +321,8 @@ class OpenAIServer:
         cmd = [sys.executable, "-m", "cvload.emulator.openai_server", "--host", self.host, "--port",
                str(self.port), "--model", self.model, "--profile-json", self.profile.to_json(),
                "--max-conc", str(self.max_conc), "--trace", str(self.trace_path)]
+        if self.odd_splits:
+            cmd.append("--odd-splits")
         main_thread = threading.current_thread() is threading.main_thread()
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
