@@ -287,6 +287,7 @@ class OpenAIServer:
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     log_path: Path | None = field(default=None, init=False)
     clean_exit: bool | None = field(default=None, init=False)
+    _own_workdir: bool = field(default=False, init=False)
 
     @property
     def url(self) -> str:
@@ -308,6 +309,7 @@ class OpenAIServer:
         elif launcher.port_busy(self.host, self.port):
             raise ServerError(f"port {self.port} on {self.host} is already in use",
                               hint=f"stop whatever listens on {self.host}:{self.port} or choose another port")
+        self._own_workdir = self.workdir is None
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="cvload-openai-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log_path = self.workdir / "openai_server.log"
@@ -358,6 +360,10 @@ class OpenAIServer:
         clean = self.clean_exit is None and proc.poll() is None
         ended = process.end(proc, grace=5.0)
         self.clean_exit = clean and not ended.forced and proc.returncode in (0, -signal.SIGTERM)
+        if self._own_workdir and self.clean_exit and self.workdir is not None:  # a failure keeps its log
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> OpenAIServer:
         return self.start()
