@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvload.address import server_address
+from cvload.address import RUNTIME_PORT, server_address
 from cvload.errors import UsageError
 
 APIS = ("triton", "cosyvoice", "openai")  # Triton (+TRT-LLM), CosyVoice's Python runtime, OpenAI-style speech
@@ -79,6 +79,7 @@ class RunConfig:
     emulator: bool = False
     profile: str | None = None
     profile_set: dict[str, Any] = field(default_factory=dict)
+    max_conc: int | None = None  # emulated cosyvoice runtime: its --max_conc (calls past it are refused; default 4)
     # Load shape: closed loop (num_tasks) or open loop (rate)
     num_tasks: int | None = None
     rate: float | None = None  # requests per second
@@ -113,6 +114,8 @@ class RunConfig:
             raise UsageError(f"--inference {self.inference!r}: use one of {', '.join(INFERENCES)}")
         if self.response_format not in RESPONSE_FORMATS:
             raise UsageError(f"--response-format {self.response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}")
+        if self.max_conc is not None and self.max_conc < 1:
+            raise UsageError(f"--max-conc must be at least 1, got {self.max_conc}")
         if self.sample_rate is not None and self.sample_rate <= 0:
             raise UsageError(f"--sample-rate must be positive, got {self.sample_rate}")
         if self.protocol not in PROTOCOLS:
@@ -154,7 +157,8 @@ class RunConfig:
 
     def addresses(self) -> list[str]:
         """Servers as HOST:PORT, the protocol's default port filled in."""
-        return [server_address(s, self.protocol) for s in self.server]
+        port = RUNTIME_PORT if self.api == "cosyvoice" else None
+        return [server_address(s, self.protocol, default_port=port) for s in self.server]
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

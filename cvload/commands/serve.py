@@ -1,4 +1,5 @@
-"""``cvload serve --emulator``: run the embedded Triton server with the CosyVoice emulator in the foreground."""
+"""``cvload serve --emulator``: run the embedded Triton server with the CosyVoice emulator in the foreground, or
+(``--api cosyvoice``) the emulated CosyVoice Python runtime (gRPC and FastAPI)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def add_emulator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one profile setting, e.g. --profile-set error_rate=0.1 (repeatable)")
     parser.add_argument("--tritonserver", default=None, metavar="PATH", help="tritonserver binary to use")
+    parser.add_argument("--max-conc", type=int, default=None, metavar="N",
+                        help="emulated cosyvoice runtime: its --max_conc; calls past N are refused (default 4)")
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
@@ -38,6 +41,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Start a real tritonserver with the CosyVoice emulator model repository, print "
                        "its endpoints once ready, and stop it cleanly on Ctrl-C or SIGTERM.")
     add_emulator_options(p)
+    p.add_argument("--api", choices=("triton", "cosyvoice"), default="triton",
+                   help="triton (default: tritonserver with the emulator model) or cosyvoice (CosyVoice's Python "
+                        "runtime: a gRPC server and a FastAPI server, on --grpc-port and --http-port)")
+    p.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
+                   help="cosyvoice: the rate the emulated model speaks at (24000 CosyVoice2/3, 22050 CosyVoice-300M)")
     p.add_argument("--mode", choices=("streaming", "offline"), default="streaming",
                    help="decoupled (streaming) or offline front model, as the real deployment's decoupled_mode")
     p.add_argument("--model", default="cosyvoice2", help="model name to serve (default cosyvoice2)")
@@ -66,6 +74,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("cvload serve only runs the embedded emulator for now: add --emulator",
                          hint="for the real TensorRT-LLM server use `cvload bootstrap up`")
     profile = get_profile(args.profile or "fixed", parse_overrides(args.profile_set))
+    if args.api == "cosyvoice":
+        return _serve_runtime(args, profile)
     own_root = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="cvload-serve-")) if own_root else args.workdir
     repo = build_repository(root, [EmulatedModel(name=args.model, profile=profile, mode=args.mode)])
@@ -114,6 +124,46 @@ def run(args: argparse.Namespace) -> int:
             print(f"kept {root} (server log {server.log_path})", flush=True)
         elif own_root:
             shutil.rmtree(root, ignore_errors=True)
+    if code == 0:
+        print("stopped", flush=True)
+    return code
+
+
+def _serve_runtime(args: argparse.Namespace, profile: object) -> int:
+    """The emulated CosyVoice Python runtime in the foreground until Ctrl-C or SIGTERM."""
+    from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
+    from cvload.process import tail
+
+    max_conc = args.max_conc or DEFAULT_MAX_CONC
+    if max_conc < 1:
+        raise UsageError(f"--max-conc must be at least 1, got {max_conc}")
+    server = RuntimeServer(profile, host=args.host, grpc_port=args.grpc_port,  # type: ignore[arg-type]
+                           http_port=args.http_port, max_conc=max_conc, sample_rate=args.sample_rate or 24000,
+                           workdir=args.workdir, ready_timeout=args.ready_timeout, die_with_parent=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        with server:
+            ep = server.endpoints()
+            print(f"cvload emulator ready: CosyVoice Python runtime (profile {profile.name}, "  # type: ignore[attr-defined]
+                  f"max_conc {max_conc}, {server.sample_rate} Hz; one response per sentence)")
+            print(f"  grpc     {ep['grpc']}")
+            print(f"  http     {ep['http']}  (FastAPI: /inference_sft, _zero_shot, _cross_lingual, _instruct, "
+                  "_instruct2)")
+            print(f"  log      {ep['log']}")
+            print(f"try: cvload run --api cosyvoice --server {ep['grpc']} --requests 20", flush=True)
+            while not stop.wait(0.5):
+                if not server.alive():
+                    print(f"the emulated runtime exited unexpectedly; log tail:\n{tail(server.log_path, 25)}",
+                          flush=True)
+                    code = 1
+                    break
+            if code == 0:
+                print("stopping the emulated runtime...", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     if code == 0:
         print("stopped", flush=True)
     return code
