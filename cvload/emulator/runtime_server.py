@@ -174,7 +174,7 @@ def read_prompt_wav(data: bytes) -> None:
 
 
 # ---- gRPC --------------------------------------------------------------------------------------------------
-def grpc_server(synth: Synthesizer, host: str, port: int, max_conc: int, split: int = 0) -> Any:
+def grpc_server(synth: Synthesizer, host: str, port: int, max_conc: int) -> Any:
     """The runtime's gRPC server on ``host:port``, started."""
     from concurrent import futures
 
@@ -199,7 +199,7 @@ def grpc_server(synth: Synthesizer, host: str, port: int, max_conc: int, split: 
             except RequestError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             synth.admit()  # raises for error_rate: grpcio answers UNKNOWN, as for a failing model
-            for pcm in split_bytes(synth.run(text, arrival), split):
+            for pcm in synth.run(text, arrival):
                 yield pb.Response(tts_audio=pcm)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_conc), maximum_concurrent_rpcs=max_conc,
@@ -294,7 +294,7 @@ def serve(args: argparse.Namespace) -> int:
 
     profile = Profile(**json.loads(args.profile_json))
     synth = Synthesizer(profile, args.sample_rate)
-    grpc = grpc_server(synth, args.host, args.grpc_port, args.max_conc, args.split_bytes)
+    grpc = grpc_server(synth, args.host, args.grpc_port, args.max_conc)
     config = uvicorn.Config(fastapi_app(synth, args.max_conc, args.split_bytes), host=args.host,
                             port=args.http_port, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=1)
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--max-conc", type=int, default=DEFAULT_MAX_CONC)
     parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
-    parser.add_argument("--split-bytes", type=int, default=0, help="send each sentence in parts of N bytes")
+    parser.add_argument("--split-bytes", type=int, default=0, help="HTTP: send each sentence in parts of N bytes (odd N splits samples between HTTP chunks)")
     parser.add_argument("--profile-json", default=Profile(name="fixed", fixed_first_s=0.2,
                                                           fixed_interval_s=0.1).to_json())
     return serve(parser.parse_args(argv))
