@@ -34,6 +34,7 @@ class Ports:
 
 TRITON_PORTS = Ports(8000, 8001, 8002)
 COSYVOICE3_PORTS = Ports(18000, 18001, 18002)
+RUNTIME_PORT = 50000  # CosyVoice's Python runtime (gRPC or FastAPI), as its deployment guide starts it
 
 
 def server_hint(protocol: str = "grpc") -> str:
@@ -86,10 +87,11 @@ def parse(text: str, *, what: str = "--server", default_port: int | None = None,
     return Address(m.group("host").strip("[]"), port, scheme, m.group("path") or "")
 
 
-def server_address(text: str, protocol: str, *, what: str = "--server") -> str:
-    """A server as ``HOST:PORT``, the protocol's default port filled in (a scheme such as ``http://`` dropped)."""
-    return str(parse(text, what=what, default_port=TRITON_PORTS.of(protocol), expected="HOST[:PORT]",
-                     hint=server_hint(protocol)))
+def server_address(text: str, protocol: str, *, what: str = "--server", default_port: int | None = None) -> str:
+    """A server as ``HOST:PORT``, ``default_port`` (else Triton's port of the protocol) filled in (a scheme
+    such as ``http://`` dropped)."""
+    return str(parse(text, what=what, default_port=default_port or TRITON_PORTS.of(protocol),
+                     expected="HOST[:PORT]", hint=server_hint(protocol)))
 
 
 def metrics_url(host: str, port: int) -> str:

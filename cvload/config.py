@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvload.address import server_address, speech_url
+from cvload.address import RUNTIME_PORT, server_address, speech_url
 from cvload.errors import UsageError
 
 APIS = ("triton", "cosyvoice", "openai")  # Triton (+TRT-LLM), CosyVoice's Python runtime, OpenAI-style speech
@@ -80,6 +80,7 @@ class RunConfig:
     emulator: bool = False
     profile: str | None = None
     profile_set: dict[str, Any] = field(default_factory=dict)
+    max_conc: int | None = None  # emulated cosyvoice runtime: its --max_conc (calls past it are refused; default 4)
     # Load shape: closed loop (num_tasks) or open loop (rate)
     num_tasks: int | None = None
     rate: float | None = None  # requests per second
@@ -114,6 +115,8 @@ class RunConfig:
             raise UsageError(f"--inference {self.inference!r}: use one of {', '.join(INFERENCES)}")
         if self.response_format not in RESPONSE_FORMATS:
             raise UsageError(f"--response-format {self.response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}")
+        if self.max_conc is not None and self.max_conc < 1:
+            raise UsageError(f"--max-conc must be at least 1, got {self.max_conc}")
         if self.sample_rate is not None and self.sample_rate <= 0:
             raise UsageError(f"--sample-rate must be positive, got {self.sample_rate}")
         protocols = API_PROTOCOLS.get(self.api, PROTOCOLS)
@@ -160,10 +163,12 @@ class RunConfig:
         return Warmup.parse(self.warmup)
 
     def addresses(self) -> list[str]:
-        """Servers as HOST:PORT, the protocol's default port filled in (--api openai: the speech endpoint's URL)."""
+        """Servers as HOST:PORT, the API's and protocol's default port filled in (--api openai: the speech
+        endpoint's URL)."""
         if self.api == "openai":
             return [speech_url(s) for s in self.server]
-        return [server_address(s, self.protocol or PROTOCOLS[0]) for s in self.server]
+        port = RUNTIME_PORT if self.api == "cosyvoice" else None
+        return [server_address(s, self.protocol or PROTOCOLS[0], default_port=port) for s in self.server]
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -124,8 +124,18 @@ class Session:
         if cfg.api == "openai":  # the OpenAI-style speech server, in its own process, with the same profile
             from cvload.emulator.openai_server import OpenAIServer
 
-            self.server = OpenAIServer(profile, model=cfg.model, workdir=root, die_with_parent=True).start()
+            self.server = OpenAIServer(profile, model=cfg.model, max_conc=cfg.max_conc or 0, workdir=root,
+                                       die_with_parent=True).start()
             self.config = cfg.merged({"server": [self.server.url]})
+            return
+        if cfg.api == "cosyvoice":  # CosyVoice's Python runtime, in a child process; it has no metrics endpoint
+            from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
+
+            self.server = RuntimeServer(profile, max_conc=cfg.max_conc or DEFAULT_MAX_CONC,
+                                        sample_rate=cfg.sample_rate or 24000, workdir=root, die_with_parent=True)
+            self.server.start()
+            address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
+            self.config = cfg.merged({"server": [address]})
             return
         repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
         self.server = TritonServer(repo, workdir=root, die_with_parent=True)
@@ -144,7 +154,7 @@ class Session:
         items = load_items(cfg.inputs, spk_cache=cfg.spk_cache)
         if not items:
             raise UsageError(f"no input items in {cfg.inputs or 'the built-in set'}")
-        label = f"{cfg.mode}-{cfg.protocol}" + (f"-{cfg.name}" if cfg.name else "")
+        label = f"{cfg.mode if cfg.api == 'triton' else cfg.api}-{cfg.protocol}" + (f"-{cfg.name}" if cfg.name else "")
         self.out_dir = Path(cfg.out) if cfg.out else default_out_dir(label)
         self.writer = ResultsWriter(self.out_dir)
         if cfg.emulator:
@@ -184,7 +194,7 @@ class Session:
         cfg = self.config
         if cfg.metrics_url:
             return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
-        if cfg.api != "triton":  # no Triton metrics port beside these servers: only a given --metrics-url
+        if cfg.api != "triton":  # no Triton metrics beside these servers: GPU from NVML or a given --metrics-url
             return None
         return default_metrics_url(cfg.addresses()[0], cfg.protocol)
 
@@ -239,6 +249,9 @@ class Session:
         cfg = self.config
         summary["target"] = {"servers": cfg.addresses(), "protocol": cfg.protocol, "mode": cfg.mode,
                              "model": cfg.model}
+        if cfg.api != "triton":  # another server API: its request kind says what a chunk is
+            summary["target"].update(api=cfg.api, mode=self.infos[0].mode if self.infos else cfg.mode,
+                                     inference=cfg.inference)
         summary["load"] = ({"kind": "closed", "num_tasks": cfg.concurrency} if cfg.closed_loop else
                            {"kind": "open", "rate": cfg.rate, "arrival": cfg.arrival,
                             "max_inflight": cfg.max_inflight})

@@ -1,4 +1,5 @@
-"""``cvload serve --emulator``: run the embedded Triton server with the CosyVoice emulator in the foreground."""
+"""``cvload serve --emulator``: run the embedded Triton server with the CosyVoice emulator in the foreground, or
+(``--api cosyvoice``) the emulated CosyVoice Python runtime (gRPC and FastAPI)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import signal
 import threading
 from pathlib import Path
 
+from cvload.config import APIS
 from cvload.errors import UsageError
 
 
@@ -21,6 +23,9 @@ def add_emulator_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one profile setting, e.g. --profile-set error_rate=0.1 (repeatable)")
     parser.add_argument("--tritonserver", default=None, metavar="PATH", help="tritonserver binary to use")
+    parser.add_argument("--max-conc", type=int, default=None, metavar="N",
+                        help="--api cosyvoice or openai emulators: refuse calls past N in flight (cosyvoice: its "
+                             "--max_conc, default 4, RESOURCE_EXHAUSTED/503; openai: HTTP 429, default no cap)")
 
 
 def parse_overrides(items: list[str]) -> dict[str, object]:
@@ -38,6 +43,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Start a real tritonserver with the CosyVoice emulator model repository, print "
                        "its endpoints once ready, and stop it cleanly on Ctrl-C or SIGTERM.")
     add_emulator_options(p)
+    p.add_argument("--api", choices=APIS, default="triton",
+                   help="triton (default: tritonserver with the emulator model), cosyvoice (CosyVoice's Python "
+                        "runtime: a gRPC server and a FastAPI server, on --grpc-port and --http-port) or openai "
+                        "(POST /v1/audio/speech on --http-port; needs a bearer token when CVLOAD_EMULATOR_API_KEY "
+                        "is set)")
+    p.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
+                   help="cosyvoice: the rate the emulated model speaks at (24000 CosyVoice2/3, 22050 CosyVoice-300M)")
     p.add_argument("--mode", choices=("streaming", "offline"), default="streaming",
                    help="decoupled (streaming) or offline front model, as the real deployment's decoupled_mode")
     p.add_argument("--model", default="cosyvoice2", help="model name to serve (default cosyvoice2)")
@@ -47,12 +59,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics-port", type=int, default=None)
     p.add_argument("--workdir", type=Path, default=None, help="where the model repository and log go")
     p.add_argument("--ready-timeout", type=float, default=60.0)
-    g = p.add_argument_group("server API")
-    g.add_argument("--api", choices=("triton", "openai"), default="triton",
-                   help="triton (default) or openai: an OpenAI-style POST /v1/audio/speech server on --http-port "
-                        "(needs a bearer token when CVLOAD_EMULATOR_API_KEY is set)")
-    g.add_argument("--max-conc", type=int, default=0, metavar="N",
-                   help="--api openai: refuse requests over N in flight with HTTP 429 (default 0: no cap)")
     p.set_defaults(func=run)
 
 
@@ -74,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
     profile = get_profile(args.profile or "fixed", parse_overrides(args.profile_set))
     if args.api == "openai":
         return run_openai(args, profile)
+    if args.api == "cosyvoice":
+        return _serve_runtime(args, profile)
     own_root = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="cvload-serve-")) if own_root else args.workdir
     repo = build_repository(root, [EmulatedModel(name=args.model, profile=profile, mode=args.mode)])
@@ -133,17 +141,18 @@ def run_openai(args: argparse.Namespace, profile: object) -> int:
 
     from cvload.emulator.openai_server import TOKEN_ENV, OpenAIServer
 
-    if args.max_conc < 0:
-        raise UsageError(f"--max-conc must not be negative, got {args.max_conc}")
+    max_conc = args.max_conc or 0
+    if max_conc < 0:
+        raise UsageError(f"--max-conc must not be negative, got {max_conc}")
     server = OpenAIServer(profile, model=args.model, host=args.host, port=args.http_port,  # type: ignore[arg-type]
-                          max_conc=args.max_conc, token=os.environ.get(TOKEN_ENV) or None, workdir=args.workdir,
+                          max_conc=max_conc, token=os.environ.get(TOKEN_ENV) or None, workdir=args.workdir,
                           ready_timeout=args.ready_timeout, die_with_parent=True)
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with server:
             ep = server.endpoints()
-            cap = f", at most {args.max_conc} in flight" if args.max_conc else ""
+            cap = f", at most {max_conc} in flight" if max_conc else ""
             token = f", bearer token from {TOKEN_ENV}" if server.token else ""
             print(f"cvload openai emulator ready: model {args.model} (profile {profile.name}{cap}{token})")  # type: ignore[attr-defined]
             print(f"  speech   POST {ep['speech']}")
@@ -158,3 +167,43 @@ def run_openai(args: argparse.Namespace, profile: object) -> int:
             signal.signal(sig, handler)
     print("stopped", flush=True)
     return 0
+
+
+def _serve_runtime(args: argparse.Namespace, profile: object) -> int:
+    """The emulated CosyVoice Python runtime in the foreground until Ctrl-C or SIGTERM."""
+    from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
+    from cvload.process import tail
+
+    max_conc = args.max_conc or DEFAULT_MAX_CONC
+    if max_conc < 1:
+        raise UsageError(f"--max-conc must be at least 1, got {max_conc}")
+    server = RuntimeServer(profile, host=args.host, grpc_port=args.grpc_port,  # type: ignore[arg-type]
+                           http_port=args.http_port, max_conc=max_conc, sample_rate=args.sample_rate or 24000,
+                           workdir=args.workdir, ready_timeout=args.ready_timeout, die_with_parent=True)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    code = 0
+    try:
+        with server:
+            ep = server.endpoints()
+            print(f"cvload emulator ready: CosyVoice Python runtime (profile {profile.name}, "  # type: ignore[attr-defined]
+                  f"max_conc {max_conc}, {server.sample_rate} Hz; one response per sentence)")
+            print(f"  grpc     {ep['grpc']}")
+            print(f"  http     {ep['http']}  (FastAPI: /inference_sft, _zero_shot, _cross_lingual, _instruct, "
+                  "_instruct2)")
+            print(f"  log      {ep['log']}")
+            print(f"try: cvload run --api cosyvoice --server {ep['grpc']} --requests 20", flush=True)
+            while not stop.wait(0.5):
+                if not server.alive():
+                    print(f"the emulated runtime exited unexpectedly; log tail:\n{tail(server.log_path, 25)}",
+                          flush=True)
+                    code = 1
+                    break
+            if code == 0:
+                print("stopping the emulated runtime...", flush=True)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == 0:
+        print("stopped", flush=True)
+    return code

@@ -18,8 +18,11 @@ TARGETS = {
 }
 # Other server APIs: (api, protocol) -> "module:class"; their classes also take ``options`` (the run's settings
 # for request kinds, speaker, voice, sample rate) and have no streaming/offline mode of their own.
-API_TARGETS: dict[tuple[str, str], str] = {}
-API_TARGETS[("openai", "http")] = "cvload.targets.openai_speech:OpenAISpeech"
+API_TARGETS: dict[tuple[str, str], str] = {
+    ("cosyvoice", "grpc"): "cvload.targets.cosyvoice_grpc:CosyVoiceGrpc",
+    ("cosyvoice", "http"): "cvload.targets.cosyvoice_http:CosyVoiceHttp",
+    ("openai", "http"): "cvload.targets.openai_speech:OpenAISpeech",
+}
 
 
 def make_target(protocol: str, mode: str, address: str, model: str = "cosyvoice2", *,

@@ -107,6 +107,8 @@ class _TritonGrpc(Target):
         try:
             server = await stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=left())
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # gRPC, but no Triton service
+                raise checks.other_api(self.address, "gRPC", "cosyvoice") from None
             raise checks.unreachable(self.address, "gRPC", f"{exc.code().name}: {exc.details()}") from None
         try:
             reply = await stub.ModelConfig(pb.ModelConfigRequest(name=self.model), timeout=left())

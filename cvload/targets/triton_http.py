@@ -29,6 +29,7 @@ from cvload.errors import ServerError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.cosyvoice_common import api_of_routes
 from cvload.targets.sse import SseParser
 from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
 
@@ -212,6 +213,10 @@ class _TritonHttp(Target):
         deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
         status, server = await self._call("GET", "/v2", deadline)
         if status != 200 or not isinstance(server, dict) or "version" not in server:
+            _, spec = await self._call("GET", "/openapi.json", deadline)  # FastAPI apps list their routes there
+            api = api_of_routes(spec.get("paths") if isinstance(spec, dict) else None)
+            if api is not None:
+                raise checks.other_api(self.address, "HTTP", api)
             raise ServerError(
                 f"{self.base} answered GET /v2 with HTTP {status}: not a Triton server",
                 hint="check --server HOST:PORT (Triton serves HTTP on port 8000 by default) and --protocol",
