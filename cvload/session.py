@@ -115,13 +115,16 @@ class Session:
     # ---- before the first request --------------------------------------------------------------------------
     def start_emulator(self) -> None:
         """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it."""
-        from cvload.emulator import EmulatedModel, build_repository, get_profile
+        from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository, get_profile
         from cvload.triton.launcher import TritonServer
 
         cfg = self.config
         profile = get_profile(cfg.profile or "demo", cfg.profile_set)
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
-        repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
+        if cfg.pipeline:
+            repo = build_pipeline_repository(root, profile, name=cfg.model, mode=cfg.mode)
+        else:
+            repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
         self.server = TritonServer(repo, workdir=root, die_with_parent=True)
         self.server.start()
         address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
