@@ -120,6 +120,21 @@ PRESETS: dict[str, Profile] = {
         vocoder_per_token_s=0.00298,
         jitter=0.05,
     ),
+    # The pipeline emulator (--pipeline) calibrated to the same L20 figures, with and without the speaker cache, by
+    # benchmarks/calibrate_l20.py --pipeline: queueing comes from the instances (one token2wav), not from formulas.
+    "l20_pipeline": Profile(
+        name="l20_pipeline",
+        llm_prefill_s=0.020,
+        llm_prefill_per_active_s=0.100,
+        llm_tokens_per_s=1600.0,
+        llm_batch_slowdown=0.6,
+        vocoder_base_s=0.073,
+        vocoder_per_token_s=0.0025,
+        tokenizer_s=0.008,
+        spk_embedding_s=0.008,
+        vocoder_prompt_s=0.020,
+        jitter=0.05,
+    ),
     # A quick realistic-looking profile for demos and the dashboard.
     "demo": Profile(
         name="demo",
