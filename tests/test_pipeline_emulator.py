@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from cvload import process
 from cvload.cli import main
 from cvload.emulator import build_pipeline_repository, get_profile, pipeline_models
 from cvload.emulator.model import SAMPLES_PER_TOKEN, speech_tokens
@@ -109,7 +110,13 @@ def test_streams_call_the_sub_models(tmp_path: Path) -> None:
         zero_shot = stream(server.grpc_url, "zs-1", prompt)
         cached = stream(server.grpc_url, "cache-1", None)
         client = grpcclient.InferenceServerClient(server.grpc_url)
-        stats = {m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]}
+        stats: dict = {}
+
+        def counted() -> bool:  # a decoupled model's statistics land a moment after its final response
+            stats.update({m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]})
+            return int(stats["cosyvoice2"]["inference_stats"]["success"]["count"]) == 2
+
+        process.wait_until(counted, 10, what="the front model's statistics")
         client.close()
     tokens = speech_tokens(TEXT)
     for chunks in (zero_shot, cached):

@@ -148,8 +148,9 @@ class TritonPythonModel(core.TritonPythonModel):
         p = self.profile
         prompt, prompt_tokens = self._prompt(parsed)
         total = core.speech_tokens(parsed["target"])
-        voice = self._voice(parsed["target"], request_id)
-        recorded = isinstance(voice, core.RecordedVoice)  # espeak: the front sends the recorded speech
+        # token2wav makes the audio; with the espeak voice the front sends the recorded speech instead
+        voice = self._voice(parsed["target"], request_id) if p.get("voice") == "espeak" else None
+        recorded = isinstance(voice, core.RecordedVoice)
         if recorded:
             total = max(1, -(-len(voice.audio) // core.SAMPLES_PER_TOKEN))
         text_ids = np.frombuffer(parsed["target"].encode("utf-8"), dtype=np.uint8).astype(np.int32) + TEXT_IDS - 256
@@ -162,7 +163,7 @@ class TritonPythonModel(core.TritonPythonModel):
             audio = self._token2wav(ids, prompt, request_id, offset, final)
             spans.append([start - arrival, time.monotonic() - arrival])
             sends.append(time.monotonic() - arrival)
-            emit(voice.render(n * core.SAMPLES_PER_TOKEN) if recorded else audio)
+            emit(voice.render(n * core.SAMPLES_PER_TOKEN) if recorded else audio)  # type: ignore[union-attr]
 
         if not self.decoupled:
             ids = self._ids(self._llm_request(input_ids, total, False, request_id).exec())

@@ -124,15 +124,14 @@ PRESETS: dict[str, Profile] = {
     # benchmarks/calibrate_l20.py --pipeline: queueing comes from the instances (one token2wav), not from formulas.
     "l20_pipeline": Profile(
         name="l20_pipeline",
-        llm_prefill_s=0.020,
-        llm_prefill_per_active_s=0.100,
+        llm_prefill_per_active_s=0.050,
         llm_tokens_per_s=1600.0,
         llm_batch_slowdown=0.6,
-        vocoder_base_s=0.073,
-        vocoder_per_token_s=0.0025,
-        tokenizer_s=0.008,
-        spk_embedding_s=0.008,
-        vocoder_prompt_s=0.020,
+        vocoder_base_s=0.080,
+        vocoder_per_token_s=0.0030,
+        tokenizer_s=0.005,
+        spk_embedding_s=0.005,
+        vocoder_prompt_s=0.035,
         jitter=0.05,
     ),
     # A quick realistic-looking profile for demos and the dashboard.

@@ -40,6 +40,9 @@ class TritonPythonModel:
         self.rng = random.Random(self.profile.get("seed", 0) or None)
         self.serve = {"audio_tokenizer": self._tokenize, "speaker_embedding": self._embed,
                       "token2wav": self._vocode}[self.model_name]
+        if self.model_name == "token2wav":  # render the voices before the server is ready, not on first requests
+            for index in range(core.ToneVoice.VOICES):
+                core.ToneVoice(index)
 
     def _cost(self, seconds: float) -> None:
         sigma = self.profile.get("jitter", 0.0)
