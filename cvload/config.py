@@ -81,6 +81,7 @@ class RunConfig:
     profile: str | None = None
     profile_set: dict[str, Any] = field(default_factory=dict)
     max_conc: int | None = None  # emulated cosyvoice runtime: its --max_conc (calls past it are refused; default 4)
+    pipeline: bool = False  # emulate the real five-model repository (cosyvoice2 calling its sub-models)
     # Load shape: closed loop (num_tasks) or open loop (rate)
     num_tasks: int | None = None
     rate: float | None = None  # requests per second
@@ -148,6 +149,8 @@ class RunConfig:
                              "embedded CosyVoice emulator")
         if self.server and self.emulator:
             raise UsageError("--server and --emulator exclude each other: the emulator picks its own address")
+        if self.pipeline and not self.emulator:
+            raise UsageError("--pipeline shapes the embedded emulator's repository: add --emulator")
         Warmup.parse(self.warmup)
         return self
 

@@ -115,7 +115,7 @@ class Session:
     # ---- before the first request --------------------------------------------------------------------------
     def start_emulator(self) -> None:
         """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it."""
-        from cvload.emulator import EmulatedModel, build_repository, get_profile
+        from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository, get_profile
         from cvload.triton.launcher import TritonServer
 
         cfg = self.config
@@ -137,7 +137,10 @@ class Session:
             address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
             self.config = cfg.merged({"server": [address]})
             return
-        repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
+        if cfg.pipeline:
+            repo = build_pipeline_repository(root, profile, name=cfg.model, mode=cfg.mode)
+        else:
+            repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
         self.server = TritonServer(repo, workdir=root, die_with_parent=True)
         self.server.start()
         address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url

@@ -124,6 +124,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         flags["scenario"] = str(args.scenario)
     if flags.get("server") and config.emulator and "emulator" not in flags:
         flags["emulator"] = False  # an explicit --server replaces a scenario's embedded server
+        flags["pipeline"] = False
     return config.merged(flags).validate()
 
 

@@ -22,6 +22,10 @@ def add_emulator_options(parser: argparse.ArgumentParser) -> None:
                         help="emulator latency profile (default: fixed for serve, demo for run/tui)")
     parser.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
                         help="override one profile setting, e.g. --profile-set error_rate=0.1 (repeatable)")
+    parser.add_argument("--pipeline", action="store_true", default=None,
+                        help="emulate the real repository's five models (cosyvoice2 calling audio_tokenizer, "
+                        "speaker_embedding, tensorrt_llm and token2wav), each with its own queue and instances "
+                        "(--profile-set bls_instances=N, token2wav_instances=N, max_batch_size=N)")
     parser.add_argument("--tritonserver", default=None, metavar="PATH", help="tritonserver binary to use")
     parser.add_argument("--max-conc", type=int, default=None, metavar="N",
                         help="--api cosyvoice or openai emulators: refuse calls past N in flight (cosyvoice: its "
@@ -70,7 +74,13 @@ def run(args: argparse.Namespace) -> int:
     import shutil
     import tempfile
 
-    from cvload.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.emulator import (
+        EmulatedModel,
+        build_pipeline_repository,
+        build_repository,
+        get_profile,
+        pipeline_models,
+    )
     from cvload.process import tail
     from cvload.triton.launcher import TritonServer
 
@@ -84,7 +94,10 @@ def run(args: argparse.Namespace) -> int:
         return _serve_runtime(args, profile)
     own_root = args.workdir is None
     root = Path(tempfile.mkdtemp(prefix="cvload-serve-")) if own_root else args.workdir
-    repo = build_repository(root, [EmulatedModel(name=args.model, profile=profile, mode=args.mode)])
+    if args.pipeline:
+        repo = build_pipeline_repository(root, profile, name=args.model, mode=args.mode)
+    else:
+        repo = build_repository(root, [EmulatedModel(name=args.model, profile=profile, mode=args.mode)])
     server = TritonServer(repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
                           metrics_port=args.metrics_port, tritonserver=args.tritonserver, workdir=root / "server",
                           ready_timeout=args.ready_timeout, die_with_parent=True)
@@ -102,7 +115,9 @@ def run(args: argparse.Namespace) -> int:
         with server:
             serving = True
             ep = server.endpoints()
-            print(f"cvload emulator ready: model {args.model} ({args.mode}, profile {profile.name})")
+            shape = (f", pipeline: {args.model} calling {', '.join(pipeline_models(args.model)[1:])}"
+                     if args.pipeline else "")
+            print(f"cvload emulator ready: model {args.model} ({args.mode}, profile {profile.name}{shape})")
             print(f"  grpc     {ep['grpc']}")
             print(f"  http     {ep['http']}")
             print(f"  metrics  {ep['metrics']}")
