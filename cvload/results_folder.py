@@ -120,7 +120,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return _parse_lines(path) if path.exists() else []
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a view may key what it computed from a folder by the folder object
 class RunResults:
     """One run's results folder (see the module docstring)."""
 
@@ -169,7 +169,7 @@ class SweepLevel:
     run: RunResults | None = None
 
 
-@dataclass
+@dataclass(eq=False)
 class SweepResults:
     """A sweep's folder (see the module docstring)."""
 
