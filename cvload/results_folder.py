@@ -15,6 +15,7 @@ Records come two ways: ``RunResults.records()`` (``RequestRecord`` objects, as t
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -93,8 +94,17 @@ def _parse_lines(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _floats(rows: list[dict[str, Any]], key: str) -> np.ndarray:
-    return np.array([r.get(key) for r in rows], dtype=float)  # None -> nan
+_FLOATS = ("sent_s", "end_offset", *(m.name for m in REQUEST_METRICS))
+
+
+def _float_table(rows: list[dict[str, Any]]) -> np.ndarray:
+    """rows x _FLOATS as floats (None -> NaN), in one pass: an item getter per row, one array conversion."""
+    get = operator.itemgetter(*_FLOATS)
+    try:
+        table = [get(r) for r in rows]
+    except KeyError:  # a record written before some metric existed
+        table = [tuple(r.get(k) for k in _FLOATS) for r in rows]
+    return np.array(table, dtype=float).reshape(len(rows), len(_FLOATS))
 
 
 def read_columns(folder: Path) -> RecordColumns:
@@ -103,15 +113,16 @@ def read_columns(folder: Path) -> RecordColumns:
     if not path.exists():
         raise UsageError(f"{folder} is not a cvload results folder (no records.jsonl)", hint=_WHAT)
     rows = _parse_lines(path)
-    sent = np.array([r.get("sent_s", 0.0) for r in rows], dtype=float)
-    end_offset = np.nan_to_num(_floats(rows, "end_offset"), nan=0.0)
+    table = _float_table(rows)
+    column = {name: table[:, n] for n, name in enumerate(_FLOATS)}
+    sent = np.nan_to_num(column["sent_s"], nan=0.0)
     return RecordColumns(
         sent_s=sent,
-        end_s=sent + end_offset,
+        end_s=sent + np.nan_to_num(column["end_offset"], nan=0.0),
         ok=np.array([bool(r.get("ok")) for r in rows], dtype=bool),
         warmup=np.array([bool(r.get("warmup")) for r in rows], dtype=bool),
         error_kind=np.array([r.get("error_kind") for r in rows], dtype=object),
-        metrics={m.name: _floats(rows, m.name) for m in REQUEST_METRICS},
+        metrics={m.name: column[m.name] for m in REQUEST_METRICS},
         run_start=rows[0].get("run_start") if rows else None,
     )
 

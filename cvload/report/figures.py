@@ -30,8 +30,12 @@ def colour(n: int) -> str:
     return PALETTE[n % len(PALETTE)]
 
 
-def _figure(height: float = 3.6, rows: int = 1) -> tuple[MplFigure, list]:
-    fig = MplFigure(figsize=(WIDTH_IN, height), dpi=DPI, layout="constrained")
+def _figure(height: float = 3.6, rows: int = 1, *, left: float = 0.8, right: float = 0.25, top: float = 0.2,
+            bottom: float = 0.55) -> tuple[MplFigure, list]:
+    """A figure with margins fixed in inches (a layout engine would cost more time than the drawing)."""
+    fig = MplFigure(figsize=(WIDTH_IN, height), dpi=DPI)
+    fig.subplots_adjust(left=left / WIDTH_IN, right=1 - right / WIDTH_IN, top=1 - top / height,
+                        bottom=bottom / height, hspace=0.12)
     axes = fig.subplots(rows, 1, sharex=True, squeeze=False)[:, 0]
     for ax in axes:
         ax.grid(True, color="#e5e5e5", linewidth=0.8)
@@ -53,8 +57,10 @@ def _legend(ax, **kwargs) -> None:  # noqa: ANN001 - a matplotlib Axes
         ax.legend(fontsize=8, frameon=False, **kwargs)
 
 
-def _objectives(ax, lines: Sequence[series.ObjectiveLine], *, horizontal: bool = False) -> None:  # noqa: ANN001
-    """Objective thresholds as dashed lines (green where the run met them, red where it missed)."""
+def _objectives(ax, lines: Sequence[series.ObjectiveLine], *, horizontal: bool = False,  # noqa: ANN001
+                cdf: bool = False) -> None:
+    """Objective thresholds as dashed lines (green where the run met them, red where it missed); on a CDF, a
+    dotted line at the objective's percentile too."""
     seen = set()
     for line in lines:
         if line.text in seen:
@@ -66,7 +72,7 @@ def _objectives(ax, lines: Sequence[series.ObjectiveLine], *, horizontal: bool =
             ax.axhline(line.value, color=color, linestyle="--", linewidth=1.2, label=label)
             continue
         ax.axvline(line.value, color=color, linestyle="--", linewidth=1.2, label=label)
-        if line.quantile is not None:
+        if cdf and line.quantile is not None:
             ax.axhline(line.quantile, color=color, linestyle=":", linewidth=0.9)
 
 
@@ -89,7 +95,7 @@ def first_chunk_cdf(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure
                     label=f"{label}, from intended send")
     if not drawn:
         return None
-    _objectives(ax, _all_objectives(runs, "first_chunk_latency_ms"))
+    _objectives(ax, _all_objectives(runs, "first_chunk_latency_ms"), cdf=True)
     ax.set_xlabel("first-chunk latency (ms)")
     ax.set_ylabel("share of requests")
     ax.set_ylim(0, 1.02)
@@ -157,7 +163,8 @@ def over_time(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | Non
     all_series = [series.time_series(run) for run in runs]
     if not any(np.isfinite(s.first_p50).any() for s in all_series):
         return None
-    fig, (lat, thr) = _figure(5.6, rows=2)
+    has_gpu = any(ts.gpu_t.size for ts in all_series)
+    fig, (lat, thr) = _figure(5.6, rows=2, right=0.8 if has_gpu else 0.25)
     gpu_ax = None
     for n, (ts, label) in enumerate(zip(all_series, labels)):
         c = colour(n)
@@ -187,7 +194,6 @@ def over_time(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | Non
         more = gpu_ax.get_legend_handles_labels()
         handles, names = handles + more[0], names + more[1]
     thr.legend(handles, names, fontsize=8, frameon=False, loc="lower right", ncols=2)
-    has_gpu = gpu_ax is not None
     return Figure("Latency and throughput over time", _png(fig),
                   "First-chunk p50 (solid) and p95 (dashed) of the requests finishing in each bin; successful "
                   "requests finished per second" + (", GPU utilization dotted on the right axis."
@@ -199,8 +205,8 @@ def stage_times(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | N
             for model, times in series.stage_times(run)]
     if not bars:
         return None
-    fig, (ax,) = _figure(1.3 + 0.38 * len(bars))
     names = [f"{model} ({label})" if len(runs) > 1 else model for label, _n, model, _t in bars]
+    fig, (ax,) = _figure(1.3 + 0.38 * len(bars), left=0.3 + 0.065 * max(len(n) for n in names), top=0.45)
     y = np.arange(len(bars))[::-1]
     left = np.zeros(len(bars))
     for stage in series.STAGES:
@@ -215,7 +221,7 @@ def stage_times(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | N
     ax.set_yticks(y, names, fontsize=8)
     ax.set_xlabel("server time per request (ms, mean)")
     ax.grid(axis="y", visible=False)
-    fig.legend(loc="outside upper center", ncols=4, fontsize=8, frameon=False)
+    fig.legend(loc="upper center", ncols=4, fontsize=8, frameon=False)
     return Figure("Server time per stage", _png(fig),
                   "Triton's statistics over the run (server_stats.json): mean time a request of each model spent "
                   "queued, gathering inputs, computing and returning outputs.")
@@ -229,11 +235,12 @@ def errors_and_stalls(runs: Sequence[RunResults], labels: Sequence[str]) -> Figu
     for n, (ts, label) in enumerate(zip(all_series, labels)):
         c = colour(n)
         if single:
+            edges = np.append(ts.t - ts.bin_s / 2, ts.t[-1] + ts.bin_s / 2)
             bottom = np.zeros(ts.t.size)
-            for k, (kind, counts) in enumerate(ts.errors.items()):
-                err.bar(ts.t, counts, width=ts.bin_s, bottom=bottom, color=PALETTE[(k + 1) % len(PALETTE)],
-                        label=kind)
-                bottom += counts
+            for k, (kind, counts) in enumerate(ts.errors.items()):  # stacked by kind, one patch each
+                err.stairs(bottom + counts, edges, baseline=bottom, fill=True,
+                           color=PALETTE[(k + 1) % len(PALETTE)], label=kind)
+                bottom = bottom + counts
         else:
             counts = sum(ts.errors.values(), np.zeros(ts.t.size))
             err.plot(ts.t, counts, color=c, linewidth=1.4, label=label)
