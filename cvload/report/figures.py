@@ -159,8 +159,18 @@ def rtf_histogram(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure |
                   f"{top:.2f} or more.")
 
 
+def _time_series(runs: Sequence[RunResults]) -> list[series.TimeSeries]:
+    """Every run in bins of the same width, so overlaid runs compare bin for bin."""
+    width = series.bin_width(max(series.duration(run) for run in runs))
+    return [series.time_series(run, width) for run in runs]
+
+
+def _marker(ts: series.TimeSeries) -> str | None:
+    return "o" if ts.t.size < 30 else None  # a handful of bins: points, so a single bin still shows
+
+
 def over_time(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | None:
-    all_series = [series.time_series(run) for run in runs]
+    all_series = _time_series(runs)
     if not any(np.isfinite(s.first_p50).any() for s in all_series):
         return None
     has_gpu = any(ts.gpu_t.size for ts in all_series)
@@ -168,9 +178,11 @@ def over_time(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | Non
     gpu_ax = None
     for n, (ts, label) in enumerate(zip(all_series, labels)):
         c = colour(n)
-        lat.plot(ts.t, ts.first_p50, color=c, linewidth=1.4, label=f"{label} p50")
-        lat.plot(ts.t, ts.first_p95, color=c, linewidth=1.0, linestyle="--", label=f"{label} p95")
-        thr.plot(ts.t, ts.throughput, color=c, linewidth=1.4, label=f"{label} throughput")
+        m = _marker(ts)
+        lat.plot(ts.t, ts.first_p50, color=c, linewidth=1.4, marker=m, markersize=4, label=f"{label} p50")
+        lat.plot(ts.t, ts.first_p95, color=c, linewidth=1.0, linestyle="--", marker=m, markersize=3,
+                 label=f"{label} p95")
+        thr.plot(ts.t, ts.throughput, color=c, linewidth=1.4, marker=m, markersize=4, label=f"{label} throughput")
         if ts.gpu_t.size:
             if gpu_ax is None:
                 gpu_ax = thr.twinx()
@@ -214,11 +226,10 @@ def stage_times(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | N
         ax.barh(y, widths, left=left, color=STAGE_COLORS[stage], label=stage.removesuffix("_ms").replace("_", " "),
                 height=0.7)
         left += widths
-    if len(runs) > 1:
-        for yy, (_label, n, *_rest) in zip(y, bars):
-            ax.plot([-0.01], [yy], marker="s", color=colour(n), transform=ax.get_yaxis_transform(),
-                    clip_on=False, markersize=7)
     ax.set_yticks(y, names, fontsize=8)
+    if len(runs) > 1:
+        for tick, (_label, n, *_rest) in zip(ax.get_yticklabels(), bars):
+            tick.set_color(colour(n))
     ax.set_xlabel("server time per request (ms, mean)")
     ax.grid(axis="y", visible=False)
     fig.legend(loc="upper center", ncols=4, fontsize=8, frameon=False)
@@ -228,7 +239,7 @@ def stage_times(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | N
 
 
 def errors_and_stalls(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure:
-    all_series = [series.time_series(run) for run in runs]
+    all_series = _time_series(runs)
     fig, (err, stall) = _figure(4.2, rows=2)
     single = len(runs) == 1
     total_errors = total_stalls = 0.0
@@ -243,8 +254,8 @@ def errors_and_stalls(runs: Sequence[RunResults], labels: Sequence[str]) -> Figu
                 bottom = bottom + counts
         else:
             counts = sum(ts.errors.values(), np.zeros(ts.t.size))
-            err.plot(ts.t, counts, color=c, linewidth=1.4, label=label)
-        stall.plot(ts.t, ts.stalls, color=c, linewidth=1.4, label=label)
+            err.plot(ts.t, counts, color=c, linewidth=1.4, marker=_marker(ts), markersize=4, label=label)
+        stall.plot(ts.t, ts.stalls, color=c, linewidth=1.4, marker=_marker(ts), markersize=4, label=label)
         total_errors += sum(float(v.sum()) for v in ts.errors.values())
         total_stalls += float(ts.stalls.sum())
     err.set_ylabel("failed requests / bin")

@@ -92,29 +92,38 @@ class TimeSeries:
     gpu_util: np.ndarray  # 0..1
 
 
+def duration(run: RunResults) -> float:
+    """Seconds from the run's start to the last measured request's finish."""
+    c = run.columns
+    ends = c.end_s[c.measured]
+    return float(ends.max()) if ends.size else 0.0
+
+
 def bin_width(duration_s: float) -> float:
-    width = max(MIN_BIN_S, duration_s / TIME_BINS)
-    nice = [1, 2, 5, 10, 15, 30, 60, 120, 300, 600]
-    return float(next((n for n in nice if n >= width), math.ceil(width)))
+    """A round bin width giving at most TIME_BINS bins, and at least ten where bins of a second would be fewer."""
+    nice = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]
+    target = max(duration_s / TIME_BINS, min(MIN_BIN_S, duration_s / 10))
+    n = max([0, *(i for i, w in enumerate(nice) if w <= target)])
+    while n + 1 < len(nice) and duration_s / nice[n] > TIME_BINS:
+        n += 1
+    return float(nice[n])
 
 
 _TIME_SERIES: weakref.WeakKeyDictionary[RunResults, TimeSeries] = weakref.WeakKeyDictionary()
 
 
-def time_series(run: RunResults) -> TimeSeries:
-    """The run in time bins (computed once per run: several figures draw it)."""
-    if run not in _TIME_SERIES:
-        _TIME_SERIES[run] = _time_series(run)
-    return _TIME_SERIES[run]
+def time_series(run: RunResults, width: float) -> TimeSeries:
+    """The run in bins of ``width`` s (computed once per run and width: several figures draw it)."""
+    cached = _TIME_SERIES.get(run)
+    if cached is None or cached.bin_s != width:
+        cached = _TIME_SERIES[run] = _time_series(run, width)
+    return cached
 
 
-def _time_series(run: RunResults) -> TimeSeries:
+def _time_series(run: RunResults, width: float) -> TimeSeries:
     c: RecordColumns = run.columns
     measured = c.measured
-    ends = c.end_s[measured]
-    duration = float(ends.max()) if ends.size else 0.0
-    width = bin_width(duration)
-    nbins = max(1, math.ceil(duration / width) if duration > 0 else 1)
+    nbins = max(1, math.ceil(duration(run) / width))
     index = np.minimum((c.end_s / width).astype(int), nbins - 1)
     t = (np.arange(nbins) + 0.5) * width
 
