@@ -7,6 +7,7 @@ for it.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import Callable, Sequence
 
@@ -21,7 +22,7 @@ from cvload.results_folder import RunResults, SweepResults
 WIDTH_IN, DPI = 9.0, 100  # 900 px wide: what series.TIME_BINS and CDF_POINTS are thinned to
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",
            "#bcbd22")
-PASS_COLOR, FAIL_COLOR = "#2a9d3a", "#c0392b"
+PASS_COLOR, FAIL_COLOR, SHARED_COLOR = "#2a9d3a", "#c0392b", "#555555"
 STAGE_COLORS = {"queue_ms": "#bbbbbb", "compute_input_ms": "#8fb9e0", "compute_infer_ms": "#1f77b4",
                 "compute_output_ms": "#ff9f4a"}
 
@@ -59,14 +60,14 @@ def _legend(ax, **kwargs) -> None:  # noqa: ANN001 - a matplotlib Axes
 
 def _objectives(ax, lines: Sequence[series.ObjectiveLine], *, horizontal: bool = False,  # noqa: ANN001
                 cdf: bool = False) -> None:
-    """Objective thresholds as dashed lines (green where the run met them, red where it missed); on a CDF, a
-    dotted line at the objective's percentile too."""
+    """Objective thresholds as dashed lines (green where the run met them, red where it missed, grey when several
+    runs share them); on a CDF, a dotted line at the objective's percentile too."""
     seen = set()
     for line in lines:
         if line.text in seen:
             continue
         seen.add(line.text)
-        color = PASS_COLOR if line.passed else FAIL_COLOR
+        color = SHARED_COLOR if line.passed is None else PASS_COLOR if line.passed else FAIL_COLOR
         label = f"objective {line.text}"
         if horizontal:
             ax.axhline(line.value, color=color, linestyle="--", linewidth=1.2, label=label)
@@ -77,7 +78,10 @@ def _objectives(ax, lines: Sequence[series.ObjectiveLine], *, horizontal: bool =
 
 
 def _all_objectives(runs: Sequence[RunResults], metric: str) -> list[series.ObjectiveLine]:
-    return [line for run in runs for line in series.objective_lines(run.summary, metric)]
+    lines = [line for run in runs for line in series.objective_lines(run.summary, metric)]
+    if len(runs) > 1:
+        lines = [dataclasses.replace(line, passed=None) for line in lines]
+    return lines
 
 
 # ---- one run, or several overlaid -----------------------------------------------------------------------------
@@ -104,7 +108,8 @@ def first_chunk_cdf(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure
     _legend(ax, loc="lower right")
     return Figure("First-chunk latency (CDF)", _png(fig),
                   "Share of successful requests whose first audio chunk came within x ms. Dashed: objectives "
-                  "(green met, red missed); a dotted line marks the objective's percentile.")
+                  + ("(verdicts per run in the objectives table)" if len(runs) > 1 else "(green met, red missed)")
+                  + "; a dotted line marks the objective's percentile.")
 
 
 def _share_histograms(runs: Sequence[RunResults], labels: Sequence[str], metric: str, *, floor: float,
@@ -195,7 +200,8 @@ def over_time(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | Non
     lat.set_ylabel("first chunk (ms)")
     lat.set_ylim(bottom=0)
     for line in _all_objectives(runs, "first_chunk_latency_ms"):
-        lat.axhline(line.value, color=PASS_COLOR if line.passed else FAIL_COLOR, linestyle="--", linewidth=1.0)
+        lat.axhline(line.value, color=SHARED_COLOR if line.passed is None else PASS_COLOR if line.passed
+                    else FAIL_COLOR, linestyle="--", linewidth=1.0)
     thr.set_ylabel("requests / s")
     thr.set_ylim(bottom=0)
     thr.set_xlabel(f"time since the run started (s; bins of {all_series[0].bin_s:g} s)")

@@ -24,12 +24,13 @@ MIN_BIN_S = 1.0
 
 @dataclass(frozen=True)
 class ObjectiveLine:
-    """An objective drawn on a figure: ``value`` in the figure's unit, ``quantile`` (0..1) for a percentile."""
+    """An objective drawn on a figure: ``value`` in the figure's unit, ``quantile`` (0..1) for a percentile;
+    ``passed`` None where several runs share the line (each run's verdict is in the objectives table)."""
 
     text: str
     value: float
     quantile: float | None
-    passed: bool
+    passed: bool | None
 
 
 def objective_lines(summary: dict[str, Any], metric: str) -> list[ObjectiveLine]:

@@ -116,7 +116,7 @@ def objectives(inputs: Sequence[tuple[str, dict[str, Any]]]) -> Table | None:
     if not rows:
         return None
     return Table("Objectives", (["run"] if several else []) + ["objective", "measured", "verdict"], rows,
-                 marked=marked)
+                 marked=marked, text=True)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, str]:
