@@ -212,3 +212,11 @@ def test_time_series_account_for_every_measured_request(results):
     p50 = ts.first_p50[~np.isnan(ts.first_p50)]
     first = summary["metrics"]["first_chunk_latency_ms"]
     assert p50.size and first["min"] - 1e-3 <= p50.min() and p50.max() <= first["max"] + 1e-3  # records: 6 decimals
+
+
+def test_offline_run_leaves_out_what_it_has_no_data_for(results, tmp_path):
+    out = tmp_path / "offline.html"
+    assert report(str(results["offline"]), "-o", str(out)) == 0
+    html = out.read_text()
+    assert len(images(html)) == RUN_FIGURES - 1  # one chunk per request: no second-chunk gap
+    assert "First-chunk latency (CDF)" in html and "Second-chunk gap" not in html

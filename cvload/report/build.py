@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from cvload import __version__
 from cvload.errors import UsageError
@@ -116,9 +117,9 @@ def _sweep_sections(sweeps: Sequence[SweepResults], labels: list[str]) -> list[S
            Section("Levels", [tables.levels(s, label, len(sweeps) > 1) for s, label in zip(sweeps, labels)])]
     configs = []
     for sweep in sweeps:
-        first = next((lv.run for lv in sweep.levels if lv.run is not None), None)
+        levels = [lv.run.config or {} for lv in sweep.levels if lv.run is not None]
         extra = {k: v for k, v in sweep.sweep.items() if k not in ("levels", "capacity", "knee", "schema")}
-        configs.append({**({"sweep": extra} if extra else {}), **((first.config or {}) if first else {})})
+        configs.append({**({"sweep": extra} if extra else {}), **(common(levels) if levels else {})})
     config = tables.configuration(labels, configs)
     if config is not None:
         out.append(Section("Configuration", [config]))
@@ -126,6 +127,19 @@ def _sweep_sections(sweeps: Sequence[SweepResults], labels: list[str]) -> list[S
     if missing:
         out[2].items.append("Levels without their run folder (values from sweep.json only): " + "; ".join(missing))
     return [s for s in out if s.items]
+
+
+PER_LEVEL = "(per level)"
+
+
+def common(configs: Sequence[Any]) -> Any:
+    """What the levels' configurations share; a value that differs between levels (the load, the folder) is
+    shown as PER_LEVEL rather than as the first level's."""
+    first = configs[0]
+    if all(isinstance(c, dict) for c in configs):
+        keys = dict.fromkeys(k for c in configs for k in c)
+        return {k: common([c.get(k) for c in configs]) for k in keys}
+    return first if all(c == first for c in configs) else PER_LEVEL
 
 
 def output_paths(out: str | None, inputs: Sequence[Path]) -> tuple[Path, Path]:

@@ -150,20 +150,20 @@ def configuration(labels: Sequence[str], configs: Sequence[dict[str, Any] | None
 
 # ---- sweeps ---------------------------------------------------------------------------------------------------
 LEVEL_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("first p50 (ms)", "metrics.first_chunk_latency_ms.p50", "ms"),
-    ("first p95 (ms)", "metrics.first_chunk_latency_ms.p95", "ms"),
-    ("first p99 (ms)", "metrics.first_chunk_latency_ms.p99", "ms"),
-    ("second p95 (ms)", "metrics.second_chunk_latency_ms.p95", "ms"),
+    ("first p50", "metrics.first_chunk_latency_ms.p50", "ms"),
+    ("first p95", "metrics.first_chunk_latency_ms.p95", "ms"),
+    ("first p99", "metrics.first_chunk_latency_ms.p99", "ms"),
+    ("2nd gap p95", "metrics.second_chunk_latency_ms.p95", "ms"),
     ("RTF p50", "metrics.rtf.p50", "ratio"),
-    ("throughput (req/s)", "throughput.requests_per_s", "rate"),
-    ("error rate", "error_rate", "share"),
-    ("stalls / request", "metrics.stall_count.mean", "ratio"),
+    ("throughput", "throughput.requests_per_s", "rate"),
+    ("errors", "error_rate", "share"),
+    ("stalls/req", "metrics.stall_count.mean", "ratio"),
     ("requests", "requests.total", "count"),
 )
 
 
 def levels(sweep: SweepResults, label: str, several: bool) -> Table:
-    header = ["level", "objectives", *(c[0] for c in LEVEL_COLUMNS[:6]), "goodput (req/s)",
+    header = ["level", "objectives", *(c[0] for c in LEVEL_COLUMNS[:6]), "goodput",
               *(c[0] for c in LEVEL_COLUMNS[6:])]
     rows, marked = [], set()
     capacity = series.capacity_value(sweep)
@@ -175,7 +175,9 @@ def levels(sweep: SweepResults, label: str, several: bool) -> Table:
         cells = [fmt(series.level_value(level, path), kind) for _t, path, kind in LEVEL_COLUMNS]
         rows.append([value, verdict, *cells[:6], fmt(series.goodput(level), "rate"), *cells[6:]])
     title = f"Levels of {label}" if several else "Levels"
-    return Table(title, header, rows, marked=marked)
+    return Table(title, header, rows, marked=marked,
+                 note="Latencies in ms (first: first chunk; 2nd gap: second chunk after the first); throughput and "
+                      "goodput in requests/s; errors: error rate; stalls/req: playback stalls per request.")
 
 
 def sweep_answer(sweep: SweepResults) -> str:
