@@ -4,7 +4,7 @@
 A **run** folder holds ``summary.json`` (schema ``cvload.summary/1``) and ``records.jsonl``, with ``config.json``,
 ``server_stats.json`` and ``telemetry.jsonl`` where the run had them. A **sweep** folder holds ``sweep.json``
 (schema ``cvload.sweep/1``: ``levels[].{value, kind, slo_passed, summary}``, ``capacity``, ``knee``,
-``stopped_because``) and one run folder per level. ``open_results`` tells them apart and turns anything else (a
+``stopped_because``; each level names its run folder in ``folder``) and one run folder per level. ``open_results`` tells them apart and turns anything else (a
 missing path, an empty folder, a folder of other files, a summary of another schema) into a UsageError that
 names the path and says what a results folder holds.
 
@@ -174,10 +174,11 @@ class SweepLevel:
     """One level of a sweep: as sweep.json states it, and its run folder where the sweep folder holds it."""
 
     value: float
-    kind: str
+    kind: str  # "concurrency" (closed loop) or "rate" (open loop)
     slo_passed: bool | None
-    summary: dict[str, Any]  # the level's headline metrics as sweep.json holds them
+    summary: dict[str, Any]  # the level's headline metrics as sweep.json holds them (summary.json's paths)
     run: RunResults | None = None
+    phase: str | None = None  # "plan" or "bisect"
 
 
 @dataclass(eq=False)
@@ -198,6 +199,11 @@ class SweepResults:
             if level.run is not None and level.run.mode:
                 return level.run.mode
         return (self.sweep.get("target") or {}).get("mode") or (self.sweep.get("config") or {}).get("mode")
+
+    @cached_property
+    def config(self) -> dict[str, Any] | None:
+        """The sweep's config.json (the resolved settings, as for a run; None when absent)."""
+        return read_json(self.path / "config.json")
 
     @property
     def capacity(self) -> dict[str, Any]:
@@ -249,7 +255,7 @@ def _sweep_at(folder: Path, sweep: dict[str, Any]) -> SweepResults:
     for n, level in enumerate(levels_json):
         if not isinstance(level, dict) or not isinstance(level.get("value"), int | float):
             raise UsageError(f"{where}: level {n} has no numeric value", hint=_WHAT)
-        kind = str(level.get("kind") or "num_tasks")
+        kind = str(level.get("kind") or sweep.get("kind") or "concurrency")
         run = None
         named = level.get("dir") or level.get("folder") or level.get("path")
         if isinstance(named, str) and (folder / named / "summary.json").exists():
@@ -257,7 +263,7 @@ def _sweep_at(folder: Path, sweep: dict[str, Any]) -> SweepResults:
         else:
             run = next((r for r in runs if _level_value(r, kind) == float(level["value"])), None)
         result.levels.append(SweepLevel(value=float(level["value"]), kind=kind, slo_passed=level.get("slo_passed"),
-                                        summary=level.get("summary") or {}, run=run))
+                                        summary=level.get("summary") or {}, run=run, phase=level.get("phase")))
     return result
 
 

@@ -35,19 +35,23 @@ def results(emulator, tmp_path_factory) -> dict[str, Path]:
                  *OBJECTIVES)
     offline = run(emulator, root / "offline", "--model", "cosyvoice2_offline", "--mode", "offline",
                   "--requests", "3")
+    # A sweep folder as `cvload sweep` writes it (schema cvload.sweep/1): levels in measuring order (1 and 4 as
+    # planned, then 2 by bisection), each in its own run folder, with the headline values sweep.json keeps.
     sweep = root / "sweep"
     levels = []
-    for n in (1, 2, 4):
-        level = run(emulator, sweep / f"num_tasks-{n}", "--num-tasks", str(n), "--requests", str(2 * n),
-                    *OBJECTIVES[:2])
+    for number, (n, phase) in enumerate(((1, "plan"), (4, "plan"), (2, "bisect")), 1):
+        folder = f"level-{number:03d}-c{n}"
+        level = run(emulator, sweep / folder, "--num-tasks", str(n), "--requests", str(2 * n), *OBJECTIVES[:2])
         summary = json.loads((level / "summary.json").read_text())
-        levels.append({"value": n, "kind": "num_tasks", "slo_passed": n < 4,
-                       "summary": {"first_chunk_latency_ms": summary["metrics"]["first_chunk_latency_ms"],
+        levels.append({"value": n, "kind": "concurrency", "phase": phase, "folder": folder, "slo_passed": n < 4,
+                       "summary": {"metrics": {"first_chunk_latency_ms": summary["metrics"]["first_chunk_latency_ms"]},
                                    "goodput": {"requests_per_s": 1.5 * n}}})
     (sweep / "sweep.json").write_text(json.dumps({
-        "schema": "cvload.sweep/1", "levels": levels, "capacity": {"kind": "num_tasks", "value": 2, "bracket": [2, 4]},
-        "knee": 2, "stopped_because": "level 4 missed first_chunk.p95<400ms"}))
-    (sweep / "sweep.csv").write_text("value\n1\n2\n4\n")
+        "schema": "cvload.sweep/1", "kind": "concurrency", "levels": levels,
+        "capacity": {"kind": "concurrency", "value": 2, "bracket": [2, 4], "by": "objectives"},
+        "knee": {"value": 2, "reason": "throughput x1.1 for load x2"},
+        "stopped_because": "level 4 missed first_chunk.p95<400ms", "status": "completed"}))
+    (sweep / "sweep.csv").write_text("value,kind\n1,concurrency\n4,concurrency\n2,concurrency\n")
     return {"base": base, "faulty": faulty, "offline": offline, "sweep": sweep}
 
 
@@ -106,11 +110,26 @@ def test_sweep_report(results, tmp_path):
     assert report(str(results["sweep"]), "-o", str(out)) == 0
     html, md = out.read_text(), out.with_suffix(".md").read_text()
     assert len(images(html)) == 2  # latency against load; throughput and goodput against load
-    assert "Capacity: 2 concurrent streams (found between 2 and 4). Knee at 2." in md
-    assert "Stopped because: level 4 missed first_chunk.p95<400ms." in md
+    assert ("Capacity: 2 concurrent streams (found between 2 and 4). Knee at 2 (throughput x1.1 for load x2). "
+            "Stopped because: level 4 missed first_chunk.p95<400ms.") in md
     rows = [line for line in md.splitlines() if re.match(r"\| \**(1|2|4)\b", line)]
-    assert len(rows) == 3 and "(capacity)" in rows[1] and rows[2].startswith("| **4")  # failed level marked
-    assert "| 3.00 |" in rows[1]  # goodput from sweep.json where the level's summary has none
+    assert len(rows) == 3  # in order of load, not of measuring
+    assert rows[1].startswith("| 2 (capacity) (bisect) | met |") and rows[2].startswith("| **4**")  # failed: marked
+    assert "| 3.00 |" in rows[1]  # goodput from sweep.json where the level's summary.json has none
+    assert "| config.num_tasks | (per level) |" in md  # not the first level's value
+
+
+def test_sweep_answer_without_a_failing_level_or_objectives(results, tmp_path):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(results["sweep"], sweep)
+    data = json.loads((sweep / "sweep.json").read_text())
+    data.update(capacity={"kind": "concurrency", "value": 4, "bracket": [4, None], "by": "goodput"}, knee=None)
+    (sweep / "sweep.json").write_text(json.dumps(data))
+    assert report(str(sweep)) == 0
+    md = (sweep / "report.md").read_text()
+    assert ("Capacity: 4 concurrent streams (no level above it failed: the highest measured), the level of highest "
+            "goodput: the sweep had no objectives.") in md
+    assert "Knee" not in md
 
 
 def test_two_sweeps_overlay(results, tmp_path):

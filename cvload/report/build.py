@@ -117,9 +117,12 @@ def _sweep_sections(sweeps: Sequence[SweepResults], labels: list[str]) -> list[S
            Section("Levels", [tables.levels(s, label, len(sweeps) > 1) for s, label in zip(sweeps, labels)])]
     configs = []
     for sweep in sweeps:
-        levels = [lv.run.config or {} for lv in sweep.levels if lv.run is not None]
         extra = {k: v for k, v in sweep.sweep.items() if k not in ("levels", "capacity", "knee", "schema")}
-        configs.append({**({"sweep": extra} if extra else {}), **(common(levels) if levels else {})})
+        config = sweep.config  # the sweep's own config.json; else what its levels' configurations share
+        if config is None:
+            levels = [lv.run.config or {} for lv in sweep.levels if lv.run is not None]
+            config = common(levels) if levels else {}
+        configs.append({**({"sweep": extra} if extra else {}), **config})
     config = tables.configuration(labels, configs)
     if config is not None:
         out.append(Section("Configuration", [config]))

@@ -284,7 +284,7 @@ RUN_FIGURES: tuple[Callable[[Sequence[RunResults], Sequence[str]], Figure | None
 
 # ---- sweeps -----------------------------------------------------------------------------------------------------
 def _load_label(sweeps: Sequence[SweepResults]) -> str:
-    kinds = {level.kind for s in sweeps for level in s.levels}
+    kinds = {level.kind for s in sweeps for level in s.levels}  # "concurrency" or "rate"
     return "offered load (requests / s)" if kinds == {"rate"} else "concurrent streams"
 
 
@@ -294,7 +294,7 @@ def _mark_capacity(ax, sweeps: Sequence[SweepResults], labels: Sequence[str]) ->
         bracket = sweep.capacity.get("bracket")
         if isinstance(bracket, list | tuple) and len(bracket) == 2 and all(isinstance(b, int | float)
                                                                              for b in bracket):
-            ax.axvspan(bracket[0], bracket[1], color=colour(n), alpha=0.08)
+            ax.axvspan(bracket[0], bracket[1], color=colour(n), alpha=0.08)  # upper end None: none failed above
         if cap is not None:
             ax.axvline(cap, color=colour(n), linewidth=2.0, alpha=0.8, label=f"{label} capacity {cap:g}")
         knee = series.knee_value(sweep)
@@ -307,15 +307,16 @@ def sweep_latency(sweeps: Sequence[SweepResults], labels: Sequence[str]) -> Figu
     drawn = False
     styles = {"p50": ("-", "o"), "p95": ("--", "s"), "p99": (":", "^")}
     for n, (sweep, label) in enumerate(zip(sweeps, labels)):
-        x = [level.value for level in sweep.levels]
+        levels = series.by_load(sweep)
+        x = [level.value for level in levels]
         for stat, (ls, marker) in styles.items():
-            y = [series.level_value(level, f"metrics.first_chunk_latency_ms.{stat}") for level in sweep.levels]
+            y = [series.level_value(level, f"metrics.first_chunk_latency_ms.{stat}") for level in levels]
             y = [np.nan if v is None else v for v in y]
             if np.isfinite(y).any():
                 ax.plot(x, y, color=colour(n), linestyle=ls, marker=marker, markersize=4, linewidth=1.4,
                         label=f"{label} {stat}")
                 drawn = True
-        failed = [level for level in sweep.levels if level.slo_passed is False]
+        failed = [level for level in levels if level.slo_passed is False]
         if failed:
             y = [series.level_value(level, "metrics.first_chunk_latency_ms.p95") for level in failed]
             ax.scatter([lv.value for lv, v in zip(failed, y) if v is not None], [v for v in y if v is not None],
@@ -339,9 +340,10 @@ def sweep_throughput(sweeps: Sequence[SweepResults], labels: Sequence[str]) -> F
     fig, (ax,) = _figure(3.6)
     drawn = False
     for n, (sweep, label) in enumerate(zip(sweeps, labels)):
-        x = [level.value for level in sweep.levels]
-        thr = [series.level_value(level, "throughput.requests_per_s") for level in sweep.levels]
-        good = [series.goodput(level) for level in sweep.levels]
+        levels = series.by_load(sweep)
+        x = [level.value for level in levels]
+        thr = [series.level_value(level, "throughput.requests_per_s") for level in levels]
+        good = [series.goodput(level) for level in levels]
         if any(v is not None for v in thr):
             ax.plot(x, [np.nan if v is None else v for v in thr], color=colour(n), marker="o", markersize=4,
                     linewidth=1.4, label=f"{label} throughput")

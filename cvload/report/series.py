@@ -143,7 +143,8 @@ def _time_series(run: RunResults, width: float) -> TimeSeries:
 
     failed = measured & ~c.ok
     errors = {}
-    for kind in ERROR_KINDS:
+    kinds = {k for k in c.error_kind[failed] if k is not None}
+    for kind in [*(k for k in ERROR_KINDS if k in kinds), *sorted(kinds - set(ERROR_KINDS))]:
         mask = failed & (c.error_kind == kind)
         if mask.any():
             errors[kind] = np.bincount(index[mask], minlength=nbins)[:nbins].astype(float)
@@ -214,6 +215,11 @@ def goodput(level: SweepLevel) -> float | None:
         if value is not None:
             return value
     return None
+
+
+def by_load(sweep: SweepResults) -> list[SweepLevel]:
+    """The levels in order of load (a sweep measures them in another order when it bisects)."""
+    return sorted(sweep.levels, key=lambda level: level.value)
 
 
 def capacity_value(sweep: SweepResults) -> float | None:

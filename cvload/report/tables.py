@@ -167,11 +167,12 @@ def levels(sweep: SweepResults, label: str, several: bool) -> Table:
               *(c[0] for c in LEVEL_COLUMNS[6:])]
     rows, marked = [], set()
     capacity = series.capacity_value(sweep)
-    for level in sweep.levels:
+    for level in series.by_load(sweep):
         verdict = {True: "met", False: "missed", None: "-"}[level.slo_passed]
         if level.slo_passed is False:
             marked.add(len(rows))
-        value = fmt(level.value) + (" (capacity)" if capacity is not None and level.value == capacity else "")
+        value = fmt(level.value) + (" (capacity)" if capacity is not None and level.value == capacity else "") \
+            + (" (bisect)" if level.phase == "bisect" else "")
         cells = [fmt(series.level_value(level, path), kind) for _t, path, kind in LEVEL_COLUMNS]
         rows.append([value, verdict, *cells[:6], fmt(series.goodput(level), "rate"), *cells[6:]])
     title = f"Levels of {label}" if several else "Levels"
@@ -190,12 +191,17 @@ def sweep_answer(sweep: SweepResults) -> str:
         text = "No level met the objectives (no capacity)."
     else:
         text = f"Capacity: {value:g} {unit}"
-        if isinstance(bracket, list | tuple) and len(bracket) == 2:
+        if isinstance(bracket, list | tuple) and len(bracket) == 2 and isinstance(bracket[1], int | float):
             text += f" (found between {bracket[0]:g} and {bracket[1]:g})"
+        elif isinstance(bracket, list | tuple):
+            text += " (no level above it failed: the highest measured)"
+        if cap.get("by") == "goodput":
+            text += ", the level of highest goodput: the sweep had no objectives"
         text += "."
     knee = series.knee_value(sweep)
     if knee is not None:
-        text += f" Knee at {knee:g}."
+        reason = sweep.knee.get("reason") if isinstance(sweep.knee, dict) else None
+        text += f" Knee at {knee:g}" + (f" ({reason})." if reason else ".")
     if sweep.sweep.get("stopped_because"):
         text += f" Stopped because: {sweep.sweep['stopped_because']}."
     return text
