@@ -13,7 +13,7 @@ CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 STYLE = """
 body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #222; margin: 0;
        background: #f6f7f9; }
-main { max-width: 980px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; }
+main { max-width: 1040px; margin: 0 auto; padding: 24px 28px 48px; background: #fff; }
 h1 { font-size: 22px; margin: 0 0 6px; }
 h2 { font-size: 17px; margin: 28px 0 10px; padding-bottom: 4px; border-bottom: 1px solid #e3e3e3; }
 h3 { font-size: 14px; margin: 16px 0 6px; }
@@ -27,7 +27,7 @@ figure { margin: 14px 0 20px; }
 figure img { width: 100%; height: auto; display: block; }
 figcaption { color: #555; font-size: 12.5px; margin-top: 4px; }
 table { border-collapse: collapse; font-size: 12.5px; margin: 6px 0 4px; font-variant-numeric: tabular-nums; }
-th, td { padding: 3px 9px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
+th, td { padding: 3px 7px; border-bottom: 1px solid #eee; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; white-space: normal; }
 th { background: #f2f4f7; font-weight: 600; }
 table.text td, table.text th { text-align: left; white-space: normal; }

@@ -5,6 +5,7 @@ with the run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import weakref
 from dataclasses import dataclass
@@ -235,10 +236,11 @@ def knee_value(sweep: SweepResults) -> float | None:
 
 
 def sweep_objectives(sweep: SweepResults, metric: str) -> list[ObjectiveLine]:
-    """The objectives of the sweep's levels on one metric (every level is judged on the same ones)."""
+    """The objectives of the sweep's levels on one metric (every level is judged on the same ones; the verdicts
+    differ by level, so the lines carry none)."""
     for level in sweep.levels:
         summary = level.run.summary if level.run is not None else level.summary
         lines = objective_lines(summary, metric)
         if lines:
-            return lines
+            return [dataclasses.replace(line, passed=None) for line in lines]
     return []
