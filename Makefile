@@ -8,7 +8,7 @@ BIN = $(VENV)/bin
 $(BIN)/cvload: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[emulator,dev]'
+	$(BIN)/python -m pip install -q -e '.[emulator,report,dev]'
 	touch $(BIN)/cvload
 
 install: $(BIN)/cvload
@@ -16,10 +16,13 @@ install: $(BIN)/cvload
 demo: install
 	$(BIN)/cvload run --emulator --profile demo --num-tasks 4 --requests 40
 
-# tmux drives the real-terminal dashboard test (Debian; skipped where neither tmux nor apt-get exists).
+# tmux drives the real-terminal dashboard test, chromium renders `cvload report`'s HTML in the report test
+# (Debian; each skipped where neither it nor apt-get exists).
 system-deps:
 	@command -v tmux >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq tmux >/dev/null)
+	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
 
 test: install system-deps
 	$(BIN)/ruff check .
