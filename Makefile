@@ -16,10 +16,14 @@ install: $(BIN)/cvload
 demo: install
 	$(BIN)/cvload run --emulator --profile demo --num-tasks 4 --requests 40
 
-# tmux drives the real-terminal dashboard test (Debian; skipped where neither tmux nor apt-get exists).
+# tmux drives the real-terminal dashboard test; nginx (a TLS load balancer) and openssl (test certificates) the TLS
+# tests (Debian; each test is skipped where its tool is missing and apt-get cannot install it).
 system-deps:
 	@command -v tmux >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
 		(apt-get update -qq && apt-get install -y -qq tmux >/dev/null)
+	@(command -v nginx || test -x /usr/sbin/nginx) >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 || \
+		! command -v apt-get >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq nginx openssl >/dev/null)
 
 test: install system-deps
 	$(BIN)/ruff check .

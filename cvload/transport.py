@@ -276,6 +276,13 @@ class Transport:
                 await writer.wait_closed()
         return None
 
+    async def explain_error(self, address: str, protocol: str, exc: BaseException) -> CvloadError | None:
+        """``explain`` for a connection that failed with ``exc``; a timeout is not looked into (the server is
+        silent: one more wait would only push the error past open()'s deadline)."""
+        if isinstance(exc, asyncio.TimeoutError | TimeoutError):
+            return None
+        return await self.explain(address, protocol)
+
     async def _speaks_tls(self, host: str, port: int, alpn: list[str] | None, address: str) -> CvloadError | None:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         context.check_hostname = False

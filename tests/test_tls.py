@@ -260,3 +260,35 @@ def test_secrets_are_written_nowhere(nginx, certs, tmp_path, capsys, monkeypatch
         assert secret not in printed.out + printed.err
         for path in files:
             assert secret.encode() not in path.read_bytes(), path
+
+
+def test_runtime_and_openai_targets_over_tls_with_a_token(start_nginx, certs, tmp_path, capsys,
+                                                          monkeypatch) -> None:
+    """The other APIs' targets (CosyVoice's runtime over gRPC and FastAPI, OpenAI-style speech) behind nginx."""
+    from cvload.address import hostport
+    from cvload.emulator.openai_server import OpenAIServer
+    from cvload.emulator.runtime_server import RuntimeServer
+
+    instant = get_profile("instant")
+    with RuntimeServer(instant, workdir=tmp_path / "runtime", die_with_parent=True) as runtime, \
+            OpenAIServer(instant, workdir=tmp_path / "openai", die_with_parent=True) as openai:
+        tls = ["--tls", "--ca-cert", certs("ca")]
+        front = start_nginx(http=[runtime.http_url], grpc=[runtime.grpc_url], cert=certs("server"),
+                            key=certs("server.key"), token=TOKEN)
+        speech = start_nginx(http=[hostport(openai.host, openai.port)], grpc=[runtime.grpc_url],
+                             cert=certs("server"), key=certs("server.key"), token=TOKEN)
+        auth = ["--header", f"Authorization: Bearer {TOKEN}"]
+        for name, args in (("grpc", ["--api", "cosyvoice", "--server", front.grpcs, *tls, *auth]),
+                           ("http", ["--api", "cosyvoice", "--protocol", "http", "--server",
+                                     f"https://{front.https}", "--ca-cert", certs("ca"), *auth])):
+            assert run(*args, "--requests", "3", "--out", str(tmp_path / name)) == 0, capsys.readouterr().err
+            assert summary_of(tmp_path / name)["requests"]["ok"] == 3
+        openai_args = ["--api", "openai", "--server", f"https://{speech.https}/v1", "--ca-cert", certs("ca"),
+                       "--requests", "3"]
+        monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+        assert run(*openai_args, "--out", str(tmp_path / "no-key")) == 2
+        err = capsys.readouterr().err
+        assert "token missing or rejected" in err and "set OPENAI_API_KEY" in err
+        monkeypatch.setenv("OPENAI_API_KEY", TOKEN)  # the OpenAI way of giving the token still works
+        assert run(*openai_args, "--out", str(tmp_path / "openai")) == 0
+        assert summary_of(tmp_path / "openai")["requests"]["ok"] == 3

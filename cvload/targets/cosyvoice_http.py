@@ -99,7 +99,7 @@ class CosyVoiceHttp(Target):
             async with self._session().get(self.base + path, timeout=timeout) as resp:
                 payload = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise await self.transport.explain(self.address, "http") or ServerError(
+            raise await self.transport.explain_error(self.address, "http", exc) or ServerError(
                 f"cannot reach CosyVoice's FastAPI runtime at {self.base}: {_describe(exc)}",
                 hint="start it (runtime/python/fastapi/server.py --port 50000), check --server HOST:PORT and "
                      "--protocol (its gRPC server: --protocol grpc), or pass --emulator",

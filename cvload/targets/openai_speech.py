@@ -169,7 +169,7 @@ class OpenAISpeech(Target):
                 status, server = resp.status, resp.headers.get("Server")
                 chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise await self.transport.explain(self.url, "http") or ServerError(
+            raise await self.transport.explain_error(self.url, "http", exc) or ServerError(
                 f"cannot reach an OpenAI-style speech endpoint at {self.url}: {_describe(exc)}",
                 hint="start the server, check --server (HOST:PORT or http://HOST:PORT[/v1]), or pass --emulator "
                      "to run against the embedded emulator") from None

@@ -202,7 +202,7 @@ class _TritonHttp(Target):
                                                json={} if method == "POST" else None) as resp:
                 payload = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise await self.transport.explain(self.address, "http") or checks.unreachable(
+            raise await self.transport.explain_error(self.address, "http", exc) or checks.unreachable(
                 self.address, "HTTP", _describe(exc)) from None
         if resp.status in (401, 403):  # a load balancer's token check
             raise self.transport.refused(self.base, f"HTTP {resp.status} on {method} {path}")
