@@ -32,7 +32,8 @@ from cvload.errors import CvloadError, UsageError
 HEADERS_ENV = "CVLOAD_HEADERS"
 OPENAI_KEY_ENV = "OPENAI_API_KEY"
 REDACTED = "***"
-PROBE_TIMEOUT_S = 1.0  # a failed open() explains itself within this, on top of its own timeout
+PROBE_TIMEOUT_S = 1.0
+_NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH  # a failed open() explains itself within this, on top of its own timeout
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP header name (RFC 9110 token)
 _GRPC_RESERVED = ("content-type", "te", "host", "user-agent", "connection")
@@ -252,7 +253,10 @@ class Transport:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(host, port, ssl=context, server_hostname=name), PROBE_TIMEOUT_S)
         except ssl.SSLCertVerificationError as exc:
-            return self._unverified(address, name, exc, host, port)
+            names: list[str] = []
+            if exc.verify_code in _NAME_MISMATCH and ":" not in host:  # say which names it holds
+                names = (await asyncio.to_thread(self._pinned, f"{host}:{port}"))[1]
+            return self._unverified(address, name, exc, names)
         except ssl.SSLError as exc:
             return self._handshake_failed(address, exc)
         except ConnectionResetError:
@@ -301,18 +305,17 @@ class Transport:
                           hint="pass --tls (with --ca-cert FILE when a private CA signed its certificate), or "
                                "give the server as https://HOST:PORT")
 
-    def _unverified(self, address: str, name: str, exc: ssl.SSLCertVerificationError, host: str,
-                    port: int) -> UsageError:
+    def _unverified(self, address: str, name: str, exc: ssl.SSLCertVerificationError,
+                    names: list[str]) -> UsageError:
         code, reason = exc.verify_code, exc.verify_message
         skip = "; --insecure skips verification (tests only)"
-        if code in (62, 64):  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH
-            names = self._pinned(f"{host}:{port}")[1] if ":" not in host else []
+        if code in _NAME_MISMATCH:
             held = f" (it is for {', '.join(names)})" if names else ""
             return UsageError(f"certificate verify failed: the certificate of {address} is not valid for the name "
                               f"{name!r}{held}",
                               hint="use --tls-server-name NAME with a name the certificate holds" + skip)
         if code in (9, 10):  # not yet valid, expired
-            return UsageError(f"certificate verify failed: the certificate of {address} {reason}",
+            return UsageError(f"certificate verify failed for {address}: {reason}",
                               hint="renew the server's certificate (or check this machine's clock)" + skip)
         if code in (2, 18, 19, 20, 21):  # no issuer, self-signed, unknown CA
             trusted = f"the CA in --ca-cert {self.ca_cert}" if self.ca_cert else "a CA this system trusts"
