@@ -16,13 +16,16 @@ install: $(BIN)/cvload
 demo: install
 	$(BIN)/cvload run --emulator --profile demo --num-tasks 4 --requests 40
 
-# tmux drives the real-terminal dashboard test, chromium renders `cvload report`'s HTML in the report test
-# (Debian; each skipped where neither it nor apt-get exists).
+# Debian packages the tests drive: tmux (the dashboard in a real terminal), chromium (renders `cvload report`'s
+# HTML), nginx and openssl (a TLS load balancer and test certificates). Each test is skipped where its tool is
+# missing and apt-get cannot install it. TOOL:PACKAGE pairs, installed in one apt-get call.
+SYSTEM_TOOLS = tmux:tmux chromium:chromium /usr/sbin/nginx:nginx openssl:openssl
 system-deps:
-	@command -v tmux >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
-		(apt-get update -qq && apt-get install -y -qq tmux >/dev/null)
-	@command -v chromium >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
-		(apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing:$$missing"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 test: install system-deps
 	$(BIN)/ruff check .

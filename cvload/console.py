@@ -93,7 +93,7 @@ class ConsoleView:
 
 
 def summary_warnings(summary: dict[str, Any]) -> list[str]:
-    out = []
+    out = list(summary.get("warnings") or [])  # e.g. --insecure
     conc = summary.get("concurrency") or {}
     requested, achieved = conc.get("requested"), conc.get("achieved_mean")
     if requested and achieved is not None and achieved < 0.9 * requested:

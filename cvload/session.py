@@ -28,6 +28,7 @@ from cvload.metrics import summarize
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
 from cvload.targets import make_target
 from cvload.targets.base import Target, TargetInfo
+from cvload.transport import INSECURE_WARNING
 
 
 def _versions() -> dict[str, str | None]:
@@ -175,7 +176,7 @@ class Session:
         self.stats_before = await self._statistics()
         self.started_wall = time.time()
         self.writer.write_json("config.json", {
-            "config": cfg.to_json(),
+            "config": cfg.public_json(),  # header values as ***
             "versions": _versions(),
             "servers": [{"address": i.address, "protocol": i.protocol, "mode": i.mode, "model": i.model,
                          "decoupled": i.decoupled, "server_version": i.server_version} for i in self.infos],
@@ -252,6 +253,11 @@ class Session:
         cfg = self.config
         summary["target"] = {"servers": cfg.addresses(), "protocol": cfg.protocol, "mode": cfg.mode,
                              "model": cfg.model}
+        tls = self.targets[0].transport.describe() if self.targets else None
+        if tls is not None:
+            summary["target"]["tls"] = tls
+        if cfg.insecure:
+            summary["warnings"] = [INSECURE_WARNING]
         if cfg.api != "triton":  # another server API: its request kind says what a chunk is
             summary["target"].update(api=cfg.api, mode=self.infos[0].mode if self.infos else cfg.mode,
                                      inference=cfg.inference)

@@ -25,6 +25,7 @@ from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import PromptForms, RuntimeOptions, rejected
+from cvload.transport import Transport
 
 INFERENCE = "/cosyvoice.CosyVoice/Inference"
 TRITON_LIVE = "/inference.GRPCInferenceService/ServerLive"
@@ -53,8 +54,9 @@ class ResponseAudio:
 
 
 class _Connection:
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    def __init__(self, address: str, transport: Transport) -> None:
+        self.channel = transport.grpc_channel(address, CHANNEL_OPTIONS)
+        self.metadata = transport.grpc_metadata  # the run's headers, sent with every call
         self.stub = pb_grpc.CosyVoiceStub(self.channel)
 
 
@@ -65,8 +67,8 @@ class CosyVoiceGrpc(Target):
     mode = "sentence"  # one response per whole sentence: the runtime has no streaming of its own
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 options: Any = None) -> None:
-        super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout)
+                 options: Any = None, transport: Transport | None = None) -> None:
+        super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
         self.options = RuntimeOptions.of(options, self.protocol)
         self.sample_rate = self.options.sample_rate
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
@@ -78,22 +80,27 @@ class CosyVoiceGrpc(Target):
         loop = asyncio.get_running_loop()
         connection = self._connections.get(loop)
         if connection is None:
-            connection = self._connections[loop] = _Connection(self.address)
+            connection = self._connections[loop] = _Connection(self.address, self.transport)
         return connection
 
     async def _open(self) -> TargetInfo:
         """Check that the service is there without synthesizing anything: a request the server cannot parse is
         refused by grpcio before the servicer runs (INTERNAL), a server without the service says UNIMPLEMENTED."""
-        channel = self._connection().channel
+        connection = self._connection()
+        channel = connection.channel
         deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
         probe = channel.unary_stream(INFERENCE)  # no serializers: bytes as they are
         try:
-            async for _ in probe(b"\xff", timeout=max(0.1, deadline - time.monotonic())):
+            async for _ in probe(b"\xff", timeout=max(0.1, deadline - time.monotonic()),
+                                 metadata=connection.metadata):
                 break
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 raise await self._not_runtime(channel, deadline) from None
+            refusal = await self.transport.grpc_refusal(self.address, exc)  # TLS or token
+            if refusal is not None:
+                raise refusal from None
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 raise ServerError(
                     f"cannot reach CosyVoice's gRPC runtime at {self.address}: {code.name}: {exc.details()}",
@@ -105,7 +112,8 @@ class CosyVoiceGrpc(Target):
 
     async def _not_runtime(self, channel: grpc.aio.Channel, deadline: float) -> UsageError:
         try:
-            await channel.unary_unary(TRITON_LIVE)(b"", timeout=max(0.1, deadline - time.monotonic()))
+            await channel.unary_unary(TRITON_LIVE)(b"", timeout=max(0.1, deadline - time.monotonic()),
+                                                   metadata=self._connection().metadata)
         except grpc.aio.AioRpcError:
             return UsageError(f"{self.address} answers gRPC but has no cosyvoice.CosyVoice service (UNIMPLEMENTED)",
                               hint="point --server at CosyVoice's Python runtime (port 50000 by default)")
@@ -131,7 +139,8 @@ class CosyVoiceGrpc(Target):
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         message = self._message(request)
-        call = self._connection().stub.Inference(message, timeout=self.timeout)
+        connection = self._connection()
+        call = connection.stub.Inference(message, timeout=self.timeout, metadata=connection.metadata)
         read, clock, eof, rate = call.read, time.monotonic, grpc.aio.EOF, self.sample_rate
         try:
             while True:

@@ -34,6 +34,7 @@ from cvload.targets.cosyvoice_common import (
     api_of_routes,
     rejected,
 )
+from cvload.transport import Transport
 
 
 def route(kind: str) -> str:
@@ -72,11 +73,11 @@ class CosyVoiceHttp(Target):
     method = "POST"
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 options: Any = None) -> None:
-        super().__init__(checks.check_address(address, "http"), model, timeout=timeout)
+                 options: Any = None, transport: Transport | None = None) -> None:
+        super().__init__(checks.check_address(address, "http"), model, timeout=timeout, transport=transport)
         self.options = RuntimeOptions.of(options, self.protocol)
         self.sample_rate = self.options.sample_rate
-        self.base = f"http://{self.address}"
+        self.base = f"{self.transport.scheme}://{self.address}"
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
             weakref.WeakKeyDictionary()
         )
@@ -88,8 +89,7 @@ class CosyVoiceHttp(Target):
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
-            session = self._sessions[loop] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0), headers={"Accept-Encoding": "identity"})
+            session = self._sessions[loop] = self.transport.http_session({"Accept-Encoding": "identity"})
         return session
 
     # ---- open ----------------------------------------------------------------------------------------------
@@ -99,11 +99,13 @@ class CosyVoiceHttp(Target):
             async with self._session().get(self.base + path, timeout=timeout) as resp:
                 payload = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise ServerError(
+            raise await self.transport.explain_error(self.address, "http", exc) or ServerError(
                 f"cannot reach CosyVoice's FastAPI runtime at {self.base}: {_describe(exc)}",
                 hint="start it (runtime/python/fastapi/server.py --port 50000), check --server HOST:PORT and "
                      "--protocol (its gRPC server: --protocol grpc), or pass --emulator",
             ) from None
+        if resp.status in (401, 403):  # a load balancer's token check
+            raise self.transport.refused(self.base, f"HTTP {resp.status} on GET {path}")
         try:
             return resp.status, json.loads(payload) if payload else None
         except ValueError:
@@ -132,6 +134,9 @@ class CosyVoiceHttp(Target):
             if status == 200 and isinstance(server, dict) and "version" in server:
                 raise UsageError(f"{self.base} is a Triton server (GET /v2 answers), not CosyVoice's Python "
                                  "runtime", hint="use --api triton")
+            problem = await self.transport.explain(self.address, "http")  # e.g. plain HTTP to a TLS port
+            if problem is not None:
+                raise problem
             # No route list and not Triton: a runtime with its docs turned off. The first request will tell.
         version = spec.get("info", {}).get("version") if isinstance(spec, dict) else None
         return TargetInfo(address=self.address, protocol=self.protocol, mode=self.mode, model=self.model,

@@ -7,14 +7,13 @@ reach us in several network reads, and counting reads would make chunk gaps of a
 read of a response with a length. Samples never align with reads or HTTP chunks: an odd byte waits for the
 next one. Bytes are only counted on the measuring path (``len // 2``); they become floats when someone asks.
 
-A bearer token comes from the ``OPENAI_API_KEY`` environment variable, never from the run's settings, so it is
-written to no results file.
+A bearer token comes from ``--header``/``--header-file``/``CVLOAD_HEADERS`` or the ``OPENAI_API_KEY``
+environment variable (``cvload.transport``), and is written to no results file.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,8 +27,9 @@ from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.transport import OPENAI_KEY_ENV, Transport
 
-API_KEY_ENV = "OPENAI_API_KEY"
+API_KEY_ENV = OPENAI_KEY_ENV
 DEFAULT_SAMPLE_RATE = 24000  # OpenAI's pcm; CosyVoice2/3 speak at 24 kHz too
 PROBE_TEXT = "Hello."
 REJECTED = (429, 503)
@@ -132,8 +132,10 @@ class OpenAISpeech(Target):
     protocol = "http"
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 options: Any = None) -> None:
-        super().__init__(address, model, timeout=timeout)
+                 options: Any = None, transport: Transport | None = None) -> None:
+        super().__init__(address, model, timeout=timeout, transport=transport or Transport.of(options, api="openai"))
+        if self.transport.tls and address.startswith("http://"):
+            address = "https://" + address[len("http://"):]
         self.url = address
         self.base = address.split("://", 1)[0] + "://" + str(parse(address, paths=True, default_port=80))
         self.voice: str | None = getattr(options, "voice", None)
@@ -142,14 +144,11 @@ class OpenAISpeech(Target):
         self.instructions: str | None = getattr(options, "instruct_text", None)
         self.mode = "streaming" if self.response_format == "pcm" else "offline"
         self._session: aiohttp.ClientSession | None = None
-        key = os.environ.get(API_KEY_ENV)
-        self._headers = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
-        if key:
-            self._headers["Authorization"] = f"Bearer {key}"
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=self._headers)
+            self._session = self.transport.http_session({"Content-Type": "application/json",
+                                                         "Accept-Encoding": "identity"})
         return self._session
 
     def _body(self, text: str) -> bytes:
@@ -170,7 +169,7 @@ class OpenAISpeech(Target):
                 status, server = resp.status, resp.headers.get("Server")
                 chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise ServerError(
+            raise await self.transport.explain_error(self.url, "http", exc) or ServerError(
                 f"cannot reach an OpenAI-style speech endpoint at {self.url}: {_describe(exc)}",
                 hint="start the server, check --server (HOST:PORT or http://HOST:PORT[/v1]), or pass --emulator "
                      "to run against the embedded emulator") from None
@@ -192,12 +191,12 @@ class OpenAISpeech(Target):
     async def _refusal(self, status: int, payload: bytes) -> Exception:
         """The user-facing error for a non-200 answer of the probe."""
         message, field = error_detail(payload)
+        if status == 400 and not self.transport.tls:  # e.g. nginx: "plain HTTP request sent to HTTPS port"
+            problem = await self.transport.explain(self.url, "http")
+            if problem is not None:
+                return problem
         if status in (401, 403):
-            has_key = "Authorization" in self._headers
-            return UsageError(
-                f"{self.url} refused the request (HTTP {status}: {message})",
-                hint=f"the bearer token in {API_KEY_ENV} was not accepted" if has_key
-                else f"the server wants a bearer token: set {API_KEY_ENV}")
+            return self.transport.refused(self.url, f"HTTP {status}: {message}", api="openai")
         if status == 404:
             return await self._not_found(message)
         if status in (400, 422):
