@@ -8,7 +8,7 @@ BIN = $(VENV)/bin
 $(BIN)/cvload: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[emulator,dev]'
+	$(BIN)/python -m pip install -q -e '.[emulator,report,dev]'
 	touch $(BIN)/cvload
 
 install: $(BIN)/cvload
@@ -16,10 +16,16 @@ install: $(BIN)/cvload
 demo: install
 	$(BIN)/cvload run --emulator --profile demo --num-tasks 4 --requests 40
 
-# tmux drives the real-terminal dashboard test (Debian; skipped where neither tmux nor apt-get exists).
+# Debian packages the tests drive: tmux (the dashboard in a real terminal), chromium (renders `cvload report`'s
+# HTML), nginx and openssl (a TLS load balancer and test certificates). Each test is skipped where its tool is
+# missing and apt-get cannot install it. TOOL:PACKAGE pairs, installed in one apt-get call.
+SYSTEM_TOOLS = tmux:tmux chromium:chromium /usr/sbin/nginx:nginx openssl:openssl
 system-deps:
-	@command -v tmux >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1 || \
-		(apt-get update -qq && apt-get install -y -qq tmux >/dev/null)
+	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
+		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing:$$missing"; apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
 test: install system-deps
 	$(BIN)/ruff check .

@@ -143,19 +143,29 @@ def shard(items: Sequence[str], n: int) -> list[list[tuple[int, str]]]:
     return shards
 
 
-def _inputs(text: str):
+def _inputs(text: str, prompt: tuple[np.ndarray, str] | None = None):
+    """target_text, and with ``prompt`` (16 kHz samples, transcript) the zero-shot inputs too."""
     import tritonclient.grpc.aio as grpcclient
 
     tensor = grpcclient.InferInput("target_text", [1, 1], "BYTES")
     tensor.set_data_from_numpy(np.array([[text.encode("utf-8")]], dtype=object))
-    return [tensor]
+    if prompt is None:
+        return [tensor]
+    wav, prompt_text = prompt
+    inputs = [grpcclient.InferInput("reference_wav", [1, wav.size], "FP32"),
+              grpcclient.InferInput("reference_wav_len", [1, 1], "INT32"),
+              grpcclient.InferInput("reference_text", [1, 1], "BYTES"), tensor]
+    inputs[0].set_data_from_numpy(wav.reshape(1, -1).astype(np.float32))
+    inputs[1].set_data_from_numpy(np.array([[wav.size]], dtype=np.int32))
+    inputs[2].set_data_from_numpy(np.array([[prompt_text.encode("utf-8")]], dtype=object))
+    return inputs
 
 
 async def stream_one(client, model: str, text: str, *, worker: int = 0, index: int = 0,
-                     timeout_s: float | None = None) -> RequestResult:
+                     timeout_s: float | None = None, prompt: tuple[np.ndarray, str] | None = None) -> RequestResult:
     """Send one streaming request on its own gRPC stream and time its responses."""
     request_id = f"lean-{os.getpid()}-{next(_ids)}"
-    inputs = _inputs(text)
+    inputs = _inputs(text, prompt)
 
     async def requests():
         yield {"model_name": model, "inputs": inputs, "request_id": request_id}
@@ -189,7 +199,8 @@ async def stream_one(client, model: str, text: str, *, worker: int = 0, index: i
 
 
 async def run_load(url: str, texts: Sequence[str], *, model: str = "cosyvoice2", concurrency: int = 1,
-                   stagger_s: float = 0.01, timeout_s: float | None = 120.0) -> RunResult:
+                   stagger_s: float = 0.01, timeout_s: float | None = 120.0,
+                   prompt: tuple[np.ndarray, str] | None = None) -> RunResult:
     """Closed loop: ``concurrency`` workers each send their contiguous shard of ``texts`` sequentially."""
     import tritonclient.grpc.aio as grpcclient
 
@@ -204,7 +215,8 @@ async def run_load(url: str, texts: Sequence[str], *, model: str = "cosyvoice2",
             if k and stagger_s > 0:
                 await asyncio.sleep(k * stagger_s)
             for index, text in shards[k]:
-                results.append(await stream_one(client, model, text, worker=k, index=index, timeout_s=timeout_s))
+                results.append(await stream_one(client, model, text, worker=k, index=index, timeout_s=timeout_s,
+                                                prompt=prompt))
 
         usage0 = resource.getrusage(resource.RUSAGE_SELF)
         cpu0 = time.process_time()
@@ -226,13 +238,16 @@ def run_load_sync(url: str, texts: Sequence[str], **kwargs: object) -> RunResult
 
 @contextlib.contextmanager
 def emulated_server(profile: str = "fixed", *, model: str = "cosyvoice2", mode: str = "streaming",
-                    overrides: dict[str, object] | None = None) -> Iterator[TritonServer]:
-    """The embedded Triton server with one emulated model, in a temporary folder removed afterwards."""
-    from cvload.emulator import EmulatedModel, build_repository, get_profile
+                    overrides: dict[str, object] | None = None, pipeline: bool = False) -> Iterator[TritonServer]:
+    """The embedded Triton server with one emulated model (or the five of ``pipeline``), in a temporary folder
+    removed afterwards."""
+    from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository, get_profile
     from cvload.triton.launcher import TritonServer
 
     with tempfile.TemporaryDirectory(prefix="cvload-bench-") as root:
-        repo = build_repository(Path(root), [EmulatedModel(model, get_profile(profile, overrides), mode)])
+        emulated = get_profile(profile, overrides)
+        repo = (build_pipeline_repository(Path(root), emulated, name=model, mode=mode) if pipeline else
+                build_repository(Path(root), [EmulatedModel(model, emulated, mode)]))
         with TritonServer(repo, workdir=Path(root) / "server", die_with_parent=True) as server:
             yield server
 

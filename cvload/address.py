@@ -34,6 +34,7 @@ class Ports:
 
 TRITON_PORTS = Ports(8000, 8001, 8002)
 COSYVOICE3_PORTS = Ports(18000, 18001, 18002)
+RUNTIME_PORT = 50000  # CosyVoice's Python runtime (gRPC or FastAPI), as its deployment guide starts it
 
 
 def server_hint(protocol: str = "grpc") -> str:
@@ -86,10 +87,11 @@ def parse(text: str, *, what: str = "--server", default_port: int | None = None,
     return Address(m.group("host").strip("[]"), port, scheme, m.group("path") or "")
 
 
-def server_address(text: str, protocol: str, *, what: str = "--server") -> str:
-    """A server as ``HOST:PORT``, the protocol's default port filled in (a scheme such as ``http://`` dropped)."""
-    return str(parse(text, what=what, default_port=TRITON_PORTS.of(protocol), expected="HOST[:PORT]",
-                     hint=server_hint(protocol)))
+def server_address(text: str, protocol: str, *, what: str = "--server", default_port: int | None = None) -> str:
+    """A server as ``HOST:PORT``, ``default_port`` (else Triton's port of the protocol) filled in (a scheme
+    such as ``http://`` dropped)."""
+    return str(parse(text, what=what, default_port=default_port or TRITON_PORTS.of(protocol),
+                     expected="HOST[:PORT]", hint=server_hint(protocol)))
 
 
 def metrics_url(host: str, port: int) -> str:
@@ -120,3 +122,27 @@ def normalize_metrics_url(text: str) -> str:
 
 
 _SCHEME_PORTS = {"http": 80, "https": 443}
+
+SPEECH_ROUTE = "/v1/audio/speech"  # OpenAI-style speech endpoint
+
+
+def speech_url(text: str, *, what: str = "--server") -> str:
+    """The OpenAI-style speech endpoint of ``--server`` as a full URL.
+
+    ``HOST[:PORT]`` or ``http(s)://HOST[:PORT]`` -> ``/v1/audio/speech`` on it (port 8000 without a scheme, the
+    scheme's port with one); a path ending in ``/v1`` (``http://h:8080/v1``, ``/openai/v1``) gets
+    ``/audio/speech`` appended; any other path is the route itself (``http://h:8080/tts/speech``).
+    """
+    url = "://" in text
+    address = parse(text, what=what, default_port=_SCHEME_PORTS.get(text.split("://")[0].lower(), 0) if url
+                    else TRITON_PORTS.http, paths=True, expected="HOST[:PORT] or an http(s):// URL",
+                    hint=f"e.g. gpu-host:8080 or http://gpu-host:8080 (POST {SPEECH_ROUTE} there), "
+                         "http://gpu-host:8080/v1 or a full route such as http://gpu-host:8080/tts/speech")
+    if address.scheme == "grpc":
+        raise UsageError(f"{what} {text!r}: the OpenAI-style speech API is HTTP", hint="use http:// or https://")
+    path = address.path.rstrip("/")
+    if not path:
+        path = SPEECH_ROUTE
+    elif path.endswith("/v1"):
+        path += "/audio/speech"
+    return f"{address.scheme or 'http'}://{address}{path}"

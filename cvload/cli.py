@@ -10,7 +10,8 @@ from importlib.metadata import entry_points
 from cvload import __version__
 from cvload.errors import EXIT_INTERRUPTED, EXIT_USAGE, CvloadError
 
-COMMANDS = ("serve", "run", "tui", "compare")  # cvload.commands.<name>; others come from the entry-point group below
+# cvload.commands.<name>; others come from the entry-point group below
+COMMANDS = ("serve", "run", "tui", "report", "compare")
 ENTRY_POINT_GROUP = "cvload.commands"  # e.g. ``bootstrap`` from server_bootstrap, which builds on cvload
 
 

@@ -14,9 +14,14 @@ What is resampled, per metric:
 * throughput: successful completions per second in 5 to 20 equal time bins of the measured window (their mean is
   the summary's throughput); the bins are resampled (a block bootstrap: completions within a bin stay together).
   With few bins the interval is wide, so a throughput change of a short run tends to be "uncertain";
-* goodput: as throughput, times the run's share of good requests as measured (records do not say which request
-  met every objective, so that share is not resampled);
-* a sweep's capacity: no interval (a level either met the objectives or not); the threshold alone decides.
+* goodput (``goodput.requests_per_s``, in a summary wherever per-request objectives were given): as throughput,
+  times the run's share of good successful requests as measured (records do not say which request met every
+  objective, so that share is not resampled);
+* a sweep's capacity: no interval (a level either met the objectives or not); the threshold alone decides. Its
+  levels are matched by load (kind and value), each compared as two runs.
+
+Folders are read by cvload.results_folder (the one reader, shared with ``cvload report``): per-request values come
+from its numpy columns, so a run of 100,000 requests costs about a second to read.
 
 Two limits keep the verdicts honest where the records cannot: a percentile is judged only where each run has at
 least ``MIN_TAIL`` values beyond it (the bootstrap of a run's largest values is far too sure of itself), and a
@@ -39,13 +44,12 @@ from typing import Any
 import numpy as np
 
 from cvload.errors import UsageError
-from cvload.metrics import BY_ALIAS, MISSING, end_time, lookup, measure_start, values
-from cvload.records import ERR_CANCELLED, RequestRecord
-from cvload.results import read_json
-from cvload.results_folder import RUN, SWEEP, RunFolder, SweepFolder, kind_of, load_run, load_sweep
+from cvload.metrics import BY_ALIAS, lookup
+from cvload.results_folder import Results, RunResults, SweepResults, open_results
 from cvload.slo import parse_objective
 
 COMPARE_SCHEMA = "cvload.compare/1"
+RUN, SWEEP = "run", "sweep"  # Comparison.kind
 UP, DOWN = "up", "down"  # which change is worse
 REGRESSION, IMPROVED, OK, UNCERTAIN, NO_DATA = "regression", "improved", "ok", "uncertain", "no_data"
 DEFAULT_THRESHOLD = "5%"
@@ -60,7 +64,7 @@ MIN_TAIL = 5
 
 # Draws of a statistic over bootstrap resamples of the values: (values, resamples, rng) -> (resamples,)
 Resample = Callable[[np.ndarray, int, np.random.Generator], np.ndarray]
-Samples = Callable[[RunFolder], np.ndarray]
+Samples = Callable[[RunResults], np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -82,29 +86,34 @@ class CompareMetric:
         return self.tail is not None and n * self.tail < MIN_TAIL
 
 
-def _measured(run: RunFolder) -> list[RequestRecord]:
-    return [r for r in run.records if not r.warmup and r.error_kind != ERR_CANCELLED]
-
-
 def _request_values(alias: str) -> Samples:
-    metric = BY_ALIAS[alias]
-    return lambda run: np.asarray(values(_measured(run), metric), dtype=float)
+    name = BY_ALIAS[alias].name
+    return lambda run: run.columns.values(name)
 
 
-def _failed(run: RunFolder) -> np.ndarray:
-    return np.asarray([0.0 if r.ok else 1.0 for r in _measured(run)])
+def _failed(run: RunResults) -> np.ndarray:
+    c = run.columns
+    return (~c.ok[c.measured]).astype(float)
 
 
-def _completion_rates(run: RunFolder) -> np.ndarray:
+def _measure_start(run: RunResults) -> float:
+    """When measurement began (s after the run started), as the engine marks it: the run's start without warmup
+    requests, else the first measured request's send (cvload.metrics.measure_start, on the columns' clock)."""
+    c = run.columns
+    counted = ~c.warmup
+    return float(c.sent_s[counted].min()) if c.warmup.any() and counted.any() else 0.0
+
+
+def _completion_rates(run: RunResults) -> np.ndarray:
     """Successful completions per second in equal time bins of the measured window (5 to 20 bins, about 5
     completions each): their mean is the run's throughput, and resampling bins keeps the regularity of completions
     within a bin that resampling single gaps would lose."""
-    measured = _measured(run)
-    start = measure_start(run.records)
-    ends = np.asarray(sorted(end_time(r) for r in measured if r.ok))
-    if start is None or ends.size == 0:
+    c = run.columns
+    measured = c.measured
+    ends = np.sort(c.end_s[measured & c.ok])
+    if ends.size == 0:
         return np.zeros(0)
-    stop = max(end_time(r) for r in measured)
+    start, stop = _measure_start(run), float(c.end_s[measured].max())
     if stop <= start:
         return np.zeros(0)
     bins = int(min(20, max(5, ends.size // 5)))
@@ -150,22 +159,14 @@ def resample_mean(values: np.ndarray, resamples: int, rng: np.random.Generator) 
     return np.concatenate(out)
 
 
-def _goodput_path(summary: dict[str, Any]) -> str | None:
-    for path in ("goodput.requests_per_s", "goodput"):
-        value = lookup(summary, path)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return path
-    return None
-
-
-def _goodput_stat_for(run: RunFolder) -> float:
-    """Share of successful requests that were good: goodput / throughput as the run measured them."""
-    path = _goodput_path(run.summary)
-    good = lookup(run.summary, path) if path else MISSING
-    throughput = lookup(run.summary, "throughput.requests_per_s")
-    if good is MISSING or not isinstance(throughput, int | float) or throughput <= 0:
+def _good_share_of_ok(run: RunResults) -> float:
+    """Share of successful requests that were good: goodput / throughput as the run measured them (the summary's
+    ``goodput.share`` is of all measured requests, failed ones included, so it would count failures twice)."""
+    good = _number(lookup(run.summary, GOODPUT_PATH))
+    throughput = _number(lookup(run.summary, "throughput.requests_per_s"))
+    if good is None or throughput is None or throughput <= 0:
         return 0.0
-    return float(good) / float(throughput)
+    return good / throughput
 
 
 def _request_rows(alias: str, title: str, stats: Sequence[str], *, optional: bool = False) -> list[CompareMetric]:
@@ -182,6 +183,7 @@ def _request_rows(alias: str, title: str, stats: Sequence[str], *, optional: boo
 
 
 PCTS = ("p50", "p95", "p99")
+GOODPUT_PATH = "goodput.requests_per_s"  # as cvload.metrics declares it (summary.json and sweep.json levels)
 METRICS: tuple[CompareMetric, ...] = (
     *_request_rows("first_chunk", "First chunk", PCTS),
     *_request_rows("second_chunk", "Second chunk", PCTS),
@@ -193,7 +195,8 @@ METRICS: tuple[CompareMetric, ...] = (
     CompareMetric("error_rate", "Error rate", "error_rate", "share", UP, _failed, resample_mean),
     CompareMetric("throughput.requests_per_s", "Throughput", "throughput.requests_per_s", "req/s", DOWN,
                   _completion_rates, resample_mean),
-    CompareMetric("goodput", "Goodput", "goodput", "req/s", DOWN, _completion_rates, resample_mean, optional=True),
+    CompareMetric(GOODPUT_PATH, "Goodput", GOODPUT_PATH, "req/s", DOWN, _completion_rates, resample_mean,
+                  optional=True),
 )
 CAPACITY = CompareMetric("capacity", "Capacity", "capacity.value", "", DOWN, None, None)
 BY_METRIC = {m.name: m for m in (*METRICS, CAPACITY)}
@@ -263,7 +266,7 @@ def _absolute(spec: str, metric: CompareMetric, text: str) -> Threshold:
         raise UsageError(f"--threshold {spec!r} must not be negative")
     if metric.unit == "share" and unit == "pp":  # percentage points of a share
         return Threshold(text=text.strip(), absolute=number / 100.0)
-    if metric.name in (CAPACITY.name, "goodput"):  # not known to the objective parser
+    if metric.name in (CAPACITY.name, GOODPUT_PATH):  # judged on their own, not through an objective
         if unit:
             raise UsageError(f"--threshold {spec!r}: {metric.name} takes a bare number (in {metric.unit or 'levels'})"
                              " or N%", hint=THRESHOLD_HELP)
@@ -389,21 +392,12 @@ def judge(metric: CompareMetric, base: float | None, new: float | None, ci: tupl
                threshold.text, verdict, level, note)
 
 
-def _compare_metric(metric: CompareMetric, index: int, base: RunFolder, new: RunFolder, settings: Settings,
-                    level: str | None, samples: Callable[[RunFolder, Samples], np.ndarray]) -> Row | None:
-    path = metric.path
-    if metric.name == "goodput":
-        path_base, path_new = _goodput_path(base.summary), _goodput_path(new.summary)
-        if path_base is None and path_new is None:
-            return None
-        b = _number(lookup(base.summary, path_base)) if path_base else None
-        n = _number(lookup(new.summary, path_new)) if path_new else None
-        scale = (_goodput_stat_for(base), _goodput_stat_for(new))
-    else:
-        b, n = _number(lookup(base.summary, path)), _number(lookup(new.summary, path))
-        scale = (1.0, 1.0)
-        if metric.optional and b is None and n is None:
-            return None
+def _compare_metric(metric: CompareMetric, index: int, base: RunResults, new: RunResults, settings: Settings,
+                    level: str | None, samples: Callable[[RunResults, Samples], np.ndarray]) -> Row | None:
+    b, n = _number(lookup(base.summary, metric.path)), _number(lookup(new.summary, metric.path))
+    if metric.optional and b is None and n is None:
+        return None
+    scale = (_good_share_of_ok(base), _good_share_of_ok(new)) if metric.path == GOODPUT_PATH else (1.0, 1.0)
     ci, too_few = None, None
     if metric.samples is not None and metric.resample is not None and b is not None and n is not None:
         rng = np.random.default_rng([settings.seed, index])
@@ -422,23 +416,37 @@ def _compare_metric(metric: CompareMetric, index: int, base: RunFolder, new: Run
                  timing_error=timing_error)
 
 
-def _loop_lag(run: RunFolder, stat: str) -> float:
+def _loop_lag(run: RunResults, stat: str) -> float:
     """How late the run's event loop answered (ms): latencies it measured may be inflated by about that much."""
     return _number(lookup(run.summary, f"client.loop_lag_ms.{stat}")) or 0.0
 
 
-def _check_compatible(base: Path, base_settings: dict[str, Any], new: Path, new_settings: dict[str, Any]) -> None:
-    """Mode and server API change what every latency means: comparing across them is a usage error."""
+def _sweep_kind(sweep: SweepResults) -> str | None:
+    """What the sweep's levels are: "concurrency" (closed loop) or "rate" (open loop)."""
+    kind = sweep.sweep.get("kind") or sweep.capacity.get("kind")
+    if kind is None and sweep.levels:
+        kind = sweep.levels[0].kind
+    return kind
+
+
+def _check_compatible(base: Results, new: Results) -> None:
+    """Mode and server API change what every latency means, and a sweep's kind of level what its capacity counts:
+    comparing across them is a usage error."""
     for key, flag in (("mode", "--mode"), ("api", "--api")):
-        a, b = base_settings.get(key), new_settings.get(key)
+        a, b = base.settings.get(key), new.settings.get(key)
         if key == "api":
             a, b = a or "triton", b or "triton"
         if a is not None and b is not None and a != b:
-            raise UsageError(f"{new} was measured with {flag} {b}, {base} with {flag} {a}: their latencies do not "
-                             "compare", hint=f"compare runs of the same {flag}")
+            raise UsageError(f"{new.path} was measured with {flag} {b}, {base.path} with {flag} {a}: their latencies "
+                             "do not compare", hint=f"compare runs of the same {flag}")
+    if isinstance(base, SweepResults) and isinstance(new, SweepResults):
+        a, b = _sweep_kind(base), _sweep_kind(new)
+        if a and b and a != b:
+            raise UsageError(f"{new.path} sweeps {b}, {base.path} sweeps {a}: their levels and capacities do not "
+                             "compare", hint="compare sweeps over the same kind of level (--num-tasks or --rate)")
 
 
-def _notes(base: RunFolder, new: RunFolder) -> list[str]:
+def _notes(base: RunResults, new: RunResults) -> list[str]:
     """What a reader should know before trusting the verdicts (not errors: a change of load may be the point)."""
     notes = []
     for key in ("protocol", "model", "num_tasks", "rate"):
@@ -449,7 +457,7 @@ def _notes(base: RunFolder, new: RunFolder) -> list[str]:
         status = run.summary.get("status")
         if status not in (None, "completed"):
             notes.append(f"{which} run is {status}")
-        measured = len(_measured(run))
+        measured = int(run.columns.measured.sum())
         if measured < 20:
             notes.append(f"{which} run measured only {measured} requests: intervals are wide")
         for warning in (run.summary.get("client") or {}).get("warnings") or []:
@@ -457,10 +465,10 @@ def _notes(base: RunFolder, new: RunFolder) -> list[str]:
     return notes
 
 
-def compare_runs(base: RunFolder, new: RunFolder, settings: Settings, *, level: str | None = None) -> list[Row]:
+def compare_runs(base: RunResults, new: RunResults, settings: Settings, *, level: str | None = None) -> list[Row]:
     cache: dict[tuple[int, Samples], np.ndarray] = {}
 
-    def samples(run: RunFolder, of: Samples) -> np.ndarray:  # first_chunk's values serve p50, p95 and p99
+    def samples(run: RunResults, of: Samples) -> np.ndarray:  # first_chunk's values serve p50, p95 and p99
         key = (id(run), of)
         if key not in cache:
             cache[key] = of(run)
@@ -474,76 +482,70 @@ def compare_runs(base: RunFolder, new: RunFolder, settings: Settings, *, level: 
     return rows
 
 
-def _sweep_settings(sweep: SweepFolder) -> dict[str, Any]:
-    config = sweep.sweep.get("config")
-    if isinstance(config, dict):
-        return config
-    for folder in _level_folders(sweep).values():
-        settings = (read_json(folder / "config.json") or {}).get("config")
-        return settings if isinstance(settings, dict) else {}
-    return {}
+def _measured_levels(sweep: SweepResults) -> dict[tuple[str, float], RunResults]:
+    """The sweep's levels whose run folder it holds, by load (kind, value): sweeps measure in their own order
+    (bisect adds levels), so a level is found by its load, never by its folder's number."""
+    levels: dict[tuple[str, float], RunResults] = {}
+    for level in sweep.levels:
+        if level.run is not None:
+            levels.setdefault((level.kind, level.value), level.run)
+    return levels
 
 
-def _level_key(level: dict[str, Any]) -> str:
-    return f"{level.get('kind', 'level')} {level.get('value')}"
+def _capacity_row(base: SweepResults, new: SweepResults, settings: Settings) -> Row:
+    cap_base, cap_new = base.capacity, new.capacity
+    b, n = _number(cap_base.get("value")), _number(cap_new.get("value"))
+    row = judge(CAPACITY, b, n, None, settings.threshold(CAPACITY.name))
+    if n is None and b is not None and "value" in cap_new:  # sweep.json's null: no level met the objectives
+        row.verdict, row.note = REGRESSION, "no level of the new sweep met the objectives"
+    return row
 
 
-def _level_folders(sweep: SweepFolder) -> dict[str, Path]:
-    """Each level's own run folder, where sweep.json names it (``dir``/``path``/``folder``) and it exists."""
-    folders = {}
-    for level in sweep.sweep.get("levels") or []:
-        if not isinstance(level, dict):
-            continue
-        for key in ("dir", "path", "folder", "out"):
-            name = level.get(key)
-            if isinstance(name, str) and (sweep.path / name / "summary.json").is_file():
-                folders[_level_key(level)] = sweep.path / name
-                break
-    return folders
-
-
-def compare_sweeps(base: SweepFolder, new: SweepFolder, settings: Settings) -> Comparison:
+def compare_sweeps(base: SweepResults, new: SweepResults, settings: Settings) -> Comparison:
     comparison = Comparison(str(base.path), str(new.path), SWEEP)
-    cap_base = base.sweep.get("capacity") or {}
-    cap_new = new.sweep.get("capacity") or {}
-    if cap_base.get("kind") and cap_new.get("kind") and cap_base.get("kind") != cap_new.get("kind"):
-        raise UsageError(f"{new.path} sweeps {cap_new.get('kind')}, {base.path} sweeps {cap_base.get('kind')}: "
-                         "their capacities do not compare", hint="compare sweeps over the same kind of level")
-    comparison.rows.append(judge(CAPACITY, _number(cap_base.get("value")), _number(cap_new.get("value")), None,
-                                 settings.threshold(CAPACITY.name)))
-    for cap, which in ((cap_base, "base"), (cap_new, "new")):
+    comparison.rows.append(_capacity_row(base, new, settings))
+    for sweep, which in ((base, "base"), (new, "new")):
+        cap = sweep.capacity
         if cap.get("bracket") is not None:
-            comparison.notes.append(f"{which} capacity bracket {cap.get('bracket')}")
-    folders_base, folders_new = _level_folders(base), _level_folders(new)
-    common = [k for k in folders_base if k in folders_new]
-    for key in common:
-        comparison.rows += compare_runs(load_run(folders_base[key]), load_run(folders_new[key]), settings, level=key)
-    if not common:
+            comparison.notes.append(f"{which} capacity bracket {cap.get('bracket')}"
+                                    + (f" (by {cap['by']})" if cap.get("by") else ""))
+        status = sweep.sweep.get("status")
+        if status not in (None, "completed"):
+            comparison.notes.append(f"{which} sweep is {status}")
+    if base.capacity.get("by") and new.capacity.get("by") and base.capacity["by"] != new.capacity["by"]:
+        comparison.notes.append(f"capacity found by {base.capacity['by']} (base) vs by {new.capacity['by']} (new): "
+                                "the two numbers answer different questions")
+    objectives_base, objectives_new = base.sweep.get("objectives"), new.sweep.get("objectives")
+    if objectives_base is not None and objectives_new is not None and objectives_base != objectives_new:
+        comparison.notes.append(f"objectives differ: {objectives_base} (base) vs {objectives_new} (new)")
+    levels_base, levels_new = _measured_levels(base), _measured_levels(new)
+    for key in sorted(k for k in levels_base if k in levels_new):
+        kind, value = key
+        comparison.rows += compare_runs(levels_base[key], levels_new[key], settings, level=f"{kind} {value:g}")
+    if len(comparison.rows) == 1:
         comparison.notes.append("no level measured in both sweeps with its records: only the capacity is compared")
     return comparison
 
 
+def _kind(results: Results) -> str:
+    return SWEEP if isinstance(results, SweepResults) else RUN
+
+
 def compare_folders(paths: Sequence[str | Path], settings: Settings) -> list[Comparison]:
-    """Each folder after the first against the first. Every folder is checked before anything is computed."""
+    """Each folder after the first against the first. Every folder is read and checked before anything is
+    computed."""
     if len(paths) < 2:
         raise UsageError("compare needs two results folders: BASE NEW [NEW...]")
-    kinds = [kind_of(p) for p in paths]
-    base_path = Path(paths[0])
-    for path, kind in zip(paths[1:], kinds[1:]):
-        if kind != kinds[0]:
-            raise UsageError(f"cannot compare a {kinds[0]} ({base_path}) with a {kind} ({path})",
+    base, *others = [open_results(p) for p in paths]
+    for other in others:
+        if _kind(other) != _kind(base):
+            raise UsageError(f"cannot compare a {_kind(base)} ({base.path}) with a {_kind(other)} ({other.path})",
                              hint="compare runs with runs and sweeps with sweeps")
-    if kinds[0] == RUN:
-        runs = [load_run(p) for p in paths]
-        for run in runs[1:]:
-            _check_compatible(runs[0].path, runs[0].settings, run.path, run.settings)
-        return [Comparison(str(runs[0].path), str(run.path), RUN, compare_runs(runs[0], run, settings),
-                           _notes(runs[0], run)) for run in runs[1:]]
-    sweeps = [load_sweep(p) for p in paths]
-    base_settings = _sweep_settings(sweeps[0])
-    for sweep in sweeps[1:]:
-        _check_compatible(sweeps[0].path, base_settings, sweep.path, _sweep_settings(sweep))
-    return [compare_sweeps(sweeps[0], sweep, settings) for sweep in sweeps[1:]]
+        _check_compatible(base, other)
+    if isinstance(base, RunResults):
+        return [Comparison(str(base.path), str(run.path), RUN, compare_runs(base, run, settings), _notes(base, run))
+                for run in others if isinstance(run, RunResults)]
+    return [compare_sweeps(base, sweep, settings) for sweep in others if isinstance(sweep, SweepResults)]
 
 
 def to_json(comparisons: list[Comparison], settings: Settings) -> dict[str, Any]:

@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvload.address import server_address
+from cvload.address import RUNTIME_PORT, server_address, speech_url
 from cvload.errors import UsageError
+from cvload.transport import parse_header, redact_header
 
 APIS = ("triton", "cosyvoice", "openai")  # Triton (+TRT-LLM), CosyVoice's Python runtime, OpenAI-style speech
 PROTOCOLS = ("grpc", "http")
@@ -20,6 +21,7 @@ MODES = ("streaming", "offline")
 ARRIVALS = ("poisson", "constant")
 INFERENCES = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")  # the Python runtime's request kinds
 RESPONSE_FORMATS = ("pcm", "wav")  # OpenAI-style speech: raw int16 (may stream) or a whole WAV file
+API_PROTOCOLS = {"openai": ("http",)}  # protocols of an API, the first its default (unlisted: grpc, http)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -65,7 +67,7 @@ class RunConfig:
     # Target
     server: list[str] = field(default_factory=list)  # HOST[:PORT]; several -> round-robin
     api: str = "triton"  # which server API: triton | cosyvoice (Python runtime, :50000) | openai (/v1/audio/speech)
-    protocol: str = "grpc"
+    protocol: str | None = None  # grpc | http; None: the API's own (see API_PROTOCOLS), set by validate()
     mode: str = "streaming"
     model: str = "cosyvoice2"
     # Request details of the non-Triton APIs
@@ -79,6 +81,8 @@ class RunConfig:
     emulator: bool = False
     profile: str | None = None
     profile_set: dict[str, Any] = field(default_factory=dict)
+    max_conc: int | None = None  # emulated cosyvoice runtime: its --max_conc (calls past it are refused; default 4)
+    pipeline: bool = False  # emulate the real five-model repository (cosyvoice2 calling its sub-models)
     # Load shape: closed loop (num_tasks) or open loop (rate)
     num_tasks: int | None = None
     rate: float | None = None  # requests per second
@@ -102,6 +106,15 @@ class RunConfig:
     metrics_url: str | None = None
     telemetry_interval: float = 1.0
     gpu_source: str = "auto"  # auto | server | nvml | none
+    # TLS and credentials (docs/tls.md); header values are secrets: no repr, config.json keeps the names only
+    tls: bool = False  # also implied by an https:// server
+    ca_cert: str | None = None  # PEM CA(s) to verify the server with (default: the system's)
+    client_cert: str | None = None  # mutual TLS: PEM client certificate (and key, unless client_key)
+    client_key: str | None = None
+    tls_server_name: str | None = None  # the name to verify and send as SNI instead of the server's host
+    insecure: bool = False  # skip verification (tests only; the summary warns)
+    header: list[str] = field(default_factory=list, repr=False)  # "Name: value", HTTP headers and gRPC metadata
+    header_file: str | None = None  # one "Name: value" a line
     # Scenario bookkeeping
     scenario: str | None = None
     name: str | None = None  # scenario's display name
@@ -113,8 +126,16 @@ class RunConfig:
             raise UsageError(f"--inference {self.inference!r}: use one of {', '.join(INFERENCES)}")
         if self.response_format not in RESPONSE_FORMATS:
             raise UsageError(f"--response-format {self.response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}")
+        if self.max_conc is not None and self.max_conc < 1:
+            raise UsageError(f"--max-conc must be at least 1, got {self.max_conc}")
         if self.sample_rate is not None and self.sample_rate <= 0:
             raise UsageError(f"--sample-rate must be positive, got {self.sample_rate}")
+        protocols = API_PROTOCOLS.get(self.api, PROTOCOLS)
+        if self.protocol is None:
+            self.protocol = protocols[0]
+        elif self.protocol in PROTOCOLS and self.protocol not in protocols:
+            raise UsageError(f"--api {self.api} speaks {' or '.join(protocols)}, not --protocol {self.protocol}",
+                             hint=f"leave --protocol out (--api {self.api} implies {protocols[0]})")
         if self.protocol not in PROTOCOLS:
             raise UsageError(f"--protocol {self.protocol!r}: use one of {', '.join(PROTOCOLS)}")
         if self.mode not in MODES:
@@ -138,8 +159,36 @@ class RunConfig:
                              "embedded CosyVoice emulator")
         if self.server and self.emulator:
             raise UsageError("--server and --emulator exclude each other: the emulator picks its own address")
+        if self.pipeline and not self.emulator:
+            raise UsageError("--pipeline shapes the embedded emulator's repository: add --emulator")
         Warmup.parse(self.warmup)
+        self._validate_transport()
         return self
+
+    def _validate_transport(self) -> None:
+        schemes = {s.split("://", 1)[0].strip().lower() for s in self.server if "://" in s}
+        if "https" in schemes:
+            self.tls = True
+        if self.tls and "http" in schemes:
+            raise UsageError("an http:// --server in a run with TLS (--tls or an https:// server)",
+                             hint="give every server as https://, or leave out --tls for plain HTTP")
+        if self.tls and self.emulator:
+            raise UsageError("--tls: the embedded emulator speaks no TLS", hint="leave out --tls or --emulator")
+        if not self.tls:
+            given = [flag for flag, value in (("--ca-cert", self.ca_cert), ("--client-cert", self.client_cert),
+                                              ("--client-key", self.client_key),
+                                              ("--tls-server-name", self.tls_server_name),
+                                              ("--insecure", self.insecure)) if value]
+            if given:
+                raise UsageError(f"{', '.join(given)} only apply with TLS",
+                                 hint="add --tls, or give the server as https://HOST:PORT")
+        if self.client_key and not self.client_cert:
+            raise UsageError("--client-key without --client-cert", hint="pass the client certificate too")
+        if self.insecure and self.ca_cert:
+            raise UsageError("--insecure verifies no certificate, so --ca-cert would not be used",
+                             hint="leave out --insecure to verify with --ca-cert")
+        for i, text in enumerate(self.header, 1):
+            parse_header(text, where=f"--header #{i}")
 
     @property
     def closed_loop(self) -> bool:
@@ -153,11 +202,25 @@ class RunConfig:
         return Warmup.parse(self.warmup)
 
     def addresses(self) -> list[str]:
-        """Servers as HOST:PORT, the protocol's default port filled in."""
-        return [server_address(s, self.protocol) for s in self.server]
+        """Servers as HOST:PORT, the API's and protocol's default port filled in (--api openai: the speech
+        endpoint's URL)."""
+        if self.api == "openai":
+            urls = [speech_url(s) for s in self.server]
+            return [f"https://{u[len('http://'):]}" if self.tls and u.startswith("http://") else u for u in urls]
+        port = RUNTIME_PORT if self.api == "cosyvoice" else None
+        return [server_address(s, self.protocol or PROTOCOLS[0],
+                               default_port=443 if s.strip().lower().startswith("https://") else port)
+                for s in self.server]
 
     def to_json(self) -> dict[str, Any]:
+        """Every setting as it is (header values included): for handing the run to another process."""
         return dataclasses.asdict(self)
+
+    def public_json(self) -> dict[str, Any]:
+        """The settings as a results file may show them: header values replaced by ``***``."""
+        out = self.to_json()
+        out["header"] = [redact_header(h) for h in self.header]
+        return out
 
     def merged(self, overrides: dict[str, Any]) -> RunConfig:
         """A copy with the given (already typed) values replaced; None values are ignored."""

@@ -50,8 +50,10 @@ class ConsoleView:
     def preparing(self, config: RunConfig) -> None:
         if not self.quiet:
             where = "embedded emulator" if config.emulator else ", ".join(config.server)
-            self.err.print(f"cvload: {config.mode} over {config.protocol} to {where} (model {config.model})",
-                           highlight=False)
+            how = (f"{config.mode} over {config.protocol}" if config.api == "triton" else
+                   f"cosyvoice runtime {config.inference or 'zero_shot/sft'} over {config.protocol}, one chunk per "
+                   "sentence," if config.api == "cosyvoice" else f"{config.api} over {config.protocol}")
+            self.err.print(f"cvload: {how} to {where} (model {config.model})", highlight=False)
 
     def attach(self, session: Any) -> None:
         if not self.quiet:
@@ -91,7 +93,7 @@ class ConsoleView:
 
 
 def summary_warnings(summary: dict[str, Any]) -> list[str]:
-    out = []
+    out = list(summary.get("warnings") or [])  # e.g. --insecure
     conc = summary.get("concurrency") or {}
     requested, achieved = conc.get("requested"), conc.get("achieved_mean")
     if requested and achieved is not None and achieved < 0.9 * requested:

@@ -16,7 +16,10 @@ ERR_CONNECTION = "connection"  # could not reach the server / connection lost
 ERR_NO_FINAL = "no_final"  # the stream ended without its final response
 ERR_PROTOCOL = "protocol"  # a response cvload could not understand (missing tensor, bad shape)
 ERR_CANCELLED = "cancelled"  # stopped by the user (Ctrl-C) before it finished
-ERROR_KINDS = (ERR_SERVER, ERR_TIMEOUT, ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_CANCELLED)
+# Refused by a server at its concurrency cap (gRPC RESOURCE_EXHAUSTED, HTTP 429/503), e.g. CosyVoice's Python
+# runtime past its --max_conc: load the server was never asked to carry, not a failure of synthesis.
+ERR_REJECTED = "rejected"
+ERROR_KINDS = (ERR_SERVER, ERR_TIMEOUT, ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_CANCELLED, ERR_REJECTED)
 
 # Audio sanity flags: the request finished but its audio is broken; each makes the request count as failed.
 FLAG_TOO_SHORT = "audio_too_short"

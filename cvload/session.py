@@ -28,6 +28,7 @@ from cvload.metrics import summarize
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
 from cvload.targets import make_target
 from cvload.targets.base import Target, TargetInfo
+from cvload.transport import INSECURE_WARNING
 
 
 def _versions() -> dict[str, str | None]:
@@ -115,13 +116,32 @@ class Session:
     # ---- before the first request --------------------------------------------------------------------------
     def start_emulator(self) -> None:
         """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it."""
-        from cvload.emulator import EmulatedModel, build_repository, get_profile
+        from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository, get_profile
         from cvload.triton.launcher import TritonServer
 
         cfg = self.config
         profile = get_profile(cfg.profile or "demo", cfg.profile_set)
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
-        repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
+        if cfg.api == "openai":  # the OpenAI-style speech server, in its own process, with the same profile
+            from cvload.emulator.openai_server import OpenAIServer
+
+            self.server = OpenAIServer(profile, model=cfg.model, max_conc=cfg.max_conc or 0, workdir=root,
+                                       die_with_parent=True).start()
+            self.config = cfg.merged({"server": [self.server.url]})
+            return
+        if cfg.api == "cosyvoice":  # CosyVoice's Python runtime, in a child process; it has no metrics endpoint
+            from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
+
+            self.server = RuntimeServer(profile, max_conc=cfg.max_conc or DEFAULT_MAX_CONC,
+                                        sample_rate=cfg.sample_rate or 24000, workdir=root, die_with_parent=True)
+            self.server.start()
+            address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
+            self.config = cfg.merged({"server": [address]})
+            return
+        if cfg.pipeline:
+            repo = build_pipeline_repository(root, profile, name=cfg.model, mode=cfg.mode)
+        else:
+            repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
         self.server = TritonServer(repo, workdir=root, die_with_parent=True)
         self.server.start()
         address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
@@ -138,7 +158,7 @@ class Session:
         items = load_items(cfg.inputs, spk_cache=cfg.spk_cache)
         if not items:
             raise UsageError(f"no input items in {cfg.inputs or 'the built-in set'}")
-        label = f"{cfg.mode}-{cfg.protocol}" + (f"-{cfg.name}" if cfg.name else "")
+        label = f"{cfg.mode if cfg.api == 'triton' else cfg.api}-{cfg.protocol}" + (f"-{cfg.name}" if cfg.name else "")
         self.out_dir = Path(cfg.out) if cfg.out else default_out_dir(label)
         self.writer = ResultsWriter(self.out_dir)
         if cfg.emulator:
@@ -156,7 +176,7 @@ class Session:
         self.stats_before = await self._statistics()
         self.started_wall = time.time()
         self.writer.write_json("config.json", {
-            "config": cfg.to_json(),
+            "config": cfg.public_json(),  # header values as ***
             "versions": _versions(),
             "servers": [{"address": i.address, "protocol": i.protocol, "mode": i.mode, "model": i.model,
                          "decoupled": i.decoupled, "server_version": i.server_version} for i in self.infos],
@@ -178,6 +198,8 @@ class Session:
         cfg = self.config
         if cfg.metrics_url:
             return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
+        if cfg.api != "triton":  # no Triton metrics beside these servers: GPU from NVML or a given --metrics-url
+            return None
         return default_metrics_url(cfg.addresses()[0], cfg.protocol)
 
     def _make_telemetry(self) -> Any:
@@ -186,9 +208,16 @@ class Session:
         from cvload.telemetry import Telemetry
 
         assert self.out_dir is not None
-        return Telemetry(metrics_url=self._metrics_url(), stats_source=self._statistics,
-                         interval=self.config.telemetry_interval, gpu_source=self.config.gpu_source,
-                         out_path=self.out_dir / "telemetry.jsonl")
+        triton = self.config.api == "triton"
+        telemetry = Telemetry(metrics_url=self._metrics_url(), stats_source=self._statistics if triton else None,
+                              interval=self.config.telemetry_interval, gpu_source=self.config.gpu_source,
+                              out_path=self.out_dir / "telemetry.jsonl")
+        if not triton:  # said on the dashboard's GPU panel and in the summary's telemetry warnings
+            telemetry.warnings.append(
+                f"--api {self.config.api}: no Triton statistics or metrics; GPU from "
+                + (f"--metrics-url {self.config.metrics_url}" if telemetry.metrics_url else
+                   "this host's NVML (--gpu-source nvml), or pass --metrics-url (e.g. a DCGM exporter)"))
+        return telemetry
 
     async def _statistics(self) -> dict[str, Any] | None:
         try:
@@ -224,6 +253,14 @@ class Session:
         cfg = self.config
         summary["target"] = {"servers": cfg.addresses(), "protocol": cfg.protocol, "mode": cfg.mode,
                              "model": cfg.model}
+        tls = self.targets[0].transport.describe() if self.targets else None
+        if tls is not None:
+            summary["target"]["tls"] = tls
+        if cfg.insecure:
+            summary["warnings"] = [INSECURE_WARNING]
+        if cfg.api != "triton":  # another server API: its request kind says what a chunk is
+            summary["target"].update(api=cfg.api, mode=self.infos[0].mode if self.infos else cfg.mode,
+                                     inference=cfg.inference)
         summary["load"] = ({"kind": "closed", "num_tasks": cfg.concurrency} if cfg.closed_loop else
                            {"kind": "open", "rate": cfg.rate, "arrival": cfg.arrival,
                             "max_inflight": cfg.max_inflight})

@@ -206,7 +206,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                                      max_batch_size=config.triton.max_batch_size,
                                      bls_instances=config.triton.bls_instances,
                                      token2wav_instances=config.triton.token2wav_instances,
-                                     use_spk2info_cache=config.triton.use_spk2info_cache)
+                                     use_spk2info_cache=config.triton.use_spk2info_cache,
+                                     pipeline=config.emulator.pipeline)
     if args.mode:
         expect.mode = args.mode
     if args.model:

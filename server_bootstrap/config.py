@@ -26,6 +26,9 @@ HUBS = ("modelscope", "huggingface")
 # inputs on cosyvoice2, token2wav with streaming inputs, speaker_embedding). Override with [source] commit.
 PINNED_COMMIT = "4d60ff6abcc890c4dae01ea982aba62adb1fdbd4"
 TRTLLM_IMAGE = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"
+# Emulator profile knobs that are deployment settings: profile knob -> [triton] key that sets them.
+TRITON_KNOBS = {"bls_instances": "bls_instances", "token2wav_instances": "token2wav_instances",
+                "max_batch_size": "max_batch_size"}
 DEFAULT_HOME = Path(os.environ.get("CVLOAD_BOOTSTRAP_HOME", Path.home() / ".cache" / "cvload" / "bootstrap"))
 
 
@@ -106,10 +109,12 @@ class DockerConfig:
 
 @dataclass
 class EmulatorConfig:
-    """``--target emulator``: the CosyVoice emulator's latency profile (cvload.emulator)."""
+    """``--target emulator``: the CosyVoice emulator's latency profile (cvload.emulator), and its shape: one model,
+    or the real repository's five (``pipeline``: instance counts and batch size from [triton])."""
 
     profile: str = "demo"
     profile_set: dict[str, Any] = field(default_factory=dict)
+    pipeline: bool = False
 
 
 @dataclass
@@ -261,6 +266,10 @@ class DeploymentConfig:
                 get_profile(self.emulator.profile, dict(self.emulator.profile_set))
             except UsageError as exc:
                 raise bad("[emulator] profile / profile_set", exc.message, exc.hint) from None
+            taken = sorted(set(self.emulator.profile_set) & set(TRITON_KNOBS))
+            if taken:
+                raise bad("[emulator] profile_set", f"{', '.join(taken)}: the deployment sets these",
+                          "set " + ", ".join(f"[triton] {TRITON_KNOBS[k]}" for k in taken) + " instead")
         return self
 
 

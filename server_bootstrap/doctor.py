@@ -51,6 +51,12 @@ class Expectations:
     bls_instances: int | None = None
     token2wav_instances: int | None = None
     use_spk2info_cache: bool | None = None
+    pipeline: bool = False  # the emulator's five-model repository (its cross-model checks are the trtllm ones)
+
+    @property
+    def sub_models(self) -> bool:
+        """Whether the deployment has the real shape: a front model calling tensorrt_llm and token2wav."""
+        return self.target == "trtllm" or (self.target == "emulator" and self.pipeline)
 
 
 def parse_server(text: str) -> Endpoint:
@@ -180,7 +186,7 @@ def _models(findings: list[Finding], base: str, expect: Expectations) -> None:
                             "" if index else "the model repository is empty or unreadable",
                             "" if index else "check --model-repository"))
     wanted = [expect.model]
-    if expect.target == "trtllm":
+    if expect.sub_models:
         wanted += ["tensorrt_llm", "token2wav"]
         if expect.use_spk2info_cache is False:
             wanted += ["audio_tokenizer", "speaker_embedding"]
@@ -244,7 +250,7 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
         batch_fix = "cvload bootstrap up (rebuilds the repository and restarts)"
     findings.append(Finding("max batch size", batch_status, f"{model} max_batch_size {batch}", batch_cause, batch_fix))
     instances = _instances(config)
-    if expect.target == "trtllm" and expect.bls_instances is not None and instances != expect.bls_instances:
+    if expect.sub_models and expect.bls_instances is not None and instances != expect.bls_instances:
         findings.append(Finding("instances", "warn", f"{model} runs {instances} instance(s), the config asks for "
                                 f"{expect.bls_instances}", "the server runs an older repository",
                                 "cvload bootstrap up"))
@@ -253,7 +259,8 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
                                 f"{model}: {instances} instance(s): "
                                 + ("a decoupled model serves concurrent streams from its threads" if decoupled else
                                    f"at most {instances} request(s) synthesize at once, more wait in the queue")))
-    if expect.target == "trtllm":
+    if expect.sub_models:
+        _llm_decoupled(findings, base, model, decoupled)
         code, body = _http("GET", f"{base}/v2/models/token2wav/config")
         if code == 200:
             count = _instances(_json(body))
@@ -263,6 +270,27 @@ def _front_model(findings: list[Finding], base: str, expect: Expectations) -> No
                                         "cvload bootstrap up"))
             else:
                 findings.append(Finding("token2wav instances", "info", f"{count} (the vocoder every stream waits on)"))
+
+
+def _llm_decoupled(findings: list[Finding], base: str, model: str, front_decoupled: bool | None) -> None:
+    """tensorrt_llm must be decoupled exactly when the front model is: the front streams its tokens with
+    ``exec(decoupled=True)`` only then, and a mismatch fails every request, not the server's start."""
+    code, body = _http("GET", f"{base}/v2/models/tensorrt_llm/config")
+    config = _json(body) if code == 200 else None
+    if not isinstance(config, dict):
+        return  # reported by the model list
+    llm = decoupled_of(config)
+    if bool(llm) == bool(front_decoupled):
+        findings.append(Finding("llm decoupled", "ok", f"tensorrt_llm is {'decoupled' if llm else 'not decoupled'}, "
+                                f"as {model}"))
+        return
+    findings.append(Finding(
+        "llm decoupled", "FAIL", f"{model} is {'decoupled' if front_decoupled else 'not decoupled'} but "
+        f"tensorrt_llm is {'decoupled' if llm else 'not decoupled'}",
+        "the two templates were filled with different decoupled_mode values (or one was edited by hand): "
+        + ("the front asks for a token stream the LLM does not send, every request fails" if front_decoupled else
+           "the front waits for one answer from a model that streams, every request fails"),
+        "fill both from one decoupled_mode (cvload bootstrap up rebuilds the repository)"))
 
 
 def _scrape_gpu(url: str, wait_s: float) -> tuple[int, dict[str, dict[str, float]] | None]:

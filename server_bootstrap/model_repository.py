@@ -193,15 +193,34 @@ def build_trtllm_repository(config: DeploymentConfig, layout: Layout, dest: Path
     return dest
 
 
+def emulator_models(config: DeploymentConfig) -> list[str]:
+    """The emulator repository's models: the front model alone, or the pipeline's five (less the prompt models
+    with the speaker cache, as the real deployment)."""
+    if not config.emulator.pipeline:
+        return [config.model.name]
+    from cvload.emulator import pipeline_models
+
+    return pipeline_models(config.model.name, prompt_models=not config.triton.use_spk2info_cache)
+
+
 def build_emulator_repository(config: DeploymentConfig, layout: Layout, index: int) -> Path:
     """The emulator's repository for server ``index`` (its own folder: the emulator's locks are per server)."""
-    from cvload.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository, get_profile
 
     root = layout.emulator_root(index)
     repo = root / "model_repository"
     if repo.exists():
         shutil.rmtree(repo)
     profile = get_profile(config.emulator.profile, dict(config.emulator.profile_set))
+    if config.emulator.pipeline:
+        t = config.triton
+        profile = profile.with_overrides({"bls_instances": t.bls_instances, "token2wav_instances": t.token2wav_instances,
+                                          "max_batch_size": t.max_batch_size})
+        build_pipeline_repository(root, profile, name=config.model.name, mode=config.mode,
+                                  prompt_models=not t.use_spk2info_cache, trace=False)
+        for model in (config.model.name, "tensorrt_llm"):
+            check_decoupled(repo, model, config.mode)
+        return repo
     model = EmulatedModel(name=config.model.name, profile=profile, mode=config.mode,
                           instances=config.triton.bls_instances, max_batch_size=config.triton.max_batch_size)
     build_repository(root, [model], trace=False)

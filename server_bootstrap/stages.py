@@ -338,7 +338,8 @@ class Repository(Stage):
 
     def describe(self) -> list[str]:
         if self.config.target == "emulator":
-            return [f"(in process) emulator model {self.config.model.name} ({self.config.mode}, profile "
+            return [f"(in process) emulator model{'s' if self.config.emulator.pipeline else ''} "
+                    f"{', '.join(model_repository.emulator_models(self.config))} ({self.config.mode}, profile "
                     f"{self.config.emulator.profile}) -> {self.layout.model_repository(i)}"
                     for i in range(len(self.config.server_gpus()))]
         dest = self.layout.model_repository()
@@ -354,7 +355,9 @@ class Repository(Stage):
         if c.target == "emulator":
             return {"model": c.model.name, "mode": c.mode, "profile": c.emulator.profile,
                     "profile_set": c.emulator.profile_set, "instances": c.triton.bls_instances,
-                    "max_batch": c.triton.max_batch_size, "servers": len(c.server_gpus())}
+                    "max_batch": c.triton.max_batch_size, "servers": len(c.server_gpus()),
+                    **({"pipeline": True, "token2wav": c.triton.token2wav_instances,
+                        "spk2info_cache": c.triton.use_spk2info_cache} if c.emulator.pipeline else {})}
         templates = {m: _file_hash(self.layout.template_repo / m / "config.pbtxt")
                      for m in (*model_repository.INTERNAL_MODELS, "cosyvoice2", c.model.name)}
         return {"values": model_repository.template_values(c, self.layout), "mode": c.mode,
@@ -364,7 +367,8 @@ class Repository(Stage):
         try:
             for i in range(len(self.config.server_gpus()) if self.config.target == "emulator" else 1):
                 repo_dir = self.layout.model_repository(i)
-                names = [self.config.model.name] if self.config.target == "emulator" else model_repository.models(self.config)
+                names = (model_repository.emulator_models(self.config) if self.config.target == "emulator"
+                         else model_repository.models(self.config))
                 for model in names:
                     if not (repo_dir / model / "config.pbtxt").is_file():
                         return False

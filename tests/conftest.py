@@ -3,14 +3,17 @@ break its server. Nothing here mocks Triton or tritonclient."""
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from cvload import process
 from cvload.emulator import EmulatedModel, build_repository, get_profile
-from cvload.triton.launcher import TritonServer
+from cvload.triton.launcher import TritonServer, accepts, free_ports
 
 
 @dataclass
@@ -70,3 +73,130 @@ def start_emulator(tmp_path: Path) -> Iterator[Callable[..., Emulator]]:
     yield start
     for server in started:
         server.stop()
+
+
+# ---- TLS: certificates and an nginx in front of servers (tests/test_tls.py) ------------------------------------
+@dataclass
+class Certs:
+    """PEM files made for one test session: a CA, certificates it signed, and the ones that must fail."""
+
+    dir: Path
+
+    def __call__(self, name: str) -> str:
+        """``certs("ca")`` -> the path of ca.pem; ``certs("server.key")`` -> of server.key."""
+        path = self.dir / (name if "." in name else f"{name}.pem")
+        assert path.exists(), path
+        return str(path)
+
+
+def _openssl(cwd: Path, *args: str) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def _issue(cwd: Path, name: str, ca: str, key: str, *, days: int = 2, alt: str = "DNS:localhost,IP:127.0.0.1",
+           usage: str = "serverAuth") -> None:
+    """``name``.pem for ``key``, signed by ``ca`` (``days`` < 0: expired already)."""
+    (cwd / f"{name}.ext").write_text(f"subjectAltName={alt}\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n")
+    _openssl(cwd, "req", "-new", "-key", f"{key}.key", "-subj", f"/CN={name}", "-out", f"{name}.csr")
+    _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-CAcreateserial", "-days", str(days), "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
+    """ca (the CA), server (localhost and 127.0.0.1), expired, other-name (only tts.internal), client (mutual
+    TLS, key client.key), other-ca (a CA nobody used); server certificates share server.key. EC keys and the
+    openssl command line: a few hundred milliseconds."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed (make system-deps installs it)")
+    d = tmp_path_factory.mktemp("certs")
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "other-ca"):
+        _openssl(d, "req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.pem", "-days", "2",
+                 "-subj", f"/CN=cvload test {ca}", "-addext", "basicConstraints=critical,CA:TRUE",
+                 "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for key in ("server", "client"):
+        _openssl(d, "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-out", f"{key}.key")
+    _issue(d, "server", "ca", "server")
+    _issue(d, "expired", "ca", "server", days=-1)
+    _issue(d, "other-name", "ca", "server", alt="DNS:tts.internal")
+    _issue(d, "client", "ca", "client", alt="DNS:cvload-client", usage="clientAuth")
+    return Certs(d)
+
+
+@dataclass
+class Nginx:
+    """A running nginx: TLS with a bearer token in front of HTTP (``https``) and gRPC (``grpcs``) upstreams."""
+
+    https: str  # 127.0.0.1:PORT, proxying HTTP/1.1
+    grpcs: str  # 127.0.0.1:PORT, HTTP/2 to grpc_pass
+    dir: Path
+    proc: subprocess.Popen[bytes]
+
+
+NGINX_CONF = """
+worker_processes 1;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+    access_log {dir}/access.log;
+    client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
+    client_max_body_size 0;
+    ssl_certificate {cert}; ssl_certificate_key {key};
+    upstream http_backends {{ {http_servers} keepalive 16; }}
+    upstream grpc_backends {{ {grpc_servers} keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{https_port} ssl;
+        if ($http_authorization != "Bearer {token}") {{ return 401; }}
+        location / {{
+            proxy_pass http://http_backends; proxy_http_version 1.1; proxy_set_header Connection "";
+            proxy_buffering off; proxy_request_buffering off;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{grpcs_port} ssl http2;
+        if ($http_authorization != "Bearer {token}") {{ return 401; }}
+        location / {{ grpc_pass grpc://grpc_backends; }}
+    }}
+}}
+"""
+
+
+@pytest.fixture
+def start_nginx(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
+    """Start nginx (the Debian package; skipped where it is missing) on free loopback ports, balancing round-robin
+    over ``http`` and ``grpc`` upstreams (HOST:PORT lists) with ``cert``/``key``, answering 401 to any request
+    without ``Authorization: Bearer <token>``; stopped after the test."""
+    if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
+        pytest.skip("nginx not installed (make system-deps installs it)")
+    binary = shutil.which("nginx") or "/usr/sbin/nginx"
+    started: list[Nginx] = []
+
+    def start(*, http: list[str], grpc: list[str], cert: str, key: str, token: str) -> Nginx:
+        d = tmp_path / f"nginx{len(started)}"
+        d.mkdir()
+        https_port, grpcs_port = free_ports(2)
+        conf = d / "nginx.conf"
+        conf.write_text(NGINX_CONF.format(
+            dir=d, cert=cert, key=key, token=token, https_port=https_port, grpcs_port=grpcs_port,
+            http_servers=" ".join(f"server {a};" for a in http), grpc_servers=" ".join(f"server {a};" for a in grpc)))
+        with open(d / "stderr.log", "wb") as log:
+            proc = subprocess.Popen([binary, "-p", str(d), "-c", str(conf), "-g", "daemon off;"], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        server = Nginx(f"127.0.0.1:{https_port}", f"127.0.0.1:{grpcs_port}", d, proc)
+        started.append(server)
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited ({proc.returncode}): {(d / 'stderr.log').read_text()}"
+                                   f"{(d / 'error.log').read_text() if (d / 'error.log').exists() else ''}")
+            return accepts("127.0.0.1", https_port, 0.2) and accepts("127.0.0.1", grpcs_port, 0.2)
+
+        process.wait_until(up, 10.0, what="nginx to listen")
+        return server
+
+    yield start
+    for server in started:
+        process.end(server.proc, grace=5.0)

@@ -140,8 +140,20 @@ def test_not_a_results_folder(runs, tmp_path, capsys):
     empty.mkdir()
     a_file = tmp_path / "notes.txt"
     a_file.write_text("x")
-    for bad, expected in ((empty, "is not a cvload results folder"), (a_file, "is a file"),
-                          (tmp_path / "missing", "no such folder")):
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("x")
+    running = tmp_path / "running"  # records but no summary yet
+    running.mkdir()
+    shutil.copy(runs["base0"] / "records.jsonl", running)
+    foreign = tmp_path / "foreign"
+    shutil.copytree(runs["base0"], foreign)
+    summary = json.loads((foreign / "summary.json").read_text())
+    (foreign / "summary.json").write_text(json.dumps({**summary, "schema": "other.tool/2"}))
+    for bad, expected in ((empty, "is an empty folder, not a results folder"), (a_file, "is a file"),
+                          (tmp_path / "missing", "no such results folder"),
+                          (other, "is not a cvload results folder (no summary.json)"),
+                          (running, "the run has no summary.json"), (foreign, "schema 'other.tool/2'")):
         assert main(["compare", str(runs["base0"]), str(bad)]) == 2
         err = capsys.readouterr().err
         assert expected in err and str(bad) in err and "Traceback" not in err
@@ -162,38 +174,58 @@ def test_mixing_modes_or_apis_is_a_usage_error(runs, emulator, tmp_path, capsys)
     assert "--api openai" in capsys.readouterr().err
 
 
-def _sweep(folder: Path, capacity: int, levels: dict[int, Path]) -> Path:
-    """A sweep folder as `cvload sweep` writes it (schema cvload.sweep/1), its levels copies of real runs."""
+def _sweep(folder: Path, capacity: float | None, levels: list[tuple[float, Path]], kind: str = "concurrency") -> Path:
+    """A sweep folder as `cvload sweep` writes it (docs/sweep.md): sweep.json (schema cvload.sweep/1) naming each
+    level's folder ``level-NNN-c<value>`` (numbered in measuring order), the sweep's config.json; its levels are
+    copies of real runs."""
     folder.mkdir()
     entries = []
-    for value, run in levels.items():
-        shutil.copytree(run, folder / f"num_tasks-{value}")
+    for number, (value, run) in enumerate(levels, 1):
+        name = f"level-{number:03d}-{'c' if kind == 'concurrency' else 'r'}{value:g}"
+        shutil.copytree(run, folder / name)
         summary = json.loads((run / "summary.json").read_text())
-        entries.append({"value": value, "kind": "num_tasks", "slo_passed": value <= capacity,
-                        "summary": {"first_chunk_p95_ms": summary["metrics"]["first_chunk_latency_ms"]["p95"]},
-                        "dir": f"num_tasks-{value}"})
+        entries.append({"value": value, "kind": kind, "phase": "plan", "folder": name,
+                        "slo_passed": capacity is not None and value <= capacity,
+                        "summary": {k: summary[k] for k in ("requests", "error_rate", "throughput", "metrics")}})
+    shutil.copy(levels[0][1] / "config.json", folder / "config.json")
     (folder / "sweep.json").write_text(json.dumps({
-        "schema": "cvload.sweep/1", "levels": entries,
-        "capacity": {"kind": "num_tasks", "value": capacity, "bracket": [capacity, capacity * 2]},
-        "knee": None, "stopped_because": "objective failed"}))
+        "schema": "cvload.sweep/1", "kind": kind, "plan": [v for v, _ in levels],
+        "objectives": ["first_chunk.p95<700ms"], "levels": entries,
+        "capacity": {"kind": kind, "value": capacity,
+                     "bracket": None if capacity is None else [capacity, capacity * 2], "by": "objectives"},
+        "knee": None, "stopped_because": "level failed first_chunk.p95<700ms", "status": "completed"}))
     return folder
 
 
-def test_sweeps_compare_capacity_and_common_levels(runs, tmp_path, capsys):
-    base = _sweep(tmp_path / "base", 8, {4: runs["base0"]})
-    same = _sweep(tmp_path / "same", 8, {4: runs["same0"]})
-    lower = _sweep(tmp_path / "lower", 4, {4: runs["shift0"]})
+def test_sweeps_compare_capacity_and_levels_matched_by_load(runs, tmp_path, capsys):
+    base = _sweep(tmp_path / "base", 8, [(4, runs["base0"])])
+    # measured in another order (a bisect level first): level 4 is the new sweep's second folder
+    same = _sweep(tmp_path / "same", 8, [(6, runs["base1"]), (4, runs["same0"])])
+    lower = _sweep(tmp_path / "lower", 4, [(4, runs["shift0"])])
     code, result = compare_json(capsys, base, same, lower)
     assert code == 3
     same_rows, lower_rows = result["comparisons"][0]["rows"], result["comparisons"][1]["rows"]
     assert same_rows[0]["metric"] == "capacity" and same_rows[0]["verdict"] == OK
     assert lower_rows[0]["metric"] == "capacity" and lower_rows[0]["verdict"] == REGRESSION
-    level = [r for r in lower_rows if r["level"] == "num_tasks 4" and r["metric"] == "first_chunk.p50"]
+    assert {r["level"] for r in same_rows[1:]} == {"concurrency 4"}  # 6 was measured by one sweep only
+    level = [r for r in lower_rows if r["level"] == "concurrency 4" and r["metric"] == "first_chunk.p50"]
     assert level and level[0]["verdict"] == REGRESSION
     assert not any(r["verdict"] == REGRESSION for r in same_rows)
     # a run against a sweep
     assert main(["compare", str(runs["base0"]), str(base)]) == 2
     assert "cannot compare a run" in capsys.readouterr().err
+
+
+def test_sweep_with_no_passing_level_or_another_kind(runs, tmp_path, capsys):
+    base = _sweep(tmp_path / "base", 4, [(4, runs["base0"])])
+    none_passed = _sweep(tmp_path / "none", None, [(4, runs["shift0"])])
+    code, result = compare_json(capsys, base, none_passed)
+    capacity = result["comparisons"][0]["rows"][0]
+    assert code == 3 and capacity["new"] is None and capacity["verdict"] == REGRESSION
+    assert "no level of the new sweep met the objectives" in capacity["note"]
+    by_rate = _sweep(tmp_path / "rate", 2.5, [(2.5, runs["same0"])], kind="rate")
+    assert main(["compare", str(base), str(by_rate)]) == 2
+    assert "sweeps rate" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ the rule on its own
@@ -281,13 +313,13 @@ def test_goodput_row_when_the_summary_has_it(runs, tmp_path, capsys):
         folder = tmp_path / name
         shutil.copytree(runs[name], folder)
         summary = json.loads((folder / "summary.json").read_text())
-        summary["goodput"] = {"requests_per_s": summary["throughput"]["requests_per_s"] * share}
+        summary["goodput"] = {"requests_per_s": summary["throughput"]["requests_per_s"] * share, "share": share}
         (folder / "summary.json").write_text(json.dumps(summary))
         folders.append(folder)
     code, result = compare_json(capsys, *folders)
-    goodput = rows_of(result)["goodput"]
+    goodput = rows_of(result)["goodput.requests_per_s"]
     assert goodput["worse"] == "down" and goodput["percent"] < -0.4
     assert goodput["verdict"] == REGRESSION and goodput["ci"][1] < 0
     # without goodput in either summary there is no such row
     _, result = compare_json(capsys, runs["base0"], runs["shift0"])
-    assert "goodput" not in rows_of(result)
+    assert "goodput.requests_per_s" not in rows_of(result)

@@ -87,6 +87,22 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "or HTTP port + 2 as in Triton's 8000/8001/8002; 'none')")
     g.add_argument("--telemetry-interval", type=_duration, default=None, metavar="T")
     g.add_argument("--gpu-source", choices=("auto", "server", "nvml", "none"), default=None)
+    g = p.add_argument_group("TLS and credentials (docs/tls.md)")
+    g.add_argument("--tls", action="store_true", default=None,
+                   help="connect over TLS (gRPC and HTTP; an https:// --server implies it)")
+    g.add_argument("--ca-cert", default=None, metavar="FILE",
+                   help="PEM CA certificate(s) to verify the server with (default: the system's)")
+    g.add_argument("--client-cert", default=None, metavar="FILE", help="mutual TLS: the client certificate (PEM)")
+    g.add_argument("--client-key", default=None, metavar="FILE", help="mutual TLS: its private key (PEM)")
+    g.add_argument("--tls-server-name", default=None, metavar="NAME",
+                   help="the name to verify in the server's certificate (and send as SNI) instead of its host")
+    g.add_argument("--insecure", action="store_true", default=None,
+                   help="do not verify the server's certificate (tests only; the summary warns)")
+    g.add_argument("--header", action="append", default=None, metavar='"NAME: VALUE"',
+                   help='send a header with every request, e.g. "Authorization: Bearer TOKEN" (gRPC: as metadata; '
+                        "repeatable; values are written nowhere)")
+    g.add_argument("--header-file", default=None, metavar="FILE",
+                   help="headers from a file, one 'Name: value' a line (also: CVLOAD_HEADERS, newline-separated)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -124,6 +140,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         flags["scenario"] = str(args.scenario)
     if flags.get("server") and config.emulator and "emulator" not in flags:
         flags["emulator"] = False  # an explicit --server replaces a scenario's embedded server
+        flags["pipeline"] = False
     return config.merged(flags).validate()
 
 

@@ -1,4 +1,5 @@
-"""A Triton model repository whose `cosyvoice2` model emulates the real CosyVoice2 front model."""
+"""Triton model repositories emulating CosyVoice2: one `cosyvoice2` model (``build_repository``), or the real
+deployment's five models calling each other (``build_pipeline_repository``)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from cvload.emulator.pipeline import build_pipeline_repository, pipeline_models
 from cvload.emulator.profiles import PRESETS, Profile, get_profile
 from cvload.errors import UsageError
 from cvload.triton.templates import fill_file, pbtxt_string
@@ -13,7 +15,8 @@ from cvload.triton.templates import fill_file, pbtxt_string
 HERE = Path(__file__).parent
 MODES = ("streaming", "offline")
 
-__all__ = ["EmulatedModel", "build_repository", "PRESETS", "Profile", "get_profile", "MODES"]
+__all__ = ["EmulatedModel", "build_repository", "build_pipeline_repository", "pipeline_models", "PRESETS", "Profile",
+           "get_profile", "MODES"]
 
 
 @dataclass(frozen=True)

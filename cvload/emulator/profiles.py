@@ -54,12 +54,26 @@ class Profile:
     # Audio: "tone" (speech-like synthetic signal) or "espeak" (real speech through espeak-ng when installed).
     voice: str = "tone"
     seed: int = 0
+    # Pipeline emulator (--pipeline): the deployment's instance counts and batch size (the bootstrap's
+    # bls_instance_num, token2wav instances, triton_max_batch_size) and the costs of the once-per-request models.
+    bls_instances: int = 4  # cosyvoice2 instances: each works on one request at a time, as upstream's front
+    token2wav_instances: int = 1  # token2wav instances: each vocodes one chunk at a time
+    max_batch_size: int = 16  # every model's max_batch_size (the dynamic batcher hands an instance up to this many)
+    tokenizer_s: float = 0.0  # audio_tokenizer, per request with a prompt
+    spk_embedding_s: float = 0.0  # speaker_embedding, per request with a prompt
+    vocoder_prompt_s: float = 0.0  # token2wav, added per chunk of a request bringing its own prompt (no cache)
+    llm_step_s: float = 0.02  # tensorrt_llm streams the tokens of each step this long (in-flight batching)
 
     def __post_init__(self) -> None:
         if self.voice not in ("tone", "espeak"):
             raise UsageError(f"emulator voice {self.voice!r} is unknown", hint="use tone or espeak")
         if self.vocoder_priority not in ("fifo", "oldest"):
             raise UsageError(f"vocoder_priority {self.vocoder_priority!r} is unknown", hint="use fifo or oldest")
+        for name in ("bls_instances", "token2wav_instances", "max_batch_size"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"emulator profile {name} must be at least 1, got {getattr(self, name)}")
+        if self.llm_step_s <= 0:
+            raise UsageError(f"emulator profile llm_step_s must be positive, got {self.llm_step_s}")
         for name in ("error_rate", "stall_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise UsageError(f"emulator profile {name} must be between 0 and 1, got {getattr(self, name)}")
@@ -104,6 +118,20 @@ PRESETS: dict[str, Profile] = {
         llm_batch_slowdown=0.6,
         vocoder_base_s=0.073,
         vocoder_per_token_s=0.00298,
+        jitter=0.05,
+    ),
+    # The pipeline emulator (--pipeline) calibrated to the same L20 figures, with and without the speaker cache, by
+    # benchmarks/calibrate_l20.py --pipeline: queueing comes from the instances (one token2wav), not from formulas.
+    "l20_pipeline": Profile(
+        name="l20_pipeline",
+        llm_prefill_per_active_s=0.050,
+        llm_tokens_per_s=1600.0,
+        llm_batch_slowdown=0.6,
+        vocoder_base_s=0.080,
+        vocoder_per_token_s=0.0030,
+        tokenizer_s=0.005,
+        spk_embedding_s=0.005,
+        vocoder_prompt_s=0.035,
         jitter=0.05,
     ),
     # A quick realistic-looking profile for demos and the dashboard.

@@ -18,16 +18,23 @@ TARGETS = {
 }
 # Other server APIs: (api, protocol) -> "module:class"; their classes also take ``options`` (the run's settings
 # for request kinds, speaker, voice, sample rate) and have no streaming/offline mode of their own.
-API_TARGETS: dict[tuple[str, str], str] = {}
+API_TARGETS: dict[tuple[str, str], str] = {
+    ("cosyvoice", "grpc"): "cvload.targets.cosyvoice_grpc:CosyVoiceGrpc",
+    ("cosyvoice", "http"): "cvload.targets.cosyvoice_http:CosyVoiceHttp",
+    ("openai", "http"): "cvload.targets.openai_speech:OpenAISpeech",
+}
 
 
 def make_target(protocol: str, mode: str, address: str, model: str = "cosyvoice2", *,
                 timeout: float | None = None, api: str = "triton", options: Any = None) -> Target:
     """The target for ``--api``/``--protocol``/``--mode`` at ``address`` (HOST:PORT); bad choices are UsageErrors.
 
-    ``options``: the run's ``RunConfig`` (or None for defaults), read by the non-Triton APIs' targets.
+    ``options``: the run's ``RunConfig`` (or None for defaults), read by the non-Triton APIs' targets and, for
+    TLS and headers, by every target (``cvload.transport``).
     """
     import importlib
+
+    from cvload.transport import Transport
 
     if api == "triton":
         spec = TARGETS.get((protocol, mode))
@@ -43,6 +50,7 @@ def make_target(protocol: str, mode: str, address: str, model: str = "cosyvoice2
                              hint="combinations: " + ", ".join(f"{a}/{p}" for a, p in sorted(API_TARGETS)))
     module_name, class_name = spec.split(":")
     cls = getattr(importlib.import_module(module_name), class_name)
+    transport = Transport.of(options, api=api)
     if api == "triton":
-        return cls(address, model, timeout=timeout)  # type: ignore[no-any-return]
-    return cls(address, model, timeout=timeout, options=options)  # type: ignore[no-any-return]
+        return cls(address, model, timeout=timeout, transport=transport)  # type: ignore[no-any-return]
+    return cls(address, model, timeout=timeout, options=options, transport=transport)  # type: ignore[no-any-return]

@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cvload.transport import Transport
+
 
 @dataclass(frozen=True)
 class SynthesisRequest:
@@ -107,10 +109,12 @@ class Target(ABC):
     protocol: str = ""
     mode: str = ""
 
-    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None) -> None:
+    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
+                 transport: Transport | None = None) -> None:
         self.address = address
         self.model = model
         self.timeout = timeout
+        self.transport = transport or Transport()  # TLS and headers (cvload.transport)
 
     async def open(self) -> TargetInfo:
         """Connect and check the server; on failure release what was opened before raising."""

@@ -29,6 +29,14 @@ def unreachable(address: str, protocol: str, detail: str) -> ServerError:
     )
 
 
+def other_api(address: str, protocol: str, api: str) -> UsageError:
+    """A server that answers, but with another API than Triton's: say which it looks like."""
+    looks = {"cosyvoice": "CosyVoice's Python runtime (no Triton service, as its gRPC and FastAPI servers)",
+             "openai": "an OpenAI-style speech server (/v1/audio/speech)"}[api]
+    return UsageError(f"{address} answers {protocol} but is not a Triton server: it looks like {looks}",
+                      hint=f"use --api {api}")
+
+
 def unknown_model(model: str, address: str, models: list[tuple[str, str]] | None) -> UsageError:
     if models is None:
         listing = "the server did not list its models"

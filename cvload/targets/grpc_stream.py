@@ -58,10 +58,10 @@ class SharedStream:
     fail every other request on the stream. gRPC also allows only one pending write per call.
     """
 
-    def __init__(self, stub: Any, address: str) -> None:
+    def __init__(self, stub: Any, address: str, metadata: Any = None) -> None:
         self.address = address
         self.loop = asyncio.get_running_loop()
-        self.call = stub.ModelStreamInfer()
+        self.call = stub.ModelStreamInfer(metadata=metadata)  # the run's headers, once for the whole stream
         self.inboxes: dict[str, Inbox] = {}
         self.broken: TargetError | None = None
         self._closing = False

@@ -29,6 +29,7 @@ from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, Ta
 from cvload.targets.grpc_stream import TIMED_OUT, SharedStream
 from cvload.targets.proto_dict import message_to_dict
 from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
+from cvload.transport import Transport
 
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
@@ -62,10 +63,12 @@ def decode_waveform(response: Any) -> np.ndarray:
 
 
 class _Connection:
-    """A channel, its stub and (for streaming) the shared stream, all bound to one event loop."""
+    """A channel, its stub and (for streaming) the shared stream, all bound to one event loop; ``metadata``
+    goes with every call (the run's headers)."""
 
-    def __init__(self, address: str) -> None:
-        self.channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+    def __init__(self, address: str, transport: Transport) -> None:
+        self.channel = transport.grpc_channel(address, CHANNEL_OPTIONS)
+        self.metadata = transport.grpc_metadata
         self.stub = pb_grpc.GRPCInferenceServiceStub(self.channel)
         self.stream: SharedStream | None = None
         self.streams_opened = 0
@@ -80,8 +83,9 @@ class _Connection:
 class _TritonGrpc(Target):
     protocol = "grpc"
 
-    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None) -> None:
-        super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout)
+    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
+                 transport: Transport | None = None) -> None:
+        super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
         self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
             weakref.WeakKeyDictionary()
         )
@@ -94,26 +98,33 @@ class _TritonGrpc(Target):
         loop = asyncio.get_running_loop()
         connection = self._connections.get(loop)
         if connection is None:
-            connection = self._connections[loop] = _Connection(self.address)
+            connection = self._connections[loop] = _Connection(self.address, self.transport)
         return connection
 
     async def _open(self) -> TargetInfo:
-        stub = self._connection().stub
+        connection = self._connection()
+        stub, metadata = connection.stub, connection.metadata
         deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
 
         def left() -> float:
             return max(0.1, deadline - time.monotonic())
 
         try:
-            server = await stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=left())
+            server = await stub.ServerMetadata(pb.ServerMetadataRequest(), timeout=left(), metadata=metadata)
         except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.UNIMPLEMENTED:  # gRPC, but no Triton service
+                raise checks.other_api(self.address, "gRPC", "cosyvoice") from None
+            refusal = await self.transport.grpc_refusal(self.address, exc)  # TLS or token
+            if refusal is not None:
+                raise refusal from None
             raise checks.unreachable(self.address, "gRPC", f"{exc.code().name}: {exc.details()}") from None
         try:
-            reply = await stub.ModelConfig(pb.ModelConfigRequest(name=self.model), timeout=left())
+            reply = await stub.ModelConfig(pb.ModelConfigRequest(name=self.model), timeout=left(),
+                                           metadata=metadata)
         except grpc.aio.AioRpcError:
             raise await self._missing_model(stub, left()) from None
         try:
-            ready = await stub.ModelReady(pb.ModelReadyRequest(name=self.model), timeout=left())
+            ready = await stub.ModelReady(pb.ModelReadyRequest(name=self.model), timeout=left(), metadata=metadata)
         except grpc.aio.AioRpcError:
             raise await self._missing_model(stub, left()) from None
         if not ready.ready:
@@ -128,7 +139,8 @@ class _TritonGrpc(Target):
     async def _missing_model(self, stub: Any, timeout: float) -> Exception:
         """Not ready (listed in the repository) or unknown (listed with the server's models)."""
         try:
-            index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=timeout)
+            index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=timeout,
+                                               metadata=self._connection().metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSPORT_CODES:
                 return checks.unreachable(self.address, "gRPC", f"{exc.code().name}: {exc.details()}")
@@ -139,7 +151,9 @@ class _TritonGrpc(Target):
         return checks.unknown_model(self.model, self.address, [(m.name, m.state) for m in index.models])
 
     async def statistics(self) -> dict[str, Any] | None:
-        reply = await self._connection().stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=10.0)
+        connection = self._connection()
+        reply = await connection.stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=10.0,
+                                                      metadata=connection.metadata)
         return message_to_dict(reply)
 
     async def close(self) -> None:
@@ -179,7 +193,7 @@ class TritonGrpcStreaming(_TritonGrpc):
         connection = self._connection()
         stream = connection.stream
         if stream is None or not stream.usable:
-            stream = connection.stream = SharedStream(connection.stub, self.address)
+            stream = connection.stream = SharedStream(connection.stub, self.address, connection.metadata)
             connection.streams_opened += 1
         return stream
 
@@ -226,10 +240,10 @@ class TritonGrpcOffline(_TritonGrpc):
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         message = self._request(request, self._request_id(request))
-        stub = self._connection().stub
+        connection = self._connection()
         try:
             # The deadline travels to the server, which cancels the request when it passes.
-            response = await stub.ModelInfer(message, timeout=self.timeout)
+            response = await connection.stub.ModelInfer(message, timeout=self.timeout, metadata=connection.metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
             if code == grpc.StatusCode.DEADLINE_EXCEEDED:

@@ -29,8 +29,10 @@ from cvload.errors import ServerError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.cosyvoice_common import api_of_routes
 from cvload.targets.sse import SseParser
 from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
+from cvload.transport import Transport
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -165,9 +167,10 @@ def _float_array(data: list[Any], count: int | None) -> np.ndarray:
 class _TritonHttp(Target):
     protocol = "http"
 
-    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None) -> None:
-        super().__init__(checks.check_address(address, "http"), model, timeout=timeout)
-        self.base = f"http://{self.address}"
+    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
+                 transport: Transport | None = None) -> None:
+        super().__init__(checks.check_address(address, "http"), model, timeout=timeout, transport=transport)
+        self.base = f"{self.transport.scheme}://{self.address}"
         self._model_path = f"/v2/models/{quote(model, safe='')}"
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
             weakref.WeakKeyDictionary()
@@ -180,11 +183,8 @@ class _TritonHttp(Target):
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
-            session = self._sessions[loop] = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
-                # No gzip: compressing audio costs server CPU and latency, and every client here is local.
-                headers={"Accept-Encoding": "identity"},
-            )
+            # No gzip: compressing audio costs server CPU and latency, and every client here is local.
+            session = self._sessions[loop] = self.transport.http_session({"Accept-Encoding": "identity"})
         return session
 
     def _timeout(self) -> aiohttp.ClientTimeout:
@@ -202,7 +202,10 @@ class _TritonHttp(Target):
                                                json={} if method == "POST" else None) as resp:
                 payload = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise checks.unreachable(self.address, "HTTP", _describe(exc)) from None
+            raise await self.transport.explain_error(self.address, "http", exc) or checks.unreachable(
+                self.address, "HTTP", _describe(exc)) from None
+        if resp.status in (401, 403):  # a load balancer's token check
+            raise self.transport.refused(self.base, f"HTTP {resp.status} on {method} {path}")
         try:
             return resp.status, json.loads(payload) if payload else None
         except ValueError:
@@ -212,7 +215,11 @@ class _TritonHttp(Target):
         deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
         status, server = await self._call("GET", "/v2", deadline)
         if status != 200 or not isinstance(server, dict) or "version" not in server:
-            raise ServerError(
+            _, spec = await self._call("GET", "/openapi.json", deadline)  # FastAPI apps list their routes there
+            api = api_of_routes(spec.get("paths") if isinstance(spec, dict) else None)
+            if api is not None:
+                raise checks.other_api(self.address, "HTTP", api)
+            raise await self.transport.explain(self.address, "http") or ServerError(
                 f"{self.base} answered GET /v2 with HTTP {status}: not a Triton server",
                 hint="check --server HOST:PORT (Triton serves HTTP on port 8000 by default) and --protocol",
             )

@@ -31,7 +31,8 @@ class ReplaySource(Source):
         self.target = target_label(target.get("protocol") or cfg.get("protocol", "?"),
                                    target.get("mode") or cfg.get("mode", "?"),
                                    target.get("model") or cfg.get("model", "?"),
-                                   target.get("servers") or cfg.get("server") or [])
+                                   target.get("servers") or cfg.get("server") or [],
+                                   cfg.get("api") or "triton", cfg.get("inference"))
         self.scenario = cfg.get("name") or cfg.get("scenario")
         self._load = _load_label((self.summary or {}).get("load") or {}, cfg)
         self._elapsed = max((finished_at(r) for r in self._records), default=0.0)

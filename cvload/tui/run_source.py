@@ -42,7 +42,8 @@ class RunSource(Source):
         self.phase = "starting"
         self.state: EngineStatus | None = None
         self.target = target_label(config.protocol, config.mode, config.model,
-                                   ["embedded emulator"] if config.emulator else config.server)
+                                   ["embedded emulator"] if config.emulator else config.server,
+                                   config.api, config.inference)
         self.scenario = config.name or config.scenario
         self.process = MeasuringProcess(self._on_message, self._on_exit)
         self._exit_code: int | None = None
@@ -78,7 +79,7 @@ class RunSource(Source):
         elif isinstance(message, Prepared):
             self.out_dir = Path(message.out_dir)
             cfg = self.config
-            self.target = target_label(cfg.protocol, cfg.mode, cfg.model, message.servers)
+            self.target = target_label(cfg.protocol, cfg.mode, cfg.model, message.servers, cfg.api, cfg.inference)
             self._records = FileTail(self.out_dir / "records.jsonl")
             if message.telemetry:
                 self.telemetry = LiveTelemetry(self.out_dir / "telemetry.jsonl")

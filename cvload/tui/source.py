@@ -26,8 +26,12 @@ class Status:
     objectives: list[dict[str, Any]] = field(default_factory=list)
 
 
-def target_label(protocol: str, mode: str, model: str, servers: list[str]) -> str:
-    return f"{model} @ {', '.join(servers) or '?'} ({protocol} {mode})"
+def target_label(protocol: str, mode: str, model: str, servers: list[str], api: str = "triton",
+                 inference: str | None = None) -> str:
+    where = f"{model} @ {', '.join(servers) or '?'}"
+    if api == "cosyvoice":  # the Python runtime answers whole sentences: its first chunk is the first sentence
+        return f"{where} (cosyvoice runtime, {protocol} {inference or 'zero_shot/sft'}; chunk = sentence)"
+    return f"{where} ({protocol} {mode})" if api == "triton" else f"{where} ({api} {protocol})"
 
 
 class Source:

@@ -1,0 +1,205 @@
+"""Pipeline emulator: the ``cosyvoice2`` BLS front model for Triton's Python backend.
+
+It does what upstream's front model does, with the same calls: per request (one after the other on each
+instance, so ``bls_instances`` requests are worked on at once) it sends the prompt audio to ``audio_tokenizer``
+and ``speaker_embedding`` (skipped when the request brings no prompt: the cached speaker), streams speech tokens
+from the decoupled ``tensorrt_llm`` (``exec(decoupled=True)``, read on a thread), and calls ``token2wav`` once per
+chunk as enough tokens arrived (chunk sizes of the profile, plus the lookahead tokens), sending each chunk's
+waveform to the client. Offline it calls ``tensorrt_llm`` and ``token2wav`` once. Request checks, faults, the
+trace and the voice come from the single-model emulator (``cosyvoice_emulator.py`` beside this file): only the
+production of the chunks differs. Every delay is the sub-models' own, so queueing shows in Triton's statistics
+of the model where it happens.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import cosyvoice_emulator as core  # noqa: E402
+
+pb_utils = core.pb_utils
+TEXT_IDS = 151643  # where the emulated text tokenizer's ids start (any ids below the speech vocabulary do)
+
+
+class _Tokens:
+    """Speech tokens streamed so far by tensorrt_llm, filled by the reading thread."""
+
+    def __init__(self) -> None:
+        self.ids: list[int] = []
+        self.done = False
+        self.error: Exception | None = None
+        self.cond = threading.Condition()
+
+    def wait_for(self, count: int) -> list[int]:
+        with self.cond:
+            while len(self.ids) < count and not self.done:
+                self.cond.wait()
+            if self.error is not None:
+                raise self.error
+            if len(self.ids) < count:
+                raise RuntimeError(f"tensorrt_llm ended after {len(self.ids)} tokens, {count} expected")
+            return self.ids[:count]
+
+
+class TritonPythonModel(core.TritonPythonModel):
+    def initialize(self, args: dict) -> None:
+        super().initialize(args)
+        params = {k: v["string_value"] for k, v in json.loads(args["model_config"]).get("parameters", {}).items()}
+        # Instances are separate processes: arrivals and in-flight ids are shared through the state file.
+        self.state = core.SharedState(params.get("state_path") or None)
+        self.prompt_models = params.get("prompt_models", "true") == "true"
+
+    # ---- BLS calls -----------------------------------------------------------------------------------------
+    @staticmethod
+    def _call(model: str, inputs: list, outputs: list[str], request_id: str = "") -> list[np.ndarray]:
+        request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=inputs,
+                                            request_id=request_id)
+        response = request.exec()
+        if response.has_error():
+            raise RuntimeError(f"{model}: {response.error().message()}")
+        return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
+
+    @staticmethod
+    def _llm_request(input_ids: np.ndarray, total: int, streaming: bool, request_id: str):
+        inputs = {
+            "input_ids": input_ids.reshape(1, -1),
+            "input_lengths": np.array([[input_ids.size]], dtype=np.int32),
+            "request_output_len": np.array([[total]], dtype=np.int32),
+            "end_id": np.array([[TEXT_IDS + 2]], dtype=np.int32),
+            "pad_id": np.array([[TEXT_IDS + 2]], dtype=np.int32),
+            "streaming": np.array([[streaming]], dtype=np.bool_),
+            "runtime_top_p": np.array([[0.95]], dtype=np.float32),
+            "runtime_top_k": np.array([[50]], dtype=np.int32),
+            "temperature": np.array([[0.8]], dtype=np.float32),
+            "repetition_penalty": np.array([[1.1]], dtype=np.float32),
+            "random_seed": np.array([[42]], dtype=np.uint64),
+        }
+        return pb_utils.InferenceRequest(model_name="tensorrt_llm", requested_output_names=["output_ids", "sequence_length"],
+                                         inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()],
+                                         request_id=request_id)
+
+    @staticmethod
+    def _ids(response) -> list[int]:
+        if response.has_error():
+            raise RuntimeError(f"tensorrt_llm: {response.error().message()}")
+        out = pb_utils.get_output_tensor_by_name(response, "output_ids")
+        if out is None:  # the empty final response of a stream
+            return []
+        length = int(pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy().reshape(-1)[0])
+        return out.as_numpy().reshape(-1)[:length].tolist()
+
+    def _read_stream(self, request, tokens: _Tokens) -> None:
+        try:
+            for response in request.exec(decoupled=True):
+                ids = self._ids(response)
+                if ids:
+                    with tokens.cond:
+                        tokens.ids.extend(ids)
+                        tokens.cond.notify_all()
+        except Exception as exc:  # noqa: BLE001 - handed to the request's thread
+            tokens.error = exc
+        finally:
+            with tokens.cond:
+                tokens.done = True
+                tokens.cond.notify_all()
+
+    # ---- one request -----------------------------------------------------------------------------------------
+    def _parse(self, request) -> dict:
+        parsed = super()._parse(request)
+        parsed["wav"] = pb_utils.get_input_tensor_by_name(request, "reference_wav")
+        return parsed
+
+    def _prompt(self, parsed: dict) -> tuple[list, int]:
+        """The prompt tensors token2wav gets (none for the cached speaker) and the prompt's speech tokens."""
+        if parsed["wav"] is None:
+            return [], 75  # the cached speaker's prompt: about 3 s of speech tokens
+        if not self.prompt_models:
+            raise core.RequestError("this deployment serves its cached speaker only (no audio_tokenizer or "
+                                    "speaker_embedding): send target_text without a prompt")
+        n = round(parsed["ref_seconds"] * 16000)
+        wav = parsed["wav"].as_numpy().reshape(1, -1)[:, :n]
+        tokens, = self._call("audio_tokenizer", [pb_utils.Tensor("reference_wav", wav),
+                                                 pb_utils.Tensor("reference_wav_len", np.array([[n]], np.int32))],
+                             ["prompt_speech_tokens"])
+        embedding, = self._call("speaker_embedding", [pb_utils.Tensor("reference_wav", wav)],
+                                ["prompt_spk_embedding"])
+        tokens = tokens.reshape(1, -1).astype(np.int32)
+        feat = np.zeros((1, 2 * tokens.shape[1], 80), dtype=np.float16)  # mel frames: two per speech token
+        return [pb_utils.Tensor("prompt_speech_tokens", tokens), pb_utils.Tensor("prompt_speech_feat", feat),
+                pb_utils.Tensor("prompt_spk_embedding", embedding.reshape(1, -1).astype(np.float16))], tokens.shape[1]
+
+    def _token2wav(self, ids: list[int], prompt: list, request_id: str, offset: int | None,
+                   final: bool | None) -> np.ndarray:
+        inputs = [pb_utils.Tensor("target_speech_tokens", np.array(ids, dtype=np.int32).reshape(1, -1)), *prompt]
+        if offset is not None:
+            inputs += [pb_utils.Tensor("token_offset", np.array([[offset]], dtype=np.int32)),
+                       pb_utils.Tensor("finalize", np.array([[final]], dtype=np.bool_))]
+        waveform, = self._call("token2wav", inputs, ["waveform"], request_id)
+        return waveform.reshape(-1)
+
+    def _synthesize(self, parsed: dict, request_id: str, arrival: float, emit) -> tuple[list[float], list]:
+        p = self.profile
+        prompt, prompt_tokens = self._prompt(parsed)
+        total = core.speech_tokens(parsed["target"])
+        # token2wav makes the audio; with the espeak voice the front sends the recorded speech instead
+        voice = self._voice(parsed["target"], request_id) if p.get("voice") == "espeak" else None
+        recorded = isinstance(voice, core.RecordedVoice)
+        if recorded:
+            total = max(1, -(-len(voice.audio) // core.SAMPLES_PER_TOKEN))
+        text_ids = np.frombuffer(parsed["target"].encode("utf-8"), dtype=np.uint8).astype(np.int32) + TEXT_IDS - 256
+        input_ids = np.concatenate([text_ids, np.arange(prompt_tokens, dtype=np.int32) + TEXT_IDS + 20])
+        sends: list[float] = []
+        spans: list[list[float]] = []
+
+        def vocode(ids: list[int], n: int, offset: int | None, final: bool | None) -> None:
+            start = time.monotonic()
+            audio = self._token2wav(ids, prompt, request_id, offset, final)
+            spans.append([start - arrival, time.monotonic() - arrival])
+            sends.append(time.monotonic() - arrival)
+            emit(voice.render(n * core.SAMPLES_PER_TOKEN) if recorded else audio)  # type: ignore[union-attr]
+
+        if not self.decoupled:
+            ids = self._ids(self._llm_request(input_ids, total, False, request_id).exec())
+            vocode(ids, total, None, None)
+            return sends, spans
+        lookahead = int(p.get("lookahead_tokens", 3))
+        chunks = self._chunks(total)
+        while len(chunks) > 1 and chunks[-1] < lookahead:  # a chunk before the last needs its lookahead tokens
+            chunks[-2:] = [chunks[-2] + chunks[-1]]
+        stall_at = self.rng.randrange(len(chunks)) if self.rng.random() < p.get("stall_prob", 0.0) else -1
+        tokens = _Tokens()
+        reader = threading.Thread(target=self._read_stream,
+                                  args=(self._llm_request(input_ids, total, True, request_id), tokens), daemon=True)
+        reader.start()
+        offset = 0
+        for i, n in enumerate(chunks):
+            if i == stall_at:
+                time.sleep(p.get("stall_s", 0.0))
+            final = i == len(chunks) - 1
+            ids = tokens.wait_for(offset + n + (0 if final else lookahead))
+            vocode(ids, n, offset, final)
+            offset += n
+        reader.join()
+        return sends, spans
+
+    def execute(self, requests: list) -> list | None:
+        """One request after the other, as upstream's front model: an instance works on one request at a time."""
+        arrival = time.monotonic()
+        if self.decoupled:
+            for request in requests:
+                self._serve_stream(request, arrival)
+            return None
+        responses = []
+        for request in requests:
+            try:
+                responses.append(self._serve_offline(request, arrival))
+            except Exception as exc:  # noqa: BLE001 - a missing response would hang the client
+                responses.append(pb_utils.InferenceResponse(error=core._error(f"emulator failure: {exc!r}")))
+        return responses

@@ -1,0 +1,441 @@
+"""CosyVoice's Python runtime, emulated by real servers: the gRPC service and the FastAPI app, on their own ports.
+
+The real runtime (``runtime/python/grpc/server.py``, ``runtime/python/fastapi/server.py``, port 50000) calls
+the model without ``stream=True``: each answer is one whole sentence of raw int16 PCM with no header and no
+rate. This module serves the same protocols with the same stack (grpcio with
+``ThreadPoolExecutor(max_workers=max_conc)`` and ``maximum_concurrent_rpcs=max_conc``, so a call past the cap
+is refused with RESOURCE_EXHAUSTED; FastAPI under uvicorn, which answers 503 past ``max_conc`` here where the
+real one has no cap) and times each sentence by the emulator's latency profiles: ``fixed`` sends the first
+sentence exactly ``fixed_first_s`` after the request arrived and one more every ``fixed_interval_s``; the other
+profiles run each sentence through the pretend LLM and the one shared vocoder, whole.
+
+``RuntimeServer`` starts it in a child process (``python -m cvload.emulator.runtime_server``), so the server
+never shares an interpreter with the process that measures it, and stops it with ``cvload.process.end``.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' parameter annotations (Form, File) as
+# objects, and they are imported inside ``fastapi_app``, where the module's globals cannot see them.
+import argparse
+import io
+import json
+import math
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import wave
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+
+from cvload import process
+from cvload.address import hostport
+from cvload.emulator.model import ToneVoice, Vocoder, speech_seconds, speech_tokens
+from cvload.emulator.profiles import Profile
+from cvload.errors import ServerError
+
+DEFAULT_MAX_CONC = 4  # the runtime's own default (--max_conc 4)
+DEFAULT_SAMPLE_RATE = 24000  # CosyVoice2/3; 22050 emulates CosyVoice-300M
+KINDS = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")
+# Sentence ends: CJK punctuation anywhere, ASCII punctuation before a space (so "3.5" stays one number).
+_SENTENCE_END = re.compile(r"(?<=[\u3002\uff01\uff1f\uff1b])|(?<=[.!?;])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences the runtime's text frontend would synthesize one by one (never empty)."""
+    parts = [p.strip() for p in _SENTENCE_END.split(text)]
+    return [p for p in parts if p and re.search(r"\w", p)] or [text.strip()]
+
+
+class RequestError(Exception):
+    """A request the server refuses (bad or missing field): INVALID_ARGUMENT over gRPC, 422 over HTTP."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Synthesizer:
+    """The pretend model both servers call: admission (faults, crash), then one int16 sentence at a time at the
+    profile's times. Thread-safe; every request runs in its own server thread."""
+
+    def __init__(self, profile: Profile, sample_rate: int = DEFAULT_SAMPLE_RATE) -> None:
+        self.profile = profile
+        self.sample_rate = sample_rate
+        self.vocoder = Vocoder(None, profile.vocoder_priority)
+        self.rng = random.Random(profile.seed or None)
+        self.lock = threading.Lock()
+        self.active = 0
+        self.arrivals = 0
+
+    def admit(self) -> None:
+        """Count the arrival; crash the server at ``crash_after``; fail ``error_rate`` of the requests."""
+        with self.lock:
+            self.arrivals += 1
+            arrivals = self.arrivals
+            fail = self.rng.random() < self.profile.error_rate
+        if self.profile.crash_after and arrivals >= self.profile.crash_after:
+            os.kill(os.getpid(), signal.SIGKILL)  # the server dies mid-run, as a crashed GPU server does
+        if fail:
+            raise RuntimeError("emulated server error (profile error_rate)")
+
+    def _jitter(self, seconds: float) -> float:
+        sigma = self.profile.jitter
+        return seconds * math.exp(self.rng.gauss(0.0, sigma)) if sigma and seconds > 0 else seconds
+
+    def audio(self, sentence: str, voice: ToneVoice) -> bytes:
+        n = max(1, round(speech_seconds(sentence) * self.sample_rate))
+        return (np.clip(voice.render(n), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+    def run(self, text: str, arrival: float) -> Iterator[bytes]:
+        """The request's sentences as raw int16 PCM, each returned at its time (the caller sends it at once)."""
+        p = self.profile
+        parts = sentences(text)
+        voice = ToneVoice(zlib.crc32(text.encode()))  # the same text always sounds the same
+        with self.lock:
+            self.active += 1
+            others = self.active - 1
+            stall_at = self.rng.randrange(len(parts)) if self.rng.random() < p.stall_prob else -1
+        try:
+            shift = 0.0
+            clock = arrival + self._jitter(p.llm_prefill_s + p.llm_prefill_per_active_s * others)
+            for i, sentence in enumerate(parts):
+                if i == stall_at:
+                    time.sleep(p.stall_s)
+                    shift += p.stall_s
+                    clock += p.stall_s
+                pcm = self.audio(sentence, voice)  # before the wait: making audio must not delay the send
+                if p.fixed_first_s is not None:
+                    _sleep_until(arrival + shift + p.fixed_first_s + i * (p.fixed_interval_s or 0.0))
+                else:
+                    tokens = speech_tokens(sentence)
+                    clock = max(clock, time.monotonic()) + self._token_time(tokens)
+                    _sleep_until(clock)
+                    self.vocoder.run(self._jitter(p.vocoder_base_s + p.vocoder_per_token_s * tokens), arrival)
+                    clock = time.monotonic()
+                yield pcm
+        finally:
+            with self.lock:
+                self.active -= 1
+
+    def _token_time(self, tokens: int) -> float:
+        rate = self.profile.llm_tokens_per_s
+        if rate <= 0:
+            return 0.0
+        slowdown = 1.0 + self.profile.llm_batch_slowdown * max(0, self.active - 1)
+        return self._jitter(tokens * slowdown / rate)
+
+
+def _sleep_until(deadline: float) -> None:
+    delay = deadline - time.monotonic()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def split_bytes(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+    """Each piece cut into ``size``-byte parts (0: whole): an odd size makes writes that split samples."""
+    for piece in pieces:
+        if size <= 0:
+            yield piece
+            continue
+        for start in range(0, len(piece), size):
+            yield piece[start:start + size]
+
+
+def check_text(name: str, value: str) -> str:
+    if not value.strip():
+        raise RequestError(name, f"{name} is empty")
+    return value
+
+
+def check_prompt_pcm(name: str, pcm: bytes) -> None:
+    if not pcm:
+        raise RequestError(name, f"{name} is empty: this request kind needs the prompt's audio")
+    if len(pcm) % 2:
+        raise RequestError(name, f"{name} has {len(pcm)} bytes: not whole int16 samples")
+
+
+def read_prompt_wav(data: bytes) -> None:
+    """Check an uploaded prompt the way the real server's WAV loader would fail on it."""
+    try:
+        with wave.open(io.BytesIO(data)) as w:
+            if w.getnframes() == 0:
+                raise RequestError("prompt_wav", "prompt_wav holds no audio")
+    except (wave.Error, EOFError) as exc:
+        raise RequestError("prompt_wav", f"prompt_wav is not a readable WAV file: {exc}") from None
+
+
+# ---- gRPC --------------------------------------------------------------------------------------------------
+def grpc_server(synth: Synthesizer, host: str, port: int, max_conc: int) -> Any:
+    """The runtime's gRPC server on ``host:port``, started."""
+    from concurrent import futures
+
+    import grpc
+
+    from cvload.cosyvoice_runtime import cosyvoice_pb2 as pb
+    from cvload.cosyvoice_runtime import cosyvoice_pb2_grpc as pb_grpc
+
+    class Servicer(pb_grpc.CosyVoiceServicer):
+        def Inference(self, request: Any, context: Any) -> Iterator[Any]:  # noqa: N802 - the proto's name
+            arrival = time.monotonic()
+            kind = request.WhichOneof("RequestPayload")
+            if kind is None:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, "empty Request: set one of its request messages")
+            payload = getattr(request, kind)
+            try:
+                text = check_text("tts_text", payload.tts_text)
+                if kind in ("zero_shot_request", "cross_lingual_request"):
+                    check_prompt_pcm("prompt_audio", payload.prompt_audio)
+                if kind in ("sft_request", "instruct_request"):
+                    check_text("spk_id", payload.spk_id)
+            except RequestError as exc:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            synth.admit()  # raises for error_rate: grpcio answers UNKNOWN, as for a failing model
+            for pcm in synth.run(text, arrival):
+                yield pb.Response(tts_audio=pcm)
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_conc), maximum_concurrent_rpcs=max_conc,
+                         options=[("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)])
+    pb_grpc.add_CosyVoiceServicer_to_server(Servicer(), server)
+    if server.add_insecure_port(hostport(host, port)) == 0:
+        raise ServerError(f"cannot listen for gRPC on {hostport(host, port)}")
+    server.start()
+    return server
+
+
+# ---- FastAPI -----------------------------------------------------------------------------------------------
+def fastapi_app(synth: Synthesizer, max_conc: int, split: int = 0) -> Any:
+    """The runtime's FastAPI app: ``/inference_<kind>`` for GET and POST with form fields, raw int16 out."""
+    import anyio
+    from fastapi import FastAPI, File, Form, UploadFile
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    app = FastAPI(title="CosyVoice runtime (cvload emulator)")
+    gate = threading.Semaphore(max_conc)
+
+    def refused(exc: RequestError) -> JSONResponse:
+        return JSONResponse({"detail": [{"type": "value_error", "loc": ["body", exc.field], "msg": str(exc)}]},
+                            status_code=422)
+
+    def respond(text: str, prompt: bytes | None = None) -> Any:
+        arrival = time.monotonic()
+        try:
+            check_text("tts_text", text)
+            if prompt is not None:
+                read_prompt_wav(prompt)
+        except RequestError as exc:
+            return refused(exc)
+        if not gate.acquire(blocking=False):
+            return JSONResponse({"detail": f"server at its concurrency cap (max_conc {max_conc})"}, status_code=503)
+        try:
+            synth.admit()
+        except RuntimeError as exc:
+            gate.release()
+            return JSONResponse({"detail": str(exc)}, status_code=500)
+        sentences_out = split_bytes(synth.run(text, arrival), split)
+
+        async def body() -> Any:
+            # Sentences are made in a worker thread (the model's timing sleeps); the gate and the model's count
+            # are released however the response ends, a client that went away included.
+            done = object()
+            try:
+                while True:
+                    pcm = await anyio.to_thread.run_sync(next, sentences_out, done)
+                    if pcm is done:
+                        break
+                    yield pcm
+            finally:
+                sentences_out.close()
+                gate.release()
+
+        return StreamingResponse(body())  # no media type: the real server sends none
+
+    def add(kind: str, handler: Callable[..., Any]) -> None:
+        for method in ("GET", "POST"):  # the real server has both: its own client sends GET with a form body
+            app.add_api_route(f"/inference_{kind}", handler, methods=[method],
+                              operation_id=f"inference_{kind}_{method.lower()}")
+
+    Text = Annotated[str, Form()]
+    Wav = Annotated[UploadFile, File()]
+
+    async def inference_sft(tts_text: Text, spk_id: Text) -> Any:
+        return respond(tts_text)
+
+    async def inference_zero_shot(tts_text: Text, prompt_text: Text, prompt_wav: Wav) -> Any:
+        return respond(tts_text, await prompt_wav.read())
+
+    async def inference_cross_lingual(tts_text: Text, prompt_wav: Wav) -> Any:
+        return respond(tts_text, await prompt_wav.read())
+
+    async def inference_instruct(tts_text: Text, spk_id: Text, instruct_text: Text) -> Any:
+        return respond(tts_text)
+
+    async def inference_instruct2(tts_text: Text, instruct_text: Text, prompt_wav: Wav) -> Any:
+        return respond(tts_text, await prompt_wav.read())
+
+    for kind, handler in (("sft", inference_sft), ("zero_shot", inference_zero_shot),
+                          ("cross_lingual", inference_cross_lingual), ("instruct", inference_instruct),
+                          ("instruct2", inference_instruct2)):
+        add(kind, handler)
+    return app
+
+
+def serve(args: argparse.Namespace) -> int:
+    """The child process: the gRPC server in its threads, uvicorn in the main thread until SIGTERM/SIGINT."""
+    import uvicorn
+
+    profile = Profile(**json.loads(args.profile_json))
+    synth = Synthesizer(profile, args.sample_rate)
+    grpc = grpc_server(synth, args.host, args.grpc_port, args.max_conc)
+    config = uvicorn.Config(fastapi_app(synth, args.max_conc, args.split_bytes), host=args.host,
+                            port=args.http_port, log_level="warning", access_log=False, lifespan="off",
+                            timeout_graceful_shutdown=1)
+    try:
+        uvicorn.Server(config).run()  # handles SIGTERM and SIGINT: stops accepting, ends open responses
+    finally:
+        grpc.stop(grace=1.0).wait()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cvload.emulator.runtime_server",
+                                     description="CosyVoice's Python runtime, emulated (gRPC and FastAPI)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--grpc-port", type=int, required=True)
+    parser.add_argument("--http-port", type=int, required=True)
+    parser.add_argument("--max-conc", type=int, default=DEFAULT_MAX_CONC)
+    parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
+    parser.add_argument("--split-bytes", type=int, default=0, help="HTTP: send each sentence in parts of N bytes (odd N splits samples between HTTP chunks)")
+    parser.add_argument("--profile-json", default=Profile(name="fixed", fixed_first_s=0.2,
+                                                          fixed_interval_s=0.1).to_json())
+    return serve(parser.parse_args(argv))
+
+
+# ---- the parent's handle -----------------------------------------------------------------------------------
+@dataclass
+class RuntimeServer:
+    """The emulated runtime in a child process, on free (or given) loopback ports; a context manager.
+
+    ``start()`` returns once both ports accept connections (or fails quoting the log); ``stop()`` sends SIGTERM,
+    then SIGKILL to its group after ``stop_timeout``. The log goes to ``workdir`` (a temporary folder if none,
+    removed after a clean stop).
+    """
+
+    profile: Profile
+    host: str = "127.0.0.1"
+    grpc_port: int | None = None
+    http_port: int | None = None
+    max_conc: int = DEFAULT_MAX_CONC
+    sample_rate: int = DEFAULT_SAMPLE_RATE
+    split_bytes: int = 0
+    workdir: Path | None = None
+    ready_timeout: float = 30.0
+    stop_timeout: float = 5.0
+    die_with_parent: bool = False
+    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
+    log_path: Path | None = field(default=None, init=False)
+    clean_exit: bool | None = field(default=None, init=False)
+    _own_workdir: bool = field(default=False, init=False)
+
+    @property
+    def grpc_url(self) -> str:
+        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]
+
+    @property
+    def http_url(self) -> str:
+        return hostport(self.host, self.http_port)  # type: ignore[arg-type]
+
+    metrics_url = None  # the runtime has no metrics endpoint
+
+    def endpoints(self) -> dict[str, str]:
+        return {"grpc": self.grpc_url, "http": f"http://{self.http_url}", "log": str(self.log_path)}
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "cvload.emulator.runtime_server", "--host", self.host,
+                "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
+                "--max-conc", str(self.max_conc), "--sample-rate", str(self.sample_rate),
+                "--split-bytes", str(self.split_bytes), "--profile-json", self.profile.to_json()]
+
+    def start(self) -> "RuntimeServer":
+        import tempfile
+
+        from cvload.triton.launcher import _PRCTL, _die_with_parent, accepts, free_ports, port_busy
+
+        if self.max_conc < 1:
+            raise ServerError(f"--max-conc must be at least 1, got {self.max_conc}")
+        free = iter(free_ports(sum(p is None for p in (self.grpc_port, self.http_port)), self.host))
+        for name in ("grpc_port", "http_port"):
+            port = getattr(self, name)
+            if port is None:
+                setattr(self, name, next(free))
+            elif port_busy(self.host, port):
+                raise ServerError(f"port {port} on {self.host} is already in use ({name.replace('_', ' ')})",
+                                  hint=f"stop whatever listens on {self.host}:{port} or choose another port")
+        if self.workdir is None:
+            self.workdir = Path(tempfile.mkdtemp(prefix="cvload-runtime-"))
+            self._own_workdir = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.log_path = self.workdir / "runtime_server.log"
+        env = dict(os.environ)
+        # The child imports this very cvload, wherever it came from (a checkout on PYTHONPATH included).
+        package_root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+        main_thread = threading.current_thread() is threading.main_thread()
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if self.die_with_parent and _PRCTL is not None and main_thread else None,
+            )
+        proc, log_path = self.process, self.log_path
+
+        def up() -> bool:
+            code = proc.poll()
+            if code is not None:
+                raise ServerError(f"the emulated CosyVoice runtime exited with code {code} before it listened; "
+                                  f"log {log_path}:\n{process.tail(log_path, 25)}")
+            return accepts(self.host, self.grpc_port, 0.5) and accepts(self.host, self.http_port, 0.5)  # type: ignore[arg-type]
+
+        try:
+            process.wait_until(up, self.ready_timeout, what="the emulated CosyVoice runtime to listen",
+                               max_delay=0.1)
+        except BaseException:
+            self.clean_exit = False
+            self.stop()
+            raise
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM (uvicorn and gRPC shut down), SIGKILL to the group after ``stop_timeout``; safe to repeat."""
+        proc = self.process
+        if proc is None:
+            return
+        self.process = None
+        clean = self.clean_exit is None and proc.poll() is None
+        ended = process.end(proc, grace=self.stop_timeout)
+        self.clean_exit = clean and not ended.forced and proc.returncode in (0, -signal.SIGTERM)
+        if self._own_workdir and self.clean_exit and self.workdir is not None:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> "RuntimeServer":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
