@@ -325,11 +325,16 @@ class Sweep:
             self.stopped_because = (f"bisect converged between {self.plan.value(low):g} and "
                                     f"{self.plan.value(high):g}")
 
-    def _warmup_target(self, value: float) -> tuple[int, float]:
+    def _warmup_target(self, value: float) -> tuple[int, float | None]:
+        """Warm-up requests to send and the longest it may take: a server too slow to finish a stream's first
+        requests must not hold the sweep, so a warm-up by requests lasts at most one window."""
         warm = self.plan.warmup
+        window = self.plan.duration_s or DEFAULT_LEVEL_S
         if warm is None:
-            return max(1, math.ceil(WARMUP_PER_STREAM * value)), 0.0
-        return warm.requests, warm.seconds
+            return max(1, math.ceil(WARMUP_PER_STREAM * value)), window
+        if warm.requests:
+            return warm.requests, window
+        return 0, warm.seconds or None
 
     async def _measure(self, value: float, phase: str, *, bisect: bool = False) -> Level | None:
         """Move the load to ``value``, warm up, measure the window; None when the stop rules cut it short (its
@@ -341,7 +346,7 @@ class Sweep:
                       writer=ResultsWriter(folder))
         warm_requests, warm_seconds = self._warmup_target(value)
         level.warmup_target = warm_requests
-        if warm_requests == 0 and warm_seconds == 0:
+        if warm_requests == 0 and warm_seconds is None:
             self._open_window(level)
         self.current = level
         engine = self.engine
@@ -353,8 +358,8 @@ class Sweep:
             listener("started", level)
         if self._view is not None:
             self._view.level_started(self, level)
-        ok = await self._until(level, lambda: level.state != "warmup", warm_seconds or None, bisect)
-        if ok and level.state == "warmup":  # warm-up by time
+        ok = await self._until(level, lambda: level.state != "warmup", warm_seconds, bisect)
+        if ok and level.state == "warmup":  # warm-up by time (or its requests took too long)
             self._open_window(level)
         if ok:
             ok = await self._measure_window(level, bisect)
