@@ -296,7 +296,8 @@ class Engine:
 
     def _sync_workers(self, *, ramp: float) -> None:
         want = self.state.concurrency
-        active = sorted(k for k in self._workers if k not in self._retire)
+        # A retired worker that already ended may still be listed until the loop prunes it: not active.
+        active = sorted(k for k, t in self._workers.items() if k not in self._retire and not t.done())
         for k in active[want:]:
             self._retire.add(k)
         next_id = max(self._workers, default=-1) + 1

@@ -197,6 +197,7 @@ class Sweep:
         self._engine_done = asyncio.Event()
         self._judges: list[asyncio.Task[None]] = []
         self._first_fail: int | None = None  # number of the first level failing the objectives
+        self._discarded = 0  # levels started and then ended by the stop rules
         self._interrupted = False
         self.listeners: list[Callable[[str, Level], None]] = []  # ("started" | "judged", level)
         self._view: SweepView | None = None
@@ -277,11 +278,18 @@ class Sweep:
 
     async def _levels(self) -> None:
         for value in self.plan.levels:
-            if not self._allowed(len(self.levels) + 1):
+            if not self._allowed(len(self.levels) + 1 + self._discarded):
                 break
             level = await self._measure(value, "plan")
             if level is None:
                 break
+            # The verdicts before it decide whether this level counts (the stop rules hold exactly, however
+            # quickly the window passed); meanwhile the load stays on.
+            await asyncio.gather(*self._judges)
+            if not self._allowed(level.number):
+                self._discard(level)
+                break
+            self.levels.append(level)
             self._judges.append(asyncio.ensure_future(self._judge(level)))
         await asyncio.gather(*self._judges)
         self.stopped_because = self.stopped_because or "every planned level was measured"
@@ -319,6 +327,7 @@ class Sweep:
             level = await self._measure(value, "bisect", bisect=True)
             if level is None:
                 break
+            self.levels.append(level)
             await self._judge(level)
         low, high = self._bracket()
         if low is not None and high is not None and not self._stop.is_set():
@@ -339,7 +348,7 @@ class Sweep:
     async def _measure(self, value: float, phase: str, *, bisect: bool = False) -> Level | None:
         """Move the load to ``value``, warm up, measure the window; None when the stop rules cut it short (its
         folder is removed: a level either is measured whole or not at all)."""
-        number = len(self.levels) + 1
+        number = len(self.levels) + 1 + self._discarded
         shown = self.plan.value(value)
         folder = self.out_dir / f"level-{number:03d}-{'c' if self.plan.kind == 'concurrency' else 'r'}{shown:g}"
         level = Level(value=value, kind=self.plan.kind, phase=phase, number=number, folder=folder,
@@ -365,13 +374,17 @@ class Sweep:
             ok = await self._measure_window(level, bisect)
         self.current = None
         if not ok:
-            level.writer.close()
-            shutil.rmtree(level.folder, ignore_errors=True)
-            for index in [i for i, lv in self._owner.items() if lv is level]:
-                del self._owner[index]
+            self._discard(level)
             return None
-        self.levels.append(level)
         return level
+
+    def _discard(self, level: Level) -> None:
+        """A level the stop rules ended: its folder goes; its requests land in the root records.jsonl."""
+        self._discarded += 1
+        level.writer.close()
+        shutil.rmtree(level.folder, ignore_errors=True)
+        for index in [i for i, lv in self._owner.items() if lv is level]:
+            del self._owner[index]
 
     def _open_window(self, level: Level) -> None:
         level.state, level.started = "measure", time.monotonic()
@@ -457,13 +470,13 @@ class Sweep:
     def _on_record(self, record: RequestRecord) -> None:
         level = self._owner.pop(record.index, None)
         if level is None:
-            if record.level is not None:  # judged already (counted as incomplete then)
-                for lv in self.levels:
-                    if lv.value == record.level or self.plan.value(lv.value) == record.level:
-                        lv.late += 1
+            judged = [lv for lv in self.levels if record.level is not None and lv.judged
+                      and self.plan.value(lv.value) == record.level]
+            if judged:  # finished after its level was judged: counted there as incomplete already
+                judged[0].late += 1
                 return
             assert self.session.writer is not None
-            self.session.writer.on_record(record)  # sent between levels
+            self.session.writer.on_record(record)  # sent between levels, or of a level the stop rules ended
             return
         level.records.append(record)
         level.writer.on_record(record)

@@ -65,9 +65,10 @@ def sweep_config_from_args(args: argparse.Namespace) -> RunConfig:
     config = config_from_args(args)
     given: dict[str, Any] = {key: getattr(args, flag) for flag, key in SWEEP_FLAGS.items()
                              if getattr(args, flag, None) is not None}
-    if "num_tasks" in given:
-        given["rate"] = None  # a level list on the command line replaces the scenario's, whichever loop it was
-    elif "rate" in given:
+    # A level list on the command line replaces the scenario's, whichever loop that was.
+    if "num_tasks" in given and "rate" not in given:
+        given["rate"] = None
+    elif "rate" in given and "num_tasks" not in given:
         given["num_tasks"] = None
     return dataclasses.replace(config, sweep=dataclasses.replace(config.sweep, **given))
 
