@@ -133,6 +133,7 @@ class Level:
     writer: ResultsWriter
     warmup_target: int = 0  # warm-up requests to send (0: by time or none)
     state: str = "warmup"  # warmup -> measure -> closed
+    applied: float = 0.0  # when the load changed to this level (monotonic): its warm-up runs from here
     started: float | None = None  # window start (monotonic)
     ended: float | None = None
     measured_sent: int = 0
@@ -358,6 +359,7 @@ class Sweep:
         if warm_requests == 0 and warm_seconds is None:
             self._open_window(level)
         self.current = level
+        level.applied = time.monotonic()
         engine = self.engine
         if self.plan.kind == "concurrency":
             engine.set_concurrency(int(value))
@@ -556,7 +558,8 @@ class Sweep:
                             "max_inflight": cfg.max_inflight})
         summary["sweep_level"] = {"value": self.plan.value(level.value), "kind": level.kind, "phase": level.phase,
                                   "number": level.number, "window_s": wall,
-                                  "started_s": level.started - self.started, "stable": level.stable}
+                                  "started_s": level.started - self.started,
+                                  "warmup_s": level.started - level.applied, "stable": level.stable}
         interrupted = self._interrupted and not any(r for r in level.records if not r.warmup)
         summary["status"] = "interrupted" if interrupted else "completed"
         summary["abort_reason"] = None
@@ -618,6 +621,7 @@ class Sweep:
             "folder": level.folder.name, "slo_passed": level.slo_passed, "slo": s.get("slo", []),
             "started_s": (s.get("sweep_level") or {}).get("started_s"),
             "window_s": (s.get("sweep_level") or {}).get("window_s"),
+            "warmup_s": (s.get("sweep_level") or {}).get("warmup_s"),
             "stable": level.stable, "late": level.late,
             "summary": {
                 "requests": s.get("requests"), "error_rate": s.get("error_rate"),
