@@ -58,6 +58,11 @@ def _share(text: str | float, what: str) -> float:
     return value
 
 
+def sweeping(config: RunConfig) -> bool:
+    """Whether a configuration asks for a sweep (levels in its sweep settings)."""
+    return config.sweep.num_tasks is not None or config.sweep.rate is not None
+
+
 @dataclass(frozen=True)
 class SweepPlan:
     """The levels and rules of a sweep, checked before any load is sent."""
@@ -219,8 +224,7 @@ class Sweep:
             self._rewrite_config()
             engine.until_ended = True
             engine.on_send = self._on_send
-            engine.listeners.remove(self.session.writer.on_record)  # type: ignore[union-attr]
-            engine.listeners.append(self._on_record)
+            engine.listeners.append(self._on_record)  # the session's root records.jsonl keeps every request
             for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, self.interrupt)
                 handled.append(sig)
@@ -248,7 +252,6 @@ class Sweep:
                 level.writer.close()
 
     async def _execute(self) -> None:
-        # Between-level requests (e.g. while a bisect step waits for its verdict) land in the root records.jsonl.
         await self.session.execute()
 
     def interrupt(self) -> None:
@@ -381,7 +384,7 @@ class Sweep:
         return level
 
     def _discard(self, level: Level) -> None:
-        """A level the stop rules ended: its folder goes; its requests land in the root records.jsonl."""
+        """A level the stop rules ended: its folder goes (its requests stay in the root records.jsonl)."""
         self._discarded += 1
         level.writer.close()
         shutil.rmtree(level.folder, ignore_errors=True)
@@ -476,10 +479,7 @@ class Sweep:
                       and self.plan.value(lv.value) == record.level]
             if judged:  # finished after its level was judged: counted there as incomplete already
                 judged[0].late += 1
-                return
-            assert self.session.writer is not None
-            self.session.writer.on_record(record)  # sent between levels, or of a level the stop rules ended
-            return
+            return  # sent between levels, or of a level the stop rules ended: only in the root records.jsonl
         level.records.append(record)
         level.writer.on_record(record)
         level.outstanding -= 1
@@ -591,6 +591,25 @@ class Sweep:
             peak = max(peak, count)
         mean = area / (hi - lo) if hi > lo else 0.0
         return {"requested": requested, "achieved_mean": mean, "achieved_max": peak, "achieved_mean_overall": mean}
+
+    def progress(self) -> dict[str, Any]:
+        """What a live view draws (cvload.tui's sweep panel): the judged levels, the level measured now, the
+        first-chunk objectives as lines, the capacity once known."""
+        judged = [lv for lv in self.levels if lv.judged]
+        lines = [{"stat": o.metric.rsplit(".", 1)[1], "ms": o.threshold * o.factor} for o in self.objectives
+                 if o.metric.startswith("metrics.first_chunk_latency_ms.")]
+        finished = self.stopped_because is not None and not any(not j.done() for j in self._judges) \
+            and self.current is None and self._engine_done.is_set()
+        return {
+            "kind": self.plan.kind,
+            "plan": [self.plan.value(v) for v in self.plan.levels],
+            "levels": [self._level_json(lv) for lv in judged],
+            "current": None if self.current is None else self.plan.value(self.current.value),
+            "objective_lines": lines,
+            "capacity": self._capacity(judged) if finished else None,
+            "knee": self._knee(judged) if finished else None,
+            "stopped_because": self.stopped_because if finished else None,
+        }
 
     # ---- the answer ----------------------------------------------------------------------------------------------
     def result(self) -> dict[str, Any]:

@@ -195,3 +195,84 @@ def test_sweep_judges_a_level_whose_requests_cannot_finish(silent_server, tmp_pa
     assert level["summary"]["incomplete_min_s"] >= 1.4  # sent at the window's start, judged 0.5 s after its end
     records = [json.loads(line) for line in (out / level["folder"] / "records.jsonl").read_text().splitlines()]
     assert [r["error_kind"] for r in records] == ["incomplete"]
+
+
+# ---- live: the dashboard's sweep panel ---------------------------------------------------------------------------
+async def test_dashboard_sweep_panel_fills_in_level_by_level(emulator, tmp_path):
+    import time
+
+    from cvload.config import RunConfig, SweepSettings
+    from cvload.tui.app import DashboardApp
+    from cvload.tui.panels import Panel
+    from cvload.tui.run_source import RunSource
+
+    out = tmp_path / "s"
+    config = RunConfig(server=[emulator.grpc], out=str(out), metrics_url="none", gpu_source="none", duration=1.0,
+                       warmup="1", slo=["first_chunk.p95<700ms"], sweep=SweepSettings(num_tasks="1,2"))
+    source = RunSource(config)
+    app = DashboardApp(source)
+
+    async def until(cond, what: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}: {panel()}"
+            await pilot.pause(0.05)
+
+    def panel() -> str:
+        return app.query_one("#sweep", Panel).plain()
+
+    async with app.run_test(size=(160, 48)) as pilot:
+        assert not app.query("#recent")  # the sweep panel takes the recent requests' place
+        await until(lambda: "1  measuring" in panel(), "level 1 measuring")
+        await until(lambda: "2  measuring" in panel() and "✓" in panel(), "level 1 judged while 2 measures")
+        assert "│ p95 < 700 ms   measuring 2 streams" in panel() and "capacity" not in panel()
+        assert "sweep level 2" in str(app.query_one("#header").render())
+        assert source.change_load(1) == "the sweep sets the load: + and - do not apply"
+        await until(lambda: "capacity 2 streams [2, -]" in panel(), "the capacity", timeout=60)
+        rows = [line for line in panel().splitlines()[2:] if "✓" in line]
+        assert [r.split()[0] for r in rows] == ["1", "2"] and "◀ capacity" in rows[1] and "◀" not in rows[0]
+        await until(lambda: source.done, "the sweep's end")
+        await pilot.press("q")
+    assert source.exit_code() == 0
+    assert load_sweep(out)["capacity"]["value"] == 2 and source.sweep_result is not None
+
+
+def test_dashboard_sweep_in_tmux(tmp_path):
+    import shlex
+    import shutil
+    import subprocess
+    import sys
+    import time
+
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    venv_bin = Path(sys.executable).parent
+    out, status = tmp_path / "s", tmp_path / "exit_code"
+    cmd = (f"PATH={shlex.quote(str(venv_bin))}:$PATH {shlex.quote(str(venv_bin / 'cvload'))} tui --emulator "
+           f"--profile fixed --num-tasks 1,2 --duration 1s --warmup 1 --slo 'first_chunk.p95<700ms' "
+           f"--out {shlex.quote(str(out))}; echo $? > {shlex.quote(str(status))}")
+    tmux = ["tmux", "-L", f"cvload-sweep-{tmp_path.name}"]
+    subprocess.run([*tmux, "new-session", "-d", "-s", "tui", "-x", "160", "-y", "48", cmd], check=True,
+                   cwd=tmp_path)
+
+    def capture() -> str:
+        return subprocess.run([*tmux, "capture-pane", "-p", "-t", "tui"], capture_output=True, text=True).stdout
+
+    try:
+        screen, deadline = "", time.monotonic() + 90
+        while time.monotonic() < deadline:
+            screen = capture()
+            if "Sweep" in screen and "First chunk" in screen and "capacity 2 streams" in screen:
+                break
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the sweep panel did not show the capacity:\n{screen}")
+        subprocess.run([*tmux, "send-keys", "-t", "tui", "q"], check=True)
+        deadline = time.monotonic() + 60
+        while not status.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status.exists(), f"cvload tui did not exit after q:\n{capture()}"
+        assert status.read_text().strip() == "0"
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    assert load_sweep(out)["capacity"]["value"] == 2
