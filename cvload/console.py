@@ -193,7 +193,9 @@ def capacity_line(result: dict[str, Any]) -> str:
     unit = "streams" if result["kind"] == "concurrency" else "req/s"
     low, high = cap["bracket"]
     if cap["value"] is None:
-        text = ("capacity: none - no level met the objectives" if result["levels"] else "capacity: nothing measured")
+        why = "no level stayed under the error-rate limit" if cap["by"] == "goodput" else \
+            "no level met the objectives"
+        text = f"capacity: none - {why}" if result["levels"] else "capacity: nothing measured"
         if high is not None:
             text += f" (the lowest level, {high:g}, failed)"
     else:

@@ -656,8 +656,11 @@ class Sweep:
         shown = plan.value
         if not ordered:
             return {"kind": plan.kind, "value": None, "bracket": [None, None], "by": None}
-        if not self.objectives:  # no objectives: the level of highest goodput
-            best = max(ordered, key=lambda lv: (_goodput(lv), -lv.value))
+        if not self.objectives:  # no objectives: the level of highest goodput (under the error-rate limit)
+            candidates = [lv for lv in ordered if self._passes(lv)]
+            if not candidates:
+                return {"kind": plan.kind, "value": None, "bracket": [None, shown(ordered[0].value)], "by": "goodput"}
+            best = max(candidates, key=lambda lv: (_goodput(lv), -lv.value))
             above = [lv.value for lv in ordered if lv.value > best.value]
             return {"kind": plan.kind, "value": shown(best.value),
                     "bracket": [shown(best.value), shown(min(above)) if above else None], "by": "goodput"}

@@ -132,6 +132,35 @@ def test_stop_rule_then_bisect_lands_on_an_exact_integer(emulator, tmp_path):
     assert result["stopped_because"] == "bisect converged between 5 and 6"
 
 
+def test_open_loop_bisect_stops_within_the_precision(emulator, tmp_path):
+    out = tmp_path / "s"
+    # Constant arrivals at R req/s of ~0.4 s requests keep 0.4 R in flight: 4 -> 1.6 passes, 6 -> 2.4 fails.
+    code = sweep_cli("--server", emulator.grpc, "--rate", "1,8", "--arrival", "constant", "--duration", "2s",
+                     "--warmup", "0.6s", "--slo", "concurrency.achieved_mean<2", "--search", "bisect",
+                     "--precision", "2", "--out", str(out))
+    assert code == 0
+    result = load_sweep(out)
+    assert [lv["value"] for lv in result["levels"]] == [1, 8, 4, 6]
+    assert result["capacity"] == {"kind": "rate", "value": 4, "bracket": [4, 6], "by": "objectives"}
+    assert (out / "level-003-r4").is_dir()
+
+
+def test_keep_going_and_the_error_rate_limit(emulator, tmp_path):
+    out = tmp_path / "k"
+    assert sweep_cli("--server", emulator.grpc, "--num-tasks", "1,2,4,8", "--requests", "4", "--warmup", "0",
+                     "--slo", "first_chunk.p95<50ms", "--keep-going", "1", "--out", str(out)) == 3
+    result = load_sweep(out)
+    assert [lv["value"] for lv in result["levels"]] == [1, 2]  # the first failure, then one more
+    assert result["stopped_because"] == "level 1 failed first_chunk.p95<50ms (then 1 more measured)"
+    out = tmp_path / "e"
+    assert sweep_cli("--emulator", "--profile", "instant", "--profile-set", "error_rate=1.0", "--num-tasks", "1,2",
+                     "--requests", "3", "--warmup", "0", "--keep-going", "5", "--out", str(out)) == 3
+    result = load_sweep(out)
+    assert [lv["value"] for lv in result["levels"]] == [1]  # no objectives, keep-going: the limit still stops
+    assert result["stopped_because"] == "level 1: error rate 100% passed the limit 50%"
+    assert result["capacity"]["value"] is None
+
+
 def test_exit_3_when_no_level_meets_or_capacity_below_minimum(emulator, tmp_path, capsys):
     out = tmp_path / "none"
     assert sweep_cli("--server", emulator.grpc, "--num-tasks", "1,2", "--requests", "2", "--warmup", "0",
