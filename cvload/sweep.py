@@ -356,13 +356,12 @@ class Sweep:
         shown = self.plan.value(value)
         folder = self.out_dir / f"level-{number:03d}-{'c' if self.plan.kind == 'concurrency' else 'r'}{shown:g}"
         level = Level(value=value, kind=self.plan.kind, phase=phase, number=number, folder=folder,
-                      writer=ResultsWriter(folder))
+                      writer=ResultsWriter(folder), applied=time.monotonic())
         warm_requests, warm_seconds = self._warmup_target(value)
         level.warmup_target = warm_requests
         if warm_requests == 0 and warm_seconds is None:
             self._open_window(level)
         self.current = level
-        level.applied = time.monotonic()
         engine = self.engine
         if self.plan.kind == "concurrency":
             engine.set_concurrency(int(value))

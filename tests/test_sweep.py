@@ -305,3 +305,35 @@ def test_dashboard_sweep_in_tmux(tmp_path):
     finally:
         subprocess.run([*tmux, "kill-server"], capture_output=True)
     assert load_sweep(out)["capacity"]["value"] == 2
+
+
+def test_stable_measures_until_three_windows_agree(emulator, tmp_path):
+    out = tmp_path / "s"
+    assert sweep_cli("--server", emulator.grpc, "--num-tasks", "2", "--duration", "1s", "--warmup", "2",
+                     "--stable", "50%", "--stable-max", "6s", "--out", str(out)) == 0
+    level = load_sweep(out)["levels"][0]
+    # The fixed profile's first chunks agree at once: three windows, not the six --stable-max allows.
+    assert level["stable"] is True and 2.9 < level["window_s"] < 3.6
+
+
+def test_sigterm_ends_the_sweep_with_the_levels_judged_so_far(emulator, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "s"
+    cmd = [sys.executable, "-m", "cvload", "sweep", *QUIET, "--server", emulator.grpc, "--num-tasks", "1,2,4,8,16",
+           "--duration", "1s", "--warmup", "0", "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not (out / "level-001-c1" / "summary.json").exists():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()  # a capacity among the levels judged before the stop
+    result = load_sweep(out)
+    assert result["status"] == "interrupted" and result["stopped_because"] == "interrupted"
+    assert result["levels"] and result["levels"][0]["value"] == 1 and result["capacity"]["value"] >= 1
+    assert len(result["levels"]) < 5
