@@ -231,6 +231,7 @@ class Sweep:
             view.attach(self)
             self.started = time.monotonic()
             running = asyncio.ensure_future(self._execute())
+            running.add_done_callback(lambda _: self._engine_ended())
             try:
                 await self._levels()
             finally:
@@ -253,6 +254,15 @@ class Sweep:
 
     async def _execute(self) -> None:
         await self.session.execute()
+
+    def _engine_ended(self) -> None:
+        """The engine stopped on its own (the server died) or after ``end()``: no level may wait for sends."""
+        engine = self.session.engine
+        if engine is not None and engine.state.aborted:
+            self.stopped_because = engine.state.aborted
+        self._stop.set()
+        if self.current is not None:
+            self.current.changed.set()
 
     def interrupt(self) -> None:
         """The user's stop: stop sending, cancel what is in flight after a short drain, write what was judged."""

@@ -337,3 +337,13 @@ def test_sigterm_ends_the_sweep_with_the_levels_judged_so_far(emulator, tmp_path
     assert result["status"] == "interrupted" and result["stopped_because"] == "interrupted"
     assert result["levels"] and result["levels"][0]["value"] == 1 and result["capacity"]["value"] >= 1
     assert len(result["levels"]) < 5
+
+
+def test_server_dying_mid_sweep_is_a_runtime_failure(start_emulator, tmp_path):
+    emu = start_emulator([EmulatedModel(profile=get_profile("fixed", {"crash_after": 6}))])
+    out = tmp_path / "s"
+    assert sweep_cli("--server", emu.grpc, "--num-tasks", "1,2,4", "--requests", "4", "--warmup", "0",
+                     "--request-timeout", "5s", "--out", str(out)) == 1
+    result = load_sweep(out)
+    assert result["status"] == "aborted" and "server unreachable" in result["stopped_because"]
+    assert result["levels"][0]["value"] == 1 and result["levels"][0]["summary"]["requests"]["ok"] == 4
