@@ -10,7 +10,7 @@ from importlib.metadata import entry_points
 from cvload import __version__
 from cvload.errors import EXIT_INTERRUPTED, EXIT_USAGE, CvloadError
 
-COMMANDS = ("serve", "run", "tui", "report")  # cvload.commands.<name>; others come from the entry-point group below
+COMMANDS = ("serve", "run", "tui", "sweep", "report")  # cvload.commands.<name>; others: the entry points below
 ENTRY_POINT_GROUP = "cvload.commands"  # e.g. ``bootstrap`` from server_bootstrap, which builds on cvload
 
 
