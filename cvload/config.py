@@ -60,6 +60,71 @@ class Warmup:
         return cls(seconds=parse_duration(s, what="warmup"))
 
 
+SEARCHES = ("bisect",)
+LEVELS_HINT = "e.g. 1,2,4,8 (a list), 1:64 (doubling from 1 to 64) or 1:64:4 (a step of 4)"
+
+
+def parse_levels(text: str | list[float] | tuple[float, ...], what: str) -> list[float]:
+    """A sweep's levels: ``"1,2,4,8"`` or a list, ``"1:64"`` (doubling), ``"1:64:4"`` (a step); strictly
+    ascending, at least one. ``what``: ``num_tasks`` (whole numbers >= 1) or ``rate`` (positive)."""
+    flag = "--" + what.replace("_", "-")
+    closed = what == "num_tasks"
+
+    def number(part: Any) -> float:
+        try:
+            value = float(part)
+        except (TypeError, ValueError):
+            raise UsageError(f"{flag} {text!r}: {part!r} is not a number", hint=LEVELS_HINT) from None
+        if closed and (value != int(value) or value < 1):
+            raise UsageError(f"{flag} {text!r}: {part!r} is not a whole number of streams >= 1", hint=LEVELS_HINT)
+        if value <= 0:
+            raise UsageError(f"{flag} {text!r}: levels must be positive, got {part!r}", hint=LEVELS_HINT)
+        return float(int(value)) if closed else value
+
+    if isinstance(text, list | tuple):
+        levels = [number(v) for v in text]
+    elif ":" in str(text):
+        parts = str(text).split(":")
+        if len(parts) not in (2, 3) or not all(p.strip() for p in parts):
+            raise UsageError(f"{flag} {text!r} is not a range START:END or START:END:STEP", hint=LEVELS_HINT)
+        start, end = number(parts[0]), number(parts[1])
+        if end < start:
+            raise UsageError(f"{flag} {text!r}: the range ends below its start", hint=LEVELS_HINT)
+        step = number(parts[2]) if len(parts) == 3 else None
+        levels, value = [], start
+        while value <= end * (1 + 1e-9):
+            levels.append(round(value, 9))
+            value = value + step if step is not None else value * 2
+    else:
+        levels = [number(p) for p in str(text).split(",") if p.strip()]
+    if not levels:
+        raise UsageError(f"{flag} {text!r}: no levels given", hint=LEVELS_HINT)
+    for low, high in zip(levels, levels[1:]):
+        if high <= low:
+            raise UsageError(f"{flag} {text!r}: levels must be strictly ascending ({high:g} after {low:g})",
+                             hint=LEVELS_HINT)
+    return levels
+
+
+@dataclass
+class SweepSettings:
+    """How ``cvload sweep`` steps through load levels (flags of the same names; a scenario's ``[sweep]`` table).
+
+    Levels are ``"1,2,4,8"`` (a list), ``"1:64"`` (doubling from 1 to 64) or ``"1:64:4"`` (a step); in a scenario
+    also a TOML list. The other run settings (duration, requests, warmup, objectives...) apply to each level.
+    """
+
+    num_tasks: str | list[float] | None = None  # closed-loop levels (concurrency)
+    rate: str | list[float] | None = None  # open-loop levels (requests per second)
+    search: str | None = None  # "bisect": refine between the last passing and the first failing level
+    precision: float | None = None  # bisect's resolution for rates, req/s (default 0.1)
+    keep_going: int = 0  # levels measured after the first one failing the objectives
+    stop_error_rate: float = 0.5  # stop at once when a level's error rate passes this share
+    min_capacity: float = 1.0  # exit 3 when the capacity found is below this
+    stable: str | None = None  # "10%": measure a level until first-chunk p95 of its last three windows agree
+    stable_max: float | None = None  # seconds a --stable level may last (default 5 windows)
+
+
 @dataclass
 class RunConfig:
     """Everything a run needs; field names double as scenario keys (TOML) and flags (dashes for underscores)."""
@@ -98,6 +163,9 @@ class RunConfig:
     spk_cache: bool = False  # send target_text only (server's cached speaker)
     pad_prompt: bool = False  # zero-pad prompts like the upstream client (10 s streaming, 1 s offline)
     request_timeout: float = 60.0
+    # After the window: wait for requests in flight at most this long, then record them incomplete
+    # (None: each gets its --request-timeout).
+    drain: float | None = None
     # Results
     out: str | None = None
     save_audio: bool = False
@@ -118,6 +186,8 @@ class RunConfig:
     # Scenario bookkeeping
     scenario: str | None = None
     name: str | None = None  # scenario's display name
+    # cvload sweep (ignored by run and tui without sweep options)
+    sweep: SweepSettings = field(default_factory=SweepSettings)
 
     def validate(self) -> RunConfig:
         if self.api not in APIS:
@@ -154,6 +224,8 @@ class RunConfig:
             raise UsageError(f"--requests must be at least 1, got {self.requests}")
         if self.request_timeout <= 0:
             raise UsageError(f"--request-timeout must be positive, got {self.request_timeout}")
+        if self.drain is not None and self.drain < 0:
+            raise UsageError(f"--drain must not be negative, got {self.drain}")
         if not self.server and not self.emulator:
             raise UsageError("no server given", hint="pass --server HOST[:PORT] or --emulator to start the "
                              "embedded CosyVoice emulator")

@@ -159,3 +159,99 @@ def slo_table(verdicts: list[dict[str, Any]]) -> Table:
         color = colors.get(v["verdict"], "yellow")
         table.add_row(v["objective"], shown, f"[{color}]{v['verdict']}[/]")
     return table
+
+
+# ---- cvload sweep ---------------------------------------------------------------------------------------------
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def sweep_table(result: dict[str, Any]) -> Table:
+    """One row per level of a sweep (sweep.json's ``levels``), in load order."""
+    unit = "streams" if result["kind"] == "concurrency" else "req/s"
+    table = Table(title=f"sweep: {len(result['levels'])} levels ({unit})", title_justify="left")
+    table.caption = "first chunk p50/p95/p99 in ms; conc: concurrency achieved; good/s: goodput"
+    table.caption_justify = "left"
+    for col in ("level", "phase", "req", "fail", "incompl", "p50", "p95", "p99", "req/s", "good/s", "conc", "slo"):
+        table.add_column(col, justify="left" if col in ("phase", "slo") else "right")
+    for level in sorted(result["levels"], key=lambda lv: lv["value"]):
+        s = level["summary"]
+        req = s.get("requests") or {}
+        first = s["metrics"]["first_chunk_latency_ms"]
+        verdict = {True: "[green]pass[/]", False: "[red]fail[/]", None: "-"}[level["slo_passed"]]
+        incomplete = str(req.get("incomplete") or 0)
+        if s.get("incomplete_min_s") is not None:
+            incomplete += f" (>= {s['incomplete_min_s']:.1f} s)"
+        table.add_row(f"{level['value']:g}", level["phase"], str(req.get("total", 0)), str(req.get("failed", 0)),
+                      incomplete, _ms(first.get("p50")), _ms(first.get("p95")), _ms(first.get("p99")),
+                      f"{(s.get('throughput') or {}).get('requests_per_s', 0):.2f}",
+                      f"{(s.get('goodput') or {}).get('requests_per_s', 0):.2f}",
+                      f"{(s.get('concurrency') or {}).get('achieved_mean') or 0:.2f}", verdict)
+    return table
+
+
+def capacity_line(result: dict[str, Any]) -> str:
+    cap = result["capacity"]
+    unit = "streams" if result["kind"] == "concurrency" else "req/s"
+    low, high = cap["bracket"]
+    if cap["value"] is None:
+        why = "no level stayed under the error-rate limit" if cap["by"] == "goodput" else \
+            "no level met the objectives"
+        text = f"capacity: none - {why}" if result["levels"] else "capacity: nothing measured"
+        if high is not None:
+            text += f" (the lowest level, {high:g}, failed)"
+    else:
+        above = f", {high:g} failed" if high is not None else ", no higher level failed"
+        how = " (no objectives: the level of highest goodput)" if cap["by"] == "goodput" else ""
+        text = f"capacity: {cap['value']:g} {unit}{how}   bracket [{low:g}, {'-' if high is None else f'{high:g}'}]" \
+               + (above if cap["by"] == "objectives" else "")
+    knee = result.get("knee")
+    if knee:
+        text += f"   knee: {knee['value']:g} ({knee['reason']})"
+    return text + f"   stopped: {result['stopped_because']}"
+
+
+class SweepConsoleView:
+    """``cvload sweep`` in a terminal: a line per level as it starts and is judged, then the table and capacity."""
+
+    def __init__(self, *, json_output: bool = False, quiet: bool = False) -> None:
+        self.json_output = json_output
+        self.quiet = quiet
+        self.err = Console(stderr=True)
+        self.out = Console()
+
+    def preparing(self, config: RunConfig) -> None:
+        ConsoleView(quiet=self.quiet).preparing(config)
+
+    def attach(self, sweep: Any) -> None:
+        pass
+
+    def detach(self, sweep: Any) -> None:
+        pass
+
+    def level_started(self, sweep: Any, level: Any) -> None:
+        if not self.quiet:
+            self.err.print(f"level {sweep.plan.value(level.value):g} ({level.phase}): warming up and measuring",
+                           highlight=False)
+
+    def level_judged(self, sweep: Any, level: Any) -> None:
+        if self.quiet or level.summary is None:
+            return
+        s = level.summary
+        first = s["metrics"]["first_chunk_latency_ms"]
+        verdict = {True: "pass", False: "FAIL", None: "no objectives"}[level.slo_passed]
+        extra = run_phrases(s, "footer")
+        incomplete = [p for p in extra if "incomplete" in p]
+        self.err.print(f"level {sweep.plan.value(level.value):g}: {s['requests']['total']} requests, first chunk "
+                       f"p50 {_ms(first['p50'])} p95 {_ms(first['p95'])} ms, "
+                       f"{s['throughput']['requests_per_s']:.2f} req/s, goodput "
+                       f"{s['goodput']['requests_per_s']:.2f}/s"
+                       + (f", {incomplete[0]}" if incomplete else "") + f": {verdict}", highlight=False)
+
+    def final(self, sweep: Any, result: dict[str, Any]) -> None:
+        if self.json_output:
+            print(json.dumps(result, indent=2, default=str), flush=True)
+            return
+        self.out.print(sweep_table(result))
+        self.out.print(capacity_line(result), highlight=False)
+        self.out.print(f"results: {sweep.out_dir}  ({result['status']})", highlight=False)

@@ -21,11 +21,18 @@ from cvload.audio_checks import check_request
 from cvload.config import RunConfig
 from cvload.inputs import padded_length
 from cvload.metrics import wall_time
-from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT, RequestRecord
+from cvload.records import (
+    ERR_CANCELLED,
+    ERR_CONNECTION,
+    ERR_INCOMPLETE,
+    ERR_PROTOCOL,
+    ERR_TIMEOUT,
+    RequestRecord,
+)
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
 
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
-DRAIN_TIMEOUT_S = 5.0  # default: on stop, how long in-flight requests may finish before they are cancelled
+DRAIN_TIMEOUT_S = 5.0  # default: on the user's stop, how long in-flight requests may finish before they are cancelled
 
 
 class InputItem(Protocol):
@@ -123,7 +130,13 @@ class RunResult:
 class Engine:
     """Drives one run. ``await engine.run()`` returns when the stop condition is met or ``stop()`` was called.
 
-    ``drain_timeout``: on stop, the seconds in-flight requests get to finish before they are cancelled.
+    When the run's window ends (``--duration`` passed, ``--requests`` sent, or ``end()``), every request in
+    flight belongs to it and is waited for, up to its ``--request-timeout`` bounded by ``--drain``; one still
+    running then is recorded as ``incomplete``. ``drain_timeout``: on the user's stop (``stop()``), the seconds
+    in-flight requests get to finish before they are cancelled and left out.
+
+    A sweep (cvload.sweep) drives one engine through its levels: it changes the load live (``set_concurrency``,
+    ``set_rate``), tags each request as it leaves (``on_send``) and ends the run itself (``until_ended``, ``end``).
     """
 
     def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[InputItem], *,
@@ -158,6 +171,13 @@ class Engine:
         self._slots: asyncio.Semaphore | None = None
         self._rate_changed = asyncio.Event()
         self._window_opener = -1
+        self._sending_over = asyncio.Event()  # the run's limit was reached: nothing more is sent
+        self._cut_incomplete = False  # in-flight requests are being cut after the drain: record them incomplete
+        # Called with each request's record as it leaves (a sweep sets its level and warmup there).
+        self.on_send: Callable[[RequestRecord], None] | None = None
+        self.until_ended = False  # without --requests/--duration: send until ``end()`` (a sweep), not one pass
+        # Requests in flight by index, with the chunks they received so far (a sweep judges a level before they end).
+        self.in_flight: dict[int, tuple[RequestRecord, list[Chunk]]] = {}
 
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
     def pause(self) -> None:
@@ -177,6 +197,13 @@ class Engine:
     def interrupt(self) -> None:
         self.state.interrupted = True
         self.stop()
+
+    def end(self) -> None:
+        """End the run as its limit would: stop sending; in-flight requests are waited for (bounded by --drain)."""
+        self._deadline = time.monotonic()
+        self._sending_over.set()
+        self._rate_changed.set()  # wakes the open loop's wait for its next arrival
+        self._resume.set()
 
     def set_concurrency(self, n: int) -> None:
         """Closed loop: add workers now, or retire the newest ones after their current request."""
@@ -227,11 +254,14 @@ class Engine:
             return False
         if self._deadline is not None and time.monotonic() >= self._deadline:
             return False
-        return not (self.config.requests is None and self._deadline is None and self._next_index >= len(self.items))
+        return self.until_ended or not (self.config.requests is None and self._deadline is None
+                                        and self._next_index >= len(self.items))
 
     def _take_index(self) -> int:
         index = self._next_index
         self._next_index += 1
+        if self.config.requests is not None and self._next_index >= self.config.requests:
+            self._sending_over.set()
         return index
 
     async def _wait_stop(self, timeout: float, also: asyncio.Event | None = None) -> bool:
@@ -250,17 +280,24 @@ class Engine:
         self._sync_workers(ramp=ramp)
         self._window_opener = max(self._workers)  # the last worker to start opens the steady window
         stopped = asyncio.ensure_future(self._stop.wait())
+        over = asyncio.ensure_future(self._sending_over.wait())
         try:
-            while self._workers and not self._stop.is_set():
-                await asyncio.wait([*self._workers.values(), stopped], return_when=asyncio.FIRST_COMPLETED)
+            # Until every worker is done, the user stops, or the window ends: then _drain bounds the wait.
+            while self._workers and not self._stop.is_set() and not self._sending_over.is_set():
+                left = None if self._deadline is None else self._deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                await asyncio.wait([*self._workers.values(), stopped, over], timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
                 self._workers = {k: t for k, t in self._workers.items() if not t.done()}
         finally:
             stopped.cancel()
-        self._stop.set()  # on stop, in-flight requests get drain_timeout in _drain, not their full timeout
+            over.cancel()
 
     def _sync_workers(self, *, ramp: float) -> None:
         want = self.state.concurrency
-        active = sorted(k for k in self._workers if k not in self._retire)
+        # A retired worker that already ended may still be listed until the loop prunes it: not active.
+        active = sorted(k for k, t in self._workers.items() if k not in self._retire and not t.done())
         for k in active[want:]:
             self._retire.add(k)
         next_id = max(self._workers, default=-1) + 1
@@ -332,14 +369,50 @@ class Engine:
         assert self._slots is not None
         self._slots.release()
 
+    def drain_limit(self) -> float:
+        """How long requests still in flight when a window ends are waited for: ``--drain``, else (a little more
+        than) ``--request-timeout``, so that each request's own timeout decides."""
+        cfg = self.config
+        return cfg.drain if cfg.drain is not None else cfg.request_timeout + 1.0
+
     async def _drain(self) -> None:
-        pending = [t for t in self._tasks if not t.done()] + [t for t in self._workers.values() if not t.done()]
+        """Wait for the requests in flight: after the window, up to ``drain_limit`` (then they are incomplete);
+        after the user's stop (or during this wait), up to ``drain_timeout`` (then they are cancelled)."""
+        pending = {t for t in self._tasks if not t.done()} | {t for t in self._workers.values() if not t.done()}
+        if not pending:
+            return
+        user_stop = self._stop.is_set()
+        deadline = time.monotonic() + (self.drain_timeout if user_stop else self.drain_limit())
+        stopped = None if user_stop else asyncio.ensure_future(self._stop.wait())
+        try:
+            while pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                await asyncio.wait(pending | ({stopped} if stopped else set()), timeout=left,
+                                   return_when=asyncio.FIRST_COMPLETED)
+                pending = {t for t in pending if not t.done()}
+                if stopped is not None and stopped.done():  # the user stopped while we waited: cut short
+                    stopped, user_stop = None, True
+                    deadline = min(deadline, time.monotonic() + self.drain_timeout)
+        finally:
+            if stopped is not None:
+                stopped.cancel()
         if pending:
-            _, still = await asyncio.wait(pending, timeout=self.drain_timeout)
-            for task in still:
+            self._cut_incomplete = not user_stop
+            for task in pending:
                 task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=self.drain_timeout)
+            await asyncio.wait(pending, timeout=self.drain_timeout)
+
+    @staticmethod
+    def mark_incomplete(record: RequestRecord, chunks: list[Chunk], now: float) -> RequestRecord:
+        """``record`` as an incomplete request at ``now``: failed, its latency at least the time waited."""
+        record.end_offset = now - record.sent
+        record.error_kind = ERR_INCOMPLETE
+        record.error = f"still running {record.end_offset:.1f} s after it was sent, when the wait after " \
+                       "the window ended (--drain, --request-timeout)"
+        record.chunk_samples[:] = [chunk.samples for chunk in chunks]
+        return record
 
     # ---- one request --------------------------------------------------------------------------------------
     def _request(self, index: int) -> tuple[SynthesisRequest, InputItem]:
@@ -390,6 +463,9 @@ class Engine:
         record.sent = sent
         self.state.last_send = sent
         record.warmup = self._is_warmup(index, sent)
+        if self.on_send is not None:
+            self.on_send(record)
+        self.in_flight[index] = (record, chunks)
         if not record.warmup and self.state.measure_start is None:
             self._mark_measure_start(sent)
         try:
@@ -403,8 +479,11 @@ class Engine:
             record.error_kind = ERR_TIMEOUT
             record.error = f"no final response within --request-timeout {self.config.request_timeout:g} s"
         except asyncio.CancelledError:
-            record.end_offset = time.monotonic() - sent
-            record.error_kind, record.error = ERR_CANCELLED, "cancelled when the run stopped"
+            if self._cut_incomplete:
+                self.mark_incomplete(record, chunks, time.monotonic())
+            else:
+                record.end_offset = time.monotonic() - sent
+                record.error_kind, record.error = ERR_CANCELLED, "cancelled when the run stopped"
             self._finish(record, chunks, [])
             raise
         except Exception as exc:  # noqa: BLE001 - a target bug must cost one request, not the run
@@ -433,6 +512,7 @@ class Engine:
         if len(record.chunk_samples) != len(chunks):  # a failed request: count its samples without decoding
             record.chunk_samples[:] = [chunk.samples for chunk in chunks]
         record.sample_rate = self._sample_rate(chunks)
+        self.in_flight.pop(record.index, None)
         self.inflight.change(-1)
         self.records.append(record)
         self.state.done += 1

@@ -31,10 +31,15 @@ class RequestMetric:
     title: str
     of: Callable[[RequestRecord], float | None]
     only_ok: bool = True  # computed over successful requests only
+    # An incomplete request (cvload.records.ERR_INCOMPLETE) counts with its lower bound: latencies it had at
+    # least, so percentiles cannot come out low by leaving the slowest requests out.
+    bounded: bool = False
 
 
 def _first(r: RequestRecord) -> float | None:
-    return r.chunk_offsets[0] * 1000.0 if r.chunk_offsets else None
+    if r.chunk_offsets:
+        return r.chunk_offsets[0] * 1000.0
+    return r.end_offset * 1000.0 if r.incomplete and r.end_offset is not None else None  # at least this
 
 
 def _second_gap(r: RequestRecord) -> float | None:
@@ -52,9 +57,10 @@ def _rtf(r: RequestRecord) -> float | None:
 
 def _first_corrected(r: RequestRecord) -> float | None:
     """First chunk measured from the *intended* send time: open-loop latency without coordinated omission."""
-    if r.intended is None or not r.chunk_offsets:
+    first = _first(r)
+    if r.intended is None or first is None:
         return None
-    return (r.sent - r.intended + r.chunk_offsets[0]) * 1000.0
+    return (r.sent - r.intended) * 1000.0 + first
 
 
 def _total_corrected(r: RequestRecord) -> float | None:
@@ -79,17 +85,17 @@ def playback_stalls(r: RequestRecord) -> tuple[int, float]:
 
 
 REQUEST_METRICS: tuple[RequestMetric, ...] = (
-    RequestMetric("first_chunk_latency_ms", "first_chunk", "ms", "First chunk", _first),
+    RequestMetric("first_chunk_latency_ms", "first_chunk", "ms", "First chunk", _first, bounded=True),
     RequestMetric("second_chunk_latency_ms", "second_chunk", "ms", "Second chunk (gap after first)", _second_gap),
-    RequestMetric("total_latency_ms", "total", "ms", "Total latency", _total),
+    RequestMetric("total_latency_ms", "total", "ms", "Total latency", _total, bounded=True),
     RequestMetric("rtf", "rtf", "", "RTF (latency / audio)", _rtf),
     RequestMetric("audio_s", "audio", "s", "Audio seconds", lambda r: r.audio_s),
     RequestMetric("stall_count", "stalls", "", "Playback stalls", lambda r: float(playback_stalls(r)[0])),
     RequestMetric("stall_s", "stall_time", "s", "Playback stall time", lambda r: playback_stalls(r)[1]),
     RequestMetric("first_chunk_latency_corrected_ms", "first_chunk_corrected", "ms",
-                  "First chunk from intended send", _first_corrected),
+                  "First chunk from intended send", _first_corrected, bounded=True),
     RequestMetric("total_latency_corrected_ms", "total_corrected", "ms", "Total from intended send",
-                  _total_corrected),
+                  _total_corrected, bounded=True),
 )
 BY_NAME = {m.name: m for m in REQUEST_METRICS}
 BY_ALIAS = {m.alias: m for m in REQUEST_METRICS}
@@ -98,6 +104,8 @@ BY_ALIAS = {m.alias: m for m in REQUEST_METRICS}
 def record_json(record: RequestRecord) -> dict[str, Any]:
     """The raw record plus its per-request metric values: one line of records.jsonl."""
     data = asdict(record)
+    if data["level"] is None:
+        del data["level"]  # only sweeps tag records with their level
     data["ok"] = record.ok
     data["audio_s"] = round(record.audio_s, 6)
     data["sent_s"] = round(record.sent - record.run_start, 6)
@@ -121,7 +129,7 @@ def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | None]:
 def values(records: Iterable[RequestRecord], metric: RequestMetric) -> list[float]:
     out = []
     for r in records:
-        if metric.only_ok and not r.ok:
+        if metric.only_ok and not r.ok and not (metric.bounded and r.incomplete):
             continue
         v = metric.of(r)
         if v is not None:
@@ -176,6 +184,8 @@ class RunTotals:
     ok: int = 0
     failed: int = 0
     cancelled: int = 0
+    incomplete: int = 0  # still running when the wait after the window ended (counted in failed too)
+    incomplete_min_s: float | None = None  # the least any of them had been waited for: their latency's bound
     warmup: int = 0
     errors: dict[str, int] = field(default_factory=lambda: {k: 0 for k in ERROR_KINDS})
     flags: dict[str, int] = field(default_factory=lambda: {k: 0 for k in AUDIO_FLAGS})
@@ -184,11 +194,16 @@ class RunTotals:
     slower_than_realtime: int = 0  # ... of which RTF > 1
     wall_s: float = 0.0  # see ``wall_time``
     concurrency: dict[str, Any] = field(default_factory=dict)  # the engine's InflightTracker.summary
+    # Goodput: ``meets`` tells whether a successful request met every per-request objective
+    # (cvload.slo.request_check); ``good`` counts those. Without ``meets`` the run has no goodput.
+    meets: Callable[[RequestRecord], bool] | None = None
+    good: int = 0
 
     @classmethod
     def from_records(cls, records: Iterable[RequestRecord], *, wall_s: float,
-                     concurrency: dict[str, Any] | None = None) -> RunTotals:
-        totals = cls(wall_s=wall_s, concurrency=dict(concurrency or {}))
+                     concurrency: dict[str, Any] | None = None,
+                     meets: Callable[[RequestRecord], bool] | None = None) -> RunTotals:
+        totals = cls(wall_s=wall_s, concurrency=dict(concurrency or {}), meets=meets)
         for r in records:
             totals.add(r)
         return totals
@@ -202,6 +217,10 @@ class RunTotals:
             self.cancelled += 1
             return
         self.measured += 1
+        if r.incomplete:
+            self.incomplete += 1
+            waited = r.end_offset or 0.0
+            self.incomplete_min_s = waited if self.incomplete_min_s is None else min(self.incomplete_min_s, waited)
         if r.error_kind:
             self.errors[r.error_kind] = self.errors.get(r.error_kind, 0) + 1
         for flag in r.flags:
@@ -210,6 +229,8 @@ class RunTotals:
             self.failed += 1
             return
         self.ok += 1
+        if self.meets is not None and self.meets(r):
+            self.good += 1
         self.audio_s += r.audio_s
         rtf = BY_NAME["rtf"].of(r)
         if rtf is not None:
@@ -250,6 +271,9 @@ RUN_METRICS: tuple[RunMetric, ...] = (
     RunMetric("requests.failed", "", "Failed requests", lambda t: t.failed),
     RunMetric("requests.cancelled", "", "Cancelled by the user", lambda t: t.cancelled, objective=False),
     RunMetric("requests.warmup", "", "Warmup requests", lambda t: t.warmup, objective=False),
+    RunMetric("requests.incomplete", "", "Incomplete (still running after the window)", lambda t: t.incomplete),
+    RunMetric("incomplete_min_s", "s", "Incomplete requests' latency, at least", lambda t: t.incomplete_min_s,
+              csv=False, objective=False, footer="{requests_incomplete} incomplete, >= {:.1f} s"),
     RunMetric("error_rate", "share", "Error rate", lambda t: t.failed / t.measured if t.measured else 0.0),
     *(RunMetric(f"errors.{kind}", "", f"Errors: {kind}", lambda t, k=kind: t.errors.get(k, 0), csv=False)
       for kind in ERROR_KINDS),
@@ -261,6 +285,12 @@ RUN_METRICS: tuple[RunMetric, ...] = (
               headline="{:.2f} req/s"),
     RunMetric("throughput.audio_s_per_s", "audio s/s", "Audio throughput", lambda t: _per_s(t.audio_s, t.wall_s),
               headline="{:.2f} audio s/s"),
+    # Requests per second that met every per-request objective (only where per-request objectives were given).
+    RunMetric("goodput.requests_per_s", "req/s", "Goodput",
+              lambda t: _per_s(t.good, t.wall_s) if t.meets is not None else MISSING,
+              headline="goodput {:.2f} req/s"),
+    RunMetric("goodput.share", "share", "Share of requests meeting every per-request objective",
+              lambda t: (t.good / t.measured if t.measured else 0.0) if t.meets is not None else MISSING),
     RunMetric("audio_s_total", "s", "Audio produced", lambda t: t.audio_s, csv=False),
     # The upstream client's "RTF": the whole run's wall time over all audio produced.
     RunMetric("run_wall_rtf", "", "Run wall RTF", lambda t: t.wall_s / t.audio_s if t.audio_s > 0 else None,
@@ -300,14 +330,15 @@ def lookup(summary: dict[str, Any], name: str) -> Any:
     return node
 
 
-def summarize(records: Sequence[RequestRecord], *, wall_s: float,
-              concurrency: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(records: Sequence[RequestRecord], *, wall_s: float, concurrency: dict[str, Any] | None = None,
+              meets: Callable[[RequestRecord], bool] | None = None) -> dict[str, Any]:
     """The measured part of summary.json: every run metric, each request metric's statistics, the RTF histogram.
 
-    Computed over the measured records (not warmup, not cancelled by the user).
+    Computed over the measured records (not warmup, not cancelled by the user). ``meets``: the per-request
+    objectives (cvload.slo.request_check), for goodput.
     """
     measured = [r for r in records if not r.warmup and r.error_kind != ERR_CANCELLED]
-    summary = run_values(RunTotals.from_records(records, wall_s=wall_s, concurrency=concurrency))
+    summary = run_values(RunTotals.from_records(records, wall_s=wall_s, concurrency=concurrency, meets=meets))
     summary["metrics"] = {m.name: stats(values(measured, m)) for m in REQUEST_METRICS}
     summary["rtf_histogram"] = rtf_histogram(values(measured, BY_NAME["rtf"]))
     return summary

@@ -19,7 +19,11 @@ ERR_CANCELLED = "cancelled"  # stopped by the user (Ctrl-C) before it finished
 # Refused by a server at its concurrency cap (gRPC RESOURCE_EXHAUSTED, HTTP 429/503), e.g. CosyVoice's Python
 # runtime past its --max_conc: load the server was never asked to carry, not a failure of synthesis.
 ERR_REJECTED = "rejected"
-ERROR_KINDS = (ERR_SERVER, ERR_TIMEOUT, ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_CANCELLED, ERR_REJECTED)
+# Sent inside the measurement window but still running when the wait after it (--drain) ended: a failure whose
+# ``end_offset`` is the time waited, a lower bound of its latency (never left out: the slowest requests).
+ERR_INCOMPLETE = "incomplete"
+ERROR_KINDS = (ERR_SERVER, ERR_TIMEOUT, ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_CANCELLED, ERR_REJECTED,
+               ERR_INCOMPLETE)
 
 # Audio sanity flags: the request finished but its audio is broken; each makes the request count as failed.
 FLAG_TOO_SHORT = "audio_too_short"
@@ -50,10 +54,15 @@ class RequestRecord:
     flags: list[str] = field(default_factory=list)
     warmup: bool = False
     run_start: float = 0.0  # monotonic time the run started (for time series)
+    level: float | None = None  # a sweep's load level this request was sent at (None outside sweeps)
 
     @property
     def ok(self) -> bool:
         return self.error_kind is None and not self.flags
+
+    @property
+    def incomplete(self) -> bool:
+        return self.error_kind == ERR_INCOMPLETE
 
     @property
     def audio_s(self) -> float:

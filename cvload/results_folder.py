@@ -26,7 +26,7 @@ import orjson
 
 from cvload.errors import UsageError
 from cvload.metrics import REQUEST_METRICS
-from cvload.records import ERR_CANCELLED, RequestRecord
+from cvload.records import ERR_CANCELLED, ERR_INCOMPLETE, RequestRecord
 from cvload.results import SUMMARY_SCHEMA, read_json, read_records
 
 SWEEP_SCHEMA = "cvload.sweep/1"
@@ -60,9 +60,13 @@ class RecordColumns:
         return ~self.warmup & (self.error_kind != ERR_CANCELLED)
 
     def values(self, name: str) -> np.ndarray:
-        """A metric's values over the measured requests the summary computes it from (ok only, where declared)."""
+        """A metric's values over the measured requests the summary computes it from (cvload.metrics.values): ok
+        only where declared, plus incomplete requests' lower bounds for the metrics bounded by them."""
         metric = next(m for m in REQUEST_METRICS if m.name == name)
-        mask = self.measured & (self.ok if metric.only_ok else True)
+        counted = self.ok
+        if metric.bounded:
+            counted = counted | (self.error_kind == ERR_INCOMPLETE)
+        mask = self.measured & (counted if metric.only_ok else True)
         column = self.metrics[name][mask]
         return column[~np.isnan(column)]
 

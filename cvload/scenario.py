@@ -3,8 +3,9 @@
 A scenario is the part of a run worth keeping in git (load shape, inputs, objectives). Every key and value is
 checked here, so a typo (``num_task = 8``) or a wrong type (``requests = "40"``) is an error naming the key and
 the file instead of a setting silently ignored. Durations (``duration``, ``ramp``, ``request_timeout``,
-``telemetry_interval``) take seconds or strings like ``"60s"``/``"500ms"``; relative ``inputs`` and ``out`` paths
-are relative to the scenario file's folder. The run command merges defaults < scenario < explicit flags.
+``telemetry_interval``, ``drain``) take seconds or strings like ``"60s"``/``"500ms"``; relative ``inputs`` and ``out`` paths
+are relative to the scenario file's folder. The run command merges defaults < scenario < explicit flags. A
+``[sweep]`` table holds ``cvload sweep``'s levels and rules (``SweepSettings``).
 """
 
 from __future__ import annotations
@@ -15,16 +16,26 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cvload.config import ARRIVALS, MODES, PROTOCOLS, RunConfig, Warmup, parse_duration
+from cvload.config import (
+    ARRIVALS,
+    MODES,
+    PROTOCOLS,
+    SEARCHES,
+    RunConfig,
+    SweepSettings,
+    Warmup,
+    parse_duration,
+    parse_levels,
+)
 from cvload.errors import UsageError
 from cvload.slo import parse_objectives
-from cvload.typed_toml import Rules, Where, read_table, read_toml
+from cvload.typed_toml import Rules, Where, build, read_table, read_toml
 
 SCENARIO_DIR = Path(__file__).resolve().parent.parent / "scenarios"  # the project's ready-made scenarios
-DURATION_KEYS = ("duration", "ramp", "request_timeout", "telemetry_interval")
+DURATION_KEYS = ("duration", "ramp", "request_timeout", "telemetry_interval", "drain", "sweep.stable_max")
 PATH_KEYS = ("inputs", "out")
 CHOICES = {"protocol": PROTOCOLS, "mode": MODES, "arrival": ARRIVALS,
-           "gpu_source": ("auto", "server", "nvml", "none")}
+           "gpu_source": ("auto", "server", "nvml", "none"), "sweep.search": SEARCHES}
 RESERVED = ("scenario",)  # set by cvload itself: the scenario file's path
 
 
@@ -64,6 +75,8 @@ def load_scenario(path: str | os.PathLike[str], *, cwd: Path | None = None) -> d
     file = find_scenario(path, cwd=cwd)
     raw = read_toml(file, "scenario")
     values = read_table(raw, RunConfig, Where(f"scenario {file}"), base=file.parent, rules=RULES)
+    if "sweep" in values:  # the [sweep] table: cvload sweep's levels and rules
+        values["sweep"] = build(SweepSettings, values["sweep"])
     values["scenario"] = str(file.resolve())
     values.setdefault("name", file.stem)
     return values
@@ -102,7 +115,9 @@ RULES = Rules(
     parse={key: _duration(key) for key in DURATION_KEYS},
     check={**{key: _not_negative for key in DURATION_KEYS},
            **{key: _one_of(choices) for key, choices in CHOICES.items()},
-           "warmup": _valid(Warmup.parse), "slo": _valid(parse_objectives)},
+           "warmup": _valid(Warmup.parse), "slo": _valid(parse_objectives),
+           "sweep.num_tasks": _valid(lambda v: parse_levels(v, "num_tasks")),
+           "sweep.rate": _valid(lambda v: parse_levels(v, "rate"))},
     paths=PATH_KEYS,
     reserved=RESERVED,
     keys_hint="scenario keys are `cvload run` settings with underscores",

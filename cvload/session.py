@@ -242,7 +242,7 @@ class Session:
 
     async def finish(self) -> dict[str, Any]:
         """Write summary, stats diff and audio; evaluate objectives. Safe to call after a failed run."""
-        from cvload.slo import all_met, evaluate
+        from cvload.slo import all_met, evaluate, request_check
 
         assert self.writer is not None and self.engine is not None
         result = self.result
@@ -268,7 +268,8 @@ class Session:
         summary["abort_reason"] = state.aborted
         summary["started_at"] = _iso(self.started_wall)
         summary["finished_at"] = _iso(time.time())
-        summary.update(summarize(records, wall_s=wall, concurrency=result.concurrency if result else None))
+        summary.update(summarize(records, wall_s=wall, concurrency=result.concurrency if result else None,
+                                 meets=request_check(self.objectives)))
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary()
         summary["client"] = self.loop_health.summary()

@@ -24,12 +24,14 @@ from __future__ import annotations
 import difflib
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from cvload.errors import UsageError
 from cvload.loop_health import CLIENT_METRICS
 from cvload.metrics import BY_ALIAS, BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, STAT_KEYS, lookup
+from cvload.records import RequestRecord
 from cvload.telemetry.summary import TELEMETRY_KEYS
 
 PASS, FAIL, NO_DATA = "pass", "fail", "no_data"
@@ -166,6 +168,29 @@ def parse_objective(text: str) -> Objective:
                          hint=f"use {allowed}")
     return Objective(text=text.strip(), metric=path, op=op, threshold=float(m.group("num")), unit=unit,
                      factor=units[unit], telemetry=telemetry)
+
+
+def request_check(objectives: list[Objective]) -> Callable[[RequestRecord], bool] | None:
+    """Goodput's test of one request: each objective on a per-request metric, whatever its statistic, applied
+    to the request with the same operator and threshold (``first_chunk.p95<700ms`` -> this request's first chunk
+    < 700 ms; a metric the request has no value for, e.g. a second chunk, does not apply). None when no objective
+    names a per-request metric: the run then has no goodput."""
+    checks: list[tuple[Any, Callable[[float, float], bool], float]] = []
+    for obj in objectives:
+        base, _, stat = obj.metric.rpartition(".")
+        if obj.telemetry or not base.startswith("metrics.") or stat == "count":
+            continue
+        checks.append((BY_NAME[base.removeprefix("metrics.")], OPS[obj.op], obj.threshold * obj.factor))
+    if not checks:
+        return None
+
+    def meets(record: RequestRecord) -> bool:
+        for metric, op, threshold in checks:
+            value = metric.of(record)
+            if value is not None and not op(value, threshold):
+                return False
+        return True
+    return meets
 
 
 def parse_objectives(texts: list[str]) -> list[Objective]:

@@ -323,3 +323,26 @@ def test_goodput_row_when_the_summary_has_it(runs, tmp_path, capsys):
     # without goodput in either summary there is no such row
     _, result = compare_json(capsys, runs["base0"], runs["shift0"])
     assert "goodput.requests_per_s" not in rows_of(result)
+
+
+def test_real_sweeps_compare_level_by_level(emulator, shifted_server, tmp_path, capsys):
+    """Two `cvload sweep`s (the same levels, the second against the server 20 ms slower to its first chunk):
+    every level found in its folder, compared as two runs, the goodput the levels' summaries carry compared too."""
+    sweeps = []
+    for name, server in (("base", emulator.grpc), ("slower", shifted_server.grpc_url)):
+        code = main(["sweep", "--quiet", "--server", server, "--num-tasks", "1,2", "--requests", "12",
+                     "--slo", "first_chunk.p95<5s", "--metrics-url", "none", "--gpu-source", "none",
+                     "--out", str(tmp_path / name)])
+        assert code == 0
+        sweeps.append(tmp_path / name)
+    capsys.readouterr()
+    code, result = compare_json(capsys, *sweeps)
+    rows = result["comparisons"][0]["rows"]
+    assert rows[0]["metric"] == "capacity"
+    assert [r["level"] for r in rows if r["metric"] == "first_chunk.p50"] == ["concurrency 1", "concurrency 2"]
+    assert rows[0]["base"] == rows[0]["new"] == 2  # a lenient objective: every level met it
+    goodput = [r for r in rows if r["metric"] == "goodput.requests_per_s"]
+    assert len(goodput) == 2 and all(r["base"] > 0 and r["new"] > 0 for r in goodput)
+    first = [r for r in rows if r["metric"] == "first_chunk.p50"]
+    assert all(10 < r["delta"] < 35 and r["ci"][0] > 0 for r in first)
+    assert code == 3 and any(r["verdict"] == REGRESSION for r in first)

@@ -47,10 +47,35 @@ def test_summary_excludes_warmup_and_cancelled_and_counts_flags():
     cancelled = record([0.2], [24000], error_kind=ERR_CANCELLED)
     silent = record([0.2], [24000], flags=[FLAG_SILENT])
     s = summarize([ok, warm, cancelled, silent], wall_s=2.0)
-    assert s["requests"] == {"total": 2, "ok": 1, "failed": 1, "cancelled": 1, "warmup": 1}
+    assert s["requests"] == {"total": 2, "ok": 1, "failed": 1, "cancelled": 1, "warmup": 1, "incomplete": 0}
     assert s["audio_flags"][FLAG_SILENT] == 1 and s["error_rate"] == 0.5
     assert s["throughput"]["requests_per_s"] == 0.5
     assert s["metrics"]["first_chunk_latency_ms"]["count"] == 1
+
+
+def test_incomplete_requests_count_as_failed_with_their_latency_lower_bounds():
+    from cvload.records import ERR_INCOMPLETE
+
+    ok = record([0.2, 0.3], [24000, 24000])
+    no_chunk = record([], [], error_kind=ERR_INCOMPLETE)
+    no_chunk.end_offset = 5.2  # waited 5.2 s, nothing came
+    one_chunk = record([0.4], [24000], error_kind=ERR_INCOMPLETE)
+    one_chunk.end_offset = 6.0
+    s = summarize([ok, no_chunk, one_chunk], wall_s=2.0)
+    assert s["requests"]["incomplete"] == 2 and s["requests"]["failed"] == 2 and s["errors"]["incomplete"] == 2
+    assert s["incomplete_min_s"] == 5.2
+    first = s["metrics"]["first_chunk_latency_ms"]
+    assert first["count"] == 3 and first["max"] == 5200.0 and first["min"] == 200.0  # 400: its real first chunk
+    assert s["metrics"]["total_latency_ms"]["max"] == 6000.0  # at least
+    assert s["metrics"]["rtf"]["count"] == 1  # no bound for a ratio: only finished requests
+    assert s["goodput"] == {}  # no per-request objectives: no goodput (its group stays, empty)
+
+
+def test_goodput_counts_requests_meeting_the_per_request_objectives():
+    fast, slow = record([0.2, 0.3], [24000, 24000]), record([0.9, 1.0], [24000, 24000])
+    failed = record([0.1], [24000], flags=[FLAG_SILENT])
+    s = summarize([fast, slow, failed], wall_s=2.0, meets=lambda r: r.chunk_offsets[0] < 0.5)
+    assert s["goodput"] == {"requests_per_s": 0.5, "share": 1 / 3}
 
 
 def test_exact_percentiles():
@@ -78,7 +103,7 @@ def test_every_run_metric_is_in_the_summary_csv_and_objectives(tmp_path):
 
     s = summarize([record([0.2, 0.3], [24000, 24000])], wall_s=2.0,
                   concurrency={"requested": 1.0, "achieved_mean": 1.0, "achieved_max": 1,
-                               "achieved_mean_overall": 1.0})
+                               "achieved_mean_overall": 1.0}, meets=lambda r: True)
     for metric in RUN_METRICS:
         assert lookup(s, metric.name) is not MISSING, metric.name
         assert (metric.name in RUN_OBJECTIVES) == metric.objective

@@ -36,7 +36,11 @@ def test_streaming_grpc_matches_server_schedule(emulator, tmp_path):
     assert code == 0
     summary, records = load(out)
     assert summary["schema"] == "cvload.summary/1"
-    assert summary["requests"] == {"total": 8, "ok": 8, "failed": 0, "cancelled": 0, "warmup": 0}
+    assert summary["requests"] == {"total": 8, "ok": 8, "failed": 0, "cancelled": 0, "warmup": 0, "incomplete": 0}
+    # Goodput (a per-request objective was given): the requests with a first chunk under 400 ms, per second.
+    good = sum(r["first_chunk_latency_ms"] < 400 for r in records)
+    assert summary["goodput"]["share"] == good / 8
+    assert summary["goodput"]["requests_per_s"] == pytest.approx(summary["throughput"]["requests_per_s"] * good / 8)
     assert len(records) == 8 and len({r["request_id"] for r in records}) == 8
     first = summary["metrics"]["first_chunk_latency_ms"]
     # The fixed profile sends the first chunk 200 ms after arrival and then one every 100 ms.

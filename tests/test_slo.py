@@ -152,3 +152,19 @@ def test_unknown_metric_lists_the_valid_names() -> None:
 def test_every_valid_name_parses() -> None:
     for name in valid_names():
         assert parse_objective(f"{name}>=0").metric.endswith(name.split(".")[-1])
+
+
+def test_request_check_applies_each_per_request_objective_to_each_request() -> None:
+    from cvload.slo import request_check
+
+    def rec(offsets: list[float]) -> RequestRecord:
+        return RequestRecord(index=0, request_id="r", item_id="i", worker=0, server="s", text="t", sent=0.0,
+                             chunk_offsets=offsets, chunk_samples=[24000] * len(offsets), end_offset=offsets[-1])
+
+    meets = request_check(parse_objectives(["first_chunk.p95<300ms", "second_chunk.p99<=0.2s", "error_rate<1%"]))
+    assert meets is not None
+    assert meets(rec([0.25, 0.4]))  # 250 ms first, 150 ms gap
+    assert not meets(rec([0.35, 0.4]))  # first chunk too late
+    assert not meets(rec([0.1, 0.35]))  # a 250 ms gap
+    assert meets(rec([0.1]))  # no second chunk: that objective does not apply
+    assert request_check(parse_objectives(["error_rate<1%", "throughput.requests_per_s>2"])) is None

@@ -77,6 +77,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="zero-pad prompts like the upstream client (10 s streaming, 1 s offline)")
     g.add_argument("--request-timeout", type=_duration, default=None, metavar="T",
                    help="fail a request not finished after T (default 60s)")
+    g.add_argument("--drain", type=_duration, default=None, metavar="T",
+                   help="when the run's window ends, wait at most T for requests in flight, then record them "
+                        "incomplete (default: each its --request-timeout)")
     g = p.add_argument_group("results and objectives")
     g.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/<time>-<mode>)")
     g.add_argument("--save-audio", action="store_true", default=None, help="write one 24 kHz WAV per request")

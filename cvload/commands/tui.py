@@ -5,10 +5,14 @@ folder, objectives and exit codes); ``--replay DIR`` reopens a finished run. Wit
 from __future__ import annotations
 
 import argparse
+import asyncio
+import dataclasses
 import sys
 from types import SimpleNamespace
 
-from cvload.commands.run import _duration, add_run_options, config_from_args, run_headless
+from cvload.commands.run import _duration, add_run_options, run_headless
+from cvload.commands.sweep import add_sweep_options, sweep_config_from_args
+from cvload.config import RunConfig, SweepSettings, parse_levels
 
 UNTIL_QUIT_S = 3600.0  # a dashboard without --requests/--duration runs until q, bounded to an hour
 STOP_WAIT_S = 60.0  # after q: drain (5 s) plus stopping an embedded server with stuck requests (15 s), with margin
@@ -16,15 +20,18 @@ STOP_WAIT_S = 60.0  # after q: drain (5 s) plus stopping an embedded server with
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "tui", help="run a load test with a live latency dashboard (or --replay a results folder)",
+        "tui", conflict_handler="resolve", help="run a load test with a live latency dashboard (or --replay a results folder)",
         description="Run a load test with a live dashboard: first/second chunk latency, RTF, throughput, GPU, "
                     "errors and recent requests. Keys: space pause/resume, +/- concurrency (or rate), s snapshot, "
                     "r reset the live window, q quit (writes the results folder), ? help. Takes the options of "
                     "`cvload run` and exits with its codes: 0 all objectives met, 3 an objective failed, 2 bad "
                     "usage or configuration, 1 runtime failure. Without --requests or --duration it runs until q (at "
-                    "most an hour). Without a terminal it runs headless, exactly as `cvload run`.",
+                    "most an hour). Without a terminal it runs headless, exactly as `cvload run`. With several levels "
+                    "(--num-tasks 1,2,4 or 1:16, --rate 0.5:8) and the options of `cvload sweep` it runs a sweep: a "
+                    "sweep panel fills in level by level beside the current level's panels.",
     )
     add_run_options(p)
+    add_sweep_options(p)  # --num-tasks/--rate take one value (a run) or levels (a sweep)
     p.add_argument("--replay", default=None, metavar="RESULTS_DIR",
                    help="open a finished results folder (from `run` or `tui`) in the dashboard instead of running")
     p.add_argument("--window", type=_duration, default=None, metavar="T",
@@ -36,20 +43,44 @@ def _is_terminal() -> bool:
     return sys.stdout.isatty() and sys.stdin.isatty()
 
 
+def tui_config(args: argparse.Namespace) -> RunConfig:
+    """A run, or a sweep when the levels are several (or a scenario's [sweep] table gives levels)."""
+    from cvload.sweep import SweepPlan, sweeping
+
+    config = sweep_config_from_args(args)
+    if not sweeping(config):
+        return config
+    sw = config.sweep
+    levels = parse_levels(sw.num_tasks if sw.num_tasks is not None else sw.rate,  # type: ignore[arg-type]
+                          "num_tasks" if sw.num_tasks is not None else "rate")
+    if len(levels) == 1 and sw.search is None and sw.stable is None:  # one level: a run, as it always was
+        one = {"num_tasks": int(levels[0]), "rate": None} if sw.num_tasks is not None else \
+            {"num_tasks": None, "rate": levels[0]}
+        return dataclasses.replace(config, **one, sweep=SweepSettings()).validate()
+    SweepPlan.from_config(config)  # bad levels or rules: exit 2 before anything starts
+    return config
+
+
 def tui(args: argparse.Namespace) -> int:
-    from cvload.console import ConsoleView
+    from cvload.console import ConsoleView, SweepConsoleView
+    from cvload.sweep import Sweep, sweeping
 
     if args.replay:
         return replay(args.replay)
-    config = config_from_args(args)
+    config = tui_config(args)
     if not _is_terminal():
-        print("cvload tui: not a terminal (stdout or stdin is redirected): running headless, as `cvload run`",
-              file=sys.stderr, flush=True)
+        print("cvload tui: not a terminal (stdout or stdin is redirected): running headless, as `cvload "
+              f"{'sweep' if sweeping(config) else 'run'}`", file=sys.stderr, flush=True)
+        if sweeping(config):
+            try:
+                return asyncio.run(Sweep(config).run(SweepConsoleView()))
+            finally:
+                sys.stdout.flush()
         return run_headless(config, ConsoleView())
     from cvload.tui.app import DashboardApp
     from cvload.tui.run_source import RunSource
 
-    if config.requests is None and config.duration is None:
+    if config.requests is None and config.duration is None and not sweeping(config):
         config = config.merged({"duration": UNTIL_QUIT_S})  # watch until q instead of one pass over the inputs
     source = RunSource(config, window_s=args.window, yield_cpu=True)
     try:
@@ -70,6 +101,8 @@ def tui(args: argparse.Namespace) -> int:
     code = source.exit_code()  # re-raises what failed in the run (a CvloadError becomes its message)
     if source.summary is not None:
         ConsoleView().final(SimpleNamespace(out_dir=source.out_dir), source.summary)
+    if source.sweep_result is not None:
+        SweepConsoleView().final(SimpleNamespace(out_dir=source.out_dir), source.sweep_result)
     return code
 
 

@@ -25,6 +25,7 @@ from cvload.tui.panels import (
     RecentPanel,
     RtfPanel,
     StagesPanel,
+    SweepPanel,
     ThroughputPanel,
     header_text,
 )
@@ -108,6 +109,8 @@ class DashboardApp(App[int]):
         self.stages = StagesPanel("Server stages", id="stages")
         self.errors = ErrorsPanel("Errors", id="errors")
         self.recent = RecentPanel("Recent requests", id="recent")
+        # A sweep: its panel (levels against load) takes the recent requests' place beside the level's panels.
+        self.sweep = SweepPanel("Sweep", id="sweep") if getattr(self.source, "sweeping", False) else None
         yield self.header
         with Static(id="body"):
             yield from self.latency
@@ -117,7 +120,7 @@ class DashboardApp(App[int]):
                 yield self.gpu
                 yield self.stages
             yield self.errors
-            yield self.recent
+            yield self.sweep or self.recent
         yield Footer()
 
     def on_mount(self) -> None:
@@ -152,7 +155,10 @@ class DashboardApp(App[int]):
         self.gpu.show(source.telemetry)
         self.stages.show(source.telemetry, STAGES_WINDOW_S)
         self.errors.show(snap)
-        self.recent.show(snap)
+        if self.sweep is not None:
+            self.sweep.show(getattr(source, "sweep", None))
+        else:
+            self.recent.show(snap)
         self.frames += 1
         if isinstance(source, RunSource) and source.done and (self._quitting or self.close_when_done
                                                               or source.error is not None):

@@ -18,10 +18,21 @@ import time
 import traceback
 from typing import IO, Any
 
-from cvload.config import RunConfig
+from cvload.config import RunConfig, SweepSettings
 from cvload.errors import EXIT_RUNTIME, CvloadError
 from cvload.session import Session
-from cvload.tui.messages import Command, EngineStatus, Failed, Finished, Message, Prepared, Start, from_line
+from cvload.sweep import Sweep, sweeping
+from cvload.tui.messages import (
+    Command,
+    EngineStatus,
+    Failed,
+    Finished,
+    Message,
+    Prepared,
+    Start,
+    SweepProgress,
+    from_line,
+)
 
 STATUS_EVERY_S = 0.2
 STAGES_EVERY_S = 1.0
@@ -91,14 +102,39 @@ class DashboardLink:
             await asyncio.sleep(STATUS_EVERY_S)
 
 
+class SweepLink(DashboardLink):
+    """The view of a sweep in this process (``cvload.sweep.SweepView``): the engine's status as for a run, plus
+    the sweep's progress as levels start and are judged."""
+
+    def attach(self, sweep: Sweep) -> None:  # type: ignore[override]
+        super().attach(sweep.session)
+        self.channel.send(SweepProgress(progress=sweep.progress()))
+
+    def level_started(self, sweep: Sweep, level: Any) -> None:
+        self.channel.send(SweepProgress(progress=sweep.progress()))
+
+    def level_judged(self, sweep: Sweep, level: Any) -> None:
+        self.channel.send(SweepProgress(progress=sweep.progress()))
+
+    def detach(self, sweep: Sweep) -> None:  # type: ignore[override]
+        super().detach(sweep.session)
+
+    def final(self, sweep: Sweep, result: dict[str, Any]) -> None:  # type: ignore[override]
+        self.channel.send(SweepProgress(progress=sweep.progress()))
+        self.channel.send(Finished(exit_code=sweep.exit_code(result), status=result["status"]))
+
+
 class Commands:
     """Reads the dashboard's commands on a thread (blocked in read, it costs the event loop nothing) and applies
-    them on the loop; the end of input (the dashboard is gone) is an interrupt."""
+    them on the loop; the end of input (the dashboard is gone) is an interrupt. In a sweep the sweep sets the
+    load: only pause, resume and interrupt apply."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, session: Session, lines: IO[str]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, session: Session, lines: IO[str],
+                 sweep: Sweep | None = None) -> None:
         self.loop = loop
         self.session = session
         self.lines = lines
+        self.sweep = sweep
 
     def start(self) -> None:
         threading.Thread(target=self._read, name="cvload-tui-commands", daemon=True).start()
@@ -117,7 +153,7 @@ class Commands:
 
     def apply(self, command: Command) -> None:
         if command.name == "interrupt":
-            self.session.interrupt()
+            (self.sweep or self.session).interrupt()
             return
         engine = self.session.engine
         if engine is None:
@@ -126,6 +162,8 @@ class Commands:
             engine.pause()
         elif command.name == "resume":
             engine.resume()
+        elif self.sweep is not None:
+            return
         elif command.name == "concurrency" and command.value is not None:
             engine.set_concurrency(int(command.value))
         elif command.name == "rate" and command.value is not None:
@@ -133,10 +171,15 @@ class Commands:
 
 
 async def serve(config: RunConfig, channel: Channel, commands_in: IO[str]) -> int:
-    """Run the session; whatever fails reaches the dashboard as a ``Failed`` message, never a silent exit."""
-    session = Session(config)
-    Commands(asyncio.get_running_loop(), session, commands_in).start()
+    """Run the session (or the sweep); whatever fails reaches the dashboard as a ``Failed`` message, never a
+    silent exit."""
     try:
+        if sweeping(config):
+            sweep = Sweep(config)
+            Commands(asyncio.get_running_loop(), sweep.session, commands_in, sweep).start()
+            return await sweep.run(SweepLink(channel))
+        session = Session(config)
+        Commands(asyncio.get_running_loop(), session, commands_in).start()
         return await session.run(DashboardLink(channel))
     except CvloadError as exc:
         channel.send(Failed(message=str(exc), exit_code=exc.exit_code))
@@ -155,7 +198,7 @@ def main() -> int:
         start = from_line(first)
         if not isinstance(start, Start):
             raise ValueError(f"expected a start message, got {type(start).__name__}")
-        config = RunConfig(**start.config)
+        config = RunConfig(**{**start.config, "sweep": SweepSettings(**start.config.get("sweep") or {})})
     except (ValueError, TypeError) as exc:
         channel.send(Failed(message=f"cvload tui measuring process: bad start line ({exc})", exit_code=EXIT_RUNTIME))
         return EXIT_RUNTIME

@@ -3,8 +3,9 @@ line, each a small dataclass here, so both sides agree on every field by constru
 
 Dashboard -> measuring process (its stdin): ``Start`` first, then ``Command`` lines; the end of its input means
 the dashboard is gone, and the run is interrupted (its results are still written). Measuring process ->
-dashboard (its stdout): ``Prepared`` (results folder, target), ``EngineStatus`` a few times a second, then
-``Finished`` (exit code) or ``Failed`` (a message for the user and its exit code).
+dashboard (its stdout): ``Prepared`` (results folder, target), ``EngineStatus`` a few times a second (and, in a
+sweep, ``SweepProgress`` as levels start and are judged), then ``Finished`` (exit code) or ``Failed`` (a message
+for the user and its exit code).
 """
 
 from __future__ import annotations
@@ -78,6 +79,15 @@ class EngineStatus(Message):
 
 
 @dataclass
+class SweepProgress(Message):
+    """A sweep's levels so far (``cvload.sweep.Sweep.progress``): judged levels as in sweep.json, the level
+    measured now, the first-chunk objectives, and the capacity once the sweep is over."""
+
+    kind: ClassVar[str] = "sweep"
+    progress: dict[str, Any]
+
+
+@dataclass
 class Finished(Message):
     kind: ClassVar[str] = "finished"
     exit_code: int
@@ -92,8 +102,8 @@ class Failed(Message):
     traceback: str | None = None  # a bug's traceback, shown after the dashboard closes
 
 
-KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Start, Command, Prepared, EngineStatus, Finished,
-                                                              Failed)}
+KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Start, Command, Prepared, EngineStatus, SweepProgress,
+                                                              Finished, Failed)}
 
 
 def from_line(line: str) -> Message:

@@ -349,3 +349,67 @@ class RecentPanel(Panel):
     def show(self, snap: LiveSnapshot) -> None:
         rows = max(1, (self.content_size.height or 8) - 1)
         self.update(recent_lines(snap, rows))
+
+
+def sweep_lines(progress: dict[str, Any] | None, width: int) -> Text:
+    """A sweep's levels against load: first the objectives and the capacity once known (the line a small panel
+    still shows), then one row per level: first chunk p50 (█) and p95 (▒) as a bar with the first-chunk
+    objectives as vertical lines (│), the numbers, the verdict and goodput; the capacity marked."""
+    text = Text()
+    if not progress:
+        text.append("waiting for the first level ...", style="dim")
+        return text
+    unit = "streams" if progress["kind"] == "concurrency" else "req/s"
+    levels = sorted(progress["levels"], key=lambda lv: lv["value"])
+    lines = progress.get("objective_lines") or []
+    text.append(" ".join(f"│ {ln['stat']} < {ln['ms']:g} ms" for ln in lines) or "no first-chunk objective",
+                style="red" if lines else "dim")
+    cap = progress.get("capacity")
+    if cap is not None:
+        low, high = cap["bracket"]
+        if cap["value"] is None:
+            text.append("   capacity: none met the objectives", style="bold red")
+        else:
+            text.append(f"   capacity {cap['value']:g} {unit} [{low:g}, {'-' if high is None else f'{high:g}'}]",
+                        style="bold green")
+        if progress.get("knee"):
+            text.append(f"   knee {progress['knee']['value']:g}")
+    elif progress.get("current") is not None:
+        text.append(f"   measuring {progress['current']:g} {unit}", style="yellow")
+    firsts = [lv["summary"]["metrics"]["first_chunk_latency_ms"] for lv in levels]
+    top = max([f.get("p95") or 0.0 for f in firsts] + [ln["ms"] for ln in lines] + [1.0]) * 1.05
+    goodputs = [(lv["summary"].get("goodput") or {}).get("requests_per_s") or 0.0 for lv in levels]
+    best = max(goodputs + [1e-9])
+    cells = max(10, width - 58)  # the rest of a row: load, numbers, verdict, goodput bar, capacity mark
+    capacity = (cap or {}).get("value")
+    text.append(f"\n{'load':>6}  {'first chunk: █ p50 ▒ p95':<{cells}} {'p50':>6} {'p95':>6}   goodput/s",
+                style="bold")
+    marks = {round(ln["ms"] / top * cells) for ln in lines}
+    for level, first, goodput in zip(levels, firsts, goodputs):
+        p50, p95 = first.get("p50") or 0.0, first.get("p95") or 0.0
+        n50, n95 = round(p50 / top * cells), round(p95 / top * cells)
+        text.append(f"\n{level['value']:>6g}  ")
+        for i in range(cells):
+            if i in marks:
+                text.append("│", style="bold red")
+            elif i < n50:
+                text.append("█", style="cyan")
+            elif i < n95:
+                text.append("▒", style="cyan")
+            else:
+                text.append(" ")
+        verdict = {True: ("✓", "green"), False: ("✗", "bold red"), None: (" ", "")}[level["slo_passed"]]
+        text.append(f" {fmt_ms(p50):>6} {fmt_ms(p95):>6} ")
+        text.append(verdict[0], style=verdict[1])
+        text.append(f" {goodput:>7.2f} ")
+        text.append(bar(goodput, best, 8), style="green")
+        if capacity is not None and level["value"] == capacity:
+            text.append("  ◀ capacity", style="bold green")
+    if progress.get("current") is not None:
+        text.append(f"\n{progress['current']:>6g}  measuring ...", style="yellow")
+    return text
+
+
+class SweepPanel(Panel):
+    def show(self, progress: dict[str, Any] | None) -> None:
+        self.update(sweep_lines(progress, self.width))

@@ -17,7 +17,17 @@ from cvload.live_window import LiveStats
 from cvload.metrics import end_time, wall_time
 from cvload.records import RequestRecord
 from cvload.results import read_json, read_records
-from cvload.tui.messages import Command, EngineStatus, Failed, Finished, Message, Prepared, Start
+from cvload.sweep import sweeping
+from cvload.tui.messages import (
+    Command,
+    EngineStatus,
+    Failed,
+    Finished,
+    Message,
+    Prepared,
+    Start,
+    SweepProgress,
+)
 from cvload.tui.objectives import LiveObjectives
 from cvload.tui.snapshots import summary_so_far
 from cvload.tui.source import Source, Status, target_label
@@ -54,6 +64,9 @@ class RunSource(Source):
         self._asked: float | None = None  # the concurrency or rate last asked for (keys faster than status)
         self._ended_at: float | None = None
         self._objectives = LiveObjectives(config)  # a misspelled metric fails here, before anything starts
+        self.sweeping = sweeping(config)  # a sweep: the sweep sets the load; ``sweep`` holds its progress
+        self.sweep: dict[str, Any] | None = None
+        self.sweep_result: dict[str, Any] | None = None  # sweep.json once the sweep is over
 
     @property
     def stderr(self) -> list[str]:
@@ -84,6 +97,11 @@ class RunSource(Source):
             if message.telemetry:
                 self.telemetry = LiveTelemetry(self.out_dir / "telemetry.jsonl")
             self.phase = "running"
+        elif isinstance(message, SweepProgress):
+            before = (self.sweep or {}).get("current")
+            self.sweep = message.progress
+            if message.progress.get("current") not in (None, before):
+                self.live.reset()  # the panels show the level measured now
         elif isinstance(message, Finished):
             self._exit_code = message.exit_code
             self._ended_at = time.monotonic()
@@ -98,6 +116,9 @@ class RunSource(Source):
         self._ended_at = self._ended_at or time.monotonic()
         if self.error is None and self.out_dir is not None and (self.out_dir / "summary.json").exists():
             self.summary = read_json(self.out_dir / "summary.json")
+            self.phase = "finished"
+        if self.error is None and self.out_dir is not None and (self.out_dir / "sweep.json").exists():
+            self.sweep_result = read_json(self.out_dir / "sweep.json")
             self.phase = "finished"
         self._finished.set()
 
@@ -153,6 +174,8 @@ class RunSource(Source):
         st = self._controllable_now()
         if st is None:
             return None
+        if self.sweeping:
+            return "the sweep sets the load: + and - do not apply"
         if self.config.closed_loop:
             n = max(1, int(self._asked or st.concurrency or 1) + direction)
             self._asked = n
@@ -204,7 +227,11 @@ class RunSource(Source):
         phase = self.phase
         if phase == "running":
             phase = "stopping" if st.stopping else "paused" if st.paused else "running"
-        load = f"concurrency {st.concurrency}" if self.config.closed_loop else f"rate {st.rate or 0:.3g} req/s"
+        load = f"concurrency {st.concurrency}" if st.rate is None else f"rate {st.rate or 0:.3g} req/s"
+        if self.sweeping and self.sweep is not None:
+            done, planned = len(self.sweep["levels"]), len(self.sweep["plan"])
+            load = f"sweep level {len(self.sweep['levels']) + 1 if self.sweep['current'] is not None else done}" \
+                   f" ({done} judged of {planned} planned), {load}"
         message = st.aborted
         if self.error is not None:
             message = str(self.error)
@@ -212,7 +239,7 @@ class RunSource(Source):
             message = f"results written to {self.out_dir}" + (f" ({message})" if message else "")
         elapsed = self._elapsed()
         remaining = None
-        if self.config.duration is not None and phase in ("running", "paused"):
+        if self.config.duration is not None and phase in ("running", "paused") and not self.sweeping:
             remaining = max(0.0, self.config.duration - elapsed)
         return Status(phase=phase, elapsed=elapsed, done=st.done, planned=st.planned, inflight=st.inflight,
                       load=load, remaining_s=remaining, message=message, objectives=self._verdicts(st))
