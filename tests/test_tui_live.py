@@ -36,10 +36,11 @@ def test_run_scope_equals_summary(records):
     for r in records:
         live.add(r)
     got = live.summary_like(summary["wall_s"])
-    # The fixture predates incomplete requests (cvload.records.ERR_INCOMPLETE): its run had none.
+    # The fixture predates the rejected and incomplete error kinds (cvload.records): its run had none of either.
     assert got["requests"] == {**summary["requests"], "incomplete": 0}
     assert got["error_rate"] == summary["error_rate"]
-    assert got["errors"] == {**summary["errors"], "incomplete": 0} and got["audio_flags"] == summary["audio_flags"]
+    assert got["errors"] == {**summary["errors"], "rejected": 0, "incomplete": 0}
+    assert got["audio_flags"] == summary["audio_flags"]
     assert got["throughput"] == pytest.approx(summary["throughput"], rel=1e-12)
     assert got["slower_than_realtime_share"] == summary["slower_than_realtime_share"]
     for metric in REQUEST_METRICS:
