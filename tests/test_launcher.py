@@ -159,30 +159,31 @@ def test_model_that_fails_to_load_quotes_the_log(tmp_path: Path, breakage: str, 
 def test_stub_that_hangs_hits_the_deadline(tmp_path: Path) -> None:
     repo = repository(tmp_path)
     break_initialize(repo, "time.sleep(3600)")
-    server = TritonServer(repo, workdir=tmp_path / "server", ready_timeout=3, stop_timeout=5)
+    server = TritonServer(repo, workdir=tmp_path / "server", ready_timeout=1.5, stop_timeout=5)
     started = time.monotonic()
     with pytest.raises(ServerError) as err:
         server.start()
     elapsed = time.monotonic() - started
-    assert 3 <= elapsed < 12
+    assert 1.5 <= elapsed < 10
     message = str(err.value)
-    assert "not ready after 3 s" in message
+    assert "not ready after 1.5 s" in message
     assert "loading: cosyvoice2" in message, "the log tail shows what was still loading"
     _assert_failed_start_cleaned(server)
     assert not [p for p in server._tmp_own if os.path.exists(p)], "its /tmp/python_env_* folder is removed"
 
 
-def test_restart_on_the_same_ports_right_after_a_stop(tmp_path: Path) -> None:
+def test_restart_on_the_same_ports_right_after_a_stop(start_emulator) -> None:  # noqa: ANN001
     """Ports left in TIME_WAIT by the stopped server are free for the next one (bootstrap down, then up)."""
     http, grpc, metrics = launcher.free_ports(3)
-    for round_ in range(2):
-        server = TritonServer(repository(tmp_path), workdir=tmp_path / f"s{round_}", http_port=http,
-                              grpc_port=grpc, metrics_port=metrics)
-        with server:
-            with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
-                assert resp.status == 200
-            with socket.create_connection(("127.0.0.1", metrics), timeout=5):
-                pass
+    for _ in range(2):
+        server = start_emulator([EmulatedModel("cosyvoice2", INSTANT, "streaming")], http_port=http,
+                                grpc_port=grpc, metrics_port=metrics).server
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
+            assert resp.status == 200
+        with socket.create_connection(("127.0.0.1", metrics), timeout=5):
+            pass
+        server.stop()
+        assert not server.alive()
 
 
 def test_server_that_dies_is_noticed_and_cleaned(tmp_path: Path) -> None:

@@ -364,7 +364,7 @@ class TritonServer:
             process.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)
         except process.WaitTimeout:
             raise ServerError(
-                f"tritonserver not ready after {self.ready_timeout:.0f} s (a model still loading usually means a "
+                f"tritonserver not ready after {self.ready_timeout:g} s (a model still loading usually means a "
                 f"Python-backend stub that cannot start); log {log}:\n{log_excerpt(log)}") from None
 
     def alive(self) -> bool:
