@@ -268,6 +268,7 @@ def test_doctor_on_unreachable_and_mismatched_servers(emulator, capsys: pytest.C
 
 def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
     """Triton opens no port until every model loaded: doctor reads the log of the live process instead."""
+    from cvload.address import Ports
     from cvload.triton.launcher import TritonServer
     from server_bootstrap import doctor
 
@@ -294,7 +295,8 @@ def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
         log = server.log_path
         process.wait_until(lambda: "loading: hang:1" in log.read_text(errors="replace"), 20,
                            what="the model to start loading")
-        ep = doctor.Endpoint("127.0.0.1", int(server.http_port), int(server.grpc_port), int(server.metrics_port),
+        ports = Ports(int(server.http_port), int(server.grpc_port), int(server.metrics_port))
+        ep = doctor.Endpoint("127.0.0.1", ports,
                              pid=server.process.pid, start_time=process.start_time(server.process.pid), log=log)
         findings = doctor.diagnose(ep, doctor.Expectations())
         http = next(f for f in findings if f.name == "http port")
