@@ -58,7 +58,8 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         assert server.shm_prefix and process.shm_regions(server.shm_prefix), "stubs talk through /dev/shm"
         workdir = server.workdir
         assert workdir is not None and (workdir / "tritonserver.log").is_file()
-        envs_during = process.python_envs() - envs_before
+        own_env = server._tmp_own
+        assert len(own_env) == 1 and own_env <= process.python_envs() - envs_before, "the backend's /tmp folder"
         assert set(server.endpoints()) == {"http", "grpc", "metrics", "log"}
         with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
             assert b"nv_inference_request_success" in resp.read()
@@ -69,7 +70,7 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not process.shm_regions(server.shm_prefix)
     assert server.clean_exit is True
     assert not workdir.exists(), "a clean stop removes the launcher's own workdir"
-    assert not any(os.path.exists(p) for p in envs_during)
+    assert not any(os.path.exists(p) for p in own_env)
     server.stop()  # a second stop is harmless
 
 
