@@ -416,9 +416,19 @@ class TritonServer:
             return
         self._stopped = True
         clean = self.clean_exit is None and proc.poll() is None  # False: failed start, or it died on its own
+        if clean:
+            self._restore_python_env()
         ended = process.end(proc, grace=self.stop_timeout, sigterm="leader")
         self.clean_exit = clean and not ended.forced and proc.returncode in (0, -signal.SIGTERM)
         self.cleanup()
+
+    def _restore_python_env(self) -> None:
+        """Put the backend's /tmp folder back if something removed it (a launcher that started a server beside
+        this one without the start lock, taking the folder for its own): the backend deletes it as the server
+        stops and aborts the server if it is gone."""
+        for path in self._tmp_own:
+            with contextlib.suppress(OSError):  # there still (the usual case)
+                os.mkdir(path, 0o700)
 
     def cleanup(self) -> None:
         """Remove the shared-memory regions and temp folders this server left behind."""
