@@ -29,6 +29,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,8 +66,38 @@ async def closed_loop(concurrency: int, requests: int, one: Callable[[str], Awai
     return done, time.process_time() - cpu0, time.monotonic() - wall0
 
 
-def target_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable[[], Awaitable[None]],
-                                      Callable[[], Awaitable[None]]]:
+One = Callable[[str], Awaitable[Timed]]  # one timed request, by id
+Hook = Callable[[], Awaitable[None]]
+Client = tuple[One, Hook, Hook]  # one request, start, close
+
+
+async def time_request(request_id: str, send: Callable[[Timed], Awaitable[None]]) -> Timed:
+    """Time one request from now to the end of ``send``, which sets ``first`` (and ``error`` for an error the
+    server answers with); an exception ends the request with that error."""
+    timed = Timed(request_id, time.monotonic())
+    try:
+        await send(timed)
+    except Exception as exc:  # noqa: BLE001
+        timed.error = repr(exc)
+    timed.end = time.monotonic()
+    return timed
+
+
+def grpc_inputs(grpcclient: Any, prompt: bool) -> list[Any]:
+    """The front model's input tensors for the benchmark sentence, with the 3 s prompt or without (spk cache)."""
+    tensors = [grpcclient.InferInput("target_text", [1, 1], "BYTES")]
+    tensors[0].set_data_from_numpy(np.array([[TEXT.encode()]], dtype=object))
+    if prompt:
+        tensors += [grpcclient.InferInput("reference_wav", [1, PROMPT.size], "FP32"),
+                    grpcclient.InferInput("reference_wav_len", [1, 1], "INT32"),
+                    grpcclient.InferInput("reference_text", [1, 1], "BYTES")]
+        tensors[1].set_data_from_numpy(PROMPT.reshape(1, -1))
+        tensors[2].set_data_from_numpy(np.array([[PROMPT.size]], dtype=np.int32))
+        tensors[3].set_data_from_numpy(np.array([[PROMPT_TEXT.encode()]], dtype=object))
+    return tensors
+
+
+def target_client(url: str) -> Client:
     from cvload.targets.base import SynthesisRequest
     from cvload.targets.triton_grpc import TritonGrpcStreaming
 
@@ -75,15 +106,13 @@ def target_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable
     async def one(request_id: str) -> Timed:
         request = (SynthesisRequest(request_id, TEXT, PROMPT_TEXT, PROMPT) if USE_PROMPT
                    else SynthesisRequest(request_id, TEXT))
-        timed = Timed(request_id, time.monotonic())
-        try:
+
+        async def send(timed: Timed) -> None:
             async for chunk in target.synthesize(request):
                 if timed.first is None:
                     timed.first = chunk.t
-        except Exception as exc:  # noqa: BLE001
-            timed.error = repr(exc)
-        timed.end = time.monotonic()
-        return timed
+
+        return await time_request(request_id, send)
 
     async def start() -> None:
         await target.open()
@@ -91,41 +120,26 @@ def target_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable
     return one, start, target.close
 
 
-def lean_client(url: str) -> tuple[Callable[[str], Awaitable[Timed]], Callable[[], Awaitable[None]],
-                                    Callable[[], Awaitable[None]]]:
+def lean_client(url: str) -> Client:
     import tritonclient.grpc.aio as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
 
-    def inputs() -> list[object]:
-        tensors = [grpcclient.InferInput("target_text", [1, 1], "BYTES"),
-                   grpcclient.InferInput("reference_wav", [1, PROMPT.size], "FP32"),
-                   grpcclient.InferInput("reference_wav_len", [1, 1], "INT32"),
-                   grpcclient.InferInput("reference_text", [1, 1], "BYTES")]
-        tensors[0].set_data_from_numpy(np.array([[TEXT.encode()]], dtype=object))
-        tensors[1].set_data_from_numpy(PROMPT.reshape(1, -1))
-        tensors[2].set_data_from_numpy(np.array([[PROMPT.size]], dtype=np.int32))
-        tensors[3].set_data_from_numpy(np.array([[PROMPT_TEXT.encode()]], dtype=object))
-        return tensors if USE_PROMPT else tensors[:1]
-
     async def one(request_id: str) -> Timed:
-        tensors = inputs()
+        tensors = grpc_inputs(grpcclient, USE_PROMPT)
 
         async def requests():  # type: ignore[no-untyped-def]
             yield {"model_name": "cosyvoice2", "inputs": tensors, "request_id": request_id}
 
-        timed = Timed(request_id, time.monotonic())
-        try:
+        async def send(timed: Timed) -> None:
             async for response, error in client.stream_infer(requests()):
                 now = time.monotonic()
                 if error is not None:
                     timed.error = str(error)
                 elif timed.first is None and response.get_response().raw_output_contents:
                     timed.first = now
-        except Exception as exc:  # noqa: BLE001
-            timed.error = repr(exc)
-        timed.end = time.monotonic()
-        return timed
+
+        return await time_request(request_id, send)
 
     async def start() -> None:
         await client.is_server_ready()

@@ -20,6 +20,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import soundfile
 
@@ -37,14 +38,11 @@ def write_manifest(folder: Path) -> Path:
     return manifest
 
 
-async def run_cvload(url: str, manifest: Path, out: Path, concurrency: int, requests: int) -> tuple[list[Timed], float]:
-    """One `cvload run` (no console view, no telemetry scrape): the records as Timed, and the client CPU seconds
-    spent while the engine ran. Prints the run's own concurrency figures (steady window, after the ramp)."""
-    from cvload.config import RunConfig
+async def run_session(config: Any) -> tuple[Any, dict[str, Any], float]:
+    """One `cvload run` without a view: the session (its engine holds the records), the summary, and the client
+    CPU seconds spent while the engine ran."""
     from cvload.session import Session
 
-    config = RunConfig(server=[url], num_tasks=concurrency, requests=requests, ramp=RAMP_S, inputs=str(manifest),
-                       out=str(out), metrics_url="none", gpu_source="none")
     session = Session(config)
     try:
         await session.prepare()
@@ -52,15 +50,30 @@ async def run_cvload(url: str, manifest: Path, out: Path, concurrency: int, requ
         await session.execute()
         cpu = time.process_time() - cpu0
         summary = await session.finish()
-        conc = summary["concurrency"]
-        print(f"  cvload summary concurrency: requested {conc['requested']:g}, achieved_mean "
-              f"{conc['achieved_mean']:.2f}, achieved_max {conc['achieved_max']}")
     finally:
         await session.close()
+    return session, summary, cpu
+
+
+def timed_records(session: Any) -> list[Timed]:
+    """A finished session's records as the reference client's Timed."""
     assert session.engine is not None
-    timed = [Timed(r.request_id, r.sent, r.sent + r.chunk_offsets[0] if r.chunk_offsets else None,
-                   r.sent + (r.end_offset or 0.0), r.error) for r in session.engine.records]
-    return timed, cpu
+    return [Timed(r.request_id, r.sent, r.sent + r.chunk_offsets[0] if r.chunk_offsets else None,
+                  r.sent + (r.end_offset or 0.0), r.error) for r in session.engine.records]
+
+
+async def run_cvload(url: str, manifest: Path, out: Path, concurrency: int, requests: int) -> tuple[list[Timed], float]:
+    """One `cvload run` (no console view, no telemetry scrape): the records as Timed, and the client CPU seconds
+    spent while the engine ran. Prints the run's own concurrency figures (steady window, after the ramp)."""
+    from cvload.config import RunConfig
+
+    config = RunConfig(server=[url], num_tasks=concurrency, requests=requests, ramp=RAMP_S, inputs=str(manifest),
+                       out=str(out), metrics_url="none", gpu_source="none")
+    session, summary, cpu = await run_session(config)
+    conc = summary["concurrency"]
+    print(f"  cvload summary concurrency: requested {conc['requested']:g}, achieved_mean "
+          f"{conc['achieved_mean']:.2f}, achieved_max {conc['achieved_max']}")
+    return timed_records(session), cpu
 
 
 async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int], rounds: int, seconds: float,

@@ -27,7 +27,6 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,8 +34,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import grpc_target_overhead as harness
-from benchmarks.grpc_target_overhead import Timed, closed_loop
-from benchmarks.run_overhead import write_manifest
+from benchmarks.grpc_target_overhead import Client, Timed, closed_loop, time_request
+from benchmarks.run_overhead import run_session, timed_records, write_manifest
 
 STREAMING_MODEL, OFFLINE_MODEL = "cosyvoice2", "cosyvoice2_offline"
 RAMP_S = 0.3
@@ -62,39 +61,20 @@ TARGETS = {t.name: t for t in (
     TargetSpec("http-streaming-spk", "http", "streaming", False),
 )}
 
-One = Callable[[str], Awaitable[Timed]]
-
-
 # ---- reference clients: nothing but timestamps -------------------------------------------------------------
-def grpc_offline_reference(url: str, spec: TargetSpec) -> tuple[One, Callable[[], Awaitable[None]],
-                                                                 Callable[[], Awaitable[None]]]:
+def grpc_offline_reference(url: str, spec: TargetSpec) -> Client:
     import tritonclient.grpc.aio as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
 
-    def tensors() -> list[Any]:
-        out = [grpcclient.InferInput("target_text", [1, 1], "BYTES")]
-        out[0].set_data_from_numpy(np.array([[harness.TEXT.encode()]], dtype=object))
-        if spec.prompt:
-            wav = grpcclient.InferInput("reference_wav", [1, harness.PROMPT.size], "FP32")
-            wav.set_data_from_numpy(harness.PROMPT.reshape(1, -1))
-            length = grpcclient.InferInput("reference_wav_len", [1, 1], "INT32")
-            length.set_data_from_numpy(np.array([[harness.PROMPT.size]], dtype=np.int32))
-            text = grpcclient.InferInput("reference_text", [1, 1], "BYTES")
-            text.set_data_from_numpy(np.array([[harness.PROMPT_TEXT.encode()]], dtype=object))
-            out += [wav, length, text]
-        return out
-
     async def one(request_id: str) -> Timed:
-        inputs = tensors()
-        timed = Timed(request_id, time.monotonic())
-        try:
+        inputs = harness.grpc_inputs(grpcclient, spec.prompt)
+
+        async def send(timed: Timed) -> None:
             await client.infer(spec.model, inputs, request_id=request_id)
             timed.first = time.monotonic()
-        except Exception as exc:  # noqa: BLE001
-            timed.error = repr(exc)
-        timed.end = time.monotonic()
-        return timed
+
+        return await time_request(request_id, send)
 
     async def start() -> None:
         await client.is_server_ready()
@@ -102,8 +82,7 @@ def grpc_offline_reference(url: str, spec: TargetSpec) -> tuple[One, Callable[[]
     return one, start, client.close
 
 
-def http_reference(url: str, spec: TargetSpec) -> tuple[One, Callable[[], Awaitable[None]],
-                                                         Callable[[], Awaitable[None]]]:
+def http_reference(url: str, spec: TargetSpec) -> Client:
     import aiohttp
 
     from cvload.targets.base import SynthesisRequest
@@ -127,8 +106,8 @@ def http_reference(url: str, spec: TargetSpec) -> tuple[One, Callable[[], Awaita
     async def one(request_id: str) -> Timed:
         data, headers = body(request_id)
         session = state["session"]
-        timed = Timed(request_id, time.monotonic())
-        try:
+
+        async def send(timed: Timed) -> None:
             async with session.post(path, data=data, headers=headers) as resp:
                 if spec.mode == "offline":
                     await resp.read()
@@ -147,10 +126,8 @@ def http_reference(url: str, spec: TargetSpec) -> tuple[One, Callable[[], Awaita
                                 buffer = bytearray()
                 if resp.status != 200:
                     timed.error = f"HTTP {resp.status}"
-        except Exception as exc:  # noqa: BLE001
-            timed.error = repr(exc)
-        timed.end = time.monotonic()
-        return timed
+
+        return await time_request(request_id, send)
 
     async def start() -> None:
         state["session"] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
@@ -162,8 +139,7 @@ def http_reference(url: str, spec: TargetSpec) -> tuple[One, Callable[[], Awaita
     return one, start, close
 
 
-def reference_client(spec: TargetSpec, grpc_url: str, http_url: str) -> tuple[One, Callable[[], Awaitable[None]],
-                                                                              Callable[[], Awaitable[None]]]:
+def reference_client(spec: TargetSpec, grpc_url: str, http_url: str) -> Client:
     if spec.protocol == "grpc" and spec.mode == "streaming":
         harness.USE_PROMPT = spec.prompt
         return harness.lean_client(grpc_url)
@@ -176,22 +152,12 @@ def reference_client(spec: TargetSpec, grpc_url: str, http_url: str) -> tuple[On
 async def run_cvload(spec: TargetSpec, url: str, manifest: Path, out: Path, streams: int,
                      requests: int) -> tuple[list[Timed], dict[str, Any]]:
     from cvload.config import RunConfig
-    from cvload.session import Session
 
     config = RunConfig(server=[url], protocol=spec.protocol, mode=spec.mode, model=spec.model,
                        spk_cache=not spec.prompt, num_tasks=streams, requests=requests, ramp=RAMP_S,
                        inputs=str(manifest), out=str(out), metrics_url="none", gpu_source="none")
-    session = Session(config)
-    try:
-        await session.prepare()
-        await session.execute()
-        summary = await session.finish()
-    finally:
-        await session.close()
-    assert session.engine is not None
-    timed = [Timed(r.request_id, r.sent, r.sent + r.chunk_offsets[0] if r.chunk_offsets else None,
-                   r.sent + (r.end_offset or 0.0), r.error) for r in session.engine.records]
-    return timed, summary["client"]
+    session, summary, _cpu = await run_session(config)
+    return timed_records(session), summary["client"]
 
 
 # ---- figures -----------------------------------------------------------------------------------------------

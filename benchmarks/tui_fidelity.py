@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.run_overhead import run_session
+
 SIZE = (200, 56)  # a large terminal: the most drawing per frame
 
 
@@ -47,15 +49,7 @@ def _config(address: str, out: str, streams: int, requests: int, inputs: str | N
 
 
 async def _headless(cfg) -> dict:  # noqa: ANN001
-    from cvload.session import Session
-
-    session = Session(cfg)
-    try:
-        await session.prepare()
-        await session.execute()
-        summary = await session.finish()
-    finally:
-        await session.close()
+    _session, summary, _cpu = await run_session(cfg)
     return {"summary": summary}
 
 

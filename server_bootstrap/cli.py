@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cvload.address import hostport
+from cvload.address import Ports, hostport
 from cvload.cli import Parser, dispatch
 from cvload.errors import EXIT_RUNTIME, UsageError
 from server_bootstrap.config import TARGETS, DeploymentConfig, config_from_dict, load_config, parse_gpus
@@ -36,33 +36,33 @@ def _common(p: argparse.ArgumentParser, *, deploy: bool = True) -> None:
                        help="serve (and build) in NVIDIA's Triton TRT-LLM image through docker compose")
 
 
+def _action(sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str,
+            *, deploy: bool = True) -> argparse.ArgumentParser:
+    """One subcommand with the options every action takes (those of a deployment too, with ``deploy``)."""
+    p = sub.add_parser(name, help=help)
+    _common(p, deploy=deploy)
+    p.set_defaults(func=func)
+    return p
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the bootstrap subcommands to ``parser`` (``cvload bootstrap`` or ``python -m server_bootstrap``)."""
     sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
     sub.required = True
-    p = sub.add_parser("plan", help="print every stage, its exact commands and whether it is done; runs nothing")
-    _common(p)
-    p.set_defaults(func=cmd_plan)
-    p = sub.add_parser("up", help="run the stages that are not done; leaves the server(s) running")
-    _common(p)
+    _action(sub, "plan", cmd_plan, "print every stage, its exact commands and whether it is done; runs nothing")
+    p = _action(sub, "up", cmd_up, "run the stages that are not done; leaves the server(s) running")
     p.add_argument("--progress-every", type=float, default=10.0, metavar="S",
                    help="seconds between progress lines of long stages (default 10)")
-    p.set_defaults(func=cmd_up)
-    p = sub.add_parser("status", help="stages done, servers running and their endpoints (exit 1 if not ready)")
-    _common(p, deploy=False)
-    p.set_defaults(func=cmd_status)
-    p = sub.add_parser("logs", help="show a stage's or a server's log")
-    _common(p, deploy=False)
+    _action(sub, "status", cmd_status, "stages done, servers running and their endpoints (exit 1 if not ready)",
+            deploy=False)
+    p = _action(sub, "logs", cmd_logs, "show a stage's or a server's log", deploy=False)
     p.add_argument("what", nargs="?", default=None, help="a stage name, 'server' (all servers) or serverN; "
                    "default: list the logs and tail the servers'")
     p.add_argument("-n", "--lines", type=int, default=40, help="lines from the end (default 40)")
     p.add_argument("--path", action="store_true", help="print the log paths only")
-    p.set_defaults(func=cmd_logs)
-    p = sub.add_parser("down", help="stop the server(s); built artifacts stay")
-    _common(p, deploy=False)
-    p.set_defaults(func=cmd_down)
-    p = sub.add_parser("doctor", help="diagnose a running deployment: ports, health, models, mode, GPU memory")
-    _common(p, deploy=False)
+    _action(sub, "down", cmd_down, "stop the server(s); built artifacts stay", deploy=False)
+    p = _action(sub, "doctor", cmd_doctor, "diagnose a running deployment: ports, health, models, mode, GPU memory",
+                deploy=False)
     p.add_argument("--server", default=None, metavar="HOST[:HTTP_PORT]",
                    help="diagnose this server instead of the recorded deployment (gRPC and metrics on the next "
                         "two ports unless given)")
@@ -71,7 +71,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("streaming", "offline"), default=None,
                    help="how clients will call the front model (default: the deployment's mode, else streaming)")
     p.add_argument("--model", default=None, help="front model name (default: the deployment's, else cosyvoice2)")
-    p.set_defaults(func=cmd_doctor)
 
 
 # ---- resolving config, workdir and state ---------------------------------------------------------------------
@@ -214,18 +213,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         expect.model = args.model
     if args.server:
         ep = doctor.parse_server(args.server)
-        ep.grpc_port = args.grpc_port or ep.grpc_port
-        ep.metrics_port = args.metrics_port or ep.metrics_port
+        ep.ports = Ports(ep.ports.http, args.grpc_port or ep.ports.grpc, args.metrics_port or ep.ports.metrics)
         if config is None or args.config is None:
             expect.target = None  # an arbitrary server: no deployment to compare against
-        endpoints = [(f"server {hostport(ep.host, ep.http_port)}", ep)]
+        endpoints = [(f"server {hostport(ep.host, ep.ports.http)}", ep)]
     else:
         assert state is not None
         if not state.servers:
             raise UsageError("no server recorded in this deployment (it is down)",
                              hint="cvload bootstrap up, or pass --server HOST[:HTTP_PORT]")
         endpoints = [(f"server {r.index} ({r.http})", doctor.Endpoint(
-            r.client_host, r.http_port, r.grpc_port, r.metrics_port, pid=r.pid, start_time=r.start_time,
+            r.client_host, Ports(r.http_port, r.grpc_port, r.metrics_port), pid=r.pid, start_time=r.start_time,
             log=Path(r.log))) for r in state.servers]
     failed = 0
     for title, ep in endpoints:

@@ -27,17 +27,17 @@ GIB = 1 << 30
 
 @dataclass
 class Endpoint:
+    """A server to diagnose: where it listens, and its process and log when the bootstrap started it."""
+
     host: str
-    http_port: int
-    grpc_port: int
-    metrics_port: int
+    ports: address.Ports
     pid: int | None = None
     start_time: int | None = None
     log: Path | None = None
 
     @property
     def http(self) -> str:
-        return f"http://{address.hostport(self.host, self.http_port)}"
+        return f"http://{address.hostport(self.host, self.ports.http)}"
 
 
 @dataclass
@@ -64,8 +64,7 @@ def parse_server(text: str) -> Endpoint:
     where = address.parse(text, default_port=address.TRITON_PORTS.http, expected="HOST or HOST:HTTP_PORT",
                           hint=f"e.g. localhost:{address.TRITON_PORTS.http} (gRPC and metrics are the next two "
                                "ports unless --grpc-port / --metrics-port say otherwise)")
-    ports = address.Ports.beside(where.port, "http")
-    return Endpoint(where.host, ports.http, ports.grpc, ports.metrics)
+    return Endpoint(where.host, address.Ports.beside(where.port, "http"))
 
 
 def _http(method: str, url: str, body: bytes | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -120,7 +119,7 @@ def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
     findings: list[Finding] = []
     add = findings.append
     base = ep.http
-    ports = {"http": ep.http_port, "grpc": ep.grpc_port, "metrics": ep.metrics_port}
+    ports = {"http": ep.ports.http, "grpc": ep.ports.grpc, "metrics": ep.ports.metrics}
     reach = {kind: accepts(ep.host, port) for kind, port in ports.items()}
     proc_alive = process.alive(ep.pid, ep.start_time) if ep.pid else None
     for kind, port in ports.items():
@@ -166,7 +165,7 @@ def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
     _models(findings, base, expect)
     _front_model(findings, base, expect)
     if reach["metrics"]:
-        _gpu(findings, address.metrics_url(ep.host, ep.metrics_port), expect)
+        _gpu(findings, address.metrics_url(ep.host, ep.ports.metrics), expect)
     return findings
 
 

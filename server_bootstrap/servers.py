@@ -36,10 +36,9 @@ class DetachedServer(TritonServer):
         env.update(self.env)
         return env
 
-    def wait_ready(self) -> None:
+    def spawned(self) -> None:
         if self.on_spawn is not None:
             self.on_spawn(self)
-        super().wait_ready()
 
 
 def server_env(config: DeploymentConfig, layout: Layout, gpus: list[int]) -> dict[str, str]:

@@ -108,6 +108,11 @@ class Stage:
         sizes = "".join(f", {p.name} {process.human_size(process.tree_size(p))}" for p in watch)
         log.say(f"  finished in {process.human_duration(elapsed)}{sizes}")
 
+    def check_outputs(self, problem: str, hint: str) -> None:
+        """After the stage's commands succeeded: fail saying ``problem`` if its outputs are still not there."""
+        if not self.done():
+            raise CvloadError(problem, hint=hint)
+
 
 # ---- 1. preflight --------------------------------------------------------------------------------------------
 class Preflight(Stage):
@@ -196,9 +201,8 @@ class Source(Stage):
             self.run_command(clone, log, watch=(src,))
         self.run_command(checkout, log, hint=f"is {commit[:12]} a commit of {self.config.source.repo}?")
         self.run_command(submodules, log, watch=(src,))
-        if not self.done():
-            raise CvloadError(f"{src} is not at {commit[:12]} with runtime/triton_trtllm/model_repo after checkout",
-                              hint=f"remove {src} and run up again")
+        self.check_outputs(f"{src} is not at {commit[:12]} with runtime/triton_trtllm/model_repo after checkout",
+                           hint=f"remove {src} and run up again")
         return f"{src} at {commit[:12]}"
 
 
@@ -322,9 +326,8 @@ class Build(Stage):
         self.run_command(convert, log, watch=(self.layout.weights_dir,))
         self.run_command(build, log, watch=(self.layout.engine_dir,),
                          hint="an engine needs the GPU it runs on: build where you serve")
-        if not self.done():
-            raise CvloadError(f"trtllm-build finished but {self.layout.engine_dir} has no rank*.engine",
-                              hint=f"read {self.log_path}")
+        self.check_outputs(f"trtllm-build finished but {self.layout.engine_dir} has no rank*.engine",
+                           hint=f"read {self.log_path}")
         return f"{self.layout.engine_dir} {process.human_size(process.tree_size(self.layout.engine_dir))}"
 
 

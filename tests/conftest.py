@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -18,16 +18,15 @@ from cvload.triton.launcher import TritonServer, accepts, free_ports
 
 @dataclass
 class Emulator:
+    """A started server, its gRPC and HTTP addresses, and the folder its repository and traces are in."""
+
     server: TritonServer
     root: Path
+    grpc: str = field(init=False)
+    http: str = field(init=False)
 
-    @property
-    def grpc(self) -> str:
-        return self.server.grpc_url
-
-    @property
-    def http(self) -> str:
-        return self.server.http_url
+    def __post_init__(self) -> None:
+        self.grpc, self.http = self.server.grpc_url, self.server.http_url
 
     def trace(self, model: str = "cosyvoice2") -> Path:
         return self.root / f"{model}.trace.jsonl"

@@ -23,8 +23,24 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def cli(*args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
     """A separate invocation, as a user would type it."""
-    return subprocess.run([sys.executable, "-m", "server_bootstrap", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=timeout)
+    return clis(args, timeout=timeout)[0]
+
+
+def clis(*invocations: tuple[str, ...], timeout: float = 90) -> list[subprocess.CompletedProcess[str]]:
+    """Separate invocations run side by side (several only where they just read the deployment), in order."""
+    procs = [subprocess.Popen([sys.executable, "-m", "server_bootstrap", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for args in invocations]
+    done = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            done.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return done
 
 
 def state(workdir: Path) -> dict:
@@ -60,21 +76,19 @@ def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: 
     grpc = f"127.0.0.1:{rec['grpc_port']}"
     assert f"endpoints: {grpc}" in up.stdout and f"try: cvload run --server {grpc} --mode streaming" in up.stdout
 
-    status = cli("status", "--workdir", str(workdir))
+    where = ("--workdir", str(workdir))
+    status, logs, smoke_log, paths, bad, doctor = clis(
+        ("status", *where), ("logs", "server", *where, "-n", "200"), ("logs", "smoke", *where),
+        ("logs", "--path", *where), ("logs", "nope", *where), ("doctor", *where))
     assert status.returncode == 0, status.stderr
     assert f"server 0: ready (pid {rec['pid']}) grpc {grpc}" in status.stdout
     assert "repo      done" in status.stdout and "launch    done" in status.stdout
 
-    logs = cli("logs", "server", "--workdir", str(workdir), "-n", "200")
     assert logs.returncode == 0 and f"Started GRPCInferenceService at {grpc}" in logs.stdout
-    smoke_log = cli("logs", "smoke", "--workdir", str(workdir))
     assert "first chunk" in smoke_log.stdout
-    paths = cli("logs", "--path", "--workdir", str(workdir)).stdout.split()
-    assert str(workdir / "logs" / "server0.log") in paths
-    bad = cli("logs", "nope", "--workdir", str(workdir))
+    assert str(workdir / "logs" / "server0.log") in paths.stdout.split()
     assert bad.returncode == 2 and "available:" in bad.stderr and "preflight" in bad.stderr
 
-    doctor = cli("doctor", "--workdir", str(workdir))
     assert doctor.returncode == 0, doctor.stdout
     assert "HTTP /infer answers 501" in doctor.stdout and "all checks passed" in doctor.stdout
 
@@ -153,12 +167,12 @@ def test_two_offline_servers_and_a_changed_knob(tmp_path: Path, workdir: Path,
     second = state(workdir)["servers"]
     assert all(not process.alive(r["pid"], r["start_time"]) for r in first)
     assert all(process.alive(r["pid"], r["start_time"]) for r in second)
-    doctor = cli("doctor", "--workdir", str(workdir))
+    # the same servers also diagnosed for streaming clients: the mismatch and its fix
+    doctor, wrong = clis(("doctor", "--workdir", str(workdir)), ("doctor", "--workdir", str(workdir), "--mode",
+                                                                  "streaming"))
     assert doctor.returncode == 0, doctor.stdout
     assert doctor.stdout.count("cosyvoice2: 2 instance(s)") == 2
     assert "HTTP /infer accepts requests" in doctor.stdout
-    # the same servers, diagnosed for streaming clients: the mismatch and its fix
-    wrong = cli("doctor", "--workdir", str(workdir), "--mode", "streaming")
     assert wrong.returncode == 1
     assert "is not decoupled (offline only) but clients will call it streaming" in wrong.stdout
     assert "fix:   redeploy with mode = \"streaming\"" in wrong.stdout
@@ -265,6 +279,7 @@ def test_doctor_on_unreachable_and_mismatched_servers(emulator, capsys: pytest.C
 
 def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
     """Triton opens no port until every model loaded: doctor reads the log of the live process instead."""
+    from cvload.address import Ports
     from cvload.triton.launcher import TritonServer
     from server_bootstrap import doctor
 
@@ -291,7 +306,8 @@ def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
         log = server.log_path
         process.wait_until(lambda: "loading: hang:1" in log.read_text(errors="replace"), 20,
                            what="the model to start loading")
-        ep = doctor.Endpoint("127.0.0.1", int(server.http_port), int(server.grpc_port), int(server.metrics_port),
+        ports = Ports(int(server.http_port), int(server.grpc_port), int(server.metrics_port))
+        ep = doctor.Endpoint("127.0.0.1", ports,
                              pid=server.process.pid, start_time=process.start_time(server.process.pid), log=log)
         findings = doctor.diagnose(ep, doctor.Expectations())
         http = next(f for f in findings if f.name == "http port")

@@ -58,7 +58,8 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         assert server.shm_prefix and process.shm_regions(server.shm_prefix), "stubs talk through /dev/shm"
         workdir = server.workdir
         assert workdir is not None and (workdir / "tritonserver.log").is_file()
-        envs_during = process.python_envs() - envs_before
+        own_env = server._tmp_own
+        assert len(own_env) == 1 and own_env <= process.python_envs() - envs_before, "the backend's /tmp folder"
         assert set(server.endpoints()) == {"http", "grpc", "metrics", "log"}
         with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
             assert b"nv_inference_request_success" in resp.read()
@@ -69,15 +70,20 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
     assert not process.shm_regions(server.shm_prefix)
     assert server.clean_exit is True
     assert not workdir.exists(), "a clean stop removes the launcher's own workdir"
-    assert not any(os.path.exists(p) for p in envs_during)
+    assert not any(os.path.exists(p) for p in own_env)
     server.stop()  # a second stop is harmless
 
 
 def test_given_workdir_is_kept_after_a_clean_stop(tmp_path: Path) -> None:
+    """Also when something removed the backend's /tmp folder meanwhile (a launcher that started a server beside
+    this one and took it for its own): it is put back, else the backend aborts as it deletes it on the way out."""
     workdir = tmp_path / "server"
     with TritonServer(repository(tmp_path), workdir=workdir) as server:
         assert server.log_path == workdir / "tritonserver.log"
-    assert server.clean_exit is True
+        (own_env,) = server._tmp_own
+        os.rmdir(own_env)
+    assert server.clean_exit is True, (workdir / "tritonserver.log").read_text()[-2000:]
+    assert not os.path.exists(own_env)
     assert (workdir / "tritonserver.log").read_text().strip(), "the caller's folder and log stay"
 
 
@@ -159,30 +165,31 @@ def test_model_that_fails_to_load_quotes_the_log(tmp_path: Path, breakage: str, 
 def test_stub_that_hangs_hits_the_deadline(tmp_path: Path) -> None:
     repo = repository(tmp_path)
     break_initialize(repo, "time.sleep(3600)")
-    server = TritonServer(repo, workdir=tmp_path / "server", ready_timeout=3, stop_timeout=5)
+    server = TritonServer(repo, workdir=tmp_path / "server", ready_timeout=1.5, stop_timeout=5)
     started = time.monotonic()
     with pytest.raises(ServerError) as err:
         server.start()
     elapsed = time.monotonic() - started
-    assert 3 <= elapsed < 12
+    assert 1.5 <= elapsed < 10
     message = str(err.value)
-    assert "not ready after 3 s" in message
+    assert "not ready after 1.5 s" in message
     assert "loading: cosyvoice2" in message, "the log tail shows what was still loading"
     _assert_failed_start_cleaned(server)
     assert not [p for p in server._tmp_own if os.path.exists(p)], "its /tmp/python_env_* folder is removed"
 
 
-def test_restart_on_the_same_ports_right_after_a_stop(tmp_path: Path) -> None:
+def test_restart_on_the_same_ports_right_after_a_stop(start_emulator) -> None:  # noqa: ANN001
     """Ports left in TIME_WAIT by the stopped server are free for the next one (bootstrap down, then up)."""
     http, grpc, metrics = launcher.free_ports(3)
-    for round_ in range(2):
-        server = TritonServer(repository(tmp_path), workdir=tmp_path / f"s{round_}", http_port=http,
-                              grpc_port=grpc, metrics_port=metrics)
-        with server:
-            with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
-                assert resp.status == 200
-            with socket.create_connection(("127.0.0.1", metrics), timeout=5):
-                pass
+    for _ in range(2):
+        server = start_emulator([EmulatedModel("cosyvoice2", INSTANT, "streaming")], http_port=http,
+                                grpc_port=grpc, metrics_port=metrics).server
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
+            assert resp.status == 200
+        with socket.create_connection(("127.0.0.1", metrics), timeout=5):
+            pass
+        server.stop()
+        assert not server.alive()
 
 
 def test_server_that_dies_is_noticed_and_cleaned(tmp_path: Path) -> None:

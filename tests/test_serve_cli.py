@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-import pytest
 import tritonclient.grpc as grpcclient
 
 from cvload import process
@@ -97,32 +96,52 @@ def stream_request(grpc_url: str, text: str) -> int:
         client.close()
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_serve_prints_endpoints_serves_and_stops_cleanly(sig: signal.Signals) -> None:
-    serve = Serve("--profile", "instant")
+def test_serve_prints_endpoints_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    """Three ``cvload serve`` side by side, stopped at once (a clean stop takes seconds while Triton unloads the
+    model, an offline model's instances one after another): streaming in a temporary folder, stopped with Ctrl-C
+    (SIGINT) and with SIGTERM, and offline in a given folder, which stays."""
+    workdir = tmp_path / "w"
+    streaming = {sig: Serve("--profile", "instant") for sig in (signal.SIGINT, signal.SIGTERM)}
+    offline = Serve("--mode", "offline", "--profile", "instant", "--workdir", str(workdir))
+    serves = [*streaming.values(), offline]
     try:
-        serve.wait_for(r"cvload emulator ready: model cosyvoice2 \(streaming, profile instant\)")
-        grpc_url = serve.wait_for(r"^\s+grpc\s+(\S+)").group(1)
-        http_url = serve.wait_for(r"^\s+http\s+(\S+)").group(1)
-        serve.wait_for(r"^\s+metrics\s+(\S+)")
-        log_path = Path(serve.wait_for(r"^\s+log\s+(\S+)").group(1))
-        assert http_url.startswith("http://127.0.0.1:") and grpc_url.startswith("127.0.0.1:")
-        assert log_path.is_file()
-        workdir = log_path.parent.parent  # <temp root>/server/tritonserver.log, the model repository beside it
-        assert workdir.name.startswith("cvload-serve-")
-        servers = [p.pid for p in psutil.Process(serve.proc.pid).children() if "tritonserver" in p.name()]
-        assert len(servers) == 1
-        server_pid = servers[0]
-        assert len(process.group_members(server_pid)) >= 2, "the server and its stub"
-
-        assert stream_request(grpc_url, "Hello from the command line, once more.") > 0
-
-        serve.proc.send_signal(sig)
-        output = serve.finish()
+        started = {sig: serving(serve) for sig, serve in streaming.items()}
+        serving_offline(offline)
+        for sig, serve in streaming.items():
+            serve.proc.send_signal(sig)
+        offline.proc.send_signal(signal.SIGTERM)
+        outputs = [serve.finish() for serve in serves]
     finally:
-        if serve.proc.poll() is None:
-            serve.proc.kill()
-    assert serve.proc.returncode == 0, output
+        for serve in serves:
+            if serve.proc.poll() is None:
+                serve.proc.kill()
+    for (sig, serve), output in zip(streaming.items(), outputs):
+        assert_stopped_cleanly(sig.name, serve, output, *started[sig])
+    assert offline.proc.returncode == 0, outputs[-1]
+    assert (workdir / "model_repository" / "cosyvoice2" / "config.pbtxt").is_file()
+    assert (workdir / "server" / "tritonserver.log").is_file()
+
+
+def serving(serve: Serve) -> tuple[int, Path]:
+    """Read the endpoints ``serve`` prints, send one request; returns its server's pid and temporary folder."""
+    serve.wait_for(r"cvload emulator ready: model cosyvoice2 \(streaming, profile instant\)")
+    grpc_url = serve.wait_for(r"^\s+grpc\s+(\S+)").group(1)
+    http_url = serve.wait_for(r"^\s+http\s+(\S+)").group(1)
+    serve.wait_for(r"^\s+metrics\s+(\S+)")
+    log_path = Path(serve.wait_for(r"^\s+log\s+(\S+)").group(1))
+    assert http_url.startswith("http://127.0.0.1:") and grpc_url.startswith("127.0.0.1:")
+    assert log_path.is_file()
+    workdir = log_path.parent.parent  # <temp root>/server/tritonserver.log, the model repository beside it
+    assert workdir.name.startswith("cvload-serve-")
+    servers = [p.pid for p in psutil.Process(serve.proc.pid).children() if "tritonserver" in p.name()]
+    assert len(servers) == 1
+    assert len(process.group_members(servers[0])) >= 2, "the server and its stub"
+    assert stream_request(grpc_url, "Hello from the command line, once more.") > 0
+    return servers[0], workdir
+
+
+def assert_stopped_cleanly(how: str, serve: Serve, output: str, server_pid: int, workdir: Path) -> None:
+    assert serve.proc.returncode == 0, f"after {how}:\n{output}"
     assert "stopping tritonserver" in output and output.rstrip().endswith("stopped")
     for name in ("grpc", "http", "metrics", "log"):
         assert len(re.findall(rf"^\s+{name}\s", output, re.M)) == 1, f"{name} printed once"
@@ -142,22 +161,13 @@ def test_serve_on_a_busy_port_fails_naming_it(tmp_path: Path) -> None:
     assert f"port {port}" in output and "already in use" in output
 
 
-def test_serve_offline_mode_with_given_workdir_keeps_it(tmp_path: Path) -> None:
-    workdir = tmp_path / "w"
-    serve = Serve("--mode", "offline", "--profile", "instant", "--workdir", str(workdir))
-    try:
-        serve.wait_for(r"\(offline, profile instant\)")
-        grpc_url = serve.wait_for(r"^\s+grpc\s+(\S+)").group(1)
-        serve.wait_for(r"^try:")
-        client = grpcclient.InferenceServerClient(grpc_url)
-        tensor = grpcclient.InferInput("target_text", [1, 1], "BYTES")
-        tensor.set_data_from_numpy(np.array([[b"Offline please."]], dtype=object))
-        assert client.infer("cosyvoice2", [tensor]).as_numpy("waveform").size > 0
-        serve.proc.send_signal(signal.SIGTERM)
-        output = serve.finish()
-    finally:
-        if serve.proc.poll() is None:
-            serve.proc.kill()
-    assert serve.proc.returncode == 0, output
-    assert (workdir / "model_repository" / "cosyvoice2" / "config.pbtxt").is_file()
-    assert (workdir / "server" / "tritonserver.log").is_file()
+def serving_offline(serve: Serve) -> None:
+    """Wait for an offline ``serve`` to be ready and send it one request."""
+    serve.wait_for(r"\(offline, profile instant\)")
+    grpc_url = serve.wait_for(r"^\s+grpc\s+(\S+)").group(1)
+    serve.wait_for(r"^try:")
+    client = grpcclient.InferenceServerClient(grpc_url)
+    tensor = grpcclient.InferInput("target_text", [1, 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[b"Offline please."]], dtype=object))
+    assert client.infer("cosyvoice2", [tensor]).as_numpy("waveform").size > 0
+    client.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fcntl
 import importlib.util
 import itertools
 import os
@@ -25,6 +26,7 @@ import tempfile
 import threading
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -98,6 +100,25 @@ def _prepare_bundle_backends(install: TritonInstall, workdir: Path) -> Path:
         if not link.exists():
             link.symlink_to(item)
     return workdir / "backends"
+
+
+# Starts of cvload's servers on this machine take turns from the spawn until the Python backend has made its
+# /tmp/python_env_* folder (whose name the backend does not tell), so each knows its own; a start that makes none
+# within this many seconds stops waiting.
+START_LOCK = Path("/tmp/cvload-triton-start.lock")
+PYTHON_ENV_WAIT_S = 10.0
+
+
+@contextlib.contextmanager
+def _start_lock() -> Iterator[None]:
+    try:
+        fh = open(START_LOCK, "a")  # noqa: SIM115 - closing it releases the lock
+    except OSError:  # another user's lock file: go without
+        yield
+        return
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
 
 
 # prctl resolved here, not in the forked child (a dlopen or import there could block on a lock another thread held).
@@ -311,39 +332,55 @@ class TritonServer:
         backends = install.backends
         if install.bundle_root is not None:
             backends = _prepare_bundle_backends(install, self.workdir)
-        self._tmp_before = process.python_envs()
         self.clean_exit = None
         self._stopped = False
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(install, backends),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self._environment(install),
-                start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop the server in order
-                # The death signal fires when the *thread* that started the server ends: only ask for it from the
-                # main thread, whose end is the process's.
-                preexec_fn=_die_with_parent
-                if self.die_with_parent and _PRCTL is not None
-                and threading.current_thread() is threading.main_thread()
-                else None,
-            )
         try:
+            with _start_lock():
+                self._tmp_before = process.python_envs()
+                with open(self.log_path, "wb") as log:
+                    self.process = subprocess.Popen(
+                        self.command(install, backends),
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        stdin=subprocess.DEVNULL,
+                        env=self._environment(install),
+                        start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop the server in order
+                        # The death signal fires when the *thread* that started the server ends: only ask for it
+                        # from the main thread, whose end is the process's.
+                        preexec_fn=_die_with_parent
+                        if self.die_with_parent and _PRCTL is not None
+                        and threading.current_thread() is threading.main_thread()
+                        else None,
+                    )
+                self.spawned()
+                self._claim_python_env()
             self.wait_ready()
         except BaseException:
-            self._note_tmp()  # before stop(), whose cleanup removes them
             self.clean_exit = False
             self.stop()
             raise
-        self._note_tmp()
         return self
 
-    def _note_tmp(self) -> None:
-        """The Python backend makes one /tmp/python_env_* folder as it loads, before readiness; those that
-        appeared meanwhile are this server's (or a neighbour's that started at the same moment: cleanup removes
-        only empty ones, which no server uses without EXECUTION_ENV_PATH)."""
-        self._tmp_own = process.python_envs() - self._tmp_before
+    def spawned(self) -> None:
+        """Called as soon as the server process exists, before any wait (a subclass records it)."""
+
+    def _claim_python_env(self) -> None:
+        """Wait, holding the start lock, until the Python backend has made its /tmp/python_env_* folder (or the
+        server exits, is ready, or ``PYTHON_ENV_WAIT_S`` passed), so that the folders new since the spawn are
+        this server's alone: the backend deletes its own folder as the server stops and aborts the server if it
+        is gone, so a cleanup must never take a neighbour's."""
+        proc = self.process
+        assert proc is not None
+
+        def made() -> bool:
+            new = process.python_envs() - self._tmp_before
+            # Several at once: a server started outside cvload made one meanwhile, and none is known to be ours.
+            self._tmp_own = new if len(new) == 1 else set()
+            return bool(new) or proc.poll() is not None or ready(self.http_url, timeout=0.2)
+
+        with contextlib.suppress(process.WaitTimeout):
+            process.wait_until(made, min(self.ready_timeout, PYTHON_ENV_WAIT_S), what="the Python backend's folder",
+                               max_delay=0.05)
 
     def wait_ready(self) -> None:
         """Poll readiness until the deadline; fail fast if the process exits, quoting the log either way."""
@@ -364,7 +401,7 @@ class TritonServer:
             process.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)
         except process.WaitTimeout:
             raise ServerError(
-                f"tritonserver not ready after {self.ready_timeout:.0f} s (a model still loading usually means a "
+                f"tritonserver not ready after {self.ready_timeout:g} s (a model still loading usually means a "
                 f"Python-backend stub that cannot start); log {log}:\n{log_excerpt(log)}") from None
 
     def alive(self) -> bool:
@@ -379,15 +416,26 @@ class TritonServer:
             return
         self._stopped = True
         clean = self.clean_exit is None and proc.poll() is None  # False: failed start, or it died on its own
+        if clean:
+            self._restore_python_env()
         ended = process.end(proc, grace=self.stop_timeout, sigterm="leader")
         self.clean_exit = clean and not ended.forced and proc.returncode in (0, -signal.SIGTERM)
         self.cleanup()
+
+    def _restore_python_env(self) -> None:
+        """Put the backend's /tmp folder back if something removed it (a launcher that started a server beside
+        this one without the start lock, taking the folder for its own): the backend deletes it as the server
+        stops and aborts the server if it is gone."""
+        for path in self._tmp_own:
+            with contextlib.suppress(OSError):  # there still (the usual case)
+                os.mkdir(path, 0o700)
 
     def cleanup(self) -> None:
         """Remove the shared-memory regions and temp folders this server left behind."""
         if self._shm_prefix:
             process.remove_shm(self._shm_prefix)
-        process.remove_empty_dirs(self._tmp_own)
+        if not self.clean_exit:  # a clean stop: the backend deleted its folder itself
+            process.remove_empty_dirs(self._tmp_own)
         self._tmp_own = set()
         if self._own_workdir and self.workdir is not None:
             if self.clean_exit:
