@@ -14,6 +14,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from cvload import process
+from cvload.address import Ports
 from cvload.cli import main
 from cvload.emulator import build_pipeline_repository, get_profile, pipeline_models
 from cvload.emulator.model import SAMPLES_PER_TOKEN, speech_tokens
@@ -170,7 +171,8 @@ def test_doctor_cross_model_checks(tmp_path: Path) -> None:
     llm = repo / "tensorrt_llm" / "config.pbtxt"
     llm.write_text(llm.read_text().replace("decoupled: true", "decoupled: false"))
     with TritonServer(repo, workdir=tmp_path / "server", extra_args=FAST_EXIT) as server:
-        ep = doctor.Endpoint("127.0.0.1", int(server.http_port), int(server.grpc_port), int(server.metrics_port))
+        ports = Ports(int(server.http_port), int(server.grpc_port), int(server.metrics_port))
+        ep = doctor.Endpoint("127.0.0.1", ports)
         expect = doctor.Expectations(target="emulator", pipeline=True, token2wav_instances=2, bls_instances=4,
                                      use_spk2info_cache=False)
         findings = {f.name: f for f in doctor.diagnose(ep, expect)}
