@@ -26,7 +26,7 @@ import numpy as np
 import orjson
 
 from cvload.errors import ServerError
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import api_of_routes
@@ -131,7 +131,7 @@ def read_event(payload: bytes) -> np.ndarray | JsonAudio:
                 rest = None
             if isinstance(rest, dict):
                 if "error" in rest:
-                    raise TargetError(ERR_SERVER, str(rest["error"]))
+                    raise checks.failed_response(str(rest["error"]))
                 return JsonAudio(memoryview(payload)[first:close])
     return decode_event(payload)
 
@@ -145,7 +145,7 @@ def decode_event(payload: bytes) -> np.ndarray:
     if not isinstance(event, dict):
         raise TargetError(ERR_PROTOCOL, f"server-sent event is not a JSON object: {payload[:100]!r}")
     if "error" in event:
-        raise TargetError(ERR_SERVER, str(event["error"]))
+        raise checks.failed_response(str(event["error"]))
     data = event.get(WAVEFORM)
     if not isinstance(data, list):
         raise TargetError(ERR_PROTOCOL, f"server-sent event without a {WAVEFORM} array (keys: "
@@ -299,7 +299,7 @@ class TritonHttpOffline(_TritonHttp):
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._failure(exc) from None
         if status != 200:
-            raise TargetError(ERR_SERVER, error_text(payload, status))
+            raise checks.failed_response(error_text(payload, status))
         yield Chunk(t, decode_infer_response(payload, returned_length))
 
 
@@ -326,7 +326,7 @@ class TritonHttpStreaming(_TritonHttp):
             async with self._session().post(url, data=self._body(request), timeout=self._timeout(),
                                             headers={"Content-Type": "application/json"}) as resp:
                 if resp.status != 200:
-                    raise TargetError(ERR_SERVER, error_text(await resp.read(), resp.status))
+                    raise checks.failed_response(error_text(await resp.read(), resp.status))
                 parser = SseParser()
                 content = resp.content
                 while True:
@@ -338,9 +338,21 @@ class TritonHttpStreaming(_TritonHttp):
                         yield Chunk(t, read_event(payload))
                 t = clock()
                 for payload in parser.finish():
-                    yield Chunk(t, read_event(payload))
+                    yield Chunk(t, _last_event(payload))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._failure(exc) from None
+
+
+def _last_event(payload: bytes) -> np.ndarray | JsonAudio:
+    """An event the stream ended without its closing blank line: whole, it counts; cut short, the connection
+    broke mid-event (a server that died while writing it), which is not the server's answer."""
+    try:
+        return read_event(payload)
+    except TargetError as exc:
+        if exc.kind != ERR_PROTOCOL:
+            raise
+        raise TargetError(ERR_CONNECTION, f"the stream ended inside an event ({len(payload)} bytes of it came): "
+                          f"{exc.message}") from None
 
 
 def _describe(exc: BaseException) -> str:
