@@ -19,6 +19,7 @@ PROTOCOLS = ("grpc", "http")
 MODES = ("streaming", "offline")
 ARRIVALS = ("poisson", "constant")
 INFERENCES = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")  # the Python runtime's request kinds
+SERVER_LOSS = ("abort", "continue")  # when the server goes away mid-run: stop the run, or ride out the outage
 RESPONSE_FORMATS = ("pcm", "wav")  # OpenAI-style speech: raw int16 (may stream) or a whole WAV file
 API_PROTOCOLS = {"openai": ("http",)}  # protocols of an API, the first its default (unlisted: grpc, http)
 
@@ -97,6 +98,7 @@ class RunConfig:
     spk_cache: bool = False  # send target_text only (server's cached speaker)
     pad_prompt: bool = False  # zero-pad prompts like the upstream client (10 s streaming, 1 s offline)
     request_timeout: float = 60.0
+    on_server_loss: str = "abort"  # abort | continue (requests fail fast while it is down; resumes when back)
     # Results
     out: str | None = None
     save_audio: bool = False
@@ -144,6 +146,8 @@ class RunConfig:
             raise UsageError(f"--requests must be at least 1, got {self.requests}")
         if self.request_timeout <= 0:
             raise UsageError(f"--request-timeout must be positive, got {self.request_timeout}")
+        if self.on_server_loss not in SERVER_LOSS:
+            raise UsageError(f"--on-server-loss {self.on_server_loss!r}: use one of {', '.join(SERVER_LOSS)}")
         if not self.server and not self.emulator:
             raise UsageError("no server given", hint="pass --server HOST[:PORT] or --emulator to start the "
                              "embedded CosyVoice emulator")

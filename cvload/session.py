@@ -260,6 +260,7 @@ class Session:
                             "max_inflight": cfg.max_inflight})
         summary["status"] = "aborted" if state.aborted else "interrupted" if state.interrupted else "completed"
         summary["abort_reason"] = state.aborted
+        summary["outages"] = [outage.to_json(state.started) for outage in state.outages]  # --on-server-loss continue
         summary["started_at"] = _iso(self.started_wall)
         summary["finished_at"] = _iso(time.time())
         summary.update(summarize(records, wall_s=wall, concurrency=result.concurrency if result else None))

@@ -14,6 +14,7 @@ import pytest
 
 from cvload.config import RunConfig
 from cvload.emulator import EmulatedModel, get_profile
+from cvload.engine import PROBE_MAX_S
 from cvload.session import Session
 
 FIXED = [EmulatedModel(profile=get_profile("fixed"))]  # 0.2 s to the first chunk, then one every 0.1 s
@@ -71,3 +72,71 @@ async def test_a_dying_server_is_a_connection_failure_with_partial_timings(start
     for r in partial:
         assert r["end_offset"] >= r["chunk_offsets"][-1] > 0
         assert len(r["chunk_samples"]) == len(r["chunk_offsets"])
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_continue_rides_out_a_restart_on_the_same_ports(start_emulator, tmp_path, protocol):
+    """--on-server-loss continue: the server is killed and restarted on its ports; requests due meanwhile fail
+    fast (a closed loop waits for each reconnect probe, an open loop keeps its schedule), measuring resumes,
+    the outage is in the summary, and nothing sent is lost."""
+    from cvload.triton.launcher import free_ports
+
+    http, grpc, metrics = free_ports(3)
+    ports = {"http_port": http, "grpc_port": grpc, "metrics_port": metrics}
+    emu = start_emulator(FIXED, **ports)
+    out = tmp_path / "r"
+    shape = {"num_tasks": 4} if protocol == "grpc" else {"rate": 8.0}
+    config = RunConfig(server=[emu.grpc if protocol == "grpc" else emu.http], protocol=protocol, duration=7.0,
+                       on_server_loss="continue", out=str(out), metrics_url="none", gpu_source="none", **shape)
+    session = Session(config)
+    restarted: list[float] = []
+
+    def kill_and_restart() -> None:
+        import time
+
+        os.kill(emu.server.process.pid, signal.SIGKILL)
+        emu.server.stop()
+        start_emulator(FIXED, **ports)
+        restarted.append(time.monotonic())
+
+    await run_until(session, lambda e: e.state.done >= 8, kill_and_restart)
+    records = check_totals(session, out)
+    summary = session.summary
+    assert summary["status"] == "completed" and session.exit_code() == 0, summary["abort_reason"]
+    [outage] = summary["outages"]
+    started = session.engine.state.started
+    assert 0 < outage["start_s"] < outage["end_s"] <= restarted[0] - started + PROBE_MAX_S + 0.5
+    assert outage["probes"] >= 1
+    failed = [r for r in records if r["error_kind"] not in (None, "cancelled")]  # cancelled: the end's drain
+    assert failed and {r["error_kind"] for r in failed} == {"connection"}
+    # Failures belong to the outage: the requests in flight when it died and those due while it was down.
+    assert all(r["sent_s"] <= outage["end_s"] and r["sent_s"] + r["end_offset"] >= outage["start_s"] - 0.001
+               for r in failed)
+    after = [r for r in records if r["sent_s"] > outage["end_s"]]
+    assert len(after) >= 5 and all(r["error_kind"] in (None, "cancelled") for r in after)
+    if protocol == "grpc":  # no retry storm: each worker sends one fail-fast request per probe
+        fast = [r for r in failed if r["error"].startswith("not sent")]
+        assert len(fast) <= 4 * (outage["probes"] + 1)
+
+
+async def test_continue_with_a_server_that_never_comes_back_is_a_runtime_failure(start_emulator, tmp_path):
+    emu = start_emulator(FIXED)
+    out = tmp_path / "r"
+    config = RunConfig(server=[emu.grpc], num_tasks=2, duration=2.5, on_server_loss="continue", out=str(out),
+                       metrics_url="none", gpu_source="none")
+    session = Session(config)
+    await run_until(session, lambda e: e.state.done >= 2, lambda: os.kill(emu.server.process.pid, signal.SIGKILL))
+    check_totals(session, out)
+    assert session.summary["status"] == "aborted" and session.exit_code() == 1
+    assert "did not come back" in session.summary["abort_reason"]
+    [outage] = session.summary["outages"]
+    assert outage["end_s"] is None and outage["probes"] >= 3
+
+
+def test_outage_band_marks_the_lost_seconds_under_the_series():
+    from cvload.tui.charts import outage_band
+
+    outages = [{"start_s": 3.5, "end_s": 5.2}, {"start_s": 9.0, "end_s": None}]
+    band = outage_band(list(range(12)), outages, 14, now=11)
+    assert band is not None and band.plain == "  " + "   ▀▀▀   ▀▀▀"
+    assert outage_band(list(range(3)), outages, 10, now=2) is None

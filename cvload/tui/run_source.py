@@ -206,6 +206,9 @@ class RunSource(Source):
             phase = "stopping" if st.stopping else "paused" if st.paused else "running"
         load = f"concurrency {st.concurrency}" if self.config.closed_loop else f"rate {st.rate or 0:.3g} req/s"
         message = st.aborted
+        lost = next((o for o in st.outages if o["end_s"] is None), None)
+        if lost is not None and message is None:
+            message = f"server {lost['server']} lost {self._elapsed() - lost['start_s']:.1f} s ago: reconnecting"
         if self.error is not None:
             message = str(self.error)
         elif phase == "finished" and self.out_dir is not None:
@@ -215,7 +218,8 @@ class RunSource(Source):
         if self.config.duration is not None and phase in ("running", "paused"):
             remaining = max(0.0, self.config.duration - elapsed)
         return Status(phase=phase, elapsed=elapsed, done=st.done, planned=st.planned, inflight=st.inflight,
-                      load=load, remaining_s=remaining, message=message, objectives=self._verdicts(st))
+                      load=load, remaining_s=remaining, message=message, objectives=self._verdicts(st),
+                      outages=st.outages)
 
     def _verdicts(self, st: EngineStatus) -> list[dict[str, Any]]:
         if self.summary is not None:
