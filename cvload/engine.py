@@ -230,6 +230,12 @@ class Engine:
         self._stop.set()
         self._resume.set()
 
+    def abort(self, reason: str) -> None:
+        """Stop because the run cannot go on (its records cannot be written): status aborted, exit 1."""
+        if self.state.aborted is None:
+            self.state.aborted = reason
+        self.stop()
+
     def interrupt(self) -> None:
         self.state.interrupted = True
         self.stop()

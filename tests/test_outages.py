@@ -4,14 +4,18 @@ same ports; what each request that was sent becomes, and how the run goes on or 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from cvload.cli import main
 from cvload.config import RunConfig
 from cvload.emulator import EmulatedModel, get_profile
 from cvload.engine import PROBE_MAX_S
@@ -140,3 +144,68 @@ def test_outage_band_marks_the_lost_seconds_under_the_series():
     band = outage_band(list(range(12)), outages, 14, now=11)
     assert band is not None and band.plain == "  " + "   ▀▀▀   ▀▀▀"
     assert outage_band(list(range(3)), outages, 10, now=2) is None
+
+
+# ---- a results folder that cannot be written --------------------------------------------------------------------
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str, *options: str) -> Iterator[Path]:
+    """A small RAM disk at ``path`` (a full disk in miniature); skips where mounting is not permitted."""
+    path.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]), "tmpfs", str(path)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"cannot mount a tmpfs ({done.stderr.strip() or done.returncode}): needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.mark.parametrize(("options", "says"), [(("ro",), "Read-only file system"), ((), "KiB free")])
+def test_a_results_folder_that_cannot_be_written_fails_before_any_load(tmp_path, capsys, options, says):
+    from cvload.triton.launcher import free_port
+
+    with tmpfs(tmp_path / "disk", "64k", *options) as disk:
+        out = disk / "r"
+        # Nothing listens on that port: the run must fail on its folder before it tries the server.
+        assert main(["run", "--quiet", "--server", f"127.0.0.1:{free_port()}", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert str(out) in err and says in err and "cannot reach" not in err
+
+
+async def test_a_disk_filling_mid_run_stops_sending_and_keeps_whole_records(emulator, tmp_path):
+    from cvload.errors import ServerError
+
+    with tmpfs(tmp_path / "disk", "2m") as disk:
+        out = disk / "r"
+        config = RunConfig(server=[emulator.grpc], model="cosyvoice2_instant", num_tasks=2, requests=100_000,
+                           out=str(out), metrics_url="none", gpu_source="none")
+        session = Session(config)
+
+        def fill() -> None:
+            with open(disk / "filler", "wb") as fh, contextlib.suppress(OSError):
+                while True:
+                    fh.write(b"\0" * 65536)
+                    fh.flush()
+
+        engine = await session.prepare()
+        run = asyncio.ensure_future(session.execute())
+        while session.writer.written < 20 and not run.done():
+            await asyncio.sleep(0.01)
+        fill()
+        await run
+        try:
+            summary = await session.finish()
+        except ServerError as exc:  # no room for the summary either: the user is told why, exit 1
+            assert exc.exit_code == 1 and "records.jsonl" in str(exc) and "stopped sending" in str(exc)
+        else:
+            assert summary["status"] == "aborted" and "cannot write" in summary["abort_reason"]
+            assert session.exit_code() == 1
+        await session.close()
+        assert engine.state.aborted and "No space left" in engine.state.aborted
+        text = (out / "records.jsonl").read_text()
+        assert text.endswith("\n")
+        records = [json.loads(line) for line in text.splitlines()]  # every line whole
+        assert len(records) == session.writer.written >= 20
+        # It stopped sending: only what was in flight or queued when the write failed came after.
+        assert engine.state.sent - len(records) <= 2 + session.writer.unwritten
