@@ -7,6 +7,7 @@ a field name, a flag is the same name with dashes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
         if not m:
             raise UsageError(f"{what} {text!r} is not a duration", hint="use e.g. 500ms, 30s, 2m or 1h")
         seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if not math.isfinite(seconds):  # TOML has nan and inf
+        raise UsageError(f"{what} {text!r} is not a finite duration", hint="use e.g. 500ms, 30s, 2m or 1h")
     if seconds < 0:
         raise UsageError(f"{what} {text!r} must not be negative")
     return seconds

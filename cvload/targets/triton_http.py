@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import time
 import uuid
 import weakref
@@ -51,18 +52,25 @@ def decode_infer_response(payload: bytes, header_length: str | None) -> np.ndarr
     """The waveform of an ``infer`` response: binary (a view on the body, no copy) or JSON ``data``."""
     try:
         offset = int(header_length) if header_length is not None else len(payload)
+        if not 0 <= offset <= len(payload):
+            raise ValueError(f"{HEADER_LENGTH} {offset} for a {len(payload)}-byte body")
         header = orjson.loads(payload[:offset])
         outputs = header["outputs"]
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise TypeError("outputs is not a list of objects")
     except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise TargetError(ERR_PROTOCOL, f"unreadable infer response: {exc}") from None
     for output in outputs:
-        size = (output.get("parameters") or {}).get("binary_data_size")
+        parameters = output.get("parameters")
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise TargetError(ERR_PROTOCOL, f"output {output.get('name')!r} has binary_data_size {size!r}")
         if output.get("name") != WAVEFORM:
-            offset += int(size or 0)
+            offset += size or 0
             continue
         if output.get("datatype") != "FP32":
             raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} is {output.get('datatype')}, expected FP32")
-        count = int(np.prod(output.get("shape") or [0]))
+        count = _element_count(output.get("shape"))
         if size is not None:
             if size != 4 * count or offset + size > len(payload):
                 raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} binary data of {size} bytes does not fit shape "
@@ -151,6 +159,16 @@ def decode_event(payload: bytes) -> np.ndarray:
         raise TargetError(ERR_PROTOCOL, f"server-sent event without a {WAVEFORM} array (keys: "
                           f"{', '.join(event) or 'none'})")
     return _float_array(data, None)
+
+
+def _element_count(shape: Any) -> int:
+    """The number of elements of a JSON tensor shape (non-negative integers), or a protocol error."""
+    if not shape:
+        return 0
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} has shape {str(shape)[:80]}, not a list of sizes")
+    return math.prod(shape)
 
 
 def _float_array(data: list[Any], count: int | None) -> np.ndarray:
