@@ -209,3 +209,128 @@ async def test_a_disk_filling_mid_run_stops_sending_and_keeps_whole_records(emul
         assert len(records) == session.writer.written >= 20
         # It stopped sending: only what was in flight or queued when the write failed came after.
         assert engine.state.sent - len(records) <= 2 + session.writer.unwritten
+
+
+# ---- a slow or stuck server -------------------------------------------------------------------------------------
+class FaultyLink:
+    """A TCP relay in front of a real server (a fault injector, not a protocol fake): ``pass`` relays, ``stall``
+    holds every byte (connections stay open, nothing answers), ``trickle`` lets the server's bytes through one a
+    second. With no upstream it accepts connections and never answers."""
+
+    def __init__(self, upstream: str | None) -> None:
+        self.upstream = upstream
+        self.mode = "pass"
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def __aenter__(self) -> FaultyLink:
+        self._server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        up_writer = None
+        try:
+            if self.upstream is None:
+                await asyncio.Event().wait()  # accept, never answer
+            host, port = self.upstream.rsplit(":", 1)
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
+            await asyncio.gather(self._relay(reader, up_writer, down=False), self._relay(up_reader, writer, down=True))
+        except (OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            for end in (writer, up_writer):
+                if end is not None:
+                    end.transport.abort()  # both sides see the connection end at once
+            self._tasks.discard(task)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, down: bool) -> None:
+        while data := await reader.read(65536):
+            while self.mode == "stall":
+                await asyncio.sleep(0.05)
+            while self.mode == "trickle" and down and data:
+                writer.write(data[:1])
+                data = data[1:]
+                await writer.drain()
+                await asyncio.sleep(1.0)
+            if data:
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+async def test_a_server_that_accepts_and_never_answers_fails_open_in_bounded_time(tmp_path, protocol):
+    from cvload.errors import ServerError
+
+    async with FaultyLink(None) as link:
+        session = Session(RunConfig(server=[link.address], protocol=protocol, out=str(tmp_path / "r"),
+                                    metrics_url="none", gpu_source="none"))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(ServerError, match="cannot reach"):
+            await session.prepare()
+        assert loop.time() - started < 6.0  # the connect/open timeout, not the 60 s request timeout
+        await session.close()
+
+
+async def test_a_server_stalling_mid_run_drains_within_5_s_on_ctrl_c(emulator, tmp_path):
+    """HTTP through a link that stops relaying: in-flight requests hang (request timeout 60 s); the user's stop
+    still ends the run within the 5 s drain, each hung request recorded once as cancelled."""
+    async with FaultyLink(emulator.http) as link:
+        out = tmp_path / "r"
+        session = Session(RunConfig(server=[link.address], protocol="http", num_tasks=3, requests=10_000,
+                                    out=str(out), metrics_url="none", gpu_source="none"))
+        engine = await session.prepare()
+        run = asyncio.ensure_future(session.execute())
+        while engine.state.done < 4 and not run.done():
+            await asyncio.sleep(0.01)
+        link.mode = "stall"
+        hung = engine.state.sent
+        await asyncio.sleep(0.5)
+        assert engine.state.sent - hung <= 3  # each worker waits on its hung request: nothing more goes out
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        engine.interrupt()
+        await run
+        assert loop.time() - started < 5.0 + 1.0
+        link.mode = "pass"  # the server's statistics after the run
+        await session.finish()
+        await session.close()
+        records = check_totals(session, out)
+        assert sum(r["error_kind"] == "cancelled" for r in records) == 3
+        assert session.summary["status"] == "interrupted" and session.exit_code() == 0
+
+
+async def test_a_server_answering_a_byte_a_second_is_bounded_by_the_request_timeout(emulator, tmp_path):
+    async with FaultyLink(emulator.grpc) as link:
+        out = tmp_path / "r"
+        session = Session(RunConfig(server=[link.address], model="cosyvoice2_instant", num_tasks=2, duration=3.0,
+                                    request_timeout=1.0, out=str(out), metrics_url="none", gpu_source="none"))
+        engine = await session.prepare()
+        run = asyncio.ensure_future(session.execute())
+        while engine.state.done < 4 and not run.done():
+            await asyncio.sleep(0.01)
+        link.mode = "trickle"
+        await run
+        link.mode = "pass"
+        await session.finish()
+        await session.close()
+        records = check_totals(session, out)
+        slow = [r for r in records if r["error_kind"] == "timeout"]
+        assert slow and all(0.9 < r["end_offset"] < 1.6 for r in slow)
+        assert session.summary["status"] == "completed"

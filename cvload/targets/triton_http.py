@@ -35,6 +35,8 @@ from cvload.targets.sse import SseParser
 from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# A request's TCP connect must succeed within this (a host that drops SYNs), whatever --request-timeout says.
+CONNECT_TIMEOUT_S = 10.0
 
 
 def error_text(payload: bytes, status: int) -> str:
@@ -207,7 +209,7 @@ class _TritonHttp(Target):
         return session
 
     def _timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.timeout)
+        return aiohttp.ClientTimeout(total=self.timeout, sock_connect=CONNECT_TIMEOUT_S)
 
     def _request_id(self, request: SynthesisRequest) -> str:
         return request.request_id or f"{self._id_prefix}{next(self._ids)}"
@@ -277,6 +279,8 @@ class _TritonHttp(Target):
             await session.close()
 
     def _failure(self, exc: BaseException) -> TargetError:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):  # also a TimeoutError: the connect, not the answer
+            return TargetError(ERR_CONNECTION, f"HTTP {self.address}: no connection within {CONNECT_TIMEOUT_S:g} s")
         if isinstance(exc, asyncio.TimeoutError):
             return TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s")
         return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {_describe(exc)}")
