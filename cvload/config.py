@@ -7,6 +7,7 @@ a field name, a flag is the same name with dashes.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,6 +21,7 @@ PROTOCOLS = ("grpc", "http")
 MODES = ("streaming", "offline")
 ARRIVALS = ("poisson", "constant")
 INFERENCES = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")  # the Python runtime's request kinds
+SERVER_LOSS = ("abort", "continue")  # when the server goes away mid-run: stop the run, or ride out the outage
 RESPONSE_FORMATS = ("pcm", "wav")  # OpenAI-style speech: raw int16 (may stream) or a whole WAV file
 API_PROTOCOLS = {"openai": ("http",)}  # protocols of an API, the first its default (unlisted: grpc, http)
 
@@ -36,6 +38,8 @@ def parse_duration(text: str | float | int, *, what: str = "duration") -> float:
         if not m:
             raise UsageError(f"{what} {text!r} is not a duration", hint="use e.g. 500ms, 30s, 2m or 1h")
         seconds = float(m.group(1)) * _UNIT_S[m.group(2)]
+    if not math.isfinite(seconds):  # TOML has nan and inf
+        raise UsageError(f"{what} {text!r} is not a finite duration", hint="use e.g. 500ms, 30s, 2m or 1h")
     if seconds < 0:
         raise UsageError(f"{what} {text!r} must not be negative")
     return seconds
@@ -166,6 +170,7 @@ class RunConfig:
     # After the window: wait for requests in flight at most this long, then record them incomplete
     # (None: each gets its --request-timeout).
     drain: float | None = None
+    on_server_loss: str = "abort"  # abort | continue (requests fail fast while it is down; resumes when back)
     # Results
     out: str | None = None
     save_audio: bool = False
@@ -226,6 +231,8 @@ class RunConfig:
             raise UsageError(f"--request-timeout must be positive, got {self.request_timeout}")
         if self.drain is not None and self.drain < 0:
             raise UsageError(f"--drain must not be negative, got {self.drain}")
+        if self.on_server_loss not in SERVER_LOSS:
+            raise UsageError(f"--on-server-loss {self.on_server_loss!r}: use one of {', '.join(SERVER_LOSS)}")
         if not self.server and not self.emulator:
             raise UsageError("no server given", hint="pass --server HOST[:PORT] or --emulator to start the "
                              "embedded CosyVoice emulator")

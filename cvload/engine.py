@@ -12,7 +12,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -33,6 +33,11 @@ from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
 
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
 DRAIN_TIMEOUT_S = 5.0  # default: on the user's stop, how long in-flight requests may finish before they are cancelled
+# --on-server-loss continue: a lost server is probed (its target reopened) after 0.1 s, then at doubling gaps up
+# to 2 s; nothing else is sent to it meanwhile, so an outage costs the server one probe at a time, not a storm.
+PROBE_FIRST_S = 0.1
+PROBE_MAX_S = 2.0
+PROBE_WAIT_S = 5.0  # a closed-loop worker waits at most this long for a probe's verdict (a probe may hang 4 s)
 
 
 class InputItem(Protocol):
@@ -101,6 +106,55 @@ class InflightTracker:
 
 
 @dataclass
+class Outage:
+    """A time a server could not be reached (``--on-server-loss continue``): monotonic start and end."""
+
+    server: str
+    start: float
+    end: float | None = None  # None: still down
+    probes: int = 0  # reconnect attempts that failed
+    last_error: str = ""
+
+    def to_json(self, origin: float) -> dict[str, object]:
+        """Seconds from ``origin`` (the run's start, as the records' ``run_start``)."""
+        return {"server": self.server, "start_s": round(self.start - origin, 3),
+                "end_s": None if self.end is None else round(self.end - origin, 3), "probes": self.probes}
+
+
+class Reconnect:
+    """Probes a lost server by reopening its target, with capped exponential backoff, until it answers.
+
+    ``attempted`` is set after each failed probe (a fresh event replaces it), and for good once it is back:
+    closed-loop workers wait on it instead of sending into an outage.
+    """
+
+    def __init__(self, target: Target, outage: Outage, back: Callable[[Reconnect], None]) -> None:
+        self.target = target
+        self.outage = outage
+        self.attempted = asyncio.Event()
+        self._back = back
+        self.task = asyncio.create_task(self._probe())
+
+    async def _probe(self) -> None:
+        delay = PROBE_FIRST_S
+        while True:
+            try:
+                await self.target.open()  # a failed open closes the connection: the next probe dials afresh
+            except Exception as exc:  # noqa: BLE001 - any failure to open means: still down
+                self.outage.probes += 1
+                self.outage.last_error = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+                attempted, self.attempted = self.attempted, asyncio.Event()
+                attempted.set()
+                await asyncio.sleep(delay)
+                delay = min(PROBE_MAX_S, 2 * delay)
+            else:
+                self.outage.end = time.monotonic()
+                self._back(self)
+                self.attempted.set()
+                return
+
+
+@dataclass
 class EngineState:
     """What views show live; updated by the engine, read by anyone."""
 
@@ -117,6 +171,7 @@ class EngineState:
     last_send: float | None = None
     aborted: str | None = None  # why the run was cut short by a failure (server died)
     interrupted: bool = False  # stopped by the user
+    outages: list[Outage] = field(default_factory=list)  # --on-server-loss continue: the server was lost
 
 
 @dataclass
@@ -178,6 +233,7 @@ class Engine:
         self.until_ended = False  # without --requests/--duration: send until ``end()`` (a sweep), not one pass
         # Requests in flight by index, with the chunks they received so far (a sweep judges a level before they end).
         self.in_flight: dict[int, tuple[RequestRecord, list[Chunk]]] = {}
+        self._down: dict[str, Reconnect] = {}  # address -> its probe, while that server is lost
 
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
     def pause(self) -> None:
@@ -193,6 +249,12 @@ class Engine:
         self.state.stopping = True
         self._stop.set()
         self._resume.set()
+
+    def abort(self, reason: str) -> None:
+        """Stop because the run cannot go on (its records cannot be written): status aborted, exit 1."""
+        if self.state.aborted is None:
+            self.state.aborted = reason
+        self.stop()
 
     def interrupt(self) -> None:
         self.state.interrupted = True
@@ -235,6 +297,12 @@ class Engine:
         finally:
             self.inflight.close_window()
             await self._drain()
+            for probe in self._down.values():
+                probe.task.cancel()
+        lost = [o for o in self.state.outages if o.end is None]
+        if lost and not self.state.aborted and not self.state.interrupted:
+            self.state.aborted = f"server {lost[0].server} unreachable since {lost[0].start - self.state.started:.1f} " \
+                                 f"s: it did not come back before the run ended ({lost[0].last_error})"
         if self._connection_failures and not self.state.aborted and not self.state.interrupted:
             # The run ended on requests that could not reach the server: it died, even if too few failed to stop us.
             self.state.aborted = f"server unreachable: the last {self._connection_failures} request(s) failed " \
@@ -317,6 +385,14 @@ class Engine:
                 await self._resume.wait()
             if not self._should_send():
                 break
+            probe = self._lost(self._next_index)
+            if probe is not None:  # wait for the probe's verdict instead of sending into the outage
+                if await self._wait_stop(PROBE_WAIT_S, also=probe.attempted) or not self._should_send():
+                    break
+                probe = self._lost(self._next_index)
+                if probe is not None:
+                    self._fail_fast(self._take_index(), worker_id, None, probe)
+                    continue
             await self._one(self._take_index(), worker_id, None)
         self._retire.discard(worker_id)
         if not self._should_send() and self.state.last_send is not None:
@@ -342,6 +418,10 @@ class Engine:
             if not self._should_send():
                 break
             intended = next_at
+            probe = self._lost(self._next_index)
+            if probe is not None:  # the schedule goes on: this arrival fails at once, nothing is sent
+                self._fail_fast(self._take_index(), -1, intended, probe)
+                continue
             # At max_inflight the wait shows up in the corrected latencies; a stop meanwhile sends nothing more.
             if not await self._acquire_slot():
                 break
@@ -525,7 +605,12 @@ class Engine:
             listener(record)
 
     def _watch_connection(self, record: RequestRecord) -> None:
-        """A dead server fails every request at once: stop after a run of connection failures and no success."""
+        """A dead server fails every request at once: stop after a run of connection failures and no success
+        (``--on-server-loss abort``), or ride out the outage (``continue``)."""
+        if self.config.on_server_loss == "continue":
+            if record.error_kind == ERR_CONNECTION:
+                self._server_lost(record)
+            return
         if record.error_kind == ERR_CONNECTION:
             self._connection_failures += 1
             limit = max(5, 2 * (self.state.concurrency or 1))
@@ -535,3 +620,40 @@ class Engine:
                 self.stop()
         elif record.error_kind is None:
             self._connection_failures = 0
+
+    # ---- --on-server-loss continue --------------------------------------------------------------------------
+    def _lost(self, index: int) -> Reconnect | None:
+        """The probe of the server request ``index`` goes to, while that server is lost."""
+        return self._down.get(self.targets[index % len(self.targets)].address) if self._down else None
+
+    def _server_lost(self, record: RequestRecord) -> None:
+        if record.server in self._down or self._stop.is_set():
+            return
+        last = next((o for o in reversed(self.state.outages) if o.server == record.server), None)
+        if last is not None and last.end is not None and record.sent <= last.end:
+            return  # sent before the server came back: a late failure of the outage that ended
+        target = next(t for t in self.targets if t.address == record.server)
+        outage = Outage(record.server, start=record.sent + (record.end_offset or 0.0), last_error=record.error or "")
+        self.state.outages.append(outage)
+        self._down[record.server] = Reconnect(target, outage, self._server_back)
+
+    def _server_back(self, probe: Reconnect) -> None:
+        self._down.pop(probe.outage.server, None)
+
+    def _fail_fast(self, index: int, worker: int, intended: float | None, probe: Reconnect) -> None:
+        """A request due while its server is lost: recorded at once as a ``connection`` failure, never sent."""
+        request, item = self._request(index)
+        now = time.monotonic()
+        outage = probe.outage
+        record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
+                               server=outage.server, text=item.target_text, sent=now, intended=intended,
+                               run_start=self.state.started, end_offset=0.0, error_kind=ERR_CONNECTION,
+                               error=f"not sent: {outage.server} lost {now - outage.start:.1f} s ago, reconnecting "
+                                     f"(last error: {outage.last_error})")
+        self.state.sent += 1
+        self.state.last_send = now
+        record.warmup = self._is_warmup(index, now)
+        if not record.warmup and self.state.measure_start is None:
+            self._mark_measure_start(now)
+        self.inflight.change(+1)
+        self._finish(record, [], [])

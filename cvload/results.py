@@ -6,21 +6,26 @@ server_stats.json, telemetry.jsonl, audio/*.wav (with --save-audio), emulator/ (
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import queue
+import shutil
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cvload.errors import UsageError
+from cvload.errors import ServerError, UsageError
 from cvload.metrics import MISSING, REQUEST_METRICS, RUN_METRICS, STAT_KEYS, lookup, record_json
 from cvload.records import RequestRecord
 
 SUMMARY_SCHEMA = "cvload.summary/1"
+MIN_FREE_BYTES = 1 << 20  # less free space than this in the results folder: refuse the run before any load
 
 
 def default_out_dir(label: str, root: Path = Path("results")) -> Path:
@@ -53,6 +58,10 @@ class ResultsWriter:
     Records are serialised and written by a writer thread: under load, ``json.dumps`` and the flush cost
     ~0.5 ms a record, which on the event loop would delay other requests' timestamps. Each line is flushed as
     soon as the thread gets to it (within milliseconds), and ``close()`` writes every record still queued.
+
+    A write that fails (disk full, folder gone) cuts the file back to its last complete line, writes no more
+    records and calls ``on_error`` (from the writer thread) with the reason: the run must stop, not lose records
+    silently.
     """
 
     def __init__(self, out_dir: Path) -> None:
@@ -63,18 +72,36 @@ class ResultsWriter:
                              hint="choose another --out (or leave it out for a new timestamped folder)")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
-            self._records = open(self.dir / "records.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self._records = open(self.dir / "records.jsonl", "ab", buffering=0)  # noqa: SIM115
         except OSError as exc:
-            raise UsageError(f"cannot write results folder {self.dir}: {exc.strerror}",
+            raise UsageError(f"cannot write results folder {self.dir}: {exc.strerror or exc}",
                              hint="pass a writable --out folder") from None
+        try:
+            _check_writable(self.dir)
+        except UsageError:
+            self._records.close()
+            raise
         self._queue: queue.SimpleQueue[RequestRecord | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self.write_error: OSError | None = None
+        self.written = 0  # records on disk
+        self.unwritten = 0  # records that came after a write failed
+        self.on_error: Callable[[str], None] | None = None
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.dir / name
-        write_json(path, data)
+        try:
+            write_json(path, data)
+        except OSError as exc:
+            path.with_suffix(path.suffix + ".tmp").unlink(missing_ok=True)
+            raise self._disk_failure(exc, name) from None
         return path
+
+    def _disk_failure(self, exc: OSError, name: str) -> ServerError:
+        records = f"; {self.write_failure()}" if self.write_error is not None else ""
+        return ServerError(f"results folder {self.dir}: cannot write {name} ({exc.strerror or exc}){records}",
+                           hint="free space on that disk (or pass another --out); the records written so far stay readable "
+                           "(`cvload tui --replay` shows them)")
 
     def on_record(self, record: RequestRecord) -> None:
         if self._writer is None:
@@ -85,11 +112,30 @@ class ResultsWriter:
     def _write_records(self) -> None:
         get, fh = self._queue.get, self._records
         while (record := get()) is not None:
+            if self.write_error is not None:  # keep draining so close() returns
+                self.unwritten += 1
+                continue
+            line = (json.dumps(record_json(record), default=_jsonable, ensure_ascii=False) + "\n").encode()
+            good = fh.tell()
             try:
-                fh.write(json.dumps(record_json(record), default=_jsonable, ensure_ascii=False) + "\n")
-                fh.flush()
-            except OSError as exc:  # disk full: keep draining so close() returns; the summary still comes
+                view = memoryview(line)
+                while view:  # an unbuffered write may be short (the last bytes of a disk)
+                    view = view[fh.write(view) or 0:]
+                self.written += 1
+            except OSError as exc:
                 self.write_error = exc
+                self.unwritten += 1
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fh.fileno(), good)  # every line on disk stays whole
+                if self.on_error is not None:
+                    self.on_error(self.write_failure())
+
+    def write_failure(self) -> str:
+        """What went wrong writing records, for the run's abort reason and the user."""
+        exc = self.write_error
+        assert exc is not None
+        return (f"cannot write {self.dir / 'records.jsonl'}: {exc.strerror or exc}; stopped sending, the file holds "
+                f"the first {self.written} records whole")
 
     def flush_records(self) -> None:
         """Wait until every record handed to ``on_record`` is on disk."""
@@ -111,6 +157,12 @@ class ResultsWriter:
     def write_summary(self, summary: dict[str, Any]) -> None:
         self.flush_records()  # a folder with summary.json holds every record
         self.write_json("summary.json", summary)
+        try:
+            self._write_csv(summary)
+        except OSError as exc:
+            raise self._disk_failure(exc, "summary.csv") from None
+
+    def _write_csv(self, summary: dict[str, Any]) -> None:
         with open(self.dir / "summary.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             keys = [k for k in STAT_KEYS]
@@ -126,6 +178,26 @@ class ResultsWriter:
     def close(self) -> None:
         self.flush_records()
         self._records.close()
+
+
+def _check_writable(folder: Path) -> None:
+    """Fail before any load when the folder cannot take a run's records: read-only, or (nearly) full."""
+    probe = folder / ".cvload-write-check"
+    try:
+        try:
+            with open(probe, "wb") as fh:
+                fh.write(b"\0" * 4096)
+                fh.flush()
+                os.fsync(fh.fileno())
+        finally:
+            probe.unlink(missing_ok=True)
+        free = shutil.disk_usage(folder).free
+    except OSError as exc:
+        raise UsageError(f"cannot write results folder {folder}: {exc.strerror or exc}",
+                         hint="pass a writable --out folder with free space") from None
+    if free < MIN_FREE_BYTES:
+        raise UsageError(f"results folder {folder} has only {free // 1024} KiB free: too little for a run's "
+                         "records", hint="free space on that disk or pass another --out")
 
 
 def _cell(value: Any) -> str:

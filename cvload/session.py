@@ -80,6 +80,7 @@ class Session:
     result: RunResult | None = None
     stop_asked: bool = False
     loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
+    _loop: asyncio.AbstractEventLoop | None = None
 
     # ---- the lifecycle -------------------------------------------------------------------------------------------
     async def run(self, view: RunView) -> int:
@@ -186,11 +187,20 @@ class Session:
         if self.infos and self.infos[0].model_config:
             self.writer.write_json("model_config.json", self.infos[0].model_config)
         self.engine = Engine(cfg, self.targets, items)
+        self._loop = asyncio.get_running_loop()
         self.engine.listeners.append(self.writer.on_record)
+        self.writer.on_error = self._records_failed
         if cfg.save_audio:
             self.engine.on_audio = self.writer.write_audio
         self.telemetry = self._make_telemetry()
         return self.engine
+
+    def _records_failed(self, reason: str) -> None:
+        """From the records writer's thread: a record could not be written, so stop sending (exit 1)."""
+        engine, loop = self.engine, self._loop
+        if engine is not None and loop is not None:
+            with contextlib.suppress(RuntimeError):  # the loop already closed: the run is over anyway
+                loop.call_soon_threadsafe(engine.abort, reason)
 
     def _metrics_url(self) -> str | None:
         from cvload.telemetry import default_metrics_url, normalize_metrics_url
@@ -266,6 +276,7 @@ class Session:
                             "max_inflight": cfg.max_inflight})
         summary["status"] = "aborted" if state.aborted else "interrupted" if state.interrupted else "completed"
         summary["abort_reason"] = state.aborted
+        summary["outages"] = [outage.to_json(state.started) for outage in state.outages]  # --on-server-loss continue
         summary["started_at"] = _iso(self.started_wall)
         summary["finished_at"] = _iso(time.time())
         summary.update(summarize(records, wall_s=wall, concurrency=result.concurrency if result else None,

@@ -15,6 +15,7 @@ from cvload.config import (
     MODES,
     PROTOCOLS,
     RESPONSE_FORMATS,
+    SERVER_LOSS,
     RunConfig,
     parse_duration,
 )
@@ -80,6 +81,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--drain", type=_duration, default=None, metavar="T",
                    help="when the run's window ends, wait at most T for requests in flight, then record them "
                         "incomplete (default: each its --request-timeout)")
+    g.add_argument("--on-server-loss", choices=SERVER_LOSS, default=None,
+                   help="when the server goes away mid-run: abort (default) stops the run (exit 1); continue "
+                        "rides out the outage (requests fail fast as connection errors, reconnects with backoff, "
+                        "measures again once it is back; outages listed in the summary)")
     g = p.add_argument_group("results and objectives")
     g.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/<time>-<mode>)")
     g.add_argument("--save-audio", action="store_true", default=None, help="write one 24 kHz WAV per request")

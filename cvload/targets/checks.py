@@ -11,6 +11,8 @@ from typing import Any
 
 from cvload.address import TRITON_PORTS, parse, server_hint
 from cvload.errors import ServerError, UsageError
+from cvload.records import ERR_CONNECTION, ERR_SERVER
+from cvload.targets.base import TargetError
 
 OPEN_TIMEOUT_S = 4.0  # open() must fail within 5 s on an unreachable server
 
@@ -95,3 +97,15 @@ def decoupled_of(config: dict[str, Any]) -> bool:
     and offline calls (HTTP infer, gRPC ModelInfer) are refused. Every check of a model's mode asks here."""
     policy = config.get("model_transaction_policy")
     return isinstance(policy, dict) and bool(policy.get("decoupled", False))
+
+
+# What Triton answers a request for a model it is unloading: mid-run (the model was ready when the run opened it)
+# that means the server is stopping (a restart, a rolling update), i.e. the server went away, not a bad request.
+_STOPPING = ("has no available versions", "server is stopping", "Server is stopping")
+
+
+def failed_response(message: str) -> TargetError:
+    """The kind of an error response: ``connection`` when it says the server is going away, else ``server_error``."""
+    if any(sign in message for sign in _STOPPING):
+        return TargetError(ERR_CONNECTION, f"the server is stopping (it unloaded the model): {message}")
+    return TargetError(ERR_SERVER, message)

@@ -48,6 +48,8 @@ class PcmAudio:
         return len(self.data) // (2 if self.dtype == "<i2" else 4)
 
     def decode(self) -> np.ndarray:
+        if len(self.data) % np.dtype(self.dtype).itemsize:
+            raise TargetError(ERR_PROTOCOL, f"audio of {len(self.data)} bytes is not whole {self.dtype} samples")
         audio = np.frombuffer(self.data, dtype=self.dtype)
         return audio.astype(np.float32) / 32768.0 if self.dtype == "<i2" else audio.astype(np.float32)
 

@@ -23,7 +23,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.grpc_stream import TIMED_OUT, SharedStream
@@ -217,7 +217,7 @@ class TritonGrpcStreaming(_TritonGrpc):
                     raise item
                 t, response = item
                 if response.error_message:
-                    raise TargetError(ERR_SERVER, response.error_message)
+                    raise checks.failed_response(response.error_message)
                 result = response.infer_response
                 final = result.parameters.get("triton_final_response")
                 is_final = final is not None and final.bool_param
@@ -250,6 +250,6 @@ class TritonGrpcOffline(_TritonGrpc):
                 raise TargetError(ERR_TIMEOUT, f"no response within {self.timeout:g} s") from None
             if code == grpc.StatusCode.UNAVAILABLE:
                 raise TargetError(ERR_CONNECTION, f"gRPC {self.address}: {exc.details()}") from None
-            raise TargetError(ERR_SERVER, exc.details() or code.name) from None
+            raise checks.failed_response(exc.details() or code.name) from None
         t = time.monotonic()
         yield Chunk(t, decode_waveform(response))

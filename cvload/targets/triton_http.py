@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import math
 import time
 import uuid
 import weakref
@@ -26,7 +27,7 @@ import numpy as np
 import orjson
 
 from cvload.errors import ServerError
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import api_of_routes
@@ -35,6 +36,8 @@ from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
 from cvload.transport import Transport
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
+# A request's TCP connect must succeed within this (a host that drops SYNs), whatever --request-timeout says.
+CONNECT_TIMEOUT_S = 10.0
 
 
 def error_text(payload: bytes, status: int) -> str:
@@ -52,18 +55,25 @@ def decode_infer_response(payload: bytes, header_length: str | None) -> np.ndarr
     """The waveform of an ``infer`` response: binary (a view on the body, no copy) or JSON ``data``."""
     try:
         offset = int(header_length) if header_length is not None else len(payload)
+        if not 0 <= offset <= len(payload):
+            raise ValueError(f"{HEADER_LENGTH} {offset} for a {len(payload)}-byte body")
         header = orjson.loads(payload[:offset])
         outputs = header["outputs"]
+        if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+            raise TypeError("outputs is not a list of objects")
     except (ValueError, KeyError, TypeError) as exc:  # orjson.JSONDecodeError is a ValueError
         raise TargetError(ERR_PROTOCOL, f"unreadable infer response: {exc}") from None
     for output in outputs:
-        size = (output.get("parameters") or {}).get("binary_data_size")
+        parameters = output.get("parameters")
+        size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise TargetError(ERR_PROTOCOL, f"output {output.get('name')!r} has binary_data_size {size!r}")
         if output.get("name") != WAVEFORM:
-            offset += int(size or 0)
+            offset += size or 0
             continue
         if output.get("datatype") != "FP32":
             raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} is {output.get('datatype')}, expected FP32")
-        count = int(np.prod(output.get("shape") or [0]))
+        count = _element_count(output.get("shape"))
         if size is not None:
             if size != 4 * count or offset + size > len(payload):
                 raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} binary data of {size} bytes does not fit shape "
@@ -132,7 +142,7 @@ def read_event(payload: bytes) -> np.ndarray | JsonAudio:
                 rest = None
             if isinstance(rest, dict):
                 if "error" in rest:
-                    raise TargetError(ERR_SERVER, str(rest["error"]))
+                    raise checks.failed_response(str(rest["error"]))
                 return JsonAudio(memoryview(payload)[first:close])
     return decode_event(payload)
 
@@ -146,12 +156,22 @@ def decode_event(payload: bytes) -> np.ndarray:
     if not isinstance(event, dict):
         raise TargetError(ERR_PROTOCOL, f"server-sent event is not a JSON object: {payload[:100]!r}")
     if "error" in event:
-        raise TargetError(ERR_SERVER, str(event["error"]))
+        raise checks.failed_response(str(event["error"]))
     data = event.get(WAVEFORM)
     if not isinstance(data, list):
         raise TargetError(ERR_PROTOCOL, f"server-sent event without a {WAVEFORM} array (keys: "
                           f"{', '.join(event) or 'none'})")
     return _float_array(data, None)
+
+
+def _element_count(shape: Any) -> int:
+    """The number of elements of a JSON tensor shape (non-negative integers), or a protocol error."""
+    if not shape:
+        return 0
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
+                                              for d in shape):
+        raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} has shape {str(shape)[:80]}, not a list of sizes")
+    return math.prod(shape)
 
 
 def _float_array(data: list[Any], count: int | None) -> np.ndarray:
@@ -188,7 +208,7 @@ class _TritonHttp(Target):
         return session
 
     def _timeout(self) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=self.timeout)
+        return aiohttp.ClientTimeout(total=self.timeout, sock_connect=CONNECT_TIMEOUT_S)
 
     def _request_id(self, request: SynthesisRequest) -> str:
         return request.request_id or f"{self._id_prefix}{next(self._ids)}"
@@ -261,6 +281,8 @@ class _TritonHttp(Target):
             await session.close()
 
     def _failure(self, exc: BaseException) -> TargetError:
+        if isinstance(exc, aiohttp.ConnectionTimeoutError):  # also a TimeoutError: the connect, not the answer
+            return TargetError(ERR_CONNECTION, f"HTTP {self.address}: no connection within {CONNECT_TIMEOUT_S:g} s")
         if isinstance(exc, asyncio.TimeoutError):
             return TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s")
         return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {_describe(exc)}")
@@ -301,7 +323,7 @@ class TritonHttpOffline(_TritonHttp):
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._failure(exc) from None
         if status != 200:
-            raise TargetError(ERR_SERVER, error_text(payload, status))
+            raise checks.failed_response(error_text(payload, status))
         yield Chunk(t, decode_infer_response(payload, returned_length))
 
 
@@ -328,7 +350,7 @@ class TritonHttpStreaming(_TritonHttp):
             async with self._session().post(url, data=self._body(request), timeout=self._timeout(),
                                             headers={"Content-Type": "application/json"}) as resp:
                 if resp.status != 200:
-                    raise TargetError(ERR_SERVER, error_text(await resp.read(), resp.status))
+                    raise checks.failed_response(error_text(await resp.read(), resp.status))
                 parser = SseParser()
                 content = resp.content
                 while True:
@@ -340,9 +362,21 @@ class TritonHttpStreaming(_TritonHttp):
                         yield Chunk(t, read_event(payload))
                 t = clock()
                 for payload in parser.finish():
-                    yield Chunk(t, read_event(payload))
+                    yield Chunk(t, _last_event(payload))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise self._failure(exc) from None
+
+
+def _last_event(payload: bytes) -> np.ndarray | JsonAudio:
+    """An event the stream ended without its closing blank line: whole, it counts; cut short, the connection
+    broke mid-event (a server that died while writing it), which is not the server's answer."""
+    try:
+        return read_event(payload)
+    except TargetError as exc:
+        if exc.kind != ERR_PROTOCOL:
+            raise
+        raise TargetError(ERR_CONNECTION, f"the stream ended inside an event ({len(payload)} bytes of it came): "
+                          f"{exc.message}") from None
 
 
 def _describe(exc: BaseException) -> str:

@@ -151,7 +151,7 @@ class DashboardApp(App[int]):
         for panel in self.latency:
             panel.show(snap)
         self.rtf.show(snap)
-        self.throughput.show(snap)
+        self.throughput.show(snap, status.outages)
         self.gpu.show(source.telemetry)
         self.stages.show(source.telemetry, STAGES_WINDOW_S)
         self.errors.show(snap)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from rich.text import Text
 
@@ -31,6 +32,20 @@ def sparkline(vals: Sequence[float | None], width: int, *, floor: float | None =
         else:
             chars.append(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * (len(SPARKS) - 1) + 0.5))])
     text.append("".join(chars), style=style)
+    return text
+
+
+def outage_band(seconds: Sequence[int], outages: Sequence[dict[str, Any]], width: int, *,
+                now: float) -> Text | None:
+    """A line under a per-second series: red where a second overlaps an outage (``start_s``/``end_s``; an end of
+    None: still lost); None when no shown second does."""
+    tail = list(seconds)[-width:] if width > 0 else []
+    spans = [(o["start_s"], o["end_s"] if o["end_s"] is not None else now + 1) for o in outages]
+    marks = ["▀" if any(start < s + 1 and s < end for start, end in spans) else " " for s in tail]
+    if "▀" not in marks:
+        return None
+    text = Text(" " * (width - len(tail)))
+    text.append("".join(marks), style="bold red")
     return text
 
 

@@ -61,6 +61,7 @@ def engine_status(session: Session, stages: list[dict[str, Any]] | None = None, 
         aborted=st.aborted, interrupted=st.interrupted, inflight=engine.inflight.count, stages=stages,
         warnings=list(session.telemetry.warnings) if session.telemetry is not None else [],
         client=session.loop_health.summary() if final else session.loop_health.live(),
+        outages=[outage.to_json(st.started) for outage in st.outages],
     )
 
 

@@ -71,6 +71,7 @@ class EngineStatus(Message):
     stages: list[dict[str, Any]] | None = None  # the server's stage breakdown, when refreshed (once a second)
     warnings: list[str] = field(default_factory=list)  # telemetry warnings
     client: dict[str, Any] | None = None  # the measuring process's own loop lag and CPU (cvload.loop_health)
+    outages: list[dict[str, Any]] = field(default_factory=list)  # --on-server-loss continue: start_s, end_s
 
     @property
     def measure_from(self) -> float:

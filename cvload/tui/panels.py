@@ -7,6 +7,7 @@ Panels only format numbers computed elsewhere (``cvload.live_window`` from ``cvl
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console, Group, RenderableType
@@ -16,7 +17,7 @@ from textual.widgets import Static
 from cvload.live_window import LiveSnapshot, MetricView, finished_at
 from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, values
-from cvload.tui.charts import bar, fmt_ms, fmt_num, fmt_share, sparkline
+from cvload.tui.charts import bar, fmt_ms, fmt_num, fmt_share, outage_band, sparkline
 from cvload.tui.source import Status
 
 PHASE_STYLES = {"running": "bold black on green", "paused": "bold black on yellow",
@@ -206,7 +207,7 @@ class RtfPanel(Panel):
 
 # ---- throughput --------------------------------------------------------------------------------------------------
 class ThroughputPanel(Panel):
-    def show(self, snap: LiveSnapshot) -> None:
+    def show(self, snap: LiveSnapshot, outages: Sequence[dict[str, Any]] = ()) -> None:
         w = self.width
         out = []
         complete = -2 if len(snap.seconds) > 1 else -1  # the running second is still filling
@@ -217,7 +218,12 @@ class ThroughputPanel(Panel):
             peak = max(series) if series else 0.0
             head = Text(f"{label:<11}", style="bold")
             head.append(f"last {fmt.format(last)}  peak {fmt.format(peak)}")
-            out += [head, sparkline(series[:-1] if len(series) > 1 else series, w, style="green")]
+            shown = series[:-1] if len(series) > 1 else series
+            out += [head, sparkline(shown, w, style="green")]
+            if key == "requests_per_s" and outages:  # under the series: the seconds the server was lost
+                band = outage_band(snap.seconds[:len(shown)], outages, w, now=snap.seconds[-1] if snap.seconds else 0)
+                if band is not None:
+                    out.append(band)
         c = snap.counts
         counts = f"done {c['done']}  ok {c['ok']}  failed {c['failed']}"
         counts += "".join(f"  {k} {c[k]}" for k in ("warmup", "cancelled") if c[k])

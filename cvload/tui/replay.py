@@ -46,7 +46,7 @@ class ReplaySource(Source):
         status = summary.get("status", "no summary.json: the run was cut short")
         return Status(phase="replay", elapsed=self._elapsed, done=len(self._records), planned=None,
                       inflight=0, load=self._load, message=f"replay of {self.out_dir} ({status})",
-                      objectives=list(summary.get("slo") or []))
+                      objectives=list(summary.get("slo") or []), outages=list(summary.get("outages") or []))
 
     def snapshot_summary(self) -> dict[str, Any]:
         if self.summary is not None:

@@ -233,6 +233,9 @@ class RunSource(Source):
             load = f"sweep level {len(self.sweep['levels']) + 1 if self.sweep['current'] is not None else done}" \
                    f" ({done} judged of {planned} planned), {load}"
         message = st.aborted
+        lost = next((o for o in st.outages if o["end_s"] is None), None)
+        if lost is not None and message is None:
+            message = f"server {lost['server']} lost {self._elapsed() - lost['start_s']:.1f} s ago: reconnecting"
         if self.error is not None:
             message = str(self.error)
         elif phase == "finished" and self.out_dir is not None:
@@ -242,7 +245,8 @@ class RunSource(Source):
         if self.config.duration is not None and phase in ("running", "paused") and not self.sweeping:
             remaining = max(0.0, self.config.duration - elapsed)
         return Status(phase=phase, elapsed=elapsed, done=st.done, planned=st.planned, inflight=st.inflight,
-                      load=load, remaining_s=remaining, message=message, objectives=self._verdicts(st))
+                      load=load, remaining_s=remaining, message=message, objectives=self._verdicts(st),
+                      outages=st.outages)
 
     def _verdicts(self, st: EngineStatus) -> list[dict[str, Any]]:
         if self.summary is not None:

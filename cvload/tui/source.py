@@ -24,6 +24,7 @@ class Status:
     remaining_s: float | None = None  # --duration runs: time left
     message: str | None = None
     objectives: list[dict[str, Any]] = field(default_factory=list)
+    outages: list[dict[str, Any]] = field(default_factory=list)  # the server was lost: start_s, end_s (None: now)
 
 
 def target_label(protocol: str, mode: str, model: str, servers: list[str], api: str = "triton",
