@@ -8,6 +8,7 @@ engine imports no view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -17,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cvload.audio_checks import check_request
+from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
 from cvload.inputs import padded_length
 from cvload.metrics import wall_time
@@ -192,6 +193,9 @@ class Engine:
     # ---- the run ------------------------------------------------------------------------------------------
     async def run(self) -> RunResult:
         cfg = self.config
+        lazy_modules = sorted({m for target in self.targets for m in target.lazy_audio_modules})
+        if lazy_modules:  # the processes that parse wire-form audio start before the clock does
+            await start_decoders(lazy_modules)
         self.state.started = time.monotonic()
         self.inflight.start()
         if cfg.duration is not None:
@@ -372,6 +376,8 @@ class Engine:
     async def _one(self, index: int, worker: int, intended: float | None) -> None:
         request, item = self._request(index)
         target = self.targets[index % len(self.targets)]
+        with contextlib.suppress(Exception):  # else synthesize builds it and the failure is this request's
+            request = target.prepare(request)  # the body (a megabyte with a JSON prompt) is built before the clock
         chunks: list[Chunk] = []
         record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
                                server=target.address, text=item.target_text, sent=0.0, intended=intended,
@@ -379,8 +385,13 @@ class Engine:
         offsets = record.chunk_offsets
 
         async def consume() -> None:
-            # Nothing here but the stamp: samples are counted and checked after the final response.
-            async for chunk in target.synthesize(request):
+            nonlocal sent
+            # The send time, stamped where the request goes out (wait_for runs this in a task of its own before
+            # Python 3.12: a stamp taken before it would count a turn of the event loop); then nothing but the
+            # chunks' stamps: samples are counted and checked after the final response.
+            stream = target.synthesize(request)
+            sent = record.sent = time.monotonic()
+            async for chunk in stream:
                 offsets.append(chunk.t - sent)
                 chunks.append(chunk)
 

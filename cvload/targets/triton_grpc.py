@@ -154,6 +154,8 @@ class _TritonGrpc(Target):
     # ---- requests ----------------------------------------------------------------------------------------
     def _request(self, request: SynthesisRequest, request_id: str) -> Any:
         message = pb.ModelInferRequest(model_name=self.model, id=request_id)
+        if self.mode == "streaming":
+            message.parameters["triton_enable_empty_final_response"].bool_param = True
         inputs, contents = message.inputs, message.raw_input_contents
         for tensor in request_tensors(request, self._prompts):
             inputs.add(name=tensor.name, datatype=tensor.datatype, shape=tensor.shape)
@@ -162,6 +164,12 @@ class _TritonGrpc(Target):
 
     def _request_id(self, request: SynthesisRequest) -> str:
         return request.request_id or f"{self._id_prefix}{next(self._ids)}"
+
+    def _wire(self, request: SynthesisRequest) -> Any:
+        """The ModelInferRequest (with its id): built before the send time when the caller prepares it."""
+        if request.wire is not None:
+            return request.wire
+        return self._request(request, self._request_id(request))
 
 
 class TritonGrpcStreaming(_TritonGrpc):
@@ -184,9 +192,8 @@ class TritonGrpcStreaming(_TritonGrpc):
         return stream
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
-        request_id = self._request_id(request)
-        message = self._request(request, request_id)
-        message.parameters["triton_enable_empty_final_response"].bool_param = True
+        message = self._wire(request)
+        request_id = message.id
         stream = self._stream()
         inbox = stream.register(request_id)
         timer = None
@@ -225,7 +232,7 @@ class TritonGrpcOffline(_TritonGrpc):
     mode = "offline"
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
-        message = self._request(request, self._request_id(request))
+        message = self._wire(request)
         stub = self._connection().stub
         try:
             # The deadline travels to the server, which cancels the request when it passes.
