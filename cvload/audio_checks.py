@@ -239,6 +239,8 @@ def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
 def _serve() -> None:
     """A decoder process: read a pickled (function, *args) from stdin, write the pickled outcome to stdout."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.fileno()
+    with contextlib.suppress(OSError):
+        os.nice(10)  # background work: where CPUs are short, the measuring process and a local server go first
     while True:
         try:
             function, *args = _read_frame(stdin)
