@@ -4,19 +4,33 @@ The checks catch failures users report on real deployments: a stalled server ret
 sentence, silence, NaN/Inf from a broken vocoder, and clipping.
 
 They run after a request's final response (``check_request``), never between two reads: float32 chunks cost
-~25 us per second of audio, but chunks still in wire form (``Chunk.decoded`` false: HTTP streaming's JSON float
-arrays, ~5 ms per second of audio) are decoded on one helper thread, in short slices, so the event loop keeps
-stamping other streams' bytes while they are parsed.
+~25 us per second of audio and are checked in place. Chunks still in wire form (``Chunk.decoded`` false: HTTP
+streaming's JSON float arrays) cost ~2-5 ms per second of audio to parse: a thread beside the event loop
+would hold the interpreter lock for most of that and, at 64 streams, use a whole core of the measuring process.
+So they go, as the raw bytes they arrived in, to a small pool of helper processes, which parse them and return
+the sample counts and flags (and the samples themselves only with ``--save-audio``). Wire forms that cannot
+travel (``portable`` false) are parsed on one helper thread, in short slices.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import contextlib
+import fcntl
+import math
+import os
+import pickle
+import queue
 import re
+import struct
+import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +67,15 @@ class AudioCheck:
     def add(self, audio: np.ndarray) -> None:
         if audio.size == 0:
             return
+        # Common case in three passes without temporaries (float32 chunks are checked on the event loop): a
+        # finite sum of squares means every sample is finite, and only a peak at full scale needs a count.
+        sum_sq = float(np.dot(audio, audio))
+        if math.isfinite(sum_sq):
+            self.samples += int(audio.size)
+            self.sum_sq += sum_sq
+            if max(float(audio.max()), -float(audio.min())) >= CLIP_LEVEL:
+                self.clipped += int(np.count_nonzero(np.abs(audio) >= CLIP_LEVEL))
+            return
         finite = np.isfinite(audio)
         if not finite.all():
             self.nonfinite += int(audio.size - finite.sum())
@@ -74,9 +97,10 @@ class AudioCheck:
         return out
 
 
-# While the helper thread parses, the event loop waits at most this long for the interpreter lock (Python's
+# While a helper thread parses, the event loop waits at most this long for the interpreter lock (Python's
 # default, 5 ms, would show up in every chunk timestamp taken meanwhile).
 SWITCH_INTERVAL_S = 0.0005
+DECODER_PROCESSES = 2  # at 64 HTTP streams one process parses ~1 core's worth of JSON on a fast host
 _executor: ThreadPoolExecutor | None = None
 
 
@@ -101,14 +125,181 @@ def _check(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool)
     return out
 
 
+def _portable(chunk: Any) -> bool:
+    return bool(chunk.decoded or getattr(chunk.lazy, "portable", False))
+
+
+class DecoderUnavailable(Exception):
+    """The helper processes cannot be started or died: the helper thread parses instead."""
+
+
+class Decoders:
+    """A few helper processes that run ``_check`` on pickled chunks, each fed by a thread of this process.
+
+    Not ``concurrent.futures.ProcessPoolExecutor``: its start methods import the program's main module again
+    in every helper (a script without a ``__main__`` guard would run twice), and fork is unsafe beside gRPC's
+    threads. A helper is ``python -c`` importing this module only; it exits when its pipe closes.
+    """
+
+    def __init__(self, count: int) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.broken: str | None = None
+        self.pids: list[int] = []
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
+        self._processes = []
+        for n in range(count):
+            process = subprocess.Popen(
+                [sys.executable, "-c", "from cvload.audio_checks import _serve; _serve()"],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=False)
+            self._processes.append(process)
+            self.pids.append(process.pid)
+            threading.Thread(target=self._feed, args=(process,), name=f"cvload-decoder-{n}", daemon=True).start()
+
+    def submit(self, loop: asyncio.AbstractEventLoop, *args: Any) -> asyncio.Future[Any]:
+        if self.broken is not None:
+            raise DecoderUnavailable(self.broken)
+        future = loop.create_future()
+        self._jobs.put((loop, future, args))
+        return future
+
+    def _feed(self, process: subprocess.Popen[bytes]) -> None:
+        stdin, stdout = process.stdin, process.stdout
+        assert stdin is not None and stdout is not None
+        for pipe in (stdin, stdout):  # a megabyte per write instead of 64 KiB: fewer wake-ups on both sides
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        while (job := self._jobs.get()) is not None:
+            loop, future, args = job
+            try:
+                _write_frame(stdin.fileno(), args)
+                ok, value = _read_frame(stdout)
+            except Exception as exc:  # noqa: BLE001 - a dead helper fails its job; the others fall back
+                self.broken = f"audio decoder process {process.pid} failed: {exc!r}"
+                loop.call_soon_threadsafe(_resolve, future, False, DecoderUnavailable(self.broken))
+                return
+            loop.call_soon_threadsafe(_resolve, future, ok, value)
+
+    def close(self) -> None:
+        for _ in self._processes:
+            self._jobs.put(None)
+        for process in self._processes:
+            with contextlib.suppress(OSError):
+                assert process.stdin is not None
+                process.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=2.0)
+
+
+# A frame: its pickle's length and its out-of-band buffers' count, their lengths, the pickle, the buffers
+# (protocol 5: a megabyte payload is written from where it lies instead of being copied into the pickle).
+_LENGTH = struct.Struct("<Q")
+_F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named in the fcntl module only from Python 3.10 on some builds
+
+
+def _write_frame(fd: int, value: Any) -> None:
+    buffers: list[pickle.PickleBuffer] = []
+    data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
+    views = [buffer.raw() for buffer in buffers]
+    header = b"".join(_LENGTH.pack(n) for n in (len(data), len(views), *(v.nbytes for v in views)))
+    for part in (header, data, *views):
+        view = memoryview(part)
+        while view.nbytes:
+            view = view[os.write(fd, view):]
+
+
+def _read_exactly(stream: Any, size: int) -> bytearray:
+    buffer = bytearray(size)
+    view, got = memoryview(buffer), 0
+    while got < size:
+        n = stream.readinto(view[got:])
+        if not n:
+            raise EOFError("the other side of the decoder pipe closed it")
+        got += n
+    return buffer
+
+
+def _read_frame(stream: Any) -> Any:
+    size, count = _LENGTH.unpack(_read_exactly(stream, 8)), _LENGTH.unpack(_read_exactly(stream, 8))
+    lengths = [_LENGTH.unpack(_read_exactly(stream, 8))[0] for _ in range(count[0])]
+    data = _read_exactly(stream, size[0])
+    return pickle.loads(data, buffers=[_read_exactly(stream, n) for n in lengths])
+
+
+def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if future.cancelled():
+        return
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _serve() -> None:
+    """A decoder process: read a pickled (function, *args) from stdin, write the pickled outcome to stdout."""
+    stdin, stdout = sys.stdin.buffer, sys.stdout.fileno()
+    with contextlib.suppress(OSError):
+        os.nice(10)  # background work: where CPUs are short, the measuring process and a local server go first
+    while True:
+        try:
+            function, *args = _read_frame(stdin)
+        except EOFError:
+            return
+        try:
+            outcome: tuple[bool, Any] = (True, function(*args))
+        except Exception as exc:  # noqa: BLE001 - a TargetError (malformed audio) goes back to its request
+            outcome = (False, exc)
+        _write_frame(stdout, outcome)
+
+
+_decoders: Decoders | None = None
+_decoders_failed: str | None = None
+
+
+def _warm(modules: Sequence[str]) -> None:
+    """Imports the wire forms' modules (run in a decoder process: unpickling them needs them)."""
+    import importlib
+
+    for name in modules:
+        importlib.import_module(name)
+
+
+async def start_decoders(modules: Sequence[str] = ()) -> None:
+    """Start the helper processes now (about a second on a busy host) and import ``modules`` there (the
+    wire forms' own modules): before a run, so the first requests' checks do not wait for them."""
+    global _decoders, _decoders_failed
+    if _decoders_failed is not None:
+        return
+    try:
+        if _decoders is None:
+            _decoders = Decoders(DECODER_PROCESSES)
+            atexit.register(_decoders.close)
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*(_decoders.submit(loop, _warm, list(modules)) for _ in range(DECODER_PROCESSES)))
+    except (OSError, DecoderUnavailable) as exc:  # no processes here (sandbox, limits): the helper thread parses
+        _decoders_failed = str(exc)
+
+
 async def check_request(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool) -> RequestAudio:
     """Sample counts, audio flags (and the audio with ``keep_audio``) of a finished request's chunks
-    (``cvload.targets.base.Chunk``): in place when they are float32 already, else on the helper thread."""
+    (``cvload.targets.base.Chunk``): in place when they are float32 already, else in a decoder process (or,
+    for wire forms that cannot travel or where no process could start, on the helper thread)."""
+    global _executor, _decoders_failed
     if all(chunk.decoded for chunk in chunks):
         return _check(chunks, text, sample_rate, keep_audio)
-    global _executor
+    loop = asyncio.get_running_loop()
+    if _decoders_failed is None and all(_portable(chunk) for chunk in chunks):
+        if _decoders is None:
+            await start_decoders()
+        if _decoders is not None and _decoders_failed is None:
+            try:
+                checked: RequestAudio = await _decoders.submit(loop, _check, list(chunks), text, sample_rate,
+                                                               keep_audio)
+                return checked
+            except DecoderUnavailable as exc:
+                _decoders_failed = str(exc)
     if _executor is None:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvload-audio")
-    return await asyncio.get_running_loop().run_in_executor(_executor, _check, chunks, text, sample_rate,
-                                                            keep_audio)
+    return await loop.run_in_executor(_executor, _check, chunks, text, sample_rate, keep_audio)

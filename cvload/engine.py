@@ -8,6 +8,7 @@ engine imports no view.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 import uuid
@@ -17,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from cvload.audio_checks import check_request
+from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
 from cvload.inputs import padded_length
 from cvload.metrics import wall_time
@@ -218,6 +219,7 @@ class Engine:
         self._resume.set()
         self._stop = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finishing: set[asyncio.Task[None]] = set()  # finished requests whose audio is being checked
         self._workers: dict[int, asyncio.Task[None]] = {}
         self._retire: set[int] = set()
         self._deadline: float | None = None
@@ -281,6 +283,9 @@ class Engine:
     # ---- the run ------------------------------------------------------------------------------------------
     async def run(self) -> RunResult:
         cfg = self.config
+        lazy_modules = sorted({m for target in self.targets for m in target.lazy_audio_modules})
+        if lazy_modules:  # the processes that parse wire-form audio start before the clock does
+            await start_decoders(lazy_modules)
         self.state.started = time.monotonic()
         self.inflight.start()
         if cfg.duration is not None:
@@ -456,11 +461,21 @@ class Engine:
         return cfg.drain if cfg.drain is not None else cfg.request_timeout + 1.0
 
     async def _drain(self) -> None:
-        """Wait for the requests in flight: after the window, up to ``drain_limit`` (then they are incomplete);
-        after the user's stop (or during this wait), up to ``drain_timeout`` (then they are cancelled)."""
+        """Wait for the requests in flight, then for the checks of those that finished: every record is in
+        before ``run()`` returns."""
         pending = {t for t in self._tasks if not t.done()} | {t for t in self._workers.values() if not t.done()}
-        if not pending:
-            return
+        if pending:
+            await self._wait_in_flight(pending)
+        if self._finishing:  # finished requests still being checked
+            _, still = await asyncio.wait(list(self._finishing), timeout=self.drain_timeout)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still)
+
+    async def _wait_in_flight(self, pending: set[asyncio.Task[None]]) -> None:
+        """After the window, up to ``drain_limit`` (then they are incomplete); after the user's stop (or during
+        this wait), up to ``drain_timeout`` (then they are cancelled)."""
         user_stop = self._stop.is_set()
         deadline = time.monotonic() + (self.drain_timeout if user_stop else self.drain_limit())
         stopped = None if user_stop else asyncio.ensure_future(self._stop.wait())
@@ -525,6 +540,8 @@ class Engine:
     async def _one(self, index: int, worker: int, intended: float | None) -> None:
         request, item = self._request(index)
         target = self.targets[index % len(self.targets)]
+        with contextlib.suppress(Exception):  # else synthesize builds it and the failure is this request's
+            request = target.prepare(request)  # the body (a megabyte with a JSON prompt) is built before the clock
         chunks: list[Chunk] = []
         record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
                                server=target.address, text=item.target_text, sent=0.0, intended=intended,
@@ -532,8 +549,13 @@ class Engine:
         offsets = record.chunk_offsets
 
         async def consume() -> None:
-            # Nothing here but the stamp: samples are counted and checked after the final response.
-            async for chunk in target.synthesize(request):
+            nonlocal sent
+            # The send time, stamped where the request goes out (wait_for runs this in a task of its own before
+            # Python 3.12: a stamp taken before it would count a turn of the event loop); then nothing but the
+            # chunks' stamps: samples are counted and checked after the final response.
+            stream = target.synthesize(request)
+            sent = record.sent = time.monotonic()
+            async for chunk in stream:
                 offsets.append(chunk.t - sent)
                 chunks.append(chunk)
 
@@ -564,16 +586,33 @@ class Engine:
             else:
                 record.end_offset = time.monotonic() - sent
                 record.error_kind, record.error = ERR_CANCELLED, "cancelled when the run stopped"
+            self.inflight.change(-1)
             self._finish(record, chunks, [])
             raise
         except Exception as exc:  # noqa: BLE001 - a target bug must cost one request, not the run
             record.end_offset = time.monotonic() - sent
             record.error_kind, record.error = ERR_PROTOCOL, f"{type(exc).__name__}: {exc}"
+        self.inflight.change(-1)
+        # Audio checks and the record hand-off run in a task of their own, after this worker's next request went
+        # out: a closed-loop worker sends again as soon as its answer is complete, as a bare client does (with a
+        # dynamic-batching server, a few milliseconds of think time per request decide which batch a request joins).
+        task = asyncio.create_task(self._complete(record, chunks, item.target_text))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+        # Responses that arrived together are stamped before any of their requests' follow-up work: without this
+        # turn of the loop (Python 3.12 runs consume() in this task), the last of a batch of 16 offline
+        # responses was stamped after 15 audio checks, records and next requests (~9 ms).
+        await asyncio.sleep(0)
+        if len(self._finishing) > max(64, 4 * (self.state.concurrency or 1)):  # checks fall behind: wait for them
+            await asyncio.wait(list(self._finishing), return_when=asyncio.FIRST_COMPLETED)
+
+    async def _complete(self, record: RequestRecord, chunks: list[Chunk], text: str) -> None:
+        """Count and check the finished request's audio, then hand its record to the listeners."""
         audio: list[np.ndarray] = []
         if record.error_kind is None:
             try:
-                checked = await check_request(chunks, item.target_text, self._sample_rate(chunks),
-                                              self.config.save_audio)
+                await asyncio.sleep(0)  # after the worker's next request (it resumes first) went out
+                checked = await check_request(chunks, text, self._sample_rate(chunks), self.config.save_audio)
             except TargetError as exc:  # a chunk that only proved malformed when its samples were read
                 record.error_kind, record.error = exc.kind, exc.message
             except asyncio.CancelledError:
@@ -592,8 +631,7 @@ class Engine:
         if len(record.chunk_samples) != len(chunks):  # a failed request: count its samples without decoding
             record.chunk_samples[:] = [chunk.samples for chunk in chunks]
         record.sample_rate = self._sample_rate(chunks)
-        self.in_flight.pop(record.index, None)
-        self.inflight.change(-1)
+        self.in_flight.pop(record.index, None)  # (the in-flight count dropped when its answer was complete)
         self.records.append(record)
         self.state.done += 1
         if not record.ok:

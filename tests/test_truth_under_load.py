@@ -9,15 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from tritonclient.grpc import service_pb2 as pb
 
+from cvload import audio_checks
+from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
 from cvload.loop_health import LAG_WARN_MS, LoopHealth
+from cvload.records import ERR_PROTOCOL, FLAG_CLIPPING, FLAG_SILENT
 from cvload.session import Session
+from cvload.targets.base import Chunk, SynthesisRequest, TargetError
+from cvload.targets.sse import SseParser
+from cvload.targets.tensors import PromptCache, request_tensors
+from cvload.targets.triton_grpc import TritonGrpcStreaming
+from cvload.targets.triton_http import read_event
+
+PROMPT = (0.1 * np.sin(np.arange(48000) * 2 * np.pi * 220 / 16000)).astype(np.float32)
 
 # ~9.5 s of speech: chunks of 1, 2, 4 and 2.7 s of audio (0.5 to 2 MB of JSON per event) leaving the server 200,
 # 300, 400 and 500 ms after arrival. At 8 streams the old code (json.loads of every event on
@@ -137,3 +149,59 @@ def test_console_footer_and_warnings_show_the_client_section(blocked):
     assert text.startswith("client loop lag p99") and "CPU 40%" in text
     assert ("measurements may be inflated" in text) is blocked
     assert bool(summary_warnings({"client": client})) is blocked
+
+
+# ---- the measuring path's pieces ------------------------------------------------------------------------------
+def test_sse_parser_joins_a_large_event_once_whatever_the_reads():
+    payload = b'{"waveform":[' + b",".join(b"0.%06d" % i for i in range(20000)) + b"]}"
+    stream = b"data: " + payload + b"\n\ndata: {\"b\": 2}\n\n: note\ndata: x\ndata: y\n\n"
+    cuts = [1, 5, 6, 7, len(payload) // 2, len(payload) + 6, len(payload) + 7, len(payload) + 8, len(stream) - 1]
+    for cut in cuts:  # every kind of boundary: in the prefix, in the payload, between the two newlines
+        for pieces in ([stream[:cut], stream[cut:]], [stream[i:i + 65536] for i in range(0, len(stream), 65536)]):
+            parser = SseParser()
+            events = [event for piece in pieces for event in parser.feed(piece)] + parser.finish()
+            assert events == [payload, b'{"b": 2}', b"x\ny"], cut
+
+
+def test_grpc_requests_go_out_as_the_request_tensors_serialized_once_per_prompt():
+    target = TritonGrpcStreaming("localhost:8001", "cosyvoice2")
+    request = SynthesisRequest("id-1", "Hello.", "a transcript", PROMPT, pad_to_samples=64000)
+    prepared = target.prepare(request)
+    message = pb.ModelInferRequest.FromString(prepared.wire[1])
+    expected = request_tensors(request, PromptCache())
+    assert prepared.wire[0] == message.id == "id-1" and message.model_name == "cosyvoice2"
+    assert [i.name for i in message.inputs] == [t.name for t in expected]
+    assert [tuple(i.shape) for i in message.inputs] == [t.shape for t in expected]
+    assert list(message.raw_input_contents) == [t.raw for t in expected]
+    assert message.parameters["triton_enable_empty_final_response"].bool_param
+    again = pb.ModelInferRequest.FromString(
+        target.prepare(SynthesisRequest("id-2", "Bye.", "a transcript", PROMPT, pad_to_samples=64000)).wire[1])
+    assert again.id == "id-2" and again.raw_input_contents[1:] == message.raw_input_contents[1:]
+    assert len(target._prompt_wires) == 1  # the prompt's tensors were serialized once
+    spk = pb.ModelInferRequest.FromString(target.prepare(SynthesisRequest("id-3", "Hi.")).wire[1])
+    assert [i.name for i in spk.inputs] == ["target_text"] and len(spk.raw_input_contents) == 1
+
+
+async def test_json_audio_is_parsed_and_checked_in_a_helper_process():
+    """HTTP streaming's JSON float arrays are decoded outside the measuring process, with the same flags."""
+    speech = (0.3 * np.sin(np.arange(24000) * 0.05)).astype(np.float32)
+    clipped = np.clip(speech * 10, -1, 1).astype(np.float32)
+
+    def chunk(audio: np.ndarray) -> Chunk:
+        event = b'{"model_name":"m","model_version":"1","waveform":' + json.dumps(audio.tolist()).encode() + b"}"
+        return Chunk(0.0, read_event(event))
+
+    await start_decoders(["cvload.targets.triton_http"])
+    for audio, flags in ((speech, []), (clipped, [FLAG_CLIPPING]), (np.zeros(24000, np.float32), [FLAG_SILENT])):
+        chunks = [chunk(audio), chunk(audio)]
+        checked = await check_request(chunks, "Hello there.", 24000, keep_audio=True)
+        assert not any(c.decoded for c in chunks)  # nothing was parsed in this process
+        assert checked.samples == [audio.size] * 2 and sorted(checked.flags) == sorted(flags)
+        np.testing.assert_array_equal(checked.audio[1], audio)  # --save-audio gets the samples back
+        in_process = await check_request([Chunk(0.0, audio), Chunk(0.0, audio)], "Hello there.", 24000, False)
+        assert in_process.flags == checked.flags
+    with pytest.raises(TargetError) as info:
+        await check_request([Chunk(0.0, read_event(b'{"waveform":[1,2,x]}'))], "Hi.", 24000, False)
+    assert info.value.kind == ERR_PROTOCOL
+    assert audio_checks._decoders is not None and os.getpid() not in audio_checks._decoders.pids
+    assert audio_checks._decoders_failed is None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,6 +28,7 @@ class SynthesisRequest:
     reference_wav: np.ndarray | None = None  # 16 kHz float32 mono, unpadded
     pad_to_samples: int | None = None  # zero-pad reference_wav to this length (upstream client behaviour)
     item_id: str = ""
+    wire: Any = field(default=None, compare=False, repr=False)  # the target's prepared wire form (prepare())
 
 
 class LazyAudio(Protocol):
@@ -70,6 +71,11 @@ class Chunk:
         return self._audio
 
     @property
+    def lazy(self) -> LazyAudio | None:
+        """The audio still in wire form, or None once decoded (or when it arrived decoded)."""
+        return self._lazy
+
+    @property
     def samples(self) -> int:
         if self._audio is not None:
             return int(self._audio.size)
@@ -88,6 +94,9 @@ class TargetError(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:  # it crosses process boundaries (cvload.audio_checks)
+        return TargetError, (self.kind, self.message)
 
 
 @dataclass
@@ -108,6 +117,9 @@ class Target(ABC):
 
     protocol: str = ""
     mode: str = ""
+    # Modules of the LazyAudio this target's chunks carry, when a helper process should decode them
+    # (cvload.audio_checks starts those processes before a run and imports these modules there).
+    lazy_audio_modules: tuple[str, ...] = ()
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
                  transport: Transport | None = None) -> None:
@@ -128,6 +140,17 @@ class Target(ABC):
     async def _open(self) -> TargetInfo:
         """Connect, read the model config and fail with a ``CvloadError`` the user can act on when the server,
         the model or the mode is wrong (e.g. offline HTTP infer against a decoupled model)."""
+
+    def prepare(self, request: SynthesisRequest) -> SynthesisRequest:
+        """The request with its wire form (body, message) built, for ``synthesize``: the engine calls this
+        before it stamps the send time, so building a megabyte-sized body is not counted as latency.
+        ``synthesize`` builds the wire form itself for a request that was not prepared."""
+        wire = self._wire(request)
+        return request if wire is None else replace(request, wire=wire)
+
+    def _wire(self, request: SynthesisRequest) -> Any:
+        """What ``prepare`` builds; None: nothing worth building ahead."""
+        return None
 
     @abstractmethod
     def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:

@@ -1,8 +1,8 @@
-"""One long-lived Triton ``ModelStreamInfer`` call shared by all streaming requests of a target on one loop.
+"""A long-lived Triton ``ModelStreamInfer`` call shared by several streaming requests of a target on one loop.
 
-Opening a gRPC stream per request costs ~0.8 ms of first-chunk latency, so requests share one bidirectional
-stream: each carries a unique id, one reader task stamps every response the moment gRPC hands it over and
-routes it by id to that request's inbox. When the stream breaks (server died) every request still on it fails
+Opening a gRPC stream per request costs ~0.8 ms of first-chunk latency, so requests share bidirectional
+streams (a few requests each, see ``TritonGrpcStreaming._stream``): each carries a unique id, one reader task
+per stream stamps every response the moment gRPC hands it over and routes it by id to that request's inbox. When the stream breaks (server died) every request still on it fails
 with kind ``connection``; a stream the server ends cleanly fails them with ``no_final``. The next request opens
 a new stream.
 """
@@ -58,10 +58,12 @@ class SharedStream:
     fail every other request on the stream. gRPC also allows only one pending write per call.
     """
 
-    def __init__(self, stub: Any, address: str, metadata: Any = None) -> None:
+    def __init__(self, open_call: Any, address: str) -> None:
+        """``open_call()`` starts the ``ModelStreamInfer`` call (a ``grpc.aio`` stream-stream method, the run's
+        headers bound as its metadata)."""
         self.address = address
         self.loop = asyncio.get_running_loop()
-        self.call = stub.ModelStreamInfer(metadata=metadata)  # the run's headers, once for the whole stream
+        self.call = open_call()
         self.inboxes: dict[str, Inbox] = {}
         self.broken: TargetError | None = None
         self._closing = False

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import json
 import math
+import pickle
 import time
 import uuid
 import weakref
@@ -93,25 +94,39 @@ _SLICE_BYTES = 1 << 16  # JsonAudio parses this much at a time: the GIL is never
 
 
 class JsonAudio:
-    """The text between the brackets of a JSON float array, parsed only when the samples are needed.
+    """The text between the brackets of a JSON float array (``payload[start:end]``), parsed only when the
+    samples are needed.
 
-    Parsing runs in slices of ``_SLICE_BYTES`` (~0.1 ms each), so a thread decoding it beside the event loop
-    holds the interpreter lock only briefly at a time.
+    It pickles as its payload and offsets (``portable``), so the audio checks can parse it in a helper process
+    instead of beside the event loop. Parsing runs in slices of ``_SLICE_BYTES`` (~0.1 ms each), so a thread
+    decoding it in the measuring process holds the interpreter lock only briefly at a time.
     """
 
-    __slots__ = ("text",)
+    __slots__ = ("payload", "start", "end")
+    portable = True  # cheap to pickle and decodable anywhere: cvload.audio_checks may decode it in a process
 
-    def __init__(self, text: bytes | memoryview) -> None:
-        self.text = text
+    def __init__(self, payload: bytes, start: int = 0, end: int | None = None) -> None:
+        self.payload = payload
+        self.start = start
+        self.end = len(payload) if end is None else end
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        # Protocol 5: the payload travels out of band, written from where it lies (no copy into the pickle).
+        payload = pickle.PickleBuffer(self.payload) if protocol >= 5 else bytes(self.payload)
+        return JsonAudio, (payload, self.start, self.end)
+
+    @property
+    def text(self) -> memoryview:
+        return memoryview(self.payload)[self.start:self.end]
 
     def count(self) -> int:
-        text = np.frombuffer(self.text, dtype=np.uint8)
+        text = np.frombuffer(self.payload, dtype=np.uint8, count=self.end - self.start, offset=self.start)
         if not text.size or not np.any(text > 0x20):
             return 0
         return int(np.count_nonzero(text == 0x2C)) + 1  # commas + 1
 
     def decode(self) -> np.ndarray:
-        text, parts, start, size = bytes(self.text), [], 0, len(self.text)
+        text, parts, start, size = bytes(self.text), [], 0, self.end - self.start
         while start < size:
             end = text.find(b",", start + _SLICE_BYTES) if start + _SLICE_BYTES < size else -1
             end = size if end < 0 else end
@@ -143,7 +158,7 @@ def read_event(payload: bytes) -> np.ndarray | JsonAudio:
             if isinstance(rest, dict):
                 if "error" in rest:
                     raise checks.failed_response(str(rest["error"]))
-                return JsonAudio(memoryview(payload)[first:close])
+                return JsonAudio(payload, first, close)
     return decode_event(payload)
 
 
@@ -293,6 +308,9 @@ class TritonHttpOffline(_TritonHttp):
 
     mode = "offline"
 
+    def _wire(self, request: SynthesisRequest) -> tuple[bytes, int]:
+        return request.wire if request.wire is not None else self._body(request)
+
     def _body(self, request: SynthesisRequest) -> tuple[bytes, int]:
         inputs: list[dict[str, Any]] = []
         binary: list[bytes] = []
@@ -312,7 +330,7 @@ class TritonHttpOffline(_TritonHttp):
         return header + b"".join(binary), len(header)
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
-        body, header_length = self._body(request)
+        body, header_length = self._wire(request)
         headers = {HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
         try:
             async with self._session().post(f"{self.base}{self._model_path}/infer", data=body, headers=headers,
@@ -331,9 +349,13 @@ class TritonHttpStreaming(_TritonHttp):
     """``POST /v2/models/{m}/generate_stream``: inputs as JSON keys, one server-sent event per chunk."""
 
     mode = "streaming"
+    lazy_audio_modules = (__name__,)  # JsonAudio chunks: parsed by cvload.audio_checks' helper processes
+
+    def _wire(self, request: SynthesisRequest) -> bytes:
+        return request.wire if request.wire is not None else self._body(request)
 
     def _body(self, request: SynthesisRequest) -> bytes:
-        # One copy of the (cached) prompt JSON, which can be a megabyte: the body is built on the event loop.
+        # One copy of the (cached) prompt JSON, which can be a megabyte, made in prepare(): before the send time.
         head = f'{{"id": {json.dumps(self._request_id(request))}, "target_text": {json.dumps(request.target_text)}'
         if request.reference_wav is not None:
             prompt = self._prompts.get(request.reference_wav, request.pad_to_samples)
@@ -347,7 +369,7 @@ class TritonHttpStreaming(_TritonHttp):
         url = f"{self.base}{self._model_path}/generate_stream"
         clock = time.monotonic
         try:
-            async with self._session().post(url, data=self._body(request), timeout=self._timeout(),
+            async with self._session().post(url, data=self._wire(request), timeout=self._timeout(),
                                             headers={"Content-Type": "application/json"}) as resp:
                 if resp.status != 200:
                     raise checks.failed_response(error_text(await resp.read(), resp.status))
