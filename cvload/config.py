@@ -105,6 +105,8 @@ class RunConfig:
     metrics_url: str | None = None
     telemetry_interval: float = 1.0
     gpu_source: str = "auto"  # auto | server | nvml | none
+    # Scale-out: the load in several processes (cvload.multiproc), each with its own event loop and connections
+    processes: int | str = 1  # N, or "auto" (from the load and the CPUs, one core left for the dashboard)
     # Scenario bookkeeping
     scenario: str | None = None
     name: str | None = None  # scenario's display name
@@ -152,7 +154,18 @@ class RunConfig:
         if self.pipeline and not self.emulator:
             raise UsageError("--pipeline shapes the embedded emulator's repository: add --emulator")
         Warmup.parse(self.warmup)
+        self._validate_processes()
         return self
+
+    def _validate_processes(self) -> None:
+        if isinstance(self.processes, str) and self.processes.strip().isdigit():
+            self.processes = int(self.processes)
+        if self.processes == "auto":
+            return
+        if isinstance(self.processes, bool) or not isinstance(self.processes, int) or self.processes < 1:
+            raise UsageError(f"--processes {self.processes!r}: use a number of processes (1 or more) or auto")
+        if self.processes > 1 and self.save_audio:
+            raise UsageError("--save-audio writes audio from one process: leave --processes out (or use 1)")
 
     @property
     def closed_loop(self) -> bool:

@@ -87,6 +87,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "or HTTP port + 2 as in Triton's 8000/8001/8002; 'none')")
     g.add_argument("--telemetry-interval", type=_duration, default=None, metavar="T")
     g.add_argument("--gpu-source", choices=("auto", "server", "nvml", "none"), default=None)
+    g = p.add_argument_group("scale-out (docs/scale.md)")
+    g.add_argument("--processes", default=None, metavar="N|auto",
+                   help="run the load in N processes, each with its own event loop and connections (auto: from "
+                        "--num-tasks or --rate and the CPUs, one core left for the dashboard); default 1")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
