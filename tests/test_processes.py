@@ -209,3 +209,35 @@ def test_killed_process_is_reported_and_its_records_kept(emulator, tmp_path):
     assert any(r["index"] % 2 == dead for r in kept)  # the dead process's finished requests are kept
     assert len(kept) == summary["requests"]["total"] + summary["requests"]["cancelled"]
     assert "died" in err
+
+
+async def test_dashboard_runs_a_fleet(emulator, tmp_path):
+    """``cvload tui --processes 2``: the measuring process runs the same session, so keys reach every process."""
+    from textual.pilot import Pilot
+
+    from cvload.tui.app import DashboardApp
+    from cvload.tui.run_source import RunSource
+
+    async def wait(pilot: Pilot, cond) -> None:
+        deadline = time.monotonic() + 30
+        while not cond():
+            assert time.monotonic() < deadline, "condition not met in time"
+            await pilot.pause(0.05)
+
+    config = RunConfig(server=[emulator.grpc], num_tasks=2, ramp=0.0, duration=60.0, out=str(tmp_path / "r"),
+                       metrics_url="none", gpu_source="none", processes=2).validate()
+    source = RunSource(config)
+    app = DashboardApp(source)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await wait(pilot, lambda: {r.worker for r in source.records()} == {0, 1})
+        await pilot.press("plus")  # worker 2: the second worker of load process 0
+        await wait(pilot, lambda: source.state.concurrency == 3)
+        await wait(pilot, lambda: any(r.worker == 2 for r in source.records()))
+        await pilot.press("q")
+        await wait(pilot, lambda: source.done)
+    source.wait()
+    assert source.error is None and source.exit_code() == 0
+    summary, records = load(tmp_path / "r")
+    assert summary["status"] == "interrupted" and summary["client"]["load_processes"] == 2
+    assert len(records) == summary["requests"]["total"] + summary["requests"]["cancelled"]
+    assert {r["worker"] for r in records} == {0, 1, 2}
