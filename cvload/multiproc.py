@@ -11,7 +11,8 @@ started fresh, never forked from a process with a running loop or open channels)
   streams add up to a Poisson stream of the whole rate; constant arrivals are phase-shifted to interleave);
 - request ``i`` of the whole run is request ``i // N`` of process ``i % N`` and uses the same input item and the
   same server as request ``i`` of a one-process run (items and servers are handed to each process in the order
-  its requests reach them), so the merged ``records.jsonl`` has the indexes, workers and request ids of one run;
+  its requests reach them), so the merged ``records.jsonl`` has the indexes and workers of one run (request ids
+  stay those the server saw: each process's own run id, then its own request number);
 - records come back in batches over the process's stdout and go through the coordinator's listeners (the results
   writer, the console, the dashboard's feed) exactly as an in-process engine's do; all processes of a host share
   ``time.monotonic``, so their stamps are comparable and percentiles are computed from all records together;
@@ -351,7 +352,6 @@ class ProcessFleet:
         self.children: list[_Child] = []
         self.inflight = _Inflight(self)
         self.health = FleetHealth(self)
-        self.run_id = os.urandom(4).hex()
         self.deaths: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
@@ -446,12 +446,12 @@ class ProcessFleet:
         self._update_state()
 
     def _add(self, child: _Child, record: RequestRecord) -> None:
-        """Process p's request j is the run's request j*N + p (its worker likewise); one clock, one start."""
+        """Process p's request j is the run's request j*N + p (its worker likewise); one clock, one start. The
+        request id stays the one the server saw (each process has its own run id prefix)."""
         n, p = self.count, child.part.index
         record.index = record.index * n + p
         if record.worker >= 0:
             record.worker = record.worker * n + p
-        record.request_id = f"{self.run_id}-{record.index}"
         record.run_start = self.state.started
         child.records += 1
         self.records.append(record)
