@@ -38,8 +38,8 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from cvload.config import RunConfig
@@ -285,6 +285,71 @@ def main() -> int:
 
 
 # ---- the coordinator's side ------------------------------------------------------------------------------------
+def read_frames(stream: IO[bytes]) -> Iterator[bytes]:
+    """The pickled batches a load process writes (a cut frame ends them: the process died while writing)."""
+    while True:
+        head = stream.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return
+        size = _FRAME.unpack(head)[0]
+        data = stream.read(size)
+        if len(data) < size:
+            return
+        yield data
+
+
+class LocalProcess:
+    """A load process on this host: ``python -m cvload.multiproc`` with pipes (the transport of a fleet)."""
+
+    where = ""
+
+    def __init__(self, start: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "cvload.multiproc"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)  # the terminal's Ctrl-C is the coordinator's to relay
+        self.pid = self.proc.pid
+        self.write(start)
+
+    def write(self, message: dict[str, Any]) -> None:
+        if self.proc.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
+
+    def pump(self, on_frame: Callable[[bytes], None], on_stderr: Callable[[str], None]) -> int:
+        """Hand every frame and stderr line over until the process ends; its exit code."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        errors = self.proc.stderr
+
+        def read_stderr() -> None:
+            for line in errors:
+                on_stderr(line.decode(errors="replace").rstrip("\n"))
+
+        thread = threading.Thread(target=read_stderr, name="cvload-fleet-stderr", daemon=True)
+        thread.start()
+        for frame in read_frames(self.proc.stdout):
+            on_frame(frame)
+        code = self.proc.wait()
+        thread.join(timeout=2.0)
+        return code
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def end(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the process to end by itself, then end it."""
+        from cvload import process
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+        if self.proc.poll() is None:
+            process.end(self.proc, grace=1.0, sigterm="leader")
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+
 class _Inflight:
     def __init__(self, fleet: ProcessFleet) -> None:
         self._fleet = fleet
@@ -297,7 +362,7 @@ class _Inflight:
 @dataclass
 class _Child:
     part: Part
-    proc: subprocess.Popen[bytes]
+    transport: Any  # LocalProcess, or a load process behind a Ray actor (cvload.ray_fleet)
     status: dict[str, Any] = field(default_factory=dict)
     final: dict[str, Any] | None = None
     failed: dict[str, Any] | None = None
@@ -308,7 +373,7 @@ class _Child:
 
     @property
     def label(self) -> str:
-        return f"load process {self.part.index} (pid {self.proc.pid})"
+        return f"load process {self.part.index} (pid {self.transport.pid}{self.transport.where})"
 
     @property
     def finished(self) -> bool:
@@ -362,15 +427,9 @@ class ProcessFleet:
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         for part in self.parts:
-            proc = subprocess.Popen([sys.executable, "-m", "cvload.multiproc"], stdin=subprocess.PIPE,
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                    start_new_session=True)  # the terminal's Ctrl-C is the coordinator's to relay
-            child = _Child(part, proc)
+            child = _Child(part, self.spawn(part))
             self.children.append(child)
-            self._write(child, {"index": part.index, "count": part.count, "config": part.config,
-                                "delay_s": part.delay_s})
-            for reader in (self._read_frames, self._read_stderr):
-                threading.Thread(target=reader, args=(child,), name="cvload-fleet-reader", daemon=True).start()
+            threading.Thread(target=self._pump, args=(child,), name="cvload-fleet-reader", daemon=True).start()
         deadline = time.monotonic() + READY_TIMEOUT_S
         try:
             while not all(c.ready for c in self.children):
@@ -394,42 +453,47 @@ class ProcessFleet:
             await asyncio.wait_for(self._changed.wait(), timeout)
         self._changed.clear()
 
+    def spawn(self, part: Part) -> Any:
+        """Start one load process; its transport (``LocalProcess`` here, a Ray actor's in cvload.ray_fleet)."""
+        return LocalProcess(asdict(part))
+
+    def translate(self, child: _Child, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """A batch on this process's clock (all processes of a host share one: nothing to do)."""
+        return batch
+
+    def go(self, child: _Child, t0: float) -> dict[str, Any]:
+        """The start message: the common start ``t0`` on this process's clock."""
+        return {"cmd": "go", "t0": t0}
+
     def _write(self, child: _Child, message: dict[str, Any]) -> None:
-        if child.proc.stdin is None or child.finished:
-            return
-        with contextlib.suppress(OSError, ValueError):
-            child.proc.stdin.write((json.dumps(message) + "\n").encode())
-            child.proc.stdin.flush()
+        if not child.finished:
+            child.transport.write(message)
 
     def _broadcast(self, message: dict[str, Any], values: list[Any] | None = None) -> None:
         for i, child in enumerate(self.children):
             self._write(child, message if values is None else {**message, "value": values[i]})
 
     # ---- reading the processes (reader threads hand everything to the loop) ---------------------------------
-    def _read_frames(self, child: _Child) -> None:
-        stream = child.proc.stdout
-        assert stream is not None and self._loop is not None
-        while True:
-            head = stream.read(_FRAME.size)
-            if len(head) < _FRAME.size:
-                break
-            data = stream.read(_FRAME.unpack(head)[0])
-            try:
-                batch = pickle.loads(data)
-            except Exception:  # noqa: BLE001 - a cut frame: the process died while writing it
-                break
-            with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._on_batch, child, batch)
-        code = child.proc.wait()
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self._on_exit, child, code)
+    def _pump(self, child: _Child) -> None:
+        loop = self._loop
+        assert loop is not None
 
-    def _read_stderr(self, child: _Child) -> None:
-        assert child.proc.stderr is not None
-        for line in child.proc.stderr:
-            text = line.decode(errors="replace").rstrip("\n")
+        def on_frame(frame: bytes) -> None:
+            batch = self.translate(child, pickle.loads(frame))
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_batch, child, batch)
+
+        def on_stderr(text: str) -> None:
             child.stderr.append(text)
             print(f"[load process {child.part.index}] {text}", file=sys.stderr, flush=True)
+
+        try:
+            code = child.transport.pump(on_frame, on_stderr)
+        except Exception as exc:  # noqa: BLE001 - a lost transport is a dead process, reported as such
+            on_stderr(f"{type(exc).__name__}: {exc}")
+            code = -1
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_exit, child, code)
 
     def _on_batch(self, child: _Child, batch: list[tuple[str, Any]]) -> None:
         for kind, payload in batch:
@@ -531,7 +595,8 @@ class ProcessFleet:
         if self.state.interrupted:
             self._broadcast({"cmd": "interrupt"})
         else:
-            self._broadcast({"cmd": "go", "t0": t0})
+            for child in self.children:
+                self._write(child, self.go(child, t0))
         try:
             while not all(c.finished for c in self.children):
                 await self._wait_change(1.0)
@@ -553,20 +618,12 @@ class ProcessFleet:
 
     def close_processes(self, grace: float = 10.0) -> None:
         """Every load process is told to stop and ends within ``grace`` (then it is killed)."""
-        from cvload import process
-
         for child in self.children:
-            if child.proc.poll() is None and child.final is None:
+            if child.transport.running() and child.final is None:
                 self._write(child, {"cmd": "interrupt"})
         deadline = time.monotonic() + grace
         for child in self.children:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            if child.proc.poll() is None:
-                process.end(child.proc, grace=1.0, sigterm="leader")
-            if child.proc.stdin is not None:
-                with contextlib.suppress(OSError):
-                    child.proc.stdin.close()
+            child.transport.end(max(0.1, deadline - time.monotonic()))
 
 
 def _tail(child: _Child) -> str:
