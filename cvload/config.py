@@ -107,6 +107,8 @@ class RunConfig:
     gpu_source: str = "auto"  # auto | server | nvml | none
     # Scale-out: the load in several processes (cvload.multiproc), each with its own event loop and connections
     processes: int | str = 1  # N, or "auto" (from the load and the CPUs, one core left for the dashboard)
+    ray_address: str | None = None  # place the load processes on a Ray cluster: auto | HOST:PORT | ray://HOST:10001
+    ray_resource: str | None = None  # only on nodes that offer this custom Ray resource (e.g. a node label)
     # Scenario bookkeeping
     scenario: str | None = None
     name: str | None = None  # scenario's display name
@@ -160,6 +162,8 @@ class RunConfig:
     def _validate_processes(self) -> None:
         if isinstance(self.processes, str) and self.processes.strip().isdigit():
             self.processes = int(self.processes)
+        if self.ray_resource and not self.ray_address:
+            raise UsageError("--ray-resource picks Ray nodes: add --ray-address")
         if self.processes == "auto":
             return
         if isinstance(self.processes, bool) or not isinstance(self.processes, int) or self.processes < 1:

@@ -396,7 +396,11 @@ class FleetHealth(LoopHealth):
         return out
 
     def summary(self) -> dict[str, Any]:
-        return merge_client(self._sections(final=True), coordinator=super().summary())
+        out = merge_client(self._sections(final=True), coordinator=super().summary())
+        placement = self.fleet.placement()
+        if placement:
+            out["placement"] = placement
+        return out
 
     def live(self) -> dict[str, Any]:
         return merge_client(self._sections(final=False), coordinator=super().live())
@@ -456,6 +460,10 @@ class ProcessFleet:
     def spawn(self, part: Part) -> Any:
         """Start one load process; its transport (``LocalProcess`` here, a Ray actor's in cvload.ray_fleet)."""
         return LocalProcess(asdict(part))
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each load process runs, when that is not simply this host."""
+        return []
 
     def translate(self, child: _Child, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         """A batch on this process's clock (all processes of a host share one: nothing to do)."""

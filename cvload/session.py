@@ -184,9 +184,14 @@ class Session:
         })
         if self.infos and self.infos[0].model_config:
             self.writer.write_json("model_config.json", self.infos[0].model_config)
-        from cvload.multiproc import start_fleet
+        if cfg.ray_address:  # the load processes on a Ray cluster's nodes
+            from cvload.ray_fleet import start_ray_fleet
 
-        fleet = await start_fleet(cfg, len(items))  # --processes: the load in several processes, engine-faced
+            fleet = await start_ray_fleet(cfg, len(items))
+        else:  # --processes: the load in several processes of this host
+            from cvload.multiproc import start_fleet
+
+            fleet = await start_fleet(cfg, len(items))
         if fleet is not None:
             self.engine, self.loop_health = fleet, fleet.health  # type: ignore[assignment]
         else:
