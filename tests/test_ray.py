@@ -3,21 +3,38 @@ processes placed one per node, their records merged into one results folder."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import secrets
+import signal
 import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from cvload import process
-from cvload.cli import main
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra cvload[ray]")
+pytestmark = pytest.mark.timeout(420)  # starting two Ray nodes takes a minute or more on a busy small host
 RAY = str(Path(sys.executable).parent / "ray")
+
+
+@dataclass
+class Cluster:
+    address: str
+    token: str
+
+    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``cvload run`` as its own process (the driver), with the cluster's token in its environment."""
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        return subprocess.run([sys.executable, "-m", "cvload", "run", "--quiet", "--ray-address", self.address,
+                               "--metrics-url", "none", "--gpu-source", "none", *args], capture_output=True,
+                              text=True, env=env, timeout=180)
 
 
 def free_port() -> int:
@@ -26,10 +43,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ray_node(args: list[str], tmp: Path, name: str) -> subprocess.Popen[bytes]:
-    """One ``ray start --block`` in its own process group: ending the group ends that node's Ray processes."""
+def ray_node(args: list[str], tmp: Path, name: str, token: str) -> subprocess.Popen[bytes]:
+    """One ``ray start --block`` in its own process group: ending the group ends that node's Ray processes.
+    The cluster's token (Ray's token authentication) comes by environment, never from a file in $HOME."""
     log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - kept open for the node's life
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0",
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
                                                        os.environ.get("PYTHONPATH")]))}
     return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--object-store-memory", "80000000",
@@ -38,22 +56,29 @@ def ray_node(args: list[str], tmp: Path, name: str) -> subprocess.Popen[bytes]:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("ray")
     port = free_port()
     address = f"127.0.0.1:{port}"
+    token = secrets.token_hex(32)
     nodes = [ray_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                       f"--temp-dir={tmp / 'r'}"], tmp, "head")]
+                       f"--ray-client-server-port={free_port()}", f"--temp-dir={tmp / 'r'}"], tmp, "head", token)]
     try:
         process.wait_until(lambda: _gcs_up(port) or _dead(nodes), 90, what="the Ray head")
         assert not _dead(nodes), (tmp / "head.log").read_text()[-2000:]
-        nodes.append(ray_node([f"--address={address}", "--node-ip-address=127.0.0.1"], tmp, "worker"))
-        process.wait_until(lambda: _alive_nodes(address) >= 2 or _dead(nodes), 120, what="two Ray nodes")
+        nodes.append(ray_node([f"--address={address}", "--node-ip-address=127.0.0.1"], tmp, "worker", token))
+        process.wait_until(lambda: _started(tmp / "worker.log") or _dead(nodes), 180, what="the second Ray node")
         assert not _dead(nodes), (tmp / "worker.log").read_text()[-2000:]
-        yield address
+        yield Cluster(address, token)
     finally:
         for node in reversed(nodes):
             process.end(node, grace=15.0, sigterm="group")
+        for node in nodes:  # agents a stopping raylet starts late still bear the node's group: end them too
+            with contextlib.suppress(process.WaitTimeout):
+                process.wait_until(lambda n=node: not process.group_members(n.pid), 10, what="the Ray agents")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)
+
 
 
 def _dead(nodes: list[subprocess.Popen[bytes]]) -> bool:
@@ -65,18 +90,17 @@ def _gcs_up(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _alive_nodes(address: str) -> int:
-    out = subprocess.run([RAY, "status", f"--address={address}"], capture_output=True, text=True, timeout=30)
-    return out.stdout.count("node_") if out.returncode == 0 else 0
+def _started(log: Path) -> bool:
+    """``ray start`` says so once its raylet registered with the head."""
+    return "Ray runtime started" in log.read_text(errors="replace")
 
 
-def test_two_nodes_one_results_folder(ray_cluster, emulator, tmp_path, capsys):
+def test_two_nodes_one_results_folder(ray_cluster, emulator, tmp_path):
     out = tmp_path / "r"
-    code = main(["run", "--quiet", "--server", emulator.grpc, "--num-tasks", "4", "--requests", "24",
-                 "--ramp", "0.2s", "--ray-address", ray_cluster, "--processes", "2", "--metrics-url", "none",
-                 "--gpu-source", "none", "--out", str(out)])
-    err = capsys.readouterr().err
-    assert code == 0, err
+    done = ray_cluster.run("--server", emulator.grpc, "--num-tasks", "4", "--requests", "24", "--ramp", "0.2s",
+                           "--processes", "2", "--out", str(out))
+    err = done.stderr
+    assert done.returncode == 0, err
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     assert summary["requests"]["total"] == 24 and summary["requests"]["ok"] == 24
@@ -90,8 +114,7 @@ def test_two_nodes_one_results_folder(ray_cluster, emulator, tmp_path, capsys):
     assert summary["concurrency"]["achieved_mean"] == pytest.approx(4, abs=0.5)
 
 
-def test_more_processes_than_cluster_cpus_is_a_usage_error(ray_cluster, emulator, tmp_path, capsys):
-    code = main(["run", "--quiet", "--server", emulator.grpc, "--num-tasks", "8", "--ray-address", ray_cluster,
-                 "--processes", "3", "--out", str(tmp_path / "r")])
-    assert code == 2
-    assert "has 2 CPUs" in capsys.readouterr().err
+def test_more_processes_than_cluster_cpus_is_a_usage_error(ray_cluster, emulator, tmp_path):
+    done = ray_cluster.run("--server", emulator.grpc, "--num-tasks", "8", "--processes", "3",
+                           "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "has 2 CPUs" in done.stderr
