@@ -4,7 +4,7 @@ Ray places, starts, watches and reaches the processes; cvload adds nothing of it
 process is the same ``python -m cvload.multiproc`` as on one host, started by a small Ray actor (``LoadActor``)
 on the node Ray chose (``SPREAD``, or only nodes that have a custom resource: ``--ray-resource``). The actor
 relays: the driver's commands go in through actor calls, the process's batches come back through a poll call
-(a few times a second), and the driver feeds them to the same ``ProcessFleet`` machinery (one results folder,
+(ten times a second; the actor runs one call at a time, so commands arrive in the order they were sent), and the driver feeds them to the same ``ProcessFleet`` machinery (one results folder,
 one dashboard, objectives on all records).
 
 Clocks: a request's latencies are offsets on the clock of the host that sent it, never mixed across hosts. Only
@@ -27,7 +27,7 @@ from cvload.config import RunConfig
 from cvload.errors import CvloadError, UsageError
 from cvload.multiproc import LocalProcess, Part, ProcessFleet, _Child, resolve_processes
 
-POLL_S = 0.2  # how long one poll waits for a load process's output
+POLL_S = 0.1  # the driver asks a load process's actor for its output this often (when none came)
 CLOCK_SAMPLES = 7
 
 
@@ -54,7 +54,7 @@ class LoadActor:
         self._frames: list[bytes] = []
         self._stderr: list[str] = []
         self._code: int | None = None
-        self._ready = threading.Condition()
+        self._ready = threading.Lock()
 
     def node(self) -> dict[str, Any]:
         import ray
@@ -76,22 +76,19 @@ class LoadActor:
         def keep(where: list[Any], item: Any) -> None:
             with self._ready:
                 where.append(item)
-                self._ready.notify_all()
 
         code = self._process.pump(lambda f: keep(self._frames, f), lambda line: keep(self._stderr, line))
         with self._ready:
             self._code = code
-            self._ready.notify_all()
 
     def write(self, message: dict[str, Any]) -> None:
         if self._process is not None:
             self._process.write(message)
 
-    def poll(self, timeout: float) -> tuple[list[bytes], list[str], int | None]:
-        """What the process wrote since the last poll (waits up to ``timeout`` for something), and its exit code
-        once it ended and everything was taken."""
+    def poll(self) -> tuple[list[bytes], list[str], int | None]:
+        """What the process wrote since the last poll, and its exit code once it ended and all was taken.
+        Never waits: the actor runs one call at a time, so commands stay in the order they were sent."""
         with self._ready:
-            self._ready.wait_for(lambda: self._frames or self._stderr or self._code is not None, timeout)
             frames, self._frames = self._frames, []
             errors, self._stderr = self._stderr, []
             return frames, errors, self._code if not frames else None
@@ -116,16 +113,26 @@ class RayProcess:
         self.pid = ray.get(actor.start.remote(start))
         self.where = f" on {node['ip']}"
         self._running = True
+        self._ended = False
+
+    def _connected(self) -> bool:
+        """Ray is still connected: a call after ``ray.shutdown()`` would start a new local Ray instance."""
+        return bool(self.ray.is_initialized())
 
     def write(self, message: dict[str, Any]) -> None:
+        if not self._connected():
+            return
         with contextlib.suppress(Exception):  # a lost actor shows as a dead process in pump
             self.actor.write.remote(message)
 
     def pump(self, on_frame: Any, on_stderr: Any) -> int:
         try:
             while True:
-                frames, errors, code = self.ray.get(
-                    self.actor.poll.options(concurrency_group="poll").remote(POLL_S))
+                if not self._connected():  # the driver let go of Ray: nothing more will come
+                    return -1
+                frames, errors, code = self.ray.get(self.actor.poll.remote())
+                if not frames and not errors and code is None:
+                    time.sleep(POLL_S)
                 for line in errors:
                     on_stderr(line)
                 for frame in frames:
@@ -139,6 +146,9 @@ class RayProcess:
         return self._running
 
     def end(self, timeout: float) -> None:
+        if self._ended or not self._connected():
+            return
+        self._ended = True
         with contextlib.suppress(Exception):
             self.ray.get(self.actor.end.remote(timeout), timeout=timeout + 5.0)
         with contextlib.suppress(Exception):
@@ -168,7 +178,7 @@ class RayFleet(ProcessFleet):
         super().__init__(config, count, items)
         self.ray = ray
         self.owns_ray = owns_ray
-        self._actor_cls = ray.remote(concurrency_groups={"poll": 1})(LoadActor)
+        self._actor_cls = ray.remote(LoadActor)
 
     def spawn(self, part: Part) -> RayProcess:
         options: dict[str, Any] = {"num_cpus": 1, "scheduling_strategy": "SPREAD", "max_restarts": 0}
@@ -213,6 +223,8 @@ class RayFleet(ProcessFleet):
         return out
 
     def close_processes(self, grace: float = 10.0) -> None:
+        if not self.ray.is_initialized():  # closed already (the run's end, then the session's close)
+            return
         super().close_processes(grace)
         if self.owns_ray:
             with contextlib.suppress(Exception):

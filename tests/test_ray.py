@@ -7,20 +7,22 @@ import contextlib
 import json
 import os
 import secrets
-import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from cvload import process
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra cvload[ray]")
-pytestmark = pytest.mark.timeout(420)  # starting two Ray nodes takes a minute or more on a busy small host
+pytestmark = pytest.mark.timeout(420)
+QUIET_S = 5.0  # teardown: how long no Ray process of the test cluster may show up before it is over  # starting two Ray nodes takes a minute or more on a busy small host
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -28,13 +30,14 @@ RAY = str(Path(sys.executable).parent / "ray")
 class Cluster:
     address: str
     token: str
+    client_port: int  # Ray Client's server on the head (ray://)
 
-    def run(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, address: str | None = None) -> subprocess.CompletedProcess[str]:
         """``cvload run`` as its own process (the driver), with the cluster's token in its environment."""
         env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
-        return subprocess.run([sys.executable, "-m", "cvload", "run", "--quiet", "--ray-address", self.address,
-                               "--metrics-url", "none", "--gpu-source", "none", *args], capture_output=True,
-                              text=True, env=env, timeout=180)
+        return subprocess.run([sys.executable, "-m", "cvload", "run", "--quiet", "--ray-address",
+                               address or self.address, "--metrics-url", "none", "--gpu-source", "none", *args],
+                              capture_output=True, text=True, env=env, timeout=180)
 
 
 def free_port() -> int:
@@ -61,24 +64,45 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     port = free_port()
     address = f"127.0.0.1:{port}"
     token = secrets.token_hex(32)
+    client_port = free_port()
     nodes = [ray_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                       f"--ray-client-server-port={free_port()}", f"--temp-dir={tmp / 'r'}"], tmp, "head", token)]
+                       f"--ray-client-server-port={client_port}", f"--temp-dir={tmp / 'r'}"], tmp, "head", token)]
     try:
         process.wait_until(lambda: _gcs_up(port) or _dead(nodes), 90, what="the Ray head")
         assert not _dead(nodes), (tmp / "head.log").read_text()[-2000:]
         nodes.append(ray_node([f"--address={address}", "--node-ip-address=127.0.0.1"], tmp, "worker", token))
         process.wait_until(lambda: _started(tmp / "worker.log") or _dead(nodes), 180, what="the second Ray node")
         assert not _dead(nodes), (tmp / "worker.log").read_text()[-2000:]
-        yield Cluster(address, token)
+        yield Cluster(address, token, client_port)
     finally:
         for node in reversed(nodes):
             process.end(node, grace=15.0, sigterm="group")
-        for node in nodes:  # agents a stopping raylet starts late still bear the node's group: end them too
-            with contextlib.suppress(process.WaitTimeout):
-                process.wait_until(lambda n=node: not process.group_members(n.pid), 10, what="the Ray agents")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(node.pid, signal.SIGKILL)
+        # Ray's agents may outlive their raylet, some started while it stops: kill what is left of each node's
+        # process group, and anything else that carries this cluster's token, until nothing is left.
+        def leftovers() -> list[psutil.Process]:
+            return [*(m for n in nodes for m in process.group_members(n.pid)), *_ours(token)]
 
+        last_seen = [time.monotonic()]
+
+        def kill_leftovers() -> bool:  # true once nothing was left for QUIET_S
+            for leftover in leftovers():
+                last_seen[0] = time.monotonic()
+                with contextlib.suppress(psutil.Error):
+                    leftover.kill()
+            return time.monotonic() - last_seen[0] > QUIET_S
+
+        with contextlib.suppress(process.WaitTimeout):
+            process.wait_until(kill_leftovers, 30, what="the Ray processes to end", first_delay=0.5)
+
+
+def _ours(token: str) -> list[psutil.Process]:
+    """Processes of this test's cluster: every Ray process inherits its token from ``ray start``."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and proc.environ().get("RAY_AUTH_TOKEN") == token:
+                found.append(proc)
+    return found
 
 
 def _dead(nodes: list[subprocess.Popen[bytes]]) -> bool:
@@ -118,3 +142,14 @@ def test_more_processes_than_cluster_cpus_is_a_usage_error(ray_cluster, emulator
     done = ray_cluster.run("--server", emulator.grpc, "--num-tasks", "8", "--processes", "3",
                            "--out", str(tmp_path / "r"))
     assert done.returncode == 2 and "has 2 CPUs" in done.stderr
+
+
+def test_ray_client_address(ray_cluster, emulator, tmp_path):
+    """``ray://HOST:PORT``: the driver connects through Ray Client, as from outside a Kubernetes cluster."""
+    out = tmp_path / "r"
+    done = ray_cluster.run("--server", emulator.grpc, "--num-tasks", "2", "--requests", "8", "--processes", "2",
+                           "--out", str(out), address=f"ray://127.0.0.1:{ray_cluster.client_port}")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"]["ok"] == 8
+    assert len({p["node_id"] for p in summary["client"]["placement"]}) == 2
