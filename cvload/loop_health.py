@@ -184,6 +184,8 @@ def client_text(client: dict[str, Any] | None) -> str:
         parts.append(f"loop lag p99 {lag['p99']:.1f} ms (max {lag.get('max') or 0:.0f} ms)")
     if cpu is not None:
         parts.append(f"CPU {cpu:.0%}")
+    if client.get("load_processes"):  # several load processes: the worst lag, all their CPU
+        parts.append(f"{client['load_processes']} load processes")
     if not parts:
         return ""
     warn = "  (measurements may be inflated: lower the load per process)" if client.get("warnings") else ""

@@ -241,3 +241,40 @@ async def test_dashboard_runs_a_fleet(emulator, tmp_path):
     assert summary["status"] == "interrupted" and summary["client"]["load_processes"] == 2
     assert len(records) == summary["requests"]["total"] + summary["requests"]["cancelled"]
     assert {r["worker"] for r in records} == {0, 1, 2}
+
+
+def test_ctrl_c_reaches_every_process(emulator, tmp_path):
+    """SIGINT to the coordinator (the terminal's Ctrl-C; load processes have their own session): all stop."""
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "cvload", "run", "--quiet", "--server", emulator.grpc, "--num-tasks", "4",
+           "--duration", "60s", "--processes", "2", "--metrics-url", "none", "--gpu-source", "none",
+           "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    records = out / "records.jsonl"
+    deadline = time.monotonic() + 60
+    while not (records.exists() and {json.loads(line)["index"] % 2 for line in
+                                     records.read_text().splitlines() if line.endswith("}")} == {0, 1}):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.05)
+    loads = [c for c in psutil.Process(proc.pid).children() if "cvload.multiproc" in " ".join(c.cmdline())]
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err.decode()
+    assert len(loads) == 2 and not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in loads)
+    summary, lines = load(out)
+    assert summary["status"] == "interrupted" and summary["requests"]["ok"] >= 2
+    assert len(lines) == summary["requests"]["total"] + summary["requests"]["cancelled"]
+
+
+def test_dead_server_aborts_every_process(start_emulator, tmp_path, capsys):
+    from cvload.emulator import EmulatedModel, get_profile
+
+    emu = start_emulator([EmulatedModel(profile=get_profile("instant", {"crash_after": 6}))])
+    out = tmp_path / "r"
+    assert run_cli("--server", emu.grpc, "--num-tasks", "4", "--requests", "400", "--processes", "2",
+                   "--metrics-url", "none", "--out", str(out)) == 1
+    summary, records = load(out)
+    assert summary["status"] == "aborted" and "unreachable" in summary["abort_reason"]
+    assert summary["requests"]["ok"] >= 4
+    assert len(records) == summary["requests"]["total"] + summary["requests"]["cancelled"] < 400
+    assert "unreachable" in capsys.readouterr().err
