@@ -11,8 +11,11 @@ receive path p50/p99, client CPU seconds per 100 requests (every load process an
 concurrency, the worst event-loop lag of any load process, and the cores the server and other work on the host
 used meanwhile (``foreign``: on a shared host, read the figures of a disturbed run with care).
 
-    .venv/bin/python -m benchmarks.scale --levels 64 256 1024           # ~6 min on a 16-core host
+    .venv/bin/python -m benchmarks.scale --levels 64 256 1024           # ~4 min on a 16-core host
     .venv/bin/python -m benchmarks.scale --levels 64 256 --processes 2  # a small host, where auto gives 1
+
+Where one emulated server falls behind at 1024 streams (first-chunk p50 far above 200 ms for both clients),
+``--servers 4`` spreads the streams round-robin over four; the receive path stays the client's share either way.
 """
 
 from __future__ import annotations
@@ -116,6 +119,20 @@ async def bench(servers: list[str], traces: list[Path], pgids: list[int], work: 
                                     traces, pgids)
                 rows.append(row)
                 print(show(row), flush=True)
+    print("per level, the several-process runs against one process (means over rounds):")
+    for streams in args.levels:
+        def mean(key: str, multi: bool, streams: int = streams) -> float | None:
+            got = [r[key] for r in rows if r["streams"] == streams and (r["asked"] != 1) == multi
+                   and r[key] is not None]
+            return sum(got) / len(got) if got else None
+
+        one, many = mean("over_p99_ms", False), mean("over_p99_ms", True)
+        cpu1, cpun = mean("cpu_s_per_100", False), mean("cpu_s_per_100", True)
+        if None in (one, many, cpu1, cpun):
+            continue
+        print(f"  {streams:5d} streams: first chunk p99 over 200 ms {one:.1f} -> {many:.1f} ms "
+              f"({'better' if many < one else 'not better'}), receive path p99 {mean('recv_p99_ms', False) or 0:.1f}"
+              f" -> {mean('recv_p99_ms', True) or 0:.1f} ms, CPU per 100 requests {cpu1:.3f} -> {cpun:.3f} s")
     return rows
 
 
