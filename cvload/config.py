@@ -188,6 +188,10 @@ class RunConfig:
     insecure: bool = False  # skip verification (tests only; the summary warns)
     header: list[str] = field(default_factory=list, repr=False)  # "Name: value", HTTP headers and gRPC metadata
     header_file: str | None = None  # one "Name: value" a line
+    # Scale-out: the load in several processes (cvload.multiproc), each with its own event loop and connections
+    processes: int | str = 1  # N, or "auto" (from the load and the CPUs, one core left for the dashboard)
+    ray_address: str | None = None  # place the load processes on a Ray cluster: auto | HOST:PORT | ray://HOST:10001
+    ray_resource: str | None = None  # only on nodes that offer this custom Ray resource (e.g. a node label)
     # Scenario bookkeeping
     scenario: str | None = None
     name: str | None = None  # scenario's display name
@@ -242,6 +246,7 @@ class RunConfig:
             raise UsageError("--pipeline shapes the embedded emulator's repository: add --emulator")
         Warmup.parse(self.warmup)
         self._validate_transport()
+        self._validate_processes()
         return self
 
     def _validate_transport(self) -> None:
@@ -268,6 +273,18 @@ class RunConfig:
                              hint="leave out --insecure to verify with --ca-cert")
         for i, text in enumerate(self.header, 1):
             parse_header(text, where=f"--header #{i}")
+
+    def _validate_processes(self) -> None:
+        if isinstance(self.processes, str) and self.processes.strip().isdigit():
+            self.processes = int(self.processes)
+        if self.ray_resource and not self.ray_address:
+            raise UsageError("--ray-resource picks Ray nodes: add --ray-address")
+        if self.processes == "auto":
+            return
+        if isinstance(self.processes, bool) or not isinstance(self.processes, int) or self.processes < 1:
+            raise UsageError(f"--processes {self.processes!r}: use a number of processes (1 or more) or auto")
+        if self.processes > 1 and self.save_audio:
+            raise UsageError("--save-audio writes audio from one process: leave --processes out (or use 1)")
 
     @property
     def closed_loop(self) -> bool:

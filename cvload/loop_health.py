@@ -184,7 +184,36 @@ def client_text(client: dict[str, Any] | None) -> str:
         parts.append(f"loop lag p99 {lag['p99']:.1f} ms (max {lag.get('max') or 0:.0f} ms)")
     if cpu is not None:
         parts.append(f"CPU {cpu:.0%}")
+    if client.get("load_processes"):  # several load processes: the worst lag, all their CPU
+        parts.append(f"{client['load_processes']} load processes")
     if not parts:
         return ""
     warn = "  (measurements may be inflated: lower the load per process)" if client.get("warnings") else ""
     return "client " + ", ".join(parts) + warn
+
+
+def merge_client(processes: list[tuple[str, dict[str, Any] | None]],
+                 coordinator: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One ``client`` section for a run in several load processes: the worst loop lag of any of them (each
+    stamps its own requests), the CPU of all of them together (with the coordinator's, which stamps nothing and
+    is never warned about), each process's own section under ``processes`` and its warnings named after it."""
+    sections = [(label, s) for label, s in processes if s]
+    lags = [s.get("loop_lag_ms") or {} for _, s in sections]
+
+    def worst(key: str) -> float | None:
+        got = [lag[key] for lag in lags if lag.get(key) is not None]
+        return max(got) if got else None
+
+    cpus = [s["cpu_cores"] for _, s in sections if s.get("cpu_cores") is not None]
+    if coordinator and coordinator.get("cpu_cores") is not None:
+        cpus.append(coordinator["cpu_cores"])
+    warnings = [f"{label}: {w}" for label, s in sections for w in s.get("warnings", [])]
+    listed = [{"process": label, **{k: v for k, v in s.items() if k != "warnings"}} for label, s in sections]
+    if coordinator:
+        listed.append({"process": "coordinator", **{k: v for k, v in coordinator.items() if k != "warnings"}})
+    return {"loop_lag_ms": {key: worst(key) for key in ("p50", "p99", "max")},
+            "cpu_cores": round(sum(cpus), 3) if cpus else None,
+            "probe_interval_ms": sections[0][1].get("probe_interval_ms", INTERVAL_S * 1000.0) if sections
+            else INTERVAL_S * 1000.0,
+            "samples": sum(s.get("samples", 0) for _, s in sections),
+            "load_processes": len(processes), "warnings": warnings, "processes": listed}

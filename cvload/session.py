@@ -186,7 +186,18 @@ class Session:
         })
         if self.infos and self.infos[0].model_config:
             self.writer.write_json("model_config.json", self.infos[0].model_config)
-        self.engine = Engine(cfg, self.targets, items)
+        if cfg.ray_address:  # the load processes on a Ray cluster's nodes
+            from cvload.ray_fleet import start_ray_fleet
+
+            fleet = await start_ray_fleet(cfg, len(items))
+        else:  # --processes: the load in several processes of this host
+            from cvload.multiproc import start_fleet
+
+            fleet = await start_fleet(cfg, len(items))
+        if fleet is not None:
+            self.engine, self.loop_health = fleet, fleet.health  # type: ignore[assignment]
+        else:
+            self.engine = Engine(cfg, self.targets, items)
         self._loop = asyncio.get_running_loop()
         self.engine.listeners.append(self.writer.on_record)
         self.writer.on_error = self._records_failed
@@ -305,6 +316,9 @@ class Session:
         return EXIT_OK if self.summary["slo_passed"] else EXIT_SLO_FAILED
 
     async def close(self) -> None:
+        close_processes = getattr(self.engine, "close_processes", None)  # a fleet's load processes end here
+        if close_processes is not None:
+            await asyncio.get_running_loop().run_in_executor(None, close_processes)
         for target in self.targets:
             with contextlib.suppress(Exception):  # closing a broken connection must not hide the result
                 await target.close()

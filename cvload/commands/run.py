@@ -111,6 +111,16 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "repeatable; values are written nowhere)")
     g.add_argument("--header-file", default=None, metavar="FILE",
                    help="headers from a file, one 'Name: value' a line (also: CVLOAD_HEADERS, newline-separated)")
+    g = p.add_argument_group("scale-out (docs/scale.md)")
+    g.add_argument("--processes", default=None, metavar="N|auto",
+                   help="run the load in N processes, each with its own event loop and connections (auto: from "
+                        "--num-tasks or --rate and the CPUs, one core left for the dashboard); default 1")
+    g.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="place the load processes on a Ray cluster's nodes (auto, HOST:6379 or ray://HOST:10001; "
+                        "pip install 'cvload[ray]'), one CPU each, spread")
+    g.add_argument("--ray-resource", default=None, metavar="NAME",
+                   help="only on Ray nodes offering this custom resource (e.g. started with "
+                        "--resources '{\"cvload\": 8}')")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -1,0 +1,660 @@
+"""One run's load in several processes on one host (``--processes N|auto``), each with its own event loop and
+its own gRPC channels or HTTP sessions.
+
+One Python process saturates its core at a few hundred streams, and from then on its own scheduling delay is
+added to every latency it stamps. So the load is split over N *load processes* (``python -m cvload.multiproc``,
+started fresh, never forked from a process with a running loop or open channels), each running a normal
+``Engine`` on its share, and the process that runs the session (the *coordinator*) only merges:
+
+- closed loop: worker ``i`` of the whole run lives in process ``i % N`` and starts at ``ramp * i / workers``, as
+  it would in one process; open loop: process ``p`` sends an independent arrival stream of ``rate / N`` (Poisson
+  streams add up to a Poisson stream of the whole rate; constant arrivals are phase-shifted to interleave);
+- request ``i`` of the whole run is request ``i // N`` of process ``i % N`` and uses the same input item and the
+  same server as request ``i`` of a one-process run (items and servers are handed to each process in the order
+  its requests reach them), so the merged ``records.jsonl`` has the indexes and workers of one run (request ids
+  stay those the server saw: each process's own run id, then its own request number);
+- records come back in batches over the process's stdout and go through the coordinator's listeners (the results
+  writer, the console, the dashboard's feed) exactly as an in-process engine's do; all processes of a host share
+  ``time.monotonic``, so their stamps are comparable and percentiles are computed from all records together;
+- commands (pause, resume, concurrency, rate, stop) go to every process; a process that dies is reported, the
+  run stops (as for a dead server: exit code 1) and every record it had sent back is kept.
+
+``ProcessFleet`` has the engine's face (``state``, ``records``, ``inflight.count``, ``listeners``, commands,
+``run()``), so ``Session`` and its views run it as they run an ``Engine``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import pickle
+import queue
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import IO, Any
+
+from cvload.config import RunConfig
+from cvload.engine import DEFAULT_RAMP_S, Engine, EngineState, RunResult
+from cvload.errors import EXIT_RUNTIME, CvloadError, UsageError
+from cvload.loop_health import LoopHealth, merge_client
+from cvload.metrics import wall_time
+from cvload.records import RequestRecord
+
+STREAMS_PER_PROCESS = 64  # closed loop: one process keeps its loop lag well under a millisecond at this many
+RATE_PER_PROCESS = 40.0  # open loop: requests/s a process takes (~64 one-to-two-second streams in flight)
+READY_TIMEOUT_S = 120.0  # a load process imports numpy/grpc and opens its connections (slow on a busy host)
+GO_AFTER_S = 0.05  # the common start lies a little ahead, so every process sees it coming
+BATCH_S = 0.05  # a load process sends its records back at most this often
+STATUS_EVERY_S = 0.2
+_FRAME = struct.Struct("!I")
+
+
+# ---- splitting one run over processes -----------------------------------------------------------------------
+def auto_processes(config: RunConfig, cpus: int | None = None) -> int:
+    """``--processes auto``: enough processes for the load, at most one per CPU but one (dashboard, telemetry)."""
+    cpus = cpus or os.cpu_count() or 1
+    if config.closed_loop:
+        want = math.ceil(config.concurrency / STREAMS_PER_PROCESS)
+    else:
+        want = math.ceil((config.rate or 0.0) / RATE_PER_PROCESS)
+    return max(1, min(max(1, cpus - 1), want))
+
+
+def resolve_processes(config: RunConfig, cpus: int | None = None) -> int:
+    """How many load processes this run gets: the asked number, never more than it has streams, requests or
+    in-flight slots to share (each process needs at least one)."""
+    n = auto_processes(config, cpus) if config.processes == "auto" else int(config.processes)
+    caps = [config.concurrency if config.closed_loop else config.max_inflight]
+    if config.requests is not None:
+        caps.append(config.requests)
+    return max(1, min(n, *caps))
+
+
+def share(total: int, p: int, n: int) -> int:
+    """How many of ``0..total-1`` fall to process ``p`` of ``n`` when ``i`` goes to ``i % n``."""
+    return (total - p + n - 1) // n if total > p else 0
+
+
+def strided(values: Sequence[Any], p: int, n: int) -> list[Any]:
+    """The values process ``p`` of ``n`` meets in order when its ``j``-th use is ``values[(j*n + p) % len]``
+    (one full period: an engine taking ``list[j % len(list)]`` then picks what one process would have)."""
+    size = len(values)
+    return [values[(j * n + p) % size] for j in range(size // math.gcd(size, n))]
+
+
+@dataclass
+class Part:
+    """Process ``index`` of ``count``: its settings and how long after the common start it begins."""
+
+    index: int
+    count: int
+    config: dict[str, Any]
+    delay_s: float = 0.0
+
+
+def split(config: RunConfig, count: int, items: int) -> list[Part]:
+    """Each process's settings: its workers or arrival rate, requests, warmup, servers, seed and start delay."""
+    warmup = config.warmup_spec()
+    total_requests = config.requests if config.requests is not None else (None if config.duration is not None
+                                                                          else items)
+    if config.closed_loop:
+        n = config.concurrency
+        ramp = config.ramp if config.ramp is not None else (DEFAULT_RAMP_S if n > 1 else 0.0)
+    parts = []
+    for p in range(count):
+        child: dict[str, Any] = {
+            "processes": 1, "emulator": False, "pipeline": False, "out": None, "slo": [], "save_audio": False,
+            "metrics_url": "none", "gpu_source": "none", "server": strided(config.server, p, count),
+        }
+        if config.closed_loop:
+            mine = share(n, p, count)
+            delay = ramp * p / n
+            child["num_tasks"] = mine
+            # worker j here is worker j*count + p of the run: it starts at ramp * (j*count + p) / n
+            child["ramp"] = ramp * count * mine / n
+        else:
+            assert config.rate is not None
+            child["rate"] = config.rate / count
+            child["max_inflight"] = max(1, share(config.max_inflight, p, count))
+            child["seed"] = config.seed + 7919 * p  # independent arrival streams
+            delay = p / config.rate if config.arrival == "constant" else 0.0
+        if total_requests is not None:
+            child["requests"] = share(total_requests, p, count)
+        if config.duration is not None:
+            child["duration"] = max(0.001, config.duration - delay)
+        if warmup.requests:
+            child["warmup"] = share(warmup.requests, p, count) or None
+        elif warmup.seconds:
+            child["warmup"] = f"{max(0.001, warmup.seconds - delay):.6f}s"
+        fields = config.to_json()
+        fields.update(child)
+        parts.append(Part(p, count, fields, delay))
+    return parts
+
+
+# ---- the load process ------------------------------------------------------------------------------------------
+class _Outbox:
+    """This process's stdout to the coordinator: pickled batches written by a thread (never on the loop)."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.stream = stream
+        self.queue: queue.SimpleQueue[tuple[str, Any] | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._send, name="cvload-outbox", daemon=True)
+        self.thread.start()
+
+    def put(self, kind: str, payload: Any) -> None:
+        self.queue.put((kind, payload))
+
+    def _send(self) -> None:
+        get, stream = self.queue.get, self.stream
+        while (first := get()) is not None:
+            time.sleep(BATCH_S)
+            batch, end = [first], False
+            while True:
+                try:
+                    item = self.queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    end = True
+                    break
+                batch.append(item)
+            data = pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
+            try:
+                stream.write(_FRAME.pack(len(data)) + data)
+                stream.flush()
+            except OSError:  # the coordinator is gone; the run ends on its closed stdin
+                return
+            if end:
+                return
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join(timeout=10.0)
+
+
+def _status(engine: Engine, health: LoopHealth, *, final: bool = False) -> dict[str, Any]:
+    st = engine.state
+    return {"sent": st.sent, "done": st.done, "failed": st.failed, "inflight": engine.inflight.count,
+            "concurrency": st.concurrency, "rate": st.rate, "measure_start": st.measure_start,
+            "last_send": st.last_send, "aborted": st.aborted, "interrupted": st.interrupted,
+            "stopping": st.stopping, "client": health.summary() if final else health.live()}
+
+
+def _apply(engine: Engine, command: dict[str, Any]) -> None:
+    name, value = command.get("cmd"), command.get("value")
+    if name == "pause":
+        engine.pause()
+    elif name == "resume":
+        engine.resume()
+    elif name == "stop":
+        engine.stop()
+    elif name == "interrupt":
+        engine.interrupt()
+    elif name == "concurrency" and value is not None:
+        engine.set_concurrency(int(value))
+    elif name == "rate" and value is not None:
+        engine.set_rate(float(value))
+
+
+async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
+    from cvload.inputs import load_items
+    from cvload.targets import make_target
+
+    cfg = RunConfig(**part.config).validate()
+    items = strided(load_items(cfg.inputs, spk_cache=cfg.spk_cache), part.index, part.count)
+    targets = [make_target(cfg.protocol, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, api=cfg.api,
+                           options=cfg) for a in cfg.addresses()]
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.gather(*(t.open() for t in targets))
+        engine = Engine(cfg, targets, items)
+        engine.listeners.append(lambda r: outbox.put("record", r))
+        go: asyncio.Future[float] = loop.create_future()
+
+        def on_command(command: dict[str, Any]) -> None:
+            if command.get("cmd") == "go":
+                if not go.done():
+                    go.set_result(float(command["t0"]))
+            elif command.get("cmd") == "interrupt" and not go.done():
+                go.set_result(time.monotonic())  # nothing sent yet: the run starts and stops at once
+                engine.interrupt()
+            else:
+                _apply(engine, command)
+
+        def read_commands() -> None:
+            for line in lines:
+                with contextlib.suppress(ValueError):
+                    command = json.loads(line)
+                    with contextlib.suppress(RuntimeError):
+                        loop.call_soon_threadsafe(on_command, command)
+            with contextlib.suppress(RuntimeError):  # the coordinator is gone: stop and say what we have
+                loop.call_soon_threadsafe(on_command, {"cmd": "interrupt"})
+
+        threading.Thread(target=read_commands, name="cvload-commands", daemon=True).start()
+        outbox.put("ready", {"pid": os.getpid()})
+        t0 = await go
+        await asyncio.sleep(max(0.0, t0 + part.delay_s - time.monotonic()))
+        health = LoopHealth()
+
+        async def report() -> None:
+            while True:
+                await asyncio.sleep(STATUS_EVERY_S)
+                outbox.put("status", _status(engine, health))
+
+        health.start()
+        reporter = asyncio.create_task(report())
+        try:
+            result = await engine.run()
+        finally:
+            reporter.cancel()
+            health.stop()
+        outbox.put("final", {**_status(engine, health, final=True), "achieved": result.concurrency})
+    finally:
+        for target in targets:
+            with contextlib.suppress(Exception):
+                await target.close()
+
+
+def main() -> int:
+    """A load process: a start line (its ``Part``) on stdin, then commands; batches of messages on stdout."""
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)  # a stray print must not break the frames
+    outbox = _Outbox(out)
+    code = 0
+    try:
+        part = Part(**json.loads(sys.stdin.readline()))
+        asyncio.run(_serve_part(part, outbox, sys.stdin))
+    except CvloadError as exc:
+        outbox.put("failed", {"message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+        code = exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - reaches the user through the coordinator
+        outbox.put("failed", {"message": f"{type(exc).__name__}: {exc}", "hint": None, "exit_code": EXIT_RUNTIME})
+        code = EXIT_RUNTIME
+    outbox.close()
+    return code
+
+
+# ---- the coordinator's side ------------------------------------------------------------------------------------
+def read_frames(stream: IO[bytes]) -> Iterator[bytes]:
+    """The pickled batches a load process writes (a cut frame ends them: the process died while writing)."""
+    while True:
+        head = stream.read(_FRAME.size)
+        if len(head) < _FRAME.size:
+            return
+        size = _FRAME.unpack(head)[0]
+        data = stream.read(size)
+        if len(data) < size:
+            return
+        yield data
+
+
+class LocalProcess:
+    """A load process on this host: ``python -m cvload.multiproc`` with pipes (the transport of a fleet)."""
+
+    where = ""
+
+    def __init__(self, start: dict[str, Any]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "cvload.multiproc"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     start_new_session=True)  # the terminal's Ctrl-C is the coordinator's to relay
+        self.pid = self.proc.pid
+        self.write(start)
+
+    def write(self, message: dict[str, Any]) -> None:
+        if self.proc.stdin is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            self.proc.stdin.write((json.dumps(message) + "\n").encode())
+            self.proc.stdin.flush()
+
+    def pump(self, on_frame: Callable[[bytes], None], on_stderr: Callable[[str], None]) -> int:
+        """Hand every frame and stderr line over until the process ends; its exit code."""
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        errors = self.proc.stderr
+
+        def read_stderr() -> None:
+            for line in errors:
+                on_stderr(line.decode(errors="replace").rstrip("\n"))
+
+        thread = threading.Thread(target=read_stderr, name="cvload-fleet-stderr", daemon=True)
+        thread.start()
+        for frame in read_frames(self.proc.stdout):
+            on_frame(frame)
+        code = self.proc.wait()
+        thread.join(timeout=2.0)
+        return code
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    def end(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the process to end by itself, then end it."""
+        from cvload import process
+
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=timeout)
+        if self.proc.poll() is None:
+            process.end(self.proc, grace=1.0, sigterm="leader")
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+
+
+class _Inflight:
+    def __init__(self, fleet: ProcessFleet) -> None:
+        self._fleet = fleet
+
+    @property
+    def count(self) -> int:
+        return sum(int(c.status.get("inflight", 0)) for c in self._fleet.children if not c.finished)
+
+
+@dataclass
+class _Child:
+    part: Part
+    transport: Any  # LocalProcess, or a load process behind a Ray actor (cvload.ray_fleet)
+    status: dict[str, Any] = field(default_factory=dict)
+    final: dict[str, Any] | None = None
+    failed: dict[str, Any] | None = None
+    ready: bool = False
+    exited: int | None = None
+    stderr: deque[str] = field(default_factory=lambda: deque(maxlen=20))
+    records: int = 0
+
+    @property
+    def label(self) -> str:
+        return f"load process {self.part.index} (pid {self.transport.pid}{self.transport.where})"
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None or self.exited is not None
+
+
+class FleetHealth(LoopHealth):
+    """The session's ``client`` section for a fleet: every load process's loop lag and CPU, plus the
+    coordinator's own CPU (its loop lag stamps nothing, so it is listed but never warned about)."""
+
+    def __init__(self, fleet: ProcessFleet) -> None:
+        super().__init__()
+        self.fleet = fleet
+
+    def _sections(self, *, final: bool) -> list[tuple[str, dict[str, Any] | None]]:
+        out = []
+        for child in self.fleet.children:
+            section = (child.final or {}).get("client") if final else None
+            out.append((f"load process {child.part.index}", section or child.status.get("client")))
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        out = merge_client(self._sections(final=True), coordinator=super().summary())
+        placement = self.fleet.placement()
+        if placement:
+            out["placement"] = placement
+        return out
+
+    def live(self) -> dict[str, Any]:
+        return merge_client(self._sections(final=False), coordinator=super().live())
+
+
+class ProcessFleet:
+    """N load processes with the face of an ``Engine`` (see the module's docstring)."""
+
+    def __init__(self, config: RunConfig, count: int, items: int) -> None:
+        self.config = config
+        self.count = count
+        self.parts = split(config, count, items)
+        self.listeners: list[Callable[[RequestRecord], None]] = []
+        self.on_measure_start: Callable[[], None] | None = None
+        self.on_audio: Any = None  # --save-audio is refused with several processes
+        self.state = EngineState(planned=config.requests)
+        self.records: list[RequestRecord] = []
+        self.children: list[_Child] = []
+        self.inflight = _Inflight(self)
+        self.health = FleetHealth(self)
+        self.deaths: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: asyncio.Event | None = None
+
+    # ---- starting --------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start every load process and wait until all have opened their connections (or one failed)."""
+        self._loop = asyncio.get_running_loop()
+        self._changed = asyncio.Event()
+        for part in self.parts:
+            child = _Child(part, self.spawn(part))
+            self.children.append(child)
+            threading.Thread(target=self._pump, args=(child,), name="cvload-fleet-reader", daemon=True).start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            while not all(c.ready for c in self.children):
+                for child in self.children:
+                    if child.failed is not None:
+                        raise _failure(child)
+                    if child.exited is not None and not child.ready:
+                        raise CvloadError(f"{child.label} ended with exit code {child.exited} before it was ready"
+                                          + _tail(child))
+                if time.monotonic() > deadline:
+                    raise CvloadError(f"the load processes were not ready within {READY_TIMEOUT_S:g} s",
+                                      hint="the host may be overloaded: use fewer --processes")
+                await self._wait_change(1.0)
+        except BaseException:
+            self.close_processes()
+            raise
+
+    async def _wait_change(self, timeout: float) -> None:
+        assert self._changed is not None
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        self._changed.clear()
+
+    def spawn(self, part: Part) -> Any:
+        """Start one load process; its transport (``LocalProcess`` here, a Ray actor's in cvload.ray_fleet)."""
+        return LocalProcess(asdict(part))
+
+    def placement(self) -> list[dict[str, Any]]:
+        """Where each load process runs, when that is not simply this host."""
+        return []
+
+    def translate(self, child: _Child, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+        """A batch on this process's clock (all processes of a host share one: nothing to do)."""
+        return batch
+
+    def go(self, child: _Child, t0: float) -> dict[str, Any]:
+        """The start message: the common start ``t0`` on this process's clock."""
+        return {"cmd": "go", "t0": t0}
+
+    def _write(self, child: _Child, message: dict[str, Any]) -> None:
+        if not child.finished:
+            child.transport.write(message)
+
+    def _broadcast(self, message: dict[str, Any], values: list[Any] | None = None) -> None:
+        for i, child in enumerate(self.children):
+            self._write(child, message if values is None else {**message, "value": values[i]})
+
+    # ---- reading the processes (reader threads hand everything to the loop) ---------------------------------
+    def _pump(self, child: _Child) -> None:
+        loop = self._loop
+        assert loop is not None
+
+        def on_frame(frame: bytes) -> None:
+            batch = self.translate(child, pickle.loads(frame))
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._on_batch, child, batch)
+
+        def on_stderr(text: str) -> None:
+            child.stderr.append(text)
+            print(f"[load process {child.part.index}] {text}", file=sys.stderr, flush=True)
+
+        try:
+            code = child.transport.pump(on_frame, on_stderr)
+        except Exception as exc:  # noqa: BLE001 - a lost transport is a dead process, reported as such
+            on_stderr(f"{type(exc).__name__}: {exc}")
+            code = -1
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(self._on_exit, child, code)
+
+    def _on_batch(self, child: _Child, batch: list[tuple[str, Any]]) -> None:
+        for kind, payload in batch:
+            if kind == "record":
+                self._add(child, payload)
+            elif kind == "status":
+                child.status = payload
+            elif kind == "final":
+                child.status = child.final = payload
+            elif kind == "ready":
+                child.ready = True
+            elif kind == "failed":
+                child.failed = payload
+        self._update_state()
+
+    def _add(self, child: _Child, record: RequestRecord) -> None:
+        """Process p's request j is the run's request j*N + p (its worker likewise); one clock, one start. The
+        request id stays the one the server saw (each process has its own run id prefix)."""
+        n, p = self.count, child.part.index
+        record.index = record.index * n + p
+        if record.worker >= 0:
+            record.worker = record.worker * n + p
+        record.run_start = self.state.started
+        child.records += 1
+        self.records.append(record)
+        for listener in self.listeners:
+            listener(record)
+
+    def _on_exit(self, child: _Child, code: int) -> None:
+        child.exited = code
+        if child.final is None and child.ready:
+            why = f"failed: {child.failed['message']}" if child.failed else f"died (exit code {code})"
+            death = (f"{child.label} {why}; its {child.records} finished request(s) are kept"
+                     + ("" if child.failed else _tail(child)))
+            self.deaths.append(death)
+            if not self.state.aborted:
+                self.state.aborted = death
+            self.stop()
+        self._update_state()
+
+    def _update_state(self) -> None:
+        st, statuses = self.state, [c.status for c in self.children if c.status]
+        if statuses:
+            st.sent = sum(s["sent"] for s in statuses)
+            st.done = sum(s["done"] for s in statuses)
+            st.failed = sum(s["failed"] for s in statuses)
+            st.concurrency = sum(s["concurrency"] for s in statuses)
+            rates = [s["rate"] for s in statuses if s["rate"] is not None]
+            st.rate = sum(rates) if rates else None
+            sends = [s["last_send"] for s in statuses if s["last_send"] is not None]
+            st.last_send = max(sends) if sends else None
+            marks = [s["measure_start"] for s in statuses if s["measure_start"] is not None]
+            if marks and st.measure_start is None and self.on_measure_start is not None:
+                self.on_measure_start()
+            st.measure_start = min(marks) if marks else None
+            st.interrupted = st.interrupted or any(s["interrupted"] for s in statuses)
+            aborted = next((s["aborted"] for s in statuses if s["aborted"]), None)
+            if aborted and not st.aborted:
+                st.aborted = aborted
+                self.stop()  # the server died for one process: it died for all
+        if self._changed is not None:
+            self._changed.set()
+
+    # ---- commands (the engine's) -----------------------------------------------------------------------------
+    def pause(self) -> None:
+        self.state.paused = True
+        self._broadcast({"cmd": "pause"})
+
+    def resume(self) -> None:
+        self.state.paused = False
+        self._broadcast({"cmd": "resume"})
+
+    def stop(self) -> None:
+        self.state.stopping = True
+        self._broadcast({"cmd": "stop"})
+
+    def interrupt(self) -> None:
+        self.state.interrupted = True
+        self.state.stopping = True
+        self._broadcast({"cmd": "interrupt"})
+
+    def set_concurrency(self, n: int) -> None:
+        """Closed loop: the run's workers, split as at the start (at least one per process)."""
+        n = max(self.count, int(n))
+        self.state.concurrency = n
+        self._broadcast({"cmd": "concurrency"}, [share(n, p, self.count) for p in range(self.count)])
+
+    def set_rate(self, rate: float) -> None:
+        rate = max(0.01, float(rate))
+        self.state.rate = rate
+        self._broadcast({"cmd": "rate"}, [rate / self.count] * self.count)
+
+    # ---- the run ---------------------------------------------------------------------------------------------
+    async def run(self) -> RunResult:
+        t0 = time.monotonic() + GO_AFTER_S
+        self.state.started = t0
+        self.state.concurrency = self.config.concurrency if self.config.closed_loop else 0
+        self.state.rate = self.config.rate
+        if self.state.interrupted:
+            self._broadcast({"cmd": "interrupt"})
+        else:
+            for child in self.children:
+                self._write(child, self.go(child, t0))
+        try:
+            while not all(c.finished for c in self.children):
+                await self._wait_change(1.0)
+        finally:
+            self.close_processes()
+        requested = float(self.state.concurrency) if self.config.closed_loop else None
+        return RunResult(self.records, self.state, self.wall_s(), self._concurrency(requested))
+
+    def _concurrency(self, requested: float | None) -> dict[str, float | None]:
+        """Each process's time-weighted in-flight count, summed (their windows share one clock and one ramp)."""
+        parts = [c.final["achieved"] for c in self.children if c.final is not None]
+        total = {key: sum(p.get(key) or 0.0 for p in parts) for key in ("achieved_mean", "achieved_max",
+                                                                         "achieved_mean_overall")}
+        return {"requested": requested, **total}
+
+    def wall_s(self) -> float:
+        start = self.state.measure_start if self.state.measure_start is not None else self.state.started
+        return wall_time(self.records, start=start, end=None if self.records else time.monotonic())
+
+    def close_processes(self, grace: float = 10.0) -> None:
+        """Every load process is told to stop and ends within ``grace`` (then it is killed)."""
+        for child in self.children:
+            if child.transport.running() and child.final is None:
+                self._write(child, {"cmd": "interrupt"})
+        deadline = time.monotonic() + grace
+        for child in self.children:
+            child.transport.end(max(0.1, deadline - time.monotonic()))
+
+
+def _tail(child: _Child) -> str:
+    lines = [line for line in child.stderr if line.strip()][-5:]
+    return (": " + " | ".join(lines)) if lines else ""
+
+
+def _failure(child: _Child) -> CvloadError:
+    failed = child.failed or {}
+    message = f"{child.label}: {failed.get('message')}"
+    cls = UsageError if failed.get("exit_code") == UsageError.exit_code else CvloadError
+    return cls(message, hint=failed.get("hint"))
+
+
+async def start_fleet(config: RunConfig, items: int) -> ProcessFleet | None:
+    """The fleet for a run of several processes, started and ready; None when the run takes one process."""
+    count = resolve_processes(config)
+    if count <= 1:
+        return None
+    fleet = ProcessFleet(config, count, items)
+    await fleet.start()
+    return fleet
+
+
+if __name__ == "__main__":
+    sys.exit(main())

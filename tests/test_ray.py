@@ -1,0 +1,155 @@
+"""``--ray-address``: a real local Ray cluster of two nodes (a head and a second raylet, one CPU each), the load
+processes placed one per node, their records merged into one results folder."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cvload import process
+
+ray = pytest.importorskip("ray", reason="Ray is the optional extra cvload[ray]")
+pytestmark = pytest.mark.timeout(420)
+QUIET_S = 5.0  # teardown: how long no Ray process of the test cluster may show up before it is over  # starting two Ray nodes takes a minute or more on a busy small host
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+@dataclass
+class Cluster:
+    address: str
+    token: str
+    client_port: int  # Ray Client's server on the head (ray://)
+
+    def run(self, *args: str, address: str | None = None) -> subprocess.CompletedProcess[str]:
+        """``cvload run`` as its own process (the driver), with the cluster's token in its environment."""
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        return subprocess.run([sys.executable, "-m", "cvload", "run", "--quiet", "--ray-address",
+                               address or self.address, "--metrics-url", "none", "--gpu-source", "none", *args],
+                              capture_output=True, text=True, env=env, timeout=180)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ray_node(args: list[str], tmp: Path, name: str, token: str) -> subprocess.Popen[bytes]:
+    """One ``ray start --block`` in its own process group: ending the group ends that node's Ray processes.
+    The cluster's token (Ray's token authentication) comes by environment, never from a file in $HOME."""
+    log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - kept open for the node's life
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]),
+                                                       os.environ.get("PYTHONPATH")]))}
+    return subprocess.Popen([RAY, "start", "--block", "--num-cpus", "1", "--object-store-memory", "80000000",
+                             "--disable-usage-stats", *args], stdout=log, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("ray")
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    token = secrets.token_hex(32)
+    client_port = free_port()
+    nodes = [ray_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
+                       f"--ray-client-server-port={client_port}", f"--temp-dir={tmp / 'r'}"], tmp, "head", token)]
+    try:
+        process.wait_until(lambda: _gcs_up(port) or _dead(nodes), 90, what="the Ray head")
+        assert not _dead(nodes), (tmp / "head.log").read_text()[-2000:]
+        nodes.append(ray_node([f"--address={address}", "--node-ip-address=127.0.0.1"], tmp, "worker", token))
+        process.wait_until(lambda: _started(tmp / "worker.log") or _dead(nodes), 180, what="the second Ray node")
+        assert not _dead(nodes), (tmp / "worker.log").read_text()[-2000:]
+        yield Cluster(address, token, client_port)
+    finally:
+        for node in reversed(nodes):
+            process.end(node, grace=15.0, sigterm="group")
+        # Ray's agents may outlive their raylet, some started while it stops: kill what is left of each node's
+        # process group, and anything else that carries this cluster's token, until nothing is left.
+        def leftovers() -> list[psutil.Process]:
+            return [*(m for n in nodes for m in process.group_members(n.pid)), *_ours(token)]
+
+        last_seen = [time.monotonic()]
+
+        def kill_leftovers() -> bool:  # true once nothing was left for QUIET_S
+            for leftover in leftovers():
+                last_seen[0] = time.monotonic()
+                with contextlib.suppress(psutil.Error):
+                    leftover.kill()
+            return time.monotonic() - last_seen[0] > QUIET_S
+
+        with contextlib.suppress(process.WaitTimeout):
+            process.wait_until(kill_leftovers, 30, what="the Ray processes to end", first_delay=0.5)
+
+
+def _ours(token: str) -> list[psutil.Process]:
+    """Processes of this test's cluster: every Ray process inherits its token from ``ray start``."""
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.pid != os.getpid() and proc.environ().get("RAY_AUTH_TOKEN") == token:
+                found.append(proc)
+    return found
+
+
+def _dead(nodes: list[subprocess.Popen[bytes]]) -> bool:
+    return any(n.poll() is not None for n in nodes)
+
+
+def _gcs_up(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _started(log: Path) -> bool:
+    """``ray start`` says so once its raylet registered with the head."""
+    return "Ray runtime started" in log.read_text(errors="replace")
+
+
+def test_two_nodes_one_results_folder(ray_cluster, emulator, tmp_path):
+    out = tmp_path / "r"
+    done = ray_cluster.run("--server", emulator.grpc, "--num-tasks", "4", "--requests", "24", "--ramp", "0.2s",
+                           "--processes", "2", "--out", str(out))
+    err = done.stderr
+    assert done.returncode == 0, err
+    summary = json.loads((out / "summary.json").read_text())
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert summary["requests"]["total"] == 24 and summary["requests"]["ok"] == 24
+    assert sorted(r["index"] for r in records) == list(range(24))
+    assert {r["worker"] for r in records} == set(range(4))
+    assert 200 <= summary["metrics"]["first_chunk_latency_ms"]["p50"] < 300
+    placement = summary["client"]["placement"]
+    assert len({p["node_id"] for p in placement}) == 2  # spread: one load process per node
+    assert all(p["clock_offset_ms"] == 0.0 for p in placement)  # one kernel: the same monotonic clock
+    assert err.count("clock offset") == 2
+    assert summary["concurrency"]["achieved_mean"] == pytest.approx(4, abs=0.5)
+
+
+def test_more_processes_than_cluster_cpus_is_a_usage_error(ray_cluster, emulator, tmp_path):
+    done = ray_cluster.run("--server", emulator.grpc, "--num-tasks", "8", "--processes", "3",
+                           "--out", str(tmp_path / "r"))
+    assert done.returncode == 2 and "has 2 CPUs" in done.stderr
+
+
+def test_ray_client_address(ray_cluster, emulator, tmp_path):
+    """``ray://HOST:PORT``: the driver connects through Ray Client, as from outside a Kubernetes cluster."""
+    out = tmp_path / "r"
+    done = ray_cluster.run("--server", emulator.grpc, "--num-tasks", "2", "--requests", "8", "--processes", "2",
+                           "--out", str(out), address=f"ray://127.0.0.1:{ray_cluster.client_port}")
+    assert done.returncode == 0, done.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"]["ok"] == 8
+    assert len({p["node_id"] for p in summary["client"]["placement"]}) == 2
