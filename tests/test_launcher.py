@@ -9,14 +9,16 @@ import subprocess
 import sys
 import time
 import urllib.request
+import venv
 from pathlib import Path
 
+import numpy
 import pytest
 
 from cvload import process
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import CvloadError, ServerError
-from cvload.triton import launcher
+from cvload.triton import launcher, stub_python
 from cvload.triton.launcher import TritonServer
 
 INSTANT = get_profile("instant")
@@ -222,3 +224,77 @@ def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
         parent.wait()
     process.wait_until(lambda: not group_pids(server_pid), 20, what="the orphaned server to exit")
     process.wait_until(lambda: not process.shm_regions(prefix), 5, what="the server to remove its regions")
+
+
+# ---- the Python that runs the bundled server's stub ----------------------------------------------------------
+def make_env(path: Path, site: dict[str, str]) -> Path:
+    """A venv of this interpreter without pip, with ``site`` written into its site-packages; its python3."""
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(path)
+    packages = next(path.glob("lib/python3*/site-packages"))
+    for name, text in site.items():
+        (packages / name).parent.mkdir(parents=True, exist_ok=True)
+        (packages / name).write_text(text)
+    return path / "bin" / "python3"
+
+
+needs_bundle = pytest.mark.skipif(launcher.find_tritonserver().bundle_root is None,
+                                  reason="the stub checks concern the nvidia-pytriton bundle")
+
+
+@needs_bundle
+async def test_stub_runs_in_the_chosen_environment_not_the_first_python3(tmp_path: Path) -> None:
+    """A second environment (this one's packages through a .pth) runs the stub: it records its own start, and
+    the FP32 prompt and BYTES text arrive intact (the audio's length follows from the text)."""
+    from cvload.targets import make_target
+    from cvload.targets.base import SynthesisRequest
+
+    starts = tmp_path / "starts.txt"
+    project_site = Path(numpy.__file__).parent.parent
+    python = make_env(tmp_path / "stubenv", {
+        "project.pth": f"{project_site}\n",
+        "sitecustomize.py": f"import os, sys\nwith open({str(starts)!r}, 'a') as f:\n"
+                            "    f.write(f'{os.getppid()} {sys.prefix}\\n')\n",
+    })
+    repo = repository(tmp_path, [EmulatedModel("cosyvoice2_offline", INSTANT, "offline")])
+    with TritonServer(repo, stub_python=python, extra_args=["--exit-timeout-secs=0"]) as server:
+        assert server.stub is not None and server.stub.python == python
+        target = make_target("http", "offline", server.http_url, "cosyvoice2_offline", timeout=10)
+        await target.open()
+        try:
+            prompt = (0.1 * numpy.sin(numpy.arange(16000) / 10)).astype(numpy.float32)
+            text = "Hello there, this is a test of the emergency broadcast system."
+            chunks = [c async for c in target.synthesize(SynthesisRequest("stubenv-1", text, "a prompt", prompt))]
+        finally:
+            await target.close()
+        server_pid = server.process.pid  # type: ignore[union-attr]
+    assert [c.audio.size for c in chunks] == [24000 + 48000 + 40320]
+    stub_starts = [line.split(" ", 1) for line in starts.read_text().splitlines()]
+    assert [str(server_pid), str(tmp_path / "stubenv")] in stub_starts, stub_starts
+
+
+@needs_bundle
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_stub_python_with_numpy_2_is_refused_before_start(tmp_path: Path, how: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    python = make_env(tmp_path / "np2", {"numpy/__init__.py": '__version__ = "2.1.3"\n'})
+    if how == "environment":
+        monkeypatch.setenv(stub_python.ENV_VAR, str(python))
+    server = TritonServer(repository(tmp_path), stub_python=python if how == "argument" else None)
+    with pytest.raises(ServerError) as err:
+        server.start()
+    message = str(err.value)
+    assert f"{python} imports numpy 2.1.3" in message and "works only with numpy 1.x" in message
+    assert stub_python.SETUP_COMMAND in message and "--server" in message, "says what to do"
+    assert server.process is None, "nothing was started"
+
+
+def test_python3_dir_is_the_venv_bin_or_a_link_to_a_bare_interpreter(tmp_path: Path) -> None:
+    python = make_env(tmp_path / "env", {})
+    assert launcher._python3_dir(python, tmp_path / "work") == python.parent
+    bare = tmp_path / "usr" / "bin" / "python3.99"
+    bare.parent.mkdir(parents=True)
+    bare.symlink_to(sys.executable)
+    (bare.parent / "python3").symlink_to("/bin/sh")  # another python3 beside it
+    shim = launcher._python3_dir(bare, tmp_path / "work")
+    assert shim == tmp_path / "work" / "stub-bin"
+    assert (shim / "python3").resolve() == Path(sys.executable).resolve()

@@ -1,0 +1,253 @@
+"""Which Python runs the Python-backend stub of the bundled tritonserver, and whether it can.
+
+The stub (``triton_python_backend_stub``, one build per Python minor version in nvidia-pytriton 0.7.0) embeds the
+interpreter that ``python3`` on its ``PATH`` resolves to, with that environment's site-packages; it ignores
+``PYTHONPATH`` and the user site. Every stub of the bundle was built with a pybind11 that predates numpy 2: with
+numpy 2 it misreads tensors (FP32 ``[1, 2, 3]`` arrives as ``[1, 1, 1]``, BYTES crash the stub and the server
+answers "Stub process ... is not healthy" on the first request). So the stub needs a Python 3.10-3.12 environment
+with numpy 1.x; numpy 1.x has no wheels for Python 3.13, so on 3.13 that environment is a second, private one made
+from another interpreter (docs/local-triton.md has the measurements).
+
+This module picks that interpreter (an explicit one, the running one, or the private environment made by
+``python -m cvload.triton.stub_python``), checks it before the server starts, and makes the private environment.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from cvload.errors import CvloadError, ServerError
+
+BUNDLE = "nvidia-pytriton==0.7.0"
+STUB_NUMPY = "1.26.4"  # the last numpy 1.x release; its wheels cover CPython 3.9-3.12
+STUB_VERSIONS = ("3.10", "3.11", "3.12")  # stubs that can get numpy 1.x from a wheel (the bundle has 3.8-3.13)
+ENV_VAR = "CVLOAD_STUB_PYTHON"  # a python3 to run the stub with, overriding the choice below
+PRIVATE_ENV = "cvload-stub-python"  # the private environment, under the running environment's sys.prefix
+SETUP_COMMAND = "python -m cvload.triton.stub_python"
+
+
+def unsupported_platform(system: str | None = None, machine: str | None = None) -> str | None:
+    """Why the bundled server cannot run here, in one sentence, or None on Linux x86_64 (``system`` and
+    ``machine`` stand in for this machine's, to show the message of another)."""
+    system = system or platform.system()
+    machine = (machine or platform.machine()).lower()
+    if system == "Linux" and machine in ("x86_64", "amd64"):
+        return None
+    return (f"The embedded Triton server runs only on Linux x86_64 (nvidia-pytriton bundles no tritonserver for "
+            f"{system} {machine}): measure a running server with --server HOST:PORT instead.")
+
+
+@dataclass(frozen=True)
+class StubPython:
+    """An interpreter as the stub would see it: run with ``-E -s`` as the embedded one ignores the environment's
+    PYTHON* variables and the user site."""
+
+    python: Path
+    version: str  # "3.12"
+    numpy: str | None  # what ``import numpy`` gives it, None when it has none
+    numpy_path: str | None
+    libdir: str  # sysconfig LIBDIR: where its libpython3.X.so.1.0 is, for the stub's LD_LIBRARY_PATH
+    libpython: bool  # whether libpython3.X.so.1.0 loads (the 3.10-3.12 stubs link it; Debian: libpython3.X)
+
+    def problem(self) -> str | None:
+        """Why the bundle's stub cannot run with this interpreter, or None."""
+        if self.version not in STUB_VERSIONS:
+            if self.version == "3.13":
+                return (f"{self.python} is Python 3.13: the bundle's 3.13 stub needs numpy 1.x, which has no "
+                        f"wheels for 3.13")
+            return f"{self.python} is Python {self.version}; the stub needs Python {', '.join(STUB_VERSIONS)}"
+        if self.numpy is None:
+            return f"{self.python} (Python {self.version}) has no numpy; the stub needs numpy 1.x"
+        if int(self.numpy.split(".")[0]) >= 2:
+            return (f"{self.python} imports numpy {self.numpy} ({self.numpy_path}); the bundle's Python {self.version} "
+                    f"stub works only with numpy 1.x (with numpy 2 it misreads every tensor)")
+        if not self.libpython:
+            return (f"{self.python} has no shared libpython{self.version}.so.1.0, which the stub links (Debian/Ubuntu: "
+                    f"apt-get install libpython{self.version})")
+        return None
+
+
+_PROBE = r"""
+import ctypes, json, os, sys, sysconfig
+v = "%d.%d" % sys.version_info[:2]
+libdir = sysconfig.get_config_var("LIBDIR") or ""
+name = "libpython%s.so.1.0" % v
+lib = False
+for candidate in (os.path.join(libdir, name), name):
+    try:
+        ctypes.CDLL(candidate)
+        lib = True
+        break
+    except OSError:
+        pass
+try:
+    import numpy
+    np, where = numpy.__version__, os.path.dirname(numpy.__file__)
+except Exception:
+    np = where = None
+print(json.dumps({"version": v, "numpy": np, "numpy_path": where, "libdir": libdir, "libpython": lib}))
+"""
+
+
+def inspect(python: str | os.PathLike[str]) -> StubPython:
+    """Ask ``python`` what the stub would find in it (about 0.1 s: it imports numpy)."""
+    path = Path(python)
+    try:
+        out = subprocess.run([str(path), "-E", "-s", "-c", _PROBE], capture_output=True, text=True, timeout=60,
+                             check=True).stdout
+        facts = json.loads(out.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+        raise ServerError(f"cannot run {path} to check it for the Python-backend stub: {exc}",
+                          hint=f"point {ENV_VAR} at a working python3, or run `{SETUP_COMMAND}`") from None
+    return StubPython(python=path, **facts)
+
+
+def private_env(prefix: str | os.PathLike[str] | None = None) -> Path:
+    """Where ``python -m cvload.triton.stub_python`` puts the private environment: inside the running one, so it
+    goes when that goes."""
+    return Path(prefix or sys.prefix) / PRIVATE_ENV
+
+
+def _env_python(env: Path) -> Path:
+    return env / "bin" / "python3"
+
+
+def choose(explicit: str | os.PathLike[str] | None = None, *, running: str | os.PathLike[str] | None = None,
+           prefix: str | os.PathLike[str] | None = None) -> StubPython:
+    """The interpreter to run the stub with: ``explicit`` (or $CVLOAD_STUB_PYTHON) if given, else the running one
+    (``running``, default this interpreter) if it fits, else the private environment under ``prefix`` (default
+    this environment's); a clear error naming versions and the fix when none fits."""
+    explicit = explicit or os.environ.get(ENV_VAR)
+    hint = _fix_hint(private_env(prefix))
+    if explicit:
+        chosen = inspect(explicit)
+        why = chosen.problem()
+        if why:
+            raise ServerError(f"cannot run the Python-backend stub with {explicit}: {why}", hint=hint)
+        return chosen
+    current = inspect(running or sys.executable)
+    why = current.problem()
+    if why is None:
+        return current
+    private = _env_python(private_env(prefix))
+    if private.exists():
+        chosen = inspect(private)
+        if chosen.problem() is None:
+            return chosen
+        why += f"; the private environment does not fit either: {chosen.problem()}"
+    raise ServerError(f"the bundled tritonserver's Python backend cannot run here: {why}", hint=hint)
+
+
+def _fix_hint(private: Path) -> str:
+    return (f"run `{SETUP_COMMAND}` (makes {private} with numpy {STUB_NUMPY} from a Python "
+            f"{'/'.join(STUB_VERSIONS)}), or point {ENV_VAR} at a python3 of an environment with numpy<2, or "
+            f"measure a running server with --server HOST:PORT")
+
+
+# ---- making the private environment -------------------------------------------------------------------------
+def base_candidates() -> list[Path]:
+    """Interpreters a private environment could be made from: the running one (when it is 3.10-3.12), then
+    python3.12, python3.11, python3.10 on PATH."""
+    found: list[Path] = []
+    if f"{sys.version_info.major}.{sys.version_info.minor}" in STUB_VERSIONS:
+        found.append(Path(getattr(sys, "_base_executable", sys.executable)))
+    for version in reversed(STUB_VERSIONS):
+        on_path = shutil.which(f"python{version}")
+        if on_path:
+            found.append(Path(on_path))
+    unique: list[Path] = []
+    for path in found:
+        if path not in unique:
+            unique.append(path)
+    return unique
+
+
+def make_private_env(base: Path, target: Path, *, log=print) -> StubPython:  # noqa: ANN001
+    """A venv at ``target`` made by ``base`` with numpy STUB_NUMPY (a wheel, never a source build)."""
+    if target.exists():
+        shutil.rmtree(target)
+    log(f"making {target} from {base} with numpy {STUB_NUMPY} for the Python-backend stub")
+    steps = [[str(base), "-m", "venv", str(target)],
+             [str(_env_python(target)), "-m", "pip", "install", "-q", "--disable-pip-version-check",
+              "--only-binary=:all:", f"numpy=={STUB_NUMPY}"]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            shutil.rmtree(target, ignore_errors=True)
+            raise ServerError(f"`{' '.join(step)}` failed (exit {done.returncode}):\n"
+                              f"{(done.stdout + done.stderr).strip()[-1500:]}",
+                              hint="Debian/Ubuntu: apt-get install python3.X-venv for that Python")
+    return inspect(_env_python(target))
+
+
+def ensure_bundle(*, log=print) -> None:  # noqa: ANN001
+    """Install the tritonserver bundle without its Python-side requirements when it is missing (Python 3.13, where
+    the ``emulator`` extra leaves it out: its numpy<2 pin has no wheel there)."""
+    if importlib.util.find_spec("pytriton") is not None:
+        return
+    log(f"installing {BUNDLE} without its Python requirements (only its tritonserver is used)")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-deps",
+                    BUNDLE], check=True)
+    importlib.invalidate_caches()
+
+
+def setup(*, system: str | None = None, machine: str | None = None, log=print) -> int:  # noqa: ANN001
+    """Make the embedded server runnable here: the bundle, then an interpreter its stub works with. Returns an
+    exit code; on a platform without the bundle it says so and succeeds (nothing to set up)."""
+    why = unsupported_platform(system, machine)
+    if why:
+        log(why)
+        return 0
+    ensure_bundle(log=log)
+    try:
+        chosen = choose()
+    except ServerError as err:
+        first = err.message
+    else:
+        log(f"Python-backend stub: {chosen.python} (Python {chosen.version}, numpy {chosen.numpy})")
+        return 0
+    target = private_env()
+    failures = []
+    for base in base_candidates():
+        try:
+            made = make_private_env(base, target, log=log)
+        except ServerError as err:
+            failures.append(err.message)
+            continue
+        problem = made.problem()
+        if problem is None:
+            log(f"Python-backend stub: {made.python} (Python {made.version}, numpy {made.numpy})")
+            return 0
+        failures.append(problem)
+        shutil.rmtree(target, ignore_errors=True)
+    tried = "; ".join(failures) or "no python3.10, python3.11 or python3.12 on PATH"
+    log(f"error: {first}.\n  Cannot make a private environment for it: {tried}.\n"
+        f"  Install a Python 3.10-3.12 with venv and its shared libpython (Debian/Ubuntu: python3.12-venv "
+        f"libpython3.12), or measure a running server with --server HOST:PORT.")
+    return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=SETUP_COMMAND, description=(
+        "Make the embedded tritonserver (nvidia-pytriton) runnable with this environment: install the bundle if "
+        "missing and give its Python-backend stub a Python with numpy 1.x (a private venv when this one does not "
+        "fit)."))
+    parser.parse_args(argv)
+    try:
+        return setup()
+    except (CvloadError, subprocess.CalledProcessError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
