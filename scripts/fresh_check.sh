@@ -7,12 +7,14 @@
 # The bare root is cached in $CACHE (debootstrap takes minutes); --rebuild makes it again. Every run works on a
 # copy of it, so each check starts from the same untouched system. Environment:
 #   SUITE (trixie)  MIRROR (the Debian mirror this machine's apt uses)  CACHE (/var/tmp/cvload-fresh-check)
-#   PACKAGES (what a user installs first: python3 python3-venv make git ca-certificates)  KEEP=1 (keep the root)
+#   PACKAGES (the bare system: python3,python3-venv,make,git,ca-certificates)
+#   PREREQS (what README.md asks a Python 3.13 user to add: build-essential python3-dev)  KEEP=1 (keep the root)
 set -euo pipefail
 
 SUITE=${SUITE:-trixie}
 CACHE=${CACHE:-/var/tmp/cvload-fresh-check}
 PACKAGES=${PACKAGES:-python3,python3-venv,make,git,ca-certificates}
+PREREQS=${PREREQS-build-essential python3-dev}
 REPO=$(git -C "$(dirname "$0")/.." rev-parse --show-toplevel)
 BASE=$CACHE/base-$SUITE
 ROOT=$CACHE/run-$SUITE
@@ -81,6 +83,12 @@ in_root() {
 say "system inside"
 in_root '. /etc/os-release; echo "$PRETTY_NAME, $(python3 --version), $(make --version | head -1)";
          ls /usr/bin/python3.* | tr "\n" " "; echo'
+
+if [ -n "$PREREQS" ]; then
+    say "README prerequisites for Python 3.13: apt-get install $PREREQS"
+    in_root "apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $PREREQS >/dev/null" \
+        || die "apt-get install $PREREQS failed inside the root"
+fi
 
 status=0
 for cmd in "make demo" "make test"; do

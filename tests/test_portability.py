@@ -87,8 +87,9 @@ def fact(**changes: object) -> StubPython:
     ({"version": "3.10"}, None),
     ({"numpy": "2.5.2"}, "imports numpy 2.5.2"),
     ({"numpy": None}, "has no numpy"),
-    ({"version": "3.13", "numpy": "2.2.6"}, "numpy 1.x, which has no wheels for 3.13"),
-    ({"version": "3.9"}, "the stub needs Python 3.10, 3.11, 3.12"),
+    ({"version": "3.13", "numpy": "2.2.6"}, "only with numpy 1.x (numpy 1.x has no wheels for Python 3.13)"),
+    ({"version": "3.13", "numpy": "1.26.4", "libpython": False}, None),  # its stub carries its own libpython
+    ({"version": "3.7"}, "the bundle has stubs for Python 3.8, 3.9, 3.10, 3.11, 3.12, 3.13"),
     ({"libpython": False}, "apt-get install libpython3.12"),
 ])
 def test_problem_names_the_version_and_the_fix(changes: dict, expected: str | None) -> None:

@@ -4,9 +4,10 @@ The stub (``triton_python_backend_stub``, one build per Python minor version in 
 interpreter that ``python3`` on its ``PATH`` resolves to, with that environment's site-packages; it ignores
 ``PYTHONPATH`` and the user site. Every stub of the bundle was built with a pybind11 that predates numpy 2: with
 numpy 2 it misreads tensors (FP32 ``[1, 2, 3]`` arrives as ``[1, 1, 1]``, BYTES crash the stub and the server
-answers "Stub process ... is not healthy" on the first request). So the stub needs a Python 3.10-3.12 environment
-with numpy 1.x; numpy 1.x has no wheels for Python 3.13, so on 3.13 that environment is a second, private one made
-from another interpreter (docs/local-triton.md has the measurements).
+answers "Stub process ... is not healthy" on the first request). So the stub needs an environment with numpy 1.x.
+numpy 1.x has no wheels for Python 3.13: there that environment is a second, private one, made from a Python
+3.10-3.12 found on the machine or, failing that, from 3.13 itself with numpy 1.26.4 built from source
+(docs/local-triton.md has the measurements).
 
 This module picks that interpreter (an explicit one, the running one, or the private environment made by
 ``python -m cvload.triton.stub_python``), checks it before the server starts, and makes the private environment.
@@ -22,6 +23,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +31,9 @@ from cvload.errors import CvloadError, ServerError
 
 BUNDLE = "nvidia-pytriton==0.7.0"
 STUB_NUMPY = "1.26.4"  # the last numpy 1.x release; its wheels cover CPython 3.9-3.12
-STUB_VERSIONS = ("3.10", "3.11", "3.12")  # stubs that can get numpy 1.x from a wheel (the bundle has 3.8-3.13)
+BUNDLE_STUBS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")  # python_backend_stubs/ of nvidia-pytriton 0.7.0
+WHEEL_VERSIONS = ("3.10", "3.11", "3.12")  # Pythons of cvload's range where numpy 1.x installs from a wheel
+OWN_LIBPYTHON = ("3.13",)  # stubs that carry their own libpython (the others link the system's)
 ENV_VAR = "CVLOAD_STUB_PYTHON"  # a python3 to run the stub with, overriding the choice below
 PRIVATE_ENV = "cvload-stub-python"  # the private environment, under the running environment's sys.prefix
 SETUP_COMMAND = "python -m cvload.triton.stub_python"
@@ -60,17 +64,15 @@ class StubPython:
 
     def problem(self) -> str | None:
         """Why the bundle's stub cannot run with this interpreter, or None."""
-        if self.version not in STUB_VERSIONS:
-            if self.version == "3.13":
-                return (f"{self.python} is Python 3.13: the bundle's 3.13 stub needs numpy 1.x, which has no "
-                        f"wheels for 3.13")
-            return f"{self.python} is Python {self.version}; the stub needs Python {', '.join(STUB_VERSIONS)}"
+        if self.version not in BUNDLE_STUBS:
+            return f"{self.python} is Python {self.version}; the bundle has stubs for Python {', '.join(BUNDLE_STUBS)}"
         if self.numpy is None:
             return f"{self.python} (Python {self.version}) has no numpy; the stub needs numpy 1.x"
         if int(self.numpy.split(".")[0]) >= 2:
+            extra = " (numpy 1.x has no wheels for Python 3.13)" if self.version not in WHEEL_VERSIONS else ""
             return (f"{self.python} imports numpy {self.numpy} ({self.numpy_path}); the bundle's Python {self.version} "
-                    f"stub works only with numpy 1.x (with numpy 2 it misreads every tensor)")
-        if not self.libpython:
+                    f"stub works only with numpy 1.x{extra} (with numpy 2 it misreads every tensor)")
+        if not self.libpython and self.version not in OWN_LIBPYTHON:
             return (f"{self.python} has no shared libpython{self.version}.so.1.0, which the stub links (Debian/Ubuntu: "
                     f"apt-get install libpython{self.version})")
         return None
@@ -148,19 +150,27 @@ def choose(explicit: str | os.PathLike[str] | None = None, *, running: str | os.
 
 
 def _fix_hint(private: Path) -> str:
-    return (f"run `{SETUP_COMMAND}` (makes {private} with numpy {STUB_NUMPY} from a Python "
-            f"{'/'.join(STUB_VERSIONS)}), or point {ENV_VAR} at a python3 of an environment with numpy<2, or "
-            f"measure a running server with --server HOST:PORT")
+    return (f"run `{SETUP_COMMAND}` (makes {private} with numpy {STUB_NUMPY}), or point {ENV_VAR} at a python3 of "
+            f"an environment with numpy<2, or measure a running server with --server HOST:PORT")
 
 
 # ---- making the private environment -------------------------------------------------------------------------
+def _running_version() -> str:
+    return f"{sys.version_info.major}.{sys.version_info.minor}"
+
+
+def _base_python() -> Path:
+    """The interpreter this environment was made from (a venv's python is only a link to it)."""
+    return Path(getattr(sys, "_base_executable", None) or sys.executable)
+
+
 def base_candidates() -> list[Path]:
-    """Interpreters a private environment could be made from: the running one (when it is 3.10-3.12), then
-    python3.12, python3.11, python3.10 on PATH."""
+    """Interpreters a private environment with a numpy 1.x wheel could be made from: the running one (when it is
+    3.10-3.12), then python3.12, python3.11, python3.10 on PATH."""
     found: list[Path] = []
-    if f"{sys.version_info.major}.{sys.version_info.minor}" in STUB_VERSIONS:
-        found.append(Path(getattr(sys, "_base_executable", sys.executable)))
-    for version in reversed(STUB_VERSIONS):
+    if _running_version() in WHEEL_VERSIONS:
+        found.append(_base_python())
+    for version in reversed(WHEEL_VERSIONS):
         on_path = shutil.which(f"python{version}")
         if on_path:
             found.append(Path(on_path))
@@ -171,14 +181,17 @@ def base_candidates() -> list[Path]:
     return unique
 
 
-def make_private_env(base: Path, target: Path, *, log=print) -> StubPython:  # noqa: ANN001
-    """A venv at ``target`` made by ``base`` with numpy STUB_NUMPY (a wheel, never a source build)."""
+def make_private_env(base: Path, target: Path, *, from_source: bool = False, log=print) -> StubPython:  # noqa: ANN001
+    """A venv at ``target`` made by ``base`` with numpy STUB_NUMPY: a wheel, or built from source when
+    ``from_source`` (Python 3.13, where no wheel exists)."""
     if target.exists():
         shutil.rmtree(target)
-    log(f"making {target} from {base} with numpy {STUB_NUMPY} for the Python-backend stub")
+    how = "built from source (no wheel exists for this Python; this takes minutes)" if from_source else "(a wheel)"
+    log(f"making {target} from {base} with numpy {STUB_NUMPY} {how} for the Python-backend stub")
+    binary = [] if from_source else ["--only-binary=:all:"]
     steps = [[str(base), "-m", "venv", str(target)],
-             [str(_env_python(target)), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-              "--only-binary=:all:", f"numpy=={STUB_NUMPY}"]]
+             [str(_env_python(target)), "-m", "pip", "install", "-q", "--disable-pip-version-check", *binary,
+              f"numpy=={STUB_NUMPY}"]]
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True)
         if done.returncode != 0:
@@ -200,6 +213,16 @@ def ensure_bundle(*, log=print) -> None:  # noqa: ANN001
     importlib.invalidate_caches()
 
 
+def source_build_missing() -> str | None:
+    """What building numpy here lacks (a C compiler, this Python's headers), or None."""
+    missing = []
+    if not (shutil.which("cc") or shutil.which("gcc")):
+        missing.append("a C compiler")
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists():
+        missing.append(f"the headers of Python {_running_version()}")
+    return " and ".join(missing) or None
+
+
 def setup(*, system: str | None = None, machine: str | None = None, log=print) -> int:  # noqa: ANN001
     """Make the embedded server runnable here: the bundle, then an interpreter its stub works with. Returns an
     exit code; on a platform without the bundle it says so and succeeds (nothing to set up)."""
@@ -217,9 +240,16 @@ def setup(*, system: str | None = None, machine: str | None = None, log=print) -
         return 0
     target = private_env()
     failures = []
-    for base in base_candidates():
+    attempts = [(base, False) for base in base_candidates()]
+    if _running_version() not in WHEEL_VERSIONS and _running_version() in BUNDLE_STUBS:
+        attempts.append((_base_python(), True))  # 3.13 without another Python: numpy 1.26 from source
+    for base, from_source in attempts:
+        if from_source and source_build_missing():
+            failures.append(f"building numpy {STUB_NUMPY} for Python {_running_version()} needs "
+                            f"{source_build_missing()} (Debian/Ubuntu: apt-get install build-essential python3-dev)")
+            continue
         try:
-            made = make_private_env(base, target, log=log)
+            made = make_private_env(base, target, from_source=from_source, log=log)
         except ServerError as err:
             failures.append(err.message)
             continue
@@ -232,7 +262,8 @@ def setup(*, system: str | None = None, machine: str | None = None, log=print) -
     tried = "; ".join(failures) or "no python3.10, python3.11 or python3.12 on PATH"
     log(f"error: {first}.\n  Cannot make a private environment for it: {tried}.\n"
         f"  Install a Python 3.10-3.12 with venv and its shared libpython (Debian/Ubuntu: python3.12-venv "
-        f"libpython3.12), or measure a running server with --server HOST:PORT.")
+        f"libpython3.12) or, on Python 3.13, a C compiler and its headers (build-essential python3-dev), then "
+        f"run `{SETUP_COMMAND}` again; or measure a running server with --server HOST:PORT.")
     return 1
 
 
