@@ -9,11 +9,11 @@ import subprocess
 import sys
 import time
 import urllib.request
-import venv
 from pathlib import Path
 
 import numpy
 import pytest
+from envs import fitting_env, make_env, numpy2_env
 
 from cvload import process
 from cvload.emulator import EmulatedModel, build_repository, get_profile
@@ -227,16 +227,6 @@ def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
 
 
 # ---- the Python that runs the bundled server's stub ----------------------------------------------------------
-def make_env(path: Path, site: dict[str, str]) -> Path:
-    """A venv of this interpreter without pip, with ``site`` written into its site-packages; its python3."""
-    venv.EnvBuilder(with_pip=False, symlinks=True).create(path)
-    packages = next(path.glob("lib/python3*/site-packages"))
-    for name, text in site.items():
-        (packages / name).parent.mkdir(parents=True, exist_ok=True)
-        (packages / name).write_text(text)
-    return path / "bin" / "python3"
-
-
 needs_bundle = pytest.mark.skipif(launcher.find_tritonserver().bundle_root is None,
                                   reason="the stub checks concern the nvidia-pytriton bundle")
 
@@ -249,9 +239,7 @@ async def test_stub_runs_in_the_chosen_environment_not_the_first_python3(tmp_pat
     from cvload.targets.base import SynthesisRequest
 
     starts = tmp_path / "starts.txt"
-    project_site = Path(numpy.__file__).parent.parent
-    python = make_env(tmp_path / "stubenv", {
-        "project.pth": f"{project_site}\n",
+    python = fitting_env(tmp_path / "stubenv", {
         "sitecustomize.py": f"import os, sys\nwith open({str(starts)!r}, 'a') as f:\n"
                             "    f.write(f'{os.getppid()} {sys.prefix}\\n')\n",
     })
@@ -276,14 +264,14 @@ async def test_stub_runs_in_the_chosen_environment_not_the_first_python3(tmp_pat
 @pytest.mark.parametrize("how", ["argument", "environment"])
 def test_stub_python_with_numpy_2_is_refused_before_start(tmp_path: Path, how: str,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    python = make_env(tmp_path / "np2", {"numpy/__init__.py": '__version__ = "2.1.3"\n'})
+    python = numpy2_env(tmp_path / "np2")
     if how == "environment":
         monkeypatch.setenv(stub_python.ENV_VAR, str(python))
     server = TritonServer(repository(tmp_path), stub_python=python if how == "argument" else None)
     with pytest.raises(ServerError) as err:
         server.start()
     message = str(err.value)
-    assert f"{python} imports numpy 2.1.3" in message and "works only with numpy 1.x" in message
+    assert f"{python} imports numpy 2.2.6" in message and "works only with numpy 1.x" in message
     assert stub_python.SETUP_COMMAND in message and "--server" in message, "says what to do"
     assert server.process is None, "nothing was started"
 

@@ -6,35 +6,17 @@ are real venvs of this Python, one with a stand-in numpy whose version is all th
 from __future__ import annotations
 
 import sys
-import venv
 from pathlib import Path
 
 import numpy
 import pytest
+from envs import fitting_env, numpy2_env
 
 from cvload.errors import ServerError
 from cvload.triton import launcher, stub_python
 from cvload.triton.stub_python import StubPython
 
 OTHER_PLATFORMS = [("Darwin", "arm64"), ("Darwin", "x86_64"), ("Windows", "AMD64"), ("Linux", "aarch64")]
-
-
-def make_env(path: Path, site: dict[str, str]) -> Path:
-    venv.EnvBuilder(with_pip=False, symlinks=True).create(path)
-    packages = next(path.glob("lib/python3*/site-packages"))
-    for name, text in site.items():
-        (packages / name).parent.mkdir(parents=True, exist_ok=True)
-        (packages / name).write_text(text)
-    return path / "bin" / "python3"
-
-
-def numpy2_env(path: Path) -> Path:
-    return make_env(path, {"numpy/__init__.py": '__version__ = "2.2.6"\n'})
-
-
-def project_env(path: Path) -> Path:
-    """A second environment that sees this one's packages (numpy 1.x where the tests run)."""
-    return make_env(path, {"project.pth": f"{Path(numpy.__file__).parent.parent}\n"})
 
 
 # ---- platforms without the bundle ----------------------------------------------------------------------------
@@ -113,7 +95,7 @@ def test_inspect_ignores_pythonpath_as_the_stub_does(tmp_path: Path, monkeypatch
 
 def test_choose_falls_back_to_the_private_environment(tmp_path: Path) -> None:
     running = numpy2_env(tmp_path / "project")
-    private = project_env(stub_python.private_env(tmp_path / "project"))
+    private = fitting_env(stub_python.private_env(tmp_path / "project"))
     chosen = stub_python.choose(running=running, prefix=tmp_path / "project")
     assert chosen.python == private and chosen.problem() is None
 

@@ -252,6 +252,8 @@ def setup(*, system: str | None = None, machine: str | None = None, log=print) -
             made = make_private_env(base, target, from_source=from_source, log=log)
         except ServerError as err:
             failures.append(err.message)
+            lines = err.message.splitlines()
+            log(f"  did not work: {lines[1] if len(lines) > 1 else lines[0]}")
             continue
         problem = made.problem()
         if problem is None:
