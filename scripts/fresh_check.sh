@@ -75,10 +75,20 @@ for fs in proc sys dev dev/pts dev/shm; do
     MOUNTS+=("$ROOT/$fs")
 done
 
+ROOT_ENV=(HOME=/root LANG=C.UTF-8 TERM=xterm-256color PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
 in_root() {
-    chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=xterm-256color \
-        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin bash -c "$1"
+    chroot "$ROOT" /usr/bin/env -i "${ROOT_ENV[@]}" bash -c "$1"
 }
+
+# Where this machine reaches the internet through a TLS proxy whose CA only the host trusts, carry those local CAs
+# in and point pip at the system store (pip's own bundle lacks them); nothing else of the host's setup goes in.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    say "carrying this machine's local CA certificates: $(cd /usr/local/share/ca-certificates && echo *.crt)"
+    mkdir -p "$ROOT/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$ROOT/usr/local/share/ca-certificates/"
+    in_root "update-ca-certificates >/dev/null 2>&1"
+    ROOT_ENV+=(PIP_CERT=/etc/ssl/certs/ca-certificates.crt SSL_CERT_FILE=/etc/ssl/certs/ca-certificates.crt)
+fi
 
 say "system inside"
 in_root '. /etc/os-release; echo "$PRETTY_NAME, $(python3 --version), $(make --version | head -1)";
