@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -155,6 +156,11 @@ def _fix_hint(private: Path) -> str:
 
 
 # ---- making the private environment -------------------------------------------------------------------------
+def say(line: str) -> None:
+    """Progress as it happens (a numpy build takes minutes; stdout is a pipe under make)."""
+    print(line, flush=True)
+
+
 def _running_version() -> str:
     return f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -181,7 +187,8 @@ def base_candidates() -> list[Path]:
     return unique
 
 
-def make_private_env(base: Path, target: Path, *, from_source: bool = False, log=print) -> StubPython:  # noqa: ANN001
+def make_private_env(base: Path, target: Path, *, from_source: bool = False,
+                     log: Callable[[str], None] = say) -> StubPython:
     """A venv at ``target`` made by ``base`` with numpy STUB_NUMPY: a wheel, or built from source when
     ``from_source`` (Python 3.13, where no wheel exists)."""
     if target.exists():
@@ -202,7 +209,7 @@ def make_private_env(base: Path, target: Path, *, from_source: bool = False, log
     return inspect(_env_python(target))
 
 
-def ensure_bundle(*, log=print) -> None:  # noqa: ANN001
+def ensure_bundle(*, log: Callable[[str], None] = say) -> None:
     """Install the tritonserver bundle without its Python-side requirements when it is missing (Python 3.13, where
     the ``emulator`` extra leaves it out: its numpy<2 pin has no wheel there)."""
     if importlib.util.find_spec("pytriton") is not None:
@@ -223,7 +230,8 @@ def source_build_missing() -> str | None:
     return " and ".join(missing) or None
 
 
-def setup(*, system: str | None = None, machine: str | None = None, log=print) -> int:  # noqa: ANN001
+def setup(*, system: str | None = None, machine: str | None = None,
+          log: Callable[[str], None] = say) -> int:
     """Make the embedded server runnable here: the bundle, then an interpreter its stub works with. Returns an
     exit code; on a platform without the bundle it says so and succeeds (nothing to set up)."""
     why = unsupported_platform(system, machine)
