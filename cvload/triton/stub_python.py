@@ -129,13 +129,14 @@ def choose(explicit: str | os.PathLike[str] | None = None, *, running: str | os.
     """The interpreter to run the stub with: ``explicit`` (or $CVLOAD_STUB_PYTHON) if given, else the running one
     (``running``, default this interpreter) if it fits, else the private environment under ``prefix`` (default
     this environment's); a clear error naming versions and the fix when none fits."""
+    source = "the given python" if explicit else f"${ENV_VAR}"
     explicit = explicit or os.environ.get(ENV_VAR)
     hint = _fix_hint(private_env(prefix))
     if explicit:
         chosen = inspect(explicit)
         why = chosen.problem()
         if why:
-            raise ServerError(f"cannot run the Python-backend stub with {explicit}: {why}", hint=hint)
+            raise ServerError(f"cannot run the Python-backend stub with {source}: {why}", hint=hint)
         return chosen
     current = inspect(running or sys.executable)
     why = current.problem()
