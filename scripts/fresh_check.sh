@@ -9,6 +9,8 @@
 #   SUITE (trixie)  MIRROR (the Debian mirror this machine's apt uses)  CACHE (/var/tmp/cvload-fresh-check)
 #   PACKAGES (the bare system: python3,python3-venv,make,git,ca-certificates)
 #   PREREQS (what README.md asks a Python 3.13 user to add: build-essential python3-dev)  KEEP=1 (keep the root)
+#   PIP_CACHE=DIR (mount DIR as pip's cache inside: a second run reuses the numpy 1.26 wheel built by the first;
+#   default none, every run downloads and builds everything)
 set -euo pipefail
 
 SUITE=${SUITE:-trixie}
@@ -74,6 +76,12 @@ for fs in proc sys dev dev/pts dev/shm; do
     mount --bind "/$fs" "$ROOT/$fs"
     MOUNTS+=("$ROOT/$fs")
 done
+if [ -n "${PIP_CACHE:-}" ]; then
+    say "pip cache: $PIP_CACHE (reused, not fresh)"
+    mkdir -p "$PIP_CACHE" "$ROOT/root/.cache/pip"
+    mount --bind "$PIP_CACHE" "$ROOT/root/.cache/pip"
+    MOUNTS+=("$ROOT/root/.cache/pip")
+fi
 
 ROOT_ENV=(HOME=/root LANG=C.UTF-8 TERM=xterm-256color PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin)
 in_root() {

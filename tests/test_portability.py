@@ -60,7 +60,7 @@ def test_setup_here_keeps_an_environment_that_fits(tmp_path: Path) -> None:
 # ---- which interpreter, and why not ----------------------------------------------------------------------------
 def fact(**changes: object) -> StubPython:
     base = {"python": Path("/env/bin/python3"), "version": "3.12", "numpy": "1.26.4",
-            "numpy_path": "/env/lib/python3.12/site-packages/numpy", "libdir": "/usr/lib", "libpython": True}
+            "numpy_path": "/env/lib/python3.12/site-packages/numpy", "libdir": "/usr/lib", "libpython": "/usr/lib/libpython3.12.so.1.0"}
     return StubPython(**{**base, **changes})  # type: ignore[arg-type]
 
 
@@ -70,9 +70,10 @@ def fact(**changes: object) -> StubPython:
     ({"numpy": "2.5.2"}, "imports numpy 2.5.2"),
     ({"numpy": None}, "has no numpy"),
     ({"version": "3.13", "numpy": "2.2.6"}, "only with numpy 1.x (numpy 1.x has no wheels for Python 3.13)"),
-    ({"version": "3.13", "numpy": "1.26.4", "libpython": False}, None),  # its stub carries its own libpython
+    ({"version": "3.13", "numpy": "1.26.4"}, None),
+    ({"version": "3.13", "numpy": "1.26.4", "libpython": None}, "apt-get install libpython3.13"),
     ({"version": "3.7"}, "the bundle has stubs for Python 3.8, 3.9, 3.10, 3.11, 3.12, 3.13"),
-    ({"libpython": False}, "apt-get install libpython3.12"),
+    ({"libpython": None}, "apt-get install libpython3.12"),
 ])
 def test_problem_names_the_version_and_the_fix(changes: dict, expected: str | None) -> None:
     problem = fact(**changes).problem()

@@ -89,24 +89,48 @@ def find_tritonserver(explicit: str | os.PathLike[str] | None = None, *, system:
     raise ServerError("tritonserver not found (looked at PATH, /opt/tritonserver and nvidia-pytriton)", hint=INSTALL_HINT)
 
 
-def _prepare_bundle_backends(install: TritonInstall, workdir: Path, version: str) -> Path:
+def _prepare_bundle_backends(install: TritonInstall, workdir: Path, python: StubPython) -> Path:
     """The wheel ships the Python backend without its stub: assemble a backend folder with the stub of the Python
-    ``version`` that will run it."""
+    that will run it.
+
+    A stub that carries its own libpython (3.13: auditwheel grafted a pyenv build into nvidia_pytriton.libs) must
+    run on the chosen interpreter's instead: the grafted one looks for its built-in modules as files, and Debian
+    builds some into its libpython ("No module named 'fcntl'"). The stub finds the grafted one through its RPATH
+    (``$ORIGIN/...``), which outranks LD_LIBRARY_PATH; a copy of the stub has an RPATH that leads nowhere, so the
+    loader takes the name from ``stub-lib/``, where it links to the interpreter's own libpython."""
     assert install.bundle_root is not None
-    stub = install.bundle_root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    stub = install.bundle_root / "python_backend_stubs" / python.version / "triton_python_backend_stub"
     if not stub.exists():
         raise ServerError(
-            f"nvidia-pytriton has no Python-backend stub for Python {version} ({stub})",
+            f"nvidia-pytriton has no Python-backend stub for Python {python.version} ({stub})",
             hint=f"run `{stub_python.SETUP_COMMAND}` to make an environment of a Python it has a stub for",
         )
     target = workdir / "backends" / "python"
     target.mkdir(parents=True, exist_ok=True)
     src = install.bundle_root / "backends" / "python"
+    grafted = _grafted_libpython(install, python.version)
     for item in (src / "libtriton_python.so", src / "triton_python_backend_utils.py", stub):
-        link = target / item.name
-        if not link.exists():
-            link.symlink_to(item)
+        _replace_link(target / item.name, item)
+    if grafted is not None and python.libpython:
+        (target / stub.name).unlink()
+        shutil.copy2(stub, target / stub.name)
+        _replace_link(workdir / "stub-lib" / grafted.name, Path(python.libpython))
     return workdir / "backends"
+
+
+def _grafted_libpython(install: TritonInstall, version: str) -> Path | None:
+    """The libpython the bundle carries for Python ``version`` (libpython3-<hash>.13.so.1.0), if it has one."""
+    major, minor = version.split(".")
+    if install.libs is None:
+        return None
+    return next(iter(sorted(install.libs.glob(f"libpython{major}-*.{minor}.so.1.0"))), None)
+
+
+def _replace_link(link: Path, to: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(to)
 
 
 def _python3_dir(python: Path, workdir: Path) -> Path:
@@ -117,11 +141,7 @@ def _python3_dir(python: Path, workdir: Path) -> Path:
         if own.exists() and os.path.samefile(own, python):
             return python.parent
     shim = workdir / "stub-bin"
-    shim.mkdir(parents=True, exist_ok=True)
-    link = shim / "python3"
-    if link.is_symlink() or link.exists():
-        link.unlink()
-    link.symlink_to(python.resolve())
+    _replace_link(shim / "python3", python.resolve())
     return shim
 
 
@@ -314,6 +334,8 @@ class TritonServer:
             bin_dir, libdir = Path(sys.executable).parent, sysconfig.get_config_var("LIBDIR") or ""
         env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
         lib_dirs = [libdir]
+        if self.workdir is not None and (self.workdir / "stub-lib").is_dir():
+            lib_dirs.insert(0, str(self.workdir / "stub-lib"))
         if install.libs is not None:
             lib_dirs.append(str(install.libs))
         if env.get("LD_LIBRARY_PATH"):
@@ -347,7 +369,7 @@ class TritonServer:
         backends = install.backends
         if install.bundle_root is not None:
             assert self.stub is not None
-            backends = _prepare_bundle_backends(install, self.workdir, self.stub.version)
+            backends = _prepare_bundle_backends(install, self.workdir, self.stub)
         self._tmp_before = process.python_envs()
         self.clean_exit = None
         self._stopped = False
@@ -432,6 +454,7 @@ class TritonServer:
             else:  # keep the log readable after a failure: only the backend and python3 links go
                 shutil.rmtree(self.workdir / "backends", ignore_errors=True)
                 shutil.rmtree(self.workdir / "stub-bin", ignore_errors=True)
+                shutil.rmtree(self.workdir / "stub-lib", ignore_errors=True)
 
     def __enter__(self) -> TritonServer:
         return self.start()

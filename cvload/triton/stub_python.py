@@ -34,7 +34,6 @@ BUNDLE = "nvidia-pytriton==0.7.0"
 STUB_NUMPY = "1.26.4"  # the last numpy 1.x release; its wheels cover CPython 3.9-3.12
 BUNDLE_STUBS = ("3.8", "3.9", "3.10", "3.11", "3.12", "3.13")  # python_backend_stubs/ of nvidia-pytriton 0.7.0
 WHEEL_VERSIONS = ("3.10", "3.11", "3.12")  # Pythons of cvload's range where numpy 1.x installs from a wheel
-OWN_LIBPYTHON = ("3.13",)  # stubs that carry their own libpython (the others link the system's)
 ENV_VAR = "CVLOAD_STUB_PYTHON"  # a python3 to run the stub with, overriding the choice below
 PRIVATE_ENV = "cvload-stub-python"  # the private environment, under the running environment's sys.prefix
 SETUP_COMMAND = "python -m cvload.triton.stub_python"
@@ -61,7 +60,7 @@ class StubPython:
     numpy: str | None  # what ``import numpy`` gives it, None when it has none
     numpy_path: str | None
     libdir: str  # sysconfig LIBDIR: where its libpython3.X.so.1.0 is, for the stub's LD_LIBRARY_PATH
-    libpython: bool  # whether libpython3.X.so.1.0 loads (the 3.10-3.12 stubs link it; Debian: libpython3.X)
+    libpython: str | None  # the libpython3.X.so.1.0 it loads (Debian/Ubuntu package libpython3.X), if any
 
     def problem(self) -> str | None:
         """Why the bundle's stub cannot run with this interpreter, or None."""
@@ -73,8 +72,8 @@ class StubPython:
             extra = " (numpy 1.x has no wheels for Python 3.13)" if self.version not in WHEEL_VERSIONS else ""
             return (f"{self.python} imports numpy {self.numpy} ({self.numpy_path}); the bundle's Python {self.version} "
                     f"stub works only with numpy 1.x{extra} (with numpy 2 it misreads every tensor)")
-        if not self.libpython and self.version not in OWN_LIBPYTHON:
-            return (f"{self.python} has no shared libpython{self.version}.so.1.0, which the stub links (Debian/Ubuntu: "
+        if not self.libpython:
+            return (f"{self.python} has no shared libpython{self.version}.so.1.0, which the stub runs on (Debian/Ubuntu: "
                     f"apt-get install libpython{self.version})")
         return None
 
@@ -84,14 +83,15 @@ import ctypes, json, os, sys, sysconfig
 v = "%d.%d" % sys.version_info[:2]
 libdir = sysconfig.get_config_var("LIBDIR") or ""
 name = "libpython%s.so.1.0" % v
-lib = False
+lib = None
 for candidate in (os.path.join(libdir, name), name):
     try:
         ctypes.CDLL(candidate)
-        lib = True
-        break
     except OSError:
-        pass
+        continue
+    with open("/proc/self/maps") as maps:
+        lib = next((line.split()[-1] for line in maps if line.rstrip().endswith("/" + name)), candidate)
+    break
 try:
     import numpy
     np, where = numpy.__version__, os.path.dirname(numpy.__file__)
