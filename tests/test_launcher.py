@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -286,3 +287,25 @@ def test_python3_dir_is_the_venv_bin_or_a_link_to_a_bare_interpreter(tmp_path: P
     shim = launcher._python3_dir(bare, tmp_path / "work")
     assert shim == tmp_path / "work" / "stub-bin"
     assert (shim / "python3").resolve() == Path(sys.executable).resolve()
+
+
+@needs_bundle
+def test_a_stub_with_its_own_libpython_runs_on_the_interpreters(tmp_path: Path) -> None:
+    """The 3.13 stub carries a grafted libpython: a copy of it (its RPATH then leads nowhere) and a stub-lib link
+    under the grafted name make it load the chosen interpreter's; other stubs are plain links."""
+    install = launcher.find_tritonserver()
+    assert install.bundle_root is not None
+    here = stub_python.inspect(sys.executable)
+    assert here.libpython is not None
+    as_313 = dataclasses.replace(here, version="3.13")
+    stub = launcher._prepare_bundle_backends(install, tmp_path / "a", as_313) / "python" / "triton_python_backend_stub"
+    original = install.bundle_root / "python_backend_stubs" / "3.13" / "triton_python_backend_stub"
+    assert not stub.is_symlink() and stub.read_bytes() == original.read_bytes()
+    [link] = (tmp_path / "a" / "stub-lib").iterdir()
+    assert link.name.startswith("libpython3-") and link.name.endswith(".13.so.1.0")
+    assert (install.libs / link.name).exists(), "named as the stub asks for it"  # type: ignore[operator]
+    assert link.resolve() == Path(here.libpython).resolve()
+
+    as_312 = dataclasses.replace(here, version="3.12")
+    stub = launcher._prepare_bundle_backends(install, tmp_path / "b", as_312) / "python" / "triton_python_backend_stub"
+    assert stub.is_symlink() and not (tmp_path / "b" / "stub-lib").exists()
