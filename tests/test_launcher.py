@@ -240,9 +240,9 @@ async def test_stub_runs_in_the_chosen_environment_not_the_first_python3(tmp_pat
     from cvload.targets.base import SynthesisRequest
 
     starts = tmp_path / "starts.txt"
+    # A .pth "import" line runs at every start of that environment (Debian's own sitecustomize would shadow one).
     python = fitting_env(tmp_path / "stubenv", {
-        "sitecustomize.py": f"import os, sys\nwith open({str(starts)!r}, 'a') as f:\n"
-                            "    f.write(f'{os.getppid()} {sys.prefix}\\n')\n",
+        "zz_record_start.pth": f"import os, sys; open({str(starts)!r}, 'a').write(f'{{os.getppid()}} {{sys.prefix}}\\n')\n",
     })
     repo = repository(tmp_path, [EmulatedModel("cosyvoice2_offline", INSTANT, "offline")])
     with TritonServer(repo, stub_python=python, extra_args=["--exit-timeout-secs=0"]) as server:
