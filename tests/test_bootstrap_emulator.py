@@ -181,7 +181,7 @@ def gated_tritonserver(tmp_path: Path) -> tuple[Path, Path]:
     python = stub_python.choose()
     launcher._prepare_bundle_backends(real, root, python)
     stub_env = (f'export PATH="{launcher._python3_dir(python.python, root)}:$PATH" '
-                f'LD_LIBRARY_PATH="{root / "stub-lib"}:{python.libdir}:$LD_LIBRARY_PATH"')
+                f'LD_LIBRARY_PATH="{root / "stub-lib"}:{python.libdir}:{real.libs}:$LD_LIBRARY_PATH"')
     gate = tmp_path / "gate"
     wrapper = root / "bin" / "tritonserver"
     wrapper.write_text(f'#!/bin/sh\n{stub_env}\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\n'
