@@ -3,15 +3,19 @@
 PY ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
+INSTALLED = $(VENV)/.cvload-installed
 
-.PHONY: install system-deps demo test lint
-$(BIN)/cvload: pyproject.toml
+.PHONY: install system-deps demo test lint fresh-check
+# The last step gives the embedded server's Python backend a Python it works with (numpy 1.x: this venv on Python
+# 3.10-3.12, a private one beside it on 3.13); on platforms without the bundled server it only says so.
+$(INSTALLED): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[emulator,report,dev]'
-	touch $(BIN)/cvload
+	$(BIN)/python -m pip install -q -e '.[emulator,report,ray,dev]'
+	$(BIN)/python -m cvload.triton.stub_python
+	touch $@
 
-install: $(BIN)/cvload
+install: $(INSTALLED)
 
 demo: install
 	$(BIN)/cvload run --emulator --profile demo --num-tasks 4 --requests 40
@@ -35,3 +39,8 @@ test: install system-deps
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# Not part of `test`: the two commands above on a fresh Debian 13 (Python 3.13) root made with debootstrap, in a
+# chroot (root, a Debian mirror and about 15 minutes). Its output goes to the terminal; keep it with `| tee`.
+fresh-check:
+	scripts/fresh_check.sh

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from cvload import process
+from cvload.triton import launcher, stub_python
 from cvload.triton.launcher import find_tritonserver
 from server_bootstrap.cli import main
 
@@ -190,16 +191,15 @@ def gated_tritonserver(tmp_path: Path) -> tuple[Path, Path]:
         pytest.skip("needs the nvidia-pytriton bundle")  # pragma: no cover
     root = tmp_path / "gated"
     (root / "bin").mkdir(parents=True)
-    backend = root / "backends" / "python"
-    backend.mkdir(parents=True)
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    for item in (real.bundle_root / "backends" / "python" / "libtriton_python.so",
-                 real.bundle_root / "backends" / "python" / "triton_python_backend_utils.py",
-                 real.bundle_root / "python_backend_stubs" / version / "triton_python_backend_stub"):
-        (backend / item.name).symlink_to(item)
+    # The Python backend and its stub's python3 and libpython as the launcher sets them up for the bundle.
+    python = stub_python.choose()
+    launcher._prepare_bundle_backends(real, root, python)
+    stub_env = (f'export PATH="{launcher._python3_dir(python.python, root)}:$PATH" '
+                f'LD_LIBRARY_PATH="{root / "stub-lib"}:{python.libdir}:{real.libs}:$LD_LIBRARY_PATH"')
     gate = tmp_path / "gate"
     wrapper = root / "bin" / "tritonserver"
-    wrapper.write_text(f'#!/bin/sh\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\nexec "{real.binary}" "$@"\n')
+    wrapper.write_text(f'#!/bin/sh\n{stub_env}\nwhile [ ! -e "{gate}" ]; do sleep 0.02; done\n'
+                       f'exec "{real.binary}" "$@"\n')
     wrapper.chmod(0o755)
     return wrapper, gate
 

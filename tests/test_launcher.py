@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import socket
@@ -11,12 +12,14 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy
 import pytest
+from envs import fitting_env, make_env, numpy2_env
 
 from cvload import process
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import CvloadError, ServerError
-from cvload.triton import launcher
+from cvload.triton import launcher, stub_python
 from cvload.triton.launcher import TritonServer
 
 INSTANT = get_profile("instant")
@@ -229,3 +232,87 @@ def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
         parent.wait()
     process.wait_until(lambda: not group_pids(server_pid), 20, what="the orphaned server to exit")
     process.wait_until(lambda: not process.shm_regions(prefix), 5, what="the server to remove its regions")
+
+
+# ---- the Python that runs the bundled server's stub ----------------------------------------------------------
+needs_bundle = pytest.mark.skipif(launcher.find_tritonserver().bundle_root is None,
+                                  reason="the stub checks concern the nvidia-pytriton bundle")
+
+
+@needs_bundle
+async def test_stub_runs_in_the_chosen_environment_not_the_first_python3(tmp_path: Path) -> None:
+    """A second environment (this one's packages through a .pth) runs the stub: it records its own start, and
+    the FP32 prompt and BYTES text arrive intact (the audio's length follows from the text)."""
+    from cvload.targets import make_target
+    from cvload.targets.base import SynthesisRequest
+
+    starts = tmp_path / "starts.txt"
+    # A .pth "import" line runs at every start of that environment (Debian's own sitecustomize would shadow one).
+    python = fitting_env(tmp_path / "stubenv", {
+        "zz_record_start.pth": f"import os, sys; open({str(starts)!r}, 'a').write(f'{{os.getppid()}} {{sys.prefix}}\\n')\n",
+    })
+    repo = repository(tmp_path, [EmulatedModel("cosyvoice2_offline", INSTANT, "offline")])
+    with TritonServer(repo, stub_python=python, extra_args=["--exit-timeout-secs=0"]) as server:
+        assert server.stub is not None and server.stub.python == python
+        target = make_target("http", "offline", server.http_url, "cosyvoice2_offline", timeout=10)
+        await target.open()
+        try:
+            prompt = (0.1 * numpy.sin(numpy.arange(16000) / 10)).astype(numpy.float32)
+            text = "Hello there, this is a test of the emergency broadcast system."
+            chunks = [c async for c in target.synthesize(SynthesisRequest("stubenv-1", text, "a prompt", prompt))]
+        finally:
+            await target.close()
+        server_pid = server.process.pid  # type: ignore[union-attr]
+    assert [c.audio.size for c in chunks] == [24000 + 48000 + 40320]
+    stub_starts = [line.split(" ", 1) for line in starts.read_text().splitlines()]
+    assert [str(server_pid), str(tmp_path / "stubenv")] in stub_starts, stub_starts
+
+
+@needs_bundle
+@pytest.mark.parametrize("how", ["argument", "environment"])
+def test_stub_python_with_numpy_2_is_refused_before_start(tmp_path: Path, how: str,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    python = numpy2_env(tmp_path / "np2")
+    if how == "environment":
+        monkeypatch.setenv(stub_python.ENV_VAR, str(python))
+    server = TritonServer(repository(tmp_path), stub_python=python if how == "argument" else None)
+    with pytest.raises(ServerError) as err:
+        server.start()
+    message = str(err.value)
+    assert f"{python} imports numpy 2.2.6" in message and "works only with numpy 1.x" in message
+    assert stub_python.SETUP_COMMAND in message and "--server" in message, "says what to do"
+    assert server.process is None, "nothing was started"
+
+
+def test_python3_dir_is_the_venv_bin_or_a_link_to_a_bare_interpreter(tmp_path: Path) -> None:
+    python = make_env(tmp_path / "env", {})
+    assert launcher._python3_dir(python, tmp_path / "work") == python.parent
+    bare = tmp_path / "usr" / "bin" / "python3.99"
+    bare.parent.mkdir(parents=True)
+    bare.symlink_to(sys.executable)
+    (bare.parent / "python3").symlink_to("/bin/sh")  # another python3 beside it
+    shim = launcher._python3_dir(bare, tmp_path / "work")
+    assert shim == tmp_path / "work" / "stub-bin"
+    assert (shim / "python3").resolve() == Path(sys.executable).resolve()
+
+
+@needs_bundle
+def test_a_stub_with_its_own_libpython_runs_on_the_interpreters(tmp_path: Path) -> None:
+    """The 3.13 stub carries a grafted libpython: a copy of it (its RPATH then leads nowhere) and a stub-lib link
+    under the grafted name make it load the chosen interpreter's; other stubs are plain links."""
+    install = launcher.find_tritonserver()
+    assert install.bundle_root is not None
+    here = stub_python.inspect(sys.executable)
+    assert here.libpython is not None
+    as_313 = dataclasses.replace(here, version="3.13")
+    stub = launcher._prepare_bundle_backends(install, tmp_path / "a", as_313) / "python" / "triton_python_backend_stub"
+    original = install.bundle_root / "python_backend_stubs" / "3.13" / "triton_python_backend_stub"
+    assert not stub.is_symlink() and stub.read_bytes() == original.read_bytes()
+    [link] = (tmp_path / "a" / "stub-lib").iterdir()
+    assert link.name.startswith("libpython3-") and link.name.endswith(".13.so.1.0")
+    assert (install.libs / link.name).exists(), "named as the stub asks for it"  # type: ignore[operator]
+    assert link.resolve() == Path(here.libpython).resolve()
+
+    as_312 = dataclasses.replace(here, version="3.12")
+    stub = launcher._prepare_bundle_backends(install, tmp_path / "b", as_312) / "python" / "triton_python_backend_stub"
+    assert stub.is_symlink() and not (tmp_path / "b" / "stub-lib").exists()

@@ -2,9 +2,10 @@
 
 Works with the NGC container's ``/opt/tritonserver`` and with the binary bundled in the ``nvidia-pytriton`` wheel,
 which lets every machine (no GPU, no container) run a real server. It hides the pitfalls of running one by
-hand (docs/local-triton.md): the wheel ships the Python-backend stub apart from the backend, the stub needs this
-interpreter's libpython, a stub that cannot start makes the server hang instead of exit, and a killed server
-leaves regions in /dev/shm and folders in /tmp.
+hand (docs/local-triton.md): the wheel ships the Python-backend stub apart from the backend, the stub embeds the
+``python3`` on its PATH and works only with numpy 1.x (``stub_python`` picks and checks that interpreter), it
+needs that interpreter's libpython, a stub that cannot start makes the server hang instead of exit, and a killed
+server leaves regions in /dev/shm and folders in /tmp.
 """
 
 from __future__ import annotations
@@ -33,10 +34,13 @@ from pathlib import Path
 from cvload import process
 from cvload.address import hostport, metrics_url
 from cvload.errors import ServerError, UsageError
+from cvload.triton import stub_python
+from cvload.triton.stub_python import StubPython
 
 INSTALL_HINT = (
-    "install the bundled server with `pip install 'cvload[emulator]'` (nvidia-pytriton, Linux x86_64), "
-    "run inside NVIDIA's Triton container, or pass the binary's path explicitly (--tritonserver PATH)"
+    f"install the bundled server with `pip install 'cvload[emulator]' && {stub_python.SETUP_COMMAND}` "
+    "(nvidia-pytriton, Linux x86_64), run inside NVIDIA's Triton container, or pass the binary's path explicitly "
+    "(--tritonserver PATH)"
 )
 _counter = itertools.count()
 
@@ -59,8 +63,10 @@ def _pytriton_root() -> Path | None:
     return root if (root / "bin" / "tritonserver").exists() else None
 
 
-def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> TritonInstall:
-    """Find a tritonserver: an explicit path, PATH, /opt/tritonserver, then the nvidia-pytriton bundle."""
+def find_tritonserver(explicit: str | os.PathLike[str] | None = None, *, system: str | None = None,
+                      machine: str | None = None) -> TritonInstall:
+    """Find a tritonserver: an explicit path, PATH, /opt/tritonserver, then the nvidia-pytriton bundle, which
+    exists only on Linux x86_64 (``system``/``machine`` stand in for this machine's, to show another's message)."""
     if explicit:
         path = Path(explicit)
         if not (path.is_file() and os.access(path, os.X_OK)):
@@ -75,6 +81,9 @@ def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> TritonI
     opt = Path("/opt/tritonserver/bin/tritonserver")
     if opt.exists():
         return TritonInstall(opt, Path("/opt/tritonserver/backends"))
+    unsupported = stub_python.unsupported_platform(system, machine)
+    if unsupported:
+        raise ServerError(unsupported)
     root = _pytriton_root()
     if root is not None:
         libs = root.parent.parent / "nvidia_pytriton.libs"
@@ -82,23 +91,32 @@ def find_tritonserver(explicit: str | os.PathLike[str] | None = None) -> TritonI
     raise ServerError("tritonserver not found (looked at PATH, /opt/tritonserver and nvidia-pytriton)", hint=INSTALL_HINT)
 
 
-def _prepare_bundle_backends(install: TritonInstall, workdir: Path) -> Path:
-    """The wheel ships the Python backend without its stub: assemble a backend folder with the right one."""
+def _prepare_bundle_backends(install: TritonInstall, workdir: Path, python: StubPython) -> Path:
+    """The wheel ships the Python backend without its stub: assemble a backend folder with the stub of the Python
+    that will run it.
+
+    A stub that carries its own libpython (3.13: auditwheel grafted a pyenv build into nvidia_pytriton.libs) must
+    run on the chosen interpreter's instead: the grafted one looks for its built-in modules as files, and Debian
+    builds some into its libpython ("No module named 'fcntl'"). The stub finds the grafted one through its RPATH
+    (``$ORIGIN/...``), which outranks LD_LIBRARY_PATH; a copy of the stub has an RPATH that leads nowhere, so the
+    loader takes the name from ``stub-lib/``, where it links to the interpreter's own libpython."""
     assert install.bundle_root is not None
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
-    stub = install.bundle_root / "python_backend_stubs" / version / "triton_python_backend_stub"
+    stub = install.bundle_root / "python_backend_stubs" / python.version / "triton_python_backend_stub"
     if not stub.exists():
         raise ServerError(
-            f"nvidia-pytriton has no Python-backend stub for Python {version} ({stub})",
-            hint="use a Python version nvidia-pytriton ships a stub for (3.8-3.13)",
+            f"nvidia-pytriton has no Python-backend stub for Python {python.version} ({stub})",
+            hint=f"run `{stub_python.SETUP_COMMAND}` to make an environment of a Python it has a stub for",
         )
     target = workdir / "backends" / "python"
     target.mkdir(parents=True, exist_ok=True)
     src = install.bundle_root / "backends" / "python"
+    grafted = _grafted_libpython(install, python.version)
     for item in (src / "libtriton_python.so", src / "triton_python_backend_utils.py", stub):
-        link = target / item.name
-        if not link.exists():
-            link.symlink_to(item)
+        _replace_link(target / item.name, item)
+    if grafted is not None and python.libpython:
+        (target / stub.name).unlink()
+        shutil.copy2(stub, target / stub.name)
+        _replace_link(workdir / "stub-lib" / grafted.name, Path(python.libpython))
     return workdir / "backends"
 
 
@@ -119,6 +137,33 @@ def _start_lock() -> Iterator[None]:
     with fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         yield
+
+
+def _grafted_libpython(install: TritonInstall, version: str) -> Path | None:
+    """The libpython the bundle carries for Python ``version`` (libpython3-<hash>.13.so.1.0), if it has one."""
+    major, minor = version.split(".")
+    if install.libs is None:
+        return None
+    return next(iter(sorted(install.libs.glob(f"libpython{major}-*.{minor}.so.1.0"))), None)
+
+
+def _replace_link(link: Path, to: Path) -> None:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(to)
+
+
+def _python3_dir(python: Path, workdir: Path) -> Path:
+    """A folder whose ``python3`` is ``python``: its own when that is the same interpreter (a venv's bin, so the
+    stub finds the venv), else a link made in ``workdir`` (a bare /usr/bin/python3.12 beside another python3)."""
+    own = python.parent / "python3"
+    with contextlib.suppress(OSError):
+        if own.exists() and os.path.samefile(own, python):
+            return python.parent
+    shim = workdir / "stub-bin"
+    _replace_link(shim / "python3", python.resolve())
+    return shim
 
 
 # prctl resolved here, not in the forked child (a dlopen or import there could block on a lock another thread held).
@@ -238,6 +283,10 @@ class TritonServer:
     #: SIGTERM the server when the process that started it dies (even by SIGKILL), on Linux, when started from the
     #: main thread. Off for servers meant to outlive their starter (``server_bootstrap up``).
     die_with_parent: bool = False
+    #: The python3 that runs the bundled server's Python-backend stub (default: $CVLOAD_STUB_PYTHON, this
+    #: interpreter, or the private environment; see ``stub_python.choose``). Checked before the server starts.
+    stub_python: str | os.PathLike[str] | None = None
+    stub: StubPython | None = field(default=None, init=False)
     process: subprocess.Popen[bytes] | None = field(default=None, init=False)
     _own_workdir: bool = field(default=False, init=False)
     _shm_prefix: str = field(default="", init=False)
@@ -298,9 +347,16 @@ class TritonServer:
 
     def _environment(self, install: TritonInstall) -> dict[str, str]:
         env = dict(os.environ)
-        # The stub runs the first python3 on PATH: make it this interpreter's (it imports numpy).
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        lib_dirs = [sysconfig.get_config_var("LIBDIR") or ""]
+        # The stub embeds the first python3 on PATH (its site-packages, its numpy): put the chosen one first.
+        if self.stub is not None:
+            assert self.workdir is not None
+            bin_dir, libdir = _python3_dir(self.stub.python, self.workdir), self.stub.libdir
+        else:
+            bin_dir, libdir = Path(sys.executable).parent, sysconfig.get_config_var("LIBDIR") or ""
+        env["PATH"] = os.pathsep.join([str(bin_dir), env.get("PATH", "")])
+        lib_dirs = [libdir]
+        if self.workdir is not None and (self.workdir / "stub-lib").is_dir():
+            lib_dirs.insert(0, str(self.workdir / "stub-lib"))
         if install.libs is not None:
             lib_dirs.append(str(install.libs))
         if env.get("LD_LIBRARY_PATH"):
@@ -312,6 +368,8 @@ class TritonServer:
         if not Path(self.model_repository).is_dir():
             raise UsageError(f"model repository not found: {self.model_repository}")
         install = find_tritonserver(self.tritonserver)
+        # Before anything starts: a stub that cannot work fails on the first request, not at loading.
+        self.stub = stub_python.choose(self.stub_python) if install.bundle_root is not None else None
         names = ("http_port", "grpc_port", "metrics_port")
         free = iter(free_ports(sum(getattr(self, n) is None for n in names), self.host))
         for name in names:
@@ -331,7 +389,8 @@ class TritonServer:
         self._shm_prefix = f"cvload{os.getpid()}x{next(_counter)}x"
         backends = install.backends
         if install.bundle_root is not None:
-            backends = _prepare_bundle_backends(install, self.workdir)
+            assert self.stub is not None
+            backends = _prepare_bundle_backends(install, self.workdir, self.stub)
         self.clean_exit = None
         self._stopped = False
         try:
@@ -440,8 +499,10 @@ class TritonServer:
         if self._own_workdir and self.workdir is not None:
             if self.clean_exit:
                 shutil.rmtree(self.workdir, ignore_errors=True)
-            else:  # keep the log readable after a failure: only the backend links go
+            else:  # keep the log readable after a failure: only the backend and python3 links go
                 shutil.rmtree(self.workdir / "backends", ignore_errors=True)
+                shutil.rmtree(self.workdir / "stub-bin", ignore_errors=True)
+                shutil.rmtree(self.workdir / "stub-lib", ignore_errors=True)
 
     def __enter__(self) -> TritonServer:
         return self.start()
