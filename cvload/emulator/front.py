@@ -36,7 +36,6 @@ class _Tokens:
         self.done = False
         self.error: Exception | None = None
         self.cond = threading.Condition()
-        self.stream = None  # the BLS response iterator, kept until the stub has forgotten it (see _retire)
 
     def wait_for(self, count: int) -> list[int]:
         with self.cond:
@@ -98,12 +97,13 @@ class TritonPythonModel(core.TritonPythonModel):
         length = int(pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy().reshape(-1)[0])
         return out.as_numpy().reshape(-1)[:length].tolist()
 
-    def _read_stream(self, request, tokens: _Tokens) -> None:
-        """Read the stream to its end, even after an error response: an iterator left unfinished stays in the
-        stub's table for good (and is freed without the GIL when the model unloads)."""
+    def _read_stream(self, front_request, request, tokens: _Tokens) -> None:
+        """Read the stream to its end, even after an error response (an iterator left unfinished stays in the
+        stub's table for good), then retire the iterator (see ``_retire``)."""
+        stream = None
         try:
-            tokens.stream = request.exec(decoupled=True)
-            for response in tokens.stream:
+            stream = request.exec(decoupled=True)
+            for response in stream:
                 if tokens.error is not None:
                     continue
                 try:
@@ -119,6 +119,7 @@ class TritonPythonModel(core.TritonPythonModel):
             with tokens.cond:
                 tokens.done = True
                 tokens.cond.notify_all()
+            self._retire(front_request, stream)
 
     def _retire(self, request, stream) -> None:
         """Drop a finished BLS response iterator here, holding the GIL, never on the stub's own thread.
@@ -208,8 +209,8 @@ class TritonPythonModel(core.TritonPythonModel):
             chunks[-2:] = [chunks[-2] + chunks[-1]]
         stall_at = self.rng.randrange(len(chunks)) if self.rng.random() < p.get("stall_prob", 0.0) else -1
         tokens = _Tokens()
-        reader = threading.Thread(target=self._read_stream,
-                                  args=(self._llm_request(input_ids, total, True, request_id), tokens), daemon=True)
+        reader = threading.Thread(target=self._read_stream, daemon=True,
+                                  args=(parsed["request"], self._llm_request(input_ids, total, True, request_id), tokens))
         reader.start()
         try:
             offset = 0
@@ -220,10 +221,8 @@ class TritonPythonModel(core.TritonPythonModel):
                 ids = tokens.wait_for(offset + n + (0 if final else lookahead))
                 vocode(ids, n, offset, final)
                 offset += n
-        finally:  # also after a failure: the barrier needs the request before its final response is sent
+        finally:  # also after a failure: the reader's barrier needs the request before its final response
             reader.join()
-            stream, tokens.stream = tokens.stream, None
-            self._retire(parsed["request"], stream)
         return sends, spans
 
     def execute(self, requests: list) -> list | None:
