@@ -119,8 +119,8 @@ def test_streams_call_the_sub_models(tmp_path: Path) -> None:
         def counted() -> bool:  # a decoupled model's statistics land a moment after its final response
             stats.update({m["name"]: m for m in client.get_inference_statistics(as_json=True)["model_stats"]})
             # Statistics JSON leaves zero counts out until the first success lands.
-        success = stats.get("cosyvoice2", {}).get("inference_stats", {}).get("success", {})
-        return int(success.get("count", 0)) == 2
+            success = stats.get("cosyvoice2", {}).get("inference_stats", {}).get("success", {})
+            return int(success.get("count", 0)) == 2
 
         process.wait_until(counted, 10, what="the front model's statistics")
         client.close()
