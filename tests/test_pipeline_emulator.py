@@ -5,6 +5,8 @@ that grows at concurrency 8 (and a second token2wav instance shrinking it), and 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,8 +20,9 @@ from cvload.address import Ports
 from cvload.cli import main
 from cvload.emulator import build_pipeline_repository, get_profile, pipeline_models
 from cvload.emulator.model import SAMPLES_PER_TOKEN, speech_tokens
-from cvload.errors import UsageError
+from cvload.errors import ServerError, UsageError
 from cvload.targets.checks import decoupled_of
+from cvload.triton import stub_python
 from cvload.triton.launcher import TritonServer
 from server_bootstrap import doctor
 from server_bootstrap.model_repository import model_config
@@ -215,3 +218,48 @@ def test_bootstrap_emulator_pipeline_up_doctor_down(tmp_path: Path) -> None:
     bad.write_text('target = "emulator"\n[emulator]\npipeline = true\nprofile_set = { token2wav_instances = 2 }\n')
     plan = cli("plan", "--config", str(bad), "--workdir", str(tmp_path / "w2"))
     assert plan.returncode == 2 and "set [triton] token2wav_instances instead" in plan.stderr
+
+
+def _pythons_312() -> list[Path]:
+    """python3.12 interpreters here: on PATH, and pyenv's builds (its shim on PATH fails unless 3.12 is selected)."""
+    found = [Path(p) for p in [shutil.which("python3.12")] if p]
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    found += sorted(pyenv.glob("3.12*/bin/python3.12"))
+    return found
+
+
+@pytest.fixture(scope="module")
+def stub_312(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Python 3.12 environment with numpy 1.26 for the stub (made with pip, from a wheel); skips when none can
+    be made here."""
+    chosen = stub_python.choose()
+    if chosen.version == "3.12":
+        return chosen.python
+    why = "no python3.12 here"
+    for base in _pythons_312():
+        try:
+            if stub_python.inspect(base).version != "3.12":
+                continue
+            made = stub_python.make_private_env(base, tmp_path_factory.mktemp("stub312") / "env", log=lambda _: None)
+        except ServerError as err:
+            why = err.message.splitlines()[0]
+            continue
+        if made.problem() is None:
+            return made.python
+        why = made.problem() or why
+    pytest.skip(f"no Python 3.12 environment with numpy {stub_python.STUB_NUMPY} for the stub: {why}")
+
+
+def test_pipeline_streams_on_the_python_312_stub(tmp_path: Path, stub_312: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stream's decoupled BLS iterator must be dropped by the front model after the stub's cleanup thread
+    let go of it: dropped first, the stub frees its numpy arrays without the GIL, which Python 3.12 answers with
+    a segfault ("Stub process 'cosyvoice2_0_1' is not healthy" for the requests of that instance)."""
+    monkeypatch.setenv(stub_python.ENV_VAR, str(stub_312))
+    out = tmp_path / "run"
+    code = main(["run", "--quiet", "--emulator", "--pipeline", "--profile", "demo", "--num-tasks", "2",
+                 "--requests", "16", "--out", str(out)])
+    stub = out / "emulator" / "backends" / "python" / "triton_python_backend_stub"
+    assert stub.resolve().parent.name == "3.12", stub.resolve()
+    summary = json.loads((out / "summary.json").read_text())
+    assert (code, summary["requests"]["ok"], summary["requests"]["failed"]) == (0, 16, 0), summary["errors"]

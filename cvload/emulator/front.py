@@ -39,7 +39,7 @@ class _Tokens:
 
     def wait_for(self, count: int) -> list[int]:
         with self.cond:
-            while len(self.ids) < count and not self.done:
+            while len(self.ids) < count and not self.done and self.error is None:
                 self.cond.wait()
             if self.error is not None:
                 raise self.error
@@ -55,6 +55,8 @@ class TritonPythonModel(core.TritonPythonModel):
         # Instances are separate processes: arrivals and in-flight ids are shared through the state file.
         self.state = core.SharedState(params.get("state_path") or None)
         self.prompt_models = params.get("prompt_models", "true") == "true"
+        self.retired: list = []  # finished BLS iterators whose cleanup may still be queued (see _retire)
+        self.retired_lock = threading.Lock()
 
     # ---- BLS calls -----------------------------------------------------------------------------------------
     @staticmethod
@@ -95,25 +97,57 @@ class TritonPythonModel(core.TritonPythonModel):
         length = int(pb_utils.get_output_tensor_by_name(response, "sequence_length").as_numpy().reshape(-1)[0])
         return out.as_numpy().reshape(-1)[:length].tolist()
 
-    def _read_stream(self, request, tokens: _Tokens) -> None:
+    def _read_stream(self, front_request, request, tokens: _Tokens) -> None:
+        """Read the stream to its end, even after an error response (an iterator left unfinished stays in the
+        stub's table for good), then retire the iterator (see ``_retire``)."""
+        stream = None
         try:
-            for response in request.exec(decoupled=True):
-                ids = self._ids(response)
-                if ids:
-                    with tokens.cond:
-                        tokens.ids.extend(ids)
-                        tokens.cond.notify_all()
+            stream = request.exec(decoupled=True)
+            for response in stream:
+                if tokens.error is not None:
+                    continue
+                try:
+                    ids = self._ids(response)
+                except Exception as exc:  # noqa: BLE001 - handed to the request's thread
+                    ids, tokens.error = [], exc
+                with tokens.cond:
+                    tokens.ids.extend(ids)
+                    tokens.cond.notify_all()
         except Exception as exc:  # noqa: BLE001 - handed to the request's thread
-            tokens.error = exc
+            tokens.error = tokens.error or exc
         finally:
             with tokens.cond:
                 tokens.done = True
                 tokens.cond.notify_all()
+            self._retire(front_request, stream)
+
+    def _retire(self, request, stream) -> None:
+        """Drop a finished BLS response iterator here, holding the GIL, never on the stub's own thread.
+
+        The stub (python_backend up to at least r24.10) keeps each decoupled BLS iterator in a table too; the
+        final response queues a cleanup that its stub-to-parent thread runs, erasing the table's reference
+        without the GIL. When Python has dropped its reference first, that erase destroys the iterator, its
+        responses and their numpy arrays on a thread with no Python thread state: Python 3.12's per-interpreter
+        allocator then reads a NULL thread state (segfault in ``_PyObject_Free``, "Stub process ... is not
+        healthy"); 3.11 frees it racily without crashing. That thread works its queue in order, and
+        ``is_cancelled()`` queues a query on it and waits for the answer: once it returns, the cleanup has run
+        and Python holds the last reference. A request already seen cancelled answers from a cache without the
+        queue; its iterator waits in ``self.retired`` for the next request's barrier."""
+        if stream is None:
+            return
+        with self.retired_lock:
+            earlier, self.retired = self.retired, []
+        if request.is_cancelled():
+            earlier.append(stream)
+            with self.retired_lock:
+                self.retired.extend(earlier)
+        # Leaving: ``stream`` and ``earlier`` go with this frame, here, with the GIL held.
 
     # ---- one request -----------------------------------------------------------------------------------------
     def _parse(self, request) -> dict:
         parsed = super()._parse(request)
         parsed["wav"] = pb_utils.get_input_tensor_by_name(request, "reference_wav")
+        parsed["request"] = request  # for the cleanup barrier of its tensorrt_llm stream (see _retire)
         return parsed
 
     def _prompt(self, parsed: dict) -> tuple[list, int]:
@@ -175,18 +209,20 @@ class TritonPythonModel(core.TritonPythonModel):
             chunks[-2:] = [chunks[-2] + chunks[-1]]
         stall_at = self.rng.randrange(len(chunks)) if self.rng.random() < p.get("stall_prob", 0.0) else -1
         tokens = _Tokens()
-        reader = threading.Thread(target=self._read_stream,
-                                  args=(self._llm_request(input_ids, total, True, request_id), tokens), daemon=True)
+        reader = threading.Thread(target=self._read_stream, daemon=True,
+                                  args=(parsed["request"], self._llm_request(input_ids, total, True, request_id), tokens))
         reader.start()
-        offset = 0
-        for i, n in enumerate(chunks):
-            if i == stall_at:
-                time.sleep(p.get("stall_s", 0.0))
-            final = i == len(chunks) - 1
-            ids = tokens.wait_for(offset + n + (0 if final else lookahead))
-            vocode(ids, n, offset, final)
-            offset += n
-        reader.join()
+        try:
+            offset = 0
+            for i, n in enumerate(chunks):
+                if i == stall_at:
+                    time.sleep(p.get("stall_s", 0.0))
+                final = i == len(chunks) - 1
+                ids = tokens.wait_for(offset + n + (0 if final else lookahead))
+                vocode(ids, n, offset, final)
+                offset += n
+        finally:  # also after a failure: the reader's barrier needs the request before its final response
+            reader.join()
         return sends, spans
 
     def execute(self, requests: list) -> list | None:
