@@ -25,7 +25,8 @@ DESCRIPTION = (
 def _common(p: argparse.ArgumentParser, *, deploy: bool = True) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE", help="deployment config (TOML)")
     p.add_argument("--target", choices=TARGETS, default=None,
-                   help="trtllm (default: the real deployment) or emulator (CPU, no GPU needed)")
+                   help="trtllm (default: the real deployment), emulator (CPU, no GPU needed) or python-runtime "
+                        "(CosyVoice's own gRPC/FastAPI server in its Docker image)")
     p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="where checkpoints, engines, logs and the state file live (default: the config's "
                         "workdir, else ~/.cache/cvload/bootstrap)")
@@ -199,6 +200,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from server_bootstrap.findings import format_findings
 
     config, _layout, state = _recorded(args, required=args.server is None)
+    if (args.target or (config.target if config else None)) == "python-runtime":
+        return _doctor_runtime(args, config, state)
     expect = doctor.Expectations()
     if config is not None:
         expect = doctor.Expectations(model=config.model.name, mode=config.mode, target=config.target,
@@ -231,6 +234,36 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"doctor: {title}, model {expect.model}, intended mode {expect.mode}")
         print(format_findings(findings))
         failed += sum(f.status == "FAIL" for f in findings)
+    print(f"{failed} check(s) failed" if failed else "all checks passed")
+    return EXIT_RUNTIME if failed else 0
+
+
+def _doctor_runtime(args: argparse.Namespace, config: DeploymentConfig | None, state: State | None) -> int:
+    """The python-runtime target has one port and no Triton endpoints: it must answer as CosyVoice's runtime."""
+    from cvload.address import parse
+    from server_bootstrap import runtime_probe
+    from server_bootstrap.findings import fail, format_findings, ok
+
+    kind = config.runtime.server if config else "grpc"
+    if args.server:
+        where = parse(args.server, default_port=config.runtime.port if config else 50000, expected="HOST[:PORT]")
+        targets = [(f"server {hostport(where.host, where.port)}", where.host, where.port, None)]
+    else:
+        assert state is not None
+        if not state.servers:
+            raise UsageError("no server recorded in this deployment (it is down)",
+                             hint="cvload bootstrap up, or pass --server HOST[:PORT]")
+        targets = [(f"server {r.index} (container {r.container})", r.client_host,
+                    r.grpc_port if r.runtime == "grpc" else r.http_port, r.container) for r in state.servers]
+    failed = 0
+    for title, host, port, container in targets:
+        answer = runtime_probe.probe(host, port, kind)
+        finding = ok("runtime api", answer.detail) if answer.ok else fail(
+            "runtime api", answer.detail, answer.fix + (f"; docker logs {container}" if container else ""),
+            answer.cause)
+        print(f"doctor: {title}, CosyVoice runtime {kind} server")
+        print(format_findings([finding]))
+        failed += not answer.ok
     print(f"{failed} check(s) failed" if failed else "all checks passed")
     return EXIT_RUNTIME if failed else 0
 
