@@ -28,7 +28,8 @@ TRTLLM_CONTAINER = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"
 # GPU memory (docs/protocol.md): about 24 GB for the whole pipeline; below 8 GB it cannot load.
 GPU_MEM_RECOMMENDED = 24 * GIB
 GPU_MEM_MINIMUM = 8 * GIB
-DISK_NEEDED = {"trtllm": 20 * GIB, "emulator": 1 * GIB}  # checkpoints + weights + engine; logs
+DISK_NEEDED = {"trtllm": 20 * GIB, "emulator": 1 * GIB,  # checkpoints + weights + engine; logs
+               "python-runtime": 20 * GIB}  # the model and the image's CUDA + PyTorch layers
 SHM_NEEDED = {"trtllm": 1 * GIB, "emulator": 64 << 20}  # Python-backend tensors travel through /dev/shm
 
 
