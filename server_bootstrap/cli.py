@@ -176,7 +176,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for name in chosen:
             print(logs[name])
         return 0
+    containers = {f"server{r.index}": r.container for r in state.servers if r.container}
     for name in chosen:
+        if name in containers:  # python-runtime: the container's output is docker's, not a file
+            from server_bootstrap.servers import run_quiet
+
+            cmd = ["docker", "logs", "--tail", str(args.lines), str(containers[name])]
+            print(f"==> {' '.join(cmd)} <==")
+            proc = run_quiet(cmd)
+            print((proc.stdout + proc.stderr).rstrip())
+            if proc.returncode != 0:
+                return EXIT_RUNTIME
+            continue
         print(f"==> {logs[name]} (last {args.lines} lines) <==")
         print(tail(logs[name], args.lines))
     return 0

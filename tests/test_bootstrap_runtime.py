@@ -164,3 +164,13 @@ def test_down_removes_the_recorded_container(runtime: RuntimeServer, tmp_path: P
     err = capsys.readouterr().err
     assert "`docker` not found" in err
     assert State.load(w / "bootstrap-state.json").servers[0].container == "cvload-cosyvoice-runtime"  # kept
+
+
+def test_logs_of_the_container_are_dockers(runtime: RuntimeServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = write(tmp_path, f"[runtime]\nport = {runtime.grpc_port}\n")
+    w = record(tmp_path, cfg, "grpc", int(runtime.grpc_port or 0))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert main(["logs", "server", "-n", "5", "--workdir", str(w)]) == 1  # no docker here: said, not a traceback
+    out, err = capsys.readouterr()
+    assert "==> docker logs --tail 5 cvload-cosyvoice-runtime <==" in out and "`docker` not found" in err
