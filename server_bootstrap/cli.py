@@ -17,7 +17,7 @@ from server_bootstrap.state import State
 DESCRIPTION = (
     "Bring a GPU machine from nothing to a served, smoke-tested CosyVoice on Triton + TensorRT-LLM, in 7 resumable "
     "stages (preflight, source, download, build, repo, launch, smoke). `--target emulator` runs the same flow with "
-    "the CosyVoice emulator model on any machine (no GPU needed). Exit codes: 0 ok, 1 a stage or check failed, "
+    "the CosyVoice emulator model on any machine (no GPU needed); `--target python-runtime` builds and runs CosyVoice's own gRPC or FastAPI server (runtime/python) in Docker. Exit codes: 0 ok, 1 a stage or check failed, "
     "2 bad config or flags, 130 interrupted."
 )
 

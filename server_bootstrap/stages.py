@@ -669,7 +669,14 @@ class Container(Stage):
         state.servers, state.servers_target, state.servers_inputs = [rec], self.config.target, self.inputs_hash
         state.save()
         self.run_command(start, log, hint="is the NVIDIA Container Toolkit installed (--runtime=nvidia)?")
-        servers.wait_ready([rec], self.config.ready_timeout)
+        try:
+            servers.wait_ready([rec], self.config.ready_timeout)
+        except CvloadError:
+            answer = servers.runtime_answer(rec)
+            raise CvloadError(f"container {r.container}: not answering as the runtime after "
+                              f"{self.config.ready_timeout:.0f} s: {answer.detail} ({answer.cause})",
+                              hint=f"docker logs {r.container} (loading the model takes minutes; a crash shows "
+                                   "there); raise [server] ready_timeout if it is still loading") from None
         return f"container {r.container}: {servers.describe(rec)}"
 
 
