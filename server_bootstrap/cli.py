@@ -17,7 +17,7 @@ from server_bootstrap.state import State
 DESCRIPTION = (
     "Bring a GPU machine from nothing to a served, smoke-tested CosyVoice on Triton + TensorRT-LLM, in 7 resumable "
     "stages (preflight, source, download, build, repo, launch, smoke). `--target emulator` runs the same flow with "
-    "the CosyVoice emulator model on any machine (no GPU needed). Exit codes: 0 ok, 1 a stage or check failed, "
+    "the CosyVoice emulator model on any machine (no GPU needed); `--target python-runtime` builds and runs CosyVoice's own gRPC or FastAPI server (runtime/python) in Docker. Exit codes: 0 ok, 1 a stage or check failed, "
     "2 bad config or flags, 130 interrupted."
 )
 
@@ -25,7 +25,8 @@ DESCRIPTION = (
 def _common(p: argparse.ArgumentParser, *, deploy: bool = True) -> None:
     p.add_argument("--config", type=Path, default=None, metavar="FILE", help="deployment config (TOML)")
     p.add_argument("--target", choices=TARGETS, default=None,
-                   help="trtllm (default: the real deployment) or emulator (CPU, no GPU needed)")
+                   help="trtllm (default: the real deployment), emulator (CPU, no GPU needed) or python-runtime "
+                        "(CosyVoice's own gRPC/FastAPI server in its Docker image)")
     p.add_argument("--workdir", type=Path, default=None, metavar="DIR",
                    help="where checkpoints, engines, logs and the state file live (default: the config's "
                         "workdir, else ~/.cache/cvload/bootstrap)")
@@ -175,7 +176,18 @@ def cmd_logs(args: argparse.Namespace) -> int:
         for name in chosen:
             print(logs[name])
         return 0
+    containers = {f"server{r.index}": r.container for r in state.servers if r.container}
     for name in chosen:
+        if name in containers:  # python-runtime: the container's output is docker's, not a file
+            from server_bootstrap.servers import run_quiet
+
+            cmd = ["docker", "logs", "--tail", str(args.lines), str(containers[name])]
+            print(f"==> {' '.join(cmd)} <==")
+            proc = run_quiet(cmd)
+            print((proc.stdout + proc.stderr).rstrip())
+            if proc.returncode != 0:
+                return EXIT_RUNTIME
+            continue
         print(f"==> {logs[name]} (last {args.lines} lines) <==")
         print(tail(logs[name], args.lines))
     return 0
@@ -199,6 +211,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     from server_bootstrap.findings import format_findings
 
     config, _layout, state = _recorded(args, required=args.server is None)
+    if (args.target or (config.target if config else None)) == "python-runtime":
+        return _doctor_runtime(args, config, state)
     expect = doctor.Expectations()
     if config is not None:
         expect = doctor.Expectations(model=config.model.name, mode=config.mode, target=config.target,
@@ -231,6 +245,36 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         print(f"doctor: {title}, model {expect.model}, intended mode {expect.mode}")
         print(format_findings(findings))
         failed += sum(f.status == "FAIL" for f in findings)
+    print(f"{failed} check(s) failed" if failed else "all checks passed")
+    return EXIT_RUNTIME if failed else 0
+
+
+def _doctor_runtime(args: argparse.Namespace, config: DeploymentConfig | None, state: State | None) -> int:
+    """The python-runtime target has one port and no Triton endpoints: it must answer as CosyVoice's runtime."""
+    from cvload.address import parse
+    from server_bootstrap import runtime_probe
+    from server_bootstrap.findings import fail, format_findings, ok
+
+    kind = config.runtime.server if config else "grpc"
+    if args.server:
+        where = parse(args.server, default_port=config.runtime.port if config else 50000, expected="HOST[:PORT]")
+        targets = [(f"server {hostport(where.host, where.port)}", where.host, where.port, None)]
+    else:
+        assert state is not None
+        if not state.servers:
+            raise UsageError("no server recorded in this deployment (it is down)",
+                             hint="cvload bootstrap up, or pass --server HOST[:PORT]")
+        targets = [(f"server {r.index} (container {r.container})", r.client_host,
+                    r.grpc_port if r.runtime == "grpc" else r.http_port, r.container) for r in state.servers]
+    failed = 0
+    for title, host, port, container in targets:
+        answer = runtime_probe.probe(host, port, kind)
+        finding = ok("runtime api", answer.detail) if answer.ok else fail(
+            "runtime api", answer.detail, answer.fix + (f"; docker logs {container}" if container else ""),
+            answer.cause)
+        print(f"doctor: {title}, CosyVoice runtime {kind} server")
+        print(format_findings([finding]))
+        failed += not answer.ok
     print(f"{failed} check(s) failed" if failed else "all checks passed")
     return EXIT_RUNTIME if failed else 0
 

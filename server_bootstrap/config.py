@@ -18,7 +18,8 @@ from cvload.address import TRITON_PORTS
 from cvload.errors import UsageError
 from cvload.typed_toml import Rules, Where, build, merge, read_table, read_toml
 
-TARGETS = ("trtllm", "emulator")
+TARGETS = ("trtllm", "emulator", "python-runtime")
+RUNTIME_SERVERS = ("grpc", "fastapi")  # the folders of CosyVoice's runtime/python
 MODES = ("streaming", "offline")
 DTYPES = ("bfloat16", "float16", "float32")
 HUBS = ("modelscope", "huggingface")
@@ -118,6 +119,18 @@ class EmulatorConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """``--target python-runtime``: CosyVoice's own Python server (runtime/python) in the image its Dockerfile
+    builds; ``server`` picks the gRPC or the FastAPI folder. It serves one request per --max_conc slot."""
+
+    server: str = "grpc"  # grpc | fastapi
+    port: int = 50000
+    max_conc: int = 4  # grpc only: the FastAPI server has no such flag
+    image: str = "cosyvoice:v1.0"
+    container: str = "cvload-cosyvoice-runtime"
+
+
+@dataclass
 class SmokeConfig:
     """The one request ``up`` sends at the end."""
 
@@ -142,6 +155,7 @@ class DeploymentConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     emulator: EmulatorConfig = field(default_factory=EmulatorConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     smoke: SmokeConfig = field(default_factory=SmokeConfig)
     origin: str = field(default="defaults", compare=False)  # the file it came from, for messages
 
@@ -190,7 +204,7 @@ class DeploymentConfig:
             return UsageError(f"{self.origin}: {key}: {message}", hint=hint)
 
         if self.target not in TARGETS:
-            raise bad("target", f"{self.target!r} is not a target", "use trtllm or emulator")
+            raise bad("target", f"{self.target!r} is not a target", "use " + ", ".join(TARGETS))
         if self.mode not in MODES:
             raise bad("mode", f"{self.mode!r} is not a client mode", "use streaming (decoupled) or offline")
         t, e, s = self.triton, self.engine, self.server
@@ -253,6 +267,20 @@ class DeploymentConfig:
         if len(set(every)) != len(every) or any(p > 65535 for p in every):
             raise bad("[server] port_stride", f"{s.port_stride} gives {servers} servers colliding or invalid "
                       f"ports ({', '.join(map(str, every))})", "use a stride larger than the port span (default 10)")
+        r = self.runtime
+        if r.server not in RUNTIME_SERVERS:
+            raise bad("[runtime] server", f"{r.server!r} is not a server of CosyVoice's runtime/python",
+                      "use grpc (runtime/python/grpc/server.py) or fastapi (runtime/python/fastapi/server.py)")
+        if not 1 <= r.port <= 65535:
+            raise bad("[runtime] port", f"{r.port} is not a port number", "the runtime's default is 50000")
+        if r.max_conc <= 0:
+            raise bad("[runtime] max_conc", f"must be positive, got {r.max_conc}")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", r.container):
+            raise bad("[runtime] container", f"{r.container!r} is not a valid container name",
+                      "use letters, digits, '_', '-' or '.'")
+        if self.docker.enabled and self.target == "python-runtime":
+            raise bad("docker", "the python-runtime target always runs in Docker (its own image); --docker is "
+                      "for trtllm", "drop --docker")
         if self.docker.enabled and self.target == "emulator":
             raise bad("docker", "the emulator target runs the local bundled server; --docker is for trtllm",
                       "drop --docker, or use --target trtllm")

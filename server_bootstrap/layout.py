@@ -48,6 +48,11 @@ class Layout:
         return self.source / "runtime" / "triton_trtllm"
 
     @property
+    def python_runtime(self) -> Path:
+        """runtime/python: the Dockerfile ``docker build`` runs, and the grpc / fastapi server folders."""
+        return self.source / "runtime" / "python"
+
+    @property
     def template_repo(self) -> Path:
         return self.runtime / "model_repo"
 

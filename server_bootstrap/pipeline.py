@@ -68,13 +68,18 @@ def decisions(ctx: Context) -> list[Decision]:
 def plan(ctx: Context) -> str:
     """Every stage with its exact commands and whether it would run; runs nothing."""
     c = ctx.config
-    lines = [f"cvload bootstrap plan: target {c.target}, mode {c.mode} (decoupled={str(c.decoupled).lower()}), "
-             f"{len(c.server_gpus())} server(s), workdir {ctx.layout.workdir}"
-             + (f", docker image {c.docker.image}" if c.docker.enabled else ""),
+    if c.target == "python-runtime":
+        head = (f"cvload bootstrap plan: target python-runtime, server {c.runtime.server} on port {c.runtime.port}, "
+                f"image {c.runtime.image}, workdir {ctx.layout.workdir}")
+    else:
+        head = (f"cvload bootstrap plan: target {c.target}, mode {c.mode} (decoupled={str(c.decoupled).lower()}), "
+                f"{len(c.server_gpus())} server(s), workdir {ctx.layout.workdir}"
+                + (f", docker image {c.docker.image}" if c.docker.enabled else ""))
+    lines = [head,
              f"  config: {c.origin}"]
     ds = decisions(ctx)
     for d in ds:
-        lines.append(f"{NUMBERS[d.stage.name]}. {d.stage.name:<9} [{d.status}] {d.stage.title}")
+        lines.append(f"{numbers(c.target)[d.stage.name]}. {d.stage.name:<9} [{d.status}] {d.stage.title}")
         for cmd in d.stage.commands():
             lines.append(f"     $ {show(cmd)}")
         for text in d.stage.describe():
@@ -85,9 +90,15 @@ def plan(ctx: Context) -> str:
     return "\n".join(lines)
 
 
-# Stage numbers are the real deployment's, also for the emulator target (which has no stages 2-4).
+# Stage numbers are the real deployment's, also for the emulator target (which has no stages 2-4); the
+# python-runtime target has its own five.
 NUMBERS = {name: i + 1 for i, name in enumerate(("preflight", "source", "download", "build", "repo", "launch",
                                                     "smoke"))}
+RUNTIME_NUMBERS = {name: i + 1 for i, name in enumerate(("preflight", "source", "download", "image", "container"))}
+
+
+def numbers(target: str) -> dict[str, int]:
+    return RUNTIME_NUMBERS if target == "python-runtime" else NUMBERS
 
 
 def up(ctx: Context) -> list[ServerRecord]:
@@ -103,7 +114,8 @@ def up(ctx: Context) -> list[ServerRecord]:
         stage = planned.stage
         # decide again now: an earlier stage may have changed the inputs (e.g. templates after a clone)
         d = _decide(stage, hashes, ran, ctx)
-        head = f"[{NUMBERS[stage.name]}/{len(NUMBERS)}] {stage.name}"
+        order = numbers(c.target)
+        head = f"[{order[stage.name]}/{len(order)}] {stage.name}"
         if not d.run:
             print(f"{head}: {d.status}, skipped", file=out, flush=True)
             continue
@@ -168,7 +180,7 @@ def down(ctx: Context) -> int:
     state = ctx.state
     count = stop_recorded(state, ctx.layout)
     for target in list(state.stages):
-        state.stages[target].pop("launch", None)
-        state.stages[target].pop("smoke", None)
+        for stage in ("launch", "smoke", "container"):
+            state.stages[target].pop(stage, None)
     state.save()
     return count

@@ -28,7 +28,8 @@ TRTLLM_CONTAINER = "nvcr.io/nvidia/tritonserver:25.06-trtllm-python-py3"
 # GPU memory (docs/protocol.md): about 24 GB for the whole pipeline; below 8 GB it cannot load.
 GPU_MEM_RECOMMENDED = 24 * GIB
 GPU_MEM_MINIMUM = 8 * GIB
-DISK_NEEDED = {"trtllm": 20 * GIB, "emulator": 1 * GIB}  # checkpoints + weights + engine; logs
+DISK_NEEDED = {"trtllm": 20 * GIB, "emulator": 1 * GIB,  # checkpoints + weights + engine; logs
+               "python-runtime": 20 * GIB}  # the model and the image's CUDA + PyTorch layers
 SHM_NEEDED = {"trtllm": 1 * GIB, "emulator": 64 << 20}  # Python-backend tensors travel through /dev/shm
 
 
@@ -188,16 +189,19 @@ def check_tool(name: str, executable: str, fix: str, *, required: bool = True, w
     return fail(name, detail, fix) if required else warn(name, detail, fix)
 
 
-def check_docker() -> list[Finding]:
-    """The docker CLI, its compose plugin, and an engine that answers."""
+def check_docker(*, compose_plugin: bool = True) -> list[Finding]:
+    """The docker CLI, its compose plugin (where compose is used), and an engine that answers."""
     docker = shutil.which("docker")
     if not docker:
-        return [fail("docker", "`docker` not on PATH", "install Docker Engine with the compose plugin")]
+        return [fail("docker", "`docker` not on PATH", "install Docker Engine" +
+                     (" with the compose plugin" if compose_plugin else " and the NVIDIA Container Toolkit "
+                      "(docker run --runtime=nvidia)"))]
     checks = [ok("docker", docker)]
-    compose = _run(["docker", "compose", "version", "--short"])
-    checks.append(ok("docker compose", compose[1]) if compose[0] == 0 else
-                  fail("docker compose", f"the compose plugin is missing ({compose[1]})",
-                       "install docker-compose-plugin (apt-get install docker-compose-plugin)"))
+    compose = _run(["docker", "compose", "version", "--short"]) if compose_plugin else (0, "")
+    if compose_plugin:
+        checks.append(ok("docker compose", compose[1]) if compose[0] == 0 else
+                      fail("docker compose", f"the compose plugin is missing ({compose[1]})",
+                           "install docker-compose-plugin (apt-get install docker-compose-plugin)"))
     engine = _run(["docker", "info", "--format", "{{.ServerVersion}}"])
     checks.append(ok("docker engine", f"server {engine[1]}") if engine[0] == 0 else
                   fail("docker engine", f"not reachable: {engine[1]}",
@@ -223,6 +227,8 @@ def _run(cmd: list[str]) -> tuple[int, str]:
 def run_checks(config: DeploymentConfig, layout: Layout, *, will_run: set[str],
                our_ports: Iterable[int] = ()) -> list[Finding]:
     """Every check for this target; tools of stages that are already done are only warnings."""
+    if config.target == "python-runtime":
+        return runtime_checks(config, layout, will_run=will_run, our_ports=our_ports)
     checks: list[Finding] = []
     emulator = config.target == "emulator"
     docker = config.docker.enabled
@@ -258,4 +264,26 @@ def run_checks(config: DeploymentConfig, layout: Layout, *, will_run: set[str],
                                      required=download, why=f"downloads {config.model.cosyvoice_repo}"))
         checks.append(check_tool("curl", "curl", "apt-get install curl", required=download,
                                  why="downloads spk2info.pt"))
+    return checks
+
+
+def runtime_checks(config: DeploymentConfig, layout: Layout, *, will_run: set[str],
+                   our_ports: Iterable[int] = ()) -> list[Finding]:
+    """The python-runtime target: GPUs, disk, its one port, docker (no compose), git and the model download."""
+    port = config.runtime.port
+    if port in set(our_ports) or not port_busy("0.0.0.0", port):
+        ports = ok("runtime port", f"{port} free" + (" - held by this deployment" if port in set(our_ports) else ""))
+    else:
+        ports = fail("runtime port", f"{port} in use", "stop what listens there (ss -ltnp; docker ps) or set "
+                     "[runtime] port")
+    checks = [*check_gpus(config), check_disk(config, layout.workdir), ports, *check_docker(compose_plugin=False)]
+    checks.append(check_tool("git", "git", "apt-get install git", required="source" in will_run,
+                             why="fetches and checks the CosyVoice checkout"))
+    download = "download" in will_run
+    if config.model.cosyvoice_hub == "modelscope":
+        checks.append(check_tool("modelscope", config.model.modelscope_cli, "pip install modelscope",
+                                 required=download, why=f"downloads {config.model.cosyvoice_repo}"))
+    else:
+        checks.append(check_tool("huggingface-cli", config.model.hf_cli, "pip install -U 'huggingface_hub[cli]'",
+                                 required=download, why=f"downloads {config.model.cosyvoice_repo}"))
     return checks

@@ -19,6 +19,7 @@ from cvload import process
 from cvload.errors import CvloadError, ServerError
 from cvload.triton import launcher
 from cvload.triton.launcher import TritonInstall, TritonServer
+from server_bootstrap import runtime_probe
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
 from server_bootstrap.state import ServerRecord
@@ -100,12 +101,20 @@ def launch(config: DeploymentConfig, layout: Layout, *, record: Callable[[Server
 
 
 def ready(rec: ServerRecord, timeout: float = 2.0) -> bool:
+    if rec.runtime:
+        return runtime_answer(rec).ok
     return launcher.ready(rec.http, timeout)
 
 
+def runtime_answer(rec: ServerRecord) -> runtime_probe.Answer:
+    """A python-runtime record: does its one port answer as CosyVoice's runtime (of its kind)?"""
+    port = rec.grpc_port if rec.runtime == "grpc" else rec.http_port
+    return runtime_probe.probe(rec.client_host, port, rec.runtime or "grpc")
+
+
 def running(rec: ServerRecord) -> bool:
-    """The recorded process (or compose service) still runs."""
-    if rec.compose_file:
+    """The recorded process (or compose service, or container) still runs."""
+    if rec.compose_file or rec.container:
         return ready(rec)
     return process.alive(rec.pid, rec.start_time)
 
@@ -118,8 +127,8 @@ def terminate(rec: ServerRecord) -> None:
 
 def stop(rec: ServerRecord, *, timeout: float = 20.0) -> bool:
     """Stop one recorded server and remove what its Python backend left in /dev/shm; False if not running."""
-    if rec.compose_file:
-        return False  # compose services stop together (compose.down)
+    if rec.compose_file or rec.container:
+        return False  # compose services stop together (compose.down); containers by `docker rm -f`
     ended = process.end(rec.pid, started=rec.start_time, grace=timeout, sigterm="leader") if rec.pid else None
     if rec.shm_prefix:
         process.remove_shm(rec.shm_prefix)
@@ -147,15 +156,23 @@ def wait_ready(records: list[ServerRecord], deadline_s: float, *, alive: Callabl
 
 
 def endpoints_line(records: list[ServerRecord]) -> str:
-    return " ".join(r.grpc for r in records)
+    return " ".join(r.http if r.runtime == "fastapi" else r.grpc for r in records)
 
 
 def run_hint(records: list[ServerRecord], mode: str) -> str:
-    servers = " ".join(f"--server {r.grpc}" for r in records)
+    servers = " ".join(f"--server {r.http if r.runtime == 'fastapi' else r.grpc}" for r in records)
+    if records and records[0].runtime:
+        protocol = "http" if records[0].runtime == "fastapi" else "grpc"
+        return f"cvload run {servers} --api cosyvoice --protocol {protocol} --requests 20"
     return f"cvload run {servers} --mode {mode} --requests 20"
 
 
 def describe(rec: ServerRecord) -> str:
+    if rec.runtime:
+        answer = runtime_answer(rec)
+        return (f"server {rec.index}: {'ready' if answer.ok else 'not ready'} (container {rec.container}, "
+                f"runtime {rec.runtime}) {answer.detail}"
+                + ("" if answer.ok else f"\n    cause: {answer.cause}\n    fix:   {answer.fix}"))
     state = "ready" if ready(rec, timeout=1.0) else ("running, not ready" if running(rec) else "not running")
     where = f"pid {rec.pid}" if rec.pid else f"compose service {rec.service}"
     return (f"server {rec.index}: {state} ({where}) grpc {rec.grpc} http {rec.http} metrics {rec.metrics}"

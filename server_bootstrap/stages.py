@@ -122,6 +122,9 @@ class Preflight(Stage):
     def describe(self) -> list[str]:
         if self.config.target == "emulator":
             return ["(in process) disk, /dev/shm, ports free, tritonserver present"]
+        if self.config.target == "python-runtime":
+            return [f"(in process) NVML GPUs + free memory, driver, disk, port {self.config.runtime.port} free, "
+                    "docker CLI + engine (+ nvidia runtime), git, " + self.config.model.cosyvoice_hub]
         extra = "docker engine + compose" if self.config.docker.enabled else "tritonserver with TensorRT-LLM backend, "\
             "tensorrt_llm + version, trtllm-build"
         return [f"(in process) NVML GPUs + free memory, driver, disk, /dev/shm, ports free, {extra}, git, "
@@ -226,11 +229,20 @@ class Download(Stage):
         return ["curl", "--location", "--fail", "--retry", "3", "--continue-at", "-", "--output", str(part),
                 self.config.model.spk2info_url]
 
+    @property
+    def runtime_only(self) -> bool:
+        """The python-runtime target loads the CosyVoice model dir only (no TensorRT-LLM checkpoint, no cache)."""
+        return self.config.target == "python-runtime"
+
     def commands(self) -> list[list[str]]:
+        if self.runtime_only:
+            return [self._cosyvoice()]
         return [self._llm(), self._cosyvoice(), self._spk2info()]
 
     def inputs(self) -> dict[str, Any]:
         m = self.config.model
+        if self.runtime_only:
+            return {"cosyvoice": m.cosyvoice_repo, "hub": m.cosyvoice_hub}
         return {"llm": m.llm_repo, "cosyvoice": m.cosyvoice_repo, "hub": m.cosyvoice_hub, "spk2info": m.spk2info_url}
 
     def llm_done(self) -> bool:
@@ -240,16 +252,23 @@ class Download(Stage):
         return _complete(self.layout.model_dir, COSYVOICE_FILES)
 
     def done(self) -> bool:
+        if self.runtime_only:
+            return self.cosyvoice_done()
         return self.llm_done() and self.cosyvoice_done() and self.layout.spk2info.is_file()
 
     def run(self, log: StageLog) -> str:
-        watch = (self.layout.llm_dir, self.layout.model_dir)
-        for cmd, present in ((self._llm(), self.llm_done()), (self._cosyvoice(), self.cosyvoice_done())):
+        if self.runtime_only:
+            watch: tuple[Path, ...] = (self.layout.model_dir,)
+            parts = [(self._cosyvoice(), self.cosyvoice_done())]
+        else:
+            watch = (self.layout.llm_dir, self.layout.model_dir)
+            parts = [(self._llm(), self.llm_done()), (self._cosyvoice(), self.cosyvoice_done())]
+        for cmd, present in parts:
             if present:
                 log.say(f"already there, skipped: {process.show(cmd)}")
             else:
                 self.run_command(cmd, log, watch=watch)
-        if not self.layout.spk2info.is_file():  # the front model loads it even when the cache is not used
+        if not self.runtime_only and not self.layout.spk2info.is_file():  # the front model loads it even when the cache is not used
             self.layout.model_dir.mkdir(parents=True, exist_ok=True)
             self.run_command(self._spk2info(), log, hint="set [model] spk2info_url to a reachable copy")
             self.layout.spk2info.with_name("spk2info.pt.part").rename(self.layout.spk2info)
@@ -494,7 +513,8 @@ def stop_recorded(state: State, layout: Layout, log: StageLog | None = None) -> 
     """Stop every server the state file knows (host processes and compose services); forget them."""
     stopped = 0
     compose_files = {r.compose_file for r in state.servers if r.compose_file}
-    hosted = [r for r in state.servers if not r.compose_file]
+    containers = [r.container for r in state.servers if r.container]
+    hosted = [r for r in state.servers if not r.compose_file and not r.container]
     was_running = [servers.running(r) for r in hosted]
     for rec in hosted:  # all shut down at once; each takes seconds to unload its models
         servers.terminate(rec)
@@ -512,6 +532,14 @@ def stop_recorded(state: State, layout: Layout, log: StageLog | None = None) -> 
         stopped += 1
         if log:
             log.say(f"stopped compose services of {file}")
+    for name in containers:
+        proc = servers.run_quiet(["docker", "rm", "-f", name])
+        if proc.returncode != 0:
+            raise CvloadError(f"`docker rm -f {name}` failed: {proc.stderr.strip()[-500:]}",
+                              hint=f"remove the container by hand (docker ps -a --filter name={name})")
+        stopped += 1
+        if log:
+            log.say(f"removed container {name}")
     state.servers = []
     state.servers_inputs = ""
     state.save()
@@ -565,10 +593,107 @@ class Smoke(Stage):
         return f"{len(lines)} server(s) answered: " + "; ".join(lines)
 
 
+# ---- python-runtime: CosyVoice's own server in the image of runtime/python/Dockerfile --------------------------
+class Image(Stage):
+    name, title = "image", "docker build of runtime/python/Dockerfile"
+    deps = ("source",)
+
+    def commands(self) -> list[list[str]]:
+        return [["docker", "build", "-t", self.config.runtime.image, str(self.layout.python_runtime)]]
+
+    def inputs(self) -> dict[str, Any]:
+        return {"image": self.config.runtime.image}
+
+    def done(self) -> bool:
+        proc = _quiet(["docker", "image", "inspect", self.config.runtime.image])
+        return proc is not None and proc.returncode == 0
+
+    def run(self, log: StageLog) -> str:
+        (build,) = self.commands()
+        if not (self.layout.python_runtime / "Dockerfile").is_file():
+            raise UsageError(f"{self.layout.python_runtime}/Dockerfile is missing",
+                             hint="is [source] a CosyVoice checkout with runtime/python?")
+        self.run_command(build, log, cwd=self.layout.python_runtime,
+                         hint="the image installs CosyVoice's requirements: read the build log above")
+        return f"image {self.config.runtime.image}"
+
+
+def runtime_command(config: DeploymentConfig, layout: Layout) -> list[str]:
+    """The server command inside the image: the folder of ``[runtime] server`` (the image has the checkout at
+    /opt/CosyVoice/CosyVoice), then ``sleep infinity`` so the container stays for ``docker logs``."""
+    r = config.runtime
+    args = ["python3", "server.py", "--port", str(r.port)]
+    if r.server == "grpc":
+        args += ["--max_conc", str(r.max_conc)]
+    args += ["--model_dir", str(layout.model_dir)]
+    folder = f"/opt/CosyVoice/CosyVoice/runtime/python/{r.server}"
+    return ["/bin/bash", "-c", f"cd {folder} && {process.show(args)} && sleep infinity"]
+
+
+def docker_run_command(config: DeploymentConfig, layout: Layout) -> list[str]:
+    r = config.runtime
+    model = str(layout.model_dir)
+    return ["docker", "run", "-d", "--name", r.container, "--runtime=nvidia", "-p", f"{r.port}:{r.port}",
+            "-v", f"{model}:{model}:ro", r.image, *runtime_command(config, layout)]
+
+
+class Container(Stage):
+    name, title = "container", "docker run -d of the runtime server, until its port answers"
+    deps = ("download", "image")
+
+    def commands(self) -> list[list[str]]:
+        return [["docker", "rm", "-f", self.config.runtime.container], docker_run_command(self.config, self.layout)]
+
+    def describe(self) -> list[str]:
+        r = self.config.runtime
+        return [f"(in process) record container {r.container}, wait until 127.0.0.1:{r.port} answers as the "
+                f"runtime's {r.server} server ({self.config.ready_timeout:.0f} s)"]
+
+    def inputs(self) -> dict[str, Any]:
+        return {"run": docker_run_command(self.config, self.layout)}
+
+    def done(self) -> bool:
+        state = self.ctx.state
+        return (bool(state.servers) and state.servers_target == self.config.target
+                and state.servers_inputs == self.inputs_hash and all(servers.ready(r) for r in state.servers))
+
+    def run(self, log: StageLog) -> str:
+        r, state = self.config.runtime, self.ctx.state
+        stop_recorded(state, self.layout, log)
+        remove, start = self.commands()
+        self.run_command(remove, log)  # a container of that name left by hand or by an older up
+        rec = ServerRecord(index=0, host="127.0.0.1", http_port=r.port if r.server == "fastapi" else 0,
+                           grpc_port=r.port if r.server == "grpc" else 0, metrics_port=0, gpus=[],
+                           log=str(self.layout.server_log(0)), model_repository=str(self.layout.model_dir),
+                           container=r.container, runtime=r.server)
+        state.servers, state.servers_target, state.servers_inputs = [rec], self.config.target, self.inputs_hash
+        state.save()
+        self.run_command(start, log, hint="is the NVIDIA Container Toolkit installed (--runtime=nvidia)?")
+        try:
+            servers.wait_ready([rec], self.config.ready_timeout)
+        except CvloadError:
+            answer = servers.runtime_answer(rec)
+            raise CvloadError(f"container {r.container}: not answering as the runtime after "
+                              f"{self.config.ready_timeout:.0f} s: {answer.detail} ({answer.cause})",
+                              hint=f"docker logs {r.container} (loading the model takes minutes; a crash shows "
+                                   "there); raise [server] ready_timeout if it is still loading") from None
+        return f"container {r.container}: {servers.describe(rec)}"
+
+
 TRTLLM_STAGES: tuple[type[Stage], ...] = (Preflight, Source, Download, Build, Repository, Launch, Smoke)
 EMULATOR_STAGES: tuple[type[Stage], ...] = (Preflight, Repository, Launch, Smoke)
+RUNTIME_STAGES: tuple[type[Stage], ...] = (Preflight, Source, Download, Image, Container)
+STAGES = {"trtllm": TRTLLM_STAGES, "emulator": EMULATOR_STAGES, "python-runtime": RUNTIME_STAGES}
+
+
+def _quiet(cmd: list[str]) -> subprocess.CompletedProcess[str] | None:
+    """``cmd``'s result, or None where its program is missing (no docker here: nothing of it is done)."""
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
 
 
 def build_stages(ctx: Context) -> list[Stage]:
-    kinds = EMULATOR_STAGES if ctx.config.target == "emulator" else TRTLLM_STAGES
+    kinds = STAGES[ctx.config.target]
     return [kind(ctx) for kind in kinds]

@@ -58,6 +58,8 @@ class ServerRecord:
     shm_prefix: str = ""
     compose_file: str | None = None  # docker mode: the service runs under `docker compose`
     service: str | None = None
+    container: str | None = None  # python-runtime: the `docker run -d` container (name), removed by down
+    runtime: str | None = None  # python-runtime: grpc | fastapi, the API its one port speaks
 
     @property
     def client_host(self) -> str:
