@@ -16,16 +16,12 @@ import asyncio
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+
+from cvload.sweep import SweepView
 
 
-class Quiet:
-    def preparing(self, config: Any) -> None: ...
-    def attach(self, sweep: Any) -> None: ...
-    def level_started(self, sweep: Any, level: Any) -> None: ...
-    def level_judged(self, sweep: Any, level: Any) -> None: ...
-    def detach(self, sweep: Any) -> None: ...
-    def final(self, sweep: Any, result: dict[str, Any]) -> None: ...
+class Quiet(SweepView):
+    """Shows nothing (the protocol's do-nothing methods): the benchmark times the sweep alone."""
 
 
 async def measure(levels: str, duration: float, warmup: str, out: Path, profile: str) -> None:

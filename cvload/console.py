@@ -39,13 +39,19 @@ def progress_text(session: Any) -> str:
             f"first chunk p50 {p50} ms p95 {p95} ms  errors {st.failed}{state}{client}")
 
 
-class ConsoleView:
+class _Consoles:
+    """Where a console view writes: results to stdout (JSON with ``json_output``), progress to stderr (none
+    with ``quiet``)."""
+
     def __init__(self, *, json_output: bool = False, quiet: bool = False) -> None:
         self.json_output = json_output
         self.quiet = quiet
         self.err = Console(stderr=True)
         self.out = Console()
-        self._task: asyncio.Task[None] | None = None
+
+
+class ConsoleView(_Consoles):
+    _task: asyncio.Task[None] | None = None  # the live status line's refresher, while a run is live
 
     def preparing(self, config: RunConfig) -> None:
         if not self.quiet:
@@ -211,14 +217,8 @@ def capacity_line(result: dict[str, Any]) -> str:
     return text + f"   stopped: {result['stopped_because']}"
 
 
-class SweepConsoleView:
+class SweepConsoleView(_Consoles):
     """``cvload sweep`` in a terminal: a line per level as it starts and is judged, then the table and capacity."""
-
-    def __init__(self, *, json_output: bool = False, quiet: bool = False) -> None:
-        self.json_output = json_output
-        self.quiet = quiet
-        self.err = Console(stderr=True)
-        self.out = Console()
 
     def preparing(self, config: RunConfig) -> None:
         ConsoleView(quiet=self.quiet).preparing(config)

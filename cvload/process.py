@@ -11,12 +11,14 @@ Processes are found and watched through psutil; a recorded process is told from 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import glob
 import os
 import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -127,6 +129,38 @@ def tail(path: Path, lines: int = 20) -> str:
     except OSError:
         return "    (no log)"
     return "\n".join("    " + line for line in text[-lines:]) or "    (log is empty)"
+
+
+# ---- starting a server -------------------------------------------------------------------------------------
+# prctl resolved here, not in the forked child (a dlopen or import there could block on a lock another thread held).
+try:
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
+except (OSError, AttributeError):
+    _PRCTL = None
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when the parent dies (Linux), so a killed cvload or test run does not
+    leave an orphaned server that its own session shields from the terminal's signals."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def spawn(cmd: Sequence[str], log_path: Path, *, env: dict[str, str] | None = None,
+          die_with_parent: bool = False) -> subprocess.Popen[bytes]:
+    """Start a server child with its output in a fresh ``log_path``, in its own session: Ctrl-C in a terminal
+    reaches us, and we stop the server in order (``end``).
+
+    ``die_with_parent`` asks for SIGTERM when this process dies (even by SIGKILL), on Linux. The death signal
+    fires when the *thread* that started the child ends, so it is asked for only from the main thread, whose end
+    is the process's.
+    """
+    main_thread = threading.current_thread() is threading.main_thread()
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent if die_with_parent and _PRCTL is not None and main_thread else None)
 
 
 # ---- waiting with a deadline ---------------------------------------------------------------------------------

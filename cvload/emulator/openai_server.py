@@ -24,24 +24,21 @@ import json
 import os
 import random
 import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cvload import process
 from cvload.address import hostport
+from cvload.emulator.child import ChildServer
 from cvload.emulator.model import SAMPLE_RATE, SharedState, TritonPythonModel, Vocoder
 from cvload.emulator.profiles import PRESETS, Profile
-from cvload.errors import ServerError
 
 TOKEN_ENV = "CVLOAD_EMULATOR_API_KEY"
 ROUTES = ("/v1/audio/speech", "/audio/speech")
@@ -267,7 +264,7 @@ def _health(url: str) -> bool:
 
 
 @dataclass
-class OpenAIServer:
+class OpenAIServer(ChildServer):
     """The server as a child process on a free (or given) port; a context manager, like ``TritonServer``.
 
     ``url`` is its base (``http://127.0.0.1:PORT``); the speech route is ``url + /v1/audio/speech``. The trace
@@ -281,13 +278,6 @@ class OpenAIServer:
     max_conc: int = 0
     token: str | None = None
     odd_splits: bool = False  # pcm: each chunk as two HTTP chunks cut inside a sample
-    workdir: Path | None = None
-    ready_timeout: float = 30.0
-    die_with_parent: bool = False
-    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
-    log_path: Path | None = field(default=None, init=False)
-    clean_exit: bool | None = field(default=None, init=False)
-    _own_workdir: bool = field(default=False, init=False)
 
     @property
     def url(self) -> str:
@@ -302,75 +292,21 @@ class OpenAIServer:
         return {"speech": self.url + ROUTES[0], "log": str(self.log_path)}
 
     def start(self) -> OpenAIServer:
-        from cvload.triton import launcher
+        from cvload.triton.launcher import claim_ports
 
-        if self.port is None:
-            self.port = launcher.free_port(self.host)
-        elif launcher.port_busy(self.host, self.port):
-            raise ServerError(f"port {self.port} on {self.host} is already in use",
-                              hint=f"stop whatever listens on {self.host}:{self.port} or choose another port")
-        self._own_workdir = self.workdir is None
-        self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="cvload-openai-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / "openai_server.log"
-        env = dict(os.environ)
+        claim_ports(self, ("port",))
+        self._prepare_workdir("cvload-openai-", "openai_server.log")
+        env = self.child_env()
         env.pop(TOKEN_ENV, None)
         if self.token:
             env[TOKEN_ENV] = self.token  # not on the command line, where ps shows it
-        # The child imports this very cvload, wherever it lives.
-        root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         cmd = [sys.executable, "-m", "cvload.emulator.openai_server", "--host", self.host, "--port",
                str(self.port), "--model", self.model, "--profile-json", self.profile.to_json(),
                "--max-conc", str(self.max_conc), "--trace", str(self.trace_path)]
         if self.odd_splits:
             cmd.append("--odd-splits")
-        main_thread = threading.current_thread() is threading.main_thread()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True,
-                preexec_fn=launcher._die_with_parent if self.die_with_parent and main_thread else None)
-        proc, log_path = self.process, self.log_path
-
-        def up() -> bool:
-            code = proc.poll()
-            if code is not None:
-                raise ServerError(f"the OpenAI-style emulator exited with code {code} before listening; log "
-                                  f"{log_path}:\n{process.tail(log_path)}")
-            return _health(self.url)
-
-        try:
-            process.wait_until(up, self.ready_timeout, what="the OpenAI-style emulator to listen", max_delay=0.1)
-        except BaseException:
-            self.clean_exit = False
-            self.stop()
-            raise
+        self._launch(cmd, env, lambda: _health(self.url), "the OpenAI-style emulator")
         return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        """SIGTERM, then SIGKILL after a grace period (cvload.process.end); safe to call twice."""
-        proc = self.process
-        if proc is None:
-            return
-        self.process = None
-        clean = self.clean_exit is None and proc.poll() is None
-        ended = process.end(proc, grace=5.0)
-        self.clean_exit = clean and not ended.forced and proc.returncode in (0, -signal.SIGTERM)
-        if self._own_workdir and self.clean_exit and self.workdir is not None:  # a failure keeps its log
-            import shutil
-
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> OpenAIServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -23,21 +23,19 @@ import os
 import random
 import re
 import signal
-import subprocess
 import sys
 import threading
 import time
 import wave
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
 
-from cvload import process
 from cvload.address import hostport
+from cvload.emulator.child import ChildServer
 from cvload.emulator.model import ToneVoice, Vocoder, speech_seconds, speech_tokens
 from cvload.emulator.profiles import Profile
 from cvload.errors import ServerError
@@ -321,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ---- the parent's handle -----------------------------------------------------------------------------------
 @dataclass
-class RuntimeServer:
+class RuntimeServer(ChildServer):
     """The emulated runtime in a child process, on free (or given) loopback ports; a context manager.
 
     ``start()`` returns once both ports accept connections (or fails quoting the log); ``stop()`` sends SIGTERM,
@@ -336,14 +334,6 @@ class RuntimeServer:
     max_conc: int = DEFAULT_MAX_CONC
     sample_rate: int = DEFAULT_SAMPLE_RATE
     split_bytes: int = 0
-    workdir: Path | None = None
-    ready_timeout: float = 30.0
-    stop_timeout: float = 5.0
-    die_with_parent: bool = False
-    process: subprocess.Popen[bytes] | None = field(default=None, init=False)
-    log_path: Path | None = field(default=None, init=False)
-    clean_exit: bool | None = field(default=None, init=False)
-    _own_workdir: bool = field(default=False, init=False)
 
     @property
     def grpc_url(self) -> str:
@@ -365,77 +355,18 @@ class RuntimeServer:
                 "--split-bytes", str(self.split_bytes), "--profile-json", self.profile.to_json()]
 
     def start(self) -> "RuntimeServer":
-        import tempfile
-
-        from cvload.triton.launcher import _PRCTL, _die_with_parent, accepts, free_ports, port_busy
+        from cvload.triton.launcher import accepts, claim_ports
 
         if self.max_conc < 1:
             raise ServerError(f"--max-conc must be at least 1, got {self.max_conc}")
-        free = iter(free_ports(sum(p is None for p in (self.grpc_port, self.http_port)), self.host))
-        for name in ("grpc_port", "http_port"):
-            port = getattr(self, name)
-            if port is None:
-                setattr(self, name, next(free))
-            elif port_busy(self.host, port):
-                raise ServerError(f"port {port} on {self.host} is already in use ({name.replace('_', ' ')})",
-                                  hint=f"stop whatever listens on {self.host}:{port} or choose another port")
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="cvload-runtime-"))
-            self._own_workdir = True
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / "runtime_server.log"
-        env = dict(os.environ)
-        # The child imports this very cvload, wherever it came from (a checkout on PYTHONPATH included).
-        package_root = str(Path(__file__).resolve().parents[2])
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH", "")) if p)
-        main_thread = threading.current_thread() is threading.main_thread()
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                start_new_session=True,
-                preexec_fn=_die_with_parent if self.die_with_parent and _PRCTL is not None and main_thread else None,
-            )
-        proc, log_path = self.process, self.log_path
+        claim_ports(self, ("grpc_port", "http_port"))
+        self._prepare_workdir("cvload-runtime-", "runtime_server.log")
 
-        def up() -> bool:
-            code = proc.poll()
-            if code is not None:
-                raise ServerError(f"the emulated CosyVoice runtime exited with code {code} before it listened; "
-                                  f"log {log_path}:\n{process.tail(log_path, 25)}")
+        def listening() -> bool:
             return accepts(self.host, self.grpc_port, 0.5) and accepts(self.host, self.http_port, 0.5)  # type: ignore[arg-type]
 
-        try:
-            process.wait_until(up, self.ready_timeout, what="the emulated CosyVoice runtime to listen",
-                               max_delay=0.1)
-        except BaseException:
-            self.clean_exit = False
-            self.stop()
-            raise
+        self._launch(self.command(), self.child_env(), listening, "the emulated CosyVoice runtime")
         return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        """SIGTERM (uvicorn and gRPC shut down), SIGKILL to the group after ``stop_timeout``; safe to repeat."""
-        proc = self.process
-        if proc is None:
-            return
-        self.process = None
-        clean = self.clean_exit is None and proc.poll() is None
-        ended = process.end(proc, grace=self.stop_timeout)
-        self.clean_exit = clean and not ended.forced and proc.returncode in (0, -signal.SIGTERM)
-        if self._own_workdir and self.clean_exit and self.workdir is not None:
-            import shutil
-
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> "RuntimeServer":
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
 
 if __name__ == "__main__":
     sys.exit(main())

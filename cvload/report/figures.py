@@ -288,6 +288,15 @@ def _load_label(sweeps: Sequence[SweepResults]) -> str:
     return "offered load (requests / s)" if kinds == {"rate"} else "concurrent streams"
 
 
+def _against_load(ax, sweeps: Sequence[SweepResults], labels: Sequence[str], ylabel: str) -> None:  # noqa: ANN001
+    """The frame of a figure against load: capacity and knee marks, axis labels from zero up, the legend."""
+    _mark_capacity(ax, sweeps, labels)
+    ax.set_xlabel(_load_label(sweeps))
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(bottom=0)
+    _legend(ax, loc="upper left", ncols=2)
+
+
 def _mark_capacity(ax, sweeps: Sequence[SweepResults], labels: Sequence[str]) -> None:  # noqa: ANN001
     for n, (sweep, label) in enumerate(zip(sweeps, labels)):
         cap = series.capacity_value(sweep)
@@ -326,11 +335,7 @@ def sweep_latency(sweeps: Sequence[SweepResults], labels: Sequence[str]) -> Figu
         return None
     for sweep in sweeps[:1]:
         _objectives(ax, series.sweep_objectives(sweep, "first_chunk_latency_ms"), horizontal=True)
-    _mark_capacity(ax, sweeps, labels)
-    ax.set_xlabel(_load_label(sweeps))
-    ax.set_ylabel("first-chunk latency (ms)")
-    ax.set_ylim(bottom=0)
-    _legend(ax, loc="upper left", ncols=2)
+    _against_load(ax, sweeps, labels, "first-chunk latency (ms)")
     return Figure("First-chunk latency against load", _png(fig),
                   "p50 / p95 / p99 at each level; vertical lines: capacity (solid, shaded: the bracket it was found "
                   "in) and knee (dash-dot); dashed horizontal: objectives; x: a level that failed them.")
@@ -354,11 +359,7 @@ def sweep_throughput(sweeps: Sequence[SweepResults], labels: Sequence[str]) -> F
             drawn = True
     if not drawn:
         return None
-    _mark_capacity(ax, sweeps, labels)
-    ax.set_xlabel(_load_label(sweeps))
-    ax.set_ylabel("requests / s")
-    ax.set_ylim(bottom=0)
-    _legend(ax, loc="upper left", ncols=2)
+    _against_load(ax, sweeps, labels, "requests / s")
     return Figure("Throughput and goodput against load", _png(fig),
                   "Throughput: successful requests per second. Goodput (where the sweep measured it): requests "
                   "per second that met every per-request objective.")

@@ -9,9 +9,7 @@ RESOURCE_EXHAUSTED, counted as ``rejected``.
 
 from __future__ import annotations
 
-import asyncio
 import time
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -25,6 +23,7 @@ from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import PromptForms, RuntimeOptions, rejected
+from cvload.targets.per_loop import PerLoop
 from cvload.transport import Transport
 
 INFERENCE = "/cosyvoice.CosyVoice/Inference"
@@ -71,22 +70,13 @@ class CosyVoiceGrpc(Target):
         super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
         self.options = RuntimeOptions.of(options, self.protocol)
         self.sample_rate = self.options.sample_rate
-        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.channel.close())
         self._prompts = PromptForms()
-
-    def _connection(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        connection = self._connections.get(loop)
-        if connection is None:
-            connection = self._connections[loop] = _Connection(self.address, self.transport)
-        return connection
 
     async def _open(self) -> TargetInfo:
         """Check that the service is there without synthesizing anything: a request the server cannot parse is
         refused by grpcio before the servicer runs (INTERNAL), a server without the service says UNIMPLEMENTED."""
-        connection = self._connection()
+        connection = self._connections.get()
         channel = connection.channel
         deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
         probe = channel.unary_stream(INFERENCE)  # no serializers: bytes as they are
@@ -113,7 +103,7 @@ class CosyVoiceGrpc(Target):
     async def _not_runtime(self, channel: grpc.aio.Channel, deadline: float) -> UsageError:
         try:
             await channel.unary_unary(TRITON_LIVE)(b"", timeout=max(0.1, deadline - time.monotonic()),
-                                                   metadata=self._connection().metadata)
+                                                   metadata=self._connections.get().metadata)
         except grpc.aio.AioRpcError:
             return UsageError(f"{self.address} answers gRPC but has no cosyvoice.CosyVoice service (UNIMPLEMENTED)",
                               hint="point --server at CosyVoice's Python runtime (port 50000 by default)")
@@ -139,7 +129,7 @@ class CosyVoiceGrpc(Target):
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         message = self._message(request)
-        connection = self._connection()
+        connection = self._connections.get()
         call = connection.stub.Inference(message, timeout=self.timeout, metadata=connection.metadata)
         read, clock, eof, rate = call.read, time.monotonic, grpc.aio.EOF, self.sample_rate
         try:
@@ -170,10 +160,4 @@ class CosyVoiceGrpc(Target):
         return TargetError(ERR_SERVER, f"gRPC {status}")
 
     async def close(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover
-            return
-        connection = self._connections.pop(loop, None)
-        if connection is not None:
-            await connection.channel.close()
+        await self._connections.close()

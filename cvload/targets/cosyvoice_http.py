@@ -15,7 +15,6 @@ import asyncio
 import json
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
@@ -34,7 +33,11 @@ from cvload.targets.cosyvoice_common import (
     api_of_routes,
     rejected,
 )
+from cvload.targets.http_common import describe, http_sessions
 from cvload.transport import Transport
+
+# Why an answer may not be HTTP/1.1 (for a connection failure's message).
+_NOT_HTTP = "is this the runtime's gRPC port? then use --protocol grpc"
 
 
 def route(kind: str) -> str:
@@ -78,29 +81,20 @@ class CosyVoiceHttp(Target):
         self.options = RuntimeOptions.of(options, self.protocol)
         self.sample_rate = self.options.sample_rate
         self.base = f"{self.transport.scheme}://{self.address}"
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._sessions = http_sessions(self.transport)
         self._prompts = PromptForms()
         self._boundary = f"cvload{uuid.uuid4().hex}"
         self._multipart = f"multipart/form-data; boundary={self._boundary}"
-
-    def _session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            session = self._sessions[loop] = self.transport.http_session({"Accept-Encoding": "identity"})
-        return session
 
     # ---- open ----------------------------------------------------------------------------------------------
     async def _get(self, path: str, deadline: float) -> tuple[int, Any]:
         timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - time.monotonic()))
         try:
-            async with self._session().get(self.base + path, timeout=timeout) as resp:
+            async with self._sessions.get().get(self.base + path, timeout=timeout) as resp:
                 payload = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise await self.transport.explain_error(self.address, "http", exc) or ServerError(
-                f"cannot reach CosyVoice's FastAPI runtime at {self.base}: {_describe(exc)}",
+                f"cannot reach CosyVoice's FastAPI runtime at {self.base}: {describe(exc, _NOT_HTTP)}",
                 hint="start it (runtime/python/fastapi/server.py --port 50000), check --server HOST:PORT and "
                      "--protocol (its gRPC server: --protocol grpc), or pass --emulator",
             ) from None
@@ -168,7 +162,7 @@ class CosyVoiceHttp(Target):
         body, content_type = self._body(request, kind)
         clock, rate = time.monotonic, self.sample_rate
         try:
-            async with self._session().request(self.method, self.base + path, data=body,
+            async with self._sessions.get().request(self.method, self.base + path, data=body,
                                                headers={"Content-Type": content_type},
                                                timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
                 if resp.status != 200:
@@ -212,21 +206,8 @@ class CosyVoiceHttp(Target):
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             if isinstance(exc, asyncio.TimeoutError):
                 raise TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s") from None
-            raise TargetError(ERR_CONNECTION, f"HTTP {self.address}: {_describe(exc)}") from None
+            raise TargetError(ERR_CONNECTION, f"HTTP {self.address}: {describe(exc, _NOT_HTTP)}") from None
 
     async def close(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover
-            return
-        session = self._sessions.pop(loop, None)
-        if session is not None:
-            await session.close()
+        await self._sessions.close()
 
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "no answer in time"
-    if isinstance(exc, aiohttp.ClientResponseError) and "status line" in str(exc.message):
-        return "the answer is not HTTP/1.1 (is this the runtime's gRPC port? then use --protocol grpc)"
-    return str(exc) or type(exc).__name__

@@ -27,12 +27,16 @@ from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.http_common import describe
 from cvload.transport import OPENAI_KEY_ENV, Transport
 
 API_KEY_ENV = OPENAI_KEY_ENV
 DEFAULT_SAMPLE_RATE = 24000  # OpenAI's pcm; CosyVoice2/3 speak at 24 kHz too
 PROBE_TEXT = "Hello."
 REJECTED = (429, 503)
+
+# Why an answer may not be HTTP/1.1 (for a connection failure's message).
+_NOT_HTTP = "a gRPC port? the OpenAI-style API is HTTP"
 
 
 class PcmAudio:
@@ -172,7 +176,7 @@ class OpenAISpeech(Target):
                 chunked = resp.headers.get("Transfer-Encoding", "").lower() == "chunked"
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise await self.transport.explain_error(self.url, "http", exc) or ServerError(
-                f"cannot reach an OpenAI-style speech endpoint at {self.url}: {_describe(exc)}",
+                f"cannot reach an OpenAI-style speech endpoint at {self.url}: {describe(exc, _NOT_HTTP)}",
                 hint="start the server, check --server (HOST:PORT or http://HOST:PORT[/v1]), or pass --emulator "
                      "to run against the embedded emulator") from None
         if status != 200:
@@ -248,7 +252,7 @@ class OpenAISpeech(Target):
             return TargetError(ERR_TIMEOUT, f"no end of the response within {self.timeout:g} s")
         if isinstance(exc, aiohttp.ClientPayloadError):
             return TargetError(ERR_NO_FINAL, f"{self.url} ended the response before its last byte: {exc}")
-        return TargetError(ERR_CONNECTION, f"HTTP {self.url}: {_describe(exc)}")
+        return TargetError(ERR_CONNECTION, f"HTTP {self.url}: {describe(exc, _NOT_HTTP)}")
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         clock = time.monotonic
@@ -299,10 +303,3 @@ def _status_error(status: int, payload: bytes) -> TargetError:
     where = f" (field {field!r})" if field else ""
     return TargetError(ERR_SERVER, f"HTTP {status}{where}: {message}")
 
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "no answer in time"
-    if isinstance(exc, aiohttp.ClientResponseError) and "status line" in str(exc.message):
-        return "the answer is not HTTP/1.1 (a gRPC port? the OpenAI-style API is HTTP)"
-    return str(exc) or type(exc).__name__

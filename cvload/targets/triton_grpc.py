@@ -14,7 +14,6 @@ import asyncio
 import itertools
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -27,6 +26,7 @@ from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.grpc_stream import TIMED_OUT, SharedStream
+from cvload.targets.per_loop import PerLoop
 from cvload.targets.proto_dict import message_to_dict
 from cvload.targets.tensors import WAVEFORM, Prompt, PromptCache, Tensor, bytes_tensor
 from cvload.transport import Transport
@@ -103,9 +103,7 @@ class _TritonGrpc(Target):
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
                  transport: Transport | None = None) -> None:
         super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
-        self._connections: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Connection] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.close())
         self._prompts = PromptCache()
         # Serialized prompt tensors (reference_wav, reference_wav_len, reference_text) by (prompt, transcript).
         self._prompt_wires: dict[tuple[int, str], tuple[Prompt, bytes]] = {}
@@ -113,15 +111,8 @@ class _TritonGrpc(Target):
         self._ids = itertools.count()
 
     # ---- connection --------------------------------------------------------------------------------------
-    def _connection(self) -> _Connection:
-        loop = asyncio.get_running_loop()
-        connection = self._connections.get(loop)
-        if connection is None:
-            connection = self._connections[loop] = _Connection(self.address, self.transport)
-        return connection
-
     async def _open(self) -> TargetInfo:
-        connection = self._connection()
+        connection = self._connections.get()
         stub, metadata = connection.stub, connection.metadata
         deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
 
@@ -159,7 +150,7 @@ class _TritonGrpc(Target):
         """Not ready (listed in the repository) or unknown (listed with the server's models)."""
         try:
             index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=timeout,
-                                               metadata=self._connection().metadata)
+                                               metadata=self._connections.get().metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in _TRANSPORT_CODES:
                 return checks.unreachable(self.address, "gRPC", f"{exc.code().name}: {exc.details()}")
@@ -170,19 +161,13 @@ class _TritonGrpc(Target):
         return checks.unknown_model(self.model, self.address, [(m.name, m.state) for m in index.models])
 
     async def statistics(self) -> dict[str, Any] | None:
-        connection = self._connection()
+        connection = self._connections.get()
         reply = await connection.stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=10.0,
                                                       metadata=connection.metadata)
         return message_to_dict(reply)
 
     async def close(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover - close() is a coroutine, a loop runs
-            return
-        connection = self._connections.pop(loop, None)
-        if connection is not None:
-            await connection.close()
+        await self._connections.close()
 
     # ---- requests ----------------------------------------------------------------------------------------
     def _request(self, request: SynthesisRequest, request_id: str) -> bytes:
@@ -240,7 +225,7 @@ class TritonGrpcStreaming(_TritonGrpc):
     def streams_opened(self) -> int:
         """How many streams this loop's connection opened (one per ``STREAM_SHARE`` requests in flight at
         most, and another each time the server went away)."""
-        connection = self._connections.get(asyncio.get_running_loop())
+        connection = self._connections.current()
         return connection.streams_opened if connection is not None else 0
 
     def _stream(self) -> SharedStream:
@@ -250,7 +235,7 @@ class TritonGrpcStreaming(_TritonGrpc):
         response through one reader (a receive at a time) and every request through one writer: at 64
         streams, responses that arrive together were stamped one loop turn after another, up to ~7 ms late.
         """
-        connection = self._connection()
+        connection = self._connections.get()
         streams = connection.streams
         if any(not stream.usable for stream in streams):
             streams = connection.streams = [stream for stream in streams if stream.usable]
@@ -302,7 +287,7 @@ class TritonGrpcOffline(_TritonGrpc):
 
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         _, message = self._wire(request)
-        connection = self._connection()
+        connection = self._connections.get()
         try:
             # The deadline travels to the server, which cancels the request when it passes.
             response = await connection.infer(message, timeout=self.timeout, metadata=connection.metadata)

@@ -18,7 +18,6 @@ import math
 import pickle
 import time
 import uuid
-import weakref
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -32,6 +31,7 @@ from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import api_of_routes
+from cvload.targets.http_common import describe, http_sessions
 from cvload.targets.sse import SseParser
 from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
 from cvload.transport import Transport
@@ -39,6 +39,9 @@ from cvload.transport import Transport
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # A request's TCP connect must succeed within this (a host that drops SYNs), whatever --request-timeout says.
 CONNECT_TIMEOUT_S = 10.0
+
+# Why an answer may not be HTTP/1.1 (for a connection failure's message).
+_NOT_HTTP = "is this Triton's gRPC port? then use --protocol grpc"
 
 
 def error_text(payload: bytes, status: int) -> str:
@@ -207,20 +210,10 @@ class _TritonHttp(Target):
         super().__init__(checks.check_address(address, "http"), model, timeout=timeout, transport=transport)
         self.base = f"{self.transport.scheme}://{self.address}"
         self._model_path = f"/v2/models/{quote(model, safe='')}"
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._sessions = http_sessions(self.transport)
         self._prompts = PromptCache()
         self._id_prefix = f"cvload-{uuid.uuid4().hex[:8]}-"
         self._ids = itertools.count()
-
-    def _session(self) -> aiohttp.ClientSession:
-        loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            # No gzip: compressing audio costs server CPU and latency, and every client here is local.
-            session = self._sessions[loop] = self.transport.http_session({"Accept-Encoding": "identity"})
-        return session
 
     def _timeout(self) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(total=self.timeout, sock_connect=CONNECT_TIMEOUT_S)
@@ -233,12 +226,12 @@ class _TritonHttp(Target):
         """A small JSON call of open(); an unreachable server becomes the user-facing ServerError."""
         timeout = aiohttp.ClientTimeout(total=max(0.1, deadline - time.monotonic()))
         try:
-            async with self._session().request(method, self.base + path, timeout=timeout,
+            async with self._sessions.get().request(method, self.base + path, timeout=timeout,
                                                json={} if method == "POST" else None) as resp:
                 payload = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             raise await self.transport.explain_error(self.address, "http", exc) or checks.unreachable(
-                self.address, "HTTP", _describe(exc)) from None
+                self.address, "HTTP", describe(exc, _NOT_HTTP)) from None
         if resp.status in (401, 403):  # a load balancer's token check
             raise self.transport.refused(self.base, f"HTTP {resp.status} on {method} {path}")
         try:
@@ -281,26 +274,20 @@ class _TritonHttp(Target):
                                     [(str(e.get("name")), str(e.get("state", ""))) for e in index])
 
     async def statistics(self) -> dict[str, Any] | None:
-        async with self._session().get(f"{self.base}/v2/models/stats",
+        async with self._sessions.get().get(f"{self.base}/v2/models/stats",
                                        timeout=aiohttp.ClientTimeout(total=10.0)) as resp:
             resp.raise_for_status()
             return await resp.json()  # type: ignore[no-any-return]
 
     async def close(self) -> None:
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover
-            return
-        session = self._sessions.pop(loop, None)
-        if session is not None:
-            await session.close()
+        await self._sessions.close()
 
     def _failure(self, exc: BaseException) -> TargetError:
         if isinstance(exc, aiohttp.ConnectionTimeoutError):  # also a TimeoutError: the connect, not the answer
             return TargetError(ERR_CONNECTION, f"HTTP {self.address}: no connection within {CONNECT_TIMEOUT_S:g} s")
         if isinstance(exc, asyncio.TimeoutError):
             return TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s")
-        return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {_describe(exc)}")
+        return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {describe(exc, _NOT_HTTP)}")
 
 
 class TritonHttpOffline(_TritonHttp):
@@ -333,7 +320,7 @@ class TritonHttpOffline(_TritonHttp):
         body, header_length = self._wire(request)
         headers = {HEADER_LENGTH: str(header_length), "Content-Type": "application/octet-stream"}
         try:
-            async with self._session().post(f"{self.base}{self._model_path}/infer", data=body, headers=headers,
+            async with self._sessions.get().post(f"{self.base}{self._model_path}/infer", data=body, headers=headers,
                                             timeout=self._timeout()) as resp:
                 payload = await resp.read()
                 t = time.monotonic()
@@ -369,7 +356,7 @@ class TritonHttpStreaming(_TritonHttp):
         url = f"{self.base}{self._model_path}/generate_stream"
         clock = time.monotonic
         try:
-            async with self._session().post(url, data=self._wire(request), timeout=self._timeout(),
+            async with self._sessions.get().post(url, data=self._wire(request), timeout=self._timeout(),
                                             headers={"Content-Type": "application/json"}) as resp:
                 if resp.status != 200:
                     raise checks.failed_response(error_text(await resp.read(), resp.status))
@@ -400,10 +387,3 @@ def _last_event(payload: bytes) -> np.ndarray | JsonAudio:
         raise TargetError(ERR_CONNECTION, f"the stream ended inside an event ({len(payload)} bytes of it came): "
                           f"{exc.message}") from None
 
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, asyncio.TimeoutError):
-        return "no answer in time"
-    if isinstance(exc, aiohttp.ClientResponseError) and "status line" in str(exc.message):
-        return "the answer is not HTTP/1.1 (is this Triton's gRPC port? then use --protocol grpc)"
-    return str(exc) or type(exc).__name__

@@ -11,7 +11,6 @@ server leaves regions in /dev/shm and folders in /tmp.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import importlib.util
 import itertools
@@ -24,7 +23,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -166,20 +164,6 @@ def _python3_dir(python: Path, workdir: Path) -> Path:
     return shim
 
 
-# prctl resolved here, not in the forked child (a dlopen or import there could block on a lock another thread held).
-try:
-    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform == "linux" else None
-except (OSError, AttributeError):
-    _PRCTL = None
-
-
-def _die_with_parent() -> None:
-    """In the child before exec: get SIGTERM when the parent dies (Linux), so a killed cvload or test run does not
-    leave an orphaned server that its own session shields from the terminal's signals."""
-    if _PRCTL is not None:
-        _PRCTL(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-
-
 def free_port(host: str = "127.0.0.1") -> int:
     """A port free right now on ``host`` (the server binds it a moment later; a lost race fails loudly)."""
     return free_ports(1, host)[0]
@@ -206,6 +190,20 @@ def port_busy(host: str, port: int) -> bool:
         except OSError:
             return True
     return False
+
+
+def claim_ports(server: object, names: tuple[str, ...]) -> None:
+    """Give each of the ``server``'s port attributes ``names`` that is None a free port on its ``host``; a port
+    given that is busy fails now, naming it, rather than as a bind error in the server's log."""
+    host: str = server.host
+    free = iter(free_ports(sum(getattr(server, n) is None for n in names), host))
+    for name in names:
+        port = getattr(server, name)
+        if port is None:
+            setattr(server, name, next(free))
+        elif port_busy(host, port):
+            raise ServerError(f"port {port} on {host} is already in use ({name.replace('_', ' ')})",
+                              hint=f"stop whatever listens on {host}:{port} or choose another port")
 
 
 def accepts(host: str, port: int, timeout: float = 2.0) -> bool:
@@ -370,17 +368,7 @@ class TritonServer:
         install = find_tritonserver(self.tritonserver)
         # Before anything starts: a stub that cannot work fails on the first request, not at loading.
         self.stub = stub_python.choose(self.stub_python) if install.bundle_root is not None else None
-        names = ("http_port", "grpc_port", "metrics_port")
-        free = iter(free_ports(sum(getattr(self, n) is None for n in names), self.host))
-        for name in names:
-            port = getattr(self, name)
-            if port is None:
-                setattr(self, name, next(free))
-            elif port_busy(self.host, port):
-                raise ServerError(
-                    f"port {port} on {self.host} is already in use ({name.replace('_', ' ')})",
-                    hint=f"stop whatever listens on {self.host}:{port} or choose another port",
-                )
+        claim_ports(self, ("http_port", "grpc_port", "metrics_port"))
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="cvload-triton-"))
             self._own_workdir = True
@@ -396,21 +384,9 @@ class TritonServer:
         try:
             with _start_lock():
                 self._tmp_before = process.python_envs()
-                with open(self.log_path, "wb") as log:
-                    self.process = subprocess.Popen(
-                        self.command(install, backends),
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        stdin=subprocess.DEVNULL,
-                        env=self._environment(install),
-                        start_new_session=True,  # Ctrl-C in a terminal reaches us, we stop the server in order
-                        # The death signal fires when the *thread* that started the server ends: only ask for it
-                        # from the main thread, whose end is the process's.
-                        preexec_fn=_die_with_parent
-                        if self.die_with_parent and _PRCTL is not None
-                        and threading.current_thread() is threading.main_thread()
-                        else None,
-                    )
+                # Its own session: Ctrl-C in a terminal reaches us, and we stop the server in order.
+                self.process = process.spawn(self.command(install, backends), self.log_path,
+                                             env=self._environment(install), die_with_parent=self.die_with_parent)
                 self.spawned()
                 self._claim_python_env()
             self.wait_ready()

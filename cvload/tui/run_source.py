@@ -18,16 +18,7 @@ from cvload.metrics import end_time, wall_time
 from cvload.records import RequestRecord
 from cvload.results import read_json, read_records
 from cvload.sweep import sweeping
-from cvload.tui.messages import (
-    Command,
-    EngineStatus,
-    Failed,
-    Finished,
-    Message,
-    Prepared,
-    Start,
-    SweepProgress,
-)
+from cvload.tui import messages as msg
 from cvload.tui.objectives import LiveObjectives
 from cvload.tui.snapshots import summary_so_far
 from cvload.tui.source import Source, Status, target_label
@@ -50,7 +41,7 @@ class RunSource(Source):
         self.error_detail: str | None = None
         self.summary: dict[str, Any] | None = None
         self.phase = "starting"
-        self.state: EngineStatus | None = None
+        self.state: msg.EngineStatus | None = None
         self.target = target_label(config.protocol, config.mode, config.model,
                                    ["embedded emulator"] if config.emulator else config.server,
                                    config.api, config.inference)
@@ -78,10 +69,10 @@ class RunSource(Source):
         """Start the measuring process (once; later calls do nothing)."""
         if not self._started:
             self._started = True
-            self.process.start(Start(config=self.config.to_json()), yield_cpu=self.yield_cpu)
+            self.process.start(msg.Start(config=self.config.to_json()), yield_cpu=self.yield_cpu)
 
-    def _on_message(self, message: Message) -> None:
-        if isinstance(message, EngineStatus):
+    def _on_message(self, message: msg.Message) -> None:
+        if isinstance(message, msg.EngineStatus):
             self.state = message
             if isinstance(self.telemetry, LiveTelemetry):
                 if message.stages is not None:
@@ -89,7 +80,7 @@ class RunSource(Source):
                 self.telemetry.warnings = message.warnings
             if self.phase == "starting":
                 self.phase = "running"
-        elif isinstance(message, Prepared):
+        elif isinstance(message, msg.Prepared):
             self.out_dir = Path(message.out_dir)
             cfg = self.config
             self.target = target_label(cfg.protocol, cfg.mode, cfg.model, message.servers, cfg.api, cfg.inference)
@@ -97,16 +88,16 @@ class RunSource(Source):
             if message.telemetry:
                 self.telemetry = LiveTelemetry(self.out_dir / "telemetry.jsonl")
             self.phase = "running"
-        elif isinstance(message, SweepProgress):
+        elif isinstance(message, msg.SweepProgress):
             before = (self.sweep or {}).get("current")
             self.sweep = message.progress
             if message.progress.get("current") not in (None, before):
                 self.live.reset()  # the panels show the level measured now
-        elif isinstance(message, Finished):
+        elif isinstance(message, msg.Finished):
             self._exit_code = message.exit_code
             self._ended_at = time.monotonic()
             self.phase = "finishing"
-        elif isinstance(message, Failed):
+        elif isinstance(message, msg.Failed):
             self.error_detail = message.traceback
             self._fail(message.message, message.exit_code)
 
@@ -156,7 +147,7 @@ class RunSource(Source):
         self.process.terminate()
 
     # ---- commands ----------------------------------------------------------------------------------------
-    def _controllable_now(self) -> EngineStatus | None:
+    def _controllable_now(self) -> msg.EngineStatus | None:
         st = self.state
         return None if st is None or st.stopping or self.done else st
 
@@ -165,8 +156,8 @@ class RunSource(Source):
         if st is None:
             return None
         if st.paused:
-            return "resumed" if self.process.send(Command("resume")) else None
-        if self.process.send(Command("pause")):
+            return "resumed" if self.process.send(msg.Command("resume")) else None
+        if self.process.send(msg.Command("pause")):
             return "paused: in-flight requests finish, no new ones start"
         return None
 
@@ -179,14 +170,14 @@ class RunSource(Source):
         if self.config.closed_loop:
             n = max(1, int(self._asked or st.concurrency or 1) + direction)
             self._asked = n
-            return f"concurrency {n}" if self.process.send(Command("concurrency", n)) else None
+            return f"concurrency {n}" if self.process.send(msg.Command("concurrency", n)) else None
         rate = float(self._asked or st.rate or 1.0)
         rate = rate * RATE_STEP if direction > 0 else rate / RATE_STEP
         self._asked = rate
-        return f"rate {rate:.3g} req/s" if self.process.send(Command("rate", rate)) else None
+        return f"rate {rate:.3g} req/s" if self.process.send(msg.Command("rate", rate)) else None
 
     def stop(self) -> None:
-        if not self.process.send(Command("interrupt")):
+        if not self.process.send(msg.Command("interrupt")):
             self.process.close_input()
 
     # ---- reading -----------------------------------------------------------------------------------------
@@ -248,7 +239,7 @@ class RunSource(Source):
                       load=load, remaining_s=remaining, message=message, objectives=self._verdicts(st),
                       outages=st.outages)
 
-    def _verdicts(self, st: EngineStatus) -> list[dict[str, Any]]:
+    def _verdicts(self, st: msg.EngineStatus) -> list[dict[str, Any]]:
         if self.summary is not None:
             return list(self.summary.get("slo") or [])
         return self._objectives.verdicts(self.live, wall_time(start=st.measure_from, end=self._last_end))
