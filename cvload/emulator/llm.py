@@ -10,7 +10,6 @@ sets to the speech length of its text. Copied as ``model.py`` beside ``cosyvoice
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -34,9 +33,7 @@ def _scalar(request, name: str, default: int) -> int:
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.profile = json.loads(params.get("profile", "{}"))
+        config, params, self.profile = core.model_args(args)
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.rng = random.Random(self.profile.get("seed", 0) or None)
         self.lock = threading.Lock()

@@ -268,12 +268,17 @@ class SharedState:
             self._update(lambda state: state.in_flight.discard(request_id))
 
 
+def model_args(args: dict) -> tuple[dict, dict[str, str], dict]:
+    """What Triton's ``initialize`` hands an emulated model: its config, its string parameters, its profile."""
+    config = json.loads(args["model_config"])
+    params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+    return config, params, json.loads(params.get("profile", "{}"))
+
+
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
+        config, params, self.profile = model_args(args)
         self.model_name = args["model_name"]
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.profile = json.loads(params.get("profile", "{}"))
         self.decoupled = pb_utils.using_decoupled_model_transaction_policy(config)
         self.trace_path = params.get("trace_path") or None
         # Streaming runs one instance (threads inside it); offline instances are separate processes that share

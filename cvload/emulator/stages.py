@@ -8,7 +8,6 @@ instances wait in Triton's queue, where the statistics API shows them. Copied in
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -33,10 +32,8 @@ def _input(request, name: str):
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
-        config = json.loads(args["model_config"])
+        _, _, self.profile = core.model_args(args)
         self.model_name = args["model_name"]
-        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
-        self.profile = json.loads(params.get("profile", "{}"))
         self.rng = random.Random(self.profile.get("seed", 0) or None)
         self.serve = {"audio_tokenizer": self._tokenize, "speaker_embedding": self._embed,
                       "token2wav": self._vocode}[self.model_name]
