@@ -38,7 +38,7 @@ def break_initialize(repo: Path, statement: str, model: str = "cosyvoice2") -> N
     """Make the model's initialize() run ``statement`` first (raise, hang, ...)."""
     path = repo / model / "1" / "model.py"
     text = path.read_text()
-    marker = '        config = json.loads(args["model_config"])'
+    marker = '        config, params, self.profile = model_args(args)'
     assert marker in text
     path.write_text(text.replace(marker, f"        {statement}\n{marker}"))
 
