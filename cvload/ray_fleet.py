@@ -247,13 +247,23 @@ async def start_ray_fleet(config: RunConfig, items: int) -> RayFleet:
     owns = not ray.is_initialized()
     loop = asyncio.get_running_loop()
     if owns:
-        try:
-            await loop.run_in_executor(None, lambda: ray.init(address=config.ray_address, logging_level="WARNING",
-                                                              log_to_driver=False))
-        except Exception as exc:  # noqa: BLE001 - Ray's own message says what it could not reach
-            raise CvloadError(f"--ray-address {config.ray_address}: cannot connect to the Ray cluster ({exc})",
-                              hint="start one (ray start --head) or give its address (auto, HOST:6379 or "
-                                   "ray://HOST:10001)") from None
+        def connect() -> None:
+            ray.init(address=config.ray_address, logging_level="WARNING", log_to_driver=False)
+
+        for attempt in (1, 2):
+            try:
+                await loop.run_in_executor(None, connect)
+                break
+            except Exception as exc:  # noqa: BLE001 - Ray's own message says what it could not reach
+                # Ray Client's proxy starts a server per driver; that start can fail once on a busy head (seen
+                # here: "Starting Ray client server failed"). One more try, then the user gets Ray's message.
+                if attempt == 1 and "client server failed" in str(exc):
+                    with contextlib.suppress(Exception):
+                        ray.shutdown()
+                    continue
+                raise CvloadError(f"--ray-address {config.ray_address}: cannot connect to the Ray cluster ({exc})",
+                                  hint="start one (ray start --head) or give its address (auto, HOST:6379 or "
+                                       "ray://HOST:10001)") from None
     cpus = int(ray.cluster_resources().get("CPU", 0))
     count = resolve_processes(config, cpus=cpus + 1)  # the driver is not on the cluster's CPUs
     if count > cpus:
