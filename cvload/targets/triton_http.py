@@ -194,7 +194,8 @@ def _element_count(shape: Any) -> int:
 
 def _float_array(data: list[Any], count: int | None) -> np.ndarray:
     try:
-        audio = np.asarray(data, dtype=np.float32).reshape(-1)
+        with np.errstate(over="ignore"):  # beyond float32: inf, which the audio check flags as non-finite
+            audio = np.asarray(data, dtype=np.float32).reshape(-1)
     except (TypeError, ValueError) as exc:
         raise TargetError(ERR_PROTOCOL, f"{WAVEFORM} is not an array of numbers: {exc}") from None
     if count is not None and audio.size != count:
