@@ -11,27 +11,16 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import psutil
 import pytest
+from runs import load, run_cli
 
-from cvload.cli import main
 from cvload.config import RunConfig
 from cvload.metrics import BY_NAME, stats, values
 from cvload.multiproc import ProcessFleet, auto_processes, resolve_processes, share, split, strided
 from cvload.records import RequestRecord
 from cvload.session import Session
-
-
-def run_cli(*args: str) -> int:
-    return main(["run", "--quiet", *args])
-
-
-def load(out: Path) -> tuple[dict, list[dict]]:
-    summary = json.loads((out / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    return summary, records
 
 
 def keys(node: object, prefix: str = "") -> set[str]:

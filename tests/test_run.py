@@ -9,24 +9,14 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import soundfile
+from runs import load, run_cli
 
 from cvload.cli import main
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.triton.launcher import TritonServer
-
-
-def run_cli(*args: str) -> int:
-    return main(["run", "--quiet", *args])
-
-
-def load(out: Path) -> tuple[dict, list[dict]]:
-    summary = json.loads((out / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    return summary, records
 
 
 def test_streaming_grpc_matches_server_schedule(emulator, tmp_path):
