@@ -31,6 +31,7 @@ from cvload.config import RunConfig
 from cvload.emulator.openai_server import ROUTES, OpenAIServer
 from cvload.emulator.profiles import get_profile
 from cvload.inputs import load_items
+from cvload.results import read_records
 from cvload.session import Session
 
 FIRST_S = 0.200
@@ -74,7 +75,7 @@ def cvload_run(base: str, streams: int, requests: int, out: Path) -> list[float]
     session = Session(config)
     asyncio.run(session.run(_Quiet()))
     assert session.result is not None
-    return [r.chunk_offsets[0] for r in session.result.records if r.ok and r.chunk_offsets]
+    return [r.chunk_offsets[0] for r in read_records(out) if r.ok and r.chunk_offsets]
 
 
 def pct(values: list[float], q: float) -> float:

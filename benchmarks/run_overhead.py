@@ -26,6 +26,7 @@ import soundfile
 
 from benchmarks import grpc_target_overhead as harness
 from benchmarks.grpc_target_overhead import Timed, closed_loop, lean_client
+from cvload.results import read_records
 
 RAMP_S = 0.3
 
@@ -57,9 +58,9 @@ async def run_session(config: Any) -> tuple[Any, dict[str, Any], float]:
 
 def timed_records(session: Any) -> list[Timed]:
     """A finished session's records as the reference client's Timed."""
-    assert session.engine is not None
+    assert session.out_dir is not None
     return [Timed(r.request_id, r.sent, r.sent + r.chunk_offsets[0] if r.chunk_offsets else None,
-                  r.sent + (r.end_offset or 0.0), r.error) for r in session.engine.records]
+                  r.sent + (r.end_offset or 0.0), r.error) for r in read_records(session.out_dir)]
 
 
 async def run_cvload(url: str, manifest: Path, out: Path, concurrency: int, requests: int) -> tuple[list[Timed], float]:

@@ -18,7 +18,6 @@ from cvload.config import RunConfig
 from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, lookup, stats, values
 
-LIVE_WINDOW = 2000  # live percentiles over the latest requests: cheap at any run length
 PLAIN_EVERY_S = 5.0  # without a terminal, one progress line every few seconds
 
 
@@ -27,7 +26,7 @@ def progress_text(session: Any) -> str:
     st = engine.state
     elapsed = time.monotonic() - st.started if st.started else 0.0
     planned = f"/{st.planned}" if st.planned else ""
-    recent = [r for r in engine.records[-LIVE_WINDOW:] if not r.warmup]
+    recent = [r for r in engine.recent if not r.warmup]  # live percentiles over the latest: cheap at any length
     first = stats(values(recent, BY_NAME["first_chunk_latency_ms"]))
     p50 = f"{first['p50']:.0f}" if first["p50"] is not None else "-"
     p95 = f"{first['p95']:.0f}" if first["p95"] is not None else "-"

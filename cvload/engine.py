@@ -12,6 +12,7 @@ import contextlib
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -21,7 +22,7 @@ import numpy as np
 from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
 from cvload.inputs import padded_length
-from cvload.metrics import wall_time
+from cvload.metrics import end_time, wall_time
 from cvload.records import (
     ERR_CANCELLED,
     ERR_CONNECTION,
@@ -32,6 +33,7 @@ from cvload.records import (
 )
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
 
+RECENT = 2000  # finished requests a live view may look at (the console's percentiles over the latest)
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
 DRAIN_TIMEOUT_S = 5.0  # default: on the user's stop, how long in-flight requests may finish before they are cancelled
 # --on-server-loss continue: a lost server is probed (its target reopened) after 0.1 s, then at doubling gaps up
@@ -177,7 +179,6 @@ class EngineState:
 
 @dataclass
 class RunResult:
-    records: list[RequestRecord]
     state: EngineState
     wall_s: float
     concurrency: dict[str, float | None]
@@ -208,7 +209,10 @@ class Engine:
         self.listeners: list[Callable[[RequestRecord], None]] = []
         self.on_measure_start: Callable[[], None] | None = None  # warmup ended (telemetry starts its window)
         self.state = EngineState(planned=config.requests)
-        self.records: list[RequestRecord] = []
+        # The latest finished requests, for a live view; every record goes to the listeners (the results folder
+        # and the summary's Tally) and none is kept beyond these, so memory stays flat over hours of load.
+        self.recent: deque[RequestRecord] = deque(maxlen=RECENT)
+        self._last_end: float | None = None  # the latest finish among the records (``end_time``)
         # With --save-audio: called with each finished request's chunks (written at once, never kept in memory).
         self.on_audio: Callable[[RequestRecord, list[np.ndarray]], None] | None = None
         self.inflight = InflightTracker()
@@ -313,12 +317,12 @@ class Engine:
             self.state.aborted = f"server unreachable: the last {self._connection_failures} request(s) failed " \
                                  "to connect"
         requested = float(self.state.concurrency) if cfg.closed_loop else None
-        return RunResult(self.records, self.state, self.wall_s(), self.inflight.summary(requested))
+        return RunResult(self.state, self.wall_s(), self.inflight.summary(requested))
 
     def wall_s(self) -> float:
         """The run's wall time so far (``cvload.metrics.wall_time`` from this engine's start of measurement)."""
         start = self.state.measure_start if self.state.measure_start is not None else self.state.started
-        return wall_time(self.records, start=start, end=None if self.records else time.monotonic())
+        return wall_time(start=start, end=time.monotonic() if self._last_end is None else self._last_end)
 
     def _should_send(self) -> bool:
         if self._stop.is_set():
@@ -632,7 +636,9 @@ class Engine:
             record.chunk_samples[:] = [chunk.samples for chunk in chunks]
         record.sample_rate = self._sample_rate(chunks)
         self.in_flight.pop(record.index, None)  # (the in-flight count dropped when its answer was complete)
-        self.records.append(record)
+        self.recent.append(record)
+        end = end_time(record)
+        self._last_end = end if self._last_end is None else max(self._last_end, end)
         self.state.done += 1
         if not record.ok:
             self.state.failed += 1

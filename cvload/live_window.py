@@ -2,10 +2,10 @@
 
 The engine calls ``add`` once per finished request; it only appends to a queue, so a listener never costs the
 measurement more than an append. All folding (metric values, percentiles, histograms, per-second series) happens
-in ``snapshot``, which a view calls on its own timer. Every value comes from ``cvload.metrics``: per-request
-values from its ``REQUEST_METRICS`` definitions, run values from ``RUN_METRICS`` over the same ``RunTotals`` the
-summary counts, percentiles from ``stats``, the RTF histogram from ``rtf_histogram``, per-second throughput from
-``summarize``. The scopes:
+in ``snapshot``, which a view calls on its own timer. Every value comes from ``cvload.metrics``: the run scope
+and each second of the series are a ``Tally`` (the summary's own folding: ``REQUEST_METRICS`` values, the
+``RunTotals`` that ``RUN_METRICS`` read), percentiles from ``stats``, the RTF histogram from ``rtf_histogram``.
+Nothing keeps a record past its fold but the few shown as recent, so memory stays flat over hours. The scopes:
 
 - *run*: every measured request (not warmup, not cancelled), as ``summary.json`` will count them;
 - *now*: measured requests that finished in the last ``window_s`` seconds and after the last ``reset``;
@@ -24,15 +24,12 @@ from typing import Any
 import numpy as np
 
 from cvload.metrics import (
-    BY_NAME,
-    REQUEST_METRICS,
-    RunTotals,
+    FloatColumn,
+    Tally,
     end_time,
     rtf_histogram,
     run_values,
     stats,
-    summarize,
-    values,
 )
 from cvload.records import ERR_CANCELLED, RequestRecord
 
@@ -51,23 +48,6 @@ def finished_at(record: RequestRecord) -> float:
 def is_measured(record: RequestRecord) -> bool:
     """The same selection as ``summarize``: warmup and user-cancelled requests are not measurements."""
     return not record.warmup and record.error_kind != ERR_CANCELLED
-
-
-class _Growable:
-    """An append-only float array (amortised O(1) appends, zero-copy views for numpy)."""
-
-    def __init__(self) -> None:
-        self._data = np.empty(256, dtype=float)
-        self.size = 0
-
-    def append(self, value: float) -> None:
-        if self.size == self._data.size:
-            self._data = np.resize(self._data, self.size * 2)
-        self._data[self.size] = value
-        self.size += 1
-
-    def view(self) -> np.ndarray:
-        return self._data[: self.size]
 
 
 @dataclass
@@ -119,17 +99,18 @@ class LiveStats:
         self.window_s = window_s
         self._pending: deque[RequestRecord] = deque()
         self._lock = threading.Lock()  # snapshot vs reset (both from the view; add never takes it)
-        self._run = {m.name: _Growable() for m in REQUEST_METRICS}
+        self._tally = Tally()  # the run scope, counted as the summary counts it
+        self._run = self._tally.values
         self._window: deque[tuple[float, dict[str, float]]] = deque()
-        self._since_reset: dict[str, list[float]] = {name: [] for name in (*LATENCY_METRICS, "rtf")}
+        self._since_reset = {name: FloatColumn() for name in (*LATENCY_METRICS, "rtf")}
         self._reset_at: float | None = None
-        self._buckets: dict[int, list[RequestRecord]] = {}  # second -> measured records finished in it
+        self._buckets: dict[int, Tally] = {}  # second -> the measured requests finished in it
         self._bucket_p50: dict[int, dict[str, float | None]] = {}
         self._bucket_tput: dict[int, dict[str, float]] = {}
         self._latest_second = -1
         self._recent: deque[RequestRecord] = deque(maxlen=recent)
         self._latest_errors: deque[tuple[float, str, str]] = deque(maxlen=latest_errors)
-        self._totals = RunTotals()  # the summary's own counting
+        self._totals = self._tally.totals
         self._done = 0
         self._stalled_requests = 0
         self._workers: set[int] = set()
@@ -162,7 +143,7 @@ class LiveStats:
         t = finished_at(r)
         self._last_finish = max(self._last_finish, t)
         self._done += 1
-        self._totals.add(r)
+        row = self._tally.add(r)
         self._recent.append(r)
         if r.worker >= 0:
             self._workers.add(r.worker)
@@ -170,12 +151,6 @@ class LiveStats:
             self._latest_errors.append((t, r.error_kind or ",".join(r.flags), r.error or ", ".join(r.flags)))
         if not is_measured(r):
             return
-        row: dict[str, float] = {}
-        for metric in REQUEST_METRICS:
-            got = values((r,), metric)  # the metric's own definition, including its ok-only rule
-            if got:
-                row[metric.name] = got[0]
-                self._run[metric.name].append(got[0])
         if row.get("stall_count", 0) > 0:
             self._stalled_requests += 1
         self._window.append((t, row))
@@ -183,7 +158,7 @@ class LiveStats:
             if name in row:
                 bucket.append(row[name])
         second = int(t)
-        self._buckets.setdefault(second, []).append(r)
+        self._buckets.setdefault(second, Tally()).add(r, row)
         self._bucket_p50.pop(second, None)  # recompute the p50s of a second that gained records
         self._bucket_tput.pop(second, None)
         self._latest_second = max(self._latest_second, second)
@@ -211,10 +186,10 @@ class LiveStats:
                     name=name,
                     now=stats(now_vals),
                     run=self._run_stats(name),
-                    histogram=_histogram(self._since_reset[name]) if name != "rtf" else Histogram([], []),
+                    histogram=_histogram(self._since_reset[name].view()) if name != "rtf" else Histogram([], []),
                     series=[row[name] for row in p50s],
                 )
-            rtf_since = self._since_reset["rtf"]
+            rtf_since = self._since_reset["rtf"].view()
             hist = rtf_histogram(rtf_since)
             rtf_now = [row["rtf"] for row in window_rows if "rtf" in row]
             rtf_run = self._run["rtf"].view()
@@ -274,8 +249,8 @@ class LiveStats:
     def _p50_row(self, second: int) -> dict[str, float | None]:
         cached = self._bucket_p50.get(second)
         if cached is None:
-            bucket = self._buckets.get(second, [])
-            cached = {n: stats(values(bucket, BY_NAME[n]))["p50"] for n in (*LATENCY_METRICS, "rtf")}
+            bucket = self._buckets.get(second)
+            cached = {n: stats(bucket.values[n].view() if bucket else ())["p50"] for n in (*LATENCY_METRICS, "rtf")}
             if second < self._latest_second:
                 self._bucket_p50[second] = cached
         return cached
@@ -283,10 +258,10 @@ class LiveStats:
     def _throughput(self, second: int, *, complete: bool) -> dict[str, float]:
         cached = self._bucket_tput.get(second)
         if cached is None:
-            bucket = self._buckets.get(second, [])
-            # summarize's own throughput definition over a one-second wall window
-            cached = summarize(bucket, wall_s=1.0)["throughput"] if bucket else {"requests_per_s": 0.0,
-                                                                                  "audio_s_per_s": 0.0}
+            bucket = self._buckets.get(second)
+            # the summary's own throughput definition over a one-second wall window
+            cached = (run_values(replace(bucket.totals, wall_s=1.0))["throughput"] if bucket else
+                      {"requests_per_s": 0.0, "audio_s_per_s": 0.0})
             if complete:
                 self._bucket_tput[second] = cached
         return cached
@@ -297,9 +272,9 @@ def _share_above(vals: Iterable[float] | np.ndarray, threshold: float) -> float 
     return float((arr > threshold).mean()) if arr.size else None
 
 
-def _histogram(vals: list[float], bins: int = HIST_BINS) -> Histogram:
+def _histogram(vals: np.ndarray, bins: int = HIST_BINS) -> Histogram:
     """Equal-width bins from the minimum to the 99th percentile; the last bin also holds the tail above."""
-    if not vals:
+    if not len(vals):
         return Histogram([], [])
     arr = np.asarray(vals, dtype=float)
     lo, hi = float(arr.min()), float(np.percentile(arr, 99))

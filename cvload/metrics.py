@@ -10,7 +10,7 @@ and the live window keeps as requests finish; adding one is one entry there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -126,18 +126,19 @@ def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | None]:
     return out
 
 
+def counted(record: RequestRecord, metric: RequestMetric) -> float | None:
+    """The request's value of ``metric`` as the statistics count it (None where it does not count): ok requests
+    only where the metric says so, plus an incomplete request's lower bound for the metrics bounded by it."""
+    if metric.only_ok and not record.ok and not (metric.bounded and record.incomplete):
+        return None
+    return metric.of(record)
+
+
 def values(records: Iterable[RequestRecord], metric: RequestMetric) -> list[float]:
-    out = []
-    for r in records:
-        if metric.only_ok and not r.ok and not (metric.bounded and r.incomplete):
-            continue
-        v = metric.of(r)
-        if v is not None:
-            out.append(v)
-    return out
+    return [v for v in (counted(r, metric) for r in records) if v is not None]
 
 
-def rtf_histogram(rtfs: Sequence[float], edges: Sequence[float] | None = None) -> dict[str, list[float]]:
+def rtf_histogram(rtfs: Sequence[float] | np.ndarray, edges: Sequence[float] | None = None) -> dict[str, list[float]]:
     """Counts per RTF bin; 1.0 (real time) is always an edge so 'slower than real time' is one sum."""
     edges = list(edges or (0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0))
     counts, _ = np.histogram(np.clip(rtfs, edges[0], edges[-1]), bins=edges) if len(rtfs) else ([0] * (len(edges) - 1), None)
@@ -330,15 +331,100 @@ def lookup(summary: dict[str, Any], name: str) -> Any:
     return node
 
 
-def summarize(records: Sequence[RequestRecord], *, wall_s: float, concurrency: dict[str, Any] | None = None,
+class FloatColumn:
+    """An append-only float array: 8 bytes a value (a list of floats costs 32), zero-copy views for numpy."""
+
+    def __init__(self) -> None:
+        self._data = np.empty(256, dtype=float)
+        self.size = 0
+
+    def append(self, value: float) -> None:
+        if self.size == self._data.size:
+            self._data = np.resize(self._data, self.size * 2)
+        self._data[self.size] = value
+        self.size += 1
+
+    def clear(self) -> None:
+        self.size = 0
+
+    def view(self) -> np.ndarray:
+        return self._data[: self.size]
+
+
+class Tally:
+    """What a summary is computed from, folded as requests finish: the ``RunTotals``, each request metric's
+    counted values (8 bytes each) and the bounds of the measurement window, never the records themselves, so
+    hours of load keep memory flat (the records are on disk, in records.jsonl).
+
+    ``meets``: the per-request objectives (cvload.slo.request_check), for goodput.
+    """
+
+    def __init__(self, meets: Callable[[RequestRecord], bool] | None = None) -> None:
+        self.totals = RunTotals(meets=meets)
+        self.values = {m.name: FloatColumn() for m in REQUEST_METRICS}
+        self.count = 0  # every record added, warmup and cancelled included
+        self.run_start: float | None = None
+        self.last_end: float | None = None  # the latest finish (``end_time``)
+        self._first_measured: float | None = None  # the earliest send of a request that was not warmup
+        self._any_warmup = False
+
+    @classmethod
+    def of(cls, records: Iterable[RequestRecord], meets: Callable[[RequestRecord], bool] | None = None) -> Tally:
+        tally = cls(meets)
+        for r in records:
+            tally.add(r)
+        return tally
+
+    def add(self, r: RequestRecord, row: dict[str, float] | None = None) -> dict[str, float]:
+        """Fold one finished request; returns its counted metric values (empty when it is not a measurement).
+        ``row``: those values where another tally already computed them."""
+        self.count += 1
+        if self.run_start is None:
+            self.run_start = r.run_start
+        end = end_time(r)
+        self.last_end = end if self.last_end is None else max(self.last_end, end)
+        if r.warmup:
+            self._any_warmup = True
+        elif self._first_measured is None or r.sent < self._first_measured:
+            self._first_measured = r.sent
+        self.totals.add(r)
+        if r.warmup or r.error_kind == ERR_CANCELLED:
+            return {}
+        if row is None:
+            row = {m.name: v for m in REQUEST_METRICS if (v := counted(r, m)) is not None}
+        for name, value in row.items():
+            self.values[name].append(value)
+        return row
+
+    def measure_start(self) -> float | None:
+        """``measure_start`` of the records added."""
+        if not self.count:
+            return None
+        if not self._any_warmup or self._first_measured is None:
+            return self.run_start
+        return self._first_measured
+
+    def wall_time(self, start: float | None = None, end: float | None = None) -> float:
+        """``wall_time`` of the records added (``start``/``end`` override as there)."""
+        start = self.measure_start() if start is None else start
+        end = self.last_end if end is None else end
+        return 0.0 if start is None or end is None else max(0.0, end - start)
+
+    def summary(self, *, wall_s: float, concurrency: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The measured part of summary.json (see ``summarize``)."""
+        totals = replace(self.totals, wall_s=wall_s, concurrency=dict(concurrency or {}))
+        out = run_values(totals)
+        out["metrics"] = {name: stats(column.view()) for name, column in self.values.items()}
+        out["rtf_histogram"] = rtf_histogram(self.values["rtf"].view())
+        return out
+
+
+def summarize(records: Iterable[RequestRecord], *, wall_s: float, concurrency: dict[str, Any] | None = None,
               meets: Callable[[RequestRecord], bool] | None = None) -> dict[str, Any]:
     """The measured part of summary.json: every run metric, each request metric's statistics, the RTF histogram.
 
     Computed over the measured records (not warmup, not cancelled by the user). ``meets``: the per-request
-    objectives (cvload.slo.request_check), for goodput.
+    objectives (cvload.slo.request_check), for goodput. A run folds its records into a ``Tally`` as they finish
+    instead of keeping them; this is the same computation over records at hand.
     """
-    measured = [r for r in records if not r.warmup and r.error_kind != ERR_CANCELLED]
-    summary = run_values(RunTotals.from_records(records, wall_s=wall_s, concurrency=concurrency, meets=meets))
-    summary["metrics"] = {m.name: stats(values(measured, m)) for m in REQUEST_METRICS}
-    summary["rtf_histogram"] = rtf_histogram(values(measured, BY_NAME["rtf"]))
-    return summary
+    return Tally.of(records, meets).summary(wall_s=wall_s, concurrency=concurrency)

@@ -43,10 +43,10 @@ from dataclasses import asdict, dataclass, field
 from typing import IO, Any
 
 from cvload.config import RunConfig
-from cvload.engine import DEFAULT_RAMP_S, Engine, EngineState, RunResult
+from cvload.engine import DEFAULT_RAMP_S, RECENT, Engine, EngineState, RunResult
 from cvload.errors import EXIT_RUNTIME, CvloadError, UsageError
 from cvload.loop_health import LoopHealth, merge_client
-from cvload.metrics import wall_time
+from cvload.metrics import end_time, wall_time
 from cvload.records import RequestRecord
 
 STREAMS_PER_PROCESS = 64  # closed loop: one process keeps its loop lag well under a millisecond at this many
@@ -417,7 +417,8 @@ class ProcessFleet:
         self.on_measure_start: Callable[[], None] | None = None
         self.on_audio: Any = None  # --save-audio is refused with several processes
         self.state = EngineState(planned=config.requests)
-        self.records: list[RequestRecord] = []
+        self.recent: deque[RequestRecord] = deque(maxlen=RECENT)  # as the engine's: the rest go to the listeners
+        self._last_end: float | None = None
         self.children: list[_Child] = []
         self.inflight = _Inflight(self)
         self.health = FleetHealth(self)
@@ -526,7 +527,9 @@ class ProcessFleet:
             record.worker = record.worker * n + p
         record.run_start = self.state.started
         child.records += 1
-        self.records.append(record)
+        self.recent.append(record)
+        end = end_time(record)
+        self._last_end = end if self._last_end is None else max(self._last_end, end)
         for listener in self.listeners:
             listener(record)
 
@@ -611,7 +614,7 @@ class ProcessFleet:
         finally:
             self.close_processes()
         requested = float(self.state.concurrency) if self.config.closed_loop else None
-        return RunResult(self.records, self.state, self.wall_s(), self._concurrency(requested))
+        return RunResult(self.state, self.wall_s(), self._concurrency(requested))
 
     def _concurrency(self, requested: float | None) -> dict[str, float | None]:
         """Each process's time-weighted in-flight count, summed (their windows share one clock and one ramp)."""
@@ -622,7 +625,7 @@ class ProcessFleet:
 
     def wall_s(self) -> float:
         start = self.state.measure_start if self.state.measure_start is not None else self.state.started
-        return wall_time(self.records, start=start, end=None if self.records else time.monotonic())
+        return wall_time(start=start, end=time.monotonic() if self._last_end is None else self._last_end)
 
     def close_processes(self, grace: float = 10.0) -> None:
         """Every load process is told to stop and ends within ``grace`` (then it is killed)."""

@@ -24,7 +24,7 @@ from cvload.config import RunConfig
 from cvload.engine import Engine, RunResult
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
 from cvload.loop_health import LoopHealth
-from cvload.metrics import summarize
+from cvload.metrics import Tally
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
 from cvload.targets import make_target
 from cvload.targets.base import Target, TargetInfo
@@ -78,6 +78,8 @@ class Session:
     started_wall: float = 0.0
     summary: dict[str, Any] | None = None
     result: RunResult | None = None
+    # The summary's inputs, folded from every record as it finishes (the records themselves go to records.jsonl).
+    tally: Tally = field(default_factory=Tally)
     stop_asked: bool = False
     loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
     _loop: asyncio.AbstractEventLoop | None = None
@@ -152,7 +154,7 @@ class Session:
 
     async def prepare(self) -> Engine:
         from cvload.inputs import load_items
-        from cvload.slo import parse_objectives
+        from cvload.slo import parse_objectives, request_check
 
         cfg = self.config.validate()
         self.objectives = parse_objectives(cfg.slo)  # a misspelled metric fails before any load
@@ -200,6 +202,8 @@ class Session:
             self.engine = Engine(cfg, self.targets, items)
         self._loop = asyncio.get_running_loop()
         self.engine.listeners.append(self.writer.on_record)
+        self.tally = Tally(meets=request_check(self.objectives))
+        self.engine.listeners.append(self.tally.add)
         self.writer.on_error = self._records_failed
         if cfg.save_audio:
             self.engine.on_audio = self.writer.write_audio
@@ -263,11 +267,10 @@ class Session:
 
     async def finish(self) -> dict[str, Any]:
         """Write summary, stats diff and audio; evaluate objectives. Safe to call after a failed run."""
-        from cvload.slo import all_met, evaluate, request_check
+        from cvload.slo import all_met, evaluate
 
         assert self.writer is not None and self.engine is not None
         result = self.result
-        records = self.engine.records if result is None else result.records
         state = self.engine.state
         wall = result.wall_s if result else 0.0
         summary: dict[str, Any] = {"schema": SUMMARY_SCHEMA, "cvload_version": __version__}
@@ -290,8 +293,7 @@ class Session:
         summary["outages"] = [outage.to_json(state.started) for outage in state.outages]  # --on-server-loss continue
         summary["started_at"] = _iso(self.started_wall)
         summary["finished_at"] = _iso(time.time())
-        summary.update(summarize(records, wall_s=wall, concurrency=result.concurrency if result else None,
-                                 meets=request_check(self.objectives)))
+        summary.update(self.tally.summary(wall_s=wall, concurrency=result.concurrency if result else None))
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary()
         summary["client"] = self.loop_health.summary()

@@ -27,7 +27,7 @@ from cvload import __version__
 from cvload.config import SEARCHES, RunConfig, Warmup, parse_levels
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
-from cvload.metrics import BY_NAME, stats, summarize, values
+from cvload.metrics import BY_NAME, end_time, stats, summarize, values
 from cvload.records import RequestRecord
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir, write_json
 from cvload.session import STOP_SIGNALS, Session
@@ -199,6 +199,7 @@ class Sweep:
         self.stopped_because: str | None = None
         self.started = 0.0
         self._owner: dict[int, Level] = {}
+        self._spans: list[tuple[float, float]] = []  # (sent, finished) of every request: in flight per level
         self._stop = asyncio.Event()
         self._engine_done = asyncio.Event()
         self._judges: list[asyncio.Task[None]] = []
@@ -482,6 +483,7 @@ class Sweep:
             self._close_window(level)
 
     def _on_record(self, record: RequestRecord) -> None:
+        self._spans.append((record.sent, end_time(record)))
         level = self._owner.pop(record.index, None)
         if level is None:
             judged = [lv for lv in self.levels if record.level is not None and lv.judged
@@ -586,7 +588,7 @@ class Sweep:
         assert level.started is not None and level.ended is not None
         lo, hi = level.started, level.ended
         now = time.monotonic()
-        spans = [(r.sent, r.sent + (r.end_offset or 0.0)) for r in self.engine.records]
+        spans = list(self._spans)
         spans += [(r.sent, now) for r, _ in self.engine.in_flight.values()]
         area, events = 0.0, []
         for start, end in spans:

@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from cvload.cli import main
+from cvload.metrics import summarize
+from cvload.results import read_records
+from cvload.slo import parse_objectives, request_check
 
 
 def run_cli(*args: str) -> int:
@@ -16,3 +21,14 @@ def load(out: Path) -> tuple[dict, list[dict]]:
     summary = json.loads((out / "summary.json").read_text())
     records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
     return summary, records
+
+
+def assert_summary_matches_records(out: Path, summary: dict, slo: tuple[str, ...] = ()) -> None:
+    """A run folds each record into its summary as it finishes and keeps none: the result must be what the
+    summary of the records on disk (records.jsonl) is."""
+    again = summarize(read_records(out), wall_s=summary["wall_s"], concurrency=summary["concurrency"],
+                      meets=request_check(parse_objectives(list(slo))))
+    for key in ("requests", "errors", "audio_flags", "throughput", "goodput", "rtf_histogram", "audio_s_total"):
+        assert summary.get(key) == pytest.approx(again.get(key)), key
+    for name, stats in again["metrics"].items():
+        assert summary["metrics"][name] == pytest.approx(stats, nan_ok=True), name

@@ -12,7 +12,7 @@ import time
 
 import pytest
 import soundfile
-from runs import load, run_cli
+from runs import assert_summary_matches_records, load, run_cli
 
 from cvload.cli import main
 from cvload.emulator import EmulatedModel, build_repository, get_profile
@@ -160,6 +160,7 @@ def test_error_responses_and_stalls_counted_while_run_goes_on(emulator, tmp_path
     worst = max(summary["metrics"]["first_chunk_latency_ms"]["max"], summary["metrics"]["second_chunk_latency_ms"]["max"])
     assert worst >= 450
     assert any("error_rate" in (r["error"] or "") for r in records if r["error_kind"] == "server_error")
+    assert_summary_matches_records(out, summary)
 
 
 def test_server_dying_mid_run_keeps_records(start_emulator, tmp_path, capsys):
@@ -188,8 +189,9 @@ def test_open_loop_reports_corrected_latency(emulator, tmp_path):
 def test_achieved_concurrency_and_warmup(emulator, tmp_path):
     out = tmp_path / "r"
     assert run_cli("--server", emulator.grpc, "--num-tasks", "6", "--requests", "30", "--warmup", "6",
-                   "--ramp", "0.2s", "--out", str(out)) == 0
+                   "--ramp", "0.2s", "--out", str(out), "--slo", "first_chunk.p99<300ms") in (0, 3)
     summary, records = load(out)
+    assert_summary_matches_records(out, summary, ("first_chunk.p99<300ms",))
     assert summary["requests"]["warmup"] == 6 and summary["requests"]["total"] == 24
     conc = summary["concurrency"]
     assert conc["requested"] == 6 and conc["achieved_max"] == 6
@@ -321,6 +323,7 @@ async def test_rate_change_applies_at_once(emulator, tmp_path):
     import asyncio
 
     from cvload.config import RunConfig
+    from cvload.results import read_records
     from cvload.session import Session
 
     config = RunConfig(server=[emulator.grpc], model="cosyvoice2_instant", rate=0.1, arrival="constant",
@@ -340,5 +343,5 @@ async def test_rate_change_applies_at_once(emulator, tmp_path):
     await run
     await session.finish()
     await session.close()
-    sends = sorted(r.sent for r in engine.records)
+    sends = sorted(r.sent for r in read_records(tmp_path / "r"))
     assert len(sends) >= 5 and sends[0] - engine.state.started < 2.0 and sends[4] - sends[0] < 2.0

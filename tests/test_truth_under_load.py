@@ -22,6 +22,7 @@ from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
 from cvload.loop_health import LAG_WARN_MS, LoopHealth
 from cvload.records import ERR_PROTOCOL, FLAG_CLIPPING, FLAG_SILENT
+from cvload.results import read_records
 from cvload.session import Session
 from cvload.targets.base import Chunk, SynthesisRequest, TargetError
 from cvload.targets.sse import SseParser
@@ -81,7 +82,7 @@ async def test_http_streaming_first_chunks_follow_the_servers_send_trace(emulato
                        metrics_url="none", gpu_source="none")
     session, summary = await run_session(config)
     assert summary["requests"]["ok"] == 4 * STREAMS
-    records = session.engine.records
+    records = read_records(tmp_path / "run")
     trace = await wait_traced(emulator.trace("cosyvoice2"), {r.request_id for r in records})
     late_ms = []
     for r in records:
