@@ -141,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[64, 256], help="concurrent streams")
     parser.add_argument("--processes", default="auto", help="the several-process side: N or auto (default)")
     parser.add_argument("--servers", type=int, default=1, help="emulated Triton servers, round-robin (default 1)")
+    parser.add_argument("--instances", type=int, default=4,
+                        help="model instances (Python stub processes) per server (default 4)")
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per run after warmup (default 15)")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds excluded at the start (default 3)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each client per level (default 1)")
@@ -153,13 +155,15 @@ def main(argv: list[str] | None = None) -> int:
     from cvload.emulator import EmulatedModel, build_repository, get_profile
     from cvload.triton.launcher import TritonServer
 
-    print(f"cvload scale benchmark: {os.cpu_count()} CPUs, levels {args.levels}, {args.servers} server(s), "
+    print(f"cvload scale benchmark: {os.cpu_count()} CPUs, levels {args.levels}, {args.servers} server(s) of "
+          f"{args.instances} instance(s), "
           f"{args.duration:g} s + {args.warmup:g} s warmup a run", flush=True)
     with tempfile.TemporaryDirectory(prefix="cvload-scale-") as tmp, ExitStack() as stack:
         root = Path(tmp)
         servers, traces, pgids = [], [], []
         for k in range(args.servers):
-            repo = build_repository(root / f"s{k}", [EmulatedModel("cosyvoice2", get_profile("fixed"), "streaming")])
+            repo = build_repository(root / f"s{k}", [EmulatedModel("cosyvoice2", get_profile("fixed"), "streaming",
+                                                                   instances=args.instances)])
             server = stack.enter_context(TritonServer(repo, workdir=root / f"s{k}" / "server", die_with_parent=True))
             assert server.process is not None
             servers.append(server.grpc_url)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -36,7 +36,7 @@ from cvload.records import ERR_CANCELLED, RequestRecord
 WINDOW_S = 10.0  # "now": the last seconds of finished requests
 SERIES_S = 120  # per-second series kept for the time-series charts
 HIST_BINS = 12
-BIG_RUN = 20000  # past this many values, run-scope percentiles refresh once a second instead of every frame
+BIG_RUN = 20000  # past this many values, run-scope percentiles and histograms refresh once a second, not every frame
 LATENCY_METRICS = ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_latency_ms")
 
 
@@ -115,7 +115,7 @@ class LiveStats:
         self._stalled_requests = 0
         self._workers: set[int] = set()
         self._last_finish = 0.0
-        self._run_cache: dict[str, tuple[int, float, dict[str, float | None]]] = {}
+        self._cache: dict[tuple[str, str], tuple[int, float, Any]] = {}  # see _throttled
 
     # ---- feed (engine thread) ----------------------------------------------------------------------------
     def add(self, record: RequestRecord) -> None:
@@ -133,6 +133,7 @@ class LiveStats:
             self._window.clear()
             for bucket in self._since_reset.values():
                 bucket.clear()
+            self._cache = {key: got for key, got in self._cache.items() if key[0] != "hist"}
 
     # ---- fold (view thread) ------------------------------------------------------------------------------
     def _fold(self) -> None:
@@ -186,13 +187,12 @@ class LiveStats:
                     name=name,
                     now=stats(now_vals),
                     run=self._run_stats(name),
-                    histogram=_histogram(self._since_reset[name].view()) if name != "rtf" else Histogram([], []),
+                    histogram=(self._throttled(("hist", name), self._since_reset[name],
+                                               _histogram) if name != "rtf" else Histogram([], [])),
                     series=[row[name] for row in p50s],
                 )
-            rtf_since = self._since_reset["rtf"].view()
-            hist = rtf_histogram(rtf_since)
+            hist = self._throttled(("hist", "rtf"), self._since_reset["rtf"], rtf_histogram)
             rtf_now = [row["rtf"] for row in window_rows if "rtf" in row]
-            rtf_run = self._run["rtf"].view()
             tput = [self._throughput(s, complete=s < last_second) for s in seconds]
             return LiveSnapshot(
                 elapsed=now_t,
@@ -201,10 +201,10 @@ class LiveStats:
                 metrics=metrics,
                 rtf_histogram=Histogram(hist["edges"], hist["counts"]),
                 slower_share_now=_share_above(rtf_now, 1.0),
-                slower_share_run=_share_above(rtf_run, 1.0),
+                slower_share_run=self._throttled(("run", "slower"), self._run["rtf"], lambda v: _share_above(v, 1.0)),
                 stalls_run={"requests": float(self._stalled_requests),
-                            "count": float(self._run["stall_count"].view().sum()),
-                            "seconds": float(self._run["stall_s"].view().sum())},
+                            "count": self._throttled(("run", "stalls"), self._run["stall_count"], _sum),
+                            "seconds": self._throttled(("run", "stall_s"), self._run["stall_s"], _sum)},
                 throughput_series={k: [t[k] for t in tput] for k in ("requests_per_s", "audio_s_per_s")},
                 seconds=seconds,
                 counts=self._counts(),
@@ -215,13 +215,16 @@ class LiveStats:
             )
 
     def _run_stats(self, name: str) -> dict[str, float | None]:
-        """Run-scope stats, recomputed when the count changed; past BIG_RUN values at most once a second."""
-        arr = self._run[name]
-        cached = self._run_cache.get(name)
+        return self._throttled(("run", name), self._run[name], stats)
+
+    def _throttled(self, key: tuple[str, str], column: FloatColumn, compute: Callable[[np.ndarray], Any]) -> Any:
+        """``compute`` over a growing column, again when the count changed; past BIG_RUN values at most once a
+        second, so a frame's cost stays flat over hours (run-scope stats, histograms since the last reset)."""
+        cached = self._cache.get(key)
         now = time.monotonic()
-        if cached is None or (cached[0] != arr.size and (arr.size < BIG_RUN or now - cached[1] >= 1.0)):
-            cached = (arr.size, now, stats(arr.view()))
-            self._run_cache[name] = cached
+        if cached is None or (cached[0] != column.size and (column.size < BIG_RUN or now - cached[1] >= 1.0)):
+            cached = (column.size, now, compute(column.view()))
+            self._cache[key] = cached
         return cached[2]
 
     def run_stats(self) -> dict[str, dict[str, float | None]]:
@@ -265,6 +268,10 @@ class LiveStats:
             if complete:
                 self._bucket_tput[second] = cached
         return cached
+
+
+def _sum(values: np.ndarray) -> float:
+    return float(values.sum())
 
 
 def _share_above(vals: Iterable[float] | np.ndarray, threshold: float) -> float | None:
