@@ -122,16 +122,21 @@ PRESETS: dict[str, Profile] = {
     ),
     # The pipeline emulator (--pipeline) calibrated to the same L20 figures, with and without the speaker cache, by
     # benchmarks/calibrate_l20.py --pipeline: queueing comes from the instances (one token2wav), not from formulas.
+    # Nearly all of the wait at concurrency 2 and 4 is the one token2wav: a closed loop's next request arrives just
+    # as its own last chunk left token2wav, while the other request's job is queued, so it waits for that whole job.
+    # A fast LLM with little batch slowdown and a 65 ms + 3 ms/token vocoder keep concurrency 2 with the speaker
+    # cache near its published 323 ms while concurrency 4 still queues to ~1 s (docs/emulator.md has the tables).
     "l20_pipeline": Profile(
         name="l20_pipeline",
-        llm_prefill_per_active_s=0.050,
-        llm_tokens_per_s=1600.0,
-        llm_batch_slowdown=0.6,
-        vocoder_base_s=0.080,
+        llm_prefill_s=0.005,
+        llm_prefill_per_active_s=0.010,
+        llm_tokens_per_s=1750.0,
+        llm_batch_slowdown=0.025,
+        vocoder_base_s=0.065,
         vocoder_per_token_s=0.0030,
-        tokenizer_s=0.005,
-        spk_embedding_s=0.005,
-        vocoder_prompt_s=0.035,
+        tokenizer_s=0.006,
+        spk_embedding_s=0.006,
+        vocoder_prompt_s=0.045,
         jitter=0.05,
     ),
     # A quick realistic-looking profile for demos and the dashboard.
