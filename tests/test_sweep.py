@@ -269,41 +269,17 @@ async def test_dashboard_sweep_panel_fills_in_level_by_level(emulator, tmp_path)
 def test_dashboard_sweep_in_tmux(tmp_path):
     import shlex
     import shutil
-    import subprocess
-    import sys
-    import time
+
+    from terminal import Terminal
 
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
-    venv_bin = Path(sys.executable).parent
-    out, status = tmp_path / "s", tmp_path / "exit_code"
-    cmd = (f"PATH={shlex.quote(str(venv_bin))}:$PATH {shlex.quote(str(venv_bin / 'cvload'))} tui --emulator "
-           f"--profile fixed --num-tasks 1,2 --duration 1s --warmup 1 --slo 'first_chunk.p95<700ms' "
-           f"--out {shlex.quote(str(out))}; echo $? > {shlex.quote(str(status))}")
-    tmux = ["tmux", "-L", f"cvload-sweep-{tmp_path.name}"]
-    subprocess.run([*tmux, "new-session", "-d", "-s", "tui", "-x", "160", "-y", "48", cmd], check=True,
-                   cwd=tmp_path)
-
-    def capture() -> str:
-        return subprocess.run([*tmux, "capture-pane", "-p", "-t", "tui"], capture_output=True, text=True).stdout
-
-    try:
-        screen, deadline = "", time.monotonic() + 90
-        while time.monotonic() < deadline:
-            screen = capture()
-            if "Sweep" in screen and "First chunk" in screen and "capacity 2 streams" in screen:
-                break
-            time.sleep(0.05)
-        else:
-            pytest.fail(f"the sweep panel did not show the capacity:\n{screen}")
-        subprocess.run([*tmux, "send-keys", "-t", "tui", "q"], check=True)
-        deadline = time.monotonic() + 60
-        while not status.exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert status.exists(), f"cvload tui did not exit after q:\n{capture()}"
-        assert status.read_text().strip() == "0"
-    finally:
-        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    out = tmp_path / "s"
+    with Terminal(tmp_path, f"tui --emulator --profile fixed --num-tasks 1,2 --duration 1s --warmup 1 "
+                            f"--slo 'first_chunk.p95<700ms' --out {shlex.quote(str(out))}") as term:
+        term.wait_for(lambda screen: "Sweep" in screen and "First chunk" in screen and "capacity 2 streams" in screen,
+                      "the sweep panel with the capacity", timeout=90)
+        assert term.quit() == "0"
     assert load_sweep(out)["capacity"]["value"] == 2
 
 
