@@ -1,16 +1,19 @@
 """`cvload report` on a large run: how long it takes and how big the HTML gets.
 
 Synthesises a results folder of ``--records`` requests (default 100,000) in the real format, written through
-cvload's own ResultsWriter (records.jsonl via record_json, summary.json and summary.csv via summarize and the
-objectives' evaluate), with telemetry.jsonl holding GPU utilization once a second and a server_stats.json of a
-three-model pipeline. The run is 8 streams over about an hour, with a slow patch, timeouts and playback stalls,
-so every figure has something to draw. Then runs ``cvload report`` on it in a fresh process (imports included,
-as a user would) and prints the time and the size of the HTML and Markdown files.
+cvload's own ResultsWriter (records.jsonl via record_json with its records.columns twin, summary.json and
+summary.csv as a run folds them, and the objectives' evaluate), with telemetry.jsonl holding GPU utilization once a
+second and a server_stats.json of a three-model pipeline. The run is 8 streams, with a slow patch, timeouts and
+playback stalls, so every figure has something to draw. Then runs ``cvload report`` on it, and ``cvload compare``
+of the run against itself, each in a fresh process (imports included, as a user would), and prints their times
+and the size of the HTML and Markdown files; ``--reference`` times both again with records.columns set aside
+(parsing records.jsonl) and prints the ratios.
 
 Exit status 1 when the report takes ``--max-s`` seconds or more (default 10) or the HTML is ``--max-mb`` MB or
 more (default 5).
 
     .venv/bin/python -m benchmarks.report_size --records 100000
+    .venv/bin/python -m benchmarks.report_size --records 2000000 --reference --max-s 60
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cvload.metrics import summarize, wall_time
+from cvload import columns_file
+from cvload.metrics import Tally
 from cvload.records import ERR_TIMEOUT, RequestRecord
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, write_json
 from cvload.slo import all_met, evaluate, parse_objectives
@@ -40,7 +44,7 @@ def synthesize(folder: Path, n: int, seed: int = 1) -> None:
     streams = 8
     run_start = 1000.0
     writer = ResultsWriter(folder)
-    records = []
+    tally = Tally()  # the summary as a run folds it: no record kept, so millions fit
     clock = np.zeros(streams)
     for index in range(n):
         worker = index % streams
@@ -59,15 +63,15 @@ def synthesize(folder: Path, n: int, seed: int = 1) -> None:
                                sample_rate=RATE, run_start=run_start)
         if rng.random() < 0.002:
             record.error_kind, record.error = ERR_TIMEOUT, "request timed out"
-        records.append(record)
+        tally.add(record)
         writer.on_record(record)
         clock[worker] += record.end_offset or 0.0
-    wall = wall_time(records)
+    wall = tally.wall_time()
     summary = {"schema": SUMMARY_SCHEMA, "cvload_version": "bench",
                "target": {"servers": ["127.0.0.1:8001"], "protocol": "grpc", "mode": "streaming",
                           "model": "cosyvoice2"},
                "load": {"kind": "closed", "num_tasks": streams}, "status": "completed", "abort_reason": None}
-    summary.update(summarize(records, wall_s=wall, concurrency={"requested": float(streams)}))
+    summary.update(tally.summary(wall_s=wall, concurrency={"requested": float(streams)}))
     summary["slo"] = evaluate(parse_objectives(OBJECTIVES), summary)
     summary["slo_passed"] = all_met(summary["slo"])
     writer.write_json("config.json", {"config": {"num_tasks": streams, "mode": "streaming", "protocol": "grpc",
@@ -91,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-s", type=float, default=10.0)
     parser.add_argument("--max-mb", type=float, default=5.0)
     parser.add_argument("--keep", metavar="DIR", help="write the results folder and report here and keep them")
+    parser.add_argument("--reference", action="store_true",
+                        help="also time both commands parsing records.jsonl (records.columns set aside): the ratio")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="cvload-report-bench-") as tmp:
         root = Path(args.keep) if args.keep else Path(tmp)
@@ -101,20 +107,40 @@ def main(argv: list[str] | None = None) -> int:
         jsonl_mb = (folder / "records.jsonl").stat().st_size / 1e6
         print(f"results folder: {args.records:,} records, records.jsonl {jsonl_mb:.1f} MB (made in {made:.1f} s)")
         out = root / "report.html"
-        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "cvload", "report", str(folder), "-o", str(out)], check=True)
-        took = time.perf_counter() - t0
-        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        took, cpu = timed([sys.executable, "-m", "cvload", "report", str(folder), "-o", str(out)])
         html_mb = out.stat().st_size / 1e6
         md_kb = out.with_suffix(".md").stat().st_size / 1e3
         print(f"cvload report: {took:.2f} s wall, {cpu:.2f} s CPU (fresh process, imports included; the wall time "
               f"grows on a busy machine, the CPU time much less); report.html {html_mb:.2f} MB, report.md "
               f"{md_kb:.1f} KB")
+        compare_s, compare_cpu = timed([sys.executable, "-m", "cvload", "compare", str(folder), str(folder)],
+                                       codes=(0, 1, 3))
+        print(f"cvload compare (the run against itself): {compare_s:.2f} s wall, {compare_cpu:.2f} s CPU")
         ok = took < args.max_s and html_mb < args.max_mb
+        if args.reference:  # the same two commands parsing records.jsonl, as before records.columns existed
+            columns = folder / columns_file.NAME
+            columns.rename(folder / "aside")
+            ref, ref_cpu = timed([sys.executable, "-m", "cvload", "report", str(folder), "-o", str(root / "r.html")])
+            cref, cref_cpu = timed([sys.executable, "-m", "cvload", "compare", str(folder), str(folder)],
+                                   codes=(0, 1, 3))
+            (folder / "aside").rename(columns)
+            print(f"reference, parsing records.jsonl: report {ref:.2f} s wall ({ref_cpu:.2f} s CPU), compare "
+                  f"{cref:.2f} s wall ({cref_cpu:.2f} s CPU); with records.columns: report x{took / ref:.2f}, "
+                  f"compare x{compare_s / cref:.2f} of the reference's wall time")
         print("within limits" if ok else f"OVER LIMITS (under {args.max_s:g} s and {args.max_mb:g} MB wanted)")
         return 0 if ok else 1
+
+
+def timed(cmd: list[str], codes: tuple[int, ...] = (0,)) -> tuple[float, float]:
+    """Wall and CPU seconds of one command in a fresh process (its exit status must be one of ``codes``)."""
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    code = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+    took = time.perf_counter() - t0
+    if code not in codes:
+        raise SystemExit(f"{' '.join(cmd[2:4])} exited {code}")
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return took, (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
 
 
 if __name__ == "__main__":

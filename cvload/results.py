@@ -1,7 +1,8 @@
 """The results folder: every record on disk as it completes, so a crash, Ctrl-C or dead server loses nothing.
 
-Layout (documented in README.md): config.json, records.jsonl, summary.json, summary.csv, model_config.json,
-server_stats.json, telemetry.jsonl, audio/*.wav (with --save-audio), emulator/ (with --emulator).
+Layout (documented in README.md): config.json, records.jsonl, records.columns (cvload.columns_file), summary.json,
+summary.csv, model_config.json, server_stats.json, telemetry.jsonl, audio/*.wav (with --save-audio), emulator/
+(with --emulator).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from cvload import columns_file
 from cvload.errors import ServerError, UsageError
 from cvload.metrics import MISSING, REQUEST_METRICS, RUN_METRICS, STAT_KEYS, lookup, record_json
 from cvload.records import RequestRecord
@@ -81,6 +83,11 @@ class ResultsWriter:
         except UsageError:
             self._records.close()
             raise
+        # The numbers of each line again, as a binary row (cvload.columns_file): reports on day-long runs read
+        # this instead of parsing records.jsonl. Best effort: if it cannot be written it goes, the lines stay.
+        self._columns: Any = None
+        with contextlib.suppress(OSError):
+            self._columns = open(self.dir / columns_file.NAME, "ab")  # noqa: SIM115
         self._queue: queue.SimpleQueue[RequestRecord | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
         self.write_error: OSError | None = None
@@ -115,13 +122,16 @@ class ResultsWriter:
             if self.write_error is not None:  # keep draining so close() returns
                 self.unwritten += 1
                 continue
-            line = (json.dumps(record_json(record), default=_jsonable, ensure_ascii=False) + "\n").encode()
+            data = record_json(record)
+            line = (json.dumps(data, default=_jsonable, ensure_ascii=False) + "\n").encode()
             good = fh.tell()
             try:
                 view = memoryview(line)
                 while view:  # an unbuffered write may be short (the last bytes of a disk)
                     view = view[fh.write(view) or 0:]
                 self.written += 1
+                if self._columns is not None:
+                    self._write_columns(data, good + len(line))
             except OSError as exc:
                 self.write_error = exc
                 self.unwritten += 1
@@ -129,6 +139,18 @@ class ResultsWriter:
                     os.ftruncate(fh.fileno(), good)  # every line on disk stays whole
                 if self.on_error is not None:
                     self.on_error(self.write_failure())
+
+    def _write_columns(self, data: dict[str, Any], jsonl_end: int) -> None:
+        try:
+            self._columns.write(columns_file.row(data, jsonl_end))
+        except OSError:  # the readers parse records.jsonl instead
+            self._drop_columns()
+
+    def _drop_columns(self) -> None:
+        with contextlib.suppress(OSError):
+            self._columns.close()
+        (self.dir / columns_file.NAME).unlink(missing_ok=True)
+        self._columns = None
 
     def write_failure(self) -> str:
         """What went wrong writing records, for the run's abort reason and the user."""
@@ -143,6 +165,11 @@ class ResultsWriter:
             self._queue.put(None)
             self._writer.join()
             self._writer = None
+        if self._columns is not None:
+            try:
+                self._columns.flush()
+            except OSError:
+                self._drop_columns()
 
     def write_audio(self, record: RequestRecord, chunks: list[np.ndarray]) -> None:
         import soundfile
@@ -178,6 +205,10 @@ class ResultsWriter:
     def close(self) -> None:
         self.flush_records()
         self._records.close()
+        if self._columns is not None:
+            with contextlib.suppress(OSError):
+                self._columns.close()
+            self._columns = None
 
 
 def _check_writable(folder: Path) -> None:

@@ -3,6 +3,7 @@ break its server. Nothing here mocks Triton or tritonclient."""
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -97,8 +98,18 @@ def _issue(cwd: Path, name: str, ca: str, key: str, *, days: int = 2, alt: str =
     """``name``.pem for ``key``, signed by ``ca`` (``days`` < 0: expired already)."""
     (cwd / f"{name}.ext").write_text(f"subjectAltName={alt}\nbasicConstraints=CA:FALSE\nextendedKeyUsage={usage}\n")
     _openssl(cwd, "req", "-new", "-key", f"{key}.key", "-subj", f"/CN={name}", "-out", f"{name}.csr")
+    validity = ["-days", str(days)]
+    if days < 0 and _has_explicit_dates():  # OpenSSL 3.4+ refuses a negative -days ("end date before start date")
+        validity = ["-not_before", "20200101000000Z", "-not_after", "20200102000000Z"]
     _openssl(cwd, "x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-CAcreateserial", "-days", str(days), "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+             "-CAcreateserial", *validity, "-extfile", f"{name}.ext", "-out", f"{name}.pem")
+
+
+@functools.cache
+def _has_explicit_dates() -> bool:
+    """Whether this openssl's x509 takes -not_before/-not_after (3.4 and later; 3.0 takes a negative -days)."""
+    shown = subprocess.run(["openssl", "x509", "-help"], capture_output=True, text=True)
+    return "-not_after" in shown.stdout + shown.stderr
 
 
 @pytest.fixture(scope="session")

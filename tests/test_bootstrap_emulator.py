@@ -205,8 +205,11 @@ def gated_tritonserver(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def start_up(cfg: Path, workdir: Path) -> subprocess.Popen[str]:
+    # Ctrl-C as a terminal delivers it: a suite started in the background by a shell script (`make test &`) runs
+    # with SIGINT ignored, which every child inherits, and Python then never raises KeyboardInterrupt.
     return subprocess.Popen([sys.executable, "-m", "server_bootstrap", "up", "--config", str(cfg), "--workdir",
-                             str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             str(workdir)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def launching(workdir: Path) -> bool:

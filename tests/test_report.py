@@ -241,3 +241,27 @@ def test_offline_run_leaves_out_what_it_has_no_data_for(results, tmp_path):
     html = out.read_text()
     assert len(images(html)) == RUN_FIGURES - 1  # one chunk per request: no second-chunk gap
     assert "First-chunk latency (CDF)" in html and "Second-chunk gap" not in html
+
+
+def test_binary_columns_hold_what_records_jsonl_holds(results, tmp_path):
+    """records.columns, written beside each line, reads back as the same columns as parsing records.jsonl; a
+    folder whose records.jsonl it no longer covers (a line added by hand, a run cut short) is parsed instead."""
+    import shutil
+
+    from cvload import columns_file
+    from cvload.results_folder import read_columns
+
+    folder = results["faulty"]
+    assert (folder / columns_file.NAME).stat().st_size == 40 * columns_file.DTYPE.itemsize
+    fast, parsed = read_columns(folder), read_columns(folder, binary=False)
+    for name in ("sent_s", "end_s", "ok", "warmup", "error_kind"):
+        assert np.array_equal(getattr(fast, name), getattr(parsed, name)), name
+    assert fast.run_start == parsed.run_start and "server_error" in set(fast.error_kind)
+    for name, column in parsed.metrics.items():
+        assert np.array_equal(fast.metrics[name], column, equal_nan=True), name
+
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)
+    lines = (copy / "records.jsonl").read_text().splitlines(keepends=True)
+    (copy / "records.jsonl").write_text("".join(lines[:-1]))  # cut: the columns now run past the file
+    assert columns_file.read(copy) is None and len(read_columns(copy)) == 39

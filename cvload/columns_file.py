@@ -1,0 +1,60 @@
+"""records.columns: the numbers of records.jsonl as fixed-width binary rows, written beside each line.
+
+A day of load at a few hundred requests a second is tens of millions of records: parsing records.jsonl then takes
+minutes and tens of gigabytes, while ``cvload report`` and ``cvload compare`` only need a few numbers per request.
+So the results writer appends one row of float64 per record here, right after the record's line is on disk, and
+the readers load the whole file with one ``numpy.fromfile``. Each row also holds the size records.jsonl had once
+its line was written: a reader uses this file only when its last row ends exactly where records.jsonl ends (a run
+that crashed, a file edited or cut by hand: the readers parse records.jsonl, which stays the record of truth).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cvload.metrics import REQUEST_METRICS
+from cvload.records import ERROR_KINDS
+
+NAME = "records.columns"
+_FIXED = ("jsonl_end", "run_start", "sent_s", "end_offset", "ok", "warmup", "error")
+DTYPE = np.dtype([(name, "<f8") for name in (*_FIXED, *(m.name for m in REQUEST_METRICS))])
+_ERROR_CODE = {kind: float(i + 1) for i, kind in enumerate(ERROR_KINDS)}  # 0: no error
+ERROR_NAMES = np.array([None, *ERROR_KINDS], dtype=object)
+
+
+def row(data: dict[str, Any], jsonl_end: int) -> bytes:
+    """One record's row from its records.jsonl object (``cvload.metrics.record_json``)."""
+    values = np.empty(1, dtype=DTYPE)
+    values["jsonl_end"] = jsonl_end
+    values["run_start"] = data.get("run_start") or 0.0
+    values["sent_s"] = data.get("sent_s") or 0.0
+    values["end_offset"] = _number(data.get("end_offset"))
+    values["ok"] = 1.0 if data.get("ok") else 0.0
+    values["warmup"] = 1.0 if data.get("warmup") else 0.0
+    values["error"] = _ERROR_CODE.get(data.get("error_kind"), 0.0)  # type: ignore[arg-type]
+    for metric in REQUEST_METRICS:
+        values[metric.name] = _number(data.get(metric.name))
+    return values.tobytes()
+
+
+def _number(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def read(folder: Path) -> np.ndarray | None:
+    """The rows, or None where the file is missing or does not cover records.jsonl exactly."""
+    path, jsonl = Path(folder) / NAME, Path(folder) / "records.jsonl"
+    try:
+        size, jsonl_size = path.stat().st_size, jsonl.stat().st_size
+    except OSError:
+        return None
+    if size % DTYPE.itemsize:
+        return None
+    rows = np.fromfile(path, dtype=DTYPE) if size else np.empty(0, dtype=DTYPE)
+    ends = rows["jsonl_end"]
+    if (rows.size and ends[-1] != jsonl_size) or (not rows.size and jsonl_size):
+        return None
+    return rows
