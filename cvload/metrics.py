@@ -3,8 +3,9 @@
 Per-request metrics (``REQUEST_METRICS``) are computed from a ``RequestRecord``; latency names and meanings
 follow the CosyVoice team's benchmark client (docs/protocol.md) so numbers compare: the second-chunk latency is
 the *gap* between the first and second chunk, not a time from the start. Run-level metrics (``RUN_METRICS``) are computed from a
-run's ``RunTotals`` (counts, audio, wall time, the engine's concurrency), which ``summarize`` builds from records
-and the live window keeps as requests finish; adding one is one entry there.
+run's ``RunTotals`` (counts, audio, wall time, the engine's concurrency); adding one is one entry there. A ``Tally``
+folds each finished request into those totals and the request metrics' values (the session for summary.json, the
+live window for the dashboard), so no view keeps the records; ``summarize`` does the same over records at hand.
 """
 
 from __future__ import annotations
