@@ -23,11 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
+
 from cvload import __version__
 from cvload.config import SEARCHES, RunConfig, Warmup, parse_levels
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
-from cvload.metrics import BY_NAME, end_time, stats, summarize, values
+from cvload.metrics import BY_NAME, FloatColumn, end_time, stats, summarize, values
 from cvload.records import RequestRecord
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir, write_json
 from cvload.session import STOP_SIGNALS, Session
@@ -199,7 +201,8 @@ class Sweep:
         self.stopped_because: str | None = None
         self.started = 0.0
         self._owner: dict[int, Level] = {}
-        self._spans: list[tuple[float, float]] = []  # (sent, finished) of every request: in flight per level
+        # When every finished request was sent and finished (8 bytes each): what was in flight during each level.
+        self._sent, self._finished = FloatColumn(), FloatColumn()
         self._stop = asyncio.Event()
         self._engine_done = asyncio.Event()
         self._judges: list[asyncio.Task[None]] = []
@@ -483,7 +486,8 @@ class Sweep:
             self._close_window(level)
 
     def _on_record(self, record: RequestRecord) -> None:
-        self._spans.append((record.sent, end_time(record)))
+        self._sent.append(record.sent)
+        self._finished.append(end_time(record))
         level = self._owner.pop(record.index, None)
         if level is None:
             judged = [lv for lv in self.levels if record.level is not None and lv.judged
@@ -588,18 +592,16 @@ class Sweep:
         assert level.started is not None and level.ended is not None
         lo, hi = level.started, level.ended
         now = time.monotonic()
-        spans = list(self._spans)
-        spans += [(r.sent, now) for r, _ in self.engine.in_flight.values()]
-        area, events = 0.0, []
-        for start, end in spans:
-            a, b = max(start, lo), min(end, hi)
-            if b > a:
-                area += b - a
-                events += [(a, 1), (b, -1)]
-        count = peak = 0
-        for _, step in sorted(events, key=lambda e: (e[0], e[1])):
-            count += step
-            peak = max(peak, count)
+        running = [r.sent for r, _ in self.engine.in_flight.values()]
+        starts = np.concatenate([self._sent.view(), np.asarray(running, dtype=float)])
+        ends = np.concatenate([self._finished.view(), np.full(len(running), now)])
+        a, b = np.maximum(starts, lo), np.minimum(ends, hi)
+        a, b = a[b > a], b[b > a]
+        area = float((b - a).sum())
+        times = np.concatenate([a, b])
+        steps = np.concatenate([np.ones(a.size), -np.ones(b.size)])
+        order = np.lexsort((steps, times))  # by time, a finish before a start at the same instant
+        peak = max(0, int(np.cumsum(steps[order]).max())) if times.size else 0
         mean = area / (hi - lo) if hi > lo else 0.0
         return {"requested": requested, "achieved_mean": mean, "achieved_max": peak, "achieved_mean_overall": mean}
 
