@@ -153,13 +153,8 @@ def end_time(record: RequestRecord) -> float:
 
 def measure_start(records: Iterable[RequestRecord]) -> float | None:
     """When measurement began, derived from records as the engine marks it: the run's start when no request was
-    warmup, else the send time of the first measured request (None without records)."""
-    records = list(records)
-    if not records:
-        return None
-    if not any(r.warmup for r in records):
-        return records[0].run_start
-    return min((r.sent for r in records if not r.warmup), default=records[0].run_start)
+    warmup, else the send time of the first measured request (None without records). ``Tally.measure_start``."""
+    return Tally.of(records).measure_start()
 
 
 def wall_time(records: Iterable[RequestRecord] = (), *, start: float | None = None,
@@ -169,13 +164,9 @@ def wall_time(records: Iterable[RequestRecord] = (), *, start: float | None = No
     the last finish of the records unless given (nothing finished yet: now; a live view: its latest finish).
     The summary, live objectives and dashboard snapshots all use this."""
     records = list(records)
-    if start is None:
-        start = measure_start(records)
-    if end is None:
-        end = max((end_time(r) for r in records), default=None)
-    if start is None or end is None:
-        return 0.0
-    return max(0.0, end - start)
+    if records:
+        return Tally.of(records).wall_time(start, end)
+    return 0.0 if start is None or end is None else max(0.0, end - start)
 
 
 @dataclass
@@ -407,9 +398,8 @@ class Tally:
 
     def wall_time(self, start: float | None = None, end: float | None = None) -> float:
         """``wall_time`` of the records added (``start``/``end`` override as there)."""
-        start = self.measure_start() if start is None else start
-        end = self.last_end if end is None else end
-        return 0.0 if start is None or end is None else max(0.0, end - start)
+        return wall_time(start=self.measure_start() if start is None else start,
+                         end=self.last_end if end is None else end)
 
     def summary(self, *, wall_s: float, concurrency: dict[str, Any] | None = None) -> dict[str, Any]:
         """The measured part of summary.json (see ``summarize``)."""

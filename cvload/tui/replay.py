@@ -8,7 +8,7 @@ from typing import Any
 
 from cvload.errors import UsageError
 from cvload.live_window import LiveStats, finished_at
-from cvload.metrics import summarize, wall_time
+from cvload.metrics import Tally
 from cvload.records import RequestRecord
 from cvload.results import read_json, read_records
 from cvload.telemetry.sampler import sample_values
@@ -51,7 +51,8 @@ class ReplaySource(Source):
     def snapshot_summary(self) -> dict[str, Any]:
         if self.summary is not None:
             return self.summary
-        return summarize(self._records, wall_s=wall_time(self._records))
+        tally = Tally.of(self._records)
+        return tally.summary(wall_s=tally.wall_time())
 
 
 def _load_label(load: dict[str, Any], cfg: dict[str, Any]) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cvload.metrics import summarize, wall_time
+from cvload.metrics import Tally
 from cvload.records import RequestRecord
 from cvload.results import write_json
 from cvload.tui.source import Source
@@ -16,7 +16,8 @@ from cvload.tui.source import Source
 def summary_so_far(records: Sequence[RequestRecord], *, start: float | None, elapsed: float,
                    phase: str) -> dict[str, Any]:
     """``summarize`` over the records written so far; ``start``: the engine's start of measurement if known."""
-    summary = summarize(records, wall_s=wall_time(records, start=start))
+    tally = Tally.of(records)
+    summary = tally.summary(wall_s=tally.wall_time(start=start))
     summary["snapshot"] = {"elapsed_s": elapsed, "phase": phase}
     return summary
 
