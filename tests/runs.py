@@ -17,10 +17,13 @@ def run_cli(*args: str) -> int:
     return main(["run", "--quiet", *args])
 
 
+def records_of(folder: Path) -> list[dict]:
+    """The lines of a results folder's records.jsonl, as written."""
+    return [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+
+
 def load(out: Path) -> tuple[dict, list[dict]]:
-    summary = json.loads((out / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-    return summary, records
+    return json.loads((out / "summary.json").read_text()), records_of(out)
 
 
 def assert_summary_matches_records(out: Path, summary: dict, slo: tuple[str, ...] = ()) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from runs import records_of
 
 from cvload.address import speech_url
 from cvload.config import RunConfig
@@ -157,7 +158,7 @@ def test_over_the_cap_requests_count_as_rejected(guarded: OpenAIServer, tmp_path
     summary = session.summary
     assert summary is not None
     assert summary["errors"][ERR_REJECTED] > 0 and summary["requests"]["ok"] > 0
-    records = [json.loads(line) for line in (tmp_path / "run" / "records.jsonl").read_text().splitlines()]
+    records = records_of(tmp_path / "run")
     rejected = [r for r in records if r["error_kind"] == ERR_REJECTED]
     assert rejected and "HTTP 429: server at its concurrency cap" in rejected[0]["error"]
     for name in ("config.json", "records.jsonl", "summary.json"):  # the token is written nowhere

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from runs import records_of
 
 from cvload.cli import main
 from cvload.config import RunConfig
@@ -24,15 +25,11 @@ from cvload.session import Session
 FIXED = [EmulatedModel(profile=get_profile("fixed"))]  # 0.2 s to the first chunk, then one every 0.1 s
 
 
-def lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
-
-
 def check_totals(session: Session, out: Path) -> list[dict]:
     """Every request sent has exactly one record, on disk too, and ok + failed == sent."""
     assert session.engine is not None and session.summary is not None
     sent = session.engine.state.sent
-    records = lines(out)
+    records = records_of(out)
     assert sorted(r["index"] for r in records) == list(range(sent))
     requests = session.summary["requests"]
     assert requests["ok"] + requests["failed"] + requests["cancelled"] + requests["warmup"] == sent

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from runs import records_of
 
 from cvload import process
 
@@ -126,7 +127,7 @@ def test_two_nodes_one_results_folder(ray_cluster, emulator, tmp_path):
     err = done.stderr
     assert done.returncode == 0, err
     summary = json.loads((out / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    records = records_of(out)
     assert summary["requests"]["total"] == 24 and summary["requests"]["ok"] == 24
     assert sorted(r["index"] for r in records) == list(range(24))
     assert {r["worker"] for r in records} == set(range(4))

@@ -21,6 +21,7 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 import pytest
+from runs import records_of
 
 from cvload.config import RunConfig
 from cvload.cosyvoice_runtime import cosyvoice_pb2
@@ -203,8 +204,7 @@ def run_cli(tmp_path: Path, *args: str) -> tuple[int, dict, list[dict]]:
                            "--out", str(out), *args], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()] \
-        if (out / "records.jsonl").exists() else []
+    records = records_of(out) if (out / "records.jsonl").exists() else []
     assert summary, proc.stdout + proc.stderr
     return proc.returncode, summary, records
 

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from runs import load, records_of
 
 from cvload.cli import main
 from cvload.config import parse_levels
@@ -105,7 +106,7 @@ def test_sweep_results_folder_and_schema(emulator, tmp_path, capsys):
         folder = out / level["folder"]
         summary = json.loads((folder / "summary.json").read_text())
         assert summary["schema"] == "cvload.summary/1" and summary["load"]["num_tasks"] == level["value"]
-        records = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+        records = records_of(folder)
         assert len(records) == 5 and {r["level"] for r in records} == {level["value"]}
         assert (folder / "summary.csv").exists()
     # Streams carry over: level 4 starts with the workers of level 2 in flight, so it reaches its load at once.
@@ -198,8 +199,7 @@ def test_run_records_unfinished_requests_as_incomplete(silent_server, tmp_path, 
                  "--slo", "first_chunk.p95<700ms", "--metrics-url", "none", "--gpu-source", "none",
                  "--out", str(out)])
     assert code == 3  # none of them met the objective: they are not left out
-    summary = json.loads((out / "summary.json").read_text())
-    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    summary, records = load(out)
     total = summary["requests"]["total"]
     assert total >= 2 and summary["requests"]["incomplete"] == total == summary["errors"]["incomplete"]
     assert summary["requests"]["cancelled"] == 0 and summary["error_rate"] == 1.0
@@ -222,7 +222,7 @@ def test_sweep_judges_a_level_whose_requests_cannot_finish(silent_server, tmp_pa
     level = result["levels"][0]
     assert level["slo_passed"] is False and level["summary"]["requests"]["incomplete"] == 1
     assert level["summary"]["incomplete_min_s"] >= 1.4  # sent at the window's start, judged 0.5 s after its end
-    records = [json.loads(line) for line in (out / level["folder"] / "records.jsonl").read_text().splitlines()]
+    records = records_of(out / level["folder"])
     assert [r["error_kind"] for r in records] == ["incomplete"]
 
 
