@@ -34,11 +34,13 @@ system-deps:
 test: install system-deps
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # Not part of `test`: the two commands above on a fresh Debian 13 (Python 3.13) root made with debootstrap, in a
 # chroot (root, a Debian mirror and about 15 minutes). Its output goes to the terminal; keep it with `| tee`.

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload.records import FLAG_CLIPPING, FLAG_NONFINITE, FLAG_SILENT, FLAG_TOO_SHORT
 
@@ -64,7 +65,7 @@ class AudioCheck:
         self.nonfinite = 0
         self.clipped = 0
 
-    def add(self, audio: np.ndarray) -> None:
+    def add(self, audio: npt.NDArray[np.floating[Any]]) -> None:
         if audio.size == 0:
             return
         # Common case in three passes without temporaries (float32 chunks are checked on the event loop): a
@@ -110,7 +111,7 @@ class RequestAudio:
 
     samples: list[int] = field(default_factory=list)  # per chunk
     flags: list[str] = field(default_factory=list)
-    audio: list[np.ndarray] = field(default_factory=list)  # the chunks' samples, only when asked to keep them
+    audio: list[npt.NDArray[np.floating[Any]]] = field(default_factory=list)  # the chunks' samples, only when asked to keep them
 
 
 def _check(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool) -> RequestAudio:
@@ -203,7 +204,8 @@ def _write_frame(fd: int, value: Any) -> None:
     data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     views = [buffer.raw() for buffer in buffers]
     header = b"".join(_LENGTH.pack(n) for n in (len(data), len(views), *(v.nbytes for v in views)))
-    for part in (header, data, *views):
+    parts: list[bytes | memoryview] = [header, data, *views]
+    for part in parts:
         view = memoryview(part)
         while view.nbytes:
             view = view[os.write(fd, view):]

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload.metrics import REQUEST_METRICS
 from cvload.records import ERROR_KINDS
@@ -25,14 +26,14 @@ DTYPE = np.dtype([(name, "<f8") for name in (*_FIXED, *(m.name for m in REQUEST_
 _ERROR_CODE = {kind: float(i + 1) for i, kind in enumerate(ERROR_KINDS)}  # 0: no error
 ERROR_NAMES = np.array([None, *ERROR_KINDS], dtype=object)
 _METRICS = tuple(m.name for m in REQUEST_METRICS)
-_ROW = struct.Struct(f"<{len(DTYPE.names)}d")  # the same layout as DTYPE, packed without numpy
+_ROW = struct.Struct(f"<{len(DTYPE.names or ())}d")  # the same layout as DTYPE, packed without numpy
 
 
 def row(data: dict[str, Any], jsonl_end: int) -> bytes:
     """One record's row from its records.jsonl object (``cvload.metrics.record_json``)."""
     return _ROW.pack(jsonl_end, data.get("run_start") or 0.0, data.get("sent_s") or 0.0,
                      _number(data.get("end_offset")), 1.0 if data.get("ok") else 0.0,
-                     1.0 if data.get("warmup") else 0.0, _ERROR_CODE.get(data.get("error_kind"), 0.0),  # type: ignore[arg-type]
+                     1.0 if data.get("warmup") else 0.0, _ERROR_CODE.get(data.get("error_kind") or "", 0.0),
                      *(_number(data.get(name)) for name in _METRICS))
 
 
@@ -40,7 +41,7 @@ def _number(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
-def read(folder: Path) -> np.ndarray | None:
+def read(folder: Path) -> npt.NDArray[Any] | None:
     """The rows, or None where the file is missing or does not cover records.jsonl exactly."""
     path, jsonl = Path(folder) / NAME, Path(folder) / "records.jsonl"
     try:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload.metrics import (
     FloatColumn,
@@ -215,9 +216,10 @@ class LiveStats:
             )
 
     def _run_stats(self, name: str) -> dict[str, float | None]:
-        return self._throttled(("run", name), self._run[name], stats)
+        result: dict[str, float | None] = self._throttled(("run", name), self._run[name], stats)
+        return result
 
-    def _throttled(self, key: tuple[str, str], column: FloatColumn, compute: Callable[[np.ndarray], Any]) -> Any:
+    def _throttled(self, key: tuple[str, str], column: FloatColumn, compute: Callable[[npt.NDArray[np.float64]], Any]) -> Any:
         """``compute`` over a growing column, again when the count changed; past BIG_RUN values at most once a
         second, so a frame's cost stays flat over hours (run-scope stats, histograms since the last reset)."""
         cached = self._cache.get(key)
@@ -270,16 +272,16 @@ class LiveStats:
         return cached
 
 
-def _sum(values: np.ndarray) -> float:
+def _sum(values: npt.NDArray[np.float64]) -> float:
     return float(values.sum())
 
 
-def _share_above(vals: Iterable[float] | np.ndarray, threshold: float) -> float | None:
+def _share_above(vals: Iterable[float] | npt.NDArray[np.float64], threshold: float) -> float | None:
     arr = np.asarray(list(vals) if not isinstance(vals, np.ndarray) else vals, dtype=float)
     return float((arr > threshold).mean()) if arr.size else None
 
 
-def _histogram(vals: np.ndarray, bins: int = HIST_BINS) -> Histogram:
+def _histogram(vals: npt.NDArray[np.float64], bins: int = HIST_BINS) -> Histogram:
     """Equal-width bins from the minimum to the 99th percentile; the last bin also holds the tail above."""
     if not len(vals):
         return Histogram([], [])

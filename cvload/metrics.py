@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload.records import AUDIO_FLAGS, ERR_CANCELLED, ERROR_KINDS, RequestRecord
 
@@ -116,7 +117,7 @@ def record_json(record: RequestRecord) -> dict[str, Any]:
     return data
 
 
-def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | None]:
+def stats(values: Sequence[float] | npt.NDArray[np.float64]) -> dict[str, float | None]:
     """Exact percentiles (numpy linear interpolation, as the upstream client), mean, max, min, count."""
     arr = np.asarray(values, dtype=float)
     if arr.size == 0:
@@ -139,7 +140,7 @@ def values(records: Iterable[RequestRecord], metric: RequestMetric) -> list[floa
     return [v for v in (counted(r, metric) for r in records) if v is not None]
 
 
-def rtf_histogram(rtfs: Sequence[float] | np.ndarray, edges: Sequence[float] | None = None) -> dict[str, list[float]]:
+def rtf_histogram(rtfs: Sequence[float] | npt.NDArray[np.float64], edges: Sequence[float] | None = None) -> dict[str, list[float]]:
     """Counts per RTF bin; 1.0 (real time) is always an edge so 'slower than real time' is one sum."""
     edges = list(edges or (0, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0))
     counts, _ = np.histogram(np.clip(rtfs, edges[0], edges[-1]), bins=edges) if len(rtfs) else ([0] * (len(edges) - 1), None)
@@ -256,6 +257,14 @@ def _engine(key: str) -> Callable[[RunTotals], Any]:
     return lambda t: t.concurrency.get(key, MISSING)
 
 
+def _error_count(kind: str) -> Callable[[RunTotals], int]:
+    return lambda t: t.errors.get(kind, 0)
+
+
+def _flag_count(flag: str) -> Callable[[RunTotals], int]:
+    return lambda t: t.flags.get(flag, 0)
+
+
 RUN_METRICS: tuple[RunMetric, ...] = (
     RunMetric("wall_s", "s", "Wall time (measured)", lambda t: t.wall_s, csv=False, objective=False),
     RunMetric("requests.total", "", "Measured requests", lambda t: t.measured),
@@ -268,9 +277,8 @@ RUN_METRICS: tuple[RunMetric, ...] = (
     RunMetric("incomplete_min_s", "s", "Incomplete requests' latency, at least", lambda t: t.incomplete_min_s,
               csv=False, objective=False, footer="{requests_incomplete} incomplete, >= {:.1f} s"),
     RunMetric("error_rate", "share", "Error rate", lambda t: t.failed / t.measured if t.measured else 0.0),
-    *(RunMetric(f"errors.{kind}", "", f"Errors: {kind}", lambda t, k=kind: t.errors.get(k, 0), csv=False)
-      for kind in ERROR_KINDS),
-    *(RunMetric(f"audio_flags.{flag}", "", f"Audio flag: {flag}", lambda t, f=flag: t.flags.get(f, 0), csv=False)
+    *(RunMetric(f"errors.{kind}", "", f"Errors: {kind}", _error_count(kind), csv=False) for kind in ERROR_KINDS),
+    *(RunMetric(f"audio_flags.{flag}", "", f"Audio flag: {flag}", _flag_count(flag), csv=False)
       for flag in AUDIO_FLAGS),
     RunMetric("slower_than_realtime_share", "share", "Slower than real time",
               lambda t: t.slower_than_realtime / t.rtf_count if t.rtf_count else 0.0, csv=False),
@@ -339,7 +347,7 @@ class FloatColumn:
     def clear(self) -> None:
         self.size = 0
 
-    def view(self) -> np.ndarray:
+    def view(self) -> npt.NDArray[np.float64]:
         return self._data[: self.size]
 
 

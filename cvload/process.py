@@ -223,7 +223,7 @@ def _process(pid: int, started: int | None) -> psutil.Process | None:
 
 def alive(pid: int | None, started: int | None) -> bool:
     """True while the process we recorded runs (a reused pid has another start time)."""
-    return bool(pid) and _process(pid, started) is not None  # type: ignore[arg-type]
+    return pid is not None and _process(pid, started) is not None  # pid 0 and below: _process gives None
 
 
 def _running(proc: psutil.Process) -> bool:
@@ -295,7 +295,7 @@ def end(leader: subprocess.Popen[Any] | int, *, grace: float = 5.0, sigterm: Lit
             return Ended(False, False)
 
     def leader_gone() -> bool:
-        return popen.poll() is not None if popen is not None else not _running(proc)  # type: ignore[arg-type]
+        return popen.poll() is not None if popen is not None else not _running(proc)  # type: ignore[arg-type]  # proc is set whenever popen is None
 
     leads = _leads_group(pid)
     forced = False

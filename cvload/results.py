@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from cvload import columns_file
@@ -172,7 +173,7 @@ class ResultsWriter:
             except OSError:
                 self._drop_columns()
 
-    def write_audio(self, record: RequestRecord, chunks: list[np.ndarray]) -> None:
+    def write_audio(self, record: RequestRecord, chunks: list[npt.NDArray[Any]]) -> None:
         import soundfile
 
         folder = self.dir / "audio"
@@ -198,10 +199,10 @@ class ResultsWriter:
             for metric in REQUEST_METRICS:
                 stats = summary["metrics"].get(metric.name, {})
                 writer.writerow([metric.name, metric.unit, *[_cell(stats.get(k)) for k in keys]])
-            for metric in RUN_METRICS:
-                value = lookup(summary, metric.name)
-                if metric.csv and value is not MISSING:
-                    writer.writerow([metric.name, "", _cell(value)])
+            for run_metric in RUN_METRICS:
+                value = lookup(summary, run_metric.name)
+                if run_metric.csv and value is not MISSING:
+                    writer.writerow([run_metric.name, "", _cell(value)])
 
     def close(self) -> None:
         self.flush_records()
@@ -274,7 +275,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     if not body:
         return []
     try:  # one parse of the whole file as a JSON array: several times faster than a parse per line
-        rows = orjson.loads(b"[" + body.replace(b"\n", b",") + b"]")
+        rows: list[dict[str, Any]] = orjson.loads(b"[" + body.replace(b"\n", b",") + b"]")
         if all(isinstance(r, dict) for r in rows):
             return rows
     except orjson.JSONDecodeError:

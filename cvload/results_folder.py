@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload import columns_file
 from cvload.errors import UsageError
@@ -44,23 +45,24 @@ class RecordColumns:
     the telemetry samples use. ``metrics`` holds every per-request metric of cvload.metrics by its name.
     """
 
-    sent_s: np.ndarray
-    end_s: np.ndarray
-    ok: np.ndarray  # bool
-    warmup: np.ndarray  # bool
-    error_kind: np.ndarray  # object: None or an error kind of cvload.records
-    metrics: dict[str, np.ndarray]
+    sent_s: npt.NDArray[np.float64]
+    end_s: npt.NDArray[np.float64]
+    ok: npt.NDArray[np.bool_]
+    warmup: npt.NDArray[np.bool_]
+    error_kind: npt.NDArray[np.object_]  # None or an error kind of cvload.records
+    metrics: dict[str, npt.NDArray[np.float64]]
     run_start: float | None
 
     def __len__(self) -> int:
         return int(self.sent_s.size)
 
     @property
-    def measured(self) -> np.ndarray:
+    def measured(self) -> npt.NDArray[np.bool_]:
         """Requests that count (not warmup, not cancelled by the user), as the summary counts them."""
-        return ~self.warmup & (self.error_kind != ERR_CANCELLED)
+        cancelled: npt.NDArray[np.bool_] = self.error_kind == ERR_CANCELLED
+        return ~self.warmup & ~cancelled
 
-    def values(self, name: str) -> np.ndarray:
+    def values(self, name: str) -> npt.NDArray[np.float64]:
         """A metric's values over the measured requests the summary computes it from (cvload.metrics.values): ok
         only where declared, plus incomplete requests' lower bounds for the metrics bounded by them."""
         metric = next(m for m in REQUEST_METRICS if m.name == name)
@@ -68,14 +70,14 @@ class RecordColumns:
         if metric.bounded:
             counted = counted | (self.error_kind == ERR_INCOMPLETE)
         mask = self.measured & (counted if metric.only_ok else True)
-        column = self.metrics[name][mask]
+        column: npt.NDArray[np.float64] = self.metrics[name][mask]
         return column[~np.isnan(column)]
 
 
 _FLOATS = ("sent_s", "end_offset", *(m.name for m in REQUEST_METRICS))
 
 
-def _float_table(rows: list[dict[str, Any]]) -> np.ndarray:
+def _float_table(rows: list[dict[str, Any]]) -> npt.NDArray[np.float64]:
     """rows x _FLOATS as floats (None -> NaN), in one pass: an item getter per row, one array conversion."""
     get = operator.itemgetter(*_FLOATS)
     try:
@@ -93,7 +95,7 @@ def read_columns(folder: Path, *, binary: bool = True) -> RecordColumns:
         raise UsageError(f"{folder} is not a cvload results folder (no records.jsonl)", hint=_WHAT)
     fixed = columns_file.read(folder) if binary else None
     if fixed is not None:
-        sent = fixed["sent_s"].copy()
+        sent: npt.NDArray[np.float64] = fixed["sent_s"].copy()
         return RecordColumns(
             sent_s=sent,
             end_s=sent + np.nan_to_num(fixed["end_offset"], nan=0.0),

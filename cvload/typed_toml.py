@@ -35,7 +35,8 @@ def read_toml(file: Path, what: str, *, hint: str | None = None) -> dict[str, An
     """The parsed file, or a UsageError naming it (``what``: "scenario", "config", ...); ``hint`` helps when it
     does not exist."""
     try:
-        return tomllib.loads(file.read_text(encoding="utf-8"))
+        data: dict[str, Any] = tomllib.loads(file.read_text(encoding="utf-8"))
+        return data
     except FileNotFoundError:
         raise UsageError(f"{what} file {file} not found", hint=hint) from None
     except tomllib.TOMLDecodeError as exc:
@@ -94,7 +95,7 @@ def read_table(table: Mapping[str, Any], cls: type, where: Where, *, base: Path 
         if dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise UsageError(f"{where.key(key)} must be a table ([{dotted}]), got {_shown(value)}")
-            values[key] = read_table(value, hint, where.inner(key), base=base, rules=rules)  # type: ignore[arg-type]
+            values[key] = read_table(value, hint, where.inner(key), base=base, rules=rules)  # type: ignore[arg-type]  # is_dataclass: a class here
             continue
         place = where.key(key)
         value = typed(_placed(place, rules.parse.get(dotted), value), hint, place, key,

@@ -258,7 +258,8 @@ def _doctor_runtime(args: argparse.Namespace, config: DeploymentConfig | None, s
     kind = config.runtime.server if config else "grpc"
     if args.server:
         where = parse(args.server, default_port=config.runtime.port if config else 50000, expected="HOST[:PORT]")
-        targets = [(f"server {hostport(where.host, where.port)}", where.host, where.port, None)]
+        targets: list[tuple[str, str, int, str | None]] = [
+            (f"server {hostport(where.host, where.port)}", where.host, where.port, None)]
     else:
         assert state is not None
         if not state.servers:

@@ -190,8 +190,9 @@ class DeploymentConfig:
     def server_ports(self, index: int) -> tuple[int, int, int]:
         """(http, grpc, metrics) of server ``index``; 0 stays 0 (a free port is picked at launch)."""
         shift = index * self.server.port_stride
-        return tuple(p + shift if p else 0 for p in  # type: ignore[return-value]
-                     (self.server.http_port, self.server.grpc_port, self.server.metrics_port))
+        http, grpc, metrics = (p + shift if p else 0 for p in
+                               (self.server.http_port, self.server.grpc_port, self.server.metrics_port))
+        return http, grpc, metrics
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

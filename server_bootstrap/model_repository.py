@@ -218,8 +218,8 @@ def build_emulator_repository(config: DeploymentConfig, layout: Layout, index: i
                                           "max_batch_size": t.max_batch_size})
         build_pipeline_repository(root, profile, name=config.model.name, mode=config.mode,
                                   prompt_models=not t.use_spk2info_cache, trace=False)
-        for model in (config.model.name, "tensorrt_llm"):
-            check_decoupled(repo, model, config.mode)
+        for name in (config.model.name, "tensorrt_llm"):
+            check_decoupled(repo, name, config.mode)
         return repo
     model = EmulatedModel(name=config.model.name, profile=profile, mode=config.mode,
                           instances=config.triton.bls_instances, max_batch_size=config.triton.max_batch_size)

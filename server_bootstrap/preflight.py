@@ -41,7 +41,7 @@ class PreflightFailed(CvloadError):
 def check_gpus(config: DeploymentConfig) -> list[Finding]:
     """NVML (nvidia-ml-py, imported lazily), the driver, and each configured GPU's free memory."""
     try:
-        import pynvml  # type: ignore[import-not-found]
+        import pynvml
     except ImportError:
         driver = _driver_from_proc()
         return [

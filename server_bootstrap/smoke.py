@@ -50,7 +50,8 @@ def builtin_prompt() -> tuple[np.ndarray, str]:
     """The first prompt of cvload's built-in input set and its transcript."""
     item = next(i for i in inputs.load_items(None) if i.prompt_wav is not None)
     assert item.prompt_text is not None
-    return item.prompt_wav, item.prompt_text  # type: ignore[return-value]
+    assert item.prompt_wav is not None
+    return item.prompt_wav, item.prompt_text
 
 
 def smoke_request(address: str, model: str, mode: str, *, text: str, prompt: np.ndarray | None,

@@ -355,7 +355,7 @@ class Repository(Stage):
     name, title = "repo", "model repository from the templates"
 
     @property
-    def deps(self) -> tuple[str, ...]:  # type: ignore[override]
+    def deps(self) -> tuple[str, ...]:  # type: ignore[override]  # a property where Stage has a class attribute
         return () if self.config.target == "emulator" else ("source", "download", "build")
 
     def describe(self) -> list[str]:
@@ -438,7 +438,7 @@ class Launch(Stage):
         for index in range(len(self.config.server_gpus())):
             ports = ["<free>" if p == 0 else p for p in self.config.server_ports(index)]
             server = servers.DetachedServer(self.layout.model_repository(index), host=self.config.host,
-                                            http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],  # type: ignore[arg-type]
+                                            http_port=ports[0], grpc_port=ports[1], metrics_port=ports[2],  # type: ignore[arg-type]  # the plan shows <free>, never launches
                                             gpu_metrics=self.config.target != "emulator")
             server._shm_prefix = "<per-launch>"
             backends = install.backends if install.bundle_root is None else self.layout.server_dir(index) / "backends"

@@ -51,7 +51,7 @@ def tui_config(args: argparse.Namespace) -> RunConfig:
     if not sweeping(config):
         return config
     sw = config.sweep
-    levels = parse_levels(sw.num_tasks if sw.num_tasks is not None else sw.rate,  # type: ignore[arg-type]
+    levels = parse_levels(sw.num_tasks if sw.num_tasks is not None else sw.rate,  # type: ignore[arg-type]  # sweeping(): one is set
                           "num_tasks" if sw.num_tasks is not None else "rate")
     if len(levels) == 1 and sw.search is None and sw.stable is None:  # one level: a run, as it always was
         one = {"num_tasks": int(levels[0]), "rate": None} if sw.num_tasks is not None else \

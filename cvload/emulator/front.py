@@ -184,9 +184,9 @@ class TritonPythonModel(core.TritonPythonModel):
         total = core.speech_tokens(parsed["target"])
         # token2wav makes the audio; with the espeak voice the front sends the recorded speech instead
         voice = self._voice(parsed["target"], request_id) if p.get("voice") == "espeak" else None
-        recorded = isinstance(voice, core.RecordedVoice)
-        if recorded:
-            total = max(1, -(-len(voice.audio) // core.SAMPLES_PER_TOKEN))
+        recorded = voice if isinstance(voice, core.RecordedVoice) else None
+        if recorded is not None:
+            total = max(1, -(-len(recorded.audio) // core.SAMPLES_PER_TOKEN))
         text_ids = np.frombuffer(parsed["target"].encode("utf-8"), dtype=np.uint8).astype(np.int32) + TEXT_IDS - 256
         input_ids = np.concatenate([text_ids, np.arange(prompt_tokens, dtype=np.int32) + TEXT_IDS + 20])
         sends: list[float] = []
@@ -197,7 +197,7 @@ class TritonPythonModel(core.TritonPythonModel):
             audio = self._token2wav(ids, prompt, request_id, offset, final)
             spans.append([start - arrival, time.monotonic() - arrival])
             sends.append(time.monotonic() - arrival)
-            emit(voice.render(n * core.SAMPLES_PER_TOKEN) if recorded else audio)  # type: ignore[union-attr]
+            emit(recorded.render(n * core.SAMPLES_PER_TOKEN) if recorded is not None else audio)
 
         if not self.decoupled:
             ids = self._ids(self._llm_request(input_ids, total, False, request_id).exec())

@@ -190,7 +190,7 @@ class Vocoder:
     def run(self, cost: float, arrival: float) -> tuple[float, float] | None:
         if cost <= 0:
             return None
-        done, span = threading.Event(), []
+        done, span = threading.Event(), list[float]()
         with self.cond:
             self.seq += 1
             key = arrival if self.priority == "oldest" else time.monotonic()

@@ -189,8 +189,8 @@ class SpeechApp:
             threading.Thread(target=work, daemon=True).start()
             if body.get("response_format", "mp3") == "wav":
                 parts = []
-                while (data := await queue.get()) is not None:
-                    parts.append(data)
+                while (part := await queue.get()) is not None:
+                    parts.append(part)
                 if outcome[0] is not None:
                     return _error(500, outcome[0], "server_error")
                 audio = b"".join(parts)
@@ -281,7 +281,7 @@ class OpenAIServer(ChildServer):
 
     @property
     def url(self) -> str:
-        return f"http://{hostport(self.host, self.port)}"  # type: ignore[arg-type]
+        return f"http://{hostport(self.host, self.port)}"  # type: ignore[arg-type]  # a port is None only before start() claims one
 
     @property
     def trace_path(self) -> Path:

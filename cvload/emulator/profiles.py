@@ -95,11 +95,11 @@ class Profile:
                 if isinstance(raw, str) and not isinstance(current, str):
                     raw = json.loads(raw)
                 keep = isinstance(current, bool) or current is None
-                value = raw if keep else type(current)(raw)  # type: ignore[call-arg]
+                value = raw if keep else type(current)(raw)
             except (TypeError, ValueError) as exc:
                 raise UsageError(f"emulator profile setting {key}={raw!r}: {exc}") from None
             values[key] = value
-        return dataclasses.replace(self, **values)  # type: ignore[arg-type]
+        return dataclasses.replace(self, **values)  # type: ignore[arg-type]  # each value has its field's type, checked above
 
 
 PRESETS: dict[str, Profile] = {

@@ -28,7 +28,7 @@ import threading
 import time
 import wave
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -138,7 +138,7 @@ def _sleep_until(deadline: float) -> None:
         time.sleep(delay)
 
 
-def split_bytes(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
+def split_bytes(pieces: Iterator[bytes], size: int) -> Generator[bytes, None, None]:
     """Each piece cut into ``size``-byte parts (0: whole): an odd size makes writes that split samples."""
     for piece in pieces:
         if size <= 0:
@@ -337,11 +337,11 @@ class RuntimeServer(ChildServer):
 
     @property
     def grpc_url(self) -> str:
-        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]
+        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
 
     @property
     def http_url(self) -> str:
-        return hostport(self.host, self.http_port)  # type: ignore[arg-type]
+        return hostport(self.host, self.http_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
 
     metrics_url = None  # the runtime has no metrics endpoint
 
@@ -363,7 +363,7 @@ class RuntimeServer(ChildServer):
         self._prepare_workdir("cvload-runtime-", "runtime_server.log")
 
         def listening() -> bool:
-            return accepts(self.host, self.grpc_port, 0.5) and accepts(self.host, self.http_port, 0.5)  # type: ignore[arg-type]
+            return accepts(self.host, self.grpc_port, 0.5) and accepts(self.host, self.http_port, 0.5)  # type: ignore[arg-type]  # a port is None only before start() claims one
 
         self._launch(self.command(), self.child_env(), listening, "the emulated CosyVoice runtime")
         return self

@@ -51,8 +51,10 @@ def build(inputs: Sequence[Results]) -> Report:
     check_together(inputs)
     labels = labels_for(inputs)
     colours = [figures.colour(n) for n in range(len(inputs))]
-    sweeps = isinstance(inputs[0], SweepResults)
-    sections = _sweep_sections(inputs, labels) if sweeps else _run_sections(inputs, labels)  # type: ignore[arg-type]
+    runs = [r for r in inputs if isinstance(r, RunResults)]  # check_together: all runs or all sweeps
+    sweep_list = [r for r in inputs if isinstance(r, SweepResults)]
+    sweeps = bool(sweep_list)
+    sections = _sweep_sections(sweep_list, labels) if sweeps else _run_sections(runs, labels)
     kind = "sweep" if sweeps else "run"
     several = len(inputs) > 1
     title = (f"cvload {kind} report: " + labels[0]) if not several else f"cvload {kind} comparison: " + \
@@ -60,12 +62,13 @@ def build(inputs: Sequence[Results]) -> Report:
     mode = inputs[0].mode or "unknown mode"
     lines = [f"{len(inputs)} {kind}{'s' if several else ''}, {mode}."]
     if sweeps:
-        lines += [(f"{label}: " if several else "") + tables.sweep_answer(s)  # type: ignore[arg-type]
-                  for label, s in zip(labels, inputs)]
+        lines += [(f"{label}: " if several else "") + tables.sweep_answer(sweep)
+                  for label, sweep in zip(labels, sweep_list)]
     else:
-        for label, run in zip(labels, inputs):
-            s = run.summary  # type: ignore[union-attr]
-            verdict = {True: "objectives met", False: "objectives missed"}.get(s.get("slo_passed")) \
+        verdicts: dict[object, str] = {True: "objectives met", False: "objectives missed"}
+        for label, run in zip(labels, runs):
+            s = run.summary
+            verdict = verdicts.get(s.get("slo_passed")) \
                 if s.get("slo") else "no objectives"
             req = s.get("requests") or {}
             lines.append((f"{label}: " if several else "")
@@ -123,9 +126,9 @@ def _sweep_sections(sweeps: Sequence[SweepResults], labels: list[str]) -> list[S
             levels = [lv.run.config or {} for lv in sweep.levels if lv.run is not None]
             config = common(levels) if levels else {}
         configs.append({**({"sweep": extra} if extra else {}), **config})
-    config = tables.configuration(labels, configs)
-    if config is not None:
-        out.append(Section("Configuration", [config]))
+    table = tables.configuration(labels, configs)
+    if table is not None:
+        out.append(Section("Configuration", [table]))
     missing = [f"{s.path}: level {lv.value:g}" for s in sweeps for lv in s.levels if lv.run is None]
     if missing:
         out[2].items.append("Levels without their run folder (values from sweep.json only): " + "; ".join(missing))

@@ -12,6 +12,7 @@ import io
 from collections.abc import Callable, Sequence
 
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure as MplFigure
 from matplotlib.ticker import PercentFormatter
 
@@ -113,7 +114,7 @@ def first_chunk_cdf(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure
 
 
 def _share_histograms(runs: Sequence[RunResults], labels: Sequence[str], metric: str, *, floor: float,
-                      bins: int = 60) -> tuple[MplFigure, object, float] | None:
+                      bins: int = 60) -> tuple[MplFigure, Axes, float] | None:
     data = [run.columns.values(metric) for run in runs]
     if not any(d.size for d in data):
         return None
@@ -319,16 +320,16 @@ def sweep_latency(sweeps: Sequence[SweepResults], labels: Sequence[str]) -> Figu
         levels = series.by_load(sweep)
         x = [level.value for level in levels]
         for stat, (ls, marker) in styles.items():
-            y = [series.level_value(level, f"metrics.first_chunk_latency_ms.{stat}") for level in levels]
-            y = [np.nan if v is None else v for v in y]
+            got = [series.level_value(level, f"metrics.first_chunk_latency_ms.{stat}") for level in levels]
+            y = [np.nan if v is None else v for v in got]
             if np.isfinite(y).any():
                 ax.plot(x, y, color=colour(n), linestyle=ls, marker=marker, markersize=4, linewidth=1.4,
                         label=f"{label} {stat}")
                 drawn = True
         failed = [level for level in levels if level.slo_passed is False]
         if failed:
-            y = [series.level_value(level, "metrics.first_chunk_latency_ms.p95") for level in failed]
-            ax.scatter([lv.value for lv, v in zip(failed, y) if v is not None], [v for v in y if v is not None],
+            p95 = [series.level_value(level, "metrics.first_chunk_latency_ms.p95") for level in failed]
+            ax.scatter([lv.value for lv, v in zip(failed, p95) if v is not None], [v for v in p95 if v is not None],
                        marker="x", s=60, color=FAIL_COLOR, zorder=5,
                        label="level failed its objectives" if n == 0 else None)
     if not drawn:

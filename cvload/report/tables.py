@@ -89,22 +89,23 @@ def run_summary(run: RunResults) -> Table:
         unit = f" ({metric.unit})" if metric.unit else ""
         rows.append([metric.title + unit, *(fmt(st.get(k), "count" if k == "count" else kind)
                                             for k in STAT_COLUMNS)])
-    for metric in RUN_METRICS:
-        value = lookup(s, metric.name)
+    for run_metric in RUN_METRICS:
+        value = lookup(s, run_metric.name)
         if value is MISSING or value is None:
             continue
-        if metric.name.startswith(("errors.", "audio_flags.")) and not value:
+        if run_metric.name.startswith(("errors.", "audio_flags.")) and not value:
             continue  # failure counts: only the kinds that happened
-        kind = "share" if metric.unit == "share" else "rate" if "/s" in metric.unit else ""
-        unit = f" ({metric.unit})" if metric.unit and metric.unit != "share" else ""
-        rows.append([metric.title + unit, fmt(value, kind), *[""] * (len(STAT_COLUMNS) - 1)])
+        kind = "share" if run_metric.unit == "share" else "rate" if "/s" in run_metric.unit else ""
+        unit = f" ({run_metric.unit})" if run_metric.unit and run_metric.unit != "share" else ""
+        rows.append([run_metric.title + unit, fmt(value, kind), *[""] * (len(STAT_COLUMNS) - 1)])
     return Table("Summary", ["metric", *STAT_COLUMNS], rows,
                  note=f"status {s.get('status', '?')}, measured wall time {fmt(s.get('wall_s'))} s")
 
 
 def objectives(inputs: Sequence[tuple[str, dict[str, Any]]]) -> Table | None:
     """Each objective's verdict, per run (the run's label first where there are several)."""
-    rows, marked = [], set()
+    rows: list[list[str]] = []
+    marked: set[int] = set()
     several = len(inputs) > 1
     for label, summary in inputs:
         for v in summary.get("slo") or []:
@@ -138,7 +139,8 @@ def configuration(labels: Sequence[str], configs: Sequence[dict[str, Any] | None
     keys = list(dict.fromkeys(k for f in flat for k in f))
     if not keys:
         return None
-    rows, marked = [], set()
+    rows: list[list[str]] = []
+    marked: set[int] = set()
     for key in keys:
         vals = [f.get(key, "-") for f in flat]
         if len(configs) > 1 and len(set(vals)) > 1:
@@ -165,7 +167,8 @@ LEVEL_COLUMNS: tuple[tuple[str, str, str], ...] = (
 def levels(sweep: SweepResults, label: str, several: bool) -> Table:
     header = ["level", "objectives", *(c[0] for c in LEVEL_COLUMNS[:6]), "goodput",
               *(c[0] for c in LEVEL_COLUMNS[6:])]
-    rows, marked = [], set()
+    rows: list[list[str]] = []
+    marked: set[int] = set()
     capacity = series.capacity_value(sweep)
     for level in series.by_load(sweep):
         verdict = {True: "met", False: "missed", None: "-"}[level.slo_passed]

@@ -242,14 +242,18 @@ class Telemetry:
             async with self._session.get(url, timeout=aiohttp.ClientTimeout(total=self.timeout)) as resp:
                 text = await resp.text(errors="replace")
                 if resp.status != 200:
-                    return self._fail("metrics", f"metrics endpoint {url} answered HTTP {resp.status}")
+                    self._fail("metrics", f"metrics endpoint {url} answered HTTP {resp.status}")
+                    return None
             scrape = parse_metrics(text)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            return self._fail("metrics", f"metrics endpoint {url} unreachable ({exc or type(exc).__name__})")
+            self._fail("metrics", f"metrics endpoint {url} unreachable ({exc or type(exc).__name__})")
+            return None
         except MalformedScrape as exc:
-            return self._fail("metrics", f"metrics endpoint {url} is malformed: {exc}")
+            self._fail("metrics", f"metrics endpoint {url} is malformed: {exc}")
+            return None
         if not scrape.recognized:
-            return self._fail("metrics", f"metrics endpoint {url} has no Triton (nv_*) or DCGM (DCGM_FI_*) metrics")
+            self._fail("metrics", f"metrics endpoint {url} has no Triton (nv_*) or DCGM (DCGM_FI_*) metrics")
+            return None
         src.update(status=OK, error=None, samples=src["samples"] + 1)
         return scrape
 
@@ -264,9 +268,11 @@ class Telemetry:
                 return None
             snap = (t, normalize_stats(data))
         except ValueError as exc:
-            return self._fail("stats", f"Triton statistics are malformed: {exc}")
+            self._fail("stats", f"Triton statistics are malformed: {exc}")
+            return None
         except Exception as exc:  # any source error: unreachable, timeout, server error
-            return self._fail("stats", f"Triton statistics unavailable ({exc or type(exc).__name__})")
+            self._fail("stats", f"Triton statistics unavailable ({exc or type(exc).__name__})")
+            return None
         src.update(status=OK, error=None, samples=src["samples"] + 1)
         if self._first_snap is None:
             self._first_snap = snap

@@ -28,6 +28,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 from cvload import process
 from cvload.address import hostport, metrics_url
@@ -192,10 +193,14 @@ def port_busy(host: str, port: int) -> bool:
     return False
 
 
-def claim_ports(server: object, names: tuple[str, ...]) -> None:
+class _Hosted(Protocol):
+    host: str
+
+
+def claim_ports(server: _Hosted, names: tuple[str, ...]) -> None:
     """Give each of the ``server``'s port attributes ``names`` that is None a free port on its ``host``; a port
     given that is busy fails now, naming it, rather than as a bind error in the server's log."""
-    host: str = server.host
+    host = server.host
     free = iter(free_ports(sum(getattr(server, n) is None for n in names), host))
     for name in names:
         port = getattr(server, name)
@@ -297,15 +302,15 @@ class TritonServer:
     # ---- endpoints -------------------------------------------------------------------------------------------
     @property
     def http_url(self) -> str:
-        return hostport(self.host, self.http_port)  # type: ignore[arg-type]
+        return hostport(self.host, self.http_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
 
     @property
     def grpc_url(self) -> str:
-        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]
+        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
 
     @property
     def metrics_url(self) -> str:
-        return metrics_url(self.host, self.metrics_port)  # type: ignore[arg-type]
+        return metrics_url(self.host, self.metrics_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
 
     @property
     def shm_prefix(self) -> str:
@@ -430,7 +435,7 @@ class TritonServer:
                     f"tritonserver exited with code {code} before becoming ready (ports http {self.http_port}, "
                     f"grpc {self.grpc_port}, metrics {self.metrics_port}); log {log}:\n{log_excerpt(log)}")
             # Triton opens its metrics port a moment after reporting ready: wait for every advertised endpoint.
-            return ready(self.http_url) and accepts(self.host, self.metrics_port)  # type: ignore[arg-type]
+            return ready(self.http_url) and accepts(self.host, self.metrics_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
 
         try:
             process.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)

@@ -107,7 +107,7 @@ class SweepLink(DashboardLink):
     """The view of a sweep in this process (``cvload.sweep.SweepView``): the engine's status as for a run, plus
     the sweep's progress as levels start and are judged."""
 
-    def attach(self, sweep: Sweep) -> None:  # type: ignore[override]
+    def attach(self, sweep: Sweep) -> None:  # type: ignore[override]  # a sweep's view takes the Sweep
         super().attach(sweep.session)
         self.channel.send(SweepProgress(progress=sweep.progress()))
 
@@ -117,10 +117,10 @@ class SweepLink(DashboardLink):
     def level_judged(self, sweep: Sweep, level: Any) -> None:
         self.channel.send(SweepProgress(progress=sweep.progress()))
 
-    def detach(self, sweep: Sweep) -> None:  # type: ignore[override]
+    def detach(self, sweep: Sweep) -> None:  # type: ignore[override]  # as attach
         super().detach(sweep.session)
 
-    def final(self, sweep: Sweep, result: dict[str, Any]) -> None:  # type: ignore[override]
+    def final(self, sweep: Sweep, result: dict[str, Any]) -> None:  # type: ignore[override]  # as attach
         self.channel.send(SweepProgress(progress=sweep.progress()))
         self.channel.send(Finished(exit_code=sweep.exit_code(result), status=result["status"]))
 

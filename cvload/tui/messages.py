@@ -15,13 +15,14 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar
 
 
+@dataclass
 class Message:
     """A line of the protocol: ``to_line`` here, ``from_line`` (module level) there."""
 
     kind: ClassVar[str]
 
     def to_line(self) -> str:
-        return json.dumps({"type": self.kind, **asdict(self)}, default=str) + "\n"  # type: ignore[call-overload]
+        return json.dumps({"type": self.kind, **asdict(self)}, default=str) + "\n"
 
 
 @dataclass
@@ -113,7 +114,7 @@ def from_line(line: str) -> Message:
     if not isinstance(data, dict) or data.get("type") not in KINDS:
         raise ValueError(f"not a cvload dashboard message: {line[:80]!r}")
     cls = KINDS[data.pop("type")]
-    names = {f.name for f in fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in fields(cls)}
     try:
         return cls(**{k: v for k, v in data.items() if k in names})
     except TypeError as exc:

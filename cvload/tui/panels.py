@@ -337,7 +337,7 @@ def recent_lines(snap: LiveSnapshot, rows: int) -> Text:
                                       "rtf")}
     widths = [w for _, w in RECENT_COLUMNS]
     for r in list(reversed(snap.recent))[:rows]:
-        vals = {n: (values((r,), m) or [None])[0] for n, m in metric.items()}
+        vals = {n: next(iter(values((r,), m)), None) for n, m in metric.items()}
         status = "ok" if r.ok else (r.error_kind or ",".join(r.flags))
         if r.warmup:
             status += " (warmup)"

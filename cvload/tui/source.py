@@ -27,7 +27,7 @@ class Status:
     outages: list[dict[str, Any]] = field(default_factory=list)  # the server was lost: start_s, end_s (None: now)
 
 
-def target_label(protocol: str, mode: str, model: str, servers: list[str], api: str = "triton",
+def target_label(protocol: str | None, mode: str, model: str, servers: list[str], api: str = "triton",
                  inference: str | None = None) -> str:
     where = f"{model} @ {', '.join(servers) or '?'}"
     if api == "cosyvoice":  # the Python runtime answers whole sentences: its first chunk is the first sentence
