@@ -25,7 +25,7 @@ from cvload.tui.replay import ReplaySource
 from cvload.tui.run_source import RunSource
 
 SIZE = (160, 48)
-REPLAY = Path(__file__).parent / "snapshots" / "replay_run"
+REPLAY = Path(__file__).parent / "fixtures" / "replay_run"
 PANEL_TITLES = {"First chunk", "Second chunk", "RTF", "Throughput", "GPU", "Server stages", "Errors",
                 "Recent requests"}
 

@@ -18,7 +18,7 @@ from cvload.tui.app import DashboardApp
 from cvload.tui.replay import ReplaySource
 
 REPO = Path(__file__).parent.parent
-REPLAY = Path("tests/snapshots/replay_run")  # relative: the header names the replayed folder as given
+REPLAY = Path("tests/fixtures/replay_run")  # relative: the header names the replayed folder as given
 SIZE = (150, 46)
 
 
