@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,8 @@ from runs import records_of
 from cvload import process
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra cvload[ray]")
-pytestmark = pytest.mark.timeout(420)
-QUIET_S = 5.0  # teardown: how long no Ray process of the test cluster may show up before it is over  # starting two Ray nodes takes a minute or more on a busy small host
+pytestmark = pytest.mark.timeout(420)  # starting two Ray nodes takes a minute or more on a busy small host
+QUIET_S = 5.0  # teardown: how long no Ray process of the test cluster may show up before it is over
 RAY = str(Path(sys.executable).parent / "ray")
 
 
@@ -76,8 +77,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         assert not _dead(nodes), (tmp / "worker.log").read_text()[-2000:]
         yield Cluster(address, token, client_port)
     finally:
-        for node in reversed(nodes):
-            process.end(node, grace=15.0, sigterm="group")
+        # Both nodes at once: each takes seconds to wind down, and neither needs the other to.
+        with ThreadPoolExecutor(len(nodes)) as pool:
+            list(pool.map(lambda node: process.end(node, grace=15.0, sigterm="group"), nodes))
         # Ray's agents may outlive their raylet, some started while it stops: kill what is left of each node's
         # process group, and anything else that carries this cluster's token, until nothing is left.
         def leftovers() -> list[psutil.Process]:
