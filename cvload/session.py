@@ -199,7 +199,7 @@ class Session:
 
             fleet = await start_fleet(cfg, len(items))
         if fleet is not None:
-            self.engine, self.loop_health = fleet, fleet.health  # type: ignore[assignment]
+            self.engine, self.loop_health = fleet, fleet.health  # type: ignore[assignment]  # a fleet stands in for the Engine (no declared driver yet)
         else:
             self.engine = Engine(cfg, self.targets, items)
         self._loop = asyncio.get_running_loop()

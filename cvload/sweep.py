@@ -92,7 +92,7 @@ class SweepPlan:
                              "--rate LEVELS (e.g. 0.5:8), or num_tasks/rate in the scenario's [sweep] table")
         kind = "concurrency" if sw.num_tasks is not None else "rate"
         levels = parse_levels(sw.num_tasks if kind == "concurrency" else sw.rate, "num_tasks" if kind ==
-                              "concurrency" else "rate")  # type: ignore[arg-type]
+                              "concurrency" else "rate")  # type: ignore[arg-type]  # checked above: one of them is set
         if sw.search is not None and sw.search not in SEARCHES:
             raise UsageError(f"--search {sw.search!r}: use one of {', '.join(SEARCHES)}")
         if sw.keep_going < 0:
@@ -462,7 +462,7 @@ class Sweep:
                 return False
             p95s.append(p95)
         mean = sum(p95s) / len(p95s)
-        return mean > 0 and max(abs(p - mean) for p in p95s) <= self.plan.stable * mean  # type: ignore[operator]
+        return mean > 0 and max(abs(p - mean) for p in p95s) <= self.plan.stable * mean  # type: ignore[operator]  # only called with plan.stable set
 
     # ---- requests ------------------------------------------------------------------------------------------------
     def _on_send(self, record: RequestRecord) -> None:
@@ -549,7 +549,7 @@ class Sweep:
                 f"{self.plan.stop_error_rate:.0%}")
             self._stop.set()
         elif level.slo_passed is False and level.phase == "plan":
-            failed = [v["objective"] for v in level.summary["slo"] if v["verdict"] != "pass"]  # type: ignore[index]
+            failed = [v["objective"] for v in level.summary["slo"] if v["verdict"] != "pass"]  # type: ignore[index]  # a judged level has its summary
             if self._first_fail is None or level.number < self._first_fail:
                 self._first_fail = level.number
                 self.stopped_because = f"level {shown} failed {', '.join(failed)}" + (

@@ -166,7 +166,7 @@ class Transport:
         key = f"ssl:{','.join(alpn or ())}"
         if key not in self._cache:
             self._cache[key] = self._make_context(alpn)
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._cache[key]  # type: ignore[no-any-return]  # the cache holds each key's own kind
 
     def _make_context(self, alpn: Sequence[str] | None) -> ssl.SSLContext:
         context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -236,7 +236,7 @@ class Transport:
                 self._cache[key] = (None, [])  # unreachable: open() says so
             else:
                 self._cache[key] = (pem.encode(), _certificate_names(pem))
-        return self._cache[key]  # type: ignore[no-any-return]
+        return self._cache[key]  # type: ignore[no-any-return]  # the cache holds each key's own kind
 
     # ---- explaining failures ---------------------------------------------------------------------------------
     async def explain(self, address: str, protocol: str) -> CvloadError | None:

@@ -159,7 +159,7 @@ def run_openai(args: argparse.Namespace, profile: object) -> int:
     max_conc = args.max_conc or 0
     if max_conc < 0:
         raise UsageError(f"--max-conc must not be negative, got {max_conc}")
-    server = OpenAIServer(profile, model=args.model, host=args.host, port=args.http_port,  # type: ignore[arg-type]
+    server = OpenAIServer(profile, model=args.model, host=args.host, port=args.http_port,  # type: ignore[arg-type]  # profile: a Profile, typed object here
                           max_conc=max_conc, token=os.environ.get(TOKEN_ENV) or None, workdir=args.workdir,
                           ready_timeout=args.ready_timeout, die_with_parent=True)
     stop = threading.Event()
@@ -169,7 +169,7 @@ def run_openai(args: argparse.Namespace, profile: object) -> int:
             ep = server.endpoints()
             cap = f", at most {max_conc} in flight" if max_conc else ""
             token = f", bearer token from {TOKEN_ENV}" if server.token else ""
-            print(f"cvload openai emulator ready: model {args.model} (profile {profile.name}{cap}{token})")  # type: ignore[attr-defined]
+            print(f"cvload openai emulator ready: model {args.model} (profile {profile.name}{cap}{token})")  # type: ignore[attr-defined]  # as above
             print(f"  speech   POST {ep['speech']}")
             print(f"  log      {ep['log']}")
             print(f"try: cvload run --api openai --server {server.url} --requests 20", flush=True)
@@ -192,7 +192,7 @@ def _serve_runtime(args: argparse.Namespace, profile: object) -> int:
     max_conc = args.max_conc or DEFAULT_MAX_CONC
     if max_conc < 1:
         raise UsageError(f"--max-conc must be at least 1, got {max_conc}")
-    server = RuntimeServer(profile, host=args.host, grpc_port=args.grpc_port,  # type: ignore[arg-type]
+    server = RuntimeServer(profile, host=args.host, grpc_port=args.grpc_port,  # type: ignore[arg-type]  # profile: a Profile, typed object here
                            http_port=args.http_port, max_conc=max_conc, sample_rate=args.sample_rate or 24000,
                            workdir=args.workdir, ready_timeout=args.ready_timeout, die_with_parent=True)
     stop = threading.Event()
@@ -201,7 +201,7 @@ def _serve_runtime(args: argparse.Namespace, profile: object) -> int:
     try:
         with server:
             ep = server.endpoints()
-            print(f"cvload emulator ready: CosyVoice Python runtime (profile {profile.name}, "  # type: ignore[attr-defined]
+            print(f"cvload emulator ready: CosyVoice Python runtime (profile {profile.name}, "  # type: ignore[attr-defined]  # as above
                   f"max_conc {max_conc}, {server.sample_rate} Hz; one response per sentence)")
             print(f"  grpc     {ep['grpc']}")
             print(f"  http     {ep['http']}  (FastAPI: /inference_sft, _zero_shot, _cross_lingual, _instruct, "

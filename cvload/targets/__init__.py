@@ -52,5 +52,5 @@ def make_target(protocol: str, mode: str, address: str, model: str = "cosyvoice2
     cls = getattr(importlib.import_module(module_name), class_name)
     transport = Transport.of(options, api=api)
     if api == "triton":
-        return cls(address, model, timeout=timeout, transport=transport)  # type: ignore[no-any-return]
-    return cls(address, model, timeout=timeout, options=options, transport=transport)  # type: ignore[no-any-return]
+        return cls(address, model, timeout=timeout, transport=transport)  # type: ignore[no-any-return]  # cls: imported by name
+    return cls(address, model, timeout=timeout, options=options, transport=transport)  # type: ignore[no-any-return]  # cls: imported by name

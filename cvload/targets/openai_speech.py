@@ -273,10 +273,10 @@ class OpenAISpeech(Target):
                     if not data and not end_of_chunk:
                         break  # end of the body
                     if header is not None and not header.done:
-                        data = header.feed(data)  # type: ignore[assignment]
+                        data = header.feed(data)  # type: ignore[assignment]  # None: header incomplete, skipped below
                         if data is None:
                             continue
-                        rate, dtype = header.rate, header.dtype  # type: ignore[assignment]
+                        rate, dtype = header.rate, header.dtype  # type: ignore[assignment]  # a complete header has its rate
                         width = 2 if dtype == "<i2" else 4
                     if carry:
                         data = carry + data

@@ -67,7 +67,7 @@ def decode_waveform(response: Any) -> np.ndarray:
 
 def _serialize(message: Any) -> bytes:
     """Requests go out as the bytes ``_TritonGrpc._request`` already built (or as a message, serialized here)."""
-    return message if message.__class__ is bytes else message.SerializeToString()  # type: ignore[no-any-return]
+    return message if message.__class__ is bytes else message.SerializeToString()  # type: ignore[no-any-return]  # protobuf: untyped here
 
 
 class _Connection:
@@ -182,8 +182,8 @@ class _TritonGrpc(Target):
             tensors.append(bytes_tensor("reference_text", request.reference_text))
         _add_tensors(head, tensors)
         if request.reference_wav is None:
-            return head.SerializeToString()  # type: ignore[no-any-return]
-        return head.SerializeToString() + self._prompt_wire(request)  # type: ignore[no-any-return]
+            return head.SerializeToString()  # type: ignore[no-any-return]  # protobuf: untyped here
+        return head.SerializeToString() + self._prompt_wire(request)  # type: ignore[no-any-return]  # protobuf: untyped here
 
     def _prompt_wire(self, request: SynthesisRequest) -> bytes:
         assert request.reference_wav is not None

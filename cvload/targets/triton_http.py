@@ -278,7 +278,7 @@ class _TritonHttp(Target):
         async with self._sessions.get().get(f"{self.base}/v2/models/stats",
                                        timeout=aiohttp.ClientTimeout(total=10.0)) as resp:
             resp.raise_for_status()
-            return await resp.json()  # type: ignore[no-any-return]
+            return await resp.json()  # type: ignore[no-any-return]  # JSON: a dict by the API
 
     async def close(self) -> None:
         await self._sessions.close()
