@@ -3,6 +3,7 @@ reads the exit status. Shared by the tests that drive the dashboard as a user do
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
@@ -21,7 +22,9 @@ class Terminal:
     def __init__(self, tmp_path: Path, args: str) -> None:
         venv_bin = Path(sys.executable).parent
         self.status = tmp_path / "exit_code"
-        self.tmux = ["tmux", "-L", f"cvload-test-{tmp_path.name}"]
+        # A tmux server of this test run's own: another run of the same test on this machine (its tmp_path has
+        # the same name) would otherwise share it, its window size and its session.
+        self.tmux = ["tmux", "-L", f"cvload-test-{os.getpid()}-{tmp_path.name}"]
         self.cmd = (f"PATH={shlex.quote(str(venv_bin))}:$PATH {shlex.quote(str(venv_bin / 'cvload'))} {args}; "
                     f"echo $? > {shlex.quote(str(self.status))}")
         self.cwd = tmp_path
