@@ -77,9 +77,9 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         assert not _dead(nodes), (tmp / "worker.log").read_text()[-2000:]
         yield Cluster(address, token, client_port)
     finally:
-        # Both nodes at once: each takes seconds to wind down, and neither needs the other to.
+        # Both nodes at once, briefly: a test cluster has nothing to save, and what outlives SIGTERM is killed.
         with ThreadPoolExecutor(len(nodes)) as pool:
-            list(pool.map(lambda node: process.end(node, grace=15.0, sigterm="group"), nodes))
+            list(pool.map(lambda node: process.end(node, grace=3.0, sigterm="group"), nodes))
         # Ray's agents may outlive their raylet, some started while it stops: kill what is left of each node's
         # process group, and anything else that carries this cluster's token, until nothing is left.
         def leftovers() -> list[psutil.Process]:
