@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from runs import records_of
@@ -57,10 +58,10 @@ def command(name: str, server: str, driver: list[str], out: Path,
                           timeout=240)
 
 
-def tui(server: str, out: Path, **driver: object) -> None:
+def tui(server: str, out: Path, **driver: Any) -> None:
     """`cvload tui`'s live run: its measuring process (``RunSource``), as the dashboard starts it."""
     config = RunConfig(server=[server], num_tasks=WORKERS, requests=REQUESTS, ramp=0.2, out=str(out),
-                       metrics_url="none", gpu_source="none", **driver).validate()  # type: ignore[arg-type]
+                       metrics_url="none", gpu_source="none", **driver).validate()
     source = RunSource(config)
     source.start()
     try:
