@@ -22,7 +22,7 @@ from cvload.config import RunConfig
 from cvload.records import RequestRecord
 from cvload.targets.base import Chunk
 
-F = TypeVar("F", bound=Callable[..., None])
+F = TypeVar("F", bound=Callable[..., object])
 
 
 class EventHook(Generic[F]):
@@ -64,10 +64,11 @@ class Events:
     - ``measure_start()``: warm-up ended (telemetry starts its measured window).
     """
 
-    sent: EventHook[Callable[[RequestRecord, list[Chunk]], None]] = field(default_factory=EventHook)
-    finished: EventHook[Callable[[RequestRecord], None]] = field(default_factory=EventHook)
-    audio: EventHook[Callable[[RequestRecord, list[np.ndarray]], None]] = field(default_factory=EventHook)
-    measure_start: EventHook[Callable[[], None]] = field(default_factory=EventHook)
+    # A listener's return value is ignored (``Tally.add`` returns the row it folded in).
+    sent: EventHook[Callable[[RequestRecord, list[Chunk]], object]] = field(default_factory=EventHook)
+    finished: EventHook[Callable[[RequestRecord], object]] = field(default_factory=EventHook)
+    audio: EventHook[Callable[[RequestRecord, list[np.ndarray]], object]] = field(default_factory=EventHook)
+    measure_start: EventHook[Callable[[], object]] = field(default_factory=EventHook)
 
 
 @dataclass
