@@ -153,6 +153,7 @@ class Level:
     records: list[RequestRecord] = field(default_factory=list)
     late: int = 0  # finished after the level was judged (already counted as incomplete)
     judged: bool = False
+    discarded: bool = False  # ended by the stop rules: its folder is gone
     stable: bool | None = None  # --stable: whether the windows agreed before --stable-max
     summary: dict[str, Any] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a state change or the last request back
@@ -210,6 +211,7 @@ class Sweep:
         self._owner: dict[int, Level] = {}
         # Requests in flight by index, with the chunks they received so far (a level is judged before they end).
         self._running: dict[int, tuple[RequestRecord, list[Chunk]]] = {}
+        self._closed: list[Level] = []  # levels whose window ended, latest last (judged or not)
         # When every finished request was sent and finished (8 bytes each): what was in flight during each level.
         self._sent, self._finished = FloatColumn(), FloatColumn()
         self._stop = asyncio.Event()
@@ -405,6 +407,7 @@ class Sweep:
     def _discard(self, level: Level) -> None:
         """A level the stop rules ended: its folder goes (its requests stay in the root records.jsonl)."""
         self._discarded += 1
+        level.discarded = True
         level.writer.close()
         shutil.rmtree(level.folder, ignore_errors=True)
         for index in [i for i, lv in self._owner.items() if lv is level]:
@@ -416,6 +419,7 @@ class Sweep:
 
     def _close_window(self, level: Level) -> None:
         level.state, level.ended = "closed", time.monotonic()
+        self._closed.append(level)
         level.changed.set()
 
     async def _until(self, level: Level, done: Callable[[], bool], timeout: float | None, bisect: bool) -> bool:
@@ -474,9 +478,10 @@ class Sweep:
     def _level_at(self, sent: float) -> Level | None:
         """The level whose load was on when a request left at ``sent``: the current one, or one whose window
         closed after it left but was not judged yet (a fleet reports each send up to a batch late)."""
-        candidates = ([self.current] if self.current is not None else []) + self.levels[-2:]
+        candidates = ([self.current] if self.current is not None else []) + self._closed[-2:]
         for level in candidates:
-            if level.judged or sent < level.applied or (level.ended is not None and sent >= level.ended):
+            if level.judged or level.discarded or sent < level.applied or (
+                    level.ended is not None and sent >= level.ended):
                 continue
             return level
         return None
