@@ -47,7 +47,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
 def target(url: str, **options: object) -> OpenAISpeech:
     config = RunConfig(api="openai", server=[url], **options).validate()  # type: ignore[arg-type]
     made = make_target(config.protocol, config.mode, config.addresses()[0], config.model, timeout=10.0,
-                       api="openai", options=config)
+                       api="openai", config=config)
     assert isinstance(made, OpenAISpeech)
     return made
 
