@@ -1,5 +1,7 @@
-"""The emulated server that stands in for each server API, started one way for ``cvload serve`` (in the
-foreground, on given ports) and for a run's ``--emulator`` (in the results folder, on free ports).
+"""The emulated server that stands in for each server API, started one way for ``serve`` and ``--emulator``.
+
+``cvload serve`` runs it in the foreground on given ports; a run's ``--emulator`` in the results folder on free
+ports.
 
 Each API's spec (``cvload.apis``) names its class here. An ``Emulator`` starts and stops its server, says which
 address a run of each protocol points at and where its metrics are, and what ``serve`` prints once it is ready,
