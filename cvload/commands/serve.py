@@ -14,12 +14,15 @@ from cvload.apis import APIS, api_help, api_spec
 from cvload.errors import UsageError
 
 
-def add_emulator_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that can start the embedded server (serve, run, tui)."""
+def add_emulator_options(parser: argparse.ArgumentParser, *, implied: bool = False) -> None:
+    """Options shared by every command that can start the embedded server (serve, run, tui); ``implied``:
+    the command always emulates (serve), so ``--emulator`` is accepted and changes nothing."""
     from cvload.emulator import PRESETS
 
-    parser.add_argument("--emulator", action="store_true", help="start the embedded Triton server with the "
-                        "CosyVoice emulator model (needs the 'emulator' extra)")
+    parser.add_argument("--emulator", action="store_true",
+                        help="accepted for scripts that pass it: serve always runs the emulator" if implied else
+                        "start the embedded Triton server with the CosyVoice emulator model (with --api cosyvoice "
+                        "or openai: that server, emulated; needs the 'emulator' extra)")
     parser.add_argument("--profile", default=None, choices=sorted(PRESETS),
                         help="emulator latency profile (default: fixed for serve, demo for run/tui)")
     parser.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
@@ -51,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "CosyVoice emulator model repository), print its endpoints and the `cvload run` line that "
                        "measures it once ready, and stop it cleanly on Ctrl-C or SIGTERM. For the real model, see "
                        "`cvload bootstrap up`.")
-    add_emulator_options(p)
+    add_emulator_options(p, implied=True)
     p.add_argument("--api", choices=APIS, default="triton",
                    help="which server to emulate: " + api_help() + ". cosyvoice serves gRPC and FastAPI on "
                         "--grpc-port and --http-port; openai serves --http-port and wants a bearer token when "
