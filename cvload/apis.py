@@ -41,7 +41,7 @@ class ApiSpec:
     emulator: str
     modes: tuple[str, ...] = ()  # streaming/offline of its own (Triton's decoupled or not); else the target's
     default_port: int | None = None  # None: Triton's port of the protocol (8001 gRPC, 8000 HTTP)
-    speech_url: bool = False  # --server names an HTTP endpoint (a URL with a route), not HOST:PORT
+    endpoint_url: bool = False  # --server names an HTTP endpoint (a URL with a route), not HOST:PORT
     triton_telemetry: bool = False  # Triton's statistics API and metrics endpoint (:8002) beside the server
     chunk: str = "one response"  # what one timed chunk is
     describe: str = "{api} {protocol}"  # the run's target in words: {api} {protocol} {mode} {inference} {chunk}
@@ -73,7 +73,7 @@ class ApiSpec:
     def address(self, server: str, protocol: str, *, tls: bool = False) -> str:
         """One ``--server`` as its targets take it: ``HOST:PORT`` with the API's port filled in, or (an HTTP
         endpoint API) the endpoint's full URL."""
-        if self.speech_url:
+        if self.endpoint_url:
             url = speech_url(server)
             return f"https://{url[len('http://'):]}" if tls and url.startswith("http://") else url
         https = server.strip().lower().startswith("https://")
@@ -118,7 +118,7 @@ REGISTRY: dict[str, ApiSpec] = {spec.name: spec for spec in (
     ),
     ApiSpec(
         name="openai", title="OpenAI-style speech, POST /v1/audio/speech",
-        protocols=("http",), speech_url=True, token_env="OPENAI_API_KEY",
+        protocols=("http",), endpoint_url=True, token_env="OPENAI_API_KEY",
         targets={"http": "cvload.targets.openai_speech:OpenAISpeech"},
         options="cvload.targets.openai_speech:SpeechOptions", emulator="cvload.emulator.launch:OpenAIEmulator",
         chunk="one HTTP chunk (a response with a length: one network read)",

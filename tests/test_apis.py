@@ -24,7 +24,7 @@ def test_every_spec_names_targets_options_and_an_emulator_that_fit(name: str) ->
             options = spec.target_options(None, protocol)
             options_class = options_class or type(options)
             assert type(options) is options_class  # one typed options class per API
-            target = cls("127.0.0.1:1" if not spec.speech_url else "http://127.0.0.1:1/v1/audio/speech",
+            target = cls("127.0.0.1:1" if not spec.endpoint_url else "http://127.0.0.1:1/v1/audio/speech",
                          options=options)
             assert target.options is options
     emulator = spec.emulated(None)

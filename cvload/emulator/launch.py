@@ -56,6 +56,11 @@ class Emulator(ABC):
     def start(self) -> Emulator:
         """Start the server and wait until it serves (a failed start stops what it began and raises)."""
 
+    def _start(self) -> None:
+        if self.settings.ready_timeout:  # else the server's own default
+            self.server.ready_timeout = self.settings.ready_timeout
+        self.server.start()
+
     def stop(self, *, keep_failed: bool = True) -> None:
         """Stop the server; safe to call twice. ``keep_failed``: keep a failed server's folder for its log."""
         if self.server is not None:
@@ -124,9 +129,8 @@ class TritonEmulator(Emulator):
         self.server = TritonServer(repo, host=s.host, http_port=s.http_port, grpc_port=s.grpc_port,
                                    metrics_port=s.metrics_port, tritonserver=s.tritonserver,
                                    workdir=root / s.server_folder if s.server_folder else root,
-                                   die_with_parent=s.die_with_parent,
-                                   **({"ready_timeout": s.ready_timeout} if s.ready_timeout else {}))
-        self.server.start()
+                                   die_with_parent=s.die_with_parent)
+        self._start()
         return self
 
     def stop(self, *, keep_failed: bool = True) -> None:
@@ -172,9 +176,8 @@ class RuntimeEmulator(Emulator):
         self.server = RuntimeServer(s.profile, host=s.host, grpc_port=s.grpc_port, http_port=s.http_port,
                                     max_conc=self._max_conc(DEFAULT_MAX_CONC, 1),
                                     sample_rate=s.sample_rate or 24000, workdir=s.workdir,
-                                    die_with_parent=s.die_with_parent,
-                                    **({"ready_timeout": s.ready_timeout} if s.ready_timeout else {}))
-        self.server.start()
+                                    die_with_parent=s.die_with_parent)
+        self._start()
         return self
 
     def address(self, protocol: str) -> str:
@@ -204,9 +207,8 @@ class OpenAIEmulator(Emulator):
         s = self.settings
         self.server = OpenAIServer(s.profile, model=s.model, host=s.host, port=s.http_port,
                                    max_conc=self._max_conc(0, 0), token=s.token, workdir=s.workdir,
-                                   die_with_parent=s.die_with_parent,
-                                   **({"ready_timeout": s.ready_timeout} if s.ready_timeout else {}))
-        self.server.start()
+                                   die_with_parent=s.die_with_parent)
+        self._start()
         return self
 
     def address(self, protocol: str) -> str:
