@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from cvload.apis import target_label
 from cvload.config import RunConfig
 from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, lookup, stats, values
@@ -54,11 +55,9 @@ class ConsoleView(_Consoles):
 
     def preparing(self, config: RunConfig) -> None:
         if not self.quiet:
-            where = "embedded emulator" if config.emulator else ", ".join(config.server)
-            how = (f"{config.mode} over {config.protocol}" if config.api == "triton" else
-                   f"cosyvoice runtime {config.inference or 'zero_shot/sft'} over {config.protocol}, one chunk per "
-                   "sentence," if config.api == "cosyvoice" else f"{config.api} over {config.protocol}")
-            self.err.print(f"cvload: {how} to {where} (model {config.model})", highlight=False)
+            where = ["embedded emulator"] if config.emulator else config.server
+            label = target_label(config.api, config.protocol, config.mode, config.model, where, config.inference)
+            self.err.print(f"cvload: {label}", highlight=False)
 
     def attach(self, session: Any) -> None:
         if not self.quiet:

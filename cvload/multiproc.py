@@ -221,8 +221,8 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
 
     cfg = RunConfig(**part.config).validate()
     items = strided(load_items(cfg.inputs, spk_cache=cfg.spk_cache), part.index, part.count)
-    targets = [make_target(cfg.protocol, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, api=cfg.api,
-                           options=cfg) for a in cfg.addresses()]
+    targets = [make_target(cfg.protocol, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, config=cfg)
+               for a in cfg.addresses()]
     loop = asyncio.get_running_loop()
     try:
         await asyncio.gather(*(t.open() for t in targets))

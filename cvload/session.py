@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cvload import __version__
+from cvload.apis import api_spec, run_label
 from cvload.config import RunConfig
 from cvload.driver import EngineState, Events, LoadDriver, RunResult
 from cvload.engine import Engine
@@ -85,7 +86,7 @@ class Session:
     infos: list[TargetInfo] = field(default_factory=list)
     objectives: list[Any] = field(default_factory=list)
     telemetry: Any = None
-    server: Any = None  # the embedded TritonServer when --emulator
+    server: Any = None  # the API's emulated server when --emulator (cvload.emulator.launch.Emulator)
     stats_before: dict[str, Any] | None = None
     started_wall: float = 0.0
     summary: dict[str, Any] | None = None
@@ -130,38 +131,18 @@ class Session:
 
     # ---- before the first request --------------------------------------------------------------------------
     def start_emulator(self) -> None:
-        """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it."""
-        from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository, get_profile
-        from cvload.triton.launcher import TritonServer
+        """Start the API's emulated server (blocking, ~1 s) into the results folder and point the run at it."""
+        from cvload.emulator import get_profile
+        from cvload.emulator.launch import EmulatorSettings
 
         cfg = self.config
-        profile = get_profile(cfg.profile or "demo", cfg.profile_set)
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
-        if cfg.api == "openai":  # the OpenAI-style speech server, in its own process, with the same profile
-            from cvload.emulator.openai_server import OpenAIServer
-
-            self.server = OpenAIServer(profile, model=cfg.model, max_conc=cfg.max_conc or 0, workdir=root,
-                                       die_with_parent=True).start()
-            self.config = cfg.merged({"server": [self.server.url]})
-            return
-        if cfg.api == "cosyvoice":  # CosyVoice's Python runtime, in a child process; it has no metrics endpoint
-            from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
-
-            self.server = RuntimeServer(profile, max_conc=cfg.max_conc or DEFAULT_MAX_CONC,
-                                        sample_rate=cfg.sample_rate or 24000, workdir=root, die_with_parent=True)
-            self.server.start()
-            address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
-            self.config = cfg.merged({"server": [address]})
-            return
-        if cfg.pipeline:
-            repo = build_pipeline_repository(root, profile, name=cfg.model, mode=cfg.mode)
-        else:
-            repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
-        self.server = TritonServer(repo, workdir=root, die_with_parent=True)
-        self.server.start()
-        address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
-        self.config = cfg.merged({"server": [address]})
-        if cfg.metrics_url is None:
+        settings = EmulatorSettings(profile=get_profile(cfg.profile or "demo", cfg.profile_set), model=cfg.model,
+                                    mode=cfg.mode, pipeline=cfg.pipeline, max_conc=cfg.max_conc,
+                                    sample_rate=cfg.sample_rate, workdir=root)
+        self.server = api_spec(cfg.api).emulated(settings).start()
+        self.config = cfg.merged({"server": [self.server.address(cfg.protocol)]})
+        if cfg.metrics_url is None:  # None where the server has no metrics endpoint
             self.config = self.config.merged({"metrics_url": self.server.metrics_url})
 
     async def prepare(self) -> LoadDriver:
@@ -173,7 +154,7 @@ class Session:
         items = load_items(cfg.inputs, spk_cache=cfg.spk_cache)
         if not items:
             raise UsageError(f"no input items in {cfg.inputs or 'the built-in set'}")
-        label = f"{cfg.mode if cfg.api == 'triton' else cfg.api}-{cfg.protocol}" + (f"-{cfg.name}" if cfg.name else "")
+        label = run_label(cfg.api, cfg.protocol, cfg.mode, cfg.name)
         self.out_dir = Path(cfg.out) if cfg.out else default_out_dir(label)
         self.writer = ResultsWriter(self.out_dir)
         if cfg.emulator:
@@ -182,7 +163,7 @@ class Session:
             cfg = self.config
         for address in cfg.addresses():
             self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,
-                                            timeout=cfg.request_timeout, api=cfg.api, options=cfg))
+                                            timeout=cfg.request_timeout, config=cfg))
         try:
             self.infos = list(await asyncio.gather(*(t.open() for t in self.targets)))
         except BaseException:
@@ -250,7 +231,7 @@ class Session:
         cfg = self.config
         if cfg.metrics_url:
             return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
-        if cfg.api != "triton":  # no Triton metrics beside these servers: GPU from NVML or a given --metrics-url
+        if not api_spec(cfg.api).triton_telemetry:  # no metrics beside it: GPU from NVML or a given --metrics-url
             return None
         return default_metrics_url(cfg.addresses()[0], cfg.protocol)
 
@@ -260,7 +241,7 @@ class Session:
         from cvload.telemetry import Telemetry
 
         assert self.out_dir is not None
-        triton = self.config.api == "triton"
+        triton = api_spec(self.config.api).triton_telemetry
         telemetry = Telemetry(metrics_url=self._metrics_url(), stats_source=self._statistics if triton else None,
                               interval=self.config.telemetry_interval, gpu_source=self.config.gpu_source,
                               out_path=self.out_dir / "telemetry.jsonl")
@@ -334,7 +315,7 @@ class Session:
             summary["target"]["tls"] = tls
         if cfg.insecure:
             summary["warnings"] = [INSECURE_WARNING]
-        if cfg.api != "triton":  # another server API: its request kind says what a chunk is
+        if api_spec(cfg.api).in_summary:  # another server API: its request kind says what a chunk is
             summary["target"].update(api=cfg.api, mode=self.infos[0].mode if self.infos else cfg.mode,
                                      inference=cfg.inference)
         summary["load"] = load

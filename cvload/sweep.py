@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cvload import __version__
+from cvload.apis import run_label
 from cvload.config import SEARCHES, RunConfig, Warmup, parse_levels
 from cvload.driver import LoadDriver
 from cvload.engine import Engine
@@ -193,7 +194,7 @@ class Sweep:
         self.meets = request_check(self.objectives) or (lambda r: True)  # without objectives: goodput = ok/s
         first = self.plan.levels[0]
         closed = self.plan.kind == "concurrency"
-        label = f"sweep-{config.mode}-{config.protocol}" + (f"-{config.name}" if config.name else "")
+        label = "sweep-" + run_label(config.api, config.protocol, config.mode, config.name)
         self.out_dir = Path(config.out) if config.out else default_out_dir(label)
         # The engine runs the whole sweep: first level's load, no limit or warm-up of its own (levels have theirs).
         engine_config = config.merged({"out": str(self.out_dir)})

@@ -19,6 +19,7 @@ import grpc
 
 from cvload.records import ERR_CONNECTION, ERR_NO_FINAL
 from cvload.targets.base import TargetError
+from cvload.targets.grpc_errors import error_kind
 
 # What an inbox holds: (arrival time, ModelStreamInferResponse), a TargetError, or TIMED_OUT.
 TIMED_OUT = object()
@@ -163,4 +164,6 @@ class SharedStream:
 
 
 def _connection_error(address: str, exc: grpc.aio.AioRpcError) -> TargetError:
-    return TargetError(ERR_CONNECTION, f"gRPC stream to {address} broke: {exc.code().name}: {exc.details()}")
+    """A broken stream fails every request on it: ``connection`` unless its status says otherwise."""
+    return TargetError(error_kind(exc.code(), ERR_CONNECTION),
+                       f"gRPC stream to {address} broke: {exc.code().name}: {exc.details()}")

@@ -278,7 +278,9 @@ class Telemetry:
 
     def _fail(self, source: str, message: str) -> None:
         self._sources[source].update(status=UNAVAILABLE, error=message)
-        what = {"metrics": "GPU/CPU/model series unavailable", "stats": "no per-stage breakdown"}.get(source, "")
+        what = {"metrics": "GPU/CPU/model series unavailable (give the server's metrics endpoint with --metrics-url "
+                           "URL: Triton's --metrics-port, which `cvload serve` prints)",
+                "stats": "no per-stage breakdown"}.get(source, "")
         self._warn(source, f"telemetry: {message}" + (f"; {what}, the run goes on" if what else ""))
         return None
 
