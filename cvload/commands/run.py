@@ -7,13 +7,12 @@ import asyncio
 import sys
 from typing import Any
 
+from cvload.apis import APIS, PROTOCOLS, api_help
 from cvload.commands.serve import add_emulator_options, parse_overrides
 from cvload.config import (
-    APIS,
     ARRIVALS,
     INFERENCES,
     MODES,
-    PROTOCOLS,
     RESPONSE_FORMATS,
     SERVER_LOSS,
     RunConfig,
@@ -41,9 +40,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default=None,
                    help="streaming (decoupled model, default) or offline; must match the deployment")
     g.add_argument("--model", default=None, help="front model name (default cosyvoice2)")
-    g.add_argument("--api", choices=APIS, default=None,
-                   help="server API: triton (default; Triton + TensorRT-LLM), cosyvoice (CosyVoice's Python runtime, "
-                        "gRPC or FastAPI on :50000) or openai (POST /v1/audio/speech)")
+    g.add_argument("--api", choices=APIS, default=None, help="server API: " + api_help())
     g = p.add_argument_group("requests of the cosyvoice and openai APIs")
     g.add_argument("--inference", choices=INFERENCES, default=None,
                    help="cosyvoice: request kind (upstream's route names; default zero_shot with prompts, sft without)")
