@@ -139,7 +139,7 @@ class Session:
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
         settings = EmulatorSettings(profile=get_profile(cfg.profile or "demo", cfg.profile_set), model=cfg.model,
                                     mode=cfg.mode, pipeline=cfg.pipeline, max_conc=cfg.max_conc,
-                                    sample_rate=cfg.sample_rate, workdir=root)
+                                    sample_rate=cfg.sample_rate, workdir=root, unload_on_stop=False)
         self.server = api_spec(cfg.api).emulated(settings).start()
         self.config = cfg.merged({"server": [self.server.address(cfg.protocol)]})
         if cfg.metrics_url is None:  # None where the server has no metrics endpoint
