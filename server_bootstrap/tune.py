@@ -21,7 +21,7 @@ from typing import Any
 from cvload.errors import UsageError
 from cvload.tune.deployments import Change, DeploymentFailed, EmulatorDeployment
 from cvload.tune.deployments import register as register_deployment
-from cvload.tune.space import Knob, Value
+from cvload.tune.space import Knob, Value, shown
 from server_bootstrap import model_repository
 from server_bootstrap.config import DeploymentConfig, EngineConfig, TritonConfig, load_config
 from server_bootstrap.layout import Layout, resolve_workdir
@@ -139,8 +139,8 @@ class BootstrapDeployment:
         http = config.server_ports(0)[0]
         commands += [f"POST http://{config.host}:{http}/v2/repository/models/{m}/load" for m in reload]
         return Change(reload=tuple(reload), rebuild=rebuild, engine=engine, commands=tuple(commands),
-                      reason="; ".join(f"{k} {self.serving.get(k)} -> {v}" for k, v in knobs.items()
-                                       if self.serving.get(k) != v))
+                      reason="; ".join(f"{k} {shown(self.serving.get(k))} -> {shown(v)}"  # type: ignore[arg-type]
+                                       for k, v in knobs.items() if self.serving.get(k) != v))
 
     def _changed_models(self, before: DeploymentConfig, after: DeploymentConfig) -> list[str]:
         """Models whose filled config.pbtxt differs (sub-models first, the front model last)."""

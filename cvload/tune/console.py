@@ -9,6 +9,7 @@ from typing import Any, TextIO
 
 from cvload.tune.deployments import Change
 from cvload.tune.runner import Candidate, Tuner
+from cvload.tune.space import knobs_text, shown
 
 
 class LevelLines:
@@ -41,6 +42,8 @@ class LevelLines:
 def _cell(value: Any) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return shown(value)
     if isinstance(value, float):
         return f"{value:g}" if not value.is_integer() else f"{int(value)}"
     return str(value)
@@ -77,8 +80,7 @@ class TuneConsole:
     def candidate_started(self, tuner: Tuner, candidate: Candidate, change: Change) -> None:
         if self.quiet or self.json_output:
             return
-        knobs = ", ".join(f"{k}={v}" for k, v in candidate.knobs.items())
-        print(f"  candidate {candidate.number}: {knobs}: {change.describe()}", file=self.err, flush=True)
+        print(f"  candidate {candidate.number}: {knobs_text(candidate.knobs)}: {change.describe()}", file=self.err, flush=True)
 
     def candidate_done(self, tuner: Tuner, candidate: Candidate) -> None:
         if self.json_output:
@@ -105,7 +107,7 @@ class TuneConsole:
             print("no candidate met the objectives" + (f"; closest: {closest['text']}" if closest else ""),
                   file=self.out, flush=True)
             return
-        knobs = ", ".join(f"{k}={v}" for k, v in best["knobs"].items())
+        knobs = knobs_text(best["knobs"])
         spread = best["spread"]
         print(f"best: candidate {best['number']} ({knobs}): capacity {_cell(best['capacity'])} "
               f"{tuner.kind == 'concurrency' and 'streams' or 'req/s'}, bracket [{_cell(best['bracket'][0])}, "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -188,8 +189,19 @@ class EmulatorDeployment:
             profile = self._profile(full)
         except UsageError as exc:
             raise DeploymentFailed(f"emulator profile: {exc.message}") from None
+        # Models that stay loaded keep their folders as they are (their instances hold files there, such as the
+        # shared state file): moved aside while the repository is written, then put back.
+        kept = [] if change.launch else [m for m in self._models() if m not in change.reload]
+        served, aside = self.root / "model_repository", self.root / "kept"
+        shutil.rmtree(aside, ignore_errors=True)
+        aside.mkdir(parents=True)
+        for model in kept:
+            (served / model).rename(aside / model)
         repo = build_pipeline_repository(self.root, profile, name=self.model, mode=self.mode,
                                          prompt_models=self.prompt_models, trace=False)
+        for model in kept:
+            shutil.rmtree(repo / model)
+            (aside / model).rename(repo / model)
         self.serving = None  # until it serves these knobs
         try:
             if change.launch:

@@ -27,7 +27,7 @@ from cvload.results import write_json
 from cvload.sweep import DEFAULT_LEVEL_S, Sweep
 from cvload.tune.deployments import Change, Deployment, DeploymentFailed
 from cvload.tune.search import Exhaustive, make_search
-from cvload.tune.space import Space, Value
+from cvload.tune.space import Space, Value, knobs_text
 
 TUNE_SCHEMA = "cvload.tune/1"
 DEFAULT_LEVELS = "1:16"
@@ -165,7 +165,7 @@ class Tuner:
                     f" (TPE measures at most {self.search.total()} of them, in its own order)")]
         for n, knobs in enumerate(feasible, 1):
             change = self.deployment.plan(knobs)
-            lines.append(f"  {n}. {_knobs_text(knobs)}: {change.describe()}")
+            lines.append(f"  {n}. {knobs_text(knobs)}: {change.describe()}")
             lines += [f"       $ {command}" for command in change.commands]
             self.deployment.pretend(knobs, change)
         return lines
@@ -343,7 +343,7 @@ class Tuner:
             if not ratios:
                 continue
             ratio, worst = max(ratios, key=lambda r: r[0])
-            text = (f"candidate {c.number} ({_knobs_text(c.knobs)}): {worst['objective']} measured "
+            text = (f"candidate {c.number} ({knobs_text(c.knobs)}): {worst['objective']} measured "
                     f"{worst['measured']:.4g} at {_shown(low['value'])}")
             if best is None or ratio < best[0]:
                 best = (ratio, c, text)
@@ -410,6 +410,3 @@ def _shown(value: float | None) -> Any:
         return None
     return int(value) if float(value).is_integer() else value
 
-
-def _knobs_text(knobs: Mapping[str, Value]) -> str:
-    return ", ".join(f"{k}={v}" for k, v in knobs.items())

@@ -116,6 +116,15 @@ class Space:
         return self
 
 
+def shown(value: Value) -> str:
+    """A knob value as the space file writes it (true, not True)."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
+
+
+def knobs_text(knobs: Mapping[str, Value]) -> str:
+    return ", ".join(f"{k}={shown(v)}" for k, v in knobs.items())
+
+
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise UsageError(f"a cost must be a number, got {value!r}")
@@ -195,17 +204,17 @@ def load_space(path: str | Path) -> Space:
         raise UsageError(f"{where}: [tune] pareto_cost {pareto_cost!r} is not a cost",
                          hint="costs: " + (", ".join(costs) or "none: add [tune.cost]"))
 
-    def positive(key: str, default: int | None) -> int | None:
+    def positive(key: str, default: int | None, least: int = 1) -> int | None:
         value = tune.get(key, default)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise UsageError(f"{where}: [tune] {key} must be a positive integer, got {value!r}")
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < least):
+            raise UsageError(f"{where}: [tune] {key} must be an integer of at least {least}, got {value!r}")
         return value
 
     budget = tune.get("budget")
     space = Space(
         file=file, knobs=knobs, costs=costs, constraints=constraints, search=search,
         trials=positive("trials", None), exhaustive_max=positive("exhaustive_max", DEFAULT_EXHAUSTIVE_MAX) or 0,
-        seed=int(tune.get("seed", 0)), repeat=positive("repeat", 1) or 1,
+        seed=int(tune.get("seed", 0)), repeat=positive("repeat", 1, least=0) or 0,
         budget_s=None if budget is None else parse_duration(budget, what=f"{where}: [tune] budget"),
         baseline=bool(tune.get("baseline", True)), pareto_cost=pareto_cost or next(iter(costs), None),
     )
