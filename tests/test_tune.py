@@ -19,9 +19,8 @@ HEAD = """profile = "instant"
 profile_set = { vocoder_base_s = 0.3, hop_growth = 8.0 }
 slo = ["first_chunk.p95<450ms"]
 duration = "2s"
+warmup = 2
 drain = "3s"
-[sweep]
-num_tasks = "1,2"
 """
 
 
@@ -35,7 +34,7 @@ def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, *args: st
 
 def test_tune_prunes_reloads_remeasures_writes_the_best_and_resumes(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    space = ("[tune]\nbaseline = false\nrepeat = 1\n[tune.knobs]\ntoken2wav_instances = [2, 1]\n"
+    space = ("[sweep]\nnum_tasks = \"2\"\n[tune]\nbaseline = false\nrepeat = 1\n[tune.knobs]\ntoken2wav_instances = [2, 1]\n"
              "bls_instances = 4\n")
     code, out, err = run(tmp_path, capsys, space)
     assert code == EXIT_OK, out + err
@@ -53,7 +52,7 @@ def test_tune_prunes_reloads_remeasures_writes_the_best_and_resumes(tmp_path: Pa
     assert second["change"] == {"launch": False, "reload": ["token2wav"], "rebuild": False, "engine": None,
                                 "reason": "token2wav_instances 2 -> 1"}
     sweep = json.loads((tmp_path / "out" / "candidate-002" / "sweep.json").read_text())
-    assert sweep["plan"] == [2, 4] and len(sweep["levels"]) == 1
+    assert sweep["plan"] == [2, 4] and len(sweep["levels"]) == 1  # 4: twice the bar, past the space's levels
     # The best, re-measured once with the space's levels, and written out as a ready config.
     best = result["best"]
     assert best["number"] == 1 and len(best["repeats"]) == 1 and best["spread"]["n"] == 2
@@ -66,6 +65,12 @@ def test_tune_prunes_reloads_remeasures_writes_the_best_and_resumes(tmp_path: Pa
     assert "count: 2" in token2wav
     assert "best: candidate 1 (token2wav_instances=2, bls_instances=4): capacity 2" in out
     assert "candidate 2: token2wav_instances=1, bls_instances=4: reload token2wav" in err
+    # The report: capacity against cost with the Pareto front, every candidate, the best one's sweep.
+    assert main(["report", str(tmp_path / "out")]) == 0
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "cvload tune report" in report and "Capacity against cost" in report
+    assert "| **1** | **2** | **4** | **2** | **[2, -]** |" in report and "| 2 | 1 | 4 | - | [-, 2] |" in report
+    capsys.readouterr()
     # --resume: both candidates were measured, so nothing is measured again but the best's repeat.
     code, out, err = run(tmp_path, capsys, space, "--resume", "--repeat", "0")
     assert code == EXIT_OK, out + err
@@ -76,16 +81,17 @@ def test_tune_prunes_reloads_remeasures_writes_the_best_and_resumes(tmp_path: Pa
 
 def test_objectives_no_candidate_meets_exit_3_naming_the_closest(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
-    space = ("[tune]\nbaseline = false\nrepeat = 0\n[tune.knobs]\ntoken2wav_instances = [1, 0]\n"
-             "bls_instances = 2\n")
+    space = ("[sweep]\nnum_tasks = \"1\"\n[tune]\nbaseline = false\nrepeat = 0\nsearch = \"tpe\"\ntrials = 2\n[tune.knobs]\n"
+             "token2wav_instances = [1, 0]\nbls_instances = 2\n")
     code, out, err = run(tmp_path, capsys, space, "--slo", "first_chunk.p95<100ms")
     assert code == EXIT_SLO_FAILED, out + err
     result = json.loads((tmp_path / "out" / "tune.json").read_text())
-    measured, broken = result["candidates"]
+    assert result["search"]["method"] == "tpe"
+    measured, broken = sorted(result["candidates"], key=lambda c: -c["knobs"]["token2wav_instances"])
     assert measured["status"] == "no_capacity" and measured["capacity"] is None
     # A candidate whose server cannot serve its knobs is recorded with the reason, not skipped.
     assert broken["status"] == "failed" and "token2wav_instances must be at least 1" in broken["reason"]
-    assert result["best"] is None and result["closest"]["number"] == 1
-    assert "no candidate met the objectives; closest: candidate 1 (token2wav_instances=1, bls_instances=2): " \
-           "first_chunk.p95<100ms measured" in out
+    assert result["best"] is None and result["closest"]["number"] == measured["number"]
+    assert f"no candidate met the objectives; closest: candidate {measured['number']} (token2wav_instances=1, " \
+           "bls_instances=2): first_chunk.p95<100ms measured" in out
     assert not (tmp_path / "out" / "best").exists()

@@ -80,13 +80,15 @@ class TuneConsole:
     def candidate_started(self, tuner: Tuner, candidate: Candidate, change: Change) -> None:
         if self.quiet or self.json_output:
             return
-        print(f"  candidate {candidate.number}: {knobs_text(candidate.knobs)}: {change.describe()}", file=self.err, flush=True)
+        again = f" (measured again, {candidate.repeat} of {tuner.repeat})" if candidate.repeat else ""
+        print(f"  candidate {candidate.number}{again}: {knobs_text(candidate.knobs)}: {change.describe()}", file=self.err, flush=True)
 
     def candidate_done(self, tuner: Tuner, candidate: Candidate) -> None:
         if self.json_output:
             return
         bracket = f"[{_cell(candidate.bracket[0])}, {_cell(candidate.bracket[1])}]"
         status = candidate.status + (" (baseline)" if candidate.baseline else "") + (
+            f" (best, measured again: {candidate.repeat} of {tuner.repeat})" if candidate.repeat else "") + (
             f": {candidate.reason}" if candidate.reason and candidate.status != "measured" else "")
         cells = [str(candidate.number), *(_cell(candidate.knobs.get(n)) for n in self.names),
                  _cell(candidate.capacity), bracket, *(_cell(candidate.cost.get(c)) for c in self.costs),

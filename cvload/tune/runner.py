@@ -41,6 +41,7 @@ class Candidate:
     knobs: dict[str, Value]
     cost: dict[str, float]
     baseline: bool = False
+    repeat: int = 0  # a re-measurement of the best (n of --repeat), not a candidate of its own
     eligible: bool = True  # inside the space and its constraints (the baseline may be outside)
     status: str = "pending"  # measured | pruned | failed | no_capacity | interrupted
     capacity: float | None = None
@@ -300,7 +301,7 @@ class Tuner:
         if best is None or self.repeat < 1:
             return
         for n in range(1, self.repeat + 1):
-            again = Candidate(number=best.number, knobs=best.knobs, cost=best.cost)
+            again = Candidate(number=best.number, knobs=best.knobs, cost=best.cost, repeat=n)
             folder = self.out_dir / f"repeat-{n}-{best.folder}"
             self._measure(again, view, levels=list(self.levels), folder=folder)
             if again.status == "interrupted":
