@@ -124,3 +124,25 @@ def test_plan_shows_reloads_not_relaunches(tmp_path: Path, capsys: pytest.Captur
                                "speaker_embedding, tensorrt_llm, token2wav, cosyvoice2")
     assert lines[3].startswith("  3. token2wav_instances=2, max_batch_size=8: reload token2wav (")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_shipped_pipeline_space_plans_21_candidates(capsys: pytest.CaptureFixture[str]) -> None:
+    root = Path(__file__).resolve().parent.parent
+    code = main(["tune", str(root / "scenarios" / "tune-pipeline.toml"), "--plan"])
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    assert out[0].endswith("on the emulator, 21 candidate(s)")
+    assert out[1] == "  1. token2wav_instances=1, bls_instances=4: launch server (no server running)"
+    assert all("launch" not in line for line in out[2:])  # every later candidate is a reload
+
+
+def test_tpe_measures_a_baseline_outside_the_space_first(tmp_path: Path) -> None:
+    sp = load_space(space(tmp_path, "[tune.knobs]\nbls_instances = {min = 5, max = 9}\n"))
+    search = TPE(sp, trials=3, seed=0, first=[{"bls_instances": 4}])
+    assert search.ask() == {"bls_instances": 4}
+    search.tell({"bls_instances": 4}, 2.0)  # outside TPE's distributions: kept, never a trial
+    seen = set()
+    while (knobs := search.ask()) is not None:
+        seen.add(knobs["bls_instances"])
+        search.tell(knobs, 1.0)
+    assert len(seen) == 2 and seen <= {5, 6, 7, 8, 9}

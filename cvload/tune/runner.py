@@ -222,8 +222,7 @@ class Tuner:
     def _tell(self, candidate: Candidate) -> None:
         if candidate.eligible and candidate.capacity is not None and candidate.status == "measured":
             self.best_so_far = max(self.best_so_far or candidate.capacity, candidate.capacity)
-        if candidate.eligible:
-            self.search.tell(candidate.knobs, candidate.capacity if candidate.status == "measured" else None)
+        self.search.tell(candidate.knobs, candidate.capacity if candidate.status == "measured" else None)
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started if self.started else 0.0

@@ -98,6 +98,8 @@ class TPE:
         trial = self.pending.pop(k, None)
         if trial is not None:
             self.study.tell(trial, v)
+        elif any(knobs[name] not in values for name, values in self.space.knobs.items()):
+            return  # the baseline outside the space: measured, but no point of TPE's distributions
         else:
             params = {name: knobs[name] for name in self.space.knobs}
             self.study.add_trial(self._optuna.trial.create_trial(params=params, distributions=self.distributions,
