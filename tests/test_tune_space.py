@@ -146,3 +146,14 @@ def test_tpe_measures_a_baseline_outside_the_space_first(tmp_path: Path) -> None
         seen.add(knobs["bls_instances"])
         search.tell(knobs, 1.0)
     assert len(seen) == 2 and seen <= {5, 6, 7, 8, 9}
+
+
+def test_sweep_settings_are_checked_before_anything_starts(tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    code, output = tune(capsys, space(tmp_path, "[tune.knobs]\nbls_instances = [2]\n"),
+                        "--slo", "first_chunk.p95<<700ms")
+    assert code == EXIT_USAGE and "first_chunk.p95<<700ms" in output
+    bad = HEAD.replace('duration = "1s"', 'duration = "1s"\nmode = "sideways"')
+    code, output = tune(capsys, space(tmp_path, "[tune.knobs]\nbls_instances = [2]\n", head=bad))
+    assert code == EXIT_USAGE and "sideways" in output
+    assert not (tmp_path / "out").exists()

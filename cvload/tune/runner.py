@@ -24,7 +24,8 @@ from cvload import __version__
 from cvload.config import RunConfig, parse_levels
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SLO_FAILED, CvloadError, UsageError
 from cvload.results import write_json
-from cvload.sweep import DEFAULT_LEVEL_S, Sweep
+from cvload.slo import parse_objectives
+from cvload.sweep import DEFAULT_LEVEL_S, Sweep, SweepPlan
 from cvload.tune.deployments import Change, Deployment, DeploymentFailed
 from cvload.tune.search import Exhaustive, make_search
 from cvload.tune.space import Space, Value, knobs_text
@@ -107,6 +108,7 @@ class Tuner:
         self.stopped_because: str | None = None
         self.repeats: list[dict[str, Any]] = []
         self._check_budget()
+        self._check_sweep()
         self.search = make_search(space, first=self._first())
         if resume:
             self._resume()
@@ -126,6 +128,13 @@ class Tuner:
             raise UsageError(f"budget {self.budget_s:g} s is too small for one candidate: a launch and one level "
                              f"take at least ~{least:.0f} s", hint=f"give --budget {math.ceil(least * 10)}s or more "
                              "(a candidate that is bisected takes several levels)")
+
+    def _check_sweep(self) -> None:
+        """Each candidate's sweep settings, checked before any server starts (a typo fails now, exit 2)."""
+        probe = self._sweep_config({"server": ["127.0.0.1:8001"]}, self.out_dir, list(self.levels))
+        dataclasses.replace(probe).validate()
+        SweepPlan.from_config(probe)
+        parse_objectives(probe.slo)
 
     def _first(self) -> list[dict[str, Value]]:
         """The deployment's own configuration first: the bar early stopping starts from, and the comparison."""
@@ -262,6 +271,8 @@ class Tuner:
             config = self._sweep_config(overrides, folder, levels)
             try:
                 asyncio.run(Sweep(config).run(view.sweep_view()))
+            except UsageError:
+                raise
             except CvloadError as exc:  # the server stopped answering before the first level
                 candidate.status, candidate.reason = "failed", str(exc)
                 self.deployment.close()
