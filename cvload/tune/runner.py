@@ -196,7 +196,7 @@ class Tuner:
         result = self.result()
         self._write(result)
         best = self.best()
-        if best is not None and self.status != "interrupted":
+        if best is not None:  # interrupted too: the best of what was measured
             self.deployment.write_best(best.knobs, self.out_dir / "best")
         view.final(self, result)
         if self.status == "interrupted" and not any(c.status in MEASURED for c in self.candidates):
@@ -279,6 +279,8 @@ class Tuner:
                 return
             self._judge(candidate, folder, levels)
         finally:
+            if candidate.status == "pending":  # Ctrl-C while the deployment changed
+                candidate.status = "interrupted"
             candidate.elapsed_s = round(time.monotonic() - began, 3)
             view.candidate_done(self, candidate)
 
