@@ -73,7 +73,6 @@ def _overrides(knobs: Mapping[str, Value]) -> dict[str, Any]:
 class BootstrapDeployment:
     config_path: str
     root: Path
-    run: Mapping[str, Any] = field(default_factory=dict)
     name: str = "bootstrap deployment"
     serving: dict[str, Value] | None = field(default=None, init=False)
     engines: set[str] = field(default_factory=set, init=False)  # engine keys built (or pretended) in this tune
@@ -227,8 +226,8 @@ def _toml(value: Any) -> str:
     return json.dumps(value)
 
 
-def make(config: str, root: Path, run: Mapping[str, Any]) -> BootstrapDeployment:
-    return BootstrapDeployment(config, root, run)
+def make(config: str, root: Path) -> BootstrapDeployment:
+    return BootstrapDeployment(config, root)
 
 
 def register() -> None:

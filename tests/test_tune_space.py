@@ -157,3 +157,16 @@ def test_sweep_settings_are_checked_before_anything_starts(tmp_path: Path,
     code, output = tune(capsys, space(tmp_path, "[tune.knobs]\nbls_instances = [2]\n", head=bad))
     assert code == EXIT_USAGE and "sideways" in output
     assert not (tmp_path / "out").exists()
+
+
+def test_the_emulator_baseline_is_the_profile_as_configured(tmp_path: Path) -> None:
+    from cvload.tune.deployments import EmulatorDeployment
+
+    plain = EmulatorDeployment("l20_pipeline", {}, tmp_path)
+    assert plain.defaults() == {"bls_instances": 4, "token2wav_instances": 1, "max_batch_size": 16}
+    configured = EmulatorDeployment("l20_pipeline", {"token2wav_instances": 2}, tmp_path)
+    assert configured.defaults()["token2wav_instances"] == 2
+    assert plain.plan({"token2wav_instances": 2}).launch  # nothing serves yet
+    plain.pretend(plain.defaults(), plain.plan(plain.defaults()))
+    change = plain.plan({"bls_instances": 4, "token2wav_instances": 1, "max_batch_size": 8})
+    assert change.reload == ("audio_tokenizer", "speaker_embedding", "tensorrt_llm", "token2wav", "cosyvoice2")

@@ -68,7 +68,7 @@ def tune(args: argparse.Namespace) -> int:
         raise UsageError("--resume needs --out: the results folder of the tune to go on with")
     out = args.out or default_out_dir(f"tune-{args.space.stem}")
     if args.bootstrap:
-        deployment = factory("bootstrap")(args.bootstrap, out / "bootstrap", dataclasses.asdict(base))
+        deployment = factory("bootstrap")(args.bootstrap, out / "bootstrap")
     else:
         deployment = EmulatorDeployment(profile=base.profile or "l20_pipeline", profile_set=dict(base.profile_set),
                                         root=out / "emulator", model=base.model, mode=base.mode,

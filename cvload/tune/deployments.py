@@ -84,7 +84,7 @@ class Deployment(Protocol):
     def close(self) -> None: ...
 
 
-Factory = Callable[[str, Path, Mapping[str, Any]], Deployment]  # (config path, work folder, run settings)
+Factory = Callable[[str, Path], Deployment]  # (config path, work folder for its servers)
 _FACTORIES: dict[str, Factory] = {}
 
 
@@ -140,6 +140,7 @@ class EmulatorDeployment:
     serving: dict[str, Value] | None = field(default=None, init=False)  # knobs the loaded models were built from
 
     def knobs(self) -> dict[str, Knob]:
+        """Defaults: the profile with the scenario's profile_set (the deployment as configured: the baseline)."""
         base = self._profile({})
         return {name: Knob(name, getattr(base, name), "reload", f"models reloaded: {', '.join(models)}")
                 for name, models in EMULATOR_KNOBS.items()}
@@ -150,10 +151,6 @@ class EmulatorDeployment:
     def _profile(self, knobs: Mapping[str, Value]) -> Any:
         from cvload.emulator import get_profile
 
-        taken = sorted(set(self.profile_set) & set(EMULATOR_KNOBS))
-        if taken:
-            raise UsageError(f"profile_set sets {', '.join(taken)}, which the space tunes",
-                             hint="leave tuned knobs to [tune.knobs]")
         return get_profile(self.profile, {**self.profile_set, **knobs})
 
     def _models(self) -> list[str]:
