@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -115,9 +116,9 @@ def answer(tune: dict[str, Any]) -> list[str]:
     return lines
 
 
-def build_tune(folder: Path, tune: dict[str, Any]) -> Report:
-    from cvload.report.build import _sweep_sections
-
+def build_tune(folder: Path, tune: dict[str, Any],
+               sweep_sections: Callable[[list[SweepResults], list[str]], list[Section]]) -> Report:
+    """The report; ``sweep_sections`` lays out the best candidate's sweep (build.py's, as for any sweep)."""
     sections = [Section("Search", [f for f in (pareto_figure(tune),) if f is not None] + [candidates_table(tune)])]
     best = tune.get("best")
     if best is not None:
@@ -125,7 +126,7 @@ def build_tune(folder: Path, tune: dict[str, Any]) -> Report:
         if (sweep_folder / "sweep.json").is_file():
             sweep = open_results(sweep_folder)
             if isinstance(sweep, SweepResults) and sweep.levels:
-                for section in _sweep_sections([sweep], [f"candidate {best['number']}"]):
+                for section in sweep_sections([sweep], [f"candidate {best['number']}"]):
                     sections.append(Section(f"Best candidate: {section.title.lower()}", section.items))
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return Report(title=f"cvload tune report: {folder.name}", inputs=[(folder.name, str(folder),
