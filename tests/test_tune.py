@@ -81,17 +81,18 @@ def test_tune_prunes_reloads_remeasures_writes_the_best_and_resumes(tmp_path: Pa
 
 def test_objectives_no_candidate_meets_exit_3_naming_the_closest(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    # max_batch_size beyond int32: Triton cannot parse the model configs (at launch or at reload, as TPE orders them).
     space = ("[sweep]\nnum_tasks = \"1\"\n[tune]\nbaseline = false\nrepeat = 0\nsearch = \"tpe\"\ntrials = 2\n[tune.knobs]\n"
-             "token2wav_instances = [1, 0]\nbls_instances = 2\n")
+             "max_batch_size = [16, 1000000000000]\n")
     code, out, err = run(tmp_path, capsys, space, "--slo", "first_chunk.p95<100ms")
     assert code == EXIT_SLO_FAILED, out + err
     result = json.loads((tmp_path / "out" / "tune.json").read_text())
     assert result["search"]["method"] == "tpe"
-    measured, broken = sorted(result["candidates"], key=lambda c: -c["knobs"]["token2wav_instances"])
+    measured, broken = sorted(result["candidates"], key=lambda c: c["knobs"]["max_batch_size"])
     assert measured["status"] == "no_capacity" and measured["capacity"] is None
-    # A candidate whose server cannot serve its knobs is recorded with the reason, not skipped.
-    assert broken["status"] == "failed" and "token2wav_instances must be at least 1" in broken["reason"]
+    # A candidate whose server cannot serve its knobs is recorded with Triton's reason, not skipped.
+    assert broken["status"] == "failed" and "Integer out of range (1000000000000)" in broken["reason"]
     assert result["best"] is None and result["closest"]["number"] == measured["number"]
-    assert f"no candidate met the objectives; closest: candidate {measured['number']} (token2wav_instances=1, " \
-           "bls_instances=2): first_chunk.p95<100ms measured" in out
+    assert f"no candidate met the objectives; closest: candidate {measured['number']} (max_batch_size=16): " \
+           "first_chunk.p95<100ms measured" in out
     assert not (tmp_path / "out" / "best").exists()

@@ -209,7 +209,14 @@ class EmulatorDeployment:
                 self.server.start()
             else:
                 for model in change.reload:
-                    load_model(self.server.http_url, model)
+                    try:
+                        load_model(self.server.http_url, model)
+                    except DeploymentFailed as exc:  # Triton's answer is short; its log says why
+                        from cvload.triton.launcher import log_excerpt
+
+                        log = self.server.log_path
+                        raise DeploymentFailed(f"{exc.message}; log {log}:\n{log_excerpt(log, tail=4, max_errors=4)}")\
+                            from None
         except CvloadError as exc:
             self.stop()
             raise DeploymentFailed(str(exc)) from None
