@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -43,8 +44,9 @@ class Prometheus:
     url: str
     cvload_port: int
 
-    def query(self, promql: str) -> list[dict]:
-        answer = json.loads(_get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})))
+    def query(self, promql: str, at: float | None = None) -> list[dict]:
+        params = {"query": promql, **({"time": f"{at:.3f}"} if at is not None else {})}
+        answer = json.loads(_get(f"{self.url}/api/v1/query?" + urllib.parse.urlencode(params)))
         assert answer["status"] == "success", answer
         return answer["data"]["result"]
 
@@ -116,6 +118,7 @@ def test_prometheus_scrapes_cvload_beside_triton(emulator, prometheus: Prometheu
     code = run_cli("--server", emulator.grpc, "--num-tasks", "4", "--duration", "3s", "--out", str(out),
                    "--prometheus-port", str(prometheus.cvload_port), "--prometheus-address", "127.0.0.1",
                    "--prometheus-linger", "3s", "--metrics-url", emulator.server.metrics_url)
+    lingering = time.time() - 1.5  # the final numbers were being served then
     assert code == 0
     summary, records = load(out)
     run = f'run_id="{out.name}"'
@@ -141,6 +144,15 @@ def test_prometheus_scrapes_cvload_beside_triton(emulator, prometheus: Prometheu
     # Triton's own series for the same time range, from the same Prometheus.
     served = prometheus.value('max(last_over_time(nv_inference_request_success{model="cosyvoice2"}[5m]))')
     assert served is not None and served >= measured
+    # The Grafana dashboard's queries are valid PromQL and find cvload's and Triton's series.
+    dashboard = json.loads((Path(__file__).parents[1] / "docs/grafana/cvload-triton.json").read_text())
+    exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
+    assert len(exprs) >= 12
+    answered = {expr: prometheus.query(expr.replace("$run_id", out.name).replace("$model", ".*")
+                                       .replace("$__rate_interval", "1m"), at=lingering) for expr in exprs}
+    empty = [expr for expr, result in answered.items() if not result]  # counters of what never happened
+    absent = ("errors", "stalls", "requested_rate", "sweep_level", "nv_gpu")  # no errors, closed loop, no sweep or GPU
+    assert all(any(word in expr for word in absent) for expr in empty), empty
 
 
 def test_pushgateway_gets_the_final_numbers(emulator, pushgateway: str, tmp_path: Path) -> None:
