@@ -24,7 +24,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from cvload.errors import UsageError
-from cvload.metrics import BY_NAME, counted
+from cvload.metrics import BY_NAME, counted, playback_stalls
 from cvload.records import ERR_CANCELLED, RequestRecord
 
 PREFIX = "cvload"
@@ -151,6 +151,7 @@ class Exporter:
         self._stall_s = Counter(f"{PREFIX}_playback_stall_seconds", "Time listeners waited in stalls",
                                 request_labels, registry=self.registry)
         self.registry.register(_GaugeCollector(self))
+        self._series: dict[str, _ServerSeries] = {}
         self._http: Any = None
         self._http_thread: threading.Thread | None = None
         self._push: _Pusher | None = None
@@ -158,28 +159,32 @@ class Exporter:
     # ---- the measuring loop's side ---------------------------------------------------------------------------
     def observe(self, record: RequestRecord) -> None:
         """Count one finished request, the way ``RunTotals.add`` and ``Tally.add`` do."""
-        labels = (*self.run_labels, record.server)
+        series = self._series.get(record.server)
+        if series is None:
+            series = self._series[record.server] = _ServerSeries(self, record.server)
         if record.warmup:
-            self._requests.labels(*labels, "warmup").inc()
+            series.warmup.inc()
             return
         if record.error_kind == ERR_CANCELLED:
-            self._requests.labels(*labels, "cancelled").inc()
+            series.cancelled.inc()
             return
-        self._requests.labels(*labels, "ok" if record.ok else "failed").inc()
         if record.error_kind:
-            self._errors.labels(*labels, record.error_kind).inc()
+            self._errors.labels(*series.labels, record.error_kind).inc()
         for flag in record.flags:
-            self._flags.labels(*labels, flag).inc()
-        for exported, histogram in self._histograms:
-            value = counted(record, BY_NAME[exported.metric])
+            self._flags.labels(*series.labels, flag).inc()
+        for metric, scale, histogram in series.histograms:
+            value = counted(record, metric)
             if value is not None:
-                histogram.labels(*labels).observe(value * exported.scale)
-        if record.ok:
-            self._audio.labels(*labels).inc(record.audio_s)
-            stalls = counted(record, BY_NAME["stall_count"])
-            if stalls:
-                self._stalls.labels(*labels).inc(stalls)
-                self._stall_s.labels(*labels).inc(counted(record, BY_NAME["stall_s"]) or 0.0)
+                histogram.observe(value * scale)
+        if not record.ok:
+            series.failed.inc()
+            return
+        series.ok.inc()
+        series.audio.inc(record.audio_s)
+        stalls, waited = playback_stalls(record)
+        if stalls:
+            series.stalls.inc(stalls)
+            series.stall_s.inc(waited)
 
     def set_level(self, level: float | None) -> None:
         self.level = level
@@ -229,6 +234,19 @@ class Exporter:
             self._http.server_close()
             self._http = None
         return warnings
+
+
+class _ServerSeries:
+    """One server's labelled children, looked up once (``labels()`` per observation costs more than the rest)."""
+
+    def __init__(self, exporter: Exporter, server: str) -> None:
+        self.labels = (*exporter.run_labels, server)
+        counter = exporter._requests
+        self.ok, self.failed = counter.labels(*self.labels, "ok"), counter.labels(*self.labels, "failed")
+        self.warmup, self.cancelled = counter.labels(*self.labels, "warmup"), counter.labels(*self.labels, "cancelled")
+        self.histograms = [(BY_NAME[h.metric], h.scale, hist.labels(*self.labels)) for h, hist in exporter._histograms]
+        self.audio = exporter._audio.labels(*self.labels)
+        self.stalls, self.stall_s = exporter._stalls.labels(*self.labels), exporter._stall_s.labels(*self.labels)
 
 
 class _Pusher:
