@@ -176,6 +176,11 @@ class RunConfig:
     metrics_url: str | None = None
     telemetry_interval: float = 1.0
     gpu_source: str = "auto"  # auto | server | nvml | none
+    # Prometheus (cvload.exporter): cvload's own live metrics on a port and/or pushed to a Pushgateway
+    prometheus_port: int | None = None  # 0: any free port
+    prometheus_address: str = "0.0.0.0"
+    prometheus_linger: float | None = None  # seconds the endpoint stays up after the run (None: 15)
+    prometheus_push: str | None = None  # Pushgateway URL
     # TLS and credentials (docs/tls.md); header values are secrets: no repr, config.json keeps the names only
     tls: bool = False  # also implied by an https:// server
     ca_cert: str | None = None  # PEM CA(s) to verify the server with (default: the system's)
@@ -241,6 +246,7 @@ class RunConfig:
         if self.pipeline and not self.emulator:
             raise UsageError("--pipeline shapes the embedded emulator's repository: add --emulator")
         Warmup.parse(self.warmup)
+        self._validate_prometheus()
         self._validate_transport()
         self._validate_processes()
         return self
@@ -269,6 +275,16 @@ class RunConfig:
                              hint="leave out --insecure to verify with --ca-cert")
         for i, text in enumerate(self.header, 1):
             parse_header(text, where=f"--header #{i}")
+
+    def _validate_prometheus(self) -> None:
+        if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:
+            raise UsageError(f"--prometheus-port {self.prometheus_port}: use a port 1-65535 (0: any free one)")
+        if self.prometheus_linger is not None and self.prometheus_linger < 0:
+            raise UsageError(f"--prometheus-linger must not be negative, got {self.prometheus_linger}")
+        push = self.prometheus_push
+        if push is not None and not push.lower().startswith(("http://", "https://")):
+            raise UsageError(f"--prometheus-push {push!r}: give the Pushgateway's URL",
+                             hint="e.g. --prometheus-push http://pushgateway:9091")
 
     def _validate_processes(self) -> None:
         if isinstance(self.processes, str) and self.processes.strip().isdigit():

@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import platform
 import signal
+import sys
 import tempfile
 import time
 from collections import deque
@@ -26,6 +27,7 @@ from cvload.config import RunConfig
 from cvload.driver import EngineState, Events, LoadDriver, RunResult
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.exporter import DEFAULT_LINGER_S, Exporter, LiveGauges
 from cvload.loop_health import LoopHealth
 from cvload.metrics import Tally
 from cvload.records import RequestRecord
@@ -95,7 +97,9 @@ class Session:
     tally: Tally = field(default_factory=Tally)
     stop_asked: bool = False
     loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
+    exporter: Exporter | None = None  # --prometheus-port / --prometheus-push
     _loop: asyncio.AbstractEventLoop | None = None
+    _linger_cut: asyncio.Event | None = None
 
     # ---- the lifecycle -------------------------------------------------------------------------------------------
     async def run(self, view: RunView) -> int:
@@ -117,6 +121,7 @@ class Session:
                 view.detach(self)
                 summary = await self.finish()
             view.final(self, summary)
+            await self.linger()
             return self.exit_code()
         finally:
             for sig in handled:
@@ -126,6 +131,8 @@ class Session:
     def interrupt(self) -> None:
         """The user's stop (Ctrl-C, SIGTERM, the dashboard's q): stop sending, drain, write the results."""
         self.stop_asked = True
+        if self._linger_cut is not None:
+            self._linger_cut.set()
         if self.engine is not None and not self.engine.state.stopping:
             self.engine.interrupt()
 
@@ -190,6 +197,7 @@ class Session:
         self.writer.on_error = self._records_failed
         if cfg.save_audio:
             self.events.audio.add_listener(self.writer.write_audio)
+        self.exporter = self._make_exporter()
         driver = self.engine = await self._driver(cfg, items)
         if driver.health is not None:  # a fleet: the client section is its load processes' loops
             self.loop_health = driver.health
@@ -217,6 +225,57 @@ class Session:
             await driver.close()
             raise
         return driver
+
+    def _make_exporter(self) -> Exporter | None:
+        """--prometheus-port/--prometheus-push: listening and the first push happen here, before the driver
+        starts, so a busy port or a refused Pushgateway fails before any load (exit 2)."""
+        cfg = self.config
+        if cfg.prometheus_port is None and not cfg.prometheus_push:
+            return None
+        assert self.out_dir is not None and self.writer is not None
+
+        def state() -> EngineState:
+            return self.engine.state if self.engine is not None else EngineState()
+
+        gauges = LiveGauges(
+            in_flight=lambda: self.engine.inflight_count if self.engine is not None else None,
+            requested_concurrency=lambda: state().concurrency if cfg.closed_loop else None,
+            requested_rate=lambda: None if cfg.closed_loop else state().rate,
+            client=lambda: self.loop_health.live() if state().started else None)
+        mode = self.infos[0].mode if self.infos else cfg.mode
+        exporter = Exporter(run_id=self.out_dir.name, api=cfg.api, protocol=cfg.protocol or "", mode=mode,
+                            gauges=gauges)
+        if cfg.prometheus_port is not None:
+            exporter.serve(cfg.prometheus_port, cfg.prometheus_address)
+            print(f"cvload: metrics on {exporter.url} (run_id {self.out_dir.name})", file=sys.stderr, flush=True)
+        if cfg.prometheus_push:
+            exporter.push_to(cfg.prometheus_push)
+        self.events.finished.add_listener(exporter.observe)
+        return exporter
+
+    def export_level(self, level: float | None) -> None:
+        """A sweep's load level, as the ``cvload_sweep_level`` gauge."""
+        if self.exporter is not None:
+            self.exporter.set_level(level)
+
+    async def linger(self) -> None:
+        """Keep the metrics endpoint up ``--prometheus-linger`` after the run (the last scrape sees the final
+        numbers), unless the user stops; then stop it, after the last push."""
+        exporter = self.exporter
+        if exporter is None:
+            return
+        self.exporter = None
+        linger = self.config.prometheus_linger if self.config.prometheus_linger is not None else DEFAULT_LINGER_S
+        self._linger_cut = asyncio.Event()
+        exporter.finish()
+        if exporter.port is not None and linger > 0 and not self.stop_asked:
+            print(f"cvload: metrics stay on {exporter.url} for {linger:g} s for the last scrape "
+                  "(--prometheus-linger; Ctrl-C ends it now)", file=sys.stderr, flush=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._linger_cut.wait(), linger)
+        loop = asyncio.get_running_loop()
+        for warning in await loop.run_in_executor(None, exporter.close):
+            print(f"cvload: --prometheus-push: {warning}", file=sys.stderr, flush=True)
 
     def _records_failed(self, reason: str) -> None:
         """From the records writer's thread: a record could not be written, so stop sending (exit 1)."""
@@ -331,6 +390,9 @@ class Session:
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary(None if window is None else window[0])
         summary["client"] = self.loop_health.summary()
+        if self.exporter is not None:
+            summary["prometheus"] = {"run_id": self.exporter.run_labels[0], "port": self.exporter.port,
+                                     "push": cfg.prometheus_push}
         verdicts = evaluate(self.objectives, summary)
         summary["slo"] = verdicts
         summary["slo_passed"] = all_met(verdicts)
@@ -350,6 +412,9 @@ class Session:
         for target in self.targets:
             with contextlib.suppress(Exception):  # closing a broken connection must not hide the result
                 await target.close()
+        if self.exporter is not None:  # the run failed before its linger: no waiting, but the last push
+            await asyncio.get_running_loop().run_in_executor(None, self.exporter.close)
+            self.exporter = None
         if self.writer is not None:
             self.writer.close()
         if self.server is not None:

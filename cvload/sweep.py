@@ -257,6 +257,7 @@ class Sweep:
             result = self.result()
             self._write(result)
             view.final(self, result)
+            await self.session.linger()
             return self.exit_code(result)
         finally:
             for sig in handled:
@@ -281,6 +282,9 @@ class Sweep:
         """The user's stop: stop sending, cancel what is in flight after a short drain, write what was judged."""
         self._interrupted = True
         self.stopped_because = self.stopped_because or "interrupted"
+        self.session.stop_asked = True
+        if self.session._linger_cut is not None:  # Ctrl-C while the metrics endpoint lingers: end it now
+            self.session._linger_cut.set()
         self._stop.set()
         if self.session.engine is not None:
             self.session.engine.interrupt()
@@ -385,6 +389,7 @@ class Sweep:
         if warm_requests == 0 and warm_seconds is None:
             self._open_window(level)
         self.current = level
+        self.session.export_level(shown)
         engine = self.engine
         if self.plan.kind == "concurrency":
             engine.set_concurrency(int(value))

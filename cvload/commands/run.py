@@ -92,6 +92,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "or HTTP port + 2 as in Triton's 8000/8001/8002; 'none')")
     g.add_argument("--telemetry-interval", type=_duration, default=None, metavar="T")
     g.add_argument("--gpu-source", choices=("auto", "server", "nvml", "none"), default=None)
+    g = p.add_argument_group("Prometheus: cvload's own live metrics (docs/prometheus.md)")
+    g.add_argument("--prometheus-port", type=int, default=None, metavar="PORT",
+                   help="serve cvload_* metrics (latency histograms, request counters, in-flight, loop lag) on "
+                        "http://ADDRESS:PORT/metrics while the run lasts (0: any free port)")
+    g.add_argument("--prometheus-address", default=None, metavar="ADDRESS",
+                   help="the address the metrics endpoint listens on (default 0.0.0.0)")
+    g.add_argument("--prometheus-linger", type=_duration, default=None, metavar="T",
+                   help="keep the endpoint up T after the run so the last scrape sees the final numbers "
+                        "(default 15s; Ctrl-C ends it)")
+    g.add_argument("--prometheus-push", default=None, metavar="URL",
+                   help="push the metrics to a Pushgateway (every 5 s and at the end; job cvload, label run_id): "
+                        "for short CI runs nothing scrapes")
     g = p.add_argument_group("TLS and credentials (docs/tls.md)")
     g.add_argument("--tls", action="store_true", default=None,
                    help="connect over TLS (gRPC and HTTP; an https:// --server implies it)")
