@@ -117,8 +117,9 @@ class Session:
             self.engine.interrupt()
 
     # ---- before the first request --------------------------------------------------------------------------
-    def start_emulator(self) -> None:
-        """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it."""
+    def start_emulator(self, texts: tuple[str, ...] = ()) -> None:
+        """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it. The run's
+        ``texts`` are spoken into the emulator's speech cache first (once: later runs find them there)."""
         from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository, get_profile
         from cvload.triton.launcher import TritonServer
 
@@ -129,22 +130,24 @@ class Session:
             from cvload.emulator.openai_server import OpenAIServer
 
             self.server = OpenAIServer(profile, model=cfg.model, max_conc=cfg.max_conc or 0, workdir=root,
-                                       die_with_parent=True).start()
+                                       die_with_parent=True, texts=texts).start()
             self.config = cfg.merged({"server": [self.server.url]})
             return
         if cfg.api == "cosyvoice":  # CosyVoice's Python runtime, in a child process; it has no metrics endpoint
             from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
 
             self.server = RuntimeServer(profile, max_conc=cfg.max_conc or DEFAULT_MAX_CONC,
-                                        sample_rate=cfg.sample_rate or 24000, workdir=root, die_with_parent=True)
+                                        sample_rate=cfg.sample_rate or 24000, workdir=root, die_with_parent=True,
+                                        texts=texts)
             self.server.start()
             address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
             self.config = cfg.merged({"server": [address]})
             return
         if cfg.pipeline:
-            repo = build_pipeline_repository(root, profile, name=cfg.model, mode=cfg.mode)
+            repo = build_pipeline_repository(root, profile, name=cfg.model, mode=cfg.mode, texts=texts)
         else:
-            repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
+            repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)],
+                                    texts=texts)
         self.server = TritonServer(repo, workdir=root, die_with_parent=True)
         self.server.start()
         address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
@@ -166,7 +169,7 @@ class Session:
         self.writer = ResultsWriter(self.out_dir)
         if cfg.emulator:
             # In this (main) thread: the server's parent-death signal follows the thread that started it.
-            self.start_emulator()
+            self.start_emulator(tuple(item.target_text for item in items))
             cfg = self.config
         for address in cfg.addresses():
             self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,

@@ -5,8 +5,9 @@ instance, so ``bls_instances`` requests are worked on at once) it sends the prom
 and ``speaker_embedding`` (skipped when the request brings no prompt: the cached speaker), streams speech tokens
 from the decoupled ``tensorrt_llm`` (``exec(decoupled=True)``, read on a thread), and calls ``token2wav`` once per
 chunk as enough tokens arrived (chunk sizes of the profile, plus the lookahead tokens), sending each chunk's
-waveform to the client. Offline it calls ``tensorrt_llm`` and ``token2wav`` once. Request checks, faults, the
-trace and the voice come from the single-model emulator (``cosyvoice_emulator.py`` beside this file): only the
+waveform to the client: the speech of the text, which only the front holds (token2wav's own output, a tone, is
+the vocoder's work and time). Offline it calls ``tensorrt_llm`` and ``token2wav`` once. Request checks, faults,
+the trace, the voice, garbling and leading silence come from the single-model emulator (``cosyvoice_emulator.py`` beside this file): only the
 production of the chunks differs. Every delay is the sub-models' own, so queueing shows in Triton's statistics
 of the model where it happens.
 """
@@ -181,12 +182,9 @@ class TritonPythonModel(core.TritonPythonModel):
     def _synthesize(self, parsed: dict, request_id: str, arrival: float, emit) -> tuple[list[float], list]:
         p = self.profile
         prompt, prompt_tokens = self._prompt(parsed)
-        total = core.speech_tokens(parsed["target"])
-        # token2wav makes the audio; with the espeak voice the front sends the recorded speech instead
-        voice = self._voice(parsed["target"], request_id) if p.get("voice") == "espeak" else None
-        recorded = isinstance(voice, core.RecordedVoice)
-        if recorded:
-            total = max(1, -(-len(voice.audio) // core.SAMPLES_PER_TOKEN))
+        # token2wav does the vocoder's work and time; what the client hears is the front's voice (the speech of
+        # the text, garbled or delayed as the profile says), which only the front, holding the text, can make
+        voice, total = self._spoken(parsed["target"], request_id)
         text_ids = np.frombuffer(parsed["target"].encode("utf-8"), dtype=np.uint8).astype(np.int32) + TEXT_IDS - 256
         input_ids = np.concatenate([text_ids, np.arange(prompt_tokens, dtype=np.int32) + TEXT_IDS + 20])
         sends: list[float] = []
@@ -194,10 +192,10 @@ class TritonPythonModel(core.TritonPythonModel):
 
         def vocode(ids: list[int], n: int, offset: int | None, final: bool | None) -> None:
             start = time.monotonic()
-            audio = self._token2wav(ids, prompt, request_id, offset, final)
+            self._token2wav(ids, prompt, request_id, offset, final)
             spans.append([start - arrival, time.monotonic() - arrival])
             sends.append(time.monotonic() - arrival)
-            emit(voice.render(n * core.SAMPLES_PER_TOKEN) if recorded else audio)  # type: ignore[union-attr]
+            emit(voice.render(n * core.SAMPLES_PER_TOKEN))  # type: ignore[attr-defined]
 
         if not self.decoupled:
             ids = self._ids(self._llm_request(input_ids, total, False, request_id).exec())

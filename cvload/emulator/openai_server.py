@@ -61,6 +61,7 @@ class Synthesizer(TritonPythonModel):
         self.lock = threading.Lock()
         self.active = 0
         self.trace_lock = threading.Lock()
+        self._start_speech()
 
     def run(self, text: str, request_id: str, arrival: float, emit: Any) -> str | None:
         """Synthesize on this thread, ``emit(int16 bytes)`` at each chunk's time; the error message or None."""
@@ -278,6 +279,7 @@ class OpenAIServer(ChildServer):
     max_conc: int = 0
     token: str | None = None
     odd_splits: bool = False  # pcm: each chunk as two HTTP chunks cut inside a sample
+    texts: tuple[str, ...] = ()  # spoken into the speech cache before the start (the built-in set always is)
 
     @property
     def url(self) -> str:
@@ -292,8 +294,10 @@ class OpenAIServer(ChildServer):
         return {"speech": self.url + ROUTES[0], "log": str(self.log_path)}
 
     def start(self) -> OpenAIServer:
+        from cvload.emulator.voices import warm_speech
         from cvload.triton.launcher import claim_ports
 
+        warm_speech([self.profile], self.texts)  # before the server: synthesis never costs emulated time
         claim_ports(self, ("port",))
         self._prepare_workdir("cvload-openai-", "openai_server.log")
         env = self.child_env()

@@ -35,8 +35,9 @@ from typing import Annotated, Any
 import numpy as np
 
 from cvload.address import hostport
+from cvload.emulator import speech
 from cvload.emulator.child import ChildServer
-from cvload.emulator.model import ToneVoice, Vocoder, speech_seconds, speech_tokens
+from cvload.emulator.model import SAMPLE_RATE, ToneVoice, Vocoder, speech_seconds, speech_tokens
 from cvload.emulator.profiles import Profile
 from cvload.errors import ServerError
 
@@ -73,6 +74,9 @@ class Synthesizer:
         self.lock = threading.Lock()
         self.active = 0
         self.arrivals = 0
+        self.speech = speech.SpeechCache(profile.speech_cache or None)
+        self.garble_rng = random.Random(f"garble-{profile.seed}")
+        self.recent: list[list[np.ndarray]] = []  # the last requests' sentences, for garble's "swap"
 
     def admit(self) -> None:
         """Count the arrival; crash the server at ``crash_after``; fail ``error_rate`` of the requests."""
@@ -91,7 +95,36 @@ class Synthesizer:
 
     def audio(self, sentence: str, voice: ToneVoice) -> bytes:
         n = max(1, round(speech_seconds(sentence) * self.sample_rate))
-        return (np.clip(voice.render(n), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        return pcm16(voice.render(n))
+
+    def spoken(self, parts: list[str], others: int) -> list[np.ndarray] | None:
+        """Each sentence's speech at the server's rate, garbled when more than ``garble_above`` requests are in
+        flight (``others`` besides this one; the share (n - N) / n, by the seed); None while a sentence is not
+        cached yet (the request gets the tone; its speech is synthesised off the response path)."""
+        found = [self.speech.lookup(s, max(1, round(speech_seconds(s) * SAMPLE_RATE))) for s in parts]
+        if any(a is None for a in found):
+            return None
+        clean: list[np.ndarray] = found  # type: ignore[assignment]
+        audio = list(clean)
+        above, n = self.profile.garble_above, others + 1
+        with self.lock:
+            if above is not None and n > above and self.garble_rng.random() < (n - above) / n:
+                mode, rng = self.garble_rng.choice(speech.GARBLE_MODES), random.Random(self.garble_rng.random())
+                swap = next((r for r in reversed(self.recent) if r is not clean), None)
+                mode = "noise" if mode == "swap" and swap is None else mode
+                audio = [speech.garble(a, mode, rng, swap[i % len(swap)] if swap else None)
+                         for i, a in enumerate(clean)]
+            self.recent = [*self.recent[-7:], clean]
+        if self.sample_rate != SAMPLE_RATE:
+            audio = [_fit(speech.resample(a, SAMPLE_RATE, self.sample_rate),
+                          max(1, round(speech_seconds(s) * self.sample_rate))) for a, s in zip(audio, parts)]
+        return audio
+
+    def leading(self) -> np.ndarray:
+        """``leading_silence_s`` of quiet (never digital zero) before the first sentence."""
+        quiet = np.full(round(self.profile.leading_silence_s * self.sample_rate), speech.FLOOR, np.float32)
+        quiet[1::2] = -speech.FLOOR
+        return quiet
 
     def run(self, text: str, arrival: float) -> Iterator[bytes]:
         """The request's sentences as raw int16 PCM, each returned at its time (the caller sends it at once)."""
@@ -102,6 +135,7 @@ class Synthesizer:
             self.active += 1
             others = self.active - 1
             stall_at = self.rng.randrange(len(parts)) if self.rng.random() < p.stall_prob else -1
+        said = self.spoken(parts, others) if p.voice == "speech" else None
         try:
             shift = 0.0
             clock = arrival + self._jitter(p.llm_prefill_s + p.llm_prefill_per_active_s * others)
@@ -110,7 +144,10 @@ class Synthesizer:
                     time.sleep(p.stall_s)
                     shift += p.stall_s
                     clock += p.stall_s
-                pcm = self.audio(sentence, voice)  # before the wait: making audio must not delay the send
+                # before the wait: making audio must not delay the send
+                pcm = self.audio(sentence, voice) if said is None else pcm16(said[i])
+                if i == 0 and p.leading_silence_s > 0:
+                    pcm = pcm16(self.leading()) + pcm
                 if p.fixed_first_s is not None:
                     _sleep_until(arrival + shift + p.fixed_first_s + i * (p.fixed_interval_s or 0.0))
                 else:
@@ -130,6 +167,17 @@ class Synthesizer:
             return 0.0
         slowdown = 1.0 + self.profile.llm_batch_slowdown * max(0, self.active - 1)
         return self._jitter(tokens * slowdown / rate)
+
+
+def pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def _fit(audio: np.ndarray, n: int) -> np.ndarray:
+    """``audio`` cut or padded (quietly) to exactly ``n`` samples (resampling may be one off)."""
+    if audio.size >= n:
+        return audio[:n]
+    return np.concatenate([audio, np.full(n - audio.size, speech.FLOOR, np.float32)])
 
 
 def _sleep_until(deadline: float) -> None:
@@ -334,6 +382,7 @@ class RuntimeServer(ChildServer):
     max_conc: int = DEFAULT_MAX_CONC
     sample_rate: int = DEFAULT_SAMPLE_RATE
     split_bytes: int = 0
+    texts: tuple[str, ...] = ()  # spoken (sentence by sentence) into the cache before the start, with the built-in set
 
     @property
     def grpc_url(self) -> str:
@@ -355,10 +404,12 @@ class RuntimeServer(ChildServer):
                 "--split-bytes", str(self.split_bytes), "--profile-json", self.profile.to_json()]
 
     def start(self) -> "RuntimeServer":
+        from cvload.emulator.voices import warm_speech
         from cvload.triton.launcher import accepts, claim_ports
 
         if self.max_conc < 1:
             raise ServerError(f"--max-conc must be at least 1, got {self.max_conc}")
+        warm_speech([self.profile], self.texts, per_sentence=True)  # never at the cost of emulated time
         claim_ports(self, ("grpc_port", "http_port"))
         self._prepare_workdir("cvload-runtime-", "runtime_server.log")
 
