@@ -21,7 +21,6 @@ import json
 import math
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -39,19 +38,12 @@ from cvload.emulator import speech
 from cvload.emulator.child import ChildServer
 from cvload.emulator.model import SAMPLE_RATE, ToneVoice, Vocoder, speech_seconds, speech_tokens
 from cvload.emulator.profiles import Profile
+from cvload.emulator.speech import sentences
 from cvload.errors import ServerError
 
 DEFAULT_MAX_CONC = 4  # the runtime's own default (--max_conc 4)
 DEFAULT_SAMPLE_RATE = 24000  # CosyVoice2/3; 22050 emulates CosyVoice-300M
 KINDS = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")
-# Sentence ends: CJK punctuation anywhere, ASCII punctuation before a space (so "3.5" stays one number).
-_SENTENCE_END = re.compile(r"(?<=[\u3002\uff01\uff1f\uff1b])|(?<=[.!?;])\s+")
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences the runtime's text frontend would synthesize one by one (never empty)."""
-    parts = [p.strip() for p in _SENTENCE_END.split(text)]
-    return [p for p in parts if p and re.search(r"\w", p)] or [text.strip()]
 
 
 class RequestError(Exception):

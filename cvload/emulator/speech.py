@@ -36,7 +36,7 @@ SAMPLE_RATE = 24000
 ENGLISH_VOICE = "hibari-heart"
 CHINESE_VOICE = "espeak-cmn"
 FLOOR = 3e-4  # the level between and after words: quiet (-70 dBFS), never digital zero
-_FORMAT = "1"  # bump when the fitting or the stored form changes: old files are then simply not found
+_FORMAT = "2"  # bump when the fitting or the stored form changes: old files are then simply not found
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _MAX_SPEEDUP = 2.0  # hibari's fastest (its speed runs 0.5 .. 2.0)
 _MIN_SPEED = 0.85  # slower than this sounds drawn out: a longer quiet tail instead
@@ -59,6 +59,17 @@ def cache_dir() -> str:
 
 def voice_for(text: str) -> str:
     return CHINESE_VOICE if _CJK.search(text) else ENGLISH_VOICE
+
+
+# Sentence ends: CJK punctuation anywhere, ASCII punctuation before a space (so "3.5" stays one number).
+_SENTENCE_END = re.compile(r"(?<=[\u3002\uff01\uff1f\uff1b])|(?<=[.!?;])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences CosyVoice's Python runtime synthesizes one by one (never empty): the emulated runtime
+    sends, and speaks, one response per sentence."""
+    parts = [p.strip() for p in _SENTENCE_END.split(text)]
+    return [p for p in parts if p and re.search(r"\w", p)] or [text.strip()]
 
 
 # ---- engines -------------------------------------------------------------------------------------------------
@@ -141,7 +152,7 @@ def _trim(audio: np.ndarray) -> np.ndarray:
     loud = np.flatnonzero(np.abs(audio) > 0.01)
     if loud.size == 0:
         return audio
-    pad = SAMPLE_RATE // 50  # keep 20 ms around the speech: onsets and releases are quiet
+    pad = SAMPLE_RATE // 200  # keep 5 ms around the speech (a soft onset is speech already)
     return audio[max(0, loud[0] - pad): loud[-1] + pad]
 
 
@@ -290,10 +301,10 @@ def garble(audio: np.ndarray, mode: str, rng, other: np.ndarray | None = None) -
     loud = np.flatnonzero(np.abs(audio) > 0.01)
     start, end = (int(loud[0]), int(loud[-1])) if loud.size else (0, audio.size)
     if mode == "drop":
-        span = end - start
-        for _ in range(3):  # three gaps of 12-18% of the speech each: about half the words go
-            width = int(span * rng.uniform(0.12, 0.18))
-            at = start + int(rng.uniform(0, max(1, span - width)))
+        third = (end - start) // 3
+        for k in range(3):  # in each third of the speech a gap of 45-60% of it: about half the words go
+            width = int(third * rng.uniform(0.45, 0.6))
+            at = start + k * third + int(rng.uniform(0, max(1, third - width)))
             out[at:at + width] = FLOOR
         return out
     level = float(np.sqrt(np.mean(np.square(audio[start:end])))) if end > start else 0.1
