@@ -322,14 +322,20 @@ def _python() -> str:
 
 
 def main(argv: list[str]) -> int:
-    """``python speech.py CACHE_DIR``: speak ``[text, samples]`` JSON lines from stdin into the cache, niced."""
+    """``python speech.py CACHE_DIR``: speak ``[text, samples]`` JSON lines from stdin into the cache, at the
+    lowest priority and one such process at a time per cache (a file lock): every instance of a server may miss
+    the same new text at once, and on a small machine their syntheses would otherwise crowd its cores."""
+    import fcntl
+
     with contextlib.suppress(OSError):
-        os.nice(10)
+        os.nice(19)
     cache = SpeechCache(argv[0] if argv else None)
-    for line in sys.stdin:
-        if line.strip():
-            text, samples = json.loads(line)
-            cache.make(text, int(samples))
+    wanted = [json.loads(line) for line in sys.stdin if line.strip()]
+    os.makedirs(cache.directory, exist_ok=True)
+    with open(os.path.join(cache.directory, ".speaking.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for text, samples in wanted:
+            cache.make(text, int(samples))  # one another process made meanwhile is read, not made again
     return 0
 
 
