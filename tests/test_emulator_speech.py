@@ -66,11 +66,30 @@ def run(out: Path, server: str, *sets: str, tasks: int, requests: int) -> list[t
     return saved(out)
 
 
-@pytest.mark.parametrize("server", list(SERVERS))
-def test_every_server_speaks_with_leading_silence_and_garbles_above_n(tmp_path: Path, server: str) -> None:
-    """Concurrency 4 with garble_above=1: a request that finds n > 1 in flight is spoiled with the share
-    (n - 1) / n; every request, spoiled or not, starts with 300 ms of quiet, then its speech's length."""
-    said = run(tmp_path / "out", server, f"leading_silence_s={LEAD_S}", "garble_above=1", tasks=4, requests=12)
+_runs: dict[str, list[tuple[str, np.ndarray]]] = {}
+
+
+@pytest.fixture(params=list(SERVERS))
+def loaded(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, list]:
+    """(server, its responses) of one run per server, shared by the tests below: concurrency 4 with
+    garble_above=1 (a request that finds n > 1 in flight is spoiled with the share (n - 1) / n) and 300 ms of
+    leading silence."""
+    server = request.param
+    if server not in _runs:
+        _runs[server] = run(tmp_path_factory.mktemp(server), server, f"leading_silence_s={LEAD_S}",
+                            "garble_above=1", tasks=4, requests=12)
+    return server, _runs[server]
+
+
+def unspoiled(audio: np.ndarray, clean: np.ndarray) -> bool:
+    lead = round(LEAD_S * SAMPLE_RATE)
+    return bool(np.allclose(audio[lead:lead + clean.size], clean, atol=2 / 32767))
+
+
+def test_every_server_speaks_with_leading_silence_and_garbles_above_n(loaded: tuple[str, list]) -> None:
+    """Every request, spoiled or not, starts with 300 ms of quiet, then its speech's length; unspoiled ones are
+    exactly the speech of their text, and both kinds occur."""
+    server, said = loaded
     lead = round(LEAD_S * SAMPLE_RATE)
     kept = spoiled = 0
     for item, audio in said:
@@ -79,25 +98,23 @@ def test_every_server_speaks_with_leading_silence_and_garbles_above_n(tmp_path: 
         assert lead + clean.size <= audio.size < lead + clean.size + SAMPLES_PER_TOKEN, item
         assert np.abs(audio[:lead]).max() < 0.002, "quiet before the speech"
         assert abs(onset_s(audio) - LEAD_S - onset_s(clean)) <= 0.02
-        if np.allclose(audio[lead:lead + clean.size], clean, atol=2 / 32767):
+        if unspoiled(audio, clean):
             kept += 1
         else:
             spoiled += 1
     assert kept and spoiled, (kept, spoiled)
-    heard(server, said)
 
 
-def heard(server: str, said: list[tuple[str, np.ndarray]]) -> None:
+def test_every_server_is_heard_saying_its_text(loaded: tuple[str, list]) -> None:
     """A real recognizer (Moonshine, the listening checks' default) hears the text in an unspoiled English
-    response. Skipped where cvload has no recognizers (before the listening checks join this branch)."""
+    response of each server. Skipped where cvload has no recognizers (cvload.asr, the listening checks)."""
     asr = pytest.importorskip("cvload.asr")
     content = pytest.importorskip("cvload.content")
+    server, said = loaded
     recognizer = asr.make_recognizer("moonshine")
     for item, audio in said:
         text = TEXTS[item]
-        clean = clean_speech(text, server)
-        lead = round(LEAD_S * SAMPLE_RATE)
-        if item.startswith("en_") and np.allclose(audio[lead:lead + clean.size], clean, atol=2 / 32767):
+        if item.startswith("en_") and unspoiled(audio, clean_speech(text, server)):
             transcript = recognizer.transcribe(audio, SAMPLE_RATE, "en")
             assert content.error_rate(text, transcript, "en") <= 0.15, (text, transcript)
             return
