@@ -23,6 +23,7 @@ from cvload import __version__
 from cvload.config import RunConfig
 from cvload.engine import Engine, RunResult
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.barge_in_summary import BargeInTally
 from cvload.loop_health import LoopHealth
 from cvload.metrics import Tally
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
@@ -82,6 +83,9 @@ class Session:
     tally: Tally = field(default_factory=Tally)
     stop_asked: bool = False
     loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
+    barge_in: BargeInTally | None = None  # --barge-in: the abandoned requests and the survivors' first chunk
+    emulator_trace: Path | None = None  # the embedded server's per-request trace, where it writes one
+    baseline: tuple[dict[str, Any], str] | None = None  # --barge-in-baseline: that run's summary and folder
     _loop: asyncio.AbstractEventLoop | None = None
 
     # ---- the lifecycle -------------------------------------------------------------------------------------------
@@ -125,6 +129,7 @@ class Session:
         cfg = self.config
         profile = get_profile(cfg.profile or "demo", cfg.profile_set)
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
+        self.emulator_trace = root / f"{cfg.model}.trace.jsonl"  # Triton's and the OpenAI-style emulator's
         if cfg.api == "openai":  # the OpenAI-style speech server, in its own process, with the same profile
             from cvload.emulator.openai_server import OpenAIServer
 
@@ -135,6 +140,7 @@ class Session:
         if cfg.api == "cosyvoice":  # CosyVoice's Python runtime, in a child process; it has no metrics endpoint
             from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
 
+            self.emulator_trace = None  # the runtime emulator writes no trace
             self.server = RuntimeServer(profile, max_conc=cfg.max_conc or DEFAULT_MAX_CONC,
                                         sample_rate=cfg.sample_rate or 24000, workdir=root, die_with_parent=True)
             self.server.start()
@@ -204,6 +210,9 @@ class Session:
         self.engine.listeners.append(self.writer.on_record)
         self.tally = Tally(meets=request_check(self.objectives))
         self.engine.listeners.append(self.tally.add)
+        if cfg.barge_in is not None:
+            self.barge_in = BargeInTally(cfg.barge_in)
+            self.engine.listeners.append(self.barge_in.add)
         self.writer.on_error = self._records_failed
         if cfg.save_audio:
             self.engine.on_audio = self.writer.write_audio
@@ -297,6 +306,11 @@ class Session:
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary()
         summary["client"] = self.loop_health.summary()
+        if self.barge_in is not None:  # a server ignoring cancellations writes its trace when it stops
+            summary["barge_in"] = await asyncio.get_running_loop().run_in_executor(None, lambda: self.barge_in.summary(
+                self.out_dir, self.emulator_trace, wait_s=min(30.0, cfg.request_timeout),
+                baseline=self.baseline[0] if self.baseline else None,
+                baseline_dir=self.baseline[1] if self.baseline else None))
         stats_after = await self._statistics()
         if self.stats_before is not None and stats_after is not None:
             from cvload.telemetry import stats_diff
