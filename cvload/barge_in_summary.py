@@ -10,8 +10,8 @@ else: the first chunk of the requests that were not abandoned, against the same 
 
 from __future__ import annotations
 
-import bisect
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,26 +142,31 @@ def _read(path: Path) -> list[dict[str, Any]]:
 
 
 def _match(abandoned: list[Abandoned], lines: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """By request id where the server kept the client's; else the line sent after the request whose notice of a
+    cancellation is nearest its abandon (then, for a request that ended before the server noticed, the nearest
+    arrival after its send)."""
     by_id = {t.get("id"): t for t in lines}
-    found: dict[int, dict[str, Any]] = {}
-    rest = []
-    for i, a in enumerate(abandoned):
-        if a.request_id in by_id:
-            found[i] = by_id[a.request_id]
-        else:
-            rest.append(i)
-    if rest:
-        free = sorted((t["arrival"], k) for k, t in enumerate(lines) if t.get("id") not in
-                      {a.request_id for a in abandoned})
-        taken: set[int] = set()
-        for i in rest:
+    found = {i: by_id[a.request_id] for i, a in enumerate(abandoned) if a.request_id in by_id}
+    ids = {a.request_id for a in abandoned}
+    free = [k for k, t in enumerate(lines) if t.get("id") not in ids]
+    taken: set[int] = set()
+    for noticed in (True, False):
+        for i in sorted(set(range(len(abandoned))) - set(found), key=lambda i: abandoned[i].abandon):
             a = abandoned[i]
-            j = bisect.bisect_left(free, (a.sent - 0.002, -1))
-            while j < len(free) and free[j][1] in taken:
-                j += 1
-            if j < len(free) and free[j][0] - a.sent < 0.5:
-                taken.add(free[j][1])
-                found[i] = lines[free[j][1]]
+
+            def distance(k: int) -> float:
+                t = lines[k]
+                if t["arrival"] < a.sent - 0.002 or t["arrival"] - a.sent > 0.5:
+                    return math.inf
+                if noticed:
+                    return abs(t["arrival"] + t["cancelled"] - a.abandon)
+                return t["arrival"] - a.sent
+
+            pool = [k for k in free if k not in taken and (lines[k].get("cancelled") is not None) == noticed]
+            best = min(pool, key=distance, default=None)
+            if best is not None and distance(best) < math.inf:
+                taken.add(best)
+                found[i] = lines[best]
     return found
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cvload import __version__
+from cvload.barge_in_summary import BargeInTally
 from cvload.config import RunConfig
 from cvload.engine import Engine, RunResult
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
-from cvload.barge_in_summary import BargeInTally
 from cvload.loop_health import LoopHealth
 from cvload.metrics import Tally
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir

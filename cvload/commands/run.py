@@ -8,7 +8,6 @@ import sys
 from typing import Any
 
 from cvload.commands.serve import add_emulator_options, parse_overrides
-from cvload.errors import UsageError
 from cvload.config import (
     APIS,
     ARRIVALS,
@@ -20,6 +19,7 @@ from cvload.config import (
     RunConfig,
     parse_duration,
 )
+from cvload.errors import UsageError
 
 
 def _duration(text: str) -> float:

@@ -36,7 +36,7 @@ import numpy as np
 
 from cvload.address import hostport
 from cvload.emulator.child import ChildServer
-from cvload.emulator.model import ToneVoice, Vocoder, speech_seconds, speech_tokens
+from cvload.emulator.model import CancelWatch, ToneVoice, Vocoder, speech_seconds, speech_tokens
 from cvload.emulator.profiles import Profile
 from cvload.errors import ServerError
 
@@ -93,8 +93,14 @@ class Synthesizer:
         n = max(1, round(speech_seconds(sentence) * self.sample_rate))
         return (np.clip(voice.render(n), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
-    def run(self, text: str, arrival: float) -> Iterator[bytes]:
-        """The request's sentences as raw int16 PCM, each returned at its time (the caller sends it at once)."""
+    def watch(self, gone: Callable[[], bool]) -> CancelWatch:
+        """The client's cancellation (``gone()`` answers True once it went away), honoured unless the profile
+        says ``ignore_cancel``."""
+        return CancelWatch(gone, self.profile.ignore_cancel)
+
+    def run(self, text: str, arrival: float, watch: CancelWatch | None = None) -> Iterator[bytes]:
+        """The request's sentences as raw int16 PCM, each returned at its time (the caller sends it at once);
+        with ``watch``, it ends early once the client went away (unless the profile ignores that)."""
         p = self.profile
         parts = sentences(text)
         voice = ToneVoice(zlib.crc32(text.encode()))  # the same text always sounds the same
@@ -106,18 +112,25 @@ class Synthesizer:
             shift = 0.0
             clock = arrival + self._jitter(p.llm_prefill_s + p.llm_prefill_per_active_s * others)
             for i, sentence in enumerate(parts):
+                if watch is not None and watch.stop():
+                    return
                 if i == stall_at:
-                    time.sleep(p.stall_s)
+                    if _wait(time.monotonic() + p.stall_s, watch):
+                        return
                     shift += p.stall_s
                     clock += p.stall_s
                 pcm = self.audio(sentence, voice)  # before the wait: making audio must not delay the send
                 if p.fixed_first_s is not None:
-                    _sleep_until(arrival + shift + p.fixed_first_s + i * (p.fixed_interval_s or 0.0))
+                    if _wait(arrival + shift + p.fixed_first_s + i * (p.fixed_interval_s or 0.0), watch):
+                        return
                 else:
                     tokens = speech_tokens(sentence)
                     clock = max(clock, time.monotonic()) + self._token_time(tokens)
-                    _sleep_until(clock)
-                    self.vocoder.run(self._jitter(p.vocoder_base_s + p.vocoder_per_token_s * tokens), arrival)
+                    if _wait(clock, watch):
+                        return
+                    cost = self._jitter(p.vocoder_base_s + p.vocoder_per_token_s * tokens)
+                    if self.vocoder.run(cost, arrival, watch) is None and watch is not None and watch.stop():
+                        return
                     clock = time.monotonic()
                 yield pcm
         finally:
@@ -130,6 +143,14 @@ class Synthesizer:
             return 0.0
         slowdown = 1.0 + self.profile.llm_batch_slowdown * max(0, self.active - 1)
         return self._jitter(tokens * slowdown / rate)
+
+
+def _wait(deadline: float, watch: CancelWatch | None) -> bool:
+    """Sleep until ``deadline``; True when ``watch`` says the client went away first (and that counts)."""
+    if watch is None:
+        _sleep_until(deadline)
+        return False
+    return watch.sleep_until(deadline)
 
 
 def _sleep_until(deadline: float) -> None:
@@ -197,7 +218,7 @@ def grpc_server(synth: Synthesizer, host: str, port: int, max_conc: int) -> Any:
             except RequestError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             synth.admit()  # raises for error_rate: grpcio answers UNKNOWN, as for a failing model
-            for pcm in synth.run(text, arrival):
+            for pcm in synth.run(text, arrival, synth.watch(lambda: not context.is_active())):
                 yield pb.Response(tts_audio=pcm)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_conc), maximum_concurrent_rpcs=max_conc,
@@ -238,20 +259,26 @@ def fastapi_app(synth: Synthesizer, max_conc: int, split: int = 0) -> Any:
         except RuntimeError as exc:
             gate.release()
             return JSONResponse({"detail": str(exc)}, status_code=500)
-        sentences_out = split_bytes(synth.run(text, arrival), split)
+        gone = threading.Event()  # the client went away (the response was cancelled): the model stops
+        sentences_out = split_bytes(synth.run(text, arrival, synth.watch(gone.is_set)), split)
 
         async def body() -> Any:
             # Sentences are made in a worker thread (the model's timing sleeps); the gate and the model's count
-            # are released however the response ends, a client that went away included.
+            # are released however the response ends, a client that went away included. A disconnect cancels
+            # the wait for the thread at once (abandon_on_cancel), and the model sees it through ``gone``.
             done = object()
             try:
                 while True:
-                    pcm = await anyio.to_thread.run_sync(next, sentences_out, done)
+                    pcm = await anyio.to_thread.run_sync(next, sentences_out, done, abandon_on_cancel=True)
                     if pcm is done:
                         break
                     yield pcm
             finally:
-                sentences_out.close()
+                gone.set()
+                try:
+                    sentences_out.close()
+                except ValueError:  # still running in its thread: it ends itself, having seen ``gone``
+                    pass
                 gate.release()
 
         return StreamingResponse(body())  # no media type: the real server sends none
