@@ -154,7 +154,7 @@ def _match(abandoned: list[Abandoned], lines: list[dict[str, Any]]) -> dict[int,
         for i in sorted(set(range(len(abandoned))) - set(found), key=lambda i: abandoned[i].abandon):
             a = abandoned[i]
 
-            def distance(k: int) -> float:
+            def distance(k: int, a: Abandoned = a, noticed: bool = noticed) -> float:
                 t = lines[k]
                 if t["arrival"] < a.sent - 0.002 or t["arrival"] - a.sent > 0.5:
                     return math.inf

@@ -13,6 +13,7 @@ of the model where it happens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -43,10 +44,8 @@ class _Tokens:
         the bundled 2.51 has none, so there the stream runs to its end and the release waits for it)."""
         cancel = getattr(self.stream, "cancel", None)
         if cancel is not None:
-            try:
+            with contextlib.suppress(Exception):  # a stream that already ended
                 cancel()
-            except Exception:  # noqa: BLE001 - a stream that already ended
-                pass
 
     def wait_for(self, count: int, watch=None) -> list[int] | None:
         """The first ``count`` tokens; None when ``watch`` (the client's cancellation) says stop first."""

@@ -16,6 +16,7 @@ never shares an interpreter with the process that measures it, and stops it with
 # No ``from __future__ import annotations``: FastAPI reads the routes' parameter annotations (Form, File) as
 # objects, and they are imported inside ``fastapi_app``, where the module's globals cannot see them.
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -275,10 +276,8 @@ def fastapi_app(synth: Synthesizer, max_conc: int, split: int = 0) -> Any:
                     yield pcm
             finally:
                 gone.set()
-                try:
+                with contextlib.suppress(ValueError):  # still running in its thread: it ends itself (``gone``)
                     sentences_out.close()
-                except ValueError:  # still running in its thread: it ends itself, having seen ``gone``
-                    pass
                 gate.release()
 
         return StreamingResponse(body())  # no media type: the real server sends none
