@@ -148,7 +148,7 @@ class LiveStats:
         self._recent.append(r)
         if r.worker >= 0:
             self._workers.add(r.worker)
-        if not r.ok and r.error_kind != ERR_CANCELLED:
+        if not r.ok and r.error_kind != ERR_CANCELLED and not r.barged_in:
             self._latest_errors.append((t, r.error_kind or ",".join(r.flags), r.error or ", ".join(r.flags)))
         if not is_measured(r):
             return
@@ -247,7 +247,7 @@ class LiveStats:
     def _counts(self) -> dict[str, int]:
         t = self._totals
         return {"done": self._done, "measured": t.measured, "ok": t.ok, "failed": t.failed,
-                "cancelled": t.cancelled, "warmup": t.warmup}
+                "cancelled": t.cancelled, "warmup": t.warmup, "barged_in": t.barged_in}
 
     def _p50_row(self, second: int) -> dict[str, float | None]:
         cached = self._bucket_p50.get(second)

@@ -226,7 +226,8 @@ class ThroughputPanel(Panel):
                     out.append(band)
         c = snap.counts
         counts = f"done {c['done']}  ok {c['ok']}  failed {c['failed']}"
-        counts += "".join(f"  {k} {c[k]}" for k in ("warmup", "cancelled") if c[k])
+        counts += "".join(f"  {k.replace('_', ' ')} {c[k]}" for k in ("warmup", "cancelled", "barged_in")
+                          if c.get(k))
         out.append(Text(counts, style="dim"))
         self.update(Group(*out))
 
