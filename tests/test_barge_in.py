@@ -1,0 +1,164 @@
+"""Barge-in load (--barge-in): the policy, the abandoning of a stream, and what real emulated servers do when
+their client goes away (honoured, or ignored with the profile's ignore_cancel)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cvload.barge_in import BargeIn, Plan, check, watch
+from cvload.errors import EXIT_USAGE, UsageError
+from cvload.records import RequestRecord
+from cvload.targets.base import Chunk
+from tests.runs import load, run_cli
+
+
+# ---- the policy -----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(("text", "kind", "share", "low", "high"), [
+    ("30%@1.5s", "after", 0.3, 1.5, 0.0),
+    ("50%@first_chunk", "first_chunk", 0.5, 0.0, 0.0),
+    ("20% @ uniform(0.5s, 3s)", "uniform", 0.2, 0.5, 3.0),
+    ("0.3@audio(2s)", "audio", 0.3, 2.0, 0.0),
+    ("100%@500ms", "after", 1.0, 0.5, 0.0),
+])
+def test_parse(text: str, kind: str, share: float, low: float, high: float) -> None:
+    parsed = BargeIn.parse(text)
+    assert (parsed.kind, parsed.share, parsed.low, parsed.high) == (kind, pytest.approx(share), low, high)
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("150%@1s", "outside 0-100%"),
+    ("-5%@1s", "outside 0-100%"),
+    ("abc%@1s", "not a number"),
+    ("30%@later", "unknown WHEN"),
+    ("30%@gauss(1s,2s)", "unknown WHEN"),
+    ("30%@uniform(3s,1s)", "LOW <= HIGH"),
+    ("30%", "not SHARE@WHEN"),
+])
+def test_bad_specs_name_the_problem(text: str, words: str) -> None:
+    with pytest.raises(UsageError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        BargeIn.parse(text)
+
+
+def test_offline_mode_is_refused() -> None:
+    with pytest.raises(UsageError, match="offline request answers in one piece"):
+        check("30%@1s", mode="offline", seed=0)
+
+
+def test_plan_abandons_its_share_evenly_and_repeatably() -> None:
+    policy = BargeIn.parse("30%@uniform(0.5s,3s)", seed=3)
+    plans = [policy.plan(i) for i in range(1000)]
+    chosen = [i for i, p in enumerate(plans) if p is not None]
+    assert abs(len(chosen) - 300) <= 2
+    assert all(abs(sum(p is not None for p in plans[k:k + 100]) - 30) <= 2 for k in range(0, 1000, 100))
+    assert plans == [BargeIn.parse("30%@uniform(0.5s,3s)", seed=3).plan(i) for i in range(1000)]
+    assert all(0.5 <= p.after_first_s <= 3.0 for p in plans if p is not None)
+    assert BargeIn.parse("0%@1s").plan(0) is None
+    assert all(BargeIn.parse("100%@1s").plan(i) == Plan(after_first_s=1.0) for i in range(10))
+
+
+# ---- abandoning a stream (an in-process target yielding timed chunks) -----------------------------------------
+class Timed:
+    """Chunks of 0.5 s of audio every ``gap`` seconds; remembers whether its stream was closed early."""
+
+    def __init__(self, chunks: int = 5, gap: float = 0.05) -> None:
+        self.chunks, self.gap = chunks, gap
+        self.closed_after: int | None = None
+
+    async def stream(self) -> AsyncIterator[Chunk]:
+        sent = 0
+        try:
+            for _ in range(self.chunks):
+                await asyncio.sleep(self.gap)
+                sent += 1
+                yield Chunk(time.monotonic(), np.zeros(12000, np.float32))
+        finally:
+            if sent < self.chunks:
+                self.closed_after = sent
+
+
+async def _consume(target: Timed, plan: Plan) -> tuple[RequestRecord, int]:
+    record = RequestRecord(index=0, request_id="r", item_id="i", worker=0, server="s", text="t",
+                           sent=time.monotonic())
+    got = 0
+    async for _chunk in watch(target.stream(), plan, record):
+        got += 1
+    return record, got
+
+
+@pytest.mark.parametrize(("plan", "chunks"), [
+    (Plan(after_first_s=0.0), 1),  # right after the first chunk
+    (Plan(after_first_s=0.075), 2),  # between the second and third chunk: the pending read is cancelled
+    (Plan(after_audio_s=1.5), 3),  # three chunks of 0.5 s
+    (Plan(after_first_s=10.0), 5),  # the request ends first: not abandoned
+])
+def test_watch_abandons_at_its_moment(plan: Plan, chunks: int) -> None:
+    target = Timed()
+    record, got = asyncio.run(_consume(target, plan))
+    assert got == chunks
+    if chunks == 5:
+        assert record.abandon_offset is None and target.closed_after is None
+    else:
+        assert record.abandon_offset is not None and target.closed_after == chunks  # the target's finally ran
+        if plan.after_first_s:  # abandoned between chunks, at its time (not at the next chunk's)
+            assert 0.05 + plan.after_first_s <= record.abandon_offset < 0.05 * 3
+
+
+# ---- against the emulated servers -----------------------------------------------------------------------------
+def _barge_run(tmp_path: Path, name: str, *args: str) -> tuple[dict, list[dict], list[dict]]:
+    out = tmp_path / name
+    code = run_cli("--emulator", "--profile", "demo", "--num-tasks", "4", "--requests", "12", "--ramp", "0",
+                   "--barge-in", "50%@first_chunk", "--out", str(out), *args)
+    assert code == 0
+    summary, records = load(out)
+    rows = [json.loads(line) for line in (out / "barge_in.jsonl").read_text().splitlines()]
+    return summary, records, rows
+
+
+def _totals_add_up(summary: dict, records: list[dict]) -> None:
+    counts = summary["requests"]
+    assert counts["ok"] + counts["failed"] + counts["cancelled"] + counts["barged_in"] == len(records) == 12
+    assert counts["barged_in"] == sum(r["error_kind"] == "barged_in" for r in records) > 0
+    assert counts["failed"] == 0  # cancelling one request (its own stream, its own connection) hurt no other
+    assert summary["metrics"]["first_chunk_latency_ms"]["count"] == 12  # abandoned ones were heard
+    assert summary["metrics"]["total_latency_ms"]["count"] == counts["ok"]  # ... but never completed
+
+
+@pytest.mark.parametrize("args", [("--protocol", "grpc"), ("--api", "openai")], ids=["triton-grpc", "openai"])
+def test_emulator_honours_cancellation(tmp_path: Path, args: tuple[str, ...]) -> None:
+    summary, records, rows = _barge_run(tmp_path, "honoured", *args, "--slo", "barge_in.release_ms.p95<2s")
+    _totals_add_up(summary, records)
+    section = summary["barge_in"]
+    assert section["release_source"] == "server" and section["abandoned"] == len(rows) == 6
+    assert all(row["server_noticed_ms"] is not None for row in rows)  # the server saw every cancellation
+    # abandoned right after the first chunk, the server made no more than the chunk it was making then
+    assert all(row["server_audio_after_abandon_s"] <= 2.0 for row in rows)
+    assert summary["slo"][0]["verdict"] == "pass"
+
+
+def test_ignore_cancel_generates_to_the_end(tmp_path: Path) -> None:
+    summary, records, rows = _barge_run(tmp_path, "ignored", "--protocol", "http",
+                                        "--profile-set", "ignore_cancel=true")
+    _totals_add_up(summary, records)
+    section = summary["barge_in"]
+    assert section["release_source"] == "server"
+    assert all(row["server_noticed_ms"] is not None for row in rows)  # noticed, and went on all the same
+    assert section["server_audio_after_abandon_s"] > 6 * 2.0  # the rest of each request was made for nobody
+    assert section["release_ms"]["p50"] > section["client_release_ms"]["p50"]
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (("--barge-in", "150%@1s"), "outside 0-100%"),
+    (("--barge-in", "30%@whenever"), "unknown WHEN"),
+    (("--barge-in", "30%@1s", "--mode", "offline"), "offline"),
+    (("--barge-in-baseline",), "add --barge-in"),
+])
+def test_bad_barge_in_exits_2(args: tuple[str, ...], words: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli("--emulator", "--requests", "1", *args) == EXIT_USAGE
+    assert words in capsys.readouterr().err
