@@ -162,3 +162,23 @@ def test_ignore_cancel_generates_to_the_end(tmp_path: Path) -> None:
 def test_bad_barge_in_exits_2(args: tuple[str, ...], words: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("--emulator", "--requests", "1", *args) == EXIT_USAGE
     assert words in capsys.readouterr().err
+
+
+# ---- doctor ---------------------------------------------------------------------------------------------------
+def test_doctor_cancellation_check(tmp_path: Path) -> None:
+    """The pipeline emulator's front stops calling token2wav once cancelled; a front with ignore_cancel (beside
+    it in the same repository) fails the check, which names the fix."""
+    from cvload.emulator import build_pipeline_repository, get_profile
+    from cvload.triton.launcher import TritonServer
+    from server_bootstrap import cancel_check
+    from tests.conftest import FAST_EXIT
+
+    build_pipeline_repository(tmp_path, get_profile("demo", {"ignore_cancel": True}), name="ignoring",
+                              prompt_models=False)
+    repo = build_pipeline_repository(tmp_path, get_profile("demo"), prompt_models=False)
+    with TritonServer(repo, workdir=tmp_path / "server", extra_args=FAST_EXIT) as server:
+        http = f"http://127.0.0.1:{server.http_port}"
+        stops = cancel_check.check_cancellation(http, server.grpc_url, "cosyvoice2")
+        ignores = cancel_check.check_cancellation(http, server.grpc_url, "ignoring")
+    assert stops.status == "ok", stops
+    assert ignores.status == "FAIL" and "is_cancelled()" in ignores.fix, ignores
