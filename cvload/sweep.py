@@ -26,6 +26,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from cvload import __version__
+from cvload.barge_in_summary import BargeInTally
 from cvload.config import SEARCHES, RunConfig, Warmup, parse_levels
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
@@ -527,7 +528,7 @@ class Sweep:
             level.records.append(copy)
             level.writer.on_record(copy)
         level.outstanding = 0
-        level.summary = self._summary(level)
+        level.summary = self._summary(level, await self._barge_in(level))
         level.writer.write_summary(level.summary)
         level.writer.close()
         level.judged = True
@@ -560,7 +561,19 @@ class Sweep:
         if self.current is not None:
             self.current.changed.set()
 
-    def _summary(self, level: Level) -> dict[str, Any]:
+    async def _barge_in(self, level: Level) -> dict[str, Any] | None:
+        """--barge-in: the level's ``barge_in`` section (cvload/barge_in_summary.py), its release times from the
+        emulated server's trace where there is one (waited for: a server ignoring cancellations writes late)."""
+        cfg = self.session.config
+        if cfg.barge_in is None:
+            return None
+        tally = BargeInTally(cfg.barge_in)
+        for record in level.records:
+            tally.add(record)
+        return await asyncio.get_running_loop().run_in_executor(None, lambda: tally.summary(
+            level.folder, self.session.emulator_trace, wait_s=min(30.0, cfg.request_timeout)))
+
+    def _summary(self, level: Level, barge_in: dict[str, Any] | None = None) -> dict[str, Any]:
         """The level's summary.json (schema cvload.summary/1), judged on its own objectives."""
         assert level.started is not None and level.ended is not None
         cfg = self.session.config
@@ -582,6 +595,8 @@ class Sweep:
         summary.update(summarize(level.records, wall_s=wall, concurrency=self._achieved(level, requested),
                                  meets=self.meets))
         summary["client"] = self.session.loop_health.summary()
+        if barge_in is not None:
+            summary["barge_in"] = barge_in
         verdicts = evaluate(self.objectives, summary)
         summary["slo"] = verdicts
         summary["slo_passed"] = all_met(verdicts)
@@ -660,6 +675,8 @@ class Sweep:
                 "incomplete_min_s": s.get("incomplete_min_s"), "throughput": s.get("throughput"),
                 "goodput": s.get("goodput"), "concurrency": s.get("concurrency"), "wall_s": s.get("wall_s"),
                 "metrics": metrics,
+                **({"barge_in": {k: s["barge_in"].get(k) for k in ("abandoned", "release_source", "release_ms",
+                                                                    "survivors")}} if s.get("barge_in") else {}),
             },
         }
 
