@@ -130,7 +130,8 @@ def _totals_add_up(summary: dict, records: list[dict]) -> None:
     assert summary["metrics"]["total_latency_ms"]["count"] == counts["ok"]  # ... but never completed
 
 
-@pytest.mark.parametrize("args", [("--protocol", "grpc"), ("--api", "openai")], ids=["triton-grpc", "openai"])
+@pytest.mark.parametrize("args", [("--protocol", "grpc", "--barge-in-baseline"), ("--api", "openai")],
+                         ids=["triton-grpc-paired", "openai"])
 def test_emulator_honours_cancellation(tmp_path: Path, args: tuple[str, ...]) -> None:
     summary, records, rows = _barge_run(tmp_path, "honoured", *args, "--slo", "barge_in.release_ms.p95<2s")
     _totals_add_up(summary, records)
@@ -140,6 +141,29 @@ def test_emulator_honours_cancellation(tmp_path: Path, args: tuple[str, ...]) ->
     # abandoned right after the first chunk, the server made no more than the chunk it was making then
     assert all(row["server_audio_after_abandon_s"] <= 2.0 for row in rows)
     assert summary["slo"][0]["verdict"] == "pass"
+    if "--barge-in-baseline" in args:  # the same load without barge-in ran first, into OUT/baseline
+        out = tmp_path / "honoured"
+        base = json.loads((out / "baseline" / "summary.json").read_text())
+        assert base["requests"]["barged_in"] == 0 and base["requests"]["ok"] == 12
+        assert section["baseline"]["first_chunk_latency_ms"] == base["metrics"]["first_chunk_latency_ms"]
+        assert section["survivors"]["first_chunk_p95_vs_baseline"] > 0
+        from cvload.report.build import write_report
+
+        html, _ = write_report([out], str(tmp_path / "report.html"))
+        text = html.read_text()
+        assert "Barge-in release time" in text and "Barge-in: first chunk of the others" in text
+
+
+def test_sweep_levels_judge_their_barge_in(tmp_path: Path) -> None:
+    from cvload.cli import main
+
+    out = tmp_path / "sweep"
+    code = main(["sweep", "--quiet", "--emulator", "--profile", "demo", "--num-tasks", "3", "--duration", "2s",
+                 "--barge-in", "50%@first_chunk", "--slo", "barge_in.release_ms.p95<5s", "--out", str(out)])
+    assert code == 0
+    level = json.loads((out / "sweep.json").read_text())["levels"][0]
+    assert level["summary"]["barge_in"]["abandoned"] > 0
+    assert level["slo"][0]["verdict"] == "pass" and level["slo"][0]["measured"] is not None
 
 
 def test_ignore_cancel_generates_to_the_end(tmp_path: Path) -> None:
@@ -162,6 +186,13 @@ def test_ignore_cancel_generates_to_the_end(tmp_path: Path) -> None:
 def test_bad_barge_in_exits_2(args: tuple[str, ...], words: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_cli("--emulator", "--requests", "1", *args) == EXIT_USAGE
     assert words in capsys.readouterr().err
+
+
+def test_scenario_barge_in_is_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    scenario = tmp_path / "s.toml"
+    scenario.write_text('emulator = true\nrequests = 1\nbarge_in = "30%@sometime"\n')
+    assert run_cli(str(scenario)) == EXIT_USAGE
+    assert "unknown WHEN 'sometime'" in capsys.readouterr().err
 
 
 # ---- doctor ---------------------------------------------------------------------------------------------------
