@@ -53,7 +53,7 @@ class _Tokens:
             while len(self.ids) < count and not self.done and self.error is None:
                 if watch is not None and watch.stop():
                     return None
-                self.cond.wait(None if watch is None else watch.POLL_S)
+                self.cond.wait(None if watch is None else watch.poll_s)
             if self.error is not None:
                 raise self.error
             if len(self.ids) < count:

@@ -204,7 +204,7 @@ class Vocoder:
         if watch is None:
             done.wait()
         else:
-            while not done.wait(watch.POLL_S):
+            while not done.wait(watch.poll_s):
                 if watch.stop():
                     with self.cond:
                         if not span:  # still queued: withdraw it
@@ -227,18 +227,22 @@ def _sleep_until(deadline: float) -> None:
 class CancelWatch:
     """Whether the client gave up on a request, asked the way a correct server asks (Triton's
     ``is_cancelled()``, grpcio's ``context.is_active()``, a web server's disconnect), between pipeline stages
-    and every ``POLL_S`` of a wait (each query is a round trip from the stub to the server process: at 64 streams a
-    5 ms poll would cost thousands a second, so a cancellation is seen within 25 ms). ``ignore`` (profile ``ignore_cancel``) is the bug cvload must expose: the
+    and every ``poll_s`` of a wait. ``ignore`` (profile ``ignore_cancel``) is the bug cvload must expose: the
     cancellation is noticed (and traced) but the request is generated to its end all the same.
 
     Trace fields: ``cancelled`` (s after arrival when first noticed), ``stopped`` (s after arrival when the
     request's generation ended) and ``after_cancel_s`` (audio made after the notice, seconds)."""
 
     POLL_S = 0.025
+    # Triton's is_cancelled() is a round trip from the stub to the server process (~40 us measured here): a
+    # process polls about this many times a second at most, however many requests it serves (at 64 streams a
+    # request is asked every 64 ms), so watching costs a few percent of a core, never the emulator's timing.
+    QUERIES_PER_S = 1000.0
 
-    def __init__(self, is_cancelled, ignore: bool = False) -> None:
+    def __init__(self, is_cancelled, ignore: bool = False, active: int = 1) -> None:
         self.is_cancelled = is_cancelled  # a callable answering True once the client went away
         self.ignore = ignore
+        self.poll_s = max(self.POLL_S, active / self.QUERIES_PER_S)
         self.seen: float | None = None  # monotonic time the cancellation was first noticed
         self.after_samples = 0
         self.sample_rate = SAMPLE_RATE
@@ -265,7 +269,7 @@ class CancelWatch:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            time.sleep(min(left, self.POLL_S))
+            time.sleep(min(left, self.poll_s))
 
     def made(self, samples: int) -> None:
         """Audio of ``samples`` was made for the request (counted against the cancellation once noticed)."""
@@ -581,7 +585,7 @@ class TritonPythonModel:
     def _cancel_watch(self, request) -> CancelWatch:
         """The request's cancellation as Triton's Python backend reports it (``request.is_cancelled()``)."""
         return CancelWatch(getattr(request, "is_cancelled", lambda: False),
-                           bool(self.profile.get("ignore_cancel", False)))
+                           bool(self.profile.get("ignore_cancel", False)), active=max(1, self.active))
 
     def _serve_offline(self, request, arrival: float):
         request_id = request.request_id()
