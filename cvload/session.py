@@ -140,10 +140,10 @@ class Session:
         if cfg.api == "cosyvoice":  # CosyVoice's Python runtime, in a child process; it has no metrics endpoint
             from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
 
-            self.emulator_trace = None  # the runtime emulator writes no trace
             self.server = RuntimeServer(profile, max_conc=cfg.max_conc or DEFAULT_MAX_CONC,
                                         sample_rate=cfg.sample_rate or 24000, workdir=root, die_with_parent=True)
             self.server.start()
+            self.emulator_trace = self.server.trace_path
             address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
             self.config = cfg.merged({"server": [address]})
             return

@@ -130,9 +130,15 @@ def _totals_add_up(summary: dict, records: list[dict]) -> None:
     assert summary["metrics"]["total_latency_ms"]["count"] == counts["ok"]  # ... but never completed
 
 
-@pytest.mark.parametrize("args", [("--protocol", "grpc", "--barge-in-baseline"), ("--api", "openai")],
-                         ids=["triton-grpc-paired", "openai"])
+@pytest.mark.parametrize("args", [("--protocol", "grpc", "--barge-in-baseline"), ("--api", "openai"),
+                                  ("--api", "cosyvoice", "--protocol", "http")],
+                         ids=["triton-grpc-paired", "openai", "runtime-fastapi"])
 def test_emulator_honours_cancellation(tmp_path: Path, args: tuple[str, ...]) -> None:
+    if "cosyvoice" in args:  # the runtime answers a sentence a chunk: requests of three sentences
+        inputs = tmp_path / "three.jsonl"
+        inputs.write_text(json.dumps({"id": "a", "target_text": "The first sentence is here. The second one "
+                                      "follows it. A third one ends the text."}) + "\n")
+        args = (*args, "--inputs", str(inputs), "--spk-cache")
     summary, records, rows = _barge_run(tmp_path, "honoured", *args, "--slo", "barge_in.release_ms.p95<2s")
     _totals_add_up(summary, records)
     section = summary["barge_in"]

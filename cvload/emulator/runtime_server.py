@@ -31,6 +31,7 @@ import wave
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
@@ -66,9 +67,12 @@ class Synthesizer:
     """The pretend model both servers call: admission (faults, crash), then one int16 sentence at a time at the
     profile's times. Thread-safe; every request runs in its own server thread."""
 
-    def __init__(self, profile: Profile, sample_rate: int = DEFAULT_SAMPLE_RATE) -> None:
+    def __init__(self, profile: Profile, sample_rate: int = DEFAULT_SAMPLE_RATE, trace_path: str | None = None) -> None:
         self.profile = profile
         self.sample_rate = sample_rate
+        self.trace_path = trace_path  # one JSON line per watched request (see ``_trace``)
+        self.trace_lock = threading.Lock()
+        self.traced = 0
         self.vocoder = Vocoder(None, profile.vocoder_priority)
         self.rng = random.Random(profile.seed or None)
         self.lock = threading.Lock()
@@ -97,7 +101,22 @@ class Synthesizer:
     def watch(self, gone: Callable[[], bool]) -> CancelWatch:
         """The client's cancellation (``gone()`` answers True once it went away), honoured unless the profile
         says ``ignore_cancel``."""
-        return CancelWatch(gone, self.profile.ignore_cancel)
+        watch = CancelWatch(gone, self.profile.ignore_cancel)
+        watch.sample_rate = self.sample_rate
+        return watch
+
+    def _trace(self, arrival: float, sends: list[float], watch: CancelWatch | None) -> None:
+        """The Triton emulator's trace fields (``id`` its own: the runtime's requests carry none), with the
+        cancellation's (``CancelWatch.trace``), for the request that just ended."""
+        if not self.trace_path or watch is None:
+            return
+        with self.lock:
+            self.traced += 1
+            number = self.traced
+        line = json.dumps({**watch.trace(arrival), "model": "runtime", "id": f"runtime-{number}", "pid": os.getpid(),
+                           "arrival": arrival, "sends": sends, "vocoder": [], "error": None})
+        with self.trace_lock, open(self.trace_path, "a") as fh:
+            fh.write(line + "\n")
 
     def run(self, text: str, arrival: float, watch: CancelWatch | None = None) -> Iterator[bytes]:
         """The request's sentences as raw int16 PCM, each returned at its time (the caller sends it at once);
@@ -109,6 +128,7 @@ class Synthesizer:
             self.active += 1
             others = self.active - 1
             stall_at = self.rng.randrange(len(parts)) if self.rng.random() < p.stall_prob else -1
+        sends: list[float] = []
         try:
             shift = 0.0
             clock = arrival + self._jitter(p.llm_prefill_s + p.llm_prefill_per_active_s * others)
@@ -133,10 +153,14 @@ class Synthesizer:
                     if self.vocoder.run(cost, arrival, watch) is None and watch is not None and watch.stop():
                         return
                     clock = time.monotonic()
+                sends.append(time.monotonic() - arrival)
+                if watch is not None:
+                    watch.made(len(pcm) // 2)
                 yield pcm
         finally:
             with self.lock:
                 self.active -= 1
+            self._trace(arrival, sends, watch)
 
     def _token_time(self, tokens: int) -> float:
         rate = self.profile.llm_tokens_per_s
@@ -158,6 +182,17 @@ def _sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+def _drain(pieces: Iterator[bytes]) -> None:
+    """Make the rest of an abandoned response (``ignore_cancel``), once its worker thread let go of it."""
+    while True:
+        try:
+            next(pieces)
+        except StopIteration:
+            return
+        except ValueError:  # still executing in the thread the response was waiting on
+            time.sleep(0.005)
 
 
 def split_bytes(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
@@ -276,8 +311,11 @@ def fastapi_app(synth: Synthesizer, max_conc: int, split: int = 0) -> Any:
                     yield pcm
             finally:
                 gone.set()
-                with contextlib.suppress(ValueError):  # still running in its thread: it ends itself (``gone``)
-                    sentences_out.close()
+                if synth.profile.ignore_cancel:  # the bug emulated: the rest is made for nobody
+                    threading.Thread(target=_drain, args=(sentences_out,), daemon=True).start()
+                else:
+                    with contextlib.suppress(ValueError):  # still running in its thread: it ends itself (``gone``)
+                        sentences_out.close()
                 gate.release()
 
         return StreamingResponse(body())  # no media type: the real server sends none
@@ -317,7 +355,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     profile = Profile(**json.loads(args.profile_json))
-    synth = Synthesizer(profile, args.sample_rate)
+    synth = Synthesizer(profile, args.sample_rate, args.trace)
     grpc = grpc_server(synth, args.host, args.grpc_port, args.max_conc)
     config = uvicorn.Config(fastapi_app(synth, args.max_conc, args.split_bytes), host=args.host,
                             port=args.http_port, log_level="warning", access_log=False, lifespan="off",
@@ -337,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--max-conc", type=int, default=DEFAULT_MAX_CONC)
     parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
+    parser.add_argument("--trace", default=None, help="append one JSON line per request (the model's trace)")
     parser.add_argument("--split-bytes", type=int, default=0, help="HTTP: send each sentence in parts of N bytes (odd N splits samples between HTTP chunks)")
     parser.add_argument("--profile-json", default=Profile(name="fixed", fixed_first_s=0.2,
                                                           fixed_interval_s=0.1).to_json())
@@ -371,6 +410,12 @@ class RuntimeServer(ChildServer):
 
     metrics_url = None  # the runtime has no metrics endpoint
 
+    @property
+    def trace_path(self) -> Path:
+        """One JSON line per request as it ends (the Triton emulator's fields, with the cancellation's)."""
+        assert self.workdir is not None
+        return self.workdir / "runtime.trace.jsonl"
+
     def endpoints(self) -> dict[str, str]:
         return {"grpc": self.grpc_url, "http": f"http://{self.http_url}", "log": str(self.log_path)}
 
@@ -378,7 +423,8 @@ class RuntimeServer(ChildServer):
         return [sys.executable, "-m", "cvload.emulator.runtime_server", "--host", self.host,
                 "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
                 "--max-conc", str(self.max_conc), "--sample-rate", str(self.sample_rate),
-                "--split-bytes", str(self.split_bytes), "--profile-json", self.profile.to_json()]
+                "--split-bytes", str(self.split_bytes), "--profile-json", self.profile.to_json(),
+                "--trace", str(self.trace_path)]
 
     def start(self) -> "RuntimeServer":
         from cvload.triton.launcher import accepts, claim_ports
