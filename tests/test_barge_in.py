@@ -219,3 +219,22 @@ def test_doctor_cancellation_check(tmp_path: Path) -> None:
         ignores = cancel_check.check_cancellation(http, server.grpc_url, "ignoring")
     assert stops.status == "ok", stops
     assert ignores.status == "FAIL" and "is_cancelled()" in ignores.fix, ignores
+
+
+def test_live_window_counts_abandoned_requests_apart() -> None:
+    """The dashboard's feed: abandoned requests are neither errors nor failures, and their calls' close times
+    make its barge-in line."""
+    from cvload.live_window import LiveStats
+    from cvload.records import ERR_BARGED_IN
+
+    live = LiveStats()
+    for i in range(4):
+        abandoned = i % 2 == 1
+        live.add(RequestRecord(index=i, request_id=f"r{i}", item_id="i", worker=0, server="s", text="t", sent=1.0,
+                               run_start=0.0, chunk_offsets=[0.2], chunk_samples=[24000],
+                               end_offset=0.202 if abandoned else 1.0, abandon_offset=0.2 if abandoned else None,
+                               error_kind=ERR_BARGED_IN if abandoned else None))
+    snap = live.snapshot()
+    assert snap.counts["barged_in"] == 2 and snap.counts["failed"] == 0 and not snap.latest_errors
+    assert snap.barge_in is not None and snap.barge_in["abandoned"] == 2
+    assert snap.barge_in["close_p95_ms"] == pytest.approx(2.0)
