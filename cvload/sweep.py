@@ -184,6 +184,10 @@ class Sweep:
 
     def __init__(self, config: RunConfig) -> None:
         self.user_config = config
+        if config.barge_in_baseline:
+            raise UsageError("--barge-in-baseline pairs one run with a run without barge-in, not a sweep",
+                             hint="each level's summary has its barge_in section (survivors' first chunk); sweep "
+                                  "again without --barge-in for the baseline, or leave --barge-in-baseline out")
         self.plan = SweepPlan.from_config(config)
         self.objectives = parse_objectives(config.slo)
         self.meets = request_check(self.objectives) or (lambda r: True)  # without objectives: goodput = ok/s
