@@ -110,6 +110,7 @@ class Synthesizer:
         cancellation's (``CancelWatch.trace``), for the request that just ended."""
         if not self.trace_path or watch is None:
             return
+        watch.cancelled()  # one more look: a response closed on disconnect ends here without having polled
         with self.lock:
             self.traced += 1
             number = self.traced
