@@ -14,6 +14,7 @@ of the model where it happens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -37,11 +38,23 @@ class _Tokens:
         self.done = False
         self.error: Exception | None = None
         self.cond = threading.Condition()
+        self.stream = None  # the tensorrt_llm response iterator, once the reader opened it
 
-    def wait_for(self, count: int) -> list[int]:
+    def cancel(self) -> None:
+        """Ask tensorrt_llm to stop (the response iterator's ``cancel()``, in Python backends from r24.11 on;
+        the bundled 2.51 has none, so there the stream runs to its end and the release waits for it)."""
+        cancel = getattr(self.stream, "cancel", None)
+        if cancel is not None:
+            with contextlib.suppress(Exception):  # a stream that already ended
+                cancel()
+
+    def wait_for(self, count: int, watch=None) -> list[int] | None:
+        """The first ``count`` tokens; None when ``watch`` (the client's cancellation) says stop first."""
         with self.cond:
             while len(self.ids) < count and not self.done and self.error is None:
-                self.cond.wait()
+                if watch is not None and watch.stop():
+                    return None
+                self.cond.wait(None if watch is None else watch.poll_s)
             if self.error is not None:
                 raise self.error
             if len(self.ids) < count:
@@ -103,7 +116,7 @@ class TritonPythonModel(core.TritonPythonModel):
         stub's table for good), then retire the iterator (see ``_retire``)."""
         stream = None
         try:
-            stream = request.exec(decoupled=True)
+            stream = tokens.stream = request.exec(decoupled=True)
             for response in stream:
                 if tokens.error is not None:
                     continue
@@ -210,14 +223,20 @@ class TritonPythonModel(core.TritonPythonModel):
         reader = threading.Thread(target=self._read_stream, daemon=True,
                                   args=(parsed["request"], self._llm_request(input_ids, total, True, request_id), tokens))
         reader.start()
+        watch = parsed.get("watch")  # the client's cancellation, checked between the pipeline's stages
         try:
             offset = 0
             for i, n in enumerate(chunks):
                 if i == stall_at:
                     time.sleep(p.get("stall_s", 0.0))
                 final = i == len(chunks) - 1
-                ids = tokens.wait_for(offset + n + (0 if final else lookahead))
+                ids = tokens.wait_for(offset + n + (0 if final else lookahead), watch)
+                if ids is None or (watch is not None and watch.stop()):  # no more token2wav calls
+                    tokens.cancel()
+                    break
                 vocode(ids, n, offset, final)
+                if watch is not None:
+                    watch.made(n * core.SAMPLES_PER_TOKEN)
                 offset += n
         finally:  # also after a failure: the reader's barrier needs the request before its final response
             reader.join()

@@ -88,6 +88,12 @@ class Emulator(ABC):
         """The server's Prometheus endpoint (None: it has none)."""
         return None
 
+    @property
+    def trace_path(self) -> Path | None:
+        """Where the server writes one JSON line per request (arrival, sends, the client's cancellation): the
+        truth ``--barge-in`` reads the server's release time from. None: it keeps none."""
+        return None
+
     @abstractmethod
     def ready_lines(self) -> list[str]:
         """What ``serve`` prints once the server is ready: a headline, then one line per endpoint."""
@@ -152,6 +158,10 @@ class TritonEmulator(Emulator):
     def metrics_url(self) -> str | None:
         return str(self.server.metrics_url)
 
+    @property
+    def trace_path(self) -> Path | None:
+        return None if self.root is None else self.root / f"{self.settings.model}.trace.jsonl"
+
     def ready_lines(self) -> list[str]:
         from cvload.emulator import pipeline_models
 
@@ -185,6 +195,10 @@ class RuntimeEmulator(Emulator):
     def address(self, protocol: str) -> str:
         return str(self.server.grpc_url if protocol == "grpc" else self.server.http_url)
 
+    @property
+    def trace_path(self) -> Path | None:
+        return Path(self.server.trace_path)
+
     def ready_lines(self) -> list[str]:
         s, ep = self.settings, self.server.endpoints()
         return [f"cvload emulator ready: CosyVoice Python runtime (profile {s.profile.name}, max_conc "
@@ -215,6 +229,10 @@ class OpenAIEmulator(Emulator):
 
     def address(self, protocol: str) -> str:
         return str(self.server.url)
+
+    @property
+    def trace_path(self) -> Path | None:
+        return Path(self.server.trace_path)
 
     def ready_lines(self) -> list[str]:
         from cvload.emulator.openai_server import TOKEN_ENV
