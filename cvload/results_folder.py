@@ -28,7 +28,7 @@ import numpy.typing as npt
 from cvload import columns_file
 from cvload.errors import UsageError
 from cvload.metrics import REQUEST_METRICS
-from cvload.records import ERR_CANCELLED, ERR_INCOMPLETE, RequestRecord
+from cvload.records import ERR_BARGED_IN, ERR_CANCELLED, ERR_INCOMPLETE, RequestRecord
 from cvload.results import SUMMARY_SCHEMA, read_json, read_jsonl, read_records
 
 SWEEP_SCHEMA = "cvload.sweep/1"
@@ -58,9 +58,11 @@ class RecordColumns:
 
     @property
     def measured(self) -> npt.NDArray[np.bool_]:
-        """Requests that count (not warmup, not cancelled by the user), as the summary counts them."""
+        """Requests that count (not warmup, not cancelled by the user, not abandoned by their listener), as the
+        summary counts them."""
         cancelled: npt.NDArray[np.bool_] = self.error_kind == ERR_CANCELLED
-        return ~self.warmup & ~cancelled
+        barged_in: npt.NDArray[np.bool_] = self.error_kind == ERR_BARGED_IN
+        return ~self.warmup & ~cancelled & ~barged_in
 
     def values(self, name: str) -> npt.NDArray[np.float64]:
         """A metric's values over the measured requests the summary computes it from (cvload.metrics.values): ok
@@ -70,6 +72,9 @@ class RecordColumns:
         if metric.bounded:
             counted = counted | (self.error_kind == ERR_INCOMPLETE)
         mask = self.measured & (counted if metric.only_ok else True)
+        if metric.heard:  # abandoned requests were heard up to here (--barge-in)
+            barged_in: npt.NDArray[np.bool_] = self.error_kind == ERR_BARGED_IN
+            mask = mask | (~self.warmup & barged_in)
         column: npt.NDArray[np.float64] = self.metrics[name][mask]
         return column[~np.isnan(column)]
 
