@@ -139,6 +139,9 @@ class RunConfig:
     protocol: str | None = None  # grpc | http; None: the API's own (see API_PROTOCOLS), set by validate()
     mode: str = "streaming"
     model: str = "cosyvoice2"
+    # Triton gRPC streaming: requests one ModelStreamInfer stream carries before the next opens (1: a stream per
+    # request, as clients behind a proxy limiting a stream's body need; 0: no bound). None: the target's default.
+    requests_per_stream: int | None = None
     # Request details of the non-Triton APIs
     inference: str | None = None  # cosyvoice: sft | zero_shot | cross_lingual | instruct | instruct2
     spk_id: str | None = None  # cosyvoice sft/instruct: the server's speaker id
@@ -207,6 +210,8 @@ class RunConfig:
             raise UsageError(f"--response-format {self.response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}")
         if self.max_conc is not None and self.max_conc < 1:
             raise UsageError(f"--max-conc must be at least 1, got {self.max_conc}")
+        if self.requests_per_stream is not None and self.requests_per_stream < 0:
+            raise UsageError(f"--requests-per-stream must be 0 (no bound) or more, got {self.requests_per_stream}")
         if self.sample_rate is not None and self.sample_rate <= 0:
             raise UsageError(f"--sample-rate must be positive, got {self.sample_rate}")
         protocols = API_PROTOCOLS.get(self.api, PROTOCOLS)

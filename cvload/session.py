@@ -280,8 +280,6 @@ class Session:
         tls = self.targets[0].transport.describe() if self.targets else None
         if tls is not None:
             summary["target"]["tls"] = tls
-        if cfg.insecure:
-            summary["warnings"] = [INSECURE_WARNING]
         if cfg.api != "triton":  # another server API: its request kind says what a chunk is
             summary["target"].update(api=cfg.api, mode=self.infos[0].mode if self.infos else cfg.mode,
                                      inference=cfg.inference)
@@ -294,6 +292,8 @@ class Session:
         summary["started_at"] = _iso(self.started_wall)
         summary["finished_at"] = _iso(time.time())
         summary.update(self.tally.summary(wall_s=wall, concurrency=result.concurrency if result else None))
+        if cfg.insecure:
+            summary["warnings"] = [INSECURE_WARNING, *summary.get("warnings", [])]
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary()
         summary["client"] = self.loop_health.summary()

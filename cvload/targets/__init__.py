@@ -52,5 +52,8 @@ def make_target(protocol: str, mode: str, address: str, model: str = "cosyvoice2
     cls = getattr(importlib.import_module(module_name), class_name)
     transport = Transport.of(options, api=api)
     if api == "triton":
+        if (protocol, mode) == ("grpc", "streaming") and getattr(options, "requests_per_stream", None) is not None:
+            return cls(address, model, timeout=timeout, transport=transport,  # type: ignore[no-any-return]
+                       requests_per_stream=options.requests_per_stream)
         return cls(address, model, timeout=timeout, transport=transport)  # type: ignore[no-any-return]
     return cls(address, model, timeout=timeout, options=options, transport=transport)  # type: ignore[no-any-return]

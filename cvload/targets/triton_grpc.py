@@ -34,6 +34,7 @@ from cvload.transport import Transport
 _SERVICE = "/inference.GRPCInferenceService/"
 STREAM_SHARE = 8  # requests in flight per shared stream before another stream opens
 MAX_STREAMS = 32
+REQUESTS_PER_STREAM = 0  # requests a stream carries before it is half-closed (0: no bound; --requests-per-stream)
 CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
@@ -101,8 +102,9 @@ class _TritonGrpc(Target):
     protocol = "grpc"
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 transport: Transport | None = None) -> None:
+                 transport: Transport | None = None, requests_per_stream: int = REQUESTS_PER_STREAM) -> None:
         super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
+        self.requests_per_stream = requests_per_stream
         self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.close())
         self._prompts = PromptCache()
         # Serialized prompt tensors (reference_wav, reference_wav_len, reference_text) by (prompt, transcript).
@@ -236,13 +238,16 @@ class TritonGrpcStreaming(_TritonGrpc):
         streams, responses that arrive together were stamped one loop turn after another, up to ~7 ms late.
         """
         connection = self._connections.get()
-        streams = connection.streams
-        if any(not stream.usable for stream in streams):
-            streams = connection.streams = [stream for stream in streams if stream.usable]
+        if any(stream.finished for stream in connection.streams):
+            connection.streams = [stream for stream in connection.streams if not stream.finished]
+        # Streams at their --requests-per-stream (half-closed, delivering their last responses) or broken stay
+        # listed until they end, so closing the connection closes them too; new requests go to usable ones.
+        streams = [stream for stream in connection.streams if stream.usable]
         best = min(streams, key=lambda stream: len(stream.inboxes), default=None)
         if best is None or (len(best.inboxes) >= STREAM_SHARE and len(streams) < MAX_STREAMS):
-            best = SharedStream(lambda: connection.stream_infer(metadata=connection.metadata), self.address)
-            streams.append(best)
+            best = SharedStream(lambda: connection.stream_infer(metadata=connection.metadata), self.address,
+                                max_requests=self.requests_per_stream)
+            connection.streams.append(best)
             connection.streams_opened += 1
         return best
 
