@@ -318,3 +318,23 @@ def test_nginx_default_body_limit_is_named_and_a_stream_per_request_passes(start
     summary = summary_of(tmp_path / "own")
     assert summary["requests"]["ok"] == 20, summary["errors"]
     assert "warnings" not in summary or not any(PROXY_BODY_LIMIT in w for w in summary["warnings"])
+
+
+def test_doctor_sends_more_than_a_megabyte_down_one_stream(start_nginx, emulator, certs, capsys) -> None:
+    """`cvload bootstrap doctor --grpc-via` through nginx: its default body limit fails the stream check with
+    the cause and the fix; with `client_max_body_size 0;` (and straight to the server) it passes."""
+    tls = ["--tls", "--ca-cert", certs("ca"), "--header", f"Authorization: Bearer {TOKEN}"]
+    lines = {}
+    for limit in (None, "0"):
+        proxy = start_nginx(http=[emulator.http], grpc=[emulator.grpc], cert=certs("server"),
+                            key=certs("server.key"), token=TOKEN, body_limit=limit)
+        main(["bootstrap", "doctor", "--server", emulator.http, "--grpc-port", emulator.grpc.rsplit(":", 1)[1],
+              "--model", "cosyvoice2_instant", "--grpc-via", proxy.grpcs, *tls])
+        out = capsys.readouterr().out
+        lines[limit] = [line for line in out.splitlines() if "grpc stream body" in line]
+        assert ("client_max_body_size 0;" in out) == (limit is None), out
+    assert len(lines[None]) == 1 and "FAIL" in lines[None][0] and "reset after 1.0 MB" in lines[None][0], lines
+    assert len(lines["0"]) == 1 and "ok" in lines["0"][0] and "carried 1.6 MB" in lines["0"][0], lines
+    main(["bootstrap", "doctor", "--server", emulator.http, "--grpc-port", emulator.grpc.rsplit(":", 1)[1],
+          "--model", "cosyvoice2_instant"])
+    assert "no proxy limit on a stream's body" in capsys.readouterr().out
