@@ -45,6 +45,7 @@ from typing import IO, Any
 from cvload.config import RunConfig
 from cvload.engine import DEFAULT_RAMP_S, RECENT, Engine, EngineState, RunResult
 from cvload.errors import EXIT_RUNTIME, CvloadError, UsageError
+from cvload.gc_pause import QuietCollections
 from cvload.loop_health import LoopHealth, merge_client
 from cvload.metrics import end_time, wall_time
 from cvload.records import RequestRecord
@@ -251,6 +252,8 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
                 await asyncio.sleep(STATUS_EVERY_S)
                 outbox.put("status", _status(engine, health))
 
+        quiet = QuietCollections()
+        quiet.start()
         health.start()
         reporter = asyncio.create_task(report())
         try:
@@ -258,6 +261,7 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
         finally:
             reporter.cancel()
             health.stop()
+            quiet.stop()
         outbox.put("final", {**_status(engine, health, final=True), "achieved": result.concurrency})
     finally:
         for target in targets:

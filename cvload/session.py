@@ -23,6 +23,7 @@ from cvload import __version__
 from cvload.config import RunConfig
 from cvload.engine import Engine, RunResult
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.gc_pause import QuietCollections
 from cvload.loop_health import LoopHealth
 from cvload.metrics import Tally
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
@@ -256,11 +257,14 @@ class Session:
         if self.telemetry is not None:
             await self.telemetry.start()
             self.engine.on_measure_start = self.telemetry.mark_measure_start
+        quiet = QuietCollections()
+        quiet.start()
         self.loop_health.start()
         try:
             self.result = await self.engine.run()
         finally:
             self.loop_health.stop()
+            quiet.stop()
             if self.telemetry is not None:
                 await self.telemetry.stop()
         return self.result
