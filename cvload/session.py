@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from cvload import __version__
 from cvload.config import RunConfig
@@ -82,7 +83,8 @@ class Session:
     # The summary's inputs, folded from every record as it finishes (the records themselves go to records.jsonl).
     tally: Tally = field(default_factory=Tally)
     stop_asked: bool = False
-    loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
+    # This process's own timing error, beside a bare loop's on the same host (what the host alone costs).
+    loop_health: LoopHealth = field(default_factory=lambda: LoopHealth(reference=True))
     _loop: asyncio.AbstractEventLoop | None = None
 
     # ---- the lifecycle -------------------------------------------------------------------------------------------
@@ -245,6 +247,13 @@ class Session:
                    "this host's NVML (--gpu-source nvml), or pass --metrics-url (e.g. a DCGM exporter)"))
         return telemetry
 
+    def _server_here(self) -> bool:
+        """Whether the server runs on this host (the embedded one, or a loopback address): it shares its CPUs."""
+        if self.config.emulator:
+            return True
+        hosts = [urlsplit(a if "://" in a else f"//{a}").hostname or "" for a in self.config.addresses()]
+        return bool(hosts) and all(h in ("localhost", "::1") or h.startswith("127.") for h in hosts)
+
     async def _statistics(self) -> dict[str, Any] | None:
         try:
             return await self.targets[0].statistics() if self.targets else None
@@ -259,6 +268,7 @@ class Session:
             self.engine.on_measure_start = self.telemetry.mark_measure_start
         quiet = QuietCollections()
         quiet.start()
+        self.loop_health.server_here = self._server_here()
         self.loop_health.start()
         try:
             self.result = await self.engine.run()
