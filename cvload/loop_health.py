@@ -62,7 +62,7 @@ def lag_stats(lags_ms: Any) -> dict[str, float | None]:
             "max": round(values[-1], 3)}
 
 
-HOST_SHARE = 0.5  # a bare loop lagging at least this share of the run's loop lag: the host is the cause
+HOST_SHARE = 0.7  # a bare loop lagging at least this share of the run's loop lag: the host is the cause
 HOST_BUSY = "this host's CPUs are busy"
 
 
