@@ -62,7 +62,7 @@ def lag_stats(lags_ms: Any) -> dict[str, float | None]:
             "max": round(values[-1], 3)}
 
 
-HOST_SHARE = 0.7  # a bare loop lagging at least this share of the run's loop lag: the host is the cause
+HOST_SHARE = 0.5  # a bare loop lagging at least this share of the run's loop lag: mostly the host's doing
 HOST_BUSY = "this host's CPUs are busy"
 
 
@@ -79,7 +79,7 @@ def warnings_for(lag: dict[str, float | None], cpu_cores: float | None,
         who = "the server shares this host's CPUs" if server_here else "other processes use this host's CPUs"
         out.append(f"client event-loop lag p99 {p99:.1f} ms (max {lag.get('max') or 0:.0f} ms): {inflated}; a bare "
                    f"event loop beside it lagged {bare:.1f} ms (max {(reference or {}).get('max') or 0:.0f} ms): "
-                   f"{HOST_BUSY}, not cvload's load ({who})")
+                   f"{HOST_BUSY} ({who}), more than cvload's load")
     elif p99 is not None and p99 > LAG_WARN_MS:
         out.append(f"client event-loop lag p99 {p99:.1f} ms (max {lag.get('max') or 0:.0f} ms): {inflated}: "
                    "lower the load per process")

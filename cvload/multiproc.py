@@ -52,6 +52,13 @@ from cvload.records import RequestRecord
 
 STREAMS_PER_PROCESS = 64  # closed loop: one process keeps its loop lag well under a millisecond at this many
 RATE_PER_PROCESS = 40.0  # open loop: requests/s a process takes (~64 one-to-two-second streams in flight)
+# What a request costs a load process beside a gRPC streaming one (audio as raw float32): HTTP streaming carries
+# its audio as JSON text (about 3x the bytes, cut into events and copied on the loop) and its prompt as a JSON
+# array of ~0.6 MB. Measured on a 16-core H100 host (truth_under_load, 64 streams with prompts, one process): gRPC
+# streaming within -0.35 ms of a bare client at p99, HTTP streaming +11 to +33 ms; at 1 stream both within 1 ms.
+BYTES_WEIGHT = {("http", "streaming"): 4.0, ("http", "offline"): 1.0, ("grpc", "streaming"): 1.0,
+                ("grpc", "offline"): 1.0}
+SPK_CACHE_WEIGHT = 0.5  # no prompt in the request: half the bytes of HTTP streaming's weight beyond 1
 READY_TIMEOUT_S = 120.0  # a load process imports numpy/grpc and opens its connections (slow on a busy host)
 GO_AFTER_S = 0.05  # the common start lies a little ahead, so every process sees it coming
 BATCH_S = 0.05  # a load process sends its records back at most this often
@@ -60,13 +67,21 @@ _FRAME = struct.Struct("!I")
 
 
 # ---- splitting one run over processes -----------------------------------------------------------------------
+def bytes_weight(config: RunConfig) -> float:
+    """How many gRPC streaming requests' worth of bytes one of this run's requests moves (``BYTES_WEIGHT``)."""
+    weight = BYTES_WEIGHT.get((config.protocol or "grpc", config.mode), 1.0) if config.api == "triton" else 1.0
+    return 1.0 + (weight - 1.0) * SPK_CACHE_WEIGHT if config.spk_cache else weight
+
+
 def auto_processes(config: RunConfig, cpus: int | None = None) -> int:
-    """``--processes auto``: enough processes for the load, at most one per CPU but one (dashboard, telemetry)."""
+    """``--processes auto``: enough processes for the load (streams or requests/s, weighted by the bytes each
+    request moves), at most one per CPU but one (dashboard, telemetry)."""
     cpus = cpus or os.cpu_count() or 1
+    weight = bytes_weight(config)
     if config.closed_loop:
-        want = math.ceil(config.concurrency / STREAMS_PER_PROCESS)
+        want = math.ceil(config.concurrency * weight / STREAMS_PER_PROCESS)
     else:
-        want = math.ceil((config.rate or 0.0) / RATE_PER_PROCESS)
+        want = math.ceil((config.rate or 0.0) * weight / RATE_PER_PROCESS)
     return max(1, min(max(1, cpus - 1), want))
 
 
