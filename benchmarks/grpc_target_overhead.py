@@ -99,11 +99,11 @@ def grpc_inputs(grpcclient: Any, prompt: bool) -> list[Any]:
 
 def target_client(url: str, requests_per_stream: int | None = None) -> Client:
     from cvload.targets.base import SynthesisRequest
-    from cvload.targets.triton_grpc import REQUESTS_PER_STREAM, TritonGrpcStreaming
+    from cvload.targets.triton_grpc import TritonGrpcStreaming
+    from cvload.targets.triton_options import REQUESTS_PER_STREAM, TritonOptions
 
-    target = TritonGrpcStreaming(url, "cosyvoice2", timeout=30,
-                                 requests_per_stream=REQUESTS_PER_STREAM if requests_per_stream is None
-                                 else requests_per_stream)
+    options = TritonOptions(REQUESTS_PER_STREAM if requests_per_stream is None else requests_per_stream)
+    target = TritonGrpcStreaming(url, "cosyvoice2", timeout=30, options=options)
 
     async def one(request_id: str) -> Timed:
         request = (SynthesisRequest(request_id, TEXT, PROMPT_TEXT, PROMPT) if USE_PROMPT

@@ -198,8 +198,8 @@ async def _stream_body(where: str, transport: Transport, timeout_s: float) -> Fi
     import grpc
     from tritonclient.grpc import service_pb2 as pb
 
+    from cvload.targets.grpc_errors import CHANNEL_OPTIONS
     from cvload.targets.grpc_stream import GRPC_FRAME_BYTES, PROXY_SUSPECT_BYTES
-    from cvload.targets.triton_grpc import CHANNEL_OPTIONS
 
     request = pb.ModelInferRequest(model_name=PROBE_MODEL)
     request.inputs.add(name="padding", datatype="UINT8", shape=[PROBE_BYTES])

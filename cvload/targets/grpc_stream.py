@@ -2,9 +2,10 @@
 
 Opening a gRPC stream per request costs ~0.8 ms of first-chunk latency, so requests share bidirectional
 streams (a few requests each, see ``TritonGrpcStreaming._stream``): each carries a unique id, one reader task
-per stream stamps every response the moment gRPC hands it over and routes it by id to that request's inbox.
-When the stream breaks (server died) every request still on it fails with kind ``connection``; a stream the
-server ends cleanly fails them with ``no_final``. The next request opens a new stream.
+per stream stamps every response the moment gRPC hands it over and routes it by id to that request's inbox. When
+the stream breaks (server died), or cvload drops its connection to reconnect, every request still on it fails
+with kind ``connection``; a stream the server ends cleanly fails them with ``no_final``. The next request opens
+a new stream.
 
 A stream may carry a bounded number of requests (``max_requests``, ``--requests-per-stream``): after the last
 one it is half-closed, the server ends it once their responses are out, and the next request opens another.
@@ -21,8 +22,9 @@ from typing import Any
 
 import grpc
 
-from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_NO_FINAL, PROXY_BODY_LIMIT
+from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, PROXY_BODY_LIMIT
 from cvload.targets.base import TargetError
+from cvload.targets.grpc_errors import error_kind
 
 # What an inbox holds: (arrival time, ModelStreamInferResponse), a TargetError, or TIMED_OUT.
 TIMED_OUT = object()
@@ -149,11 +151,11 @@ class SharedStream:
                 if inbox is not None:
                     inbox.put((t, response))
         except asyncio.CancelledError:
-            self._fail(TargetError(ERR_CANCELLED, f"gRPC stream to {self.address} closed by cvload"))
+            self._fail(self._closed())
             return
         except grpc.aio.AioRpcError as exc:
             if self._closing and exc.code() == grpc.StatusCode.CANCELLED:
-                self._fail(TargetError(ERR_CANCELLED, f"gRPC stream to {self.address} closed by cvload"))
+                self._fail(self._closed())
             else:
                 self._fail(self._broke(exc))
             return
@@ -162,6 +164,14 @@ class SharedStream:
             return
         self._fail(TargetError(ERR_NO_FINAL, f"the server ({self.address}) ended the gRPC stream before the "
                                "final response"))
+
+    def _closed(self) -> TargetError:
+        """Requests still on the stream when cvload closed it: that happens only when its connection is dropped
+        to dial the server afresh (a request of the target failed to connect; the reconnect probe's failed
+        ``open()`` closes the connection), so they are the outage's victims, ``connection`` failures counted in
+        the totals. The user's stop never ends here: it cancels each request in the engine (``cancelled``)."""
+        return TargetError(ERR_CONNECTION, f"gRPC stream to {self.address} dropped with its connection after the "
+                                           "server stopped answering")
 
     def _fail(self, error: TargetError) -> None:
         """Mark the stream broken and fail every request on it."""
@@ -183,10 +193,12 @@ class SharedStream:
 
 
     def _broke(self, exc: grpc.aio.AioRpcError) -> TargetError:
-        """The error of a stream that broke: a reset after more than ``PROXY_SUSPECT_BYTES`` sent on it, while
-        the server is reachable (not UNAVAILABLE), names the proxy's body limit and the ways around it."""
+        """The error of a stream that broke (``connection`` unless its status says otherwise): a reset after
+        more than ``PROXY_SUSPECT_BYTES`` sent on it, while the server is reachable (not UNAVAILABLE), names the
+        proxy's body limit and the ways around it."""
         what = f"{exc.code().name}: {exc.details()}"
+        kind = error_kind(exc.code(), ERR_CONNECTION)
         if self.bytes_sent > PROXY_SUSPECT_BYTES and exc.code() != grpc.StatusCode.UNAVAILABLE:
-            return TargetError(ERR_CONNECTION, f"gRPC stream to {self.address} was reset after "
+            return TargetError(kind, f"gRPC stream to {self.address} was reset after "
                                f"{self.bytes_sent / 1e6:.1f} MB were sent on it ({what}): {PROXY_BODY_LIMIT}")
-        return TargetError(ERR_CONNECTION, f"gRPC stream to {self.address} broke: {what}")
+        return TargetError(kind, f"gRPC stream to {self.address} broke: {what}")
