@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import IO, Any
 
+from cvload.apis import api_spec
 from cvload.config import RunConfig
 from cvload.driver import EngineState, Events, RunResult, drain_limit
 from cvload.engine import DEFAULT_RAMP_S, Engine
@@ -57,13 +58,7 @@ from cvload.records import RequestRecord
 
 STREAMS_PER_PROCESS = 64  # closed loop: one process keeps its loop lag well under a millisecond at this many
 RATE_PER_PROCESS = 40.0  # open loop: requests/s a process takes (~64 one-to-two-second streams in flight)
-# What a request costs a load process beside a gRPC streaming one (audio as raw float32): HTTP streaming carries
-# its audio as JSON text (about 3x the bytes, cut into events and copied on the loop) and its prompt as a JSON
-# array of ~0.6 MB. Measured on a 16-core H100 host (truth_under_load, 64 streams with prompts, one process): gRPC
-# streaming within -0.35 ms of a bare client at p99, HTTP streaming +11 to +33 ms; at 1 stream both within 1 ms.
-BYTES_WEIGHT = {("http", "streaming"): 4.0, ("http", "offline"): 1.0, ("grpc", "streaming"): 1.0,
-                ("grpc", "offline"): 1.0}
-SPK_CACHE_WEIGHT = 0.5  # no prompt in the request: half the bytes of HTTP streaming's weight beyond 1
+SPK_CACHE_WEIGHT = 0.5  # no prompt in the request: half of the API's extra bytes weight (ApiSpec.bytes_weight)
 READY_TIMEOUT_S = 120.0  # a load process imports numpy/grpc and opens its connections (slow on a busy host)
 GO_AFTER_S = 0.05  # the common start lies a little ahead, so every process sees it coming
 BATCH_S = 0.05  # a load process sends its records back at most this often
@@ -73,8 +68,9 @@ _FRAME = struct.Struct("!I")
 
 # ---- splitting one run over processes -----------------------------------------------------------------------
 def bytes_weight(config: RunConfig) -> float:
-    """How many gRPC streaming requests' worth of bytes one of this run's requests moves (``BYTES_WEIGHT``)."""
-    weight = BYTES_WEIGHT.get((config.protocol or "grpc", config.mode), 1.0) if config.api == "triton" else 1.0
+    """How many gRPC streaming requests' worth of bytes one of this run's requests moves (the API's
+    ``bytes_weight``: HTTP streaming's JSON audio and prompts count 4)."""
+    weight = api_spec(config.api).bytes_weight.get(f"{config.protocol}/{config.mode}", 1.0)
     return 1.0 + (weight - 1.0) * SPK_CACHE_WEIGHT if config.spk_cache else weight
 
 
@@ -269,6 +265,8 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
                 loop.call_soon_threadsafe(on_command, {"cmd": "interrupt"})
 
         threading.Thread(target=read_commands, name="cvload-commands", daemon=True).start()
+        quiet = QuietCollections()  # before "ready": its one collection must not delay this share's start
+        quiet.start()
         outbox.put("ready", {"pid": os.getpid()})
         t0 = await go
         await asyncio.sleep(max(0.0, t0 + part.delay_s - time.monotonic()))
@@ -279,8 +277,6 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
                 await asyncio.sleep(STATUS_EVERY_S)
                 outbox.put("status", _status(engine, health))
 
-        quiet = QuietCollections()
-        quiet.start()
         health.start()
         reporter = asyncio.create_task(report())
         try:
