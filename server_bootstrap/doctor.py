@@ -2,8 +2,9 @@
 
 Ports reachable, live/ready, server version, every model's state, the front model's config against the mode
 clients will use (including the HTTP 501 a decoupled model answers to ``/infer``), batch size and instance
-counts, GPU metrics with memory headroom, and (streaming) whether one gRPC stream carries more than a proxy's
-default request-body limit. Every failed check says its likely cause and the fix.
+counts, whether a cancelled streaming request stops (``cancel_check``), GPU metrics with memory headroom, and
+(streaming) whether one gRPC stream carries more than a proxy's default request-body limit. Every failed check
+says its likely cause and the fix.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from cvload.targets.checks import decoupled_of
 from cvload.telemetry.prometheus import MalformedScrape, parse_metrics
 from cvload.transport import Transport
 from cvload.triton.launcher import accepts
+from server_bootstrap import cancel_check
 from server_bootstrap.findings import Finding
 
 GIB = 1 << 30
@@ -170,6 +172,8 @@ def diagnose(ep: Endpoint, expect: Expectations, *, grpc_via: str | None = None,
         add(Finding("server version", "info", f"{meta.get('name', '?')} {meta.get('version', '?')}"))
     _models(findings, base, expect)
     _front_model(findings, base, expect)
+    if reach["grpc"] and ready and cancel_check.applies(expect):
+        add(cancel_check.check_cancellation(base, address.hostport(ep.host, ep.ports.grpc), expect.model))
     if reach["metrics"]:
         _gpu(findings, address.metrics_url(ep.host, ep.ports.metrics), expect)
     if expect.mode == "streaming" and (grpc_via or reach["grpc"]):

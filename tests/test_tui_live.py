@@ -36,8 +36,8 @@ def test_run_scope_equals_summary(records):
     for r in records:
         live.add(r)
     got = live.summary_like(summary["wall_s"])
-    # The fixture predates the rejected and incomplete error kinds (cvload.records): its run had none of either.
-    assert got["requests"] == {**summary["requests"], "incomplete": 0}
+    # The fixture predates the rejected and incomplete error kinds (cvload.records) and barge-in: its run had none.
+    assert got["requests"] == {**summary["requests"], "incomplete": 0, "barged_in": 0}
     assert got["error_rate"] == summary["error_rate"]
     assert got["errors"] == {**summary["errors"], "rejected": 0, "incomplete": 0}
     assert got["audio_flags"] == summary["audio_flags"]

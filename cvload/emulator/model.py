@@ -28,6 +28,13 @@ try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside the stub (tests use the text and audio helpers)
     pb_utils = None
+try:
+    from cvload.emulator import speech
+except ImportError:  # in the stub: speech.py is copied beside this file as cvload_speech.py
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cvload_speech as speech  # type: ignore[no-redef]
 
 SAMPLE_RATE = 24000
 TOKENS_PER_S = 25
@@ -105,7 +112,40 @@ class ToneVoice:
         return chunk
 
 
-class RecordedVoice:
+class ArrayVoice:
+    """Audio made before the request (the speech of its text), handed out in chunks; a quiet tail past its end."""
+
+    def __init__(self, audio: np.ndarray) -> None:
+        self.audio = audio
+        self.pos = 0
+
+    def render(self, n: int) -> np.ndarray:
+        chunk = self.audio[self.pos : self.pos + n]
+        self.pos += n
+        if len(chunk) < n:  # pad with a quiet tail rather than silence
+            chunk = np.concatenate([chunk, np.full(n - len(chunk), 1e-3, np.float32)])
+        return chunk
+
+
+class LeadingSilence:
+    """``samples`` of quiet (``speech.FLOOR``, never digital zero) before ``voice``: a server that pads the
+    start of its first chunk, so bytes arrive before anything can be heard."""
+
+    def __init__(self, voice, samples: int) -> None:
+        self.voice = voice
+        self.left = samples
+
+    def render(self, n: int) -> np.ndarray:
+        quiet = min(n, self.left)
+        self.left -= quiet
+        if quiet == 0:
+            return self.voice.render(n)
+        head = np.full(quiet, speech.FLOOR, dtype=np.float32)
+        head[1::2] = -speech.FLOOR
+        return head if quiet == n else np.concatenate([head, self.voice.render(n - quiet)])
+
+
+class RecordedVoice(ArrayVoice):
     """Real speech from espeak-ng (Mandarin voice when the text has CJK characters), resampled to 24 kHz and
     handed out in chunks."""
 
@@ -121,15 +161,7 @@ class RecordedVoice:
         n_out = max(1, int(len(pcm) * SAMPLE_RATE / rate))
         audio = np.interp(np.linspace(0, len(pcm) - 1, n_out), np.arange(len(pcm)), pcm)
         # espeak pauses are digital silence; a faint floor keeps every chunk audibly "on" for level checks
-        self.audio = (audio + 1e-3 * np.sin(np.arange(n_out) * 0.05)).astype(np.float32)
-        self.pos = 0
-
-    def render(self, n: int) -> np.ndarray:
-        chunk = self.audio[self.pos : self.pos + n]
-        self.pos += n
-        if len(chunk) < n:  # pad with a quiet tail rather than silence
-            chunk = np.concatenate([chunk, np.full(n - len(chunk), 1e-3, np.float32)])
-        return chunk
+        super().__init__((audio + 1e-3 * np.sin(np.arange(n_out) * 0.05)).astype(np.float32))
 
 
 def _parse_wav(data: bytes) -> tuple[int, np.ndarray]:
@@ -172,22 +204,27 @@ class Vocoder:
                 while not self.jobs:
                     self.cond.wait()
                 _, _, cost, done, span = heapq.heappop(self.jobs)
+                if done.is_set():  # withdrawn while queued (its request was cancelled)
+                    continue
+                span.append(None)  # claimed: too late to withdraw
             if self.lock_path:
                 with open(self.lock_path, "a") as fh:
                     fcntl.flock(fh, fcntl.LOCK_EX)
                     try:
-                        span.append(time.monotonic())
+                        span[0] = time.monotonic()
                         _sleep(cost)
                         span.append(time.monotonic())
                     finally:
                         fcntl.flock(fh, fcntl.LOCK_UN)
             else:
-                span.append(time.monotonic())
+                span[0] = time.monotonic()
                 _sleep(cost)
                 span.append(time.monotonic())
             done.set()
 
-    def run(self, cost: float, arrival: float) -> tuple[float, float] | None:
+    def run(self, cost: float, arrival: float, watch: CancelWatch | None = None) -> tuple[float, float] | None:
+        """Queue a job and wait for it; None when it cost nothing, or was withdrawn from the queue because
+        ``watch`` said stop (a job already running runs to its end, as a GPU kernel does)."""
         if cost <= 0:
             return None
         done, span = threading.Event(), []
@@ -196,7 +233,15 @@ class Vocoder:
             key = arrival if self.priority == "oldest" else time.monotonic()
             heapq.heappush(self.jobs, (key, self.seq, cost, done, span))
             self.cond.notify()
-        done.wait()
+        if watch is None:
+            done.wait()
+        else:
+            while not done.wait(watch.poll_s):
+                if watch.stop():
+                    with self.cond:
+                        if not span:  # still queued: withdraw it
+                            done.set()
+                            return None
         return span[0], span[1]
 
 
@@ -209,6 +254,72 @@ def _sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+class CancelWatch:
+    """Whether the client gave up on a request, asked the way a correct server asks (Triton's
+    ``is_cancelled()``, grpcio's ``context.is_active()``, a web server's disconnect), between pipeline stages
+    and every ``poll_s`` of a wait. ``ignore`` (profile ``ignore_cancel``) is the bug cvload must expose: the
+    cancellation is noticed (and traced) but the request is generated to its end all the same.
+
+    Trace fields: ``cancelled`` (s after arrival when first noticed), ``stopped`` (s after arrival when the
+    request's generation ended) and ``after_cancel_s`` (audio made after the notice, seconds)."""
+
+    POLL_S = 0.025
+    # Triton's is_cancelled() is a round trip from the stub to the server process (~40 us measured here): a
+    # process polls about this many times a second at most, however many requests it serves (at 64 streams a
+    # request is asked every 64 ms), so watching costs a few percent of a core, never the emulator's timing.
+    QUERIES_PER_S = 1000.0
+
+    def __init__(self, is_cancelled, ignore: bool = False, active: int = 1) -> None:
+        self.is_cancelled = is_cancelled  # a callable answering True once the client went away
+        self.ignore = ignore
+        self.poll_s = max(self.POLL_S, active / self.QUERIES_PER_S)
+        self.seen: float | None = None  # monotonic time the cancellation was first noticed
+        self.after_samples = 0
+        self.sample_rate = SAMPLE_RATE
+
+    def cancelled(self) -> bool:
+        if self.seen is None:
+            try:
+                gone = bool(self.is_cancelled())
+            except Exception:  # noqa: BLE001 - a query that fails (server shutting down) is not a cancellation
+                gone = False
+            if gone:
+                self.seen = time.monotonic()
+        return self.seen is not None
+
+    def stop(self) -> bool:
+        """True when generation should end now: cancelled and honoured."""
+        return self.cancelled() and not self.ignore
+
+    def sleep_until(self, deadline: float) -> bool:
+        """Wait until ``deadline`` (host monotonic clock) unless stopped first; True when stopped."""
+        while True:
+            if self.stop():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, self.poll_s))
+
+    def made(self, samples: int) -> None:
+        """Audio of ``samples`` was made for the request (counted against the cancellation once noticed)."""
+        if self.cancelled():
+            self.after_samples += samples
+
+    def trace(self, arrival: float) -> dict:
+        return {"cancelled": None if self.seen is None else self.seen - arrival,
+                "stopped": time.monotonic() - arrival,
+                "after_cancel_s": self.after_samples / self.sample_rate}
+
+
+def _wait_until(deadline: float, watch: CancelWatch | None) -> bool:
+    """Sleep until ``deadline``; True when ``watch`` says stop first."""
+    if watch is None:
+        _sleep_until(deadline)
+        return False
+    return watch.sleep_until(deadline)
 
 
 class RequestError(Exception):
@@ -291,6 +402,7 @@ class TritonPythonModel:
         self.lock = threading.Lock()
         self.active = 0
         self.trace_lock = threading.Lock()
+        self._start_speech()
 
     # ---- request parsing -------------------------------------------------------------------------------------
     def _text(self, request, name: str) -> str | None:
@@ -362,6 +474,75 @@ class TritonPythonModel:
                 pass  # fall back to the synthetic voice rather than fail the request
         return ToneVoice(zlib.crc32(text.encode()) ^ zlib.crc32(request_id.encode()))
 
+    # ---- what is said: speech, garbling, leading silence (cvload_speech) --------------------------------------
+    def _start_speech(self) -> None:
+        """The speech cache and the garbling state; ``initialize`` (and the servers without Triton) call it."""
+        self.speech = speech.SpeechCache(self.profile.get("speech_cache") or None)
+        self.garble_rng = random.Random(f"garble-{self.profile.get('seed', 0)}")  # seeded even when seed is 0
+        self.recent: list[np.ndarray] = []  # the speech of the last requests, for garble's "swap"
+        self.notes = threading.local()  # what the request on this thread said: its trace's voice and garble
+
+    def _garble_mode(self) -> tuple[str, random.Random] | None:
+        """Above ``garble_above`` requests in flight, each request is garbled with the share of the excess
+        ((n - N) / n): which ones, and how, comes from the seed."""
+        above = self.profile.get("garble_above")
+        if above is None:
+            return None
+        with self.lock:
+            n = max(self.active, len(self.state.in_flight))
+            if n <= above or self.garble_rng.random() >= (n - above) / n:
+                return None
+            return self.garble_rng.choice(speech.GARBLE_MODES), random.Random(self.garble_rng.random())
+
+    def _spoken(self, text: str, request_id: str) -> tuple[object, int]:
+        """The request's voice (``render(samples)`` per chunk) and its length in speech tokens.
+
+        ``voice`` ``speech`` (the default) speaks the text from the speech cache, fitted to the emulated
+        duration; a text not cached yet gets the tone this once (noted in the trace) while it is synthesised
+        off the response path. ``garble_above`` and ``leading_silence_s`` act here."""
+        p = self.profile
+        tokens = speech_tokens(text)
+        samples = tokens * SAMPLES_PER_TOKEN
+        kind = p.get("voice", "speech")
+        voice = None
+        note: dict[str, object] = {"voice": kind, "garble": None}
+        if kind == "speech":
+            audio = self.speech.lookup(text, samples)
+            if audio is None:
+                note["voice"] = "tone (speech not cached yet)"
+            else:
+                garbled = self._garble_mode()
+                if garbled is not None:
+                    mode, rng = garbled
+                    others = [a for a in self.recent if a is not audio]
+                    other = others[-1] if others else None
+                    mode = mode if mode != "swap" or other is not None else "noise"
+                    note["garble"] = mode
+                    voice = ArrayVoice(speech.garble(audio, mode, rng, other))
+                else:
+                    voice = ArrayVoice(audio)
+                with self.lock:
+                    self.recent = [a for a in self.recent[-7:] if a is not audio] + [audio]
+        elif kind == "espeak":
+            voice = self._voice(text, request_id)
+            if isinstance(voice, RecordedVoice):
+                tokens = max(1, math.ceil(len(voice.audio) / SAMPLES_PER_TOKEN))
+            else:
+                note["voice"] = "tone (espeak-ng not found)"
+        if voice is None:
+            voice = ToneVoice(zlib.crc32(text.encode()) ^ zlib.crc32(request_id.encode()))
+        lead = round(float(p.get("leading_silence_s", 0.0) or 0.0) * SAMPLE_RATE)
+        if lead > 0:
+            voice = LeadingSilence(voice, lead)
+            tokens += math.ceil(lead / SAMPLES_PER_TOKEN)
+        self.notes.value = note
+        return voice, tokens
+
+    def _take_note(self) -> dict:
+        note = getattr(self.notes, "value", None) or {}
+        self.notes.value = None
+        return note
+
     def _admit(self, request_id: str) -> tuple[str | None, bool]:
         """Count the arrival and apply the crash/duplicate/error rules.
 
@@ -396,10 +577,7 @@ class TritonPythonModel:
 
         Returns the send offsets (seconds after arrival) and the vocoder jobs' (start, end) offsets."""
         p = self.profile
-        total_tokens = speech_tokens(parsed["target"])
-        voice = self._voice(parsed["target"], request_id)
-        if isinstance(voice, RecordedVoice):
-            total_tokens = max(1, math.ceil(len(voice.audio) / SAMPLES_PER_TOKEN))
+        voice, total_tokens = self._spoken(parsed["target"], request_id)
         chunks = self._chunks(total_tokens)
         stall_at = self.rng.randrange(len(chunks)) if self.rng.random() < p.get("stall_prob", 0.0) else -1
         sends: list[float] = []
@@ -411,32 +589,44 @@ class TritonPythonModel:
         )
         produced = 0
         shift = 0.0  # a stall delays this chunk and every later one
+        watch = parsed.get("watch")  # the client's cancellation (streaming requests)
         for i, n in enumerate(chunks):
+            if watch is not None and watch.stop():
+                break
             if i == stall_at:
                 stall = p.get("stall_s", 0.0)
-                _sleep(stall)
+                if _wait_until(time.monotonic() + stall, watch):
+                    break
                 llm_clock += stall
                 shift += stall
             produced += n
             audio = voice.render(n * SAMPLES_PER_TOKEN)  # before the wait: rendering must not delay the send
             if fixed_first is not None:
-                _sleep_until(arrival + shift + fixed_first + i * (p.get("fixed_interval_s") or 0.0))
+                if _wait_until(arrival + shift + fixed_first + i * (p.get("fixed_interval_s") or 0.0), watch):
+                    break
             else:
                 lookahead = 0 if produced == total_tokens else p.get("lookahead_tokens", 3)
                 llm_clock += self._token_time(n + (lookahead if i == 0 else 0))
-                _sleep_until(llm_clock)
-                span = self.vocoder.run(self._vocoder_cost(n), arrival)
+                if _wait_until(llm_clock, watch):
+                    break
+                span = self.vocoder.run(self._vocoder_cost(n), arrival, watch)
                 if span is not None:
                     spans.append([span[0] - arrival, span[1] - arrival])
+                elif watch is not None and watch.stop():
+                    break
             sends.append(time.monotonic() - arrival)
+            if watch is not None:
+                watch.made(audio.size)
             emit(audio)
         return sends, spans
 
-    def _trace(self, request_id: str, arrival: float, sends: list[float], spans: list, error: str | None) -> None:
+    def _trace(self, request_id: str, arrival: float, sends: list[float], spans: list, error: str | None,
+               watch: CancelWatch | None = None) -> None:
         if not self.trace_path:
             return
         line = json.dumps(
             {
+                **(watch.trace(arrival) if watch is not None else {}),
                 "model": self.model_name,
                 "id": request_id,
                 "pid": os.getpid(),
@@ -444,6 +634,7 @@ class TritonPythonModel:
                 "sends": sends,  # seconds after arrival, one per response sent with audio
                 "vocoder": spans,  # the request's vocoder jobs: [start, end] seconds after arrival
                 "error": error,
+                **self._take_note(),  # voice: what was said (speech, tone, ...); garble: null or how
             }
         )
         with self.trace_lock, open(self.trace_path, "a") as fh:
@@ -455,13 +646,19 @@ class TritonPythonModel:
         error, invalid = self._admit_safely(request_id)
         sends: list[float] = []
         spans: list = []
+        watch = self._cancel_watch(request)
         if error is None:
             try:
                 parsed = self._parse(request)
+                parsed["watch"] = watch
 
                 def emit(audio: np.ndarray) -> None:
                     out = pb_utils.Tensor("waveform", audio.reshape(1, -1))
-                    sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+                    try:
+                        sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+                    except Exception:  # noqa: BLE001 - sending to a client that went away may fail
+                        if not watch.cancelled():
+                            raise
 
                 sends, spans = self._synthesize(parsed, request_id, arrival, emit)
             except RequestError as exc:
@@ -470,16 +667,25 @@ class TritonPythonModel:
                 error = f"emulator failure: {exc!r}"
             finally:
                 self._release(request_id)
-        try:
-            self._trace(request_id, arrival, sends, spans, error)  # before the final response: clients may read it
+        try:  # the trace goes before the final response: clients may read it
+            self._trace(request_id, arrival, sends, spans, error, watch)
         finally:
-            if error is not None:
-                sender.send(
-                    pb_utils.InferenceResponse(error=_error(error, invalid)),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-                )
-            else:
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            try:
+                if error is not None:
+                    sender.send(
+                        pb_utils.InferenceResponse(error=_error(error, invalid)),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                    )
+                else:
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception:  # noqa: BLE001 - the final flag of a cancelled request may find no client
+                if not watch.cancelled():
+                    raise
+
+    def _cancel_watch(self, request) -> CancelWatch:
+        """The request's cancellation as Triton's Python backend reports it (``request.is_cancelled()``)."""
+        return CancelWatch(getattr(request, "is_cancelled", lambda: False),
+                           bool(self.profile.get("ignore_cancel", False)), active=max(1, self.active))
 
     def _serve_offline(self, request, arrival: float):
         request_id = request.request_id()
