@@ -56,7 +56,7 @@ class Warmup:
         if isinstance(text, int) and not isinstance(text, bool):
             return cls(requests=text)
         s = str(text).strip()
-        if s.isdigit():
+        if s.isascii() and s.isdigit():  # str.isdigit takes '²', which int() refuses
             return cls(requests=int(s))
         return cls(seconds=parse_duration(s, what="warmup"))
 
@@ -295,7 +295,7 @@ class RunConfig:
                              hint="e.g. --prometheus-push http://pushgateway:9091")
 
     def _validate_processes(self) -> None:
-        if isinstance(self.processes, str) and self.processes.strip().isdigit():
+        if isinstance(self.processes, str) and self.processes.strip().isascii() and self.processes.strip().isdigit():
             self.processes = int(self.processes)
         if self.ray_resource and not self.ray_address:
             raise UsageError("--ray-resource picks Ray nodes: add --ray-address")
