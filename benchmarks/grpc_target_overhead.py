@@ -97,11 +97,13 @@ def grpc_inputs(grpcclient: Any, prompt: bool) -> list[Any]:
     return tensors
 
 
-def target_client(url: str) -> Client:
+def target_client(url: str, requests_per_stream: int | None = None) -> Client:
     from cvload.targets.base import SynthesisRequest
     from cvload.targets.triton_grpc import TritonGrpcStreaming
+    from cvload.targets.triton_options import REQUESTS_PER_STREAM, TritonOptions
 
-    target = TritonGrpcStreaming(url, "cosyvoice2", timeout=30)
+    options = TritonOptions(REQUESTS_PER_STREAM if requests_per_stream is None else requests_per_stream)
+    target = TritonGrpcStreaming(url, "cosyvoice2", timeout=30, options=options)
 
     async def one(request_id: str) -> Timed:
         request = (SynthesisRequest(request_id, TEXT, PROMPT_TEXT, PROMPT) if USE_PROMPT
@@ -246,11 +248,12 @@ def report_pooled(pooled: Pooled, trace_path: Path, max_foreign: float) -> dict[
 
 
 async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int], rounds: int, seconds: float,
-                max_foreign: float) -> None:
-    clients = {"target": target_client(url), "lean": lean_client(url)}
+                max_foreign: float, clients: dict[str, Client] | None = None) -> dict[tuple[str, int], dict]:
+    """Alternate the clients (default: cvload's target and the lean one; the first also probes) at each level."""
+    clients = clients or {"target": target_client(url), "lean": lean_client(url)}
     for _, start, _ in clients.values():
         await start()
-    probe, _, _ = clients["target"]
+    probe, _, _ = next(iter(clients.values()))
     timed = await probe(f"probe-{os.getpid()}")
     request_s = (timed.end or timed.sent) - timed.sent  # how long one request lasts unloaded
     pooled: Pooled = {}
@@ -269,7 +272,7 @@ async def bench(url: str, server_pgid: int, trace_path: Path, levels: list[int],
     finally:
         for _, _, close in clients.values():
             await close()
-    report_pooled(pooled, trace_path, max_foreign)
+    return report_pooled(pooled, trace_path, max_foreign)
 
 
 def add_bench_options(parser: argparse.ArgumentParser) -> None:

@@ -53,6 +53,7 @@ from benchmarks.run_overhead import run_session, timed_records, write_manifest
 
 STREAMING_MODEL, OFFLINE_MODEL = "cosyvoice2", "cosyvoice2_offline"
 RAMP_S = 0.3
+PROCESSES: int | str = 1  # --processes: cvload's load processes (auto: as `cvload run --processes auto` decides)
 
 
 @dataclass(frozen=True)
@@ -169,7 +170,8 @@ async def run_cvload(spec: TargetSpec, url: str, manifest: Path, out: Path, stre
 
     config = RunConfig(server=[url], protocol=spec.protocol, mode=spec.mode, model=spec.model,
                        spk_cache=not spec.prompt, num_tasks=streams, requests=requests, ramp=RAMP_S,
-                       inputs=str(manifest), out=str(out), metrics_url="none", gpu_source="none")
+                       inputs=str(manifest), out=str(out), metrics_url="none", gpu_source="none",
+                       processes=PROCESSES)
     session, summary, cpu_s = await run_session(config)
     return timed_records(session), {**summary["client"], "cpu_s": cpu_s}
 
@@ -303,7 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
     parser.add_argument("--text", default=None, help="target text (its length sets the chunks per request)")
     parser.add_argument("--json-out", type=Path, default=None, help="write every row as JSON here")
+    parser.add_argument("--processes", default="1", help="cvload's --processes (N or auto; default 1)")
     args = parser.parse_args(argv)
+    global PROCESSES
+    PROCESSES = int(args.processes) if args.processes.isdigit() else args.processes
     if args.text:
         harness.TEXT = args.text
     from cvload.emulator import EmulatedModel, build_repository, get_profile

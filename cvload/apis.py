@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cvload.address import RUNTIME_PORT, server_address, speech_url
@@ -51,6 +51,9 @@ class ApiSpec:
     # summary.json's target names the API, its request kind and the target's own mode (off for Triton, so
     # results of Triton runs keep the shape they had before other APIs)
     in_summary: bool = True
+    # What one request of a ``protocol/mode`` costs a load process beside a gRPC stream of binary audio (1.0):
+    # ``--processes auto`` weighs the load by it (cvload.multiproc.auto_processes)
+    bytes_weight: Mapping[str, float] = field(default_factory=dict)
 
     # ---- targets -------------------------------------------------------------------------------------------
     def target_class(self, protocol: str, mode: str) -> Any:
@@ -104,6 +107,9 @@ REGISTRY: dict[str, ApiSpec] = {spec.name: spec for spec in (
                  "http/offline": "cvload.targets.triton_http:TritonHttpOffline"},
         options="cvload.targets.triton_options:TritonOptions", emulator="cvload.emulator.launch:TritonEmulator",
         triton_telemetry=True, in_summary=False,
+        # HTTP streaming: audio as JSON text (~3x the bytes, cut into events on the loop) and ~0.6 MB JSON prompts;
+        # one process at 64 such streams: p99 +11 to +33 ms over a bare client on the H100 host, gRPC -0.35 ms
+        bytes_weight={"http/streaming": 4.0},
         chunk="one decoupled response (streaming) or the whole answer (offline)",
         describe="{protocol} {mode}", folder="{mode}-{protocol}",
     ),

@@ -56,7 +56,7 @@ class Warmup:
         if isinstance(text, int) and not isinstance(text, bool):
             return cls(requests=text)
         s = str(text).strip()
-        if s.isdigit():
+        if s.isascii() and s.isdigit():  # str.isdigit takes '²', which int() refuses
             return cls(requests=int(s))
         return cls(seconds=parse_duration(s, what="warmup"))
 
@@ -136,6 +136,9 @@ class RunConfig:
     protocol: str | None = None  # grpc | http; None: the API's own (its spec's first), set by validate()
     mode: str = "streaming"
     model: str = "cosyvoice2"
+    # Triton gRPC streaming: requests one ModelStreamInfer stream carries before the next opens (1: a stream per
+    # request, as clients behind a proxy limiting a stream's body need; 0: no bound). None: the target's default.
+    requests_per_stream: int | None = None
     # Request details of the non-Triton APIs
     inference: str | None = None  # cosyvoice: sft | zero_shot | cross_lingual | instruct | instruct2
     spk_id: str | None = None  # cosyvoice sft/instruct: the server's speaker id
@@ -211,6 +214,8 @@ class RunConfig:
             raise UsageError(f"--response-format {self.response_format!r}: use one of {', '.join(RESPONSE_FORMATS)}")
         if self.max_conc is not None and self.max_conc < 1:
             raise UsageError(f"--max-conc must be at least 1, got {self.max_conc}")
+        if self.requests_per_stream is not None and self.requests_per_stream < 0:
+            raise UsageError(f"--requests-per-stream must be 0 (no bound) or more, got {self.requests_per_stream}")
         if self.sample_rate is not None and self.sample_rate <= 0:
             raise UsageError(f"--sample-rate must be positive, got {self.sample_rate}")
         protocols = spec.protocols
@@ -290,7 +295,7 @@ class RunConfig:
                              hint="e.g. --prometheus-push http://pushgateway:9091")
 
     def _validate_processes(self) -> None:
-        if isinstance(self.processes, str) and self.processes.strip().isdigit():
+        if isinstance(self.processes, str) and self.processes.strip().isascii() and self.processes.strip().isdigit():
             self.processes = int(self.processes)
         if self.ray_resource and not self.ray_address:
             raise UsageError("--ray-resource picks Ray nodes: add --ray-address")

@@ -8,6 +8,10 @@ the time it was due into a pipe the loop watches; the loop stamps the read exact
 (stamp - due) is the delay a response arriving then would have had. Unlike a timer on the loop itself, the
 probe is not rounded to the millisecond resolution of the loop's sleep, so an idle loop reads ~0.1 ms, not 0.5.
 
+Lag has two owners: cvload's own work on the loop, and the host (other processes, a server on the same cores,
+a busy CPU scheduler). A run's process also probes a bare asyncio loop in a process of its own that does
+nothing else (``reference=True``): where that loop lags as much, the warning blames the host, not the load.
+
 Leaf module: no cvload imports, so the engine, the session and every view can use it.
 """
 
@@ -15,8 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import struct
+import subprocess
+import sys
 import threading
 import time
 from array import array
@@ -55,13 +62,25 @@ def lag_stats(lags_ms: Any) -> dict[str, float | None]:
             "max": round(values[-1], 3)}
 
 
-def warnings_for(lag: dict[str, float | None], cpu_cores: float | None) -> list[str]:
-    """What the user must know before trusting the run's latencies."""
+HOST_SHARE = 0.5  # a bare loop lagging at least this share of the run's loop lag: mostly the host's doing
+HOST_BUSY = "this host's CPUs are busy"
+
+
+def warnings_for(lag: dict[str, float | None], cpu_cores: float | None,
+                 reference: dict[str, float | None] | None = None, server_here: bool = False) -> list[str]:
+    """What the user must know before trusting the run's latencies. ``reference``: the loop lag of a bare
+    asyncio loop on this host meanwhile; ``server_here``: the server runs on this host."""
     p99 = lag.get("p99")
     inflated = f"measurements may be inflated by up to {p99:.1f} ms" if p99 is not None else \
         "measurements may be inflated"
     out = []
-    if p99 is not None and p99 > LAG_WARN_MS:
+    bare = (reference or {}).get("p99")
+    if p99 is not None and p99 > LAG_WARN_MS and bare is not None and bare >= HOST_SHARE * p99:
+        who = "the server shares this host's CPUs" if server_here else "other processes use this host's CPUs"
+        out.append(f"client event-loop lag p99 {p99:.1f} ms (max {lag.get('max') or 0:.0f} ms): {inflated}; a bare "
+                   f"event loop beside it lagged {bare:.1f} ms (max {(reference or {}).get('max') or 0:.0f} ms): "
+                   f"{HOST_BUSY} ({who}), more than cvload's load")
+    elif p99 is not None and p99 > LAG_WARN_MS:
         out.append(f"client event-loop lag p99 {p99:.1f} ms (max {lag.get('max') or 0:.0f} ms): {inflated}: "
                    "lower the load per process")
     if cpu_cores is not None and cpu_cores > CPU_WARN_CORES:
@@ -74,8 +93,12 @@ class LoopHealth:
     """Start it on the measuring loop when the run starts, ``stop()`` it when it ends; ``summary()`` is the
     summary's ``client`` section, ``live()`` the same over the last ~2 s for progress lines."""
 
-    def __init__(self, interval_s: float = INTERVAL_S) -> None:
+    def __init__(self, interval_s: float = INTERVAL_S, *, reference: bool = False) -> None:
         self.interval_s = interval_s
+        self.reference = reference  # also probe a bare loop in a process of its own (``reference_loop``)
+        self.server_here = False  # the server runs on this host (said in a warning that blames the host)
+        self._reference: subprocess.Popen[bytes] | None = None
+        self.reference_lag: dict[str, float | None] | None = None
         self.lags_ms: array[float] = array("f")
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -101,6 +124,14 @@ class LoopHealth:
         self._running = True
         self._thread = threading.Thread(target=self._probe, name="cvload-loop-probe", daemon=True)
         self._thread.start()
+        if self.reference:
+            package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [package_root,
+                                                                          os.environ.get("PYTHONPATH")])))
+            with contextlib.suppress(OSError):
+                self._reference = subprocess.Popen(
+                    [sys.executable, "-c", "from cvload.loop_health import reference_loop; reference_loop()"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
 
     def stop(self) -> None:
         if not self._running:
@@ -118,6 +149,9 @@ class LoopHealth:
             os.close(read_fd)
             os.close(write_fd)
             self._fds = None
+        if self._reference is not None:
+            self.reference_lag = _reference_result(self._reference)
+            self._reference = None
 
     # ---- probing ---------------------------------------------------------------------------------------------
     def _probe(self) -> None:
@@ -157,8 +191,12 @@ class LoopHealth:
     def summary(self) -> dict[str, Any]:
         lag = lag_stats(self.lags_ms)
         cpu = self.cpu_cores()
-        return {"loop_lag_ms": lag, "cpu_cores": cpu, "probe_interval_ms": self.interval_s * 1000.0,
-                "samples": len(self.lags_ms), "warnings": warnings_for(lag, cpu)}
+        out: dict[str, Any] = {"loop_lag_ms": lag, "cpu_cores": cpu, "probe_interval_ms": self.interval_s * 1000.0,
+               "samples": len(self.lags_ms)}
+        if self.reference_lag is not None:
+            out["bare_loop_lag_ms"] = self.reference_lag
+        out["warnings"] = warnings_for(lag, cpu, self.reference_lag, self.server_here)
+        return out
 
     def live(self) -> dict[str, Any]:
         """Loop lag over the last ~2 s and CPU since the previous call: for progress lines and the dashboard."""
@@ -171,6 +209,39 @@ class LoopHealth:
         else:
             cpu = self.cpu_cores()
         return {"loop_lag_ms": lag, "cpu_cores": cpu, "warnings": warnings_for(lag, cpu)}
+
+
+def _reference_result(process: subprocess.Popen[bytes]) -> dict[str, float | None] | None:
+    """The bare loop's lag statistics, once its stdin is closed (None: it could not say)."""
+    try:
+        out, _ = process.communicate(timeout=3.0)
+        stats = json.loads(out)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        process.kill()
+        process.wait()
+        return None
+    return stats if isinstance(stats, dict) else None
+
+
+def reference_loop() -> None:
+    """A bare asyncio loop probed as a run's loop is, until stdin closes; prints its lag statistics (JSON)."""
+
+    async def probe() -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+
+        def on_stdin() -> None:
+            if not os.read(0, 4096) and not done.done():
+                done.set_result(None)
+
+        loop.add_reader(0, on_stdin)
+        health = LoopHealth()
+        health.start()
+        await done
+        health.stop()
+        print(json.dumps(lag_stats(health.lags_ms)), flush=True)
+
+    asyncio.run(probe())
 
 
 def client_text(client: dict[str, Any] | None) -> str:
@@ -188,7 +259,9 @@ def client_text(client: dict[str, Any] | None) -> str:
         parts.append(f"{client['load_processes']} load processes")
     if not parts:
         return ""
-    warn = "  (measurements may be inflated: lower the load per process)" if client.get("warnings") else ""
+    warnings = client.get("warnings") or []
+    cause = HOST_BUSY if any(HOST_BUSY in w for w in warnings) else "lower the load per process"
+    warn = f"  (measurements may be inflated: {cause})" if warnings else ""
     return "client " + ", ".join(parts) + warn
 
 

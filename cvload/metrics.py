@@ -17,7 +17,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from cvload.records import AUDIO_FLAGS, ERR_BARGED_IN, ERR_CANCELLED, ERROR_KINDS, RequestRecord
+from cvload.records import (
+    AUDIO_FLAGS,
+    ERR_BARGED_IN,
+    ERR_CANCELLED,
+    ERROR_KINDS,
+    PROXY_BODY_LIMIT,
+    RequestRecord,
+)
 
 PERCENTILES = (50, 90, 95, 99)
 STAT_KEYS = ("p50", "p90", "p95", "p99", "mean", "max", "min", "count")
@@ -199,6 +206,7 @@ class RunTotals:
     # (cvload.slo.request_check); ``good`` counts those. Without ``meets`` the run has no goodput.
     meets: Callable[[RequestRecord], bool] | None = None
     good: int = 0
+    proxy_limited: int = 0  # failures on a stream a proxy reset at its request-body limit (PROXY_BODY_LIMIT)
 
     @classmethod
     def from_records(cls, records: Iterable[RequestRecord], *, wall_s: float,
@@ -227,6 +235,8 @@ class RunTotals:
             self.incomplete_min_s = waited if self.incomplete_min_s is None else min(self.incomplete_min_s, waited)
         if r.error_kind:
             self.errors[r.error_kind] = self.errors.get(r.error_kind, 0) + 1
+            if r.error is not None and PROXY_BODY_LIMIT in r.error:
+                self.proxy_limited += 1
         for flag in r.flags:
             self.flags[flag] = self.flags.get(flag, 0) + 1
         if not r.ok:
@@ -426,6 +436,9 @@ class Tally:
         out = run_values(totals)
         out["metrics"] = {name: stats(column.view()) for name, column in self.values.items()}
         out["rtf_histogram"] = rtf_histogram(self.values["rtf"].view())
+        if totals.proxy_limited:
+            out["warnings"] = [f"{totals.proxy_limited} requests failed on gRPC streams reset after more than 1 MB "
+                               f"was sent on them: {PROXY_BODY_LIMIT}"]
         return out
 
 

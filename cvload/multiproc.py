@@ -46,16 +46,19 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import IO, Any
 
+from cvload.apis import api_spec
 from cvload.config import RunConfig
 from cvload.driver import EngineState, Events, RunResult, drain_limit
 from cvload.engine import DEFAULT_RAMP_S, Engine
 from cvload.errors import EXIT_RUNTIME, CvloadError, UsageError
+from cvload.gc_pause import QuietCollections
 from cvload.loop_health import LoopHealth, merge_client
 from cvload.metrics import end_time, wall_time
 from cvload.records import RequestRecord
 
 STREAMS_PER_PROCESS = 64  # closed loop: one process keeps its loop lag well under a millisecond at this many
 RATE_PER_PROCESS = 40.0  # open loop: requests/s a process takes (~64 one-to-two-second streams in flight)
+SPK_CACHE_WEIGHT = 0.5  # no prompt in the request: half of the API's extra bytes weight (ApiSpec.bytes_weight)
 READY_TIMEOUT_S = 120.0  # a load process imports numpy/grpc and opens its connections (slow on a busy host)
 GO_AFTER_S = 0.05  # the common start lies a little ahead, so every process sees it coming
 BATCH_S = 0.05  # a load process sends its records back at most this often
@@ -64,13 +67,22 @@ _FRAME = struct.Struct("!I")
 
 
 # ---- splitting one run over processes -----------------------------------------------------------------------
+def bytes_weight(config: RunConfig) -> float:
+    """How many gRPC streaming requests' worth of bytes one of this run's requests moves (the API's
+    ``bytes_weight``: HTTP streaming's JSON audio and prompts count 4)."""
+    weight = api_spec(config.api).bytes_weight.get(f"{config.protocol}/{config.mode}", 1.0)
+    return 1.0 + (weight - 1.0) * SPK_CACHE_WEIGHT if config.spk_cache else weight
+
+
 def auto_processes(config: RunConfig, cpus: int | None = None) -> int:
-    """``--processes auto``: enough processes for the load, at most one per CPU but one (dashboard, telemetry)."""
+    """``--processes auto``: enough processes for the load (streams or requests/s, weighted by the bytes each
+    request moves), at most one per CPU but one (dashboard, telemetry)."""
     cpus = cpus or os.cpu_count() or 1
+    weight = bytes_weight(config)
     if config.closed_loop:
-        want = math.ceil(config.concurrency / STREAMS_PER_PROCESS)
+        want = math.ceil(config.concurrency * weight / STREAMS_PER_PROCESS)
     else:
-        want = math.ceil((config.rate or 0.0) / RATE_PER_PROCESS)
+        want = math.ceil((config.rate or 0.0) * weight / RATE_PER_PROCESS)
     return max(1, min(max(1, cpus - 1), want))
 
 
@@ -253,6 +265,8 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
                 loop.call_soon_threadsafe(on_command, {"cmd": "interrupt"})
 
         threading.Thread(target=read_commands, name="cvload-commands", daemon=True).start()
+        quiet = QuietCollections()  # before "ready": its one collection must not delay this share's start
+        quiet.start()
         outbox.put("ready", {"pid": os.getpid()})
         t0 = await go
         await asyncio.sleep(max(0.0, t0 + part.delay_s - time.monotonic()))
@@ -270,6 +284,7 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
         finally:
             reporter.cancel()
             health.stop()
+            quiet.stop()
         outbox.put("final", {**_status(engine, health, final=True), "achieved": result.concurrency})
     finally:
         for target in targets:

@@ -22,6 +22,10 @@ ERR_REJECTED = "rejected"
 # Sent inside the measurement window but still running when the wait after it (--drain) ended: a failure whose
 # ``end_offset`` is the time waited, a lower bound of its latency (never left out: the slowest requests).
 ERR_INCOMPLETE = "incomplete"
+# Said by a request whose gRPC stream a proxy reset after it carried more than its request-body limit (nginx's
+# client_max_body_size, 1 MB by default, counts a whole HTTP/2 stream): the summary counts these and says so.
+PROXY_BODY_LIMIT = ("a proxy between cvload and the server limits the request body of a stream: nginx "
+                    "`client_max_body_size 0;` in the gRPC location, or `--stream-per-request`")
 ERROR_KINDS = (ERR_SERVER, ERR_TIMEOUT, ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_CANCELLED, ERR_REJECTED,
                ERR_INCOMPLETE)
 # Abandoned by its listener on purpose (--barge-in, cvload/barge_in.py): neither ok nor failed, counted on its own

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 from cvload import __version__
 from cvload.apis import api_spec, run_label
@@ -29,6 +30,7 @@ from cvload.driver import EngineState, Events, LoadDriver, RunResult
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
 from cvload.exporter import DEFAULT_LINGER_S, Exporter, LiveGauges
+from cvload.gc_pause import QuietCollections
 from cvload.loop_health import LoopHealth
 from cvload.metrics import Tally
 from cvload.records import RequestRecord
@@ -97,7 +99,8 @@ class Session:
     # The summary's inputs, folded from every record as it finishes (the records themselves go to records.jsonl).
     tally: Tally = field(default_factory=Tally)
     stop_asked: bool = False
-    loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
+    # This process's own timing error, beside a bare loop's on the same host (what the host alone costs).
+    loop_health: LoopHealth = field(default_factory=lambda: LoopHealth(reference=True))
     exporter: Exporter | None = None  # --prometheus-port / --prometheus-push
     barge_in: BargeInTally | None = None  # --barge-in: the abandoned requests and the survivors' first chunk
     emulator_trace: Path | None = None  # the emulated server's per-request trace (--emulator)
@@ -321,6 +324,13 @@ class Session:
                    "this host's NVML (--gpu-source nvml), or pass --metrics-url (e.g. a DCGM exporter)"))
         return telemetry
 
+    def _server_here(self) -> bool:
+        """Whether the server runs on this host (the embedded one, or a loopback address): it shares its CPUs."""
+        if self.config.emulator:
+            return True
+        hosts = [urlsplit(a if "://" in a else f"//{a}").hostname or "" for a in self.config.addresses()]
+        return bool(hosts) and all(h in ("localhost", "::1") or h.startswith("127.") for h in hosts)
+
     async def _statistics(self) -> dict[str, Any] | None:
         try:
             return await self.targets[0].statistics() if self.targets else None
@@ -333,11 +343,15 @@ class Session:
         if self.telemetry is not None:
             await self.telemetry.start()
             self.events.measure_start.add_listener(self.telemetry.mark_measure_start)
+        quiet = QuietCollections()
+        quiet.start()
+        self.loop_health.server_here = self._server_here()
         self.loop_health.start()
         try:
             self.result = await self.engine.run()
         finally:
             self.loop_health.stop()
+            quiet.stop()
             if self.telemetry is not None:
                 await self.telemetry.stop()
         return self.result
@@ -395,8 +409,6 @@ class Session:
         tls = self.targets[0].transport.describe() if self.targets else None
         if tls is not None:
             summary["target"]["tls"] = tls
-        if cfg.insecure:
-            summary["warnings"] = [INSECURE_WARNING]
         if api_spec(cfg.api).in_summary:  # another server API: its request kind says what a chunk is
             summary["target"].update(api=cfg.api, mode=self.infos[0].mode if self.infos else cfg.mode,
                                      inference=cfg.inference)
@@ -410,6 +422,8 @@ class Session:
         summary["started_at"] = _iso(started_wall)
         summary["finished_at"] = _iso(finished_wall)
         summary.update(measured)
+        if cfg.insecure:
+            summary["warnings"] = [INSECURE_WARNING, *summary.get("warnings", [])]
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary(None if window is None else window[0])
         summary["client"] = self.loop_health.summary()

@@ -72,6 +72,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--mode", choices=("streaming", "offline"), default=None,
                    help="how clients will call the front model (default: the deployment's mode, else streaming)")
     p.add_argument("--model", default=None, help="front model name (default: the deployment's, else cosyvoice2)")
+    g = p.add_argument_group("the gRPC path clients take (a load balancer or proxy; docs/tls.md)")
+    g.add_argument("--grpc-via", default=None, metavar="HOST:PORT",
+                   help="check one gRPC stream's body limit through this address instead of the server's gRPC port")
+    g.add_argument("--tls", action="store_true", help="--grpc-via speaks TLS")
+    g.add_argument("--ca-cert", default=None, metavar="FILE", help="PEM CA certificate(s) to verify it with")
+    g.add_argument("--tls-server-name", default=None, metavar="NAME", help="the name to verify instead of its host")
+    g.add_argument("--header", action="append", default=None, metavar='"NAME: VALUE"',
+                   help='send this header as gRPC metadata, e.g. "Authorization: Bearer TOKEN" (repeatable)')
 
 
 # ---- resolving config, workdir and state ---------------------------------------------------------------------
@@ -239,9 +247,12 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         endpoints = [(f"server {r.index} ({r.http})", doctor.Endpoint(
             r.client_host, Ports(r.http_port, r.grpc_port, r.metrics_port), pid=r.pid, start_time=r.start_time,
             log=Path(r.log))) for r in state.servers]
+    from cvload.transport import Transport
+
+    transport = Transport.of(args)
     failed = 0
     for title, ep in endpoints:
-        findings = doctor.diagnose(ep, expect)
+        findings = doctor.diagnose(ep, expect, grpc_via=args.grpc_via, transport=transport)
         print(f"doctor: {title}, model {expect.model}, intended mode {expect.mode}")
         print(format_findings(findings))
         failed += sum(f.status == "FAIL" for f in findings)

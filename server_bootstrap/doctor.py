@@ -2,7 +2,9 @@
 
 Ports reachable, live/ready, server version, every model's state, the front model's config against the mode
 clients will use (including the HTTP 501 a decoupled model answers to ``/infer``), batch size and instance
-counts, whether a cancelled streaming request stops (``cancel_check``), and GPU metrics with memory headroom. Every failed check says its likely cause and the fix.
+counts, whether a cancelled streaming request stops (``cancel_check``), GPU metrics with memory headroom, and
+(streaming) whether one gRPC stream carries more than a proxy's default request-body limit. Every failed check
+says its likely cause and the fix.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from cvload import address, process
+from cvload.records import PROXY_BODY_LIMIT
 from cvload.targets.checks import decoupled_of
 from cvload.telemetry.prometheus import MalformedScrape, parse_metrics
+from cvload.transport import Transport
 from cvload.triton.launcher import accepts
 from server_bootstrap import cancel_check
 from server_bootstrap.findings import Finding
@@ -116,7 +120,10 @@ def _loading_models(log: Path | None) -> list[str]:
     return [m for m in dict.fromkeys(loading) if m not in finished]
 
 
-def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
+def diagnose(ep: Endpoint, expect: Expectations, *, grpc_via: str | None = None,
+             transport: Transport | None = None) -> list[Finding]:
+    """Every check of one server. ``grpc_via``: the gRPC address clients reach it through (a load balancer or
+    proxy; ``transport``: its TLS and headers), where the stream-body check runs instead of the gRPC port."""
     findings: list[Finding] = []
     add = findings.append
     base = ep.http
@@ -169,7 +176,74 @@ def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
         add(cancel_check.check_cancellation(base, address.hostport(ep.host, ep.ports.grpc), expect.model))
     if reach["metrics"]:
         _gpu(findings, address.metrics_url(ep.host, ep.ports.metrics), expect)
+    if expect.mode == "streaming" and (grpc_via or reach["grpc"]):
+        findings.append(stream_body(grpc_via or address.hostport(ep.host, ep.ports.grpc), transport or Transport()))
     return findings
+
+
+PROBE_BYTES = 256 * 1024  # padding of each probe request
+PROBE_REQUESTS = 6  # 1.5 MB down one stream: past nginx's default client_max_body_size (1 MB)
+PROBE_MODEL = "cvload-doctor-stream-probe"  # no such model: each request costs the server a lookup, no inference
+
+
+def stream_body(where: str, transport: Transport, *, timeout_s: float = 10.0) -> Finding:
+    """Send ``PROBE_REQUESTS`` requests of ``PROBE_BYTES`` down one ``ModelStreamInfer`` stream, each to a model
+    that does not exist, and read each answer (an error naming the model). cvload shares a stream between
+    requests and prompts make them large: a proxy counting a whole HTTP/2 stream as one request body (nginx's
+    ``client_max_body_size``, 1 MB by default) resets the stream part way, failing every request on it."""
+    import asyncio
+
+    return asyncio.run(_stream_body(where, transport, timeout_s))
+
+
+async def _stream_body(where: str, transport: Transport, timeout_s: float) -> Finding:
+    import asyncio
+
+    import grpc
+    from tritonclient.grpc import service_pb2 as pb
+
+    from cvload.targets.grpc_errors import CHANNEL_OPTIONS
+    from cvload.targets.grpc_stream import GRPC_FRAME_BYTES, PROXY_SUSPECT_BYTES
+
+    request = pb.ModelInferRequest(model_name=PROBE_MODEL)
+    request.inputs.add(name="padding", datatype="UINT8", shape=[PROBE_BYTES])
+    request.raw_input_contents.append(bytes(PROBE_BYTES))
+    name = "grpc stream body"
+    channel = transport.grpc_channel(where, CHANNEL_OPTIONS)
+    sent = 0
+    try:
+        call = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer",
+                                     request_serializer=lambda m: m.SerializeToString(),
+                                     response_deserializer=pb.ModelStreamInferResponse.FromString)(
+            metadata=transport.grpc_metadata)
+        for i in range(PROBE_REQUESTS):
+            request.id = f"probe-{i}"
+            sent += GRPC_FRAME_BYTES + request.ByteSize()  # counted as it goes: a reset comes mid-write
+            await asyncio.wait_for(call.write(request), timeout_s)
+            response = await asyncio.wait_for(call.read(), timeout_s)
+            if response is grpc.aio.EOF:
+                return Finding(name, "FAIL", f"{where}: the gRPC stream ended after {sent / 1e6:.1f} MB with "
+                               "requests unanswered", "the server or a proxy closed it", "read their logs")
+        await call.done_writing()
+        call.cancel()
+    except grpc.aio.AioRpcError as exc:
+        what = f"{exc.code().name}: {exc.details()}"
+        if sent > PROXY_SUSPECT_BYTES and exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return Finding(name, "FAIL", f"{where}: one gRPC stream was reset after {sent / 1e6:.1f} MB ({what})",
+                           PROXY_BODY_LIMIT.split(":")[0] + " (cvload, like upstream's client, sends several "
+                           "requests with their prompts down one stream)",
+                           "nginx: `client_max_body_size 0;` in the gRPC location (docs/tls.md); or run cvload "
+                           "with --stream-per-request")
+        return Finding(name, "FAIL" if sent else "warn", f"{where}: the stream failed after {sent / 1e6:.1f} MB "
+                       f"({what})", "the gRPC endpoint refused a stream (TLS, a token, or not Triton)",
+                       "check the address, --tls and --header")
+    except TimeoutError:
+        return Finding(name, "warn", f"{where}: no answer within {timeout_s:g} s after {sent / 1e6:.1f} MB",
+                       "the server or a proxy holds the stream", "read the server's and the proxy's logs")
+    finally:
+        await channel.close()
+    return Finding(name, "ok", f"{where}: one gRPC stream carried {sent / 1e6:.1f} MB "
+                   f"({PROBE_REQUESTS} requests): no proxy limit on a stream's body in the way")
 
 
 def _models(findings: list[Finding], base: str, expect: Expectations) -> None:

@@ -153,7 +153,7 @@ http {{
     access_log {dir}/access.log;
     client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy; fastcgi_temp_path {dir}/fastcgi;
     uwsgi_temp_path {dir}/uwsgi; scgi_temp_path {dir}/scgi;
-    client_max_body_size 0;
+    {body_limit}
     ssl_certificate {cert}; ssl_certificate_key {key};
     upstream http_backends {{ {http_servers} keepalive 16; }}
     upstream grpc_backends {{ {grpc_servers} keepalive 16; }}
@@ -178,19 +178,22 @@ http {{
 def start_nginx(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
     """Start nginx (the Debian package; skipped where it is missing) on free loopback ports, balancing round-robin
     over ``http`` and ``grpc`` upstreams (HOST:PORT lists) with ``cert``/``key``, answering 401 to any request
-    without ``Authorization: Bearer <token>``; stopped after the test."""
+    without ``Authorization: Bearer <token>``; stopped after the test. ``body_limit``: its
+    ``client_max_body_size`` (None: nginx's default, 1 MB a request body, a whole gRPC stream included)."""
     if shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists():
         pytest.skip("nginx not installed (make system-deps installs it)")
     binary = shutil.which("nginx") or "/usr/sbin/nginx"
     started: list[Nginx] = []
 
-    def start(*, http: list[str], grpc: list[str], cert: str, key: str, token: str) -> Nginx:
+    def start(*, http: list[str], grpc: list[str], cert: str, key: str, token: str,
+              body_limit: str | None = "0") -> Nginx:
         d = tmp_path / f"nginx{len(started)}"
         d.mkdir()
         https_port, grpcs_port = free_ports(2)
         conf = d / "nginx.conf"
         conf.write_text(NGINX_CONF.format(
             dir=d, cert=cert, key=key, token=token, https_port=https_port, grpcs_port=grpcs_port,
+            body_limit="" if body_limit is None else f"client_max_body_size {body_limit};",
             http_servers=" ".join(f"server {a};" for a in http), grpc_servers=" ".join(f"server {a};" for a in grpc)))
         with open(d / "stderr.log", "wb") as log:
             proc = subprocess.Popen([binary, "-p", str(d), "-c", str(conf), "-g", "daemon off;"], stdout=log,

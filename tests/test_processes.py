@@ -63,6 +63,12 @@ def test_open_loop_rates_add_up_and_auto_leaves_a_core():
     assert auto_processes(RunConfig(num_tasks=1024, processes="auto"), cpus=16) == 15
     assert auto_processes(RunConfig(num_tasks=256, processes="auto"), cpus=16) == 4
     assert auto_processes(RunConfig(num_tasks=256, processes="auto"), cpus=2) == 1
+    # HTTP streaming moves its audio and prompts as JSON: 64 prompt-carrying streams are four processes' load
+    http = RunConfig(server=["h:8000"], protocol="http", num_tasks=64, processes="auto").validate()
+    assert auto_processes(http, cpus=16) == 4
+    assert auto_processes(RunConfig(server=["h:8000"], protocol="http", num_tasks=64, spk_cache=True,
+                                    processes="auto").validate(), cpus=16) == 3
+    assert auto_processes(RunConfig(server=["h:8001"], num_tasks=64, processes="auto").validate(), cpus=16) == 1
     assert resolve_processes(RunConfig(num_tasks=3, processes=8)) == 3  # never more than the streams
     assert [share(10, p, 4) for p in range(4)] == [3, 3, 2, 2]
 

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -118,7 +117,6 @@ def test_prometheus_scrapes_cvload_beside_triton(emulator, prometheus: Prometheu
     code = run_cli("--server", emulator.grpc, "--num-tasks", "4", "--duration", "3s", "--out", str(out),
                    "--prometheus-port", str(prometheus.cvload_port), "--prometheus-address", "127.0.0.1",
                    "--prometheus-linger", "3s", "--metrics-url", emulator.server.metrics_url)
-    lingering = time.time() - 1.5  # the final numbers were being served then
     assert code == 0
     summary, records = load(out)
     run = f'run_id="{out.name}"'
@@ -148,6 +146,9 @@ def test_prometheus_scrapes_cvload_beside_triton(emulator, prometheus: Prometheu
     dashboard = json.loads((Path(__file__).parents[1] / "docs/grafana/cvload-triton.json").read_text())
     exprs = [t["expr"] for panel in dashboard["panels"] for t in panel.get("targets", [])]
     assert len(exprs) >= 12
+    # The moment of Prometheus' last scrape of the final numbers: the instant panels are evaluated there.
+    samples = prometheus.query(f"cvload_run_finished{{{run}}}[5m]")[0]["values"]
+    lingering = max(float(t) for t, v in samples if v == "1")
     answered = {expr: prometheus.query(expr.replace("$run_id", out.name).replace("$model", ".*")
                                        .replace("$__rate_interval", "1m"), at=lingering) for expr in exprs}
     empty = [expr for expr, result in answered.items() if not result]  # counters of what never happened

@@ -265,3 +265,26 @@ def test_binary_columns_hold_what_records_jsonl_holds(results, tmp_path):
     lines = (copy / "records.jsonl").read_text().splitlines(keepends=True)
     (copy / "records.jsonl").write_text("".join(lines[:-1]))  # cut: the columns now run past the file
     assert columns_file.read(copy) is None and len(read_columns(copy)) == 39
+
+
+def test_sweep_load_axis_ticks_the_levels(results, tmp_path):
+    """Ticks at the levels measured, never 1.5 streams; a doubling sweep's levels on a log2 axis."""
+    from cvload.report import figures
+    from cvload.results_folder import open_results
+
+    def axis(sweep):  # noqa: ANN001, ANN202 - the load axis as both sweep figures frame it
+        _, (ax,) = figures._figure()
+        ax.plot([level.value for level in sweep.levels], [1.0] * len(sweep.levels))
+        figures.load_axis(ax, [sweep])
+        return ax
+
+    ax = axis(open_results(results["sweep"]))  # levels 1, 2 (bisect) and 4
+    assert list(ax.get_xticks()) == [1, 2, 4] and ax.get_xscale() == "log"
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "4"]
+    other = tmp_path / "sweep"
+    shutil.copytree(results["sweep"], other)
+    data = json.loads((other / "sweep.json").read_text())
+    data["levels"] = [level for level in data["levels"] if level["value"] != 2]  # 1 and 4: not a doubling run
+    (other / "sweep.json").write_text(json.dumps(data))
+    ax = axis(open_results(other))
+    assert list(ax.get_xticks()) == [1, 4] and ax.get_xscale() == "linear"

@@ -4,6 +4,7 @@ region or temporary folder behind. `--emulator` is what `serve` does whether or 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -23,6 +24,7 @@ import tritonclient.grpc as grpcclient
 from runs import run_cli
 
 from cvload import process
+from cvload.triton import launcher
 from cvload.triton.launcher import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -178,6 +180,42 @@ def serving_offline(serve: Serve) -> None:
     tensor.set_data_from_numpy(np.array([[b"Offline please."]], dtype=object))
     assert client.infer("cosyvoice2", [tensor]).as_numpy("waveform").size > 0
     client.close()
+
+
+def in_flight(grpc_url: str) -> None:
+    """A request the server's death cuts short."""
+    with contextlib.suppress(Exception):
+        stream_request(grpc_url, "A request in flight.")
+
+
+def test_a_serve_restarted_at_once_after_kill_9_gets_its_ports(tmp_path: Path) -> None:
+    """`kill -9` of `cvload serve` with a request in flight: its tritonserver (told to stop when its parent died)
+    unloads gracefully and holds the ports meanwhile; a serve restarted at once on the same ports waits for that
+    orphan of its own instead of failing with "already in use", and nothing of the first is left."""
+    ports = [str(p) for p in launcher.free_ports(3)]
+    flags = ["--profile", "fixed", "--grpc-port", ports[0], "--http-port", ports[1], "--metrics-port", ports[2]]
+    first = Serve(*flags)
+    second = None
+    try:
+        first.wait_for(r"^try:")
+        server = next(p for p in psutil.Process(first.proc.pid).children() if "tritonserver" in p.name())
+        busy = threading.Thread(target=in_flight, args=(f"127.0.0.1:{ports[0]}",), daemon=True)
+        busy.start()
+        time.sleep(0.05)  # sent: the fixed profile's first chunk is 200 ms away
+        first.proc.kill()
+        first.finish()
+        assert launcher.port_busy("127.0.0.1", int(ports[0])), "the orphan still holds the port: nothing to wait for"
+        assert launcher.orphan_on(int(ports[0])) == server.pid
+        second = Serve(*flags)
+        second.wait_for(r"^try:")
+        assert stream_request(f"127.0.0.1:{ports[0]}", "Hello again.") > 0
+        assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE, "the first server is gone"
+        assert not process.shm_regions(f"cvload{first.proc.pid}x"), "its shared memory too"
+    finally:
+        for serve in (first, second):
+            if serve is not None and serve.proc.poll() is None:
+                serve.proc.send_signal(signal.SIGTERM)
+                serve.finish()
 
 
 def test_serve_on_custom_ports_prints_the_run_line_that_finds_its_metrics(tmp_path: Path) -> None:

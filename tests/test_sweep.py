@@ -257,6 +257,8 @@ async def test_dashboard_sweep_panel_fills_in_level_by_level(emulator, tmp_path)
         assert "│ p95 < 700 ms   measuring 2 streams" in panel() and "capacity" not in panel()
         assert "sweep level 2" in str(app.query_one("#header").render())
         assert source.change_load(1) == "the sweep sets the load: + and - do not apply"
+        offered = {active.binding.action for active in app.screen.active_bindings.values()}
+        assert "snapshot" in offered and not {"load(1)", "load(-1)"} & offered  # the footer offers no +/-
         await until(lambda: "capacity 2 streams [2, -]" in panel(), "the capacity", timeout=60)
         rows = [line for line in panel().splitlines()[2:] if "✓" in line]
         assert [r.split()[0] for r in rows] == ["1", "2"] and "◀ capacity" in rows[1] and "◀" not in rows[0]

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
+from cvload.config import RunConfig
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
@@ -172,6 +173,31 @@ async def test_a_cancelled_request_leaves_the_shared_stream_to_the_others(emulat
         assert [c.audio.size for c in await collect(target, SynthesisRequest(rid("y"), TEXT))] == TEXT_CHUNKS
         assert target.streams_opened == 1  # type: ignore[attr-defined]
 
+
+
+async def test_requests_per_stream_bounds_what_a_stream_carries(emulator):
+    """--requests-per-stream N: a stream is half-closed after its N-th request, ends once their responses are
+    out, and the next request opens another; 1 is a stream per request (what a proxy limiting a stream's body
+    needs)."""
+    target = make_target("grpc", "streaming", emulator.grpc, "cosyvoice2_instant", timeout=10.0,
+                         config=RunConfig(requests_per_stream=2))
+    await target.open()
+    try:
+        for i in range(6):
+            request = SynthesisRequest(rid(f"n{i}"), TEXT, "a prompt transcript", PROMPT)
+            assert [c.audio.size for c in await collect(target, request)] == TEXT_CHUNKS
+        assert target.streams_opened == 3  # type: ignore[attr-defined]
+        target.requests_per_stream = 1  # type: ignore[attr-defined]
+        requests = [SynthesisRequest(rid(f"own{i}"), TEXT, "a prompt transcript", PROMPT) for i in range(4)]
+        results = await asyncio.gather(*(collect(target, r) for r in requests))
+        assert all([c.audio.size for c in r] == TEXT_CHUNKS for r in results)
+        assert target.streams_opened == 3 + 4  # type: ignore[attr-defined]
+        # A half-closed stream ends once its responses are out: none is left open behind the requests.
+        streams = target._connections.get().streams  # type: ignore[attr-defined]
+        await asyncio.wait_for(asyncio.gather(*(s._reader for s in streams)), 5.0)
+        assert all(s.finished and not s.inboxes for s in streams)
+    finally:
+        await target.close()
 
 # ---- server errors ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize(("protocol", "mode", "model"),

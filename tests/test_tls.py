@@ -15,8 +15,10 @@ from cvload.cli import main
 from cvload.config import RunConfig
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import UsageError
+from cvload.records import PROXY_BODY_LIMIT
 from cvload.transport import HEADERS_ENV, INSECURE_WARNING, Transport
 from cvload.triton.launcher import TritonServer
+from tests.runs import records_of
 
 TOKEN = "s3cr3t-t0ken-7f1c"  # nginx's
 MODELS = [EmulatedModel(name="cosyvoice2_instant", profile=get_profile("instant"), mode="streaming"),
@@ -292,3 +294,47 @@ def test_runtime_and_openai_targets_over_tls_with_a_token(start_nginx, certs, tm
         monkeypatch.setenv("OPENAI_API_KEY", TOKEN)  # the OpenAI way of giving the token still works
         assert run(*openai_args, "--out", str(tmp_path / "openai")) == 0
         assert summary_of(tmp_path / "openai")["requests"]["ok"] == 3
+
+
+# ---- nginx with its default client_max_body_size (1 MB a stream) ----------------------------------------------
+def test_nginx_default_body_limit_is_named_and_a_stream_per_request_passes(start_nginx, emulator, certs, tmp_path,
+                                                                          capsys) -> None:
+    """nginx counts a whole HTTP/2 stream as one request body: a ModelStreamInfer stream shared by requests with
+    prompts passes 1 MB after a few and nginx resets it. The failures say so; a stream per request passes."""
+    proxy = start_nginx(http=[emulator.http], grpc=[emulator.grpc], cert=certs("server"), key=certs("server.key"),
+                        token=TOKEN, body_limit=None)
+    auth = ["--header", f"Authorization: Bearer {TOKEN}", "--tls", "--ca-cert", certs("ca")]
+    common = ["--server", proxy.grpcs, "--model", "cosyvoice2_instant", "--num-tasks", "4", "--requests", "20", *auth]
+    assert run(*common, "--out", str(tmp_path / "shared")) == 0  # no objective given
+    failed = [r for r in records_of(tmp_path / "shared") if r["error_kind"]]
+    assert failed, "nginx's 1 MB a stream let every request through: nothing to recognise"
+    for record in failed:
+        assert record["error_kind"] == "connection", record
+        assert "MB were sent on it" in record["error"] and PROXY_BODY_LIMIT in record["error"], record["error"]
+    summary = summary_of(tmp_path / "shared")
+    assert any(PROXY_BODY_LIMIT in w for w in summary["warnings"]), summary.get("warnings")
+    assert PROXY_BODY_LIMIT in " ".join(capsys.readouterr().err.split())  # the console wraps lines
+    assert run(*common, "--stream-per-request", "--out", str(tmp_path / "own")) == 0
+    summary = summary_of(tmp_path / "own")
+    assert summary["requests"]["ok"] == 20, summary["errors"]
+    assert "warnings" not in summary or not any(PROXY_BODY_LIMIT in w for w in summary["warnings"])
+
+
+def test_doctor_sends_more_than_a_megabyte_down_one_stream(start_nginx, emulator, certs, capsys) -> None:
+    """`cvload bootstrap doctor --grpc-via` through nginx: its default body limit fails the stream check with
+    the cause and the fix; with `client_max_body_size 0;` (and straight to the server) it passes."""
+    tls = ["--tls", "--ca-cert", certs("ca"), "--header", f"Authorization: Bearer {TOKEN}"]
+    lines = {}
+    for limit in (None, "0"):
+        proxy = start_nginx(http=[emulator.http], grpc=[emulator.grpc], cert=certs("server"),
+                            key=certs("server.key"), token=TOKEN, body_limit=limit)
+        main(["bootstrap", "doctor", "--server", emulator.http, "--grpc-port", emulator.grpc.rsplit(":", 1)[1],
+              "--model", "cosyvoice2_instant", "--grpc-via", proxy.grpcs, *tls])
+        out = capsys.readouterr().out
+        lines[limit] = [line for line in out.splitlines() if "grpc stream body" in line]
+        assert ("client_max_body_size 0;" in out) == (limit is None), out
+    assert len(lines[None]) == 1 and "FAIL" in lines[None][0] and "reset after 1.0 MB" in lines[None][0], lines
+    assert len(lines["0"]) == 1 and "ok" in lines["0"][0] and "carried 1.6 MB" in lines["0"][0], lines
+    main(["bootstrap", "doctor", "--server", emulator.http, "--grpc-port", emulator.grpc.rsplit(":", 1)[1],
+          "--model", "cosyvoice2_instant"])
+    assert "no proxy limit on a stream's body" in capsys.readouterr().out

@@ -177,6 +177,7 @@ async def test_replay_shows_a_finished_run_and_ignores_run_keys():
         assert f"run    {fmt_ms(summary['metrics']['first_chunk_latency_ms']['p50'])}" in text_of(app, "#first")
         assert fmt_ms(p99) in text_of(app, "#first")
         assert "cosyvoice2" in text_of(app, "#stages")  # the stage breakdown saved with the run
+        assert "load(1)" in {active.binding.action for active in app.screen.active_bindings.values()}
         await pilot.press("plus")
         await pilot.press("space")
         await pilot.press("r")
@@ -230,3 +231,15 @@ def test_messages_round_trip():
     for bad in ("not json", '{"type": "nope"}', '{"type": "finished"}', "[1]"):
         with pytest.raises(ValueError):
             from_line(bad)
+
+
+def test_header_prints_a_missed_objective_as_written_not_in_e_notation() -> None:
+    from cvload.tui.panels import header_text
+    from cvload.tui.source import Status
+
+    status = Status("running", objectives=[
+        {"objective": "first_chunk.p95<300ms", "verdict": "fail", "measured": 1340.2, "unit": "ms"},
+        {"objective": "error_rate<1%", "verdict": "fail", "measured": 7.5, "unit": "%"},
+        {"objective": "rtf.p50<0.5", "verdict": "pass", "measured": 0.4213, "unit": ""}])
+    plain = header_text(status, "m @ h", None).plain
+    assert "✗ (1340ms)" in plain and "✗ (7.5%)" in plain and "✓ (0.421)" in plain and "e+" not in plain

@@ -41,6 +41,12 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default=None,
                    help="streaming (decoupled model, default) or offline; must match the deployment")
     g.add_argument("--model", default=None, help="front model name (default cosyvoice2)")
+    g.add_argument("--requests-per-stream", type=int, default=None, metavar="N",
+                   help="Triton gRPC streaming: requests one ModelStreamInfer stream carries before another "
+                        "opens (0: no bound; default 0, docs/tls.md says why)")
+    g.add_argument("--stream-per-request", dest="requests_per_stream", action="store_const", const=1,
+                   help="a gRPC stream per request (--requests-per-stream 1): what clients behind a proxy that "
+                        "limits a stream's request body (nginx's client_max_body_size) need")
     g.add_argument("--api", choices=APIS, default=None, help="server API: " + api_help())
     g = p.add_argument_group("requests of the cosyvoice and openai APIs")
     g.add_argument("--inference", choices=INFERENCES, default=None,

@@ -342,10 +342,32 @@ def _load_label(sweeps: Sequence[SweepResults]) -> str:
 def _against_load(ax, sweeps: Sequence[SweepResults], labels: Sequence[str], ylabel: str) -> None:  # noqa: ANN001
     """The frame of a figure against load: capacity and knee marks, axis labels from zero up, the legend."""
     _mark_capacity(ax, sweeps, labels)
+    load_axis(ax, sweeps)
     ax.set_xlabel(_load_label(sweeps))
     ax.set_ylabel(ylabel)
     ax.set_ylim(bottom=0)
     _legend(ax, loc="upper left", ncols=2)
+
+
+MAX_LEVEL_TICKS = 12
+
+
+def load_axis(ax, sweeps: Sequence[SweepResults]) -> None:  # noqa: ANN001
+    """Ticks at the levels measured (not 1.5 or 2.5 streams between them); a doubling sweep (1, 2, 4, 8...) on a
+    log2 axis, where its levels sit evenly."""
+    from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator
+
+    levels = sorted({level.value for sweep in sweeps for level in sweep.levels if level.value > 0})
+    if not levels:
+        return
+    if len(levels) >= 3 and all(b == 2 * a for a, b in zip(levels, levels[1:])):
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_minor_locator(NullLocator())
+    if len(levels) <= MAX_LEVEL_TICKS:
+        ax.xaxis.set_major_locator(FixedLocator(levels))
+        ax.set_xticklabels([f"{v:g}" for v in levels])
+    elif {level.kind for sweep in sweeps for level in sweep.levels} == {"concurrency"}:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # whole streams
 
 
 def _mark_capacity(ax, sweeps: Sequence[SweepResults], labels: Sequence[str]) -> None:  # noqa: ANN001

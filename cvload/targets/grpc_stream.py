@@ -6,6 +6,11 @@ per stream stamps every response the moment gRPC hands it over and routes it by 
 the stream breaks (server died), or cvload drops its connection to reconnect, every request still on it fails
 with kind ``connection``; a stream the server ends cleanly fails them with ``no_final``. The next request opens
 a new stream.
+
+A stream may carry a bounded number of requests (``max_requests``, ``--requests-per-stream``): after the last
+one it is half-closed, the server ends it once their responses are out, and the next request opens another.
+Proxies count a whole HTTP/2 stream as one request body (nginx's ``client_max_body_size``, 1 MB by default):
+a stream reset after more than ``PROXY_SUSPECT_BYTES`` were sent on it says so (``PROXY_BODY_LIMIT``).
 """
 
 from __future__ import annotations
@@ -17,12 +22,17 @@ from typing import Any
 
 import grpc
 
-from cvload.records import ERR_CONNECTION, ERR_NO_FINAL
+from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, PROXY_BODY_LIMIT
 from cvload.targets.base import TargetError
 from cvload.targets.grpc_errors import error_kind
 
 # What an inbox holds: (arrival time, ModelStreamInferResponse), a TargetError, or TIMED_OUT.
 TIMED_OUT = object()
+_HALF_CLOSE = object()  # in the outbox after a stream's last request: the writer half-closes the call
+GRPC_FRAME_BYTES = 5  # each gRPC message's prefix on the wire (a flag and a length)
+# A stream reset (not UNAVAILABLE: the server is there) after more than this was sent on it: a proxy's request-body
+# limit (nginx's client_max_body_size is 1 MB by default; a larger one is met later, by the same rule).
+PROXY_SUSPECT_BYTES = 1024 * 1024
 
 
 class Inbox:
@@ -60,14 +70,18 @@ class SharedStream:
     fail every other request on the stream. gRPC also allows only one pending write per call.
     """
 
-    def __init__(self, open_call: Any, address: str) -> None:
+    def __init__(self, open_call: Any, address: str, *, max_requests: int = 0) -> None:
         """``open_call()`` starts the ``ModelStreamInfer`` call (a ``grpc.aio`` stream-stream method, the run's
-        headers bound as its metadata)."""
+        headers bound as its metadata); ``max_requests``: requests it carries before it is half-closed (0: no
+        bound)."""
         self.address = address
         self.loop = asyncio.get_running_loop()
         self.call = open_call()
         self.inboxes: dict[str, Inbox] = {}
         self.broken: TargetError | None = None
+        self.max_requests = max_requests
+        self.requests_sent = 0
+        self.bytes_sent = 0  # gRPC messages handed to the call, prefixes included
         self._closing = False
         self._outbox = Inbox(self.loop)
         self._reader = self.loop.create_task(self._read())
@@ -75,7 +89,14 @@ class SharedStream:
 
     @property
     def usable(self) -> bool:
-        return self.broken is None and not self._closing
+        """Open for another request: not broken, not closing, not at its ``max_requests``."""
+        return (self.broken is None and not self._closing
+                and not (self.max_requests and self.requests_sent >= self.max_requests))
+
+    @property
+    def finished(self) -> bool:
+        """Its reader ended (broken, closed, or ended by the server after the half-close)."""
+        return self._reader.done()
 
     def register(self, request_id: str) -> Inbox:
         if request_id in self.inboxes:
@@ -92,17 +113,25 @@ class SharedStream:
         if self.broken is not None:
             raise TargetError(self.broken.kind, self.broken.message)
         self._outbox.put(message)
+        self.requests_sent += 1
+        if self.max_requests and self.requests_sent >= self.max_requests:
+            self._outbox.put(_HALF_CLOSE)
 
     async def _write(self) -> None:
         outbox, write = self._outbox, self.call.write
         try:
             while True:
                 message = outbox.items.popleft() if outbox.items else await outbox.get()
+                if message is _HALF_CLOSE:
+                    await self.call.done_writing()
+                    return
+                self.bytes_sent += GRPC_FRAME_BYTES + (len(message) if message.__class__ is bytes
+                                                       else message.ByteSize())
                 await write(message)
         except asyncio.CancelledError:
             return
         except grpc.aio.AioRpcError as exc:
-            self._fail(_connection_error(self.address, exc))
+            self._fail(self._broke(exc))
         except Exception as exc:  # noqa: BLE001 - e.g. InvalidStateError: the call ended, the reader knows why
             await asyncio.wait([self._reader], timeout=1.0)
             self._fail(TargetError(ERR_CONNECTION, f"gRPC stream to {self.address} closed: {exc!r}"))
@@ -128,7 +157,7 @@ class SharedStream:
             if self._closing and exc.code() == grpc.StatusCode.CANCELLED:
                 self._fail(self._closed())
             else:
-                self._fail(_connection_error(self.address, exc))
+                self._fail(self._broke(exc))
             return
         except Exception as exc:  # noqa: BLE001 - never leave requests waiting on a dead reader
             self._fail(TargetError(ERR_CONNECTION, f"gRPC stream to {self.address} failed: {exc!r}"))
@@ -163,7 +192,13 @@ class SharedStream:
             self._reader.cancel()
 
 
-def _connection_error(address: str, exc: grpc.aio.AioRpcError) -> TargetError:
-    """A broken stream fails every request on it: ``connection`` unless its status says otherwise."""
-    return TargetError(error_kind(exc.code(), ERR_CONNECTION),
-                       f"gRPC stream to {address} broke: {exc.code().name}: {exc.details()}")
+    def _broke(self, exc: grpc.aio.AioRpcError) -> TargetError:
+        """The error of a stream that broke (``connection`` unless its status says otherwise): a reset after
+        more than ``PROXY_SUSPECT_BYTES`` sent on it, while the server is reachable (not UNAVAILABLE), names the
+        proxy's body limit and the ways around it."""
+        what = f"{exc.code().name}: {exc.details()}"
+        kind = error_kind(exc.code(), ERR_CONNECTION)
+        if self.bytes_sent > PROXY_SUSPECT_BYTES and exc.code() != grpc.StatusCode.UNAVAILABLE:
+            return TargetError(kind, f"gRPC stream to {self.address} was reset after "
+                               f"{self.bytes_sent / 1e6:.1f} MB were sent on it ({what}): {PROXY_BODY_LIMIT}")
+        return TargetError(kind, f"gRPC stream to {self.address} broke: {what}")

@@ -103,6 +103,7 @@ class _TritonGrpc(Target):
                  options: TritonOptions | None = None, transport: Transport | None = None) -> None:
         super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
         self.options = options or TritonOptions()
+        self.requests_per_stream = self.options.requests_per_stream  # --requests-per-stream (streaming)
         self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.close())
         self._prompts = PromptCache()
         # Serialized prompt tensors (reference_wav, reference_wav_len, reference_text) by (prompt, transcript).
@@ -236,13 +237,16 @@ class TritonGrpcStreaming(_TritonGrpc):
         streams, responses that arrive together were stamped one loop turn after another, up to ~7 ms late.
         """
         connection = self._connections.get()
-        streams = connection.streams
-        if any(not stream.usable for stream in streams):
-            streams = connection.streams = [stream for stream in streams if stream.usable]
+        if any(stream.finished for stream in connection.streams):
+            connection.streams = [stream for stream in connection.streams if not stream.finished]
+        # Streams at their --requests-per-stream (half-closed, delivering their last responses) or broken stay
+        # listed until they end, so closing the connection closes them too; new requests go to usable ones.
+        streams = [stream for stream in connection.streams if stream.usable]
         best = min(streams, key=lambda stream: len(stream.inboxes), default=None)
         if best is None or (len(best.inboxes) >= STREAM_SHARE and len(streams) < MAX_STREAMS):
-            best = SharedStream(lambda: connection.stream_infer(metadata=connection.metadata), self.address)
-            streams.append(best)
+            best = SharedStream(lambda: connection.stream_infer(metadata=connection.metadata), self.address,
+                                max_requests=self.requests_per_stream)
+            connection.streams.append(best)
             connection.streams_opened += 1
         return best
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import importlib.util
 import itertools
 import os
@@ -193,13 +194,42 @@ def port_busy(host: str, port: int) -> bool:
     return False
 
 
+# How long a start waits for the server of a cvload that died (killed, crashed) to let go of a port it needs: that
+# server got SIGTERM when its parent died (process.spawn's die_with_parent) and stops gracefully, unloading its
+# models (2-3 s idle) and waiting for requests in flight (up to Triton's --exit-timeout-secs, 30 s by default).
+ORPHAN_WAIT_S = 40.0
+_SHM_PREFIX_ARG = re.compile(r"^--backend-config=python,shm-region-prefix-name=cvload(\d+)x")
+
+
+def orphan_on(port: int) -> int | None:
+    """The pid of a tritonserver that a cvload process no longer alive started (its shared-memory prefix names
+    that process) and that was told to use ``port``: it is stopping, and will free the port."""
+    import psutil
+
+    flags = {f"--{kind}-port={port}" for kind in ("http", "grpc", "metrics")}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if not flags.intersection(cmdline):
+            continue
+        owner = next((int(m.group(1)) for arg in cmdline if (m := _SHM_PREFIX_ARG.match(arg))), None)
+        if owner is not None and owner != os.getpid() and not psutil.pid_exists(owner):
+            return int(proc.info["pid"])
+    return None
+
+
+def _port_free(host: str, port: int) -> bool:
+    return not port_busy(host, port)
+
+
 class _Hosted(Protocol):
     host: str
 
 
-def claim_ports(server: _Hosted, names: tuple[str, ...]) -> None:
+def claim_ports(server: _Hosted, names: tuple[str, ...], *, orphan_wait_s: float = ORPHAN_WAIT_S) -> None:
     """Give each of the ``server``'s port attributes ``names`` that is None a free port on its ``host``; a port
-    given that is busy fails now, naming it, rather than as a bind error in the server's log."""
+    given that is busy fails now, naming it, rather than as a bind error in the server's log, unless the server
+    of a cvload that died holds it: then the port is waited for (``orphan_wait_s`` at most), so a script that
+    restarts a killed ``cvload serve`` at once on the same ports works."""
     host = server.host
     free = iter(free_ports(sum(getattr(server, n) is None for n in names), host))
     for name in names:
@@ -207,6 +237,16 @@ def claim_ports(server: _Hosted, names: tuple[str, ...]) -> None:
         if port is None:
             setattr(server, name, next(free))
         elif port_busy(host, port):
+            orphan = orphan_on(port)
+            if orphan is not None:
+                with contextlib.suppress(process.WaitTimeout):
+                    process.wait_until(functools.partial(_port_free, host, port), orphan_wait_s,
+                                       what=f"port {port}", first_delay=0.05, max_delay=0.1)
+                if not port_busy(host, port):
+                    continue
+                raise ServerError(f"port {port} on {host} is still held by tritonserver (pid {orphan}) of a cvload "
+                                  f"that is no longer running, {orphan_wait_s:g} s after it was asked to stop",
+                                  hint=f"kill {orphan} (or its process group) or choose another port")
             raise ServerError(f"port {port} on {host} is already in use ({name.replace('_', ' ')})",
                               hint=f"stop whatever listens on {host}:{port} or choose another port")
 

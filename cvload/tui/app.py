@@ -168,6 +168,10 @@ class DashboardApp(App[int]):
     def action_pause(self) -> None:
         self._say(self.source.toggle_pause())
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """A sweep sets the load itself: + and - leave the footer and do nothing."""
+        return not (action == "load" and getattr(self.source, "sweeping", False))
+
     def action_load(self, direction: int) -> None:
         self._say(self.source.change_load(direction))
 

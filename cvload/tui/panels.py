@@ -71,6 +71,11 @@ def _content_key(content: Any) -> object:
 
 
 # ---- header ----------------------------------------------------------------------------------------------------
+def measured_text(value: float, unit: str) -> str:
+    """An objective's measured value as its objective is written: 1340ms, 675ms, 7.5%, 0.42 (never 1.34e+03)."""
+    return (f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}") + unit
+
+
 def header_text(status: Status, target: str, scenario: str | None, client: dict[str, Any] | None = None) -> Text:
     text = Text()
     text.append(f" {status.phase.upper()} ", style=PHASE_STYLES.get(status.phase, "reverse"))
@@ -93,8 +98,8 @@ def header_text(status: Status, target: str, scenario: str | None, client: dict[
             mark, style = VERDICT_MARKS.get(v.get("verdict", ""), ("·", "dim"))
             text.append(f"{v.get('objective', '?')} {mark}", style=style)
             measured = v.get("measured")
-            text.append(f" ({measured:.3g}{v.get('unit') or ''})  " if isinstance(measured, int | float) else "  ",
-                        style="dim")
+            text.append(f" ({measured_text(measured, v.get('unit') or '')})  "
+                        if isinstance(measured, int | float) else "  ", style="dim")
     if status.message:
         text.append("\n ")
         text.append(status.message, style="italic")
