@@ -7,9 +7,15 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cvload.commands.run import _duration
+from cvload.commands.tui import STOP_WAIT_S
 from cvload.errors import EXIT_OK, UsageError
+
+if TYPE_CHECKING:
+    from cvload.tune.runner import Tuner
+    from cvload.tune.setup import TuneRequest
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,46 +46,66 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="print each candidate's plan (what would be rebuilt, relaunched or reloaded); measure nothing")
     p.add_argument("--json", action="store_true", help="print tune.json instead of the table")
     p.add_argument("--quiet", action="store_true", help="no per-level progress")
+    p.add_argument("--tui", action="store_true",
+                   help="show the search live in the dashboard: the candidate measured now, its sweep's levels, "
+                        "the table so far (q stops the tune as Ctrl-C does; without a terminal: the table)")
     p.set_defaults(func=tune)
 
 
 def tune(args: argparse.Namespace) -> int:
-    from cvload.config import RunConfig
-    from cvload.results import default_out_dir
     from cvload.tune.console import TuneConsole
-    from cvload.tune.deployments import EmulatorDeployment, factory
-    from cvload.tune.runner import Tuner
-    from cvload.tune.space import load_space
+    from cvload.tune.setup import TuneRequest, make_tuner
 
-    space = load_space(args.space)
-    if args.seed is not None:
-        space.seed = args.seed
-    if args.repeat is not None and args.repeat < 0:
-        raise UsageError(f"--repeat must not be negative, got {args.repeat}")
-    base = dataclasses.replace(RunConfig(), **space.scenario)
-    if args.slo:
-        base = dataclasses.replace(base, slo=list(args.slo))
-    if args.duration is not None:
-        base = dataclasses.replace(base, duration=args.duration, requests=None)
-    if base.server:
-        raise UsageError(f"space {args.space}: server is set by the deployment tune reconfigures",
-                         hint="drop server from the space file")
-    if args.resume and args.out is None:
-        raise UsageError("--resume needs --out: the results folder of the tune to go on with")
-    out = args.out or default_out_dir(f"tune-{args.space.stem}")
-    if args.bootstrap:
-        deployment = factory("bootstrap")(args.bootstrap, out / "bootstrap")
-    else:
-        deployment = EmulatorDeployment(profile=base.profile or "l20_pipeline", profile_set=dict(base.profile_set),
-                                        root=out / "emulator", model=base.model, mode=base.mode,
-                                        prompt_models=not base.spk_cache)
-    tuner = Tuner(space, deployment, base, out_dir=out, budget_s=args.budget, resume=args.resume,
-                  repeat=args.repeat)
+    request = TuneRequest(space=str(args.space), bootstrap=args.bootstrap, slo=args.slo, budget=args.budget,
+                          resume=args.resume, repeat=args.repeat, duration=args.duration, seed=args.seed,
+                          out=None if args.out is None else str(args.out))
+    if args.tui and args.json:
+        raise UsageError("--tui and --json both say how to show the tune: choose one")
+    tuner = make_tuner(request)  # bad input fails here (exit 2), before any server starts or a dashboard opens
     if args.plan:
         for line in tuner.plan_lines():
             print(line)
         return EXIT_OK
+    if args.tui:
+        if sys.stdout.isatty() and sys.stdin.isatty():
+            return tune_dashboard(tuner, request)
+        print("cvload tune --tui: not a terminal (stdout or stdin is redirected): printing the table instead",
+              file=sys.stderr, flush=True)
     try:
         return tuner.run(TuneConsole(json_output=args.json, quiet=args.quiet))
     finally:
         sys.stdout.flush()
+
+
+def tune_dashboard(tuner: Tuner, request: TuneRequest) -> int:
+    """The tune in the dashboard: measured in the dashboard's measuring process (``cvload.tui.measuring``) as the
+    console's tune is measured here; once the dashboard closes, the table and the answer are printed as without it."""
+    from cvload.tui.app import DashboardApp
+    from cvload.tui.tune_source import TuneSource
+    from cvload.tune.console import TuneConsole
+    from cvload.tune.runner import Candidate
+
+    request = dataclasses.replace(request, out=str(tuner.out_dir.resolve()), space=str(Path(request.space).resolve()))
+    source = TuneSource(tuner.base, request, yield_cpu=True)
+    try:
+        DashboardApp(source).run()
+    finally:
+        source.stop()
+        try:
+            finished = source.wait(timeout=STOP_WAIT_S)
+        except KeyboardInterrupt:
+            finished = False
+        if not finished:
+            source.terminate()
+            source.wait(timeout=STOP_WAIT_S)
+    for line in source.stderr:  # what the measuring process said while the dashboard owned the terminal
+        print(line, file=sys.stderr)
+    if source.error_detail:
+        print(source.error_detail, file=sys.stderr)
+    code = source.exit_code()
+    if source.tune_result is not None:
+        tuner.candidates = [Candidate.from_json(c) for c in source.tune_result["candidates"]]
+        console = TuneConsole()
+        console.started(tuner)
+        console.final(tuner, source.tune_result)
+    return code

@@ -1,4 +1,4 @@
-"""The dashboard app: draws a source (live run or replay) on a timer and turns keys into engine commands.
+"""The dashboard app: draws a source (live run, sweep or tune, or a replay) on a timer and turns keys into engine commands.
 
 Rendering happens only on the refresh timer (``REFRESH_S``), from the aggregates of ``cvload.live_window``; nothing is
 drawn per request or per chunk, and a live run is measured in another process (``RunSource``), so the screen
@@ -27,6 +27,7 @@ from cvload.tui.panels import (
     StagesPanel,
     SweepPanel,
     ThroughputPanel,
+    TunePanel,
     header_text,
 )
 from cvload.tui.run_source import RunSource
@@ -111,14 +112,19 @@ class DashboardApp(App[int]):
         self.recent = RecentPanel("Recent requests", id="recent")
         # A sweep: its panel (levels against load) takes the recent requests' place beside the level's panels.
         self.sweep = SweepPanel("Sweep", id="sweep") if getattr(self.source, "sweeping", False) else None
+        # A tune: its table of candidates takes the GPU and stages' place (each candidate's sweep below it).
+        self.tune = TunePanel("Tune", id="tune") if getattr(self.source, "tuning", False) else None
         yield self.header
-        with Static(id="body"):
+        with Static(id="body", classes="tune" if self.tune is not None else ""):
             yield from self.latency
             yield self.rtf
             yield self.throughput
-            with Horizontal(id="gpu-row"):
-                yield self.gpu
-                yield self.stages
+            if self.tune is not None:
+                yield self.tune
+            else:
+                with Horizontal(id="gpu-row"):
+                    yield self.gpu
+                    yield self.stages
             yield self.errors
             yield self.sweep or self.recent
         yield Footer()
@@ -152,8 +158,12 @@ class DashboardApp(App[int]):
             panel.show(snap)
         self.rtf.show(snap)
         self.throughput.show(snap, status.outages)
-        self.gpu.show(source.telemetry)
-        self.stages.show(source.telemetry, STAGES_WINDOW_S)
+        if self.tune is not None:
+            tune_elapsed = getattr(source, "tune_elapsed", None)
+            self.tune.show(getattr(source, "tune", None), tune_elapsed() if tune_elapsed is not None else None)
+        else:
+            self.gpu.show(source.telemetry)
+            self.stages.show(source.telemetry, STAGES_WINDOW_S)
         self.errors.show(snap)
         if self.sweep is not None:
             self.sweep.show(getattr(source, "sweep", None))

@@ -1,4 +1,5 @@
-"""The measuring process behind ``cvload tui``: one ``Session.run`` exactly as ``cvload run`` runs it, no UI.
+"""The measuring process behind ``cvload tui``: one ``Session.run`` exactly as ``cvload run`` runs it (a sweep as
+``cvload sweep``, a tune as ``cvload tune`` for ``cvload tune --tui``), no UI.
 
 Measured here: a dashboard in the same interpreter shares the GIL and the garbage collector with the engine, and
 its frames delayed chunk timestamps (event-loop stalls up to ~100 ms, p99 first chunk +20-40 ms at 8 streams).
@@ -12,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import sys
 import threading
 import time
 import traceback
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from cvload.config import RunConfig, SweepSettings
 from cvload.errors import EXIT_RUNTIME, CvloadError
@@ -31,8 +33,13 @@ from cvload.tui.messages import (
     Prepared,
     Start,
     SweepProgress,
+    TuneProgress,
     from_line,
 )
+
+if TYPE_CHECKING:
+    from cvload.tune.deployments import Change
+    from cvload.tune.runner import Candidate, Tuner
 
 STATUS_EVERY_S = 0.2
 STAGES_EVERY_S = 1.0
@@ -171,6 +178,142 @@ class Commands:
             engine.set_rate(float(command.value))
 
 
+class CandidateSweepLink(SweepLink):
+    """A tune candidate's sweep: shown as a sweep is, but its end is not the end of the dashboard's run (the tune
+    says ``Finished``); while it runs, the keys that apply to a sweep reach it."""
+
+    def __init__(self, channel: Channel, commands: TuneCommands) -> None:
+        super().__init__(channel)
+        self.commands = commands
+
+    def attach(self, sweep: Sweep) -> None:  # type: ignore[override]  # as SweepLink
+        super().attach(sweep)
+        self.commands.current = (asyncio.get_running_loop(), sweep)
+
+    def detach(self, sweep: Sweep) -> None:  # type: ignore[override]  # as SweepLink
+        self.commands.current = None
+        super().detach(sweep)
+
+    def final(self, sweep: Sweep, result: dict[str, Any]) -> None:  # type: ignore[override]  # as SweepLink
+        self.channel.send(SweepProgress(progress=sweep.progress()))
+
+
+def tune_progress(tuner: Tuner, current: Candidate | None = None, change: Change | None = None,
+                  result: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What the dashboard's tune panel draws: the candidates so far as in tune.json (levels left out: the sweep
+    panel shows the current one's), the candidate measured now and what its change restarted, the best so far."""
+    best = tuner.best()
+    return {
+        "space": str(tuner.space.file), "deployment": tuner.deployment.name, "kind": tuner.kind,
+        "knobs": list(tuner.space.knobs), "costs": list(tuner.space.costs), "objectives": list(tuner.base.slo),
+        "method": tuner.search.method, "total": tuner.search.total(), "repeat": tuner.repeat,
+        "elapsed_s": round(tuner.elapsed(), 3),
+        "candidates": [{k: v for k, v in c.to_json().items() if k != "levels"} for c in tuner.candidates],
+        "current": None if current is None else {
+            "number": current.number, "repeat": current.repeat, "knobs": current.knobs,
+            "change": None if change is None else change.describe(), "status": current.status},
+        "best": None if best is None else best.number,
+        "best_so_far": tuner.best_so_far,
+        "repeats": list(tuner.repeats),
+        "status": "running" if result is None else result["status"],
+        "stopped_because": None if result is None else result.get("stopped_because"),
+        "pareto": None if result is None else result.get("pareto"),
+    }
+
+
+class TuneLink:
+    """The view of a tune in this process (``cvload.tune.runner.TuneView``): the candidates as they start and are
+    judged; each candidate's sweep is seen through a ``CandidateSweepLink``."""
+
+    def __init__(self, channel: Channel, commands: TuneCommands) -> None:
+        self.channel = channel
+        self.commands = commands
+
+    def started(self, tuner: Tuner) -> None:
+        self.channel.send(TuneProgress(progress=tune_progress(tuner)))
+
+    def candidate_started(self, tuner: Tuner, candidate: Candidate, change: Change) -> None:
+        self.channel.send(TuneProgress(progress=tune_progress(tuner, candidate, change)))
+
+    def candidate_done(self, tuner: Tuner, candidate: Candidate) -> None:
+        self.channel.send(TuneProgress(progress=tune_progress(tuner)))
+
+    def sweep_view(self) -> CandidateSweepLink:
+        return CandidateSweepLink(self.channel, self.commands)
+
+    def final(self, tuner: Tuner, result: dict[str, Any]) -> None:
+        self.channel.send(TuneProgress(progress=tune_progress(tuner, result=result)))
+
+
+class TuneCommands:
+    """The dashboard's keys in a tune: pause and resume reach the candidate's sweep while one runs; interrupt is
+    Ctrl-C, as ``cvload tune`` takes it in a terminal (a sweep under way stops and keeps its judged levels, the
+    tune records the candidate as interrupted and writes tune.json), sent once."""
+
+    def __init__(self, lines: IO[str]) -> None:
+        self.lines = lines
+        self.current: tuple[asyncio.AbstractEventLoop, Sweep] | None = None
+        self.finished = False  # the tune returned: an interrupt now would cut its last writes
+        self._interrupted = False
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        threading.Thread(target=self._read, name="cvload-tui-commands", daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.lines:
+            try:
+                command = from_line(line)
+            except ValueError:
+                continue
+            if isinstance(command, Command):
+                self.apply(command)
+        self.apply(Command("interrupt"))
+
+    def apply(self, command: Command) -> None:
+        if command.name == "interrupt":
+            with self._lock:
+                if self._interrupted or self.finished:
+                    return
+                self._interrupted = True
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        current = self.current
+        if current is None or command.name not in ("pause", "resume"):
+            return
+        loop, sweep = current
+        engine = sweep.session.engine
+        if engine is not None:
+            with contextlib.suppress(RuntimeError):  # the sweep's loop closed: its candidate is over
+                loop.call_soon_threadsafe(engine.pause if command.name == "pause" else engine.resume)
+
+
+def serve_tune(request: dict[str, Any], channel: Channel, commands_in: IO[str]) -> int:
+    """Run the tune on this thread (each candidate's sweep takes the main thread's signals, as in ``cvload tune``);
+    whatever fails reaches the dashboard as a ``Failed`` message."""
+    from cvload.tune.setup import TuneRequest, make_tuner
+
+    commands = TuneCommands(commands_in)
+    try:
+        try:
+            tuner = make_tuner(TuneRequest.from_json(request))
+            link = TuneLink(channel, commands)
+            commands.start()
+            code = tuner.run(link)
+        finally:
+            with commands._lock:
+                commands.finished = True
+        channel.send(Finished(exit_code=code, status=tuner.result()["status"]))
+        return code
+    except CvloadError as exc:
+        channel.send(Failed(message=str(exc), exit_code=exc.exit_code))
+        return exc.exit_code
+    except Exception as exc:  # noqa: BLE001 - a bug must reach the user as a message, not vanish with the child
+        channel.send(Failed(message=f"{type(exc).__name__}: {exc}", exit_code=EXIT_RUNTIME,
+                            traceback=traceback.format_exc()))
+        return EXIT_RUNTIME
+
+
 async def serve(config: RunConfig, channel: Channel, commands_in: IO[str]) -> int:
     """Run the session (or the sweep); whatever fails reaches the dashboard as a ``Failed`` message, never a
     silent exit."""
@@ -191,6 +334,17 @@ async def serve(config: RunConfig, channel: Channel, commands_in: IO[str]) -> in
         return EXIT_RUNTIME
 
 
+def load_commands() -> None:
+    """Commands other packages install (``cvload.commands`` entry points) register what they provide as they load,
+    as in ``cvload``'s own parser: server_bootstrap's deployment for ``cvload tune --bootstrap``."""
+    import argparse
+    from importlib.metadata import entry_points
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    for entry in entry_points(group="cvload.commands"):
+        entry.load()(sub)
+
+
 def main() -> int:
     channel = Channel(os.fdopen(os.dup(1), "w", encoding="utf-8"))
     os.dup2(2, 1)  # anything printed to stdout goes to stderr, which the dashboard shows after it closes
@@ -203,6 +357,10 @@ def main() -> int:
     except (ValueError, TypeError) as exc:
         channel.send(Failed(message=f"cvload tui measuring process: bad start line ({exc})", exit_code=EXIT_RUNTIME))
         return EXIT_RUNTIME
+    if start.tune is not None:
+        if start.tune.get("bootstrap"):
+            load_commands()
+        return serve_tune(start.tune, channel, sys.stdin)
     return asyncio.run(serve(config, channel, sys.stdin))
 
 

@@ -4,7 +4,8 @@ line, each a small dataclass here, so both sides agree on every field by constru
 Dashboard -> measuring process (its stdin): ``Start`` first, then ``Command`` lines; the end of its input means
 the dashboard is gone, and the run is interrupted (its results are still written). Measuring process ->
 dashboard (its stdout): ``Prepared`` (results folder, target), ``EngineStatus`` a few times a second (and, in a
-sweep, ``SweepProgress`` as levels start and are judged), then ``Finished`` (exit code) or ``Failed`` (a message
+sweep, ``SweepProgress`` as levels start and are judged; in a tune, ``TuneProgress`` as candidates start and are
+judged, and a ``Prepared`` per candidate's sweep), then ``Finished`` (exit code) or ``Failed`` (a message
 for the user and its exit code).
 """
 
@@ -29,6 +30,7 @@ class Message:
 class Start(Message):
     kind: ClassVar[str] = "start"
     config: dict[str, Any]  # RunConfig.to_json()
+    tune: dict[str, Any] | None = None  # cvload tune --tui: the tune's arguments (cvload.tune.setup.TuneRequest)
 
 
 @dataclass
@@ -90,6 +92,15 @@ class SweepProgress(Message):
 
 
 @dataclass
+class TuneProgress(Message):
+    """A tune's candidates so far (``cvload.tui.measuring.tune_progress``): each candidate's knobs, capacity,
+    bracket, cost and status as in tune.json, the one measured now and the best so far."""
+
+    kind: ClassVar[str] = "tune"
+    progress: dict[str, Any]
+
+
+@dataclass
 class Finished(Message):
     kind: ClassVar[str] = "finished"
     exit_code: int
@@ -105,7 +116,7 @@ class Failed(Message):
 
 
 KINDS: dict[str, type[Message]] = {cls.kind: cls for cls in (Start, Command, Prepared, EngineStatus, SweepProgress,
-                                                              Finished, Failed)}
+                                                              TuneProgress, Finished, Failed)}
 
 
 def from_line(line: str) -> Message:

@@ -429,3 +429,86 @@ def sweep_lines(progress: dict[str, Any] | None, width: int) -> Text:
 class SweepPanel(Panel):
     def show(self, progress: dict[str, Any] | None) -> None:
         self.update(sweep_lines(progress, self.width))
+
+
+# ---- tune --------------------------------------------------------------------------------------------------------
+STATUS_STYLES = {"measured": "green", "pruned": "dim", "failed": "bold red", "no_capacity": "red",
+                 "interrupted": "yellow", "pending": "yellow"}
+
+
+def _tune_cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def tune_lines(progress: dict[str, Any] | None, width: int, rows: int = 12, elapsed: float | None = None) -> Text:
+    """A tune's search so far: the candidate measured now (its knobs and what its change restarted), then one row
+    per candidate (knobs, capacity, bracket, costs, status), the best marked; rows beyond ``rows`` keep the best
+    and the latest."""
+    text = Text()
+    if not progress:
+        text.append("waiting for the first candidate ...", style="dim")
+        return text
+    unit = "streams" if progress["kind"] == "concurrency" else "req/s"
+    current = progress.get("current")
+    candidates = progress["candidates"]
+    if current is not None:
+        knobs = ", ".join(f"{k}={_tune_cell(v)}" for k, v in current["knobs"].items())
+        again = f" (the best, measured again: {current['repeat']} of {progress['repeat']})" if current["repeat"] else ""
+        text.append(f"candidate {current['number']}{again}: ", style="bold yellow")
+        text.append(knobs)
+        if current.get("change"):
+            text.append(f"  ({current['change']})", style="dim")
+    elif progress["status"] != "running":
+        text.append(f"tune {progress['status']}: {progress.get('stopped_because') or ''}", style="bold")
+    else:
+        text.append("choosing the next candidate ...", style="dim")
+    best = progress.get("best")
+    text.append("\n")
+    text.append(f"search {progress['method']}, {len(candidates)} of {progress['total']} candidate(s), "
+                f"{progress['elapsed_s'] if elapsed is None else elapsed:.0f} s; ", style="dim")
+    if best is not None:
+        row = next(c for c in candidates if c["number"] == best)
+        text.append(f"best so far: candidate {best}, {_tune_cell(row['capacity'])} {unit}", style="bold green")
+    else:
+        text.append("no best yet", style="dim")
+    names, costs = progress["knobs"], progress["costs"]
+    widths = [4, *(max(len(n), 5) for n in names), 8, 9, *(max(len(c), 6) for c in costs)]
+    head = ["#", *names, "capacity", "bracket", *costs]
+    text.append("\n" + "  ".join(h.rjust(w) for h, w in zip(head, widths)) + "  status", style="bold")
+    shown = list(candidates)
+    if len(shown) > rows:  # the latest rows, and the best row where it would scroll away
+        latest = shown[-(rows - 1):]
+        keep = [c for c in shown if c["number"] == best and c not in latest]
+        shown = keep + latest if keep else shown[-rows:]
+    measuring = None if current is None or current["repeat"] else current["number"]
+    for c in shown:
+        bracket = f"[{_tune_cell(c['bracket'][0])}, {_tune_cell(c['bracket'][1])}]"
+        cells = [str(c["number"]), *(_tune_cell(c["knobs"].get(n)) for n in names), _tune_cell(c["capacity"]),
+                 bracket, *(_tune_cell(c["cost"].get(n)) for n in costs)]
+        status = "measuring ..." if c["number"] == measuring and c["status"] == "pending" else c["status"]
+        if c.get("baseline"):
+            status += " (baseline)"
+        if c.get("reason") and c["status"] not in ("measured", "pending"):
+            status += f": {c['reason'].splitlines()[0]}"
+        style = "bold green" if c["number"] == best else STATUS_STYLES.get(c["status"], "")
+        text.append("\n" + "  ".join(cell.rjust(w) for cell, w in zip(cells, widths)) + "  ", style=style)
+        text.append(status, style=style)
+        if c["number"] == best:
+            text.append("  ◀ best", style="bold green")
+    for r in progress.get("repeats") or []:
+        text.append(f"\n  best measured again: capacity {_tune_cell(r['capacity'])} {unit}, "
+                    f"bracket [{_tune_cell(r['bracket'][0])}, {_tune_cell(r['bracket'][1])}] ({r['status']})",
+                    style="green")
+    return text
+
+
+class TunePanel(Panel):
+    def show(self, progress: dict[str, Any] | None, elapsed: float | None = None) -> None:
+        rows = max(1, (self.content_size.height or 12) - 3)
+        self.update(tune_lines(progress, self.width, rows, elapsed))
