@@ -111,17 +111,42 @@ class RequestAudio:
     samples: list[int] = field(default_factory=list)  # per chunk
     flags: list[str] = field(default_factory=list)
     audio: list[np.ndarray] = field(default_factory=list)  # the chunks' samples, only when asked to keep them
+    speech_start_s: float | None = None  # where speech starts (cvload.vad), only when asked to look (--onset)
 
 
-def _check(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool) -> RequestAudio:
+def _check(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool, onset: bool = False) -> RequestAudio:
     check, out = AudioCheck(), RequestAudio()
+    arrays = []
     for chunk in chunks:
         audio = chunk.audio
         out.samples.append(int(audio.size))
         check.add(audio)
-        if keep_audio:
-            out.audio.append(audio)
+        arrays.append(audio)
+    if keep_audio:
+        out.audio = arrays
     out.flags = check.flags(text, sample_rate)
+    if onset:
+        out.speech_start_s = _onset(arrays, sample_rate)
+    return out
+
+
+def _onset(arrays: Sequence[np.ndarray], sample_rate: int) -> float | None:
+    """Where speech starts (run in a decoder process: a voice-activity detector is too heavy for the event loop)."""
+    from cvload.vad import speech_start
+
+    return speech_start(arrays, sample_rate)
+
+
+def _head(arrays: Sequence[np.ndarray], sample_rate: int) -> list[np.ndarray]:
+    """The first ``cvload.vad.MAX_SCAN_S`` of the audio, as views: all the onset search may read."""
+    from cvload.vad import MAX_SCAN_S
+
+    limit, held, out = int(MAX_SCAN_S * sample_rate), 0, []
+    for audio in arrays:
+        if held >= limit:
+            break
+        out.append(audio[: limit - held])
+        held += len(out[-1])
     return out
 
 
@@ -281,25 +306,49 @@ async def start_decoders(modules: Sequence[str] = ()) -> None:
         _decoders_failed = str(exc)
 
 
-async def check_request(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool) -> RequestAudio:
-    """Sample counts, audio flags (and the audio with ``keep_audio``) of a finished request's chunks
-    (``cvload.targets.base.Chunk``): in place when they are float32 already, else in a decoder process (or,
-    for wire forms that cannot travel or where no process could start, on the helper thread)."""
-    global _executor, _decoders_failed
-    if all(chunk.decoded for chunk in chunks):
-        return _check(chunks, text, sample_rate, keep_audio)
+async def check_request(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool,
+                        onset: bool = False) -> RequestAudio:
+    """Sample counts, audio flags (and the audio with ``keep_audio``, where speech starts with ``onset``) of a
+    finished request's chunks (``cvload.targets.base.Chunk``): in place when they are float32 already (the onset
+    search then goes to a decoder process with the head of the audio), else in a decoder process (or, for wire
+    forms that cannot travel or where no process could start, on the helper thread)."""
+    global _decoders_failed
     loop = asyncio.get_running_loop()
+    if all(chunk.decoded for chunk in chunks):
+        checked = _check(chunks, text, sample_rate, keep_audio)
+        if onset and chunks:
+            head = _head([chunk.audio for chunk in chunks], sample_rate)
+            checked.speech_start_s = await _elsewhere(loop, _onset, head, sample_rate)
+        return checked
     if _decoders_failed is None and all(_portable(chunk) for chunk in chunks):
         if _decoders is None:
             await start_decoders()
         if _decoders is not None and _decoders_failed is None:
             try:
-                checked: RequestAudio = await _decoders.submit(loop, _check, list(chunks), text, sample_rate,
-                                                               keep_audio)
+                checked = await _decoders.submit(loop, _check, list(chunks), text, sample_rate, keep_audio, onset)
                 return checked
             except DecoderUnavailable as exc:
                 _decoders_failed = str(exc)
+    return await loop.run_in_executor(_helper_thread(), _check, chunks, text, sample_rate, keep_audio, onset)
+
+
+def _helper_thread() -> ThreadPoolExecutor:
+    global _executor
     if _executor is None:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvload-audio")
-    return await loop.run_in_executor(_executor, _check, chunks, text, sample_rate, keep_audio)
+    return _executor
+
+
+async def _elsewhere(loop: asyncio.AbstractEventLoop, function: Any, *args: Any) -> Any:
+    """``function(*args)`` in a decoder process (the helper thread where none could start)."""
+    global _decoders_failed
+    if _decoders_failed is None:
+        if _decoders is None:
+            await start_decoders()
+        if _decoders is not None and _decoders_failed is None:
+            try:
+                return await _decoders.submit(loop, function, *args)
+            except DecoderUnavailable as exc:
+                _decoders_failed = str(exc)
+    return await loop.run_in_executor(_helper_thread(), function, *args)

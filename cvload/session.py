@@ -82,6 +82,7 @@ class Session:
     tally: Tally = field(default_factory=Tally)
     stop_asked: bool = False
     loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
+    content: Any = None  # --check-content: the live checker (cvload.listening.ContentChecker)
     _loop: asyncio.AbstractEventLoop | None = None
 
     # ---- the lifecycle -------------------------------------------------------------------------------------------
@@ -176,6 +177,7 @@ class Session:
         except BaseException:
             await self.close()
             raise
+        await self._start_listening()
         self.stats_before = await self._statistics()
         self.started_wall = time.time()
         self.writer.write_json("config.json", {
@@ -201,6 +203,8 @@ class Session:
         else:
             self.engine = Engine(cfg, self.targets, items)
         self._loop = asyncio.get_running_loop()
+        if self.content is not None:
+            self.engine.content = self.content
         self.engine.listeners.append(self.writer.on_record)
         self.tally = Tally(meets=request_check(self.objectives))
         self.engine.listeners.append(self.tally.add)
@@ -209,6 +213,26 @@ class Session:
             self.engine.on_audio = self.writer.write_audio
         self.telemetry = self._make_telemetry()
         return self.engine
+
+    async def _start_listening(self) -> None:
+        """The VAD model and the recogniser are checked (and the recogniser's processes loaded) before any load."""
+        cfg = self.config
+        if cfg.onset:
+            from cvload.vad import model_path
+
+            model_path()
+        if cfg.check_content is not None:
+            from cvload.content import DEFAULT_MAX_ERROR
+            from cvload.listening import ContentChecker, Sampling
+
+            max_error = DEFAULT_MAX_ERROR if cfg.max_content_error is None else float(cfg.max_content_error)
+            self.content = ContentChecker(cfg.asr, Sampling.parse(cfg.check_content), max_error=max_error,
+                                          workers=cfg.check_workers, language=cfg.language)
+            try:
+                await self.content.start()
+            except BaseException:
+                await self.close()
+                raise
 
     def _records_failed(self, reason: str) -> None:
         """From the records writer's thread: a record could not be written, so stop sending (exit 1)."""
@@ -294,6 +318,8 @@ class Session:
         summary["started_at"] = _iso(self.started_wall)
         summary["finished_at"] = _iso(time.time())
         summary.update(self.tally.summary(wall_s=wall, concurrency=result.concurrency if result else None))
+        if self.content is not None:
+            summary["content"] = self.content.summary()
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary()
         summary["client"] = self.loop_health.summary()
@@ -318,6 +344,9 @@ class Session:
         return EXIT_OK if self.summary["slo_passed"] else EXIT_SLO_FAILED
 
     async def close(self) -> None:
+        if self.content is not None:
+            self.content.close()
+            self.content = None
         close_processes = getattr(self.engine, "close_processes", None)  # a fleet's load processes end here
         if close_processes is not None:
             await asyncio.get_running_loop().run_in_executor(None, close_processes)
