@@ -19,7 +19,7 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.emulator import EmulatedModel, build_repository, get_profile, warm_speech
 from cvload.emulator.model import (
     SAMPLE_RATE,
     SAMPLES_PER_TOKEN,
@@ -118,13 +118,33 @@ def synthesize(s: Stream, model: str, text: str) -> list[Response]:
     return [r for responses in s.collect().values() for r in responses]
 
 
+def window_rms(audio: np.ndarray, seconds: float = 0.1) -> np.ndarray:
+    n = int(SAMPLE_RATE * seconds)
+    return np.sqrt(np.mean(audio[: len(audio) // n * n].reshape(-1, n) ** 2, axis=1))
+
+
 def assert_speech_like(audio: np.ndarray) -> None:
+    """The speech voice: words most of the time, short pauses, a quiet tail, never clipped or digital zero."""
     assert audio.dtype == np.float32
     assert np.isfinite(audio).all()
     assert np.abs(audio).max() < 1.0, "no clipping"
-    for start in range(0, len(audio) - SAMPLE_RATE // 10 + 1, SAMPLE_RATE // 10):
-        window = audio[start : start + SAMPLE_RATE // 10]
-        assert np.sqrt(np.mean(window**2)) > 0.005, f"silent 100 ms at sample {start}"
+    rms = window_rms(audio)
+    assert (rms > 0.01).mean() >= 0.5, f"speech in only {(rms > 0.01).mean():.0%} of the 100 ms windows"
+    assert rms[0] > 0.01, "speech starts at once (no leading_silence_s)"
+    assert (rms > 0).all(), "quiet, never digital zero"
+
+
+def assert_never_silent(audio: np.ndarray) -> None:
+    """The tone voice: a speech-like signal that is never silent for 100 ms."""
+    assert audio.dtype == np.float32 and np.isfinite(audio).all() and np.abs(audio).max() < 1.0
+    for i, level in enumerate(window_rms(audio)):
+        assert level > 0.005, f"silent 100 ms at sample {i * SAMPLE_RATE // 10}"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def spoken() -> None:
+    """The texts here spoken into the cache before any request (the built-in set is, by build_repository)."""
+    warm_speech([get_profile("instant")], [LATIN, CJK, MIXED, "Hello there.", "Short one."], builtin=False)
 
 
 # ---- streaming protocol ------------------------------------------------------------------------------------
@@ -160,12 +180,23 @@ def test_speech_rate_is_realistic() -> None:
     assert speech_seconds(LATIN + " " + LATIN) > 1.8 * speech_seconds(LATIN)
 
 
-def test_same_text_differs_between_requests_but_never_silent(stream: Stream) -> None:
+def test_same_text_same_speech(stream: Stream) -> None:
     a = np.concatenate([r.waveform.reshape(-1) for r in synthesize(stream, "cosyvoice2_instant", CJK) if r.waveform is not None])
     b = np.concatenate([r.waveform.reshape(-1) for r in synthesize(stream, "cosyvoice2_instant", CJK) if r.waveform is not None])
-    assert len(a) == len(b) and not np.array_equal(a, b)
+    np.testing.assert_array_equal(a, b)
     assert_speech_like(a)
-    assert_speech_like(b)
+
+
+def test_tone_voice_differs_between_requests_but_never_silent(private: Private) -> None:
+    s = Stream(private.server.grpc_url)
+    try:
+        a, b = (np.concatenate([r.waveform.reshape(-1) for r in synthesize(s, "tone", CJK) if r.waveform is not None])
+                for _ in range(2))
+    finally:
+        s.close()
+    assert len(a) == len(b) == speech_tokens(CJK) * SAMPLES_PER_TOKEN and not np.array_equal(a, b)
+    assert_never_silent(a)
+    assert_never_silent(b)
 
 
 def test_fixed_profile_trace_is_ground_truth(emulator, stream: Stream) -> None:
@@ -364,6 +395,7 @@ def private(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Private]:
                       instances=4),
         EmulatedModel("espeak", get_profile("instant", {"voice": "espeak"}), "streaming"),
         EmulatedModel("plain", instant, "streaming"),
+        EmulatedModel("tone", get_profile("instant", {"voice": "tone"}), "streaming"),
     ]
     repo = build_repository(root, models)
     # Exit without unloading model by model on stop (one second per stub process, 10 of them here).

@@ -28,6 +28,13 @@ try:
     import triton_python_backend_utils as pb_utils
 except ImportError:  # imported outside the stub (tests use the text and audio helpers)
     pb_utils = None
+try:
+    from cvload.emulator import speech
+except ImportError:  # in the stub: speech.py is copied beside this file as cvload_speech.py
+    import sys
+
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import cvload_speech as speech  # type: ignore[no-redef]
 
 SAMPLE_RATE = 24000
 TOKENS_PER_S = 25
@@ -105,7 +112,40 @@ class ToneVoice:
         return chunk
 
 
-class RecordedVoice:
+class ArrayVoice:
+    """Audio made before the request (the speech of its text), handed out in chunks; a quiet tail past its end."""
+
+    def __init__(self, audio: np.ndarray) -> None:
+        self.audio = audio
+        self.pos = 0
+
+    def render(self, n: int) -> np.ndarray:
+        chunk = self.audio[self.pos : self.pos + n]
+        self.pos += n
+        if len(chunk) < n:  # pad with a quiet tail rather than silence
+            chunk = np.concatenate([chunk, np.full(n - len(chunk), 1e-3, np.float32)])
+        return chunk
+
+
+class LeadingSilence:
+    """``samples`` of quiet (``speech.FLOOR``, never digital zero) before ``voice``: a server that pads the
+    start of its first chunk, so bytes arrive before anything can be heard."""
+
+    def __init__(self, voice, samples: int) -> None:
+        self.voice = voice
+        self.left = samples
+
+    def render(self, n: int) -> np.ndarray:
+        quiet = min(n, self.left)
+        self.left -= quiet
+        if quiet == 0:
+            return self.voice.render(n)
+        head = np.full(quiet, speech.FLOOR, dtype=np.float32)
+        head[1::2] = -speech.FLOOR
+        return head if quiet == n else np.concatenate([head, self.voice.render(n - quiet)])
+
+
+class RecordedVoice(ArrayVoice):
     """Real speech from espeak-ng (Mandarin voice when the text has CJK characters), resampled to 24 kHz and
     handed out in chunks."""
 
@@ -121,15 +161,7 @@ class RecordedVoice:
         n_out = max(1, int(len(pcm) * SAMPLE_RATE / rate))
         audio = np.interp(np.linspace(0, len(pcm) - 1, n_out), np.arange(len(pcm)), pcm)
         # espeak pauses are digital silence; a faint floor keeps every chunk audibly "on" for level checks
-        self.audio = (audio + 1e-3 * np.sin(np.arange(n_out) * 0.05)).astype(np.float32)
-        self.pos = 0
-
-    def render(self, n: int) -> np.ndarray:
-        chunk = self.audio[self.pos : self.pos + n]
-        self.pos += n
-        if len(chunk) < n:  # pad with a quiet tail rather than silence
-            chunk = np.concatenate([chunk, np.full(n - len(chunk), 1e-3, np.float32)])
-        return chunk
+        super().__init__((audio + 1e-3 * np.sin(np.arange(n_out) * 0.05)).astype(np.float32))
 
 
 def _parse_wav(data: bytes) -> tuple[int, np.ndarray]:
@@ -291,6 +323,7 @@ class TritonPythonModel:
         self.lock = threading.Lock()
         self.active = 0
         self.trace_lock = threading.Lock()
+        self._start_speech()
 
     # ---- request parsing -------------------------------------------------------------------------------------
     def _text(self, request, name: str) -> str | None:
@@ -362,6 +395,75 @@ class TritonPythonModel:
                 pass  # fall back to the synthetic voice rather than fail the request
         return ToneVoice(zlib.crc32(text.encode()) ^ zlib.crc32(request_id.encode()))
 
+    # ---- what is said: speech, garbling, leading silence (cvload_speech) --------------------------------------
+    def _start_speech(self) -> None:
+        """The speech cache and the garbling state; ``initialize`` (and the servers without Triton) call it."""
+        self.speech = speech.SpeechCache(self.profile.get("speech_cache") or None)
+        self.garble_rng = random.Random(f"garble-{self.profile.get('seed', 0)}")  # seeded even when seed is 0
+        self.recent: list[np.ndarray] = []  # the speech of the last requests, for garble's "swap"
+        self.notes = threading.local()  # what the request on this thread said: its trace's voice and garble
+
+    def _garble_mode(self) -> tuple[str, random.Random] | None:
+        """Above ``garble_above`` requests in flight, each request is garbled with the share of the excess
+        ((n - N) / n): which ones, and how, comes from the seed."""
+        above = self.profile.get("garble_above")
+        if above is None:
+            return None
+        with self.lock:
+            n = max(self.active, len(self.state.in_flight))
+            if n <= above or self.garble_rng.random() >= (n - above) / n:
+                return None
+            return self.garble_rng.choice(speech.GARBLE_MODES), random.Random(self.garble_rng.random())
+
+    def _spoken(self, text: str, request_id: str) -> tuple[object, int]:
+        """The request's voice (``render(samples)`` per chunk) and its length in speech tokens.
+
+        ``voice`` ``speech`` (the default) speaks the text from the speech cache, fitted to the emulated
+        duration; a text not cached yet gets the tone this once (noted in the trace) while it is synthesised
+        off the response path. ``garble_above`` and ``leading_silence_s`` act here."""
+        p = self.profile
+        tokens = speech_tokens(text)
+        samples = tokens * SAMPLES_PER_TOKEN
+        kind = p.get("voice", "speech")
+        voice = None
+        note: dict[str, object] = {"voice": kind, "garble": None}
+        if kind == "speech":
+            audio = self.speech.lookup(text, samples)
+            if audio is None:
+                note["voice"] = "tone (speech not cached yet)"
+            else:
+                garbled = self._garble_mode()
+                if garbled is not None:
+                    mode, rng = garbled
+                    others = [a for a in self.recent if a is not audio]
+                    other = others[-1] if others else None
+                    mode = mode if mode != "swap" or other is not None else "noise"
+                    note["garble"] = mode
+                    voice = ArrayVoice(speech.garble(audio, mode, rng, other))
+                else:
+                    voice = ArrayVoice(audio)
+                with self.lock:
+                    self.recent = [a for a in self.recent[-7:] if a is not audio] + [audio]
+        elif kind == "espeak":
+            voice = self._voice(text, request_id)
+            if isinstance(voice, RecordedVoice):
+                tokens = max(1, math.ceil(len(voice.audio) / SAMPLES_PER_TOKEN))
+            else:
+                note["voice"] = "tone (espeak-ng not found)"
+        if voice is None:
+            voice = ToneVoice(zlib.crc32(text.encode()) ^ zlib.crc32(request_id.encode()))
+        lead = round(float(p.get("leading_silence_s", 0.0) or 0.0) * SAMPLE_RATE)
+        if lead > 0:
+            voice = LeadingSilence(voice, lead)
+            tokens += math.ceil(lead / SAMPLES_PER_TOKEN)
+        self.notes.value = note
+        return voice, tokens
+
+    def _take_note(self) -> dict:
+        note = getattr(self.notes, "value", None) or {}
+        self.notes.value = None
+        return note
+
     def _admit(self, request_id: str) -> tuple[str | None, bool]:
         """Count the arrival and apply the crash/duplicate/error rules.
 
@@ -396,10 +498,7 @@ class TritonPythonModel:
 
         Returns the send offsets (seconds after arrival) and the vocoder jobs' (start, end) offsets."""
         p = self.profile
-        total_tokens = speech_tokens(parsed["target"])
-        voice = self._voice(parsed["target"], request_id)
-        if isinstance(voice, RecordedVoice):
-            total_tokens = max(1, math.ceil(len(voice.audio) / SAMPLES_PER_TOKEN))
+        voice, total_tokens = self._spoken(parsed["target"], request_id)
         chunks = self._chunks(total_tokens)
         stall_at = self.rng.randrange(len(chunks)) if self.rng.random() < p.get("stall_prob", 0.0) else -1
         sends: list[float] = []
@@ -444,6 +543,7 @@ class TritonPythonModel:
                 "sends": sends,  # seconds after arrival, one per response sent with audio
                 "vocoder": spans,  # the request's vocoder jobs: [start, end] seconds after arrival
                 "error": error,
+                **self._take_note(),  # voice: what was said (speech, tone, ...); garble: null or how
             }
         )
         with self.trace_lock, open(self.trace_path, "a") as fh:

@@ -13,9 +13,11 @@ stays the exact ground truth (``fixed`` profile); here that profile only means "
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from cvload.emulator.profiles import Profile
+from cvload.emulator.voices import copy_speech, stub_profile_json, warm_speech
 from cvload.errors import UsageError
 from cvload.triton.templates import fill_file, pbtxt_string
 
@@ -36,20 +38,23 @@ def pipeline_models(name: str = "cosyvoice2", *, prompt_models: bool = True) -> 
 
 
 def build_pipeline_repository(root: Path, profile: Profile, *, name: str = "cosyvoice2", mode: str = "streaming",
-                              prompt_models: bool = True, trace: bool = True) -> Path:
+                              prompt_models: bool = True, trace: bool = True, texts: Iterable[str] = ()) -> Path:
     """Write the pipeline repository under ``root`` (earlier models of these names replaced); return its path.
 
     With ``trace`` the front model writes ``root/<name>.trace.jsonl`` as the single-model emulator does (see
-    ``build_repository``); its ``vocoder`` spans are the token2wav calls, queueing included.
+    ``build_repository``); its ``vocoder`` spans are the token2wav calls, queueing included. ``texts`` are
+    spoken into the speech cache first, as there.
     """
     if mode not in ("streaming", "offline"):
         raise UsageError(f"unknown mode {mode!r}", hint="use streaming or offline")
     if name in SUB_MODELS:
         raise UsageError(f"front model name {name!r} is taken by a sub-model of the pipeline",
                          hint="name the front model cosyvoice2 (or any name but " + ", ".join(SUB_MODELS) + ")")
+    warm_speech([profile], texts)
     repo = Path(root) / "model_repository"
     repo.mkdir(parents=True, exist_ok=True)
-    common = {"triton_max_batch_size": profile.max_batch_size, "profile_json": pbtxt_string(profile.to_json())}
+    common = {"triton_max_batch_size": profile.max_batch_size,
+              "profile_json": pbtxt_string(stub_profile_json(profile))}
     decoupled = mode == "streaming"
     for model in pipeline_models(name, prompt_models=prompt_models):
         model_dir = repo / model
@@ -57,6 +62,7 @@ def build_pipeline_repository(root: Path, profile: Profile, *, name: str = "cosy
             shutil.rmtree(model_dir)
         (model_dir / "1").mkdir(parents=True)
         shutil.copy(HERE / "model.py", model_dir / "1" / "cosyvoice_emulator.py")
+        copy_speech(model_dir / "1")
         if model == name:
             shutil.copy(HERE / "front.py", model_dir / "1" / "model.py")
             trace_path = (Path(root) / f"{name}.trace.jsonl").resolve() if trace else ""

@@ -11,6 +11,8 @@ from dataclasses import dataclass, fields
 
 from cvload.errors import UsageError
 
+VOICES = ("speech", "tone", "espeak")
+
 
 @dataclass(frozen=True)
 class Profile:
@@ -51,9 +53,16 @@ class Profile:
     stall_prob: float = 0.0  # share of requests that stall once mid-stream
     stall_s: float = 0.0
     crash_after: int = 0  # kill the server process when request N arrives (0 = never)
-    # Audio: "tone" (speech-like synthetic signal) or "espeak" (real speech through espeak-ng when installed).
-    voice: str = "tone"
-    seed: int = 0
+    # Audio: "speech" (the text spoken: hibari for English, espeak-ng's library for Chinese, fitted to the
+    # emulated duration and cached; docs/emulator.md), "tone" (a speech-like synthetic signal, for pure timing
+    # work) or "espeak" (the espeak-ng program's own speech and length, when installed).
+    voice: str = "speech"
+    seed: int = 0  # 0: timing jitter differs run to run; garbling is seeded by it either way
+    # Content faults on purpose (speech voice): above this many requests in flight, responses carry another
+    # request's audio, lose words or drown in noise (a share (n - N) / n of them, chosen by the seed); None: never.
+    garble_above: int | None = None
+    leading_silence_s: float = 0.0  # quiet before the speech in the first chunk (the stream grows by as much)
+    speech_cache: str = ""  # where spoken texts are kept ("": CVLOAD_SPEECH_CACHE or ~/.cache/cvload/speech)
     # Pipeline emulator (--pipeline): the deployment's instance counts and batch size (the bootstrap's
     # bls_instance_num, token2wav instances, triton_max_batch_size) and the costs of the once-per-request models.
     bls_instances: int = 4  # cosyvoice2 instances: each works on one request at a time, as upstream's front
@@ -65,8 +74,14 @@ class Profile:
     llm_step_s: float = 0.02  # tensorrt_llm streams the tokens of each step this long (in-flight batching)
 
     def __post_init__(self) -> None:
-        if self.voice not in ("tone", "espeak"):
-            raise UsageError(f"emulator voice {self.voice!r} is unknown", hint="use tone or espeak")
+        if self.voice not in VOICES:
+            raise UsageError(f"emulator voice {self.voice!r} is unknown", hint="use " + ", ".join(VOICES))
+        if self.garble_above is not None and (type(self.garble_above) is not int or self.garble_above < 0):
+            raise UsageError(f"emulator profile garble_above must be a count of requests (0 or more), "
+                             f"got {self.garble_above!r}")
+        if not 0.0 <= self.leading_silence_s <= 30.0:
+            raise UsageError(f"emulator profile leading_silence_s must be between 0 and 30 seconds, "
+                             f"got {self.leading_silence_s}")
         if self.vocoder_priority not in ("fifo", "oldest"):
             raise UsageError(f"vocoder_priority {self.vocoder_priority!r} is unknown", hint="use fifo or oldest")
         for name in ("bls_instances", "token2wav_instances", "max_batch_size"):
