@@ -65,6 +65,11 @@ class Warmup:
 
 
 SEARCHES = ("bisect",)
+CAPACITY_BY = ("objectives", "audible")
+# --capacity-by audible: a level passes when (besides the objectives given) requests are heard in time, play
+# without a stall at --prebuffer, and 95% of them are good on all of it: right words (content_mismatch fails a
+# request) and clean audio included. An objective the user gave on the same metric replaces its default here.
+AUDIBLE_OBJECTIVES = ("first_audible.p95<400ms", "stalls.p95<1", "goodput.share>=95%")
 LEVELS_HINT = "e.g. 1,2,4,8 (a list), 1:64 (doubling from 1 to 64) or 1:64:4 (a step of 4)"
 
 
@@ -127,6 +132,7 @@ class SweepSettings:
     min_capacity: float = 1.0  # exit 3 when the capacity found is below this
     stable: str | None = None  # "10%": measure a level until first-chunk p95 of its last three windows agree
     stable_max: float | None = None  # seconds a --stable level may last (default 5 windows)
+    capacity_by: str = "objectives"  # or "audible": the audible objectives (AUDIBLE_OBJECTIVES) join the given ones
 
 
 @dataclass
@@ -300,6 +306,10 @@ class RunConfig:
             raise UsageError(f"--check-workers must be at least 1, got {self.check_workers}")
         if self.language is not None and self.language not in ("en", "zh"):
             raise UsageError(f"--language {self.language!r}: use en or zh (or leave it out: from each text's script)")
+        if self.sweep.capacity_by not in CAPACITY_BY:
+            raise UsageError(f"--capacity-by {self.sweep.capacity_by!r}: use one of {', '.join(CAPACITY_BY)}")
+        if self.sweep.capacity_by == "audible":
+            self.onset = True
         if self.check_content is not None:
             from cvload.asr import make_recognizer
             from cvload.listening import Sampling
