@@ -125,3 +125,20 @@ def test_share_and_budget_are_parsed_and_checked() -> None:
     for bad in ("150%", "0", "lots", "-1s/s"):
         with pytest.raises(UsageError):
             Sampling.parse(bad)
+
+
+def test_the_speech_panel_lists_the_latest_mismatches() -> None:
+    from cvload.live_window import LiveStats
+    from cvload.records import FLAG_CONTENT_MISMATCH
+    from cvload.tui.panels import speech_lines
+
+    live = LiveStats()
+    for n, (error, heard) in enumerate([(0.0, "hello there"), (0.8, "goodbye now")]):
+        r = schedule([0.1, 0.4], [0.5, 0.5])
+        r.index, r.text, r.transcript, r.content_error, r.speech_start_s = n, "hello there", heard, error, 0.05
+        if error > 0.3:
+            r.flags.append(FLAG_CONTENT_MISMATCH)
+        live.add(r)
+    text = speech_lines(live.snapshot(), 60).plain
+    assert "mismatches     1" in text and "hello there" in text and "| goodbye now" in text
+    assert "p95 150" in text  # first audible: 0.1 s + 0.05 s (the mismatched request failed: not counted)

@@ -98,3 +98,21 @@ def test_check_without_saved_audio_and_a_language_without_recogniser(emulator, e
     assert run_cli("--server", emulator.grpc, "--requests", "1", "--check-content", "--asr", "kaldi",
                    "--out", str(tmp_path / "kaldi")) == 2
     assert "unknown speech recogniser" in capsys.readouterr().err
+
+
+async def test_the_dashboard_shows_speech_and_the_checker(checked_run: Path) -> None:
+    from textual.widgets import Static
+
+    from cvload.tui.app import DashboardApp
+    from cvload.tui.panels import Panel
+    from cvload.tui.replay import ReplaySource
+
+    app = DashboardApp(ReplaySource(checked_run))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        speech = app.query_one("#speech", Panel).plain()
+        assert "first audible" in speech and "2 checked" in speech and "mismatches     0" in speech
+        assert "prebuffer need" in speech
+        head = str(app.query_one("#header", Static).render())
+        assert "asr moonshine 100% of requests, backlog 0" in head
+        await pilot.press("q")
