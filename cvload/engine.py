@@ -628,7 +628,8 @@ class Engine:
         record.prebuffer_s = cfg.prebuffer
         content = self.content
         rate = self._sample_rate(chunks)
-        listen = content is not None and record.error_kind is None and chunks and \
+        # warm-up (and a sweep's requests between levels) are not measurements: never worth a transcript
+        listen = content is not None and record.error_kind is None and not record.warmup and chunks and \
             content.wants(record, sum(chunk.samples for chunk in chunks) / rate)
         if record.error_kind is None:
             try:
