@@ -116,3 +116,22 @@ async def test_the_dashboard_shows_speech_and_the_checker(checked_run: Path) -> 
         head = str(app.query_one("#header", Static).render())
         assert "asr moonshine 100% of requests, backlog 0" in head
         await pilot.press("q")
+
+
+def test_a_sweep_report_plots_speech_against_load(checked_run: Path, tmp_path: Path) -> None:
+    """A sweep whose levels listened gets the speech figure (first audible and content error against load)."""
+    import shutil
+
+    sweep, levels = tmp_path / "sweep", []
+    for number, n in enumerate((1, 2), 1):
+        folder = f"level-{number:03d}-c{n}"
+        shutil.copytree(checked_run, sweep / folder)
+        levels.append({"value": n, "kind": "concurrency", "phase": "plan", "folder": folder, "slo_passed": True,
+                       "summary": {"metrics": {}}})
+    (sweep / "sweep.json").write_text(json.dumps({
+        "schema": "cvload.sweep/1", "kind": "concurrency", "levels": levels,
+        "capacity": {"kind": "concurrency", "value": 2, "bracket": [2, None], "by": "audible"},
+        "knee": None, "stopped_because": "every planned level was measured", "status": "completed"}))
+    out = tmp_path / "report.html"
+    assert main(["report", str(sweep), "-o", str(out)]) == 0
+    assert "Speech against load: heard in time, the right words" in out.with_suffix(".md").read_text()
