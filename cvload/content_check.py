@@ -106,7 +106,7 @@ def check_folder(folder: Path, spec: str, *, max_error: float = DEFAULT_MAX_ERRO
         path = files.get(record.index)
         if path is None or record.error_kind is not None:
             continue
-        lang = language or language_of(record.text)
+        lang = language or record.language or language_of(record.text)
         if lang not in recognizer.languages:
             unsupported += 1
             continue

@@ -559,7 +559,7 @@ class Engine:
         chunks: list[Chunk] = []
         record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
                                server=target.address, text=item.target_text, sent=0.0, intended=intended,
-                               run_start=self.state.started)
+                               run_start=self.state.started, language=getattr(item, "language", None))
         offsets = record.chunk_offsets
 
         async def consume() -> None:

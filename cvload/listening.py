@@ -145,8 +145,9 @@ class ContentChecker:
             raise UsageError(f"--asr {self.spec}: the recogniser failed to start in its helper process: {exc}",
                              hint="run `cvload check` on a saved run to see the full error") from None
 
-    def language_for(self, text: str) -> str:
-        return self.language or language_of(text)
+    def language_for(self, record: RequestRecord) -> str:
+        """--language, else the item's own (its input said), else its text's script."""
+        return self.language or record.language or language_of(record.text)
 
     def wants(self, record: RequestRecord, audio_s: float) -> bool:
         """Whether to check this finished request (counts the ones passed over as skipped)."""
@@ -167,9 +168,9 @@ class ContentChecker:
                 self._tokens -= audio_s
         if not take:
             stats.skipped += 1
-        elif self.language_for(record.text) not in self.languages:
+        elif self.language_for(record) not in self.languages:
             stats.skipped += 1  # no recogniser for its language here: said once in last_error
-            stats.last_error = f"--asr {self.spec} does not transcribe {self.language_for(record.text)!r} texts"
+            stats.last_error = f"--asr {self.spec} does not transcribe {self.language_for(record)!r} texts"
             take = False
         return take
 
@@ -183,7 +184,7 @@ class ContentChecker:
         stats.pending += 1
         stats.pending_audio_s += audio_s
         job = self._pool.submit(loop, transcribe_job, self.spec, list(audio), record.sample_rate, record.text,
-                                self.language_for(record.text), self.max_error)
+                                self.language_for(record), self.max_error)
         done: asyncio.Future[None] = loop.create_future()
 
         def heard(future: asyncio.Future[Any]) -> None:

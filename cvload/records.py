@@ -66,6 +66,7 @@ class RequestRecord:
     # against ``text``; None where the request was not checked.
     transcript: str | None = None
     content_error: float | None = None
+    language: str | None = None  # the item's language where its input gave it (else from the text's script)
 
     @property
     def ok(self) -> bool:

@@ -142,3 +142,15 @@ def test_the_speech_panel_lists_the_latest_mismatches() -> None:
     text = speech_lines(live.snapshot(), 60).plain
     assert "mismatches     1" in text and "hello there" in text and "| goodbye now" in text
     assert "p95 150" in text  # first audible: 0.1 s + 0.05 s (the mismatched request failed: not counted)
+
+
+def test_an_items_language_comes_from_its_input(tmp_path) -> None:
+    from cvload.inputs import load_items
+
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"id": "a", "target_text": "Hello", "language": "zh"}\n{"id": "b", "target_text": "Hi"}\n')
+    a, b = load_items(path)
+    assert a.language == "zh" and b.language is None
+    path.write_text('{"id": "a", "target_text": "Hello", "language": "fr"}\n')
+    with pytest.raises(UsageError, match="'language' 'fr' is not one of en, zh"):
+        load_items(path)
