@@ -10,6 +10,7 @@ releases the interpreter lock while it computes).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -79,8 +80,17 @@ class TranscriptionApp:
 
 
 def serve(spec: str, host: str, port: int, *, model: str, workers: int) -> None:
+    """Serve until killed; the line on stdout is printed once the port accepts connections."""
     from aiohttp import web
 
     app = TranscriptionApp(spec, model=model, workers=workers)
-    print(f"cvload asr-serve: {spec} as model {model!r} at http://{host}:{port}{ROUTE}", flush=True)
-    web.run_app(app.app(), host=host, port=port, print=None)
+
+    async def main() -> None:
+        runner = web.AppRunner(app.app())
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        print(f"cvload asr-serve: {spec} as model {model!r} at http://{host}:{port}{ROUTE}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())
