@@ -28,9 +28,11 @@ from cvload.results import read_json, read_records, write_json, write_summary_cs
 
 
 def audio_files(folder: Path) -> dict[int, Path]:
-    """Saved responses by request index (``audio/000123_item.wav``)."""
+    """Saved responses by request index (``audio/000123_item.wav``); a sweep's level: its sweep's audio folder."""
     out: dict[int, Path] = {}
-    for path in sorted((folder / "audio").glob("*.wav")):
+    audio = folder / "audio" if (folder / "audio").is_dir() or not (folder.parent / "sweep.json").is_file() \
+        else folder.parent / "audio"
+    for path in sorted(audio.glob("*.wav")):
         head = path.name.split("_", 1)[0]
         if head.isdigit():
             out[int(head)] = path
@@ -39,7 +41,7 @@ def audio_files(folder: Path) -> dict[int, Path]:
 
 def run_folders(folder: Path) -> list[Path]:
     """The run folders under ``folder``: itself, or a sweep's levels."""
-    if (folder / "records.jsonl").is_file():
+    if (folder / "records.jsonl").is_file() and not (folder / "sweep.json").is_file():
         return [folder]
     levels = sorted(p.parent for p in folder.glob("*/records.jsonl"))
     if not levels:
