@@ -26,7 +26,7 @@ from cvload.content import DEFAULT_MAX_ERROR, error_rate, language_of
 from cvload.errors import UsageError
 from cvload.records import FLAG_CONTENT_MISMATCH, RequestRecord
 
-BACKLOG_S = 120.0  # audio seconds waiting for a recogniser, at most
+BACKLOG_S = 300.0  # audio seconds waiting for a recogniser, at most (~30 MB of float32 at 24 kHz)
 BACKLOG_REQUESTS = 48  # ... and requests (below the engine's own limit on records being finished)
 GOLDEN = 0.6180339887498949  # index * golden mod 1: a share of requests spread evenly over the run
 _SHARE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(%|s/s)?\s*$")
