@@ -166,7 +166,9 @@ class Decoders:
     threads. A helper is ``python -c`` importing this module only; it exits when its pipe closes.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, *, idle: bool = False) -> None:
+        """``idle``: the helpers run under Linux's SCHED_IDLE (only on CPU time nothing else wants), for work that
+        may fall behind (the recognisers of cvload.listening) rather than take a core from the measurement."""
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.broken: str | None = None
         self.pids: list[int] = []
@@ -176,7 +178,7 @@ class Decoders:
         self._processes = []
         for n in range(count):
             process = subprocess.Popen(
-                [sys.executable, "-c", "from cvload.audio_checks import _serve; _serve()"],
+                [sys.executable, "-c", f"from cvload.audio_checks import _serve; _serve(idle={idle})"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=False)
             self._processes.append(process)
             self.pids.append(process.pid)
@@ -261,11 +263,14 @@ def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-def _serve() -> None:
+def _serve(idle: bool = False) -> None:
     """A decoder process: read a pickled (function, *args) from stdin, write the pickled outcome to stdout."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.fileno()
     with contextlib.suppress(OSError):
         os.nice(10)  # background work: where CPUs are short, the measuring process and a local server go first
+    if idle and hasattr(os, "sched_setscheduler"):
+        with contextlib.suppress(OSError):  # only the CPU time no other process wants
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     while True:
         try:
             function, *args = _read_frame(stdin)

@@ -136,7 +136,7 @@ class ContentChecker:
                              "sensevoice:DIR, whisper or openai:URL")
         self.languages = recognizer.languages
         await asyncio.get_running_loop().run_in_executor(None, recognizer.check)
-        self._pool = Decoders(self.workers)
+        self._pool = Decoders(self.workers, idle=True)  # checks fall behind before timestamps do
         loop = asyncio.get_running_loop()
         try:
             await asyncio.gather(*(self._pool.submit(loop, warm_job, self.spec) for _ in range(self.workers)))
