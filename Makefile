@@ -22,9 +22,11 @@ demo: install
 	$(BIN)/cvload run --emulator --profile demo --num-tasks 4 --requests 40
 
 # Debian packages the tests drive: tmux (the dashboard in a real terminal), chromium (renders `cvload report`'s
-# HTML), nginx and openssl (a TLS load balancer and test certificates). Each test is skipped where its tool is
+# HTML), nginx and openssl (a TLS load balancer and test certificates), prometheus and prometheus-pushgateway
+# (scraping and receiving cvload's own metrics). Each test is skipped where its tool is
 # missing and apt-get cannot install it. TOOL:PACKAGE pairs, installed in one apt-get call.
-SYSTEM_TOOLS = tmux:tmux chromium:chromium /usr/sbin/nginx:nginx openssl:openssl
+SYSTEM_TOOLS = tmux:tmux chromium:chromium /usr/sbin/nginx:nginx openssl:openssl prometheus:prometheus \
+	prometheus-pushgateway:prometheus-pushgateway
 system-deps:
 	@missing=""; for pair in $(SYSTEM_TOOLS); do tool=$${pair%%:*}; pkg=$${pair##*:}; \
 		command -v $$tool >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \

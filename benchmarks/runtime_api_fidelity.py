@@ -40,7 +40,7 @@ async def cvload_client(protocol: str, address: str) -> tuple[Client, Callable[[
     from cvload.targets.base import SynthesisRequest
 
     target = make_target(protocol, "streaming", address, api="cosyvoice", timeout=30,
-                         options=RunConfig(inference="zero_shot"))
+                         config=RunConfig(inference="zero_shot"))
     await target.open()
     ids = iter(range(10**9))
 

@@ -11,7 +11,7 @@ from cvload import __version__
 from cvload.errors import EXIT_INTERRUPTED, EXIT_USAGE, CvloadError
 
 # cvload.commands.<name>; others come from the entry-point group below
-COMMANDS = ("serve", "run", "tui", "sweep", "report", "compare", "check", "asr_serve")
+COMMANDS = ("serve", "run", "tui", "sweep", "tune", "report", "compare", "check", "asr_serve")
 ENTRY_POINT_GROUP = "cvload.commands"  # e.g. ``bootstrap`` from server_bootstrap, which builds on cvload
 
 
@@ -40,14 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"cvload {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"cvload.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"cvload.commands.{name}":
-                raise
-            continue
-        module.register(sub)
+    for name in COMMANDS:  # a built-in command that fails to import is a bug to see, never a missing command
+        importlib.import_module(f"cvload.commands.{name}").register(sub)
     for entry in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         entry.load()(sub)
     return parser

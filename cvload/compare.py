@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from cvload.apis import DEFAULT_API
 from cvload.errors import UsageError
 from cvload.metrics import BY_ALIAS, lookup
 from cvload.results_folder import Results, RunResults, SweepResults, open_results
@@ -438,8 +439,8 @@ def _check_compatible(base: Results, new: Results) -> None:
     comparing across them is a usage error."""
     for key, flag in (("mode", "--mode"), ("api", "--api")):
         a, b = base.settings.get(key), new.settings.get(key)
-        if key == "api":
-            a, b = a or "triton", b or "triton"
+        if key == "api":  # results from before other APIs name none: the default's
+            a, b = a or DEFAULT_API, b or DEFAULT_API
         if a is not None and b is not None and a != b:
             raise UsageError(f"{new.path} was measured with {flag} {b}, {base.path} with {flag} {a}: their latencies "
                              "do not compare", hint=f"compare runs of the same {flag}")

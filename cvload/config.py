@@ -12,18 +12,15 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvload.address import RUNTIME_PORT, server_address, speech_url
+from cvload.apis import PROTOCOLS, api_spec
 from cvload.errors import UsageError
 from cvload.transport import parse_header, redact_header
 
-APIS = ("triton", "cosyvoice", "openai")  # Triton (+TRT-LLM), CosyVoice's Python runtime, OpenAI-style speech
-PROTOCOLS = ("grpc", "http")
 MODES = ("streaming", "offline")
 ARRIVALS = ("poisson", "constant")
 INFERENCES = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")  # the Python runtime's request kinds
 SERVER_LOSS = ("abort", "continue")  # when the server goes away mid-run: stop the run, or ride out the outage
 RESPONSE_FORMATS = ("pcm", "wav")  # OpenAI-style speech: raw int16 (may stream) or a whole WAV file
-API_PROTOCOLS = {"openai": ("http",)}  # protocols of an API, the first its default (unlisted: grpc, http)
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h)?\s*$")
 _UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
@@ -142,7 +139,7 @@ class RunConfig:
     # Target
     server: list[str] = field(default_factory=list)  # HOST[:PORT]; several -> round-robin
     api: str = "triton"  # which server API: triton | cosyvoice (Python runtime, :50000) | openai (/v1/audio/speech)
-    protocol: str | None = None  # grpc | http; None: the API's own (see API_PROTOCOLS), set by validate()
+    protocol: str | None = None  # grpc | http; None: the API's own (its spec's first), set by validate()
     mode: str = "streaming"
     model: str = "cosyvoice2"
     # Request details of the non-Triton APIs
@@ -193,6 +190,11 @@ class RunConfig:
     metrics_url: str | None = None
     telemetry_interval: float = 1.0
     gpu_source: str = "auto"  # auto | server | nvml | none
+    # Prometheus (cvload.exporter): cvload's own live metrics on a port and/or pushed to a Pushgateway
+    prometheus_port: int | None = None  # 0: any free port
+    prometheus_address: str = "0.0.0.0"
+    prometheus_linger: float | None = None  # seconds the endpoint stays up after the run (None: 15)
+    prometheus_push: str | None = None  # Pushgateway URL
     # TLS and credentials (docs/tls.md); header values are secrets: no repr, config.json keeps the names only
     tls: bool = False  # also implied by an https:// server
     ca_cert: str | None = None  # PEM CA(s) to verify the server with (default: the system's)
@@ -213,8 +215,7 @@ class RunConfig:
     sweep: SweepSettings = field(default_factory=SweepSettings)
 
     def validate(self) -> RunConfig:
-        if self.api not in APIS:
-            raise UsageError(f"--api {self.api!r}: use one of {', '.join(APIS)}")
+        spec = api_spec(self.api)  # an unknown API is a UsageError
         if self.inference is not None and self.inference not in INFERENCES:
             raise UsageError(f"--inference {self.inference!r}: use one of {', '.join(INFERENCES)}")
         if self.response_format not in RESPONSE_FORMATS:
@@ -223,7 +224,7 @@ class RunConfig:
             raise UsageError(f"--max-conc must be at least 1, got {self.max_conc}")
         if self.sample_rate is not None and self.sample_rate <= 0:
             raise UsageError(f"--sample-rate must be positive, got {self.sample_rate}")
-        protocols = API_PROTOCOLS.get(self.api, PROTOCOLS)
+        protocols = spec.protocols
         if self.protocol is None:
             self.protocol = protocols[0]
         elif self.protocol in PROTOCOLS and self.protocol not in protocols:
@@ -260,6 +261,7 @@ class RunConfig:
             raise UsageError("--pipeline shapes the embedded emulator's repository: add --emulator")
         Warmup.parse(self.warmup)
         self._validate_listening()
+        self._validate_prometheus()
         self._validate_transport()
         self._validate_processes()
         return self
@@ -320,6 +322,16 @@ class RunConfig:
             if self.processes not in (1, "1"):
                 raise UsageError("--check-content listens from one load process: leave --processes out (or use 1)")
 
+    def _validate_prometheus(self) -> None:
+        if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:
+            raise UsageError(f"--prometheus-port {self.prometheus_port}: use a port 1-65535 (0: any free one)")
+        if self.prometheus_linger is not None and self.prometheus_linger < 0:
+            raise UsageError(f"--prometheus-linger must not be negative, got {self.prometheus_linger}")
+        push = self.prometheus_push
+        if push is not None and not push.lower().startswith(("http://", "https://")):
+            raise UsageError(f"--prometheus-push {push!r}: give the Pushgateway's URL",
+                             hint="e.g. --prometheus-push http://pushgateway:9091")
+
     def _validate_processes(self) -> None:
         if isinstance(self.processes, str) and self.processes.strip().isdigit():
             self.processes = int(self.processes)
@@ -346,13 +358,8 @@ class RunConfig:
     def addresses(self) -> list[str]:
         """Servers as HOST:PORT, the API's and protocol's default port filled in (--api openai: the speech
         endpoint's URL)."""
-        if self.api == "openai":
-            urls = [speech_url(s) for s in self.server]
-            return [f"https://{u[len('http://'):]}" if self.tls and u.startswith("http://") else u for u in urls]
-        port = RUNTIME_PORT if self.api == "cosyvoice" else None
-        return [server_address(s, self.protocol or PROTOCOLS[0],
-                               default_port=443 if s.strip().lower().startswith("https://") else port)
-                for s in self.server]
+        spec = api_spec(self.api)
+        return [spec.address(s, self.protocol or spec.protocols[0], tls=self.tls) for s in self.server]
 
     def to_json(self) -> dict[str, Any]:
         """Every setting as it is (header values included): for handing the run to another process."""

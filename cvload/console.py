@@ -14,6 +14,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from cvload.apis import target_label
 from cvload.config import RunConfig
 from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, lookup, stats, values
@@ -26,15 +27,15 @@ def progress_text(session: Any) -> str:
     st = engine.state
     elapsed = time.monotonic() - st.started if st.started else 0.0
     planned = f"/{st.planned}" if st.planned else ""
-    recent = [r for r in engine.recent if not r.warmup]  # live percentiles over the latest: cheap at any length
+    recent = [r for r in session.recent if not r.warmup]  # live percentiles over the latest: cheap at any length
     first = stats(values(recent, BY_NAME["first_chunk_latency_ms"]))
     p50 = f"{first['p50']:.0f}" if first["p50"] is not None else "-"
     p95 = f"{first['p95']:.0f}" if first["p95"] is not None else "-"
-    load = f"{st.concurrency} tasks" if engine.config.closed_loop else f"{st.rate:g} req/s"
+    load = f"{st.concurrency} tasks" if session.config.closed_loop else f"{st.rate:g} req/s"
     state = " paused" if st.paused else " stopping" if st.stopping else ""
     health = getattr(session, "loop_health", None)
     client = f"  {client_text(health.live())}" if health is not None and st.started else ""
-    return (f"{elapsed:6.1f}s  done {st.done}{planned}  in flight {engine.inflight.count} ({load})  "
+    return (f"{elapsed:6.1f}s  done {st.done}{planned}  in flight {engine.inflight_count} ({load})  "
             f"first chunk p50 {p50} ms p95 {p95} ms  errors {st.failed}{state}{client}")
 
 
@@ -54,11 +55,9 @@ class ConsoleView(_Consoles):
 
     def preparing(self, config: RunConfig) -> None:
         if not self.quiet:
-            where = "embedded emulator" if config.emulator else ", ".join(config.server)
-            how = (f"{config.mode} over {config.protocol}" if config.api == "triton" else
-                   f"cosyvoice runtime {config.inference or 'zero_shot/sft'} over {config.protocol}, one chunk per "
-                   "sentence," if config.api == "cosyvoice" else f"{config.api} over {config.protocol}")
-            self.err.print(f"cvload: {how} to {where} (model {config.model})", highlight=False)
+            where = ["embedded emulator"] if config.emulator else config.server
+            label = target_label(config.api, config.protocol, config.mode, config.model, where, config.inference)
+            self.err.print(f"cvload: {label}", highlight=False)
 
     def attach(self, session: Any) -> None:
         if not self.quiet:

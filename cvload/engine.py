@@ -1,8 +1,8 @@
 """The load engine shared by ``run``, ``tui`` and sweeps: schedules requests, times chunks, emits records.
 
-Data flows one way: items -> schedule (closed or open loop) -> target -> ``RequestRecord`` -> listeners (results
-writer, console progress, dashboard). Views only listen and send commands (pause, concurrency, rate, stop); the
-engine imports no view.
+Data flows one way: items -> schedule (closed or open loop) -> target -> ``RequestRecord`` -> the run's
+``Events`` (results writer, summary tally, sweep levels, live views). The engine is one ``LoadDriver``
+(cvload.driver): views only listen and send commands (pause, concurrency, rate, stop); it imports no view.
 """
 
 from __future__ import annotations
@@ -12,15 +12,14 @@ import contextlib
 import random
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
 from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
+from cvload.driver import EngineState, Events, Outage, RunResult, drain_limit
 from cvload.inputs import padded_length
 from cvload.metrics import end_time, wall_time
 from cvload.records import (
@@ -33,7 +32,6 @@ from cvload.records import (
 )
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
 
-RECENT = 2000  # finished requests a live view may look at (the console's percentiles over the latest)
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
 DRAIN_TIMEOUT_S = 5.0  # default: on the user's stop, how long in-flight requests may finish before they are cancelled
 # --on-server-loss continue: a lost server is probed (its target reopened) after 0.1 s, then at doubling gaps up
@@ -109,22 +107,6 @@ class InflightTracker:
                 "achieved_mean_overall": overall}
 
 
-@dataclass
-class Outage:
-    """A time a server could not be reached (``--on-server-loss continue``): monotonic start and end."""
-
-    server: str
-    start: float
-    end: float | None = None  # None: still down
-    probes: int = 0  # reconnect attempts that failed
-    last_error: str = ""
-
-    def to_json(self, origin: float) -> dict[str, object]:
-        """Seconds from ``origin`` (the run's start, as the records' ``run_start``)."""
-        return {"server": self.server, "start_s": round(self.start - origin, 3),
-                "end_s": None if self.end is None else round(self.end - origin, 3), "probes": self.probes}
-
-
 class Reconnect:
     """Probes a lost server by reopening its target, with capped exponential backoff, until it answers.
 
@@ -158,46 +140,24 @@ class Reconnect:
                 return
 
 
-@dataclass
-class EngineState:
-    """What views show live; updated by the engine, read by anyone."""
-
-    started: float = 0.0
-    planned: int | None = None
-    sent: int = 0
-    done: int = 0
-    failed: int = 0
-    paused: bool = False
-    stopping: bool = False
-    concurrency: int = 0  # closed loop: workers asked for now
-    rate: float | None = None  # open loop: requests per second now
-    measure_start: float | None = None  # end of warmup
-    last_send: float | None = None
-    aborted: str | None = None  # why the run was cut short by a failure (server died)
-    interrupted: bool = False  # stopped by the user
-    outages: list[Outage] = field(default_factory=list)  # --on-server-loss continue: the server was lost
-
-
-@dataclass
-class RunResult:
-    state: EngineState
-    wall_s: float
-    concurrency: dict[str, float | None]
-
-
 class Engine:
-    """Drives one run. ``await engine.run()`` returns when the stop condition is met or ``stop()`` was called.
+    """Drives one run in this process (a ``LoadDriver``). ``await engine.run()`` returns when the stop condition is
+    met or ``stop()`` was called.
 
-    When the run's window ends (``--duration`` passed, ``--requests`` sent, or ``end()``), every request in
+    When the run's window ends (``--duration`` passed, ``--requests`` sent, or ``drain()``), every request in
     flight belongs to it and is waited for, up to its ``--request-timeout`` bounded by ``--drain``; one still
     running then is recorded as ``incomplete``. ``drain_timeout``: on the user's stop (``stop()``), the seconds
     in-flight requests get to finish before they are cancelled and left out.
 
     A sweep (cvload.sweep) drives one engine through its levels: it changes the load live (``set_concurrency``,
-    ``set_rate``), tags each request as it leaves (``on_send``) and ends the run itself (``until_ended``, ``end``).
+    ``set_rate``), tags each request as it leaves (``events.sent``) and ends the run itself (``until_drained``,
+    ``drain``).
     """
 
+    health = None  # the session measures this process's own loop
+
     def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[InputItem], *,
+                 events: Events | None = None, until_drained: bool = False,
                  drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
         if not targets:
             raise ValueError("at least one target")
@@ -207,15 +167,11 @@ class Engine:
         self.drain_timeout = drain_timeout
         self.targets = list(targets)
         self.items = list(items)
-        self.listeners: list[Callable[[RequestRecord], None]] = []
-        self.on_measure_start: Callable[[], None] | None = None  # warmup ended (telemetry starts its window)
+        # Every record goes to the events' listeners (the results folder, the summary's Tally, live views) and
+        # none is kept here, so memory stays flat over hours of load.
+        self.events = events if events is not None else Events()
         self.state = EngineState(planned=config.requests)
-        # The latest finished requests, for a live view; every record goes to the listeners (the results folder
-        # and the summary's Tally) and none is kept beyond these, so memory stays flat over hours of load.
-        self.recent: deque[RequestRecord] = deque(maxlen=RECENT)
         self._last_end: float | None = None  # the latest finish among the records (``end_time``)
-        # With --save-audio: called with each finished request's chunks (written at once, never kept in memory).
-        self.on_audio: Callable[[RequestRecord, list[np.ndarray]], None] | None = None
         self.inflight = InflightTracker()
         self.run_id = uuid.uuid4().hex[:8]
         self._rng = random.Random(config.seed)
@@ -235,11 +191,8 @@ class Engine:
         self._window_opener = -1
         self._sending_over = asyncio.Event()  # the run's limit was reached: nothing more is sent
         self._cut_incomplete = False  # in-flight requests are being cut after the drain: record them incomplete
-        # Called with each request's record as it leaves (a sweep sets its level and warmup there).
-        self.on_send: Callable[[RequestRecord], None] | None = None
-        self.until_ended = False  # without --requests/--duration: send until ``end()`` (a sweep), not one pass
-        # Requests in flight by index, with the chunks they received so far (a sweep judges a level before they end).
-        self.in_flight: dict[int, tuple[RequestRecord, list[Chunk]]] = {}
+        self._until_drained = until_drained  # without --requests/--duration: send until ``drain()`` (a sweep)
+        self._started_decoders = False
         self._down: dict[str, Reconnect] = {}  # address -> its probe, while that server is lost
         # --check-content (cvload.listening.ContentChecker, set by the session): requests being transcribed, whose
         # records go to the listeners when their transcript is back (waited for after the window, like checks).
@@ -271,7 +224,7 @@ class Engine:
         self.state.interrupted = True
         self.stop()
 
-    def end(self) -> None:
+    def drain(self) -> None:
         """End the run as its limit would: stop sending; in-flight requests are waited for (bounded by --drain)."""
         self._deadline = time.monotonic()
         self._sending_over.set()
@@ -289,12 +242,26 @@ class Engine:
         self.state.rate = max(0.01, float(rate))
         self._rate_changed.set()
 
+    @property
+    def inflight_count(self) -> int:
+        return self.inflight.count
+
     # ---- the run ------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """The processes that parse wire-form audio start before the clock does (the targets are open)."""
+        if self._started_decoders:
+            return
+        self._started_decoders = True
+        lazy_modules = sorted({m for target in self.targets for m in target.lazy_audio_modules})
+        if lazy_modules:
+            await start_decoders(lazy_modules)
+
+    async def close(self) -> None:
+        """Nothing of its own to release: the targets belong to whoever opened them."""
+
     async def run(self) -> RunResult:
         cfg = self.config
-        lazy_modules = sorted({m for target in self.targets for m in target.lazy_audio_modules})
-        if lazy_modules:  # the processes that parse wire-form audio start before the clock does
-            await start_decoders(lazy_modules)
+        await self.start()
         self.state.started = time.monotonic()
         self.inflight.start()
         if cfg.duration is not None:
@@ -336,7 +303,7 @@ class Engine:
             return False
         if self._deadline is not None and time.monotonic() >= self._deadline:
             return False
-        return self.until_ended or not (self.config.requests is None and self._deadline is None
+        return self._until_drained or not (self.config.requests is None and self._deadline is None
                                         and self._next_index >= len(self.items))
 
     def _take_index(self) -> int:
@@ -464,10 +431,7 @@ class Engine:
         self._slots.release()
 
     def drain_limit(self) -> float:
-        """How long requests still in flight when a window ends are waited for: ``--drain``, else (a little more
-        than) ``--request-timeout``, so that each request's own timeout decides."""
-        cfg = self.config
-        return cfg.drain if cfg.drain is not None else cfg.request_timeout + 1.0
+        return drain_limit(self.config)
 
     async def _drain(self) -> None:
         """Wait for the requests in flight, then for the checks of those that finished: every record is in
@@ -543,8 +507,7 @@ class Engine:
 
     def _mark_measure_start(self, t: float) -> None:
         self.state.measure_start = t
-        if self.on_measure_start is not None:
-            self.on_measure_start()
+        self.events.measure_start.fire()
 
     def _is_warmup(self, index: int, now: float) -> bool:
         if self._warmup.requests and index < self._warmup.requests:
@@ -579,9 +542,7 @@ class Engine:
         record.sent = sent
         self.state.last_send = sent
         record.warmup = self._is_warmup(index, sent)
-        if self.on_send is not None:
-            self.on_send(record)
-        self.in_flight[index] = (record, chunks)
+        self.events.sent.fire(record, chunks)
         if not record.warmup and self.state.measure_start is None:
             self._mark_measure_start(sent)
         try:
@@ -662,18 +623,15 @@ class Engine:
         if len(record.chunk_samples) != len(chunks):  # a failed request: count its samples without decoding
             record.chunk_samples[:] = [chunk.samples for chunk in chunks]
         record.sample_rate = self._sample_rate(chunks)
-        self.in_flight.pop(record.index, None)  # (the in-flight count dropped when its answer was complete)
-        self.recent.append(record)
         end = end_time(record)
         self._last_end = end if self._last_end is None else max(self._last_end, end)
         self.state.done += 1
         if not record.ok:
             self.state.failed += 1
-        if chunks_audio and self.on_audio is not None:
-            self.on_audio(record, chunks_audio)
+        if chunks_audio:
+            self.events.audio.fire(record, chunks_audio)
         self._watch_connection(record)
-        for listener in self.listeners:
-            listener(record)
+        self.events.finished.fire(record)
 
     def _watch_connection(self, record: RequestRecord) -> None:
         """A dead server fails every request at once: stop after a run of connection failures and no success
@@ -726,5 +684,6 @@ class Engine:
         record.warmup = self._is_warmup(index, now)
         if not record.warmup and self.state.measure_start is None:
             self._mark_measure_start(now)
-        self.inflight.change(+1)
+        # In flight for zero seconds: neither the in-flight count nor achieved concurrency moves.
+        self.events.sent.fire(record, [])
         self._finish(record, [], [])

@@ -13,14 +13,18 @@ started fresh, never forked from a process with a running loop or open channels)
   same server as request ``i`` of a one-process run (items and servers are handed to each process in the order
   its requests reach them), so the merged ``records.jsonl`` has the indexes and workers of one run (request ids
   stay those the server saw: each process's own run id, then its own request number);
-- records come back in batches over the process's stdout and go through the coordinator's listeners (the results
-  writer, the console, the dashboard's feed) exactly as an in-process engine's do; all processes of a host share
-  ``time.monotonic``, so their stamps are comparable and percentiles are computed from all records together;
-- commands (pause, resume, concurrency, rate, stop) go to every process; a process that dies is reported, the
-  run stops (as for a dead server: exit code 1) and every record it had sent back is kept.
+- records come back in batches over the process's stdout and are fired on the coordinator's ``Events`` (the
+  results writer, the console, the dashboard's feed, a sweep's levels) exactly as an in-process engine fires
+  them; all processes of a host share ``time.monotonic``, so their stamps are comparable and percentiles are
+  computed from all records together;
+- where someone listens to ``events.sent`` (a sweep), each process also reports every request as it leaves;
+  the coordinator fires it, and the tags its listeners set (``level``, ``warmup``) carry over to the finished
+  record;
+- commands (pause, resume, concurrency, rate, drain, stop) go to every process; a process that dies is
+  reported, the run stops (as for a dead server: exit code 1) and every record it had sent back is kept.
 
-``ProcessFleet`` has the engine's face (``state``, ``records``, ``inflight.count``, ``listeners``, commands,
-``run()``), so ``Session`` and its views run it as they run an ``Engine``.
+``ProcessFleet`` is a ``LoadDriver`` (cvload.driver), so ``Session``, ``Sweep`` and their views run it as they
+run an ``Engine``. ``FleetMember`` is the coordinator's view of one load process, for any transport.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import IO, Any
 
 from cvload.config import RunConfig
-from cvload.engine import DEFAULT_RAMP_S, RECENT, Engine, EngineState, RunResult
+from cvload.driver import EngineState, Events, RunResult, drain_limit
+from cvload.engine import DEFAULT_RAMP_S, Engine
 from cvload.errors import EXIT_RUNTIME, CvloadError, UsageError
 from cvload.loop_health import LoopHealth, merge_client
 from cvload.metrics import end_time, wall_time
@@ -99,13 +104,15 @@ class Part:
     count: int
     config: dict[str, Any]
     delay_s: float = 0.0
+    until_drained: bool = False  # send until the coordinator's drain (a sweep), not one pass over the inputs
+    report_sends: bool = False  # report every request as it leaves (someone listens to ``events.sent``)
 
 
-def split(config: RunConfig, count: int, items: int) -> list[Part]:
+def split(config: RunConfig, count: int, items: int, *, until_drained: bool = False) -> list[Part]:
     """Each process's settings: its workers or arrival rate, requests, warmup, servers, seed and start delay."""
     warmup = config.warmup_spec()
-    total_requests = config.requests if config.requests is not None else (None if config.duration is not None
-                                                                          else items)
+    total_requests = config.requests if config.requests is not None else (
+        None if config.duration is not None or until_drained else items)
     if config.closed_loop:
         n = config.concurrency
         ramp = config.ramp if config.ramp is not None else (DEFAULT_RAMP_S if n > 1 else 0.0)
@@ -137,7 +144,7 @@ def split(config: RunConfig, count: int, items: int) -> list[Part]:
             child["warmup"] = f"{max(0.001, warmup.seconds - delay):.6f}s"
         fields = config.to_json()
         fields.update(child)
-        parts.append(Part(p, count, fields, delay))
+        parts.append(Part(p, count, fields, delay, until_drained=until_drained))
     return parts
 
 
@@ -184,7 +191,7 @@ class _Outbox:
 
 def _status(engine: Engine, health: LoopHealth, *, final: bool = False) -> dict[str, Any]:
     st = engine.state
-    return {"sent": st.sent, "done": st.done, "failed": st.failed, "inflight": engine.inflight.count,
+    return {"sent": st.sent, "done": st.done, "failed": st.failed, "inflight": engine.inflight_count,
             "concurrency": st.concurrency, "rate": st.rate, "measure_start": st.measure_start,
             "last_send": st.last_send, "aborted": st.aborted, "interrupted": st.interrupted,
             "stopping": st.stopping, "client": health.summary() if final else health.live()}
@@ -198,6 +205,8 @@ def _apply(engine: Engine, command: dict[str, Any]) -> None:
         engine.resume()
     elif name == "stop":
         engine.stop()
+    elif name == "drain":
+        engine.drain()
     elif name == "interrupt":
         engine.interrupt()
     elif name == "concurrency" and value is not None:
@@ -212,13 +221,16 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
 
     cfg = RunConfig(**part.config).validate()
     items = strided(load_items(cfg.inputs, spk_cache=cfg.spk_cache), part.index, part.count)
-    targets = [make_target(cfg.protocol, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, api=cfg.api,
-                           options=cfg) for a in cfg.addresses()]
+    targets = [make_target(cfg.protocol, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, config=cfg)
+               for a in cfg.addresses()]
     loop = asyncio.get_running_loop()
     try:
         await asyncio.gather(*(t.open() for t in targets))
-        engine = Engine(cfg, targets, items)
-        engine.listeners.append(lambda r: outbox.put("record", r))
+        engine = Engine(cfg, targets, items, until_drained=part.until_drained)
+        engine.events.finished.add_listener(lambda r: outbox.put("record", r))
+        if part.report_sends:  # a copy as it leaves (the outbox pickles it later, when the original has chunks)
+            engine.events.sent.add_listener(lambda r, _: outbox.put("sent", replace(
+                r, chunk_offsets=[], chunk_samples=[], flags=[])))
         go: asyncio.Future[float] = loop.create_future()
 
         def on_command(command: dict[str, Any]) -> None:
@@ -350,17 +362,11 @@ class LocalProcess:
                 self.proc.stdin.close()
 
 
-class _Inflight:
-    def __init__(self, fleet: ProcessFleet) -> None:
-        self._fleet = fleet
-
-    @property
-    def count(self) -> int:
-        return sum(int(c.status.get("inflight", 0)) for c in self._fleet.children if not c.finished)
-
-
 @dataclass
-class _Child:
+class FleetMember:
+    """One load process as the coordinator sees it: its part of the run, its transport (a ``LocalProcess``, or a
+    load process behind a Ray actor in cvload.ray_fleet) and what it reported."""
+
     part: Part
     transport: Any  # LocalProcess, or a load process behind a Ray actor (cvload.ray_fleet)
     status: dict[str, Any] = field(default_factory=dict)
@@ -407,20 +413,19 @@ class FleetHealth(LoopHealth):
 
 
 class ProcessFleet:
-    """N load processes with the face of an ``Engine`` (see the module's docstring)."""
+    """N load processes as one ``LoadDriver`` (see the module's docstring); ``--save-audio`` is refused with
+    several processes, so ``events.audio`` never fires."""
 
-    def __init__(self, config: RunConfig, count: int, items: int) -> None:
+    def __init__(self, config: RunConfig, count: int, items: int, events: Events | None = None, *,
+                 until_drained: bool = False) -> None:
         self.config = config
         self.count = count
-        self.parts = split(config, count, items)
-        self.listeners: list[Callable[[RequestRecord], None]] = []
-        self.on_measure_start: Callable[[], None] | None = None
-        self.on_audio: Any = None  # --save-audio is refused with several processes
+        self.parts = split(config, count, items, until_drained=until_drained)
+        self.events = events if events is not None else Events()
         self.state = EngineState(planned=config.requests)
-        self.recent: deque[RequestRecord] = deque(maxlen=RECENT)  # as the engine's: the rest go to the listeners
         self._last_end: float | None = None
-        self.children: list[_Child] = []
-        self.inflight = _Inflight(self)
+        self._sent: dict[int, RequestRecord] = {}  # reported sends by run index, until they finish
+        self.children: list[FleetMember] = []
         self.health = FleetHealth(self)
         self.deaths: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -432,7 +437,8 @@ class ProcessFleet:
         self._loop = asyncio.get_running_loop()
         self._changed = asyncio.Event()
         for part in self.parts:
-            child = _Child(part, self.spawn(part))
+            part.report_sends = bool(self.events.sent)
+            child = FleetMember(part, self.spawn(part))
             self.children.append(child)
             threading.Thread(target=self._pump, args=(child,), name="cvload-fleet-reader", daemon=True).start()
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -452,6 +458,16 @@ class ProcessFleet:
             self.close_processes()
             raise
 
+    @property
+    def inflight_count(self) -> int:
+        return sum(int(c.status.get("inflight", 0)) for c in self.children if not c.finished)
+
+    def drain_limit(self) -> float:
+        return drain_limit(self.config)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(None, self.close_processes)
+
     async def _wait_change(self, timeout: float) -> None:
         assert self._changed is not None
         with contextlib.suppress(asyncio.TimeoutError):
@@ -466,15 +482,15 @@ class ProcessFleet:
         """Where each load process runs, when that is not simply this host."""
         return []
 
-    def translate(self, child: _Child, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    def translate(self, child: FleetMember, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         """A batch on this process's clock (all processes of a host share one: nothing to do)."""
         return batch
 
-    def go(self, child: _Child, t0: float) -> dict[str, Any]:
+    def go(self, child: FleetMember, t0: float) -> dict[str, Any]:
         """The start message: the common start ``t0`` on this process's clock."""
         return {"cmd": "go", "t0": t0}
 
-    def _write(self, child: _Child, message: dict[str, Any]) -> None:
+    def _write(self, child: FleetMember, message: dict[str, Any]) -> None:
         if not child.finished:
             child.transport.write(message)
 
@@ -483,7 +499,7 @@ class ProcessFleet:
             self._write(child, message if values is None else {**message, "value": values[i]})
 
     # ---- reading the processes (reader threads hand everything to the loop) ---------------------------------
-    def _pump(self, child: _Child) -> None:
+    def _pump(self, child: FleetMember) -> None:
         loop = self._loop
         assert loop is not None
 
@@ -504,10 +520,12 @@ class ProcessFleet:
         with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(self._on_exit, child, code)
 
-    def _on_batch(self, child: _Child, batch: list[tuple[str, Any]]) -> None:
+    def _on_batch(self, child: FleetMember, batch: list[tuple[str, Any]]) -> None:
         for kind, payload in batch:
             if kind == "record":
                 self._add(child, payload)
+            elif kind == "sent":
+                self._add_sent(child, payload)
             elif kind == "status":
                 child.status = payload
             elif kind == "final":
@@ -518,7 +536,7 @@ class ProcessFleet:
                 child.failed = payload
         self._update_state()
 
-    def _add(self, child: _Child, record: RequestRecord) -> None:
+    def _as_run(self, child: FleetMember, record: RequestRecord) -> RequestRecord:
         """Process p's request j is the run's request j*N + p (its worker likewise); one clock, one start. The
         request id stays the one the server saw (each process has its own run id prefix)."""
         n, p = self.count, child.part.index
@@ -526,14 +544,24 @@ class ProcessFleet:
         if record.worker >= 0:
             record.worker = record.worker * n + p
         record.run_start = self.state.started
+        return record
+
+    def _add_sent(self, child: FleetMember, record: RequestRecord) -> None:
+        record = self._as_run(child, record)
+        self._sent[record.index] = record
+        self.events.sent.fire(record, [])
+
+    def _add(self, child: FleetMember, record: RequestRecord) -> None:
+        record = self._as_run(child, record)
+        sent = self._sent.pop(record.index, None)
+        if sent is not None:  # what the sent listeners decided about it
+            record.level, record.warmup = sent.level, sent.warmup
         child.records += 1
-        self.recent.append(record)
         end = end_time(record)
         self._last_end = end if self._last_end is None else max(self._last_end, end)
-        for listener in self.listeners:
-            listener(record)
+        self.events.finished.fire(record)
 
-    def _on_exit(self, child: _Child, code: int) -> None:
+    def _on_exit(self, child: FleetMember, code: int) -> None:
         child.exited = code
         if child.final is None and child.ready:
             why = f"failed: {child.failed['message']}" if child.failed else f"died (exit code {code})"
@@ -557,9 +585,10 @@ class ProcessFleet:
             sends = [s["last_send"] for s in statuses if s["last_send"] is not None]
             st.last_send = max(sends) if sends else None
             marks = [s["measure_start"] for s in statuses if s["measure_start"] is not None]
-            if marks and st.measure_start is None and self.on_measure_start is not None:
-                self.on_measure_start()
+            first_mark = marks and st.measure_start is None
             st.measure_start = min(marks) if marks else None
+            if first_mark:
+                self.events.measure_start.fire()
             st.interrupted = st.interrupted or any(s["interrupted"] for s in statuses)
             aborted = next((s["aborted"] for s in statuses if s["aborted"]), None)
             if aborted and not st.aborted:
@@ -585,6 +614,15 @@ class ProcessFleet:
         self.state.interrupted = True
         self.state.stopping = True
         self._broadcast({"cmd": "interrupt"})
+
+    def abort(self, reason: str) -> None:
+        if self.state.aborted is None:
+            self.state.aborted = reason
+        self.stop()
+
+    def drain(self) -> None:
+        """Every process ends its run as its limit would (requests in flight are waited for)."""
+        self._broadcast({"cmd": "drain"})
 
     def set_concurrency(self, n: int) -> None:
         """Closed loop: the run's workers, split as at the start (at least one per process)."""
@@ -637,26 +675,16 @@ class ProcessFleet:
             child.transport.end(max(0.1, deadline - time.monotonic()))
 
 
-def _tail(child: _Child) -> str:
+def _tail(child: FleetMember) -> str:
     lines = [line for line in child.stderr if line.strip()][-5:]
     return (": " + " | ".join(lines)) if lines else ""
 
 
-def _failure(child: _Child) -> CvloadError:
+def _failure(child: FleetMember) -> CvloadError:
     failed = child.failed or {}
     message = f"{child.label}: {failed.get('message')}"
     cls = UsageError if failed.get("exit_code") == UsageError.exit_code else CvloadError
     return cls(message, hint=failed.get("hint"))
-
-
-async def start_fleet(config: RunConfig, items: int) -> ProcessFleet | None:
-    """The fleet for a run of several processes, started and ready; None when the run takes one process."""
-    count = resolve_processes(config)
-    if count <= 1:
-        return None
-    fleet = ProcessFleet(config, count, items)
-    await fleet.start()
-    return fleet
 
 
 if __name__ == "__main__":

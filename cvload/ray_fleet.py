@@ -20,12 +20,14 @@ import os
 import sys
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from cvload.config import RunConfig
+from cvload.driver import Events
 from cvload.errors import CvloadError, UsageError
-from cvload.multiproc import LocalProcess, Part, ProcessFleet, _Child, resolve_processes
+from cvload.multiproc import FleetMember, LocalProcess, Part, ProcessFleet, resolve_processes
 
 POLL_S = 0.1  # the driver asks a load process's actor for its output this often (when none came)
 CLOCK_SAMPLES = 7
@@ -174,8 +176,9 @@ def measure_clock(ray: Any, actor: Any, node: dict[str, Any]) -> tuple[float, fl
 class RayFleet(ProcessFleet):
     """A ``ProcessFleet`` whose load processes Ray placed on the cluster's nodes."""
 
-    def __init__(self, config: RunConfig, count: int, items: int, ray: Any, owns_ray: bool) -> None:
-        super().__init__(config, count, items)
+    def __init__(self, config: RunConfig, count: int, items: int, ray: Any, owns_ray: bool,
+                 events: Events | None = None, *, until_drained: bool = False) -> None:
+        super().__init__(config, count, items, events, until_drained=until_drained)
         self.ray = ray
         self.owns_ray = owns_ray
         self._actor_cls = ray.remote(LoadActor)
@@ -187,19 +190,19 @@ class RayFleet(ProcessFleet):
         actor = self._actor_cls.options(**options).remote()
         node = self.ray.get(actor.node.remote(), timeout=READY_TIMEOUT_RAY_S)
         offset, wall_offset, rtt = measure_clock(self.ray, actor, node)
-        transport = RayProcess(self.ray, actor, node, offset, wall_offset, rtt, _asdict(part))
+        transport = RayProcess(self.ray, actor, node, offset, wall_offset, rtt, asdict(part))
         print(f"cvload: load process {part.index} on {node['ip']} ({node['host']}, node {node['node_id'][:8]}): "
               f"clock offset {offset * 1000:+.3f} ms" + (" (this host's kernel)" if offset == 0.0 else
                                                          f" (round trip {rtt * 1000:.2f} ms)")
               + f", wall clock {wall_offset * 1000:+.3f} ms", file=sys.stderr, flush=True)
         return transport
 
-    def translate(self, child: _Child, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    def translate(self, child: FleetMember, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
         offset = child.transport.offset
         if offset == 0.0:
             return batch
         for kind, payload in batch:
-            if kind == "record":
+            if kind in ("record", "sent"):
                 payload.sent += offset
                 if payload.intended is not None:
                     payload.intended += offset
@@ -209,7 +212,7 @@ class RayFleet(ProcessFleet):
                         payload[key] += offset
         return batch
 
-    def go(self, child: _Child, t0: float) -> dict[str, Any]:
+    def go(self, child: FleetMember, t0: float) -> dict[str, Any]:
         return {"cmd": "go", "t0": t0 - child.transport.offset}
 
     def placement(self) -> list[dict[str, Any]]:
@@ -235,12 +238,10 @@ class RayFleet(ProcessFleet):
 READY_TIMEOUT_RAY_S = 120.0  # Ray must find a node with a free CPU (and the resource asked) for each process
 
 
-def _asdict(part: Part) -> dict[str, Any]:
-    return {"index": part.index, "count": part.count, "config": part.config, "delay_s": part.delay_s}
-
-
-async def start_ray_fleet(config: RunConfig, items: int) -> RayFleet:
-    """Connect to the cluster, place the load processes, measure their clocks, wait until all are ready."""
+async def ray_fleet(config: RunConfig, items: int, events: Events | None = None, *,
+                    until_drained: bool = False) -> RayFleet:
+    """Connect to the cluster and size the fleet; its ``start()`` places the load processes, measures their
+    clocks and waits until all are ready."""
     import asyncio
 
     ray = _ray()
@@ -271,10 +272,4 @@ async def start_ray_fleet(config: RunConfig, items: int) -> RayFleet:
             ray.shutdown()
         raise UsageError(f"--processes {count}: the Ray cluster at {config.ray_address} has {cpus} CPUs, one "
                          "per load process", hint=f"use --processes {cpus} or fewer, or add nodes")
-    fleet = RayFleet(config, count, items, ray, owns)
-    try:
-        await fleet.start()
-    except BaseException:
-        fleet.close_processes(grace=1.0)
-        raise
-    return fleet
+    return RayFleet(config, count, items, ray, owns, events, until_drained=until_drained)

@@ -13,18 +13,24 @@ import contextlib
 import datetime as dt
 import platform
 import signal
+import sys
 import tempfile
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from cvload import __version__
+from cvload.apis import api_spec, run_label
 from cvload.config import RunConfig
-from cvload.engine import Engine, RunResult
+from cvload.driver import EngineState, Events, LoadDriver, RunResult
+from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.exporter import DEFAULT_LINGER_S, Exporter, LiveGauges
 from cvload.loop_health import LoopHealth
 from cvload.metrics import Tally
+from cvload.records import RequestRecord
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
 from cvload.targets import make_target
 from cvload.targets.base import Target, TargetInfo
@@ -61,19 +67,28 @@ class RunView(Protocol):
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RECENT = 2000  # finished requests a live view may look at (the console's percentiles over the latest)
 
 
 @dataclass
 class Session:
+    """``engine``: the run's ``LoadDriver`` (an ``Engine``, or a fleet of load processes). ``events``: what it
+    tells, made before the driver so that a sweep can listen from the first request; ``until_drained``: the
+    driver sends until ``drain()`` (a sweep) instead of one pass over the inputs."""
+
     config: RunConfig
     out_dir: Path | None = None
     writer: ResultsWriter | None = None
-    engine: Engine | None = None
+    engine: LoadDriver | None = None
+    events: Events = field(default_factory=Events)
+    until_drained: bool = False
+    # The latest finished requests, for a live view (the console's percentiles over the latest).
+    recent: deque[RequestRecord] = field(default_factory=lambda: deque(maxlen=RECENT))
     targets: list[Target] = field(default_factory=list)
     infos: list[TargetInfo] = field(default_factory=list)
     objectives: list[Any] = field(default_factory=list)
     telemetry: Any = None
-    server: Any = None  # the embedded TritonServer when --emulator
+    server: Any = None  # the API's emulated server when --emulator (cvload.emulator.launch.Emulator)
     stats_before: dict[str, Any] | None = None
     started_wall: float = 0.0
     summary: dict[str, Any] | None = None
@@ -83,7 +98,9 @@ class Session:
     stop_asked: bool = False
     loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
     content: Any = None  # --check-content: the live checker (cvload.listening.ContentChecker)
+    exporter: Exporter | None = None  # --prometheus-port / --prometheus-push
     _loop: asyncio.AbstractEventLoop | None = None
+    _linger_cut: asyncio.Event | None = None
 
     # ---- the lifecycle -------------------------------------------------------------------------------------------
     async def run(self, view: RunView) -> int:
@@ -105,6 +122,7 @@ class Session:
                 view.detach(self)
                 summary = await self.finish()
             view.final(self, summary)
+            await self.linger()
             return self.exit_code()
         finally:
             for sig in handled:
@@ -114,46 +132,28 @@ class Session:
     def interrupt(self) -> None:
         """The user's stop (Ctrl-C, SIGTERM, the dashboard's q): stop sending, drain, write the results."""
         self.stop_asked = True
+        if self._linger_cut is not None:
+            self._linger_cut.set()
         if self.engine is not None and not self.engine.state.stopping:
             self.engine.interrupt()
 
     # ---- before the first request --------------------------------------------------------------------------
     def start_emulator(self) -> None:
-        """Start the embedded server (blocking, ~1 s) into the results folder and point the run at it."""
-        from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository, get_profile
-        from cvload.triton.launcher import TritonServer
+        """Start the API's emulated server (blocking, ~1 s) into the results folder and point the run at it."""
+        from cvload.emulator import get_profile
+        from cvload.emulator.launch import EmulatorSettings
 
         cfg = self.config
-        profile = get_profile(cfg.profile or "demo", cfg.profile_set)
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
-        if cfg.api == "openai":  # the OpenAI-style speech server, in its own process, with the same profile
-            from cvload.emulator.openai_server import OpenAIServer
-
-            self.server = OpenAIServer(profile, model=cfg.model, max_conc=cfg.max_conc or 0, workdir=root,
-                                       die_with_parent=True).start()
-            self.config = cfg.merged({"server": [self.server.url]})
-            return
-        if cfg.api == "cosyvoice":  # CosyVoice's Python runtime, in a child process; it has no metrics endpoint
-            from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
-
-            self.server = RuntimeServer(profile, max_conc=cfg.max_conc or DEFAULT_MAX_CONC,
-                                        sample_rate=cfg.sample_rate or 24000, workdir=root, die_with_parent=True)
-            self.server.start()
-            address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
-            self.config = cfg.merged({"server": [address]})
-            return
-        if cfg.pipeline:
-            repo = build_pipeline_repository(root, profile, name=cfg.model, mode=cfg.mode)
-        else:
-            repo = build_repository(root, [EmulatedModel(name=cfg.model, profile=profile, mode=cfg.mode)])
-        self.server = TritonServer(repo, workdir=root, die_with_parent=True)
-        self.server.start()
-        address = self.server.grpc_url if cfg.protocol == "grpc" else self.server.http_url
-        self.config = cfg.merged({"server": [address]})
-        if cfg.metrics_url is None:
+        settings = EmulatorSettings(profile=get_profile(cfg.profile or "demo", cfg.profile_set), model=cfg.model,
+                                    mode=cfg.mode, pipeline=cfg.pipeline, max_conc=cfg.max_conc,
+                                    sample_rate=cfg.sample_rate, workdir=root)
+        self.server = api_spec(cfg.api).emulated(settings).start()
+        self.config = cfg.merged({"server": [self.server.address(cfg.protocol)]})
+        if cfg.metrics_url is None:  # None where the server has no metrics endpoint
             self.config = self.config.merged({"metrics_url": self.server.metrics_url})
 
-    async def prepare(self) -> Engine:
+    async def prepare(self) -> LoadDriver:
         from cvload.inputs import load_items
         from cvload.slo import parse_objectives, request_check
 
@@ -162,7 +162,7 @@ class Session:
         items = load_items(cfg.inputs, spk_cache=cfg.spk_cache)
         if not items:
             raise UsageError(f"no input items in {cfg.inputs or 'the built-in set'}")
-        label = f"{cfg.mode if cfg.api == 'triton' else cfg.api}-{cfg.protocol}" + (f"-{cfg.name}" if cfg.name else "")
+        label = run_label(cfg.api, cfg.protocol, cfg.mode, cfg.name)
         self.out_dir = Path(cfg.out) if cfg.out else default_out_dir(label)
         self.writer = ResultsWriter(self.out_dir)
         if cfg.emulator:
@@ -171,7 +171,7 @@ class Session:
             cfg = self.config
         for address in cfg.addresses():
             self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,
-                                            timeout=cfg.request_timeout, api=cfg.api, options=cfg))
+                                            timeout=cfg.request_timeout, config=cfg))
         try:
             self.infos = list(await asyncio.gather(*(t.open() for t in self.targets)))
         except BaseException:
@@ -190,29 +190,96 @@ class Session:
         })
         if self.infos and self.infos[0].model_config:
             self.writer.write_json("model_config.json", self.infos[0].model_config)
-        if cfg.ray_address:  # the load processes on a Ray cluster's nodes
-            from cvload.ray_fleet import start_ray_fleet
-
-            fleet = await start_ray_fleet(cfg, len(items))
-        else:  # --processes: the load in several processes of this host
-            from cvload.multiproc import start_fleet
-
-            fleet = await start_fleet(cfg, len(items))
-        if fleet is not None:
-            self.engine, self.loop_health = fleet, fleet.health  # type: ignore[assignment]
-        else:
-            self.engine = Engine(cfg, self.targets, items)
         self._loop = asyncio.get_running_loop()
-        if self.content is not None:
-            self.engine.content = self.content
-        self.engine.listeners.append(self.writer.on_record)
+        # The results folder first: a listener added later (a sweep's levels) finds every record written.
+        self.events.finished.add_listener(self.writer.on_record, first=True)
         self.tally = Tally(meets=request_check(self.objectives))
-        self.engine.listeners.append(self.tally.add)
+        self.events.finished.add_listener(self.tally.add)
+        self.events.finished.add_listener(self.recent.append)
         self.writer.on_error = self._records_failed
         if cfg.save_audio:
-            self.engine.on_audio = self.writer.write_audio
+            self.events.audio.add_listener(self.writer.write_audio)
+        self.exporter = self._make_exporter()
+        driver = self.engine = await self._driver(cfg, items)
+        if driver.health is not None:  # a fleet: the client section is its load processes' loops
+            self.loop_health = driver.health
         self.telemetry = self._make_telemetry()
-        return self.engine
+        return driver
+
+    async def _driver(self, cfg: RunConfig, items: list[Any]) -> LoadDriver:
+        """The run's driver, started: a Ray fleet (--ray-address), a fleet of this host's processes
+        (--processes N), or an engine in this process."""
+        driver: LoadDriver
+        if cfg.ray_address:
+            from cvload.ray_fleet import ray_fleet
+
+            driver = await ray_fleet(cfg, len(items), self.events, until_drained=self.until_drained)
+        else:
+            from cvload.multiproc import ProcessFleet, resolve_processes
+
+            count = resolve_processes(cfg)
+            driver = (ProcessFleet(cfg, count, len(items), self.events, until_drained=self.until_drained)
+                      if count > 1 else
+                      Engine(cfg, self.targets, items, events=self.events, until_drained=self.until_drained))
+        if self.content is not None and isinstance(driver, Engine):  # --check-content: one process (config)
+            driver.content = self.content
+        try:
+            await driver.start()
+        except BaseException:
+            await driver.close()
+            raise
+        return driver
+
+    def _make_exporter(self) -> Exporter | None:
+        """--prometheus-port/--prometheus-push: listening and the first push happen here, before the driver
+        starts, so a busy port or a refused Pushgateway fails before any load (exit 2)."""
+        cfg = self.config
+        if cfg.prometheus_port is None and not cfg.prometheus_push:
+            return None
+        assert self.out_dir is not None and self.writer is not None
+
+        def state() -> EngineState:
+            return self.engine.state if self.engine is not None else EngineState()
+
+        gauges = LiveGauges(
+            in_flight=lambda: self.engine.inflight_count if self.engine is not None else None,
+            requested_concurrency=lambda: state().concurrency if cfg.closed_loop else None,
+            requested_rate=lambda: None if cfg.closed_loop else state().rate,
+            client=lambda: self.loop_health.live() if state().started else None)
+        mode = self.infos[0].mode if self.infos else cfg.mode
+        exporter = Exporter(run_id=self.out_dir.name, api=cfg.api, protocol=cfg.protocol or "", mode=mode,
+                            gauges=gauges)
+        if cfg.prometheus_port is not None:
+            exporter.serve(cfg.prometheus_port, cfg.prometheus_address)
+            print(f"cvload: metrics on {exporter.url} (run_id {self.out_dir.name})", file=sys.stderr, flush=True)
+        if cfg.prometheus_push:
+            exporter.push_to(cfg.prometheus_push)
+        self.events.finished.add_listener(exporter.observe)
+        return exporter
+
+    def export_level(self, level: float | None) -> None:
+        """A sweep's load level, as the ``cvload_sweep_level`` gauge."""
+        if self.exporter is not None:
+            self.exporter.set_level(level)
+
+    async def linger(self) -> None:
+        """Keep the metrics endpoint up ``--prometheus-linger`` after the run (the last scrape sees the final
+        numbers), unless the user stops; then stop it, after the last push."""
+        exporter = self.exporter
+        if exporter is None:
+            return
+        self.exporter = None
+        linger = self.config.prometheus_linger if self.config.prometheus_linger is not None else DEFAULT_LINGER_S
+        self._linger_cut = asyncio.Event()
+        exporter.finish()
+        if exporter.port is not None and linger > 0 and not self.stop_asked:
+            print(f"cvload: metrics stay on {exporter.url} for {linger:g} s for the last scrape "
+                  "(--prometheus-linger; Ctrl-C ends it now)", file=sys.stderr, flush=True)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._linger_cut.wait(), linger)
+        loop = asyncio.get_running_loop()
+        for warning in await loop.run_in_executor(None, exporter.close):
+            print(f"cvload: --prometheus-push: {warning}", file=sys.stderr, flush=True)
 
     async def _start_listening(self) -> None:
         """The VAD model and the recogniser are checked (and the recogniser's processes loaded) before any load."""
@@ -247,7 +314,7 @@ class Session:
         cfg = self.config
         if cfg.metrics_url:
             return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
-        if cfg.api != "triton":  # no Triton metrics beside these servers: GPU from NVML or a given --metrics-url
+        if not api_spec(cfg.api).triton_telemetry:  # no metrics beside it: GPU from NVML or a given --metrics-url
             return None
         return default_metrics_url(cfg.addresses()[0], cfg.protocol)
 
@@ -257,7 +324,7 @@ class Session:
         from cvload.telemetry import Telemetry
 
         assert self.out_dir is not None
-        triton = self.config.api == "triton"
+        triton = api_spec(self.config.api).triton_telemetry
         telemetry = Telemetry(metrics_url=self._metrics_url(), stats_source=self._statistics if triton else None,
                               interval=self.config.telemetry_interval, gpu_source=self.config.gpu_source,
                               out_path=self.out_dir / "telemetry.jsonl")
@@ -279,7 +346,7 @@ class Session:
         assert self.engine is not None
         if self.telemetry is not None:
             await self.telemetry.start()
-            self.engine.on_measure_start = self.telemetry.mark_measure_start
+            self.events.measure_start.add_listener(self.telemetry.mark_measure_start)
         self.loop_health.start()
         try:
             self.result = await self.engine.run()
@@ -291,14 +358,39 @@ class Session:
 
     async def finish(self) -> dict[str, Any]:
         """Write summary, stats diff and audio; evaluate objectives. Safe to call after a failed run."""
-        from cvload.slo import all_met, evaluate
-
         assert self.writer is not None and self.engine is not None
         result = self.result
         state = self.engine.state
-        wall = result.wall_s if result else 0.0
-        summary: dict[str, Any] = {"schema": SUMMARY_SCHEMA, "cvload_version": __version__}
         cfg = self.config
+        load = ({"kind": "closed", "num_tasks": cfg.concurrency} if cfg.closed_loop else
+                {"kind": "open", "rate": cfg.rate, "arrival": cfg.arrival, "max_inflight": cfg.max_inflight})
+        status = "aborted" if state.aborted else "interrupted" if state.interrupted else "completed"
+        measured = self.tally.summary(wall_s=result.wall_s if result else 0.0,
+                                      concurrency=result.concurrency if result else None)
+        summary = self.build_summary(measured, load=load, status=status, abort_reason=state.aborted,
+                                     started_wall=self.started_wall, finished_wall=time.time())
+        stats_after = await self._statistics()
+        if self.stats_before is not None and stats_after is not None:
+            from cvload.telemetry import stats_diff
+
+            self.writer.write_json("server_stats.json", {"models": stats_diff(self.stats_before, stats_after)})
+        self.writer.write_summary(summary)
+        self.summary = summary
+        return summary
+
+    def build_summary(self, measured: dict[str, Any], *, load: dict[str, Any], status: str,
+                      abort_reason: str | None, started_wall: float, finished_wall: float,
+                      window: tuple[float, float] | None = None,
+                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """summary.json (schema cvload.summary/1) of this session's run, or of a part of it (a sweep level):
+        the one builder, so every summary has the same keys. ``measured``: ``Tally.summary``/``summarize`` over
+        its records; ``window``: the part's monotonic start and end (outages and telemetry over it); ``extra``:
+        keys of the part's own (a sweep level's ``sweep_level``), after ``load``. Objectives judged on it."""
+        from cvload.slo import all_met, evaluate
+
+        cfg = self.config
+        state = self.engine.state if self.engine is not None else EngineState()
+        summary: dict[str, Any] = {"schema": SUMMARY_SCHEMA, "cvload_version": __version__}
         summary["target"] = {"servers": cfg.addresses(), "protocol": cfg.protocol, "mode": cfg.mode,
                              "model": cfg.model}
         tls = self.targets[0].transport.describe() if self.targets else None
@@ -306,33 +398,30 @@ class Session:
             summary["target"]["tls"] = tls
         if cfg.insecure:
             summary["warnings"] = [INSECURE_WARNING]
-        if cfg.api != "triton":  # another server API: its request kind says what a chunk is
+        if api_spec(cfg.api).in_summary:  # another server API: its request kind says what a chunk is
             summary["target"].update(api=cfg.api, mode=self.infos[0].mode if self.infos else cfg.mode,
                                      inference=cfg.inference)
-        summary["load"] = ({"kind": "closed", "num_tasks": cfg.concurrency} if cfg.closed_loop else
-                           {"kind": "open", "rate": cfg.rate, "arrival": cfg.arrival,
-                            "max_inflight": cfg.max_inflight})
-        summary["status"] = "aborted" if state.aborted else "interrupted" if state.interrupted else "completed"
-        summary["abort_reason"] = state.aborted
-        summary["outages"] = [outage.to_json(state.started) for outage in state.outages]  # --on-server-loss continue
-        summary["started_at"] = _iso(self.started_wall)
-        summary["finished_at"] = _iso(time.time())
-        summary.update(self.tally.summary(wall_s=wall, concurrency=result.concurrency if result else None))
-        if self.content is not None:
+        summary["load"] = load
+        summary.update(extra or {})
+        summary["status"] = status
+        summary["abort_reason"] = abort_reason
+        outages = state.outages if window is None else [  # --on-server-loss continue
+            o for o in state.outages if o.start < window[1] and (o.end is None or o.end > window[0])]
+        summary["outages"] = [outage.to_json(state.started) for outage in outages]
+        summary["started_at"] = _iso(started_wall)
+        summary["finished_at"] = _iso(finished_wall)
+        summary.update(measured)
+        if self.content is not None:  # --check-content: the checker's counts (over the whole run)
             summary["content"] = self.content.summary()
         if self.telemetry is not None:
-            summary["telemetry"] = self.telemetry.summary()
+            summary["telemetry"] = self.telemetry.summary(None if window is None else window[0])
         summary["client"] = self.loop_health.summary()
-        stats_after = await self._statistics()
-        if self.stats_before is not None and stats_after is not None:
-            from cvload.telemetry import stats_diff
-
-            self.writer.write_json("server_stats.json", {"models": stats_diff(self.stats_before, stats_after)})
+        if self.exporter is not None:
+            summary["prometheus"] = {"run_id": self.exporter.run_labels[0], "port": self.exporter.port,
+                                     "push": cfg.prometheus_push}
         verdicts = evaluate(self.objectives, summary)
         summary["slo"] = verdicts
         summary["slo_passed"] = all_met(verdicts)
-        self.writer.write_summary(summary)
-        self.summary = summary
         return summary
 
     def exit_code(self) -> int:
@@ -347,12 +436,14 @@ class Session:
         if self.content is not None:
             self.content.close()
             self.content = None
-        close_processes = getattr(self.engine, "close_processes", None)  # a fleet's load processes end here
-        if close_processes is not None:
-            await asyncio.get_running_loop().run_in_executor(None, close_processes)
+        if self.engine is not None:  # a fleet's load processes end here
+            await self.engine.close()
         for target in self.targets:
             with contextlib.suppress(Exception):  # closing a broken connection must not hide the result
                 await target.close()
+        if self.exporter is not None:  # the run failed before its linger: no waiting, but the last push
+            await asyncio.get_running_loop().run_in_executor(None, self.exporter.close)
+            self.exporter = None
         if self.writer is not None:
             self.writer.close()
         if self.server is not None:

@@ -1,7 +1,9 @@
 """``cvload sweep``: one server, one engine, a series of load levels; the highest level meeting every objective.
 
-The load changes live between levels (streams carry over, the server is never restarted). Each request is tagged
-with its level as it leaves (``Engine.on_send``) and routed, when it finishes, into its level's results folder,
+The load changes live between levels (streams carry over, the server is never restarted). The sweep drives any
+``LoadDriver`` (one process, ``--processes N``, ``--ray-address``) through the run's ``Events``: each request is
+tagged with its level by its send time (``events.sent``; a fleet reports sends a little late, the time decides)
+and routed, when it finishes (``events.finished``), into its level's results folder,
 so a level is judged when its own requests are done while the next level already sends; a request still running
 ``--drain`` after its level's window is recorded there as incomplete. The layout and ``sweep.json`` schema are in
 docs/sweep.md. Views (the console, the dashboard) only listen (``SweepView``).
@@ -26,14 +28,17 @@ from typing import Any, Protocol
 import numpy as np
 
 from cvload import __version__
+from cvload.apis import run_label
 from cvload.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup, parse_levels
+from cvload.driver import LoadDriver
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
 from cvload.metrics import BY_NAME, FloatColumn, end_time, stats, summarize, values
 from cvload.records import RequestRecord
-from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir, write_json
+from cvload.results import ResultsWriter, default_out_dir, write_json
 from cvload.session import STOP_SIGNALS, Session
-from cvload.slo import all_met, evaluate, parse_objective, parse_objectives, request_check
+from cvload.slo import parse_objective, parse_objectives, request_check
+from cvload.targets.base import Chunk
 
 SWEEP_SCHEMA = "cvload.sweep/1"
 DEFAULT_LEVEL_S = 10.0  # a level's measurement without --duration or --requests
@@ -166,6 +171,7 @@ class Level:
     records: list[RequestRecord] = field(default_factory=list)
     late: int = 0  # finished after the level was judged (already counted as incomplete)
     judged: bool = False
+    discarded: bool = False  # ended by the stop rules: its folder is gone
     stable: bool | None = None  # --stable: whether the windows agreed before --stable-max
     summary: dict[str, Any] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a state change or the last request back
@@ -206,19 +212,26 @@ class Sweep:
         self.meets = request_check(self.objectives) or (lambda r: True)  # without objectives: goodput = ok/s
         first = self.plan.levels[0]
         closed = self.plan.kind == "concurrency"
-        label = f"sweep-{config.mode}-{config.protocol}" + (f"-{config.name}" if config.name else "")
+        label = "sweep-" + run_label(config.api, config.protocol, config.mode, config.name)
         self.out_dir = Path(config.out) if config.out else default_out_dir(label)
         # The engine runs the whole sweep: first level's load, no limit or warm-up of its own (levels have theirs).
         engine_config = config.merged({"out": str(self.out_dir)})
         engine_config = dataclasses.replace(engine_config, num_tasks=int(first) if closed else None,
                                             rate=None if closed else first, duration=None, requests=None,
-                                            warmup=None, ramp=0.0 if config.ramp is None else config.ramp)
-        self.session = Session(engine_config)
+                                            warmup=None, ramp=0.0 if config.ramp is None else config.ramp,
+                                            slo=objectives_for(config))  # the levels' summaries judge these
+        self.session = Session(engine_config, until_drained=True)
+        self.session.events.sent.add_listener(self._on_send)
+        # After the session's own listeners (the root records.jsonl keeps every request).
+        self.session.events.finished.add_listener(self._on_record)
         self.levels: list[Level] = []
         self.current: Level | None = None
         self.stopped_because: str | None = None
         self.started = 0.0
         self._owner: dict[int, Level] = {}
+        # Requests in flight by index, with the chunks they received so far (a level is judged before they end).
+        self._running: dict[int, tuple[RequestRecord, list[Chunk]]] = {}
+        self._closed: list[Level] = []  # levels whose window ended, latest last (judged or not)
         # When every finished request was sent and finished (8 bytes each): what was in flight during each level.
         self._sent, self._finished = FloatColumn(), FloatColumn()
         self._stop = asyncio.Event()
@@ -231,7 +244,7 @@ class Sweep:
         self._view: SweepView | None = None
 
     @property
-    def engine(self) -> Engine:
+    def engine(self) -> LoadDriver:
         assert self.session.engine is not None
         return self.session.engine
 
@@ -244,9 +257,6 @@ class Sweep:
             view.preparing(self.user_config)
             engine = await self.session.prepare()
             self._rewrite_config()
-            engine.until_ended = True
-            engine.on_send = self._on_send
-            engine.listeners.append(self._on_record)  # the session's root records.jsonl keeps every request
             for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, self.interrupt)
                 handled.append(sig)
@@ -258,7 +268,7 @@ class Sweep:
                 await self._levels()
             finally:
                 if not self._interrupted:
-                    engine.end()
+                    engine.drain()
                 await running
                 self._engine_done.set()
                 await asyncio.gather(*self._judges)
@@ -266,6 +276,7 @@ class Sweep:
             result = self.result()
             self._write(result)
             view.final(self, result)
+            await self.session.linger()
             return self.exit_code(result)
         finally:
             for sig in handled:
@@ -290,6 +301,9 @@ class Sweep:
         """The user's stop: stop sending, cancel what is in flight after a short drain, write what was judged."""
         self._interrupted = True
         self.stopped_because = self.stopped_because or "interrupted"
+        self.session.stop_asked = True
+        if self.session._linger_cut is not None:  # Ctrl-C while the metrics endpoint lingers: end it now
+            self.session._linger_cut.set()
         self._stop.set()
         if self.session.engine is not None:
             self.session.engine.interrupt()
@@ -394,6 +408,7 @@ class Sweep:
         if warm_requests == 0 and warm_seconds is None:
             self._open_window(level)
         self.current = level
+        self.session.export_level(shown)
         engine = self.engine
         if self.plan.kind == "concurrency":
             engine.set_concurrency(int(value))
@@ -417,6 +432,7 @@ class Sweep:
     def _discard(self, level: Level) -> None:
         """A level the stop rules ended: its folder goes (its requests stay in the root records.jsonl)."""
         self._discarded += 1
+        level.discarded = True
         level.writer.close()
         shutil.rmtree(level.folder, ignore_errors=True)
         for index in [i for i, lv in self._owner.items() if lv is level]:
@@ -428,6 +444,7 @@ class Sweep:
 
     def _close_window(self, level: Level) -> None:
         level.state, level.ended = "closed", time.monotonic()
+        self._closed.append(level)
         level.changed.set()
 
     async def _until(self, level: Level, done: Callable[[], bool], timeout: float | None, bisect: bool) -> bool:
@@ -483,27 +500,40 @@ class Sweep:
         return mean > 0 and max(abs(p - mean) for p in p95s) <= self.plan.stable * mean  # type: ignore[operator]
 
     # ---- requests ------------------------------------------------------------------------------------------------
-    def _on_send(self, record: RequestRecord) -> None:
-        """Tag a request with the level now sending (before it leaves): warm-up, measured, or between levels."""
-        level = self.current
-        if level is None or level.state == "closed":
+    def _level_at(self, sent: float) -> Level | None:
+        """The level whose load was on when a request left at ``sent``: the current one, or one whose window
+        closed after it left but was not judged yet (a fleet reports each send up to a batch late)."""
+        candidates = ([self.current] if self.current is not None else []) + self._closed[-2:]
+        for level in candidates:
+            if level.judged or level.discarded or sent < level.applied or (
+                    level.ended is not None and sent >= level.ended):
+                continue
+            return level
+        return None
+
+    def _on_send(self, record: RequestRecord, chunks: list[Chunk]) -> None:
+        """Tag a request with the level sending when it left: warm-up, measured, or between levels."""
+        self._running[record.index] = (record, chunks)
+        level = self._level_at(record.sent)
+        if level is None:
             record.warmup = True  # between levels: never measured
             return
         record.level = self.plan.value(level.value)
         self._owner[record.index] = level
         level.outstanding += 1
-        if level.state == "warmup":
+        if level.started is None or record.sent < level.started:
             record.warmup = True
             level.warm_sent += 1
-            if level.warmup_target and level.warm_sent >= level.warmup_target:
+            if level.state == "warmup" and level.warmup_target and level.warm_sent >= level.warmup_target:
                 self._open_window(level)
             return
         record.warmup = False
         level.measured_sent += 1
-        if self.plan.requests is not None and level.measured_sent >= self.plan.requests:
+        if level.state == "measure" and self.plan.requests is not None and level.measured_sent >= self.plan.requests:
             self._close_window(level)
 
     def _on_record(self, record: RequestRecord) -> None:
+        self._running.pop(record.index, None)
         self._sent.append(record.sent)
         self._finished.append(end_time(record))
         level = self._owner.pop(record.index, None)
@@ -535,7 +565,7 @@ class Sweep:
         now = time.monotonic()
         for index in [i for i, lv in self._owner.items() if lv is level]:
             del self._owner[index]
-            entry = self.engine.in_flight.get(index)
+            entry = self._running.get(index)
             if entry is None:
                 continue
             record, chunks = entry
@@ -579,38 +609,31 @@ class Sweep:
             self.current.changed.set()
 
     def _summary(self, level: Level) -> dict[str, Any]:
-        """The level's summary.json (schema cvload.summary/1), judged on its own objectives."""
+        """The level's summary.json (the session's builder: every key a run's has), judged on its own objectives."""
         assert level.started is not None and level.ended is not None
         cfg = self.session.config
         wall = level.ended - level.started
-        summary: dict[str, Any] = {"schema": SUMMARY_SCHEMA, "cvload_version": __version__}
-        summary["target"] = {"servers": cfg.addresses(), "protocol": cfg.protocol, "mode": cfg.mode,
-                             "model": cfg.model}
-        summary["load"] = ({"kind": "closed", "num_tasks": int(level.value)} if level.kind == "concurrency" else
-                           {"kind": "open", "rate": level.value, "arrival": cfg.arrival,
-                            "max_inflight": cfg.max_inflight})
-        summary["sweep_level"] = {"value": self.plan.value(level.value), "kind": level.kind, "phase": level.phase,
-                                  "number": level.number, "window_s": wall,
-                                  "started_s": level.started - self.started,
-                                  "warmup_s": level.started - level.applied, "stable": level.stable}
+        load = ({"kind": "closed", "num_tasks": int(level.value)} if level.kind == "concurrency" else
+                {"kind": "open", "rate": level.value, "arrival": cfg.arrival, "max_inflight": cfg.max_inflight})
+        extra = {"sweep_level": {"value": self.plan.value(level.value), "kind": level.kind, "phase": level.phase,
+                                 "number": level.number, "window_s": wall, "started_s": level.started - self.started,
+                                 "warmup_s": level.started - level.applied, "stable": level.stable}}
         interrupted = self._interrupted and not any(r for r in level.records if not r.warmup)
-        summary["status"] = "interrupted" if interrupted else "completed"
-        summary["abort_reason"] = None
         requested = float(level.value) if level.kind == "concurrency" else None
-        summary.update(summarize(level.records, wall_s=wall, concurrency=self._achieved(level, requested),
-                                 meets=self.meets))
-        summary["client"] = self.session.loop_health.summary()
-        verdicts = evaluate(self.objectives, summary)
-        summary["slo"] = verdicts
-        summary["slo_passed"] = all_met(verdicts)
-        return summary
+        measured = summarize(level.records, wall_s=wall, concurrency=self._achieved(level, requested),
+                             meets=self.meets)
+        now_wall, now = time.time(), time.monotonic()
+        return self.session.build_summary(
+            measured, load=load, status="interrupted" if interrupted else "completed", abort_reason=None,
+            started_wall=now_wall - (now - level.started), finished_wall=now_wall - (now - level.ended),
+            window=(level.started, level.ended), extra=extra)
 
     def _achieved(self, level: Level, requested: float | None) -> dict[str, float | None]:
         """Requests in flight during the level's window (any level's), time-weighted, and their maximum."""
         assert level.started is not None and level.ended is not None
         lo, hi = level.started, level.ended
         now = time.monotonic()
-        running = [r.sent for r, _ in self.engine.in_flight.values()]
+        running = [r.sent for r, _ in self._running.values()]
         starts = np.concatenate([self._sent.view(), np.asarray(running, dtype=float)])
         ends = np.concatenate([self._finished.view(), np.full(len(running), now)])
         a, b = np.maximum(starts, lo), np.minimum(ends, hi)

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from cvload.address import parse
+from cvload.apis import api_spec
 from cvload.errors import CvloadError, UsageError
 
 HEADERS_ENV = "CVLOAD_HEADERS"
-OPENAI_KEY_ENV = "OPENAI_API_KEY"
 REDACTED = "***"
 PROBE_TIMEOUT_S = 1.0
 _NAME_MISMATCH = (62, 64)  # X509_V_ERR_HOSTNAME_MISMATCH, X509_V_ERR_IP_ADDRESS_MISMATCH  # a failed open() explains itself within this, on top of its own timeout
@@ -94,12 +94,16 @@ class Transport:
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def of(cls, options: Any = None, *, api: str | None = None,
+    def of(cls, options: Any = None, *, token_env: str | None = None,
            environ: Mapping[str, str] | None = None) -> Transport:
         """From a RunConfig (or None: plain, headers from the environment only). Reads the header file, the
-        environment and the certificate files now, so a bad one is a UsageError before any load."""
+        environment and the certificate files now, so a bad one is a UsageError before any load.
+
+        ``token_env``: an environment variable whose value goes as a bearer token, after the other sources
+        (default: the run's API's, e.g. ``OPENAI_API_KEY`` for ``--api openai``)."""
         env = os.environ if environ is None else environ
-        api = api or getattr(options, "api", None)
+        if token_env is None and options is not None:
+            token_env = api_spec(getattr(options, "api", None)).token_env
         found: list[Header] = []
         for i, text in enumerate(getattr(options, "header", None) or [], 1):
             found.append(parse_header(text, where=f"--header #{i}"))
@@ -113,8 +117,8 @@ class Transport:
             found += read_header_lines(text, where=f"--header-file {header_file}", source=f"--header-file {header_file}")
         if env.get(HEADERS_ENV):
             found += read_header_lines(env[HEADERS_ENV], where=HEADERS_ENV, source=HEADERS_ENV)
-        if api == "openai" and env.get(OPENAI_KEY_ENV):
-            found.append(Header("Authorization", f"Bearer {env[OPENAI_KEY_ENV]}", OPENAI_KEY_ENV))
+        if token_env and env.get(token_env):
+            found.append(Header("Authorization", f"Bearer {env[token_env]}", token_env))
         headers: dict[str, Header] = {}
         for header in found:  # the first source naming a header wins
             headers.setdefault(header.name.lower(), header)
@@ -341,7 +345,7 @@ class Transport:
         return UsageError(f"{address} {what}: it did not accept the client certificate --client-cert "
                           f"{self.client_cert}", hint="use a client certificate signed by a CA the server trusts")
 
-    def refused(self, where: str, status: str, *, api: str | None = None) -> UsageError:
+    def refused(self, where: str, status: str, *, token_env: str | None = None) -> UsageError:
         """HTTP 401/403 or gRPC UNAUTHENTICATED/PERMISSION_DENIED while opening: the token is missing or
         rejected (the message names the headers sent, never their values)."""
         auth = next((h for h in self.headers if h.name.lower() == "authorization"), None)
@@ -350,8 +354,7 @@ class Transport:
         if auth is not None:
             hint = f"the Authorization header from {auth.source} was not accepted: check the token"
         else:
-            hint = "the server wants a token: " + TOKEN_HINT + (f", or set {OPENAI_KEY_ENV}" if api == "openai"
-                                                                else "")
+            hint = "the server wants a token: " + TOKEN_HINT + (f", or set {token_env}" if token_env else "")
         return UsageError(f"{where} refused the request ({status}): token missing or rejected{sent}", hint=hint)
 
     async def grpc_refusal(self, address: str, exc: Any) -> CvloadError | None:

@@ -287,6 +287,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bootstrap", help="build and launch the Triton + TensorRT-LLM CosyVoice server "
                        "(or the emulator), resumably; diagnose it (doctor)", description=DESCRIPTION)
     configure(p)
+    from server_bootstrap import tune  # cvload tune --bootstrap: this package's deployments, by registration
+
+    tune.register()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,7 +47,7 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
 def target(url: str, **options: object) -> OpenAISpeech:
     config = RunConfig(api="openai", server=[url], **options).validate()  # type: ignore[arg-type]
     made = make_target(config.protocol, config.mode, config.addresses()[0], config.model, timeout=10.0,
-                       api="openai", options=config)
+                       api="openai", config=config)
     assert isinstance(made, OpenAISpeech)
     return made
 
@@ -227,3 +227,15 @@ class _Quiet:
 
     def final(self, session: Session, summary: dict) -> None:
         pass
+
+
+def test_a_sweep_s_folder_names_its_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --out, an OpenAI sweep's folder says openai-http (it said streaming-http, Triton's words)."""
+    from cvload.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["sweep", "--api", "openai", "--emulator", "--profile", "instant", "--num-tasks", "1,2",
+                 "--requests", "2", "--gpu-source", "none", "--quiet"])
+    assert code == 0
+    [folder] = (tmp_path / "results").iterdir()
+    assert folder.name.endswith("-sweep-openai-http") and (folder / "sweep.json").is_file()

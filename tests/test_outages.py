@@ -108,13 +108,18 @@ async def test_continue_rides_out_a_restart_on_the_same_ports(start_emulator, tm
     started = session.engine.state.started
     assert 0 < outage["start_s"] < outage["end_s"] <= restarted[0] - started + PROBE_MAX_S + 0.5
     assert outage["probes"] >= 1
-    failed = [r for r in records if r["error_kind"] not in (None, "cancelled")]  # cancelled: the end's drain
+    # Nobody pressed Ctrl-C: the requests in flight when the server died are failures counted in the totals
+    # (none ``cancelled`` and left out), and those failing fast meanwhile were in flight for no time at all.
+    assert summary["requests"]["total"] == len(records) and summary["requests"]["cancelled"] == 0
+    if protocol == "grpc":
+        assert summary["concurrency"]["achieved_max"] <= 4 and summary["concurrency"]["achieved_mean"] <= 4
+    failed = [r for r in records if r["error_kind"] is not None]
     assert failed and {r["error_kind"] for r in failed} == {"connection"}
     # Failures belong to the outage: the requests in flight when it died and those due while it was down.
     assert all(r["sent_s"] <= outage["end_s"] and r["sent_s"] + r["end_offset"] >= outage["start_s"] - 0.001
                for r in failed)
     after = [r for r in records if r["sent_s"] > outage["end_s"]]
-    assert len(after) >= 5 and all(r["error_kind"] in (None, "cancelled") for r in after)
+    assert len(after) >= 5 and all(r["error_kind"] is None for r in after)
     if protocol == "grpc":  # no retry storm: each worker sends one fail-fast request per probe
         fast = [r for r in failed if r["error"].startswith("not sent")]
         assert len(fast) <= 4 * (outage["probes"] + 1)
@@ -331,3 +336,20 @@ async def test_a_server_answering_a_byte_a_second_is_bounded_by_the_request_time
         slow = [r for r in records if r["error_kind"] == "timeout"]
         assert slow and all(0.9 < r["end_offset"] < 1.6 for r in slow)
         assert session.summary["status"] == "completed"
+
+
+async def test_requests_on_a_connection_dropped_to_reconnect_are_connection_failures(start_emulator, tmp_path):
+    """A stopping server (SIGTERM) refuses new requests while it lets those it holds finish: the first refusal
+    starts the reconnect probe, whose failed open drops the connection, and the requests still on it fail with
+    it. They are the outage's victims (``connection``, in the totals), never ``cancelled`` as if by the user."""
+    emu = start_emulator(FIXED, extra_args=[])  # Triton's own exit timeout: it holds what is in flight
+    out = tmp_path / "r"
+    config = RunConfig(server=[emu.grpc], num_tasks=4, duration=3.0, ramp=0.0, on_server_loss="continue",
+                       out=str(out), metrics_url="none", gpu_source="none")
+    session = Session(config)
+    await run_until(session, lambda e: e.state.done >= 8, lambda: os.kill(emu.server.process.pid, signal.SIGTERM))
+    records = check_totals(session, out)
+    kinds = Counter(r["error_kind"] for r in records)
+    assert kinds["connection"] >= 1 and set(kinds) <= {None, "connection"}, kinds
+    assert session.summary["requests"]["total"] == len(records)
+    assert session.summary["concurrency"]["achieved_max"] <= 4

@@ -149,9 +149,9 @@ async def test_live_commands_reach_every_process(emulator, tmp_path):
     assert isinstance(fleet, ProcessFleet)
     run = asyncio.ensure_future(session.execute())
     try:
-        await until(lambda: len(fleet.recent) >= 4)
+        await until(lambda: len(session.recent) >= 4)
         fleet.set_concurrency(6)  # three workers in each process
-        await until(lambda: {r.worker for r in fleet.recent} >= set(range(6)))
+        await until(lambda: {r.worker for r in session.recent} >= set(range(6)))
         assert all(c.status["concurrency"] == 3 for c in fleet.children)
         fleet.pause()
         await until(lambda: all(c.status["inflight"] == 0 for c in fleet.children))

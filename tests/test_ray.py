@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from runs import records_of
+from drivers import COMMANDS, check_run, check_sweep, command, reference_run_keys, tui
 
 from cvload import process
 
@@ -33,9 +33,14 @@ class Cluster:
     token: str
     client_port: int  # Ray Client's server on the head (ray://)
 
+    @property
+    def env(self) -> dict[str, str]:
+        """What a Ray driver needs in its environment: the cluster's token."""
+        return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+
     def run(self, *args: str, address: str | None = None) -> subprocess.CompletedProcess[str]:
         """``cvload run`` as its own process (the driver), with the cluster's token in its environment."""
-        env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token}
+        env = {**os.environ, **self.env}
         return subprocess.run([sys.executable, "-m", "cvload", "run", "--quiet", "--ray-address",
                                address or self.address, "--metrics-url", "none", "--gpu-source", "none", *args],
                               capture_output=True, text=True, env=env, timeout=180)
@@ -120,23 +125,34 @@ def _started(log: Path) -> bool:
     return "Ray runtime started" in log.read_text(errors="replace")
 
 
-def test_two_nodes_one_results_folder(ray_cluster, emulator, tmp_path):
+@pytest.fixture(scope="module")
+def run_keys(emulator, tmp_path_factory):
+    return reference_run_keys(emulator.grpc, tmp_path_factory.mktemp("reference"))
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_with_the_ray_driver(ray_cluster, emulator, tmp_path, run_keys, monkeypatch, name):
+    """The Ray row of the driver matrix (tests/drivers.py): two load processes, one per node, one results folder."""
     out = tmp_path / "r"
-    done = ray_cluster.run("--server", emulator.grpc, "--num-tasks", "4", "--requests", "24", "--ramp", "0.2s",
-                           "--processes", "2", "--out", str(out))
-    err = done.stderr
-    assert done.returncode == 0, err
-    summary = json.loads((out / "summary.json").read_text())
-    records = records_of(out)
-    assert summary["requests"]["total"] == 24 and summary["requests"]["ok"] == 24
-    assert sorted(r["index"] for r in records) == list(range(24))
-    assert {r["worker"] for r in records} == set(range(4))
-    assert 200 <= summary["metrics"]["first_chunk_latency_ms"]["p50"] < 300
+    if name == "tui":  # the dashboard's measuring process is the Ray driver: it inherits the token
+        for key, value in ray_cluster.env.items():
+            monkeypatch.setenv(key, value)
+        tui(emulator.grpc, out, ray_address=ray_cluster.address, processes=2)
+        check_run(out)
+        return
+    done = command(name, emulator.grpc, ["--ray-address", ray_cluster.address, "--processes", "2"], out,
+                   env=ray_cluster.env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stderr.count("clock offset") == 2
+    if name == "sweep":
+        check_sweep(out, run_keys)
+        summary = json.loads((out / "level-001-c2" / "summary.json").read_text())
+    else:
+        summary = check_run(out)
+        assert 200 <= summary["metrics"]["first_chunk_latency_ms"]["p50"] < 300
     placement = summary["client"]["placement"]
     assert len({p["node_id"] for p in placement}) == 2  # spread: one load process per node
     assert all(p["clock_offset_ms"] == 0.0 for p in placement)  # one kernel: the same monotonic clock
-    assert err.count("clock offset") == 2
-    assert summary["concurrency"]["achieved_mean"] == pytest.approx(4, abs=0.5)
 
 
 def test_more_processes_than_cluster_cpus_is_a_usage_error(ray_cluster, emulator, tmp_path):

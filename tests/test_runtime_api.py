@@ -59,7 +59,7 @@ def runtime() -> Iterator[RuntimeServer]:
 def target(server: RuntimeServer, protocol: str, **options: object) -> Target:
     address = server.grpc_url if protocol == "grpc" else server.http_url
     return make_target(protocol, "streaming", address, api="cosyvoice", timeout=10.0,
-                       options=RunConfig(**options))  # type: ignore[arg-type]
+                       config=RunConfig(**options))  # type: ignore[arg-type]
 
 
 async def synthesize(t: Target, req: SynthesisRequest) -> tuple[float, list]:
@@ -249,7 +249,7 @@ def test_serve_runs_the_runtime_in_the_foreground_and_stops_on_sigterm():
         grpc_address = next(ln.split()[1] for ln in lines if ln.strip().startswith("grpc"))
 
         async def one() -> int:
-            t = make_target("grpc", "streaming", grpc_address, api="cosyvoice", options=RunConfig(inference="sft"))
+            t = make_target("grpc", "streaming", grpc_address, api="cosyvoice", config=RunConfig(inference="sft"))
             await t.open()
             try:
                 return len([c async for c in t.synthesize(request(prompt=False))])

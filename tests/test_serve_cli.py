@@ -1,11 +1,14 @@
-"""`cvload serve --emulator` as a user runs it: a foreground process that prints its endpoints, serves, and stops
-cleanly on Ctrl-C (SIGINT) or SIGTERM, leaving no server, stub, /dev/shm region or temporary folder behind."""
+"""`cvload serve --emulator` as a user runs it: a foreground process that prints its endpoints and the `cvload run`
+line that measures it, serves, and stops cleanly on Ctrl-C (SIGINT) or SIGTERM, leaving no server, stub, /dev/shm
+region or temporary folder behind. `--emulator` is what `serve` does whether or not it is given."""
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -17,19 +20,22 @@ from pathlib import Path
 import numpy as np
 import psutil
 import tritonclient.grpc as grpcclient
+from runs import run_cli
 
 from cvload import process
+from cvload.triton.launcher import free_ports
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class Serve:
-    """``python -m cvload serve --emulator ...`` with its output read line by line in the background."""
+    """``python -m cvload serve --emulator ...`` (without ``--emulator`` when ``emulator`` is False) with its
+    output read line by line in the background."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, emulator: bool = True) -> None:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cvload", "serve", "--emulator", *args],
+            [sys.executable, "-m", "cvload", "serve", *(["--emulator"] if emulator else []), *args],
             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -99,10 +105,11 @@ def stream_request(grpc_url: str, text: str) -> int:
 def test_serve_prints_endpoints_serves_and_stops_cleanly(tmp_path: Path) -> None:
     """Three ``cvload serve`` side by side, stopped at once (a clean stop takes seconds while Triton unloads the
     model, an offline model's instances one after another): streaming in a temporary folder, stopped with Ctrl-C
-    (SIGINT) and with SIGTERM, and offline in a given folder, which stays."""
+    (SIGINT) and with SIGTERM, and offline in a given folder, which stays, started without ``--emulator``
+    (serving the emulator is what ``serve`` does)."""
     workdir = tmp_path / "w"
     streaming = {sig: Serve("--profile", "instant") for sig in (signal.SIGINT, signal.SIGTERM)}
-    offline = Serve("--mode", "offline", "--profile", "instant", "--workdir", str(workdir))
+    offline = Serve("--mode", "offline", "--profile", "instant", "--workdir", str(workdir), emulator=False)
     serves = [*streaming.values(), offline]
     try:
         started = {sig: serving(serve) for sig, serve in streaming.items()}
@@ -171,3 +178,32 @@ def serving_offline(serve: Serve) -> None:
     tensor.set_data_from_numpy(np.array([[b"Offline please."]], dtype=object))
     assert client.infer("cosyvoice2", [tensor]).as_numpy("waveform").size > 0
     client.close()
+
+
+def test_serve_on_custom_ports_prints_the_run_line_that_finds_its_metrics(tmp_path: Path) -> None:
+    """With ports that are not Triton's neighbours, the metrics port cannot be guessed from the gRPC port: the
+    `try:` line ``serve`` prints carries ``--metrics-url``, and a run of that very line gets the server's series;
+    a run given only ``--server`` warns, naming the flag."""
+    while True:
+        grpc_port, http_port, metrics_port = free_ports(3)
+        if grpc_port + 1 not in (http_port, metrics_port):  # the guess must miss
+            break
+    serve = Serve("--profile", "instant", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
+                  "--metrics-port", str(metrics_port))
+    try:
+        line = serve.wait_for(r"^try: (cvload run .*)$").group(1)
+        metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+        assert f"--server 127.0.0.1:{grpc_port} " in line and f"--metrics-url {metrics} " in line, line
+        words = shlex.split(line)
+        assert words[:2] == ["cvload", "run"]
+        given, guessed = tmp_path / "given", tmp_path / "guessed"
+        assert run_cli(*words[2:], "--telemetry-interval", "0.2", "--out", str(given)) == 0
+        assert run_cli("--server", f"127.0.0.1:{grpc_port}", "--requests", "2", "--out", str(guessed)) == 0
+    finally:
+        serve.proc.send_signal(signal.SIGTERM)
+        serve.finish()
+    telemetry = json.loads((given / "summary.json").read_text())["telemetry"]
+    assert telemetry["sources"]["metrics"]["status"] == "ok" and telemetry["sources"]["metrics"]["samples"] > 0
+    assert not [w for w in telemetry["warnings"] if "metrics" in w], telemetry["warnings"]
+    warnings = json.loads((guessed / "summary.json").read_text())["telemetry"]["warnings"]
+    assert any(f"127.0.0.1:{grpc_port + 1}/metrics" in w and "--metrics-url" in w for w in warnings), warnings

@@ -51,3 +51,29 @@ def test_cvload_never_imports_server_bootstrap() -> None:
     offenders = [m for m in graph.modules if m.startswith("cvload")
                  and any(i.startswith("server_bootstrap") for i in graph.find_modules_directly_imported_by(m))]
     assert offenders == []
+
+
+def test_a_builtin_command_that_cannot_be_imported_fails_loudly(monkeypatch) -> None:  # noqa: ANN001
+    """A built-in command whose module cannot be imported must break ``cvload``, never vanish from --help."""
+    import sys
+
+    import pytest
+
+    from cvload.cli import build_parser
+
+    monkeypatch.setitem(sys.modules, "cvload.commands.report", None)  # importing it raises ModuleNotFoundError
+    with pytest.raises(ModuleNotFoundError, match="cvload.commands.report"):
+        build_parser()
+
+
+def test_only_the_api_registry_tells_apis_apart() -> None:
+    """Code that asks which API a run is asks its spec (``cvload.apis``), never compares ``api`` names."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent / "cvload"
+    comparing = re.compile(r"\bapi\s*[!=]=")
+    found = [f"{path.relative_to(root.parent)}:{n}: {line.strip()}" for path in sorted(root.rglob("*.py"))
+             if path.name != "apis.py" for n, line in enumerate(path.read_text().splitlines(), 1)
+             if comparing.search(line)]
+    assert not found, "\n".join(found)

@@ -409,3 +409,18 @@ def test_request_tensors_pad_the_prompt_and_send_its_true_length():
     assert tensors["target_text"].raw == b"\x04\x00\x00\x00text"
     assert request_tensors(request, cache)[1].raw is tensors["reference_wav"].raw  # prepared once per prompt
     assert [t.name for t in request_tensors(SynthesisRequest("s", "text"), cache)] == ["target_text"]
+
+
+def test_one_table_says_what_a_grpc_status_counts_as():
+    """Every gRPC target counts a status the same way; a shared stream's other breakages fail its requests as
+    ``connection``, one call's as the server's error."""
+    import grpc
+
+    from cvload.records import ERR_REJECTED
+    from cvload.targets.grpc_errors import error_kind
+
+    assert error_kind(grpc.StatusCode.UNAVAILABLE) == ERR_CONNECTION
+    assert error_kind(grpc.StatusCode.DEADLINE_EXCEEDED) == ERR_TIMEOUT
+    assert error_kind(grpc.StatusCode.RESOURCE_EXHAUSTED) == ERR_REJECTED
+    assert error_kind(grpc.StatusCode.INTERNAL) == ERR_SERVER
+    assert error_kind(grpc.StatusCode.INTERNAL, ERR_CONNECTION) == ERR_CONNECTION

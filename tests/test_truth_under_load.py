@@ -51,9 +51,9 @@ def manifest(folder: Path, texts: list[str]) -> Path:
 async def run_session(config: RunConfig, listener=None) -> tuple[Session, dict]:
     session = Session(config)
     try:
-        engine = await session.prepare()
         if listener is not None:
-            engine.listeners.append(listener)
+            session.events.finished.add_listener(listener)
+        await session.prepare()
         await session.execute()
         summary = await session.finish()
     finally:

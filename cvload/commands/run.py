@@ -7,13 +7,12 @@ import asyncio
 import sys
 from typing import Any
 
+from cvload.apis import APIS, PROTOCOLS, api_help
 from cvload.commands.serve import add_emulator_options, parse_overrides
 from cvload.config import (
-    APIS,
     ARRIVALS,
     INFERENCES,
     MODES,
-    PROTOCOLS,
     RESPONSE_FORMATS,
     SERVER_LOSS,
     RunConfig,
@@ -41,9 +40,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--mode", choices=MODES, default=None,
                    help="streaming (decoupled model, default) or offline; must match the deployment")
     g.add_argument("--model", default=None, help="front model name (default cosyvoice2)")
-    g.add_argument("--api", choices=APIS, default=None,
-                   help="server API: triton (default; Triton + TensorRT-LLM), cosyvoice (CosyVoice's Python runtime, "
-                        "gRPC or FastAPI on :50000) or openai (POST /v1/audio/speech)")
+    g.add_argument("--api", choices=APIS, default=None, help="server API: " + api_help())
     g = p.add_argument_group("requests of the cosyvoice and openai APIs")
     g.add_argument("--inference", choices=INFERENCES, default=None,
                    help="cosyvoice: request kind (upstream's route names; default zero_shot with prompts, sft without)")
@@ -114,6 +111,18 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--check-workers", type=int, default=None, metavar="N", help="recogniser processes (default 1)")
     g.add_argument("--language", default=None, choices=("en", "zh"),
                    help="the items' language (default: from each text's script)")
+    g = p.add_argument_group("Prometheus: cvload's own live metrics (docs/prometheus.md)")
+    g.add_argument("--prometheus-port", type=int, default=None, metavar="PORT",
+                   help="serve cvload_* metrics (latency histograms, request counters, in-flight, loop lag) on "
+                        "http://ADDRESS:PORT/metrics while the run lasts (0: any free port)")
+    g.add_argument("--prometheus-address", default=None, metavar="ADDRESS",
+                   help="the address the metrics endpoint listens on (default 0.0.0.0)")
+    g.add_argument("--prometheus-linger", type=_duration, default=None, metavar="T",
+                   help="keep the endpoint up T after the run so the last scrape sees the final numbers "
+                        "(default 15s; Ctrl-C ends it)")
+    g.add_argument("--prometheus-push", default=None, metavar="URL",
+                   help="push the metrics to a Pushgateway (every 5 s and at the end; job cvload, label run_id): "
+                        "for short CI runs nothing scrapes")
     g = p.add_argument_group("TLS and credentials (docs/tls.md)")
     g.add_argument("--tls", action="store_true", default=None,
                    help="connect over TLS (gRPC and HTTP; an https:// --server implies it)")

@@ -1,5 +1,7 @@
-"""``cvload serve --emulator``: run the embedded Triton server with the CosyVoice emulator in the foreground, or
-(``--api cosyvoice``) the emulated CosyVoice Python runtime (gRPC and FastAPI)."""
+"""``cvload serve``: the emulated server of an API in the foreground (``--api triton``, the default: the embedded
+Triton server with the CosyVoice emulator; ``cosyvoice``: CosyVoice's Python runtime, gRPC and FastAPI;
+``openai``: OpenAI-style speech) until Ctrl-C or SIGTERM. ``--emulator`` is accepted, and implied: emulating is
+what ``serve`` does (``cvload bootstrap up`` serves the real model)."""
 
 from __future__ import annotations
 
@@ -8,16 +10,19 @@ import signal
 import threading
 from pathlib import Path
 
-from cvload.config import APIS
+from cvload.apis import APIS, api_help, api_spec
 from cvload.errors import UsageError
 
 
-def add_emulator_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by every command that can start the embedded server (serve, run, tui)."""
+def add_emulator_options(parser: argparse.ArgumentParser, *, implied: bool = False) -> None:
+    """Options shared by every command that can start the embedded server (serve, run, tui); ``implied``:
+    the command always emulates (serve), so ``--emulator`` is accepted and changes nothing."""
     from cvload.emulator import PRESETS
 
-    parser.add_argument("--emulator", action="store_true", help="start the embedded Triton server with the "
-                        "CosyVoice emulator model (needs the 'emulator' extra)")
+    parser.add_argument("--emulator", action="store_true",
+                        help="accepted for scripts that pass it: serve always runs the emulator" if implied else
+                        "start the embedded Triton server with the CosyVoice emulator model (with --api cosyvoice "
+                        "or openai: that server, emulated; needs the 'emulator' extra)")
     parser.add_argument("--profile", default=None, choices=sorted(PRESETS),
                         help="emulator latency profile (default: fixed for serve, demo for run/tui)")
     parser.add_argument("--profile-set", action="append", default=[], metavar="KEY=VALUE",
@@ -43,15 +48,17 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("serve", help="run the embedded Triton server (CosyVoice emulator) in the foreground",
-                       description="Start a real tritonserver with the CosyVoice emulator model repository, print "
-                       "its endpoints once ready, and stop it cleanly on Ctrl-C or SIGTERM.")
-    add_emulator_options(p)
+    p = sub.add_parser("serve", help="run an emulated server (default: Triton with the CosyVoice emulator) in the "
+                       "foreground",
+                       description="Start the emulated server of an API (default: a real tritonserver with the "
+                       "CosyVoice emulator model repository), print its endpoints and the `cvload run` line that "
+                       "measures it once ready, and stop it cleanly on Ctrl-C or SIGTERM. For the real model, see "
+                       "`cvload bootstrap up`.")
+    add_emulator_options(p, implied=True)
     p.add_argument("--api", choices=APIS, default="triton",
-                   help="triton (default: tritonserver with the emulator model), cosyvoice (CosyVoice's Python "
-                        "runtime: a gRPC server and a FastAPI server, on --grpc-port and --http-port) or openai "
-                        "(POST /v1/audio/speech on --http-port; needs a bearer token when CVLOAD_EMULATOR_API_KEY "
-                        "is set)")
+                   help="which server to emulate: " + api_help() + ". cosyvoice serves gRPC and FastAPI on "
+                        "--grpc-port and --http-port; openai serves --http-port and wants a bearer token when "
+                        "CVLOAD_EMULATOR_API_KEY is set")
     p.add_argument("--sample-rate", type=int, default=None, metavar="HZ",
                    help="cosyvoice: the rate the emulated model speaks at (24000 CosyVoice2/3, 22050 CosyVoice-300M)")
     p.add_argument("--mode", choices=("streaming", "offline"), default="streaming",
@@ -71,36 +78,20 @@ class _Stop(Exception):
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
-    import tempfile
+    import os
 
-    from cvload.emulator import (
-        EmulatedModel,
-        build_pipeline_repository,
-        build_repository,
-        get_profile,
-        pipeline_models,
-    )
+    from cvload.emulator import get_profile
+    from cvload.emulator.launch import EmulatorSettings
+    from cvload.emulator.openai_server import TOKEN_ENV
     from cvload.process import tail
-    from cvload.triton.launcher import TritonServer
 
-    if not args.emulator:
-        raise UsageError("cvload serve only runs the embedded emulator for now: add --emulator",
-                         hint="for the real TensorRT-LLM server use `cvload bootstrap up`")
-    profile = get_profile(args.profile or "fixed", parse_overrides(args.profile_set))
-    if args.api == "openai":
-        return run_openai(args, profile)
-    if args.api == "cosyvoice":
-        return _serve_runtime(args, profile)
-    own_root = args.workdir is None
-    root = Path(tempfile.mkdtemp(prefix="cvload-serve-")) if own_root else args.workdir
-    if args.pipeline:
-        repo = build_pipeline_repository(root, profile, name=args.model, mode=args.mode)
-    else:
-        repo = build_repository(root, [EmulatedModel(name=args.model, profile=profile, mode=args.mode)])
-    server = TritonServer(repo, host=args.host, http_port=args.http_port, grpc_port=args.grpc_port,
-                          metrics_port=args.metrics_port, tritonserver=args.tritonserver, workdir=root / "server",
-                          ready_timeout=args.ready_timeout, die_with_parent=True)
+    settings = EmulatorSettings(
+        profile=get_profile(args.profile or "fixed", parse_overrides(args.profile_set)), model=args.model,
+        mode=args.mode, pipeline=bool(args.pipeline), max_conc=args.max_conc, sample_rate=args.sample_rate,
+        host=args.host, http_port=args.http_port, grpc_port=args.grpc_port, metrics_port=args.metrics_port,
+        workdir=args.workdir, server_folder="server", tritonserver=args.tritonserver,
+        ready_timeout=args.ready_timeout, token=os.environ.get(TOKEN_ENV) or None)
+    emulator = api_spec(args.api).emulated(settings)
     stop = threading.Event()
     serving = False
 
@@ -111,114 +102,32 @@ def run(args: argparse.Namespace) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     code = 0
+    interrupted = False
     try:
-        with server:
-            serving = True
-            ep = server.endpoints()
-            shape = (f", pipeline: {args.model} calling {', '.join(pipeline_models(args.model)[1:])}"
-                     if args.pipeline else "")
-            print(f"cvload emulator ready: model {args.model} ({args.mode}, profile {profile.name}{shape})")
-            print(f"  grpc     {ep['grpc']}")
-            print(f"  http     {ep['http']}")
-            print(f"  metrics  {ep['metrics']}")
-            print(f"  log      {ep['log']}")
-            print(f"try: cvload run --server {ep['grpc']} --mode {args.mode} --requests 20", flush=True)
-            while not stop.wait(0.5):
-                if not server.alive():
-                    print(f"tritonserver exited unexpectedly; log tail:\n{tail(server.log_path, 25)}", flush=True)
-                    code = 1
-                    break
-            if code == 0:
-                print("stopping tritonserver...", flush=True)
+        emulator.start()
+        serving = True
+        for line in emulator.ready_lines():
+            print(line)
+        print(f"try: {emulator.run_line()}", flush=True)
+        while not stop.wait(0.5):
+            if not emulator.alive():
+                log = emulator.log_path
+                print(f"{emulator.what} exited unexpectedly" + (f"; log tail:\n{tail(log, 25)}" if log else ""),
+                      flush=True)
+                code = 1
+                break
+        if code == 0:
+            print(f"stopping {emulator.what}...", flush=True)
     except _Stop:
-        code = 130
+        code, interrupted = 130, True
         print("interrupted while starting", flush=True)
-    except BaseException:
-        code = -1
-        raise
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        # A temporary folder goes, unless the server failed: then its log stays for a look.
-        failed = code != 130 and server.clean_exit is False
-        if own_root and failed and server.log_path is not None and server.log_path.exists():
-            print(f"kept {root} (server log {server.log_path})", flush=True)
-        elif own_root:
-            shutil.rmtree(root, ignore_errors=True)
-    if code == 0:
-        print("stopped", flush=True)
-    return code
-
-
-def run_openai(args: argparse.Namespace, profile: object) -> int:
-    """The OpenAI-style speech emulator in the foreground until Ctrl-C or SIGTERM."""
-    import os
-
-    from cvload.emulator.openai_server import TOKEN_ENV, OpenAIServer
-
-    max_conc = args.max_conc or 0
-    if max_conc < 0:
-        raise UsageError(f"--max-conc must not be negative, got {max_conc}")
-    server = OpenAIServer(profile, model=args.model, host=args.host, port=args.http_port,  # type: ignore[arg-type]
-                          max_conc=max_conc, token=os.environ.get(TOKEN_ENV) or None, workdir=args.workdir,
-                          ready_timeout=args.ready_timeout, die_with_parent=True)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        with server:
-            ep = server.endpoints()
-            cap = f", at most {max_conc} in flight" if max_conc else ""
-            token = f", bearer token from {TOKEN_ENV}" if server.token else ""
-            print(f"cvload openai emulator ready: model {args.model} (profile {profile.name}{cap}{token})")  # type: ignore[attr-defined]
-            print(f"  speech   POST {ep['speech']}")
-            print(f"  log      {ep['log']}")
-            print(f"try: cvload run --api openai --server {server.url} --requests 20", flush=True)
-            while not stop.wait(0.5):
-                if not server.alive():
-                    print("the OpenAI-style emulator exited unexpectedly", flush=True)
-                    return 1
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    print("stopped", flush=True)
-    return 0
-
-
-def _serve_runtime(args: argparse.Namespace, profile: object) -> int:
-    """The emulated CosyVoice Python runtime in the foreground until Ctrl-C or SIGTERM."""
-    from cvload.emulator.runtime_server import DEFAULT_MAX_CONC, RuntimeServer
-    from cvload.process import tail
-
-    max_conc = args.max_conc or DEFAULT_MAX_CONC
-    if max_conc < 1:
-        raise UsageError(f"--max-conc must be at least 1, got {max_conc}")
-    server = RuntimeServer(profile, host=args.host, grpc_port=args.grpc_port,  # type: ignore[arg-type]
-                           http_port=args.http_port, max_conc=max_conc, sample_rate=args.sample_rate or 24000,
-                           workdir=args.workdir, ready_timeout=args.ready_timeout, die_with_parent=True)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    code = 0
-    try:
-        with server:
-            ep = server.endpoints()
-            print(f"cvload emulator ready: CosyVoice Python runtime (profile {profile.name}, "  # type: ignore[attr-defined]
-                  f"max_conc {max_conc}, {server.sample_rate} Hz; one response per sentence)")
-            print(f"  grpc     {ep['grpc']}")
-            print(f"  http     {ep['http']}  (FastAPI: /inference_sft, _zero_shot, _cross_lingual, _instruct, "
-                  "_instruct2)")
-            print(f"  log      {ep['log']}")
-            print(f"try: cvload run --api cosyvoice --server {ep['grpc']} --requests 20", flush=True)
-            while not stop.wait(0.5):
-                if not server.alive():
-                    print(f"the emulated runtime exited unexpectedly; log tail:\n{tail(server.log_path, 25)}",
-                          flush=True)
-                    code = 1
-                    break
-            if code == 0:
-                print("stopping the emulated runtime...", flush=True)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        emulator.stop(keep_failed=not interrupted)
+        kept = getattr(emulator, "kept", None)
+        if kept is not None:
+            print(f"kept {kept} (server log {emulator.log_path})", flush=True)
     if code == 0:
         print("stopped", flush=True)
     return code

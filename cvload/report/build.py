@@ -11,6 +11,7 @@ from cvload import __version__
 from cvload.errors import UsageError
 from cvload.report import figures, tables
 from cvload.report.document import Figure, Report, Section, Table
+from cvload.report.tune import build_tune, read_tune
 from cvload.results_folder import Results, RunResults, SweepResults, open_results
 
 
@@ -159,9 +160,16 @@ def output_paths(out: str | None, inputs: Sequence[Path]) -> tuple[Path, Path]:
 def write_report(paths: Sequence[str | Path], out: str | None = None) -> tuple[Path, Path]:
     """Read the results folders, draw the report, write the HTML and Markdown files; their paths."""
     from cvload.report import html, markdown
-
-    inputs = [open_results(p) for p in paths]  # every folder checked before any drawing
-    report = build(inputs)
+    tunes = [read_tune(Path(p)) for p in paths]
+    if any(t is not None for t in tunes):
+        if len(paths) > 1:
+            raise UsageError("a tune is reported on its own: " + ", ".join(str(p) for p, t in zip(paths, tunes)
+                                                                          if t is not None),
+                             hint="give one tune folder (its report shows every candidate)")
+        report = build_tune(Path(paths[0]), tunes[0], _sweep_sections)  # type: ignore[arg-type]
+    else:
+        inputs = [open_results(p) for p in paths]  # every folder checked before any drawing
+        report = build(inputs)
     html_path, md_path = output_paths(out, [Path(p) for p in paths])
     try:
         html_path.parent.mkdir(parents=True, exist_ok=True)

@@ -11,13 +11,16 @@ from __future__ import annotations
 import io
 import wave
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cvload.errors import UsageError
 from cvload.records import ERR_PROTOCOL, ERR_REJECTED
 from cvload.targets.base import SynthesisRequest, TargetError
+
+if TYPE_CHECKING:
+    from cvload.config import RunConfig
 
 DEFAULT_SAMPLE_RATE = 24000  # CosyVoice2/3; upstream's clients assume 22050 (CosyVoice-300M)
 DEFAULT_SPK_ID = "中文女"  # the speaker upstream's clients ask for
@@ -39,22 +42,22 @@ class RuntimeOptions:
     sample_rate: int = DEFAULT_SAMPLE_RATE
 
     @classmethod
-    def of(cls, options: Any, protocol: str) -> RuntimeOptions:
-        """From a RunConfig (or None: defaults); a kind the protocol lacks or a missing instruction is a
-        UsageError, found before the first request."""
-        opts = cls(
-            inference=getattr(options, "inference", None),
-            spk_id=getattr(options, "spk_id", None) or DEFAULT_SPK_ID,
-            instruct_text=getattr(options, "instruct_text", None),
-            sample_rate=getattr(options, "sample_rate", None) or DEFAULT_SAMPLE_RATE,
-        )
-        if protocol == "grpc" and opts.inference not in (None, *GRPC_KINDS):
-            raise UsageError(f"--inference {opts.inference}: the runtime's gRPC service has no such request "
+    def of(cls, config: RunConfig | None, protocol: str) -> RuntimeOptions:
+        """From a RunConfig (or None: defaults), checked for ``protocol``."""
+        opts = cls() if config is None else cls(
+            inference=config.inference, spk_id=config.spk_id or DEFAULT_SPK_ID, instruct_text=config.instruct_text,
+            sample_rate=config.sample_rate or DEFAULT_SAMPLE_RATE)
+        opts.check(protocol)
+        return opts
+
+    def check(self, protocol: str) -> None:
+        """A kind the protocol lacks or a missing instruction is a UsageError, before the first request."""
+        if protocol == "grpc" and self.inference not in (None, *GRPC_KINDS):
+            raise UsageError(f"--inference {self.inference}: the runtime's gRPC service has no such request "
                              f"(it has {', '.join(GRPC_KINDS)})",
                              hint="use --protocol http (the FastAPI server has /inference_instruct2)")
-        if opts.inference in KINDS_WITH_INSTRUCTION and not opts.instruct_text:
-            raise UsageError(f"--inference {opts.inference} needs --instruct-text TEXT (the style instruction)")
-        return opts
+        if self.inference in KINDS_WITH_INSTRUCTION and not self.instruct_text:
+            raise UsageError(f"--inference {self.inference} needs --instruct-text TEXT (the style instruction)")
 
     def kind(self, request: SynthesisRequest) -> str:
         """The request kind of one request; a kind that needs a prompt fails an item without one."""

@@ -19,19 +19,16 @@ import numpy as np
 from cvload.cosyvoice_runtime import cosyvoice_pb2 as pb
 from cvload.cosyvoice_runtime import cosyvoice_pb2_grpc as pb_grpc
 from cvload.errors import ServerError, UsageError
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import PromptForms, RuntimeOptions, rejected
+from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
 from cvload.targets.per_loop import PerLoop
 from cvload.transport import Transport
 
 INFERENCE = "/cosyvoice.CosyVoice/Inference"
 TRITON_LIVE = "/inference.GRPCInferenceService/ServerLive"
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-]
 
 
 class ResponseAudio:
@@ -66,9 +63,10 @@ class CosyVoiceGrpc(Target):
     mode = "sentence"  # one response per whole sentence: the runtime has no streaming of its own
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 options: Any = None, transport: Transport | None = None) -> None:
+                 options: RuntimeOptions | None = None, transport: Transport | None = None) -> None:
         super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
-        self.options = RuntimeOptions.of(options, self.protocol)
+        self.options = options or RuntimeOptions()
+        self.options.check(self.protocol)
         self.sample_rate = self.options.sample_rate
         self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.channel.close())
         self._prompts = PromptForms()
@@ -91,7 +89,7 @@ class CosyVoiceGrpc(Target):
             refusal = await self.transport.grpc_refusal(self.address, exc)  # TLS or token
             if refusal is not None:
                 raise refusal from None
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            if code in TRANSPORT_CODES:
                 raise ServerError(
                     f"cannot reach CosyVoice's gRPC runtime at {self.address}: {code.name}: {exc.details()}",
                     hint="start it (runtime/python/grpc/server.py --port 50000), check --server HOST:PORT and "
@@ -148,15 +146,16 @@ class CosyVoiceGrpc(Target):
     def _failure(self, exc: grpc.aio.AioRpcError) -> TargetError:
         code, details = exc.code(), exc.details()
         status = f"{code.name}: {details}"
-        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return rejected(f"gRPC {status}")
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return TargetError(ERR_SERVER, f"{self.address} has no {INFERENCE} ({status}): is it a Triton port? "
                                "then use --api triton")
-        if code == grpc.StatusCode.UNAVAILABLE:
-            return TargetError(ERR_CONNECTION, f"gRPC {self.address}: {status}")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        kind = error_kind(code)
+        if kind == ERR_REJECTED:
+            return rejected(f"gRPC {status}")
+        if kind == ERR_TIMEOUT:
             return TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s")
+        if kind == ERR_CONNECTION:
+            return TargetError(ERR_CONNECTION, f"gRPC {self.address}: {status}")
         return TargetError(ERR_SERVER, f"gRPC {status}")
 
     async def close(self) -> None:

@@ -76,9 +76,10 @@ class CosyVoiceHttp(Target):
     method = "POST"
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 options: Any = None, transport: Transport | None = None) -> None:
+                 options: RuntimeOptions | None = None, transport: Transport | None = None) -> None:
         super().__init__(checks.check_address(address, "http"), model, timeout=timeout, transport=transport)
-        self.options = RuntimeOptions.of(options, self.protocol)
+        self.options = options or RuntimeOptions()
+        self.options.check(self.protocol)
         self.sample_rate = self.options.sample_rate
         self.base = f"{self.transport.scheme}://{self.address}"
         self._sessions = http_sessions(self.transport)
@@ -111,16 +112,16 @@ class CosyVoiceHttp(Target):
         deadline = time.monotonic() + checks.OPEN_TIMEOUT_S
         status, spec = await self._get("/openapi.json", deadline)
         paths = spec.get("paths") if status == 200 and isinstance(spec, dict) else None
-        api = api_of_routes(paths)
+        looks_like = api_of_routes(paths)
         wanted = [route(self.options.inference)] if self.options.inference else [route("zero_shot"), route("sft")]
-        if api == "cosyvoice":
+        if looks_like == "cosyvoice":
             assert isinstance(paths, dict)
             missing = [p for p in wanted if p not in paths]
             if missing:
                 have = ", ".join(sorted(p for p in paths if p.startswith("/inference_")))
                 raise UsageError(f"{self.base} has no {', '.join(missing)} (its routes: {have})",
                                  hint="choose another --inference, or update the server")
-        elif api == "openai":
+        elif looks_like == "openai":
             raise UsageError(f"{self.base} is an OpenAI-style speech server (/v1/audio/speech), not CosyVoice's "
                              "Python runtime", hint="use --api openai")
         else:

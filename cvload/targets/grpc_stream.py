@@ -2,7 +2,8 @@
 
 Opening a gRPC stream per request costs ~0.8 ms of first-chunk latency, so requests share bidirectional
 streams (a few requests each, see ``TritonGrpcStreaming._stream``): each carries a unique id, one reader task
-per stream stamps every response the moment gRPC hands it over and routes it by id to that request's inbox. When the stream breaks (server died) every request still on it fails
+per stream stamps every response the moment gRPC hands it over and routes it by id to that request's inbox. When
+the stream breaks (server died), or cvload drops its connection to reconnect, every request still on it fails
 with kind ``connection``; a stream the server ends cleanly fails them with ``no_final``. The next request opens
 a new stream.
 """
@@ -16,8 +17,9 @@ from typing import Any
 
 import grpc
 
-from cvload.records import ERR_CANCELLED, ERR_CONNECTION, ERR_NO_FINAL
+from cvload.records import ERR_CONNECTION, ERR_NO_FINAL
 from cvload.targets.base import TargetError
+from cvload.targets.grpc_errors import error_kind
 
 # What an inbox holds: (arrival time, ModelStreamInferResponse), a TargetError, or TIMED_OUT.
 TIMED_OUT = object()
@@ -120,11 +122,11 @@ class SharedStream:
                 if inbox is not None:
                     inbox.put((t, response))
         except asyncio.CancelledError:
-            self._fail(TargetError(ERR_CANCELLED, f"gRPC stream to {self.address} closed by cvload"))
+            self._fail(self._closed())
             return
         except grpc.aio.AioRpcError as exc:
             if self._closing and exc.code() == grpc.StatusCode.CANCELLED:
-                self._fail(TargetError(ERR_CANCELLED, f"gRPC stream to {self.address} closed by cvload"))
+                self._fail(self._closed())
             else:
                 self._fail(_connection_error(self.address, exc))
             return
@@ -133,6 +135,14 @@ class SharedStream:
             return
         self._fail(TargetError(ERR_NO_FINAL, f"the server ({self.address}) ended the gRPC stream before the "
                                "final response"))
+
+    def _closed(self) -> TargetError:
+        """Requests still on the stream when cvload closed it: that happens only when its connection is dropped
+        to dial the server afresh (a request of the target failed to connect; the reconnect probe's failed
+        ``open()`` closes the connection), so they are the outage's victims, ``connection`` failures counted in
+        the totals. The user's stop never ends here: it cancels each request in the engine (``cancelled``)."""
+        return TargetError(ERR_CONNECTION, f"gRPC stream to {self.address} dropped with its connection after the "
+                                           "server stopped answering")
 
     def _fail(self, error: TargetError) -> None:
         """Mark the stream broken and fail every request on it."""
@@ -154,4 +164,6 @@ class SharedStream:
 
 
 def _connection_error(address: str, exc: grpc.aio.AioRpcError) -> TargetError:
-    return TargetError(ERR_CONNECTION, f"gRPC stream to {address} broke: {exc.code().name}: {exc.details()}")
+    """A broken stream fails every request on it: ``connection`` unless its status says otherwise."""
+    return TargetError(error_kind(exc.code(), ERR_CONNECTION),
+                       f"gRPC stream to {address} broke: {exc.code().name}: {exc.details()}")

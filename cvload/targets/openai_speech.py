@@ -16,21 +16,26 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import numpy as np
 import orjson
 
 from cvload.address import parse
+from cvload.apis import api_spec
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.http_common import describe
-from cvload.transport import OPENAI_KEY_ENV, Transport
+from cvload.transport import Transport
 
-API_KEY_ENV = OPENAI_KEY_ENV
+if TYPE_CHECKING:
+    from cvload.config import RunConfig
+
+API_KEY_ENV = api_spec("openai").token_env
 DEFAULT_SAMPLE_RATE = 24000  # OpenAI's pcm; CosyVoice2/3 speak at 24 kHz too
 PROBE_TEXT = "Hello."
 REJECTED = (429, 503)
@@ -132,22 +137,42 @@ def error_detail(payload: bytes) -> tuple[str, str | None]:
     return text[:300], None
 
 
+@dataclass(frozen=True)
+class SpeechOptions:
+    """The run's request settings for this API (``--voice``, ``--response-format``, ``--sample-rate``,
+    ``--instruct-text``)."""
+
+    voice: str | None = None
+    response_format: str = "pcm"
+    sample_rate: int = DEFAULT_SAMPLE_RATE  # of pcm, which says no rate (a WAV header says its own)
+    instructions: str | None = None
+
+    @classmethod
+    def of(cls, config: RunConfig | None, protocol: str = "http") -> SpeechOptions:
+        """From a RunConfig (None: the defaults)."""
+        if config is None:
+            return cls()
+        return cls(voice=config.voice, response_format=config.response_format or "pcm",
+                   sample_rate=config.sample_rate or DEFAULT_SAMPLE_RATE, instructions=config.instruct_text)
+
+
 class OpenAISpeech(Target):
     """One OpenAI-style speech endpoint; ``address`` is its full URL (``cvload.address.speech_url``)."""
 
     protocol = "http"
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 options: Any = None, transport: Transport | None = None) -> None:
-        super().__init__(address, model, timeout=timeout, transport=transport or Transport.of(options, api="openai"))
+                 options: SpeechOptions | None = None, transport: Transport | None = None) -> None:
+        super().__init__(address, model, timeout=timeout, transport=transport or Transport.of(token_env=API_KEY_ENV))
         if self.transport.tls and address.startswith("http://"):
             address = "https://" + address[len("http://"):]
         self.url = address
         self.base = address.split("://", 1)[0] + "://" + str(parse(address, paths=True, default_port=80))
-        self.voice: str | None = getattr(options, "voice", None)
-        self.response_format: str = getattr(options, "response_format", None) or "pcm"
-        self.sample_rate: int = getattr(options, "sample_rate", None) or DEFAULT_SAMPLE_RATE
-        self.instructions: str | None = getattr(options, "instruct_text", None)
+        self.options = options = options or SpeechOptions()
+        self.voice = options.voice
+        self.response_format = options.response_format
+        self.sample_rate = options.sample_rate
+        self.instructions = options.instructions
         self.mode = "streaming" if self.response_format == "pcm" else "offline"
         self._session: aiohttp.ClientSession | None = None
 
@@ -202,7 +227,7 @@ class OpenAISpeech(Target):
             if problem is not None:
                 return problem
         if status in (401, 403):
-            return self.transport.refused(self.url, f"HTTP {status}: {message}", api="openai")
+            return self.transport.refused(self.url, f"HTTP {status}: {message}", token_env=API_KEY_ENV)
         if status == 404:
             return await self._not_found(message)
         if status in (400, 422):

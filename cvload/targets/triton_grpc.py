@@ -22,23 +22,20 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
+from cvload.records import ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
 from cvload.targets.grpc_stream import TIMED_OUT, SharedStream
 from cvload.targets.per_loop import PerLoop
 from cvload.targets.proto_dict import message_to_dict
 from cvload.targets.tensors import WAVEFORM, Prompt, PromptCache, Tensor, bytes_tensor
+from cvload.targets.triton_options import TritonOptions
 from cvload.transport import Transport
 
 _SERVICE = "/inference.GRPCInferenceService/"
 STREAM_SHARE = 8  # requests in flight per shared stream before another stream opens
 MAX_STREAMS = 32
-CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", -1),
-    ("grpc.max_receive_message_length", -1),
-]
-_TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
 
 def decode_waveform(response: Any) -> np.ndarray:
@@ -101,8 +98,9 @@ class _TritonGrpc(Target):
     protocol = "grpc"
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 transport: Transport | None = None) -> None:
+                 options: TritonOptions | None = None, transport: Transport | None = None) -> None:
         super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
+        self.options = options or TritonOptions()
         self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.close())
         self._prompts = PromptCache()
         # Serialized prompt tensors (reference_wav, reference_wav_len, reference_text) by (prompt, transcript).
@@ -152,7 +150,7 @@ class _TritonGrpc(Target):
             index = await stub.RepositoryIndex(pb.RepositoryIndexRequest(), timeout=timeout,
                                                metadata=self._connections.get().metadata)
         except grpc.aio.AioRpcError as exc:
-            if exc.code() in _TRANSPORT_CODES:
+            if exc.code() in TRANSPORT_CODES:
                 return checks.unreachable(self.address, "gRPC", f"{exc.code().name}: {exc.details()}")
             return checks.unknown_model(self.model, self.address, None)
         for entry in index.models:
@@ -293,10 +291,11 @@ class TritonGrpcOffline(_TritonGrpc):
             response = await connection.infer(message, timeout=self.timeout, metadata=connection.metadata)
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
-            if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            kind = error_kind(code)
+            if kind == ERR_TIMEOUT:
                 raise TargetError(ERR_TIMEOUT, f"no response within {self.timeout:g} s") from None
-            if code == grpc.StatusCode.UNAVAILABLE:
-                raise TargetError(ERR_CONNECTION, f"gRPC {self.address}: {exc.details()}") from None
-            raise checks.failed_response(exc.details() or code.name) from None
+            if kind == ERR_SERVER:
+                raise checks.failed_response(exc.details() or code.name) from None
+            raise TargetError(kind, f"gRPC {self.address}: {code.name}: {exc.details()}") from None
         t = time.monotonic()
         yield Chunk(t, decode_waveform(response))

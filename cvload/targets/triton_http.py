@@ -34,6 +34,7 @@ from cvload.targets.cosyvoice_common import api_of_routes
 from cvload.targets.http_common import describe, http_sessions
 from cvload.targets.sse import SseParser
 from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
+from cvload.targets.triton_options import TritonOptions
 from cvload.transport import Transport
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -207,8 +208,9 @@ class _TritonHttp(Target):
     protocol = "http"
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
-                 transport: Transport | None = None) -> None:
+                 options: TritonOptions | None = None, transport: Transport | None = None) -> None:
         super().__init__(checks.check_address(address, "http"), model, timeout=timeout, transport=transport)
+        self.options = options or TritonOptions()
         self.base = f"{self.transport.scheme}://{self.address}"
         self._model_path = f"/v2/models/{quote(model, safe='')}"
         self._sessions = http_sessions(self.transport)

@@ -278,7 +278,9 @@ class Telemetry:
 
     def _fail(self, source: str, message: str) -> None:
         self._sources[source].update(status=UNAVAILABLE, error=message)
-        what = {"metrics": "GPU/CPU/model series unavailable", "stats": "no per-stage breakdown"}.get(source, "")
+        what = {"metrics": "GPU/CPU/model series unavailable (give the server's metrics endpoint with --metrics-url "
+                           "URL: Triton's --metrics-port, which `cvload serve` prints)",
+                "stats": "no per-stage breakdown"}.get(source, "")
         self._warn(source, f"telemetry: {message}" + (f"; {what}, the run goes on" if what else ""))
         return None
 
@@ -368,9 +370,11 @@ class Telemetry:
             return []
         return diff_normalized(start[1], end[1], active_only=True)
 
-    def summary(self) -> dict:
-        """The summary.json ``telemetry`` section over the measured window (layout: package docstring)."""
-        start = self._measure_t if self._measure_t is not None else (self._start_t or 0.0)
+    def summary(self, since: float | None = None) -> dict:
+        """The summary.json ``telemetry`` section over the measured window (layout: package docstring); ``since``:
+        from this monotonic time instead (a sweep level's window) to the latest sample."""
+        start = since if since is not None else self._measure_t if self._measure_t is not None else (
+            self._start_t or 0.0)
         end = self._ticks[-1] if self._ticks else None
         gpu = self._sources["gpu"]
         gpu_source = gpu["source"] if gpu["samples"] else None  # the source that gave readings

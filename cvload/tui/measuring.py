@@ -58,7 +58,7 @@ def engine_status(session: Session, stages: list[dict[str, Any]] | None = None, 
     return EngineStatus(
         started=st.started, measure_start=st.measure_start, sent=st.sent, done=st.done, failed=st.failed,
         planned=st.planned, paused=st.paused, stopping=st.stopping, concurrency=st.concurrency, rate=st.rate,
-        aborted=st.aborted, interrupted=st.interrupted, inflight=engine.inflight.count, stages=stages,
+        aborted=st.aborted, interrupted=st.interrupted, inflight=engine.inflight_count, stages=stages,
         warnings=list(session.telemetry.warnings) if session.telemetry is not None else [],
         client=session.loop_health.summary() if final else session.loop_health.live(),
         outages=[outage.to_json(st.started) for outage in st.outages],

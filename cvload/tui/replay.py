@@ -6,13 +6,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from cvload.apis import target_label
 from cvload.errors import UsageError
 from cvload.live_window import LiveStats, finished_at
 from cvload.metrics import Tally
 from cvload.records import RequestRecord
 from cvload.results import read_json, read_records
 from cvload.telemetry.sampler import sample_values
-from cvload.tui.source import Source, Status, target_label
+from cvload.tui.source import Source, Status
 
 
 class ReplaySource(Source):
@@ -28,11 +29,10 @@ class ReplaySource(Source):
         self.live.extend(self._records)
         target = (self.summary or {}).get("target") or {}
         cfg = config.get("config") or {}
-        self.target = target_label(target.get("protocol") or cfg.get("protocol", "?"),
+        self.target = target_label(cfg.get("api"), target.get("protocol") or cfg.get("protocol", "?"),
                                    target.get("mode") or cfg.get("mode", "?"),
                                    target.get("model") or cfg.get("model", "?"),
-                                   target.get("servers") or cfg.get("server") or [],
-                                   cfg.get("api") or "triton", cfg.get("inference"))
+                                   target.get("servers") or cfg.get("server") or [], cfg.get("inference"))
         self.scenario = cfg.get("name") or cfg.get("scenario")
         # the Speech panel: the run listened, or `cvload check` scored it afterwards
         self.listening = bool(cfg.get("onset") or cfg.get("check_content") or (self.summary or {}).get("content"))

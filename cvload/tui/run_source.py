@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from cvload.apis import target_label
 from cvload.config import RunConfig
 from cvload.errors import CvloadError
 from cvload.live_window import LiveStats
@@ -21,7 +22,7 @@ from cvload.sweep import sweeping
 from cvload.tui import messages as msg
 from cvload.tui.objectives import LiveObjectives
 from cvload.tui.snapshots import summary_so_far
-from cvload.tui.source import Source, Status, target_label
+from cvload.tui.source import Source, Status
 from cvload.tui.supervisor import MeasuringProcess
 from cvload.tui.tail import FileTail, LiveTelemetry
 
@@ -42,9 +43,8 @@ class RunSource(Source):
         self.summary: dict[str, Any] | None = None
         self.phase = "starting"
         self.state: msg.EngineStatus | None = None
-        self.target = target_label(config.protocol, config.mode, config.model,
-                                   ["embedded emulator"] if config.emulator else config.server,
-                                   config.api, config.inference)
+        self.target = target_label(config.api, config.protocol, config.mode, config.model,
+                                   ["embedded emulator"] if config.emulator else config.server, config.inference)
         self.scenario = config.name or config.scenario
         self.process = MeasuringProcess(self._on_message, self._on_exit)
         self._exit_code: int | None = None
@@ -84,7 +84,7 @@ class RunSource(Source):
         elif isinstance(message, msg.Prepared):
             self.out_dir = Path(message.out_dir)
             cfg = self.config
-            self.target = target_label(cfg.protocol, cfg.mode, cfg.model, message.servers, cfg.api, cfg.inference)
+            self.target = target_label(cfg.api, cfg.protocol, cfg.mode, cfg.model, message.servers, cfg.inference)
             self._records = FileTail(self.out_dir / "records.jsonl")
             if message.telemetry:
                 self.telemetry = LiveTelemetry(self.out_dir / "telemetry.jsonl")

@@ -27,14 +27,6 @@ class Status:
     outages: list[dict[str, Any]] = field(default_factory=list)  # the server was lost: start_s, end_s (None: now)
 
 
-def target_label(protocol: str, mode: str, model: str, servers: list[str], api: str = "triton",
-                 inference: str | None = None) -> str:
-    where = f"{model} @ {', '.join(servers) or '?'}"
-    if api == "cosyvoice":  # the Python runtime answers whole sentences: its first chunk is the first sentence
-        return f"{where} (cosyvoice runtime, {protocol} {inference or 'zero_shot/sft'}; chunk = sentence)"
-    return f"{where} ({protocol} {mode})" if api == "triton" else f"{where} ({api} {protocol})"
-
-
 class Source:
     """Interface of a dashboard source; the replay of a finished run ignores the run commands."""
 
