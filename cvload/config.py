@@ -308,9 +308,12 @@ class RunConfig:
             raise UsageError(f"--check-workers must be at least 1, got {self.check_workers}")
         if self.language is not None and self.language not in ("en", "zh"):
             raise UsageError(f"--language {self.language!r}: use en or zh (or leave it out: from each text's script)")
-        if self.sweep.capacity_by not in CAPACITY_BY:
-            raise UsageError(f"--capacity-by {self.sweep.capacity_by!r}: use one of {', '.join(CAPACITY_BY)}")
-        if self.sweep.capacity_by == "audible":
+        # (a load process rebuilds its config from JSON: there ``sweep`` is still a dict)
+        capacity_by = self.sweep.get("capacity_by", "objectives") if isinstance(self.sweep, dict) \
+            else self.sweep.capacity_by
+        if capacity_by not in CAPACITY_BY:
+            raise UsageError(f"--capacity-by {capacity_by!r}: use one of {', '.join(CAPACITY_BY)}")
+        if capacity_by == "audible":
             self.onset = True
         if self.check_content is not None:
             from cvload.asr import make_recognizer
