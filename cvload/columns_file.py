@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 
 from cvload.metrics import REQUEST_METRICS
-from cvload.records import ERROR_KINDS
+from cvload.records import OUTCOME_KINDS
 
 NAME = "records.columns"
 _FIXED = ("jsonl_end", "run_start", "sent_s", "end_offset", "ok", "warmup", "error")
 DTYPE = np.dtype([(name, "<f8") for name in (*_FIXED, *(m.name for m in REQUEST_METRICS))])
-_ERROR_CODE = {kind: float(i + 1) for i, kind in enumerate(ERROR_KINDS)}  # 0: no error
-ERROR_NAMES = np.array([None, *ERROR_KINDS], dtype=object)
+_ERROR_CODE = {kind: float(i + 1) for i, kind in enumerate(OUTCOME_KINDS)}  # 0: no error
+ERROR_NAMES = np.array([None, *OUTCOME_KINDS], dtype=object)
 _METRICS = tuple(m.name for m in REQUEST_METRICS)
 _ROW = struct.Struct(f"<{len(DTYPE.names)}d")  # the same layout as DTYPE, packed without numpy
 

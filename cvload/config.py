@@ -174,6 +174,9 @@ class RunConfig:
     # (None: each gets its --request-timeout).
     drain: float | None = None
     on_server_loss: str = "abort"  # abort | continue (requests fail fast while it is down; resumes when back)
+    # Barge-in load (cvload/barge_in.py): SHARE@WHEN of requests their listener abandons, e.g. "30%@1.5s"
+    barge_in: str | None = None
+    barge_in_baseline: bool = False  # first run the same load without barge-in, for the survivors' comparison
     # Results
     out: str | None = None
     save_audio: bool = False

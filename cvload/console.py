@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from cvload.apis import target_label
+from cvload.barge_in_summary import line as barge_in_line
 from cvload.config import RunConfig
 from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, lookup, stats, values
@@ -141,6 +142,8 @@ def summary_table(summary: dict[str, Any]) -> Table:
         table.add_row(metric.title + unit, *[_fmt(s.get(k), metric.unit) for k in
                                              ("p50", "p90", "p95", "p99", "mean", "max")])
     extra = run_phrases(summary, "footer")
+    if barge_in_line(summary):
+        extra.append(barge_in_line(summary))  # type: ignore[arg-type]
     if client_text(summary.get("client")):
         extra.append(client_text(summary.get("client")))
     errors = {k: v for k, v in {**summary["errors"], **summary["audio_flags"]}.items() if v}

@@ -17,12 +17,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from cvload import barge_in
 from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
 from cvload.driver import EngineState, Events, Outage, RunResult, drain_limit
 from cvload.inputs import padded_length
 from cvload.metrics import end_time, wall_time
 from cvload.records import (
+    ERR_BARGED_IN,
     ERR_CANCELLED,
     ERR_CONNECTION,
     ERR_INCOMPLETE,
@@ -198,6 +200,7 @@ class Engine:
         # records go to the listeners when their transcript is back (waited for after the window, like checks).
         self.content: Any = None
         self._held: set[asyncio.Future[None]] = set()
+        self.barge_in = barge_in.check(config.barge_in, mode=config.mode, seed=config.seed)  # --barge-in
 
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
     def pause(self) -> None:
@@ -517,6 +520,9 @@ class Engine:
     async def _one(self, index: int, worker: int, intended: float | None) -> None:
         request, item = self._request(index)
         target = self.targets[index % len(self.targets)]
+        plan = self.barge_in.plan(index) if self.barge_in is not None else None
+        if plan is not None:  # a call of its own: cancelling it must cancel nothing else
+            request = barge_in.own_call(request)
         with contextlib.suppress(Exception):  # else synthesize builds it and the failure is this request's
             request = target.prepare(request)  # the body (a megabyte with a JSON prompt) is built before the clock
         chunks: list[Chunk] = []
@@ -532,6 +538,8 @@ class Engine:
             # chunks' stamps: samples are counted and checked after the final response.
             stream = target.synthesize(request)
             sent = record.sent = time.monotonic()
+            if plan is not None:
+                stream = barge_in.watch(stream, plan, record)
             async for chunk in stream:
                 offsets.append(chunk.t - sent)
                 chunks.append(chunk)
@@ -548,6 +556,8 @@ class Engine:
         try:
             await asyncio.wait_for(consume(), self.config.request_timeout)
             record.end_offset = time.monotonic() - sent
+            if record.abandon_offset is not None:
+                record.error_kind = ERR_BARGED_IN
         except TargetError as exc:
             record.end_offset = time.monotonic() - sent
             record.error_kind, record.error = exc.kind, exc.message
@@ -626,7 +636,7 @@ class Engine:
         end = end_time(record)
         self._last_end = end if self._last_end is None else max(self._last_end, end)
         self.state.done += 1
-        if not record.ok:
+        if not record.ok and not record.barged_in:
             self.state.failed += 1
         if chunks_audio:
             self.events.audio.fire(record, chunks_audio)

@@ -138,7 +138,8 @@ class Exporter:
                                           request_labels, registry=self.registry, buckets=h.buckets))
                             for h in HISTOGRAMS]
         self._requests = Counter(f"{PREFIX}_requests", "Finished requests by outcome: ok and failed are the "
-                                 "measured ones (summary requests.total); warmup and cancelled are not measured",
+                                 "measured ones (summary requests.total); warmup, cancelled and barged_in (abandoned by "
+                                 "their listener, --barge-in) are not",
                                  (*request_labels, "outcome"), registry=self.registry)
         self._errors = Counter(f"{PREFIX}_request_errors", "Failed measured requests by error kind",
                                (*request_labels, "kind"), registry=self.registry)
@@ -167,6 +168,13 @@ class Exporter:
             return
         if record.error_kind == ERR_CANCELLED:
             series.cancelled.inc()
+            return
+        if record.barged_in:  # abandoned by its listener: its own outcome; its first chunk was heard
+            series.barged_in.inc()
+            for metric, scale, histogram in series.histograms:
+                value = counted(record, metric)
+                if value is not None:
+                    histogram.observe(value * scale)
             return
         if record.error_kind:
             self._errors.labels(*series.labels, record.error_kind).inc()
@@ -244,6 +252,7 @@ class _ServerSeries:
         counter = exporter._requests
         self.ok, self.failed = counter.labels(*self.labels, "ok"), counter.labels(*self.labels, "failed")
         self.warmup, self.cancelled = counter.labels(*self.labels, "warmup"), counter.labels(*self.labels, "cancelled")
+        self.barged_in = counter.labels(*self.labels, "barged_in")
         self.histograms = [(BY_NAME[h.metric], h.scale, hist.labels(*self.labels)) for h, hist in exporter._histograms]
         self.audio = exporter._audio.labels(*self.labels)
         self.stalls, self.stall_s = exporter._stalls.labels(*self.labels), exporter._stall_s.labels(*self.labels)

@@ -96,6 +96,9 @@ class LiveSnapshot:
     speech: dict[str, dict[str, float | None]] = field(default_factory=dict)
     mismatches: int = 0
     latest_mismatches: list[tuple[str, str]] = field(default_factory=list)
+    # --barge-in: abandoned requests so far and how long after the abandon their calls closed (ms; p50, p95);
+    # the server's own release comes from its trace, read into the summary when the run ends.
+    barge_in: dict[str, float | None] | None = None
 
 
 class LiveStats:
@@ -106,6 +109,7 @@ class LiveStats:
         self._pending: deque[RequestRecord] = deque()
         self._lock = threading.Lock()  # snapshot vs reset (both from the view; add never takes it)
         self._tally = Tally()  # the run scope, counted as the summary counts it
+        self._barge_close = FloatColumn()  # --barge-in: abandon -> call closed, ms
         self._run = self._tally.values
         self._window: deque[tuple[float, dict[str, float]]] = deque()
         self._since_reset = {name: FloatColumn() for name in (*LATENCY_METRICS, "rtf")}
@@ -157,7 +161,9 @@ class LiveStats:
             self._workers.add(r.worker)
         if FLAG_CONTENT_MISMATCH in r.flags:
             self._latest_mismatches.append((r.text, r.transcript or ""))
-        if not r.ok and r.error_kind != ERR_CANCELLED:
+        if r.barged_in and r.abandon_offset is not None and r.end_offset is not None:
+            self._barge_close.append((r.end_offset - r.abandon_offset) * 1000.0)
+        if not r.ok and r.error_kind != ERR_CANCELLED and not r.barged_in:
             self._latest_errors.append((t, r.error_kind or ",".join(r.flags), r.error or ", ".join(r.flags)))
         if not is_measured(r):
             return
@@ -224,6 +230,7 @@ class LiveStats:
                 speech={name: self._run_stats(name) for name in SPEECH_METRICS},
                 mismatches=self._totals.flags.get(FLAG_CONTENT_MISMATCH, 0),
                 latest_mismatches=list(self._latest_mismatches),
+                barge_in=self._barge_in(),
             )
 
     def _run_stats(self, name: str) -> dict[str, float | None]:
@@ -256,10 +263,16 @@ class LiveStats:
                              wall_s=wall_s, concurrency=dict(concurrency or {}))
         return {**run_values(totals), "metrics": metrics}
 
+    def _barge_in(self) -> dict[str, float | None] | None:
+        if not self._barge_close.size:
+            return None
+        close = stats(self._barge_close.view())
+        return {"abandoned": float(self._barge_close.size), "close_p50_ms": close["p50"], "close_p95_ms": close["p95"]}
+
     def _counts(self) -> dict[str, int]:
         t = self._totals
         return {"done": self._done, "measured": t.measured, "ok": t.ok, "failed": t.failed,
-                "cancelled": t.cancelled, "warmup": t.warmup}
+                "cancelled": t.cancelled, "warmup": t.warmup, "barged_in": t.barged_in}
 
     def _p50_row(self, second: int) -> dict[str, float | None]:
         cached = self._bucket_p50.get(second)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from cvload.records import AUDIO_FLAGS, ERR_CANCELLED, ERROR_KINDS, RequestRecord
+from cvload.records import AUDIO_FLAGS, ERR_BARGED_IN, ERR_CANCELLED, ERROR_KINDS, RequestRecord
 
 PERCENTILES = (50, 90, 95, 99)
 STAT_KEYS = ("p50", "p90", "p95", "p99", "mean", "max", "min", "count")
@@ -35,6 +35,9 @@ class RequestMetric:
     # An incomplete request (cvload.records.ERR_INCOMPLETE) counts with its lower bound: latencies it had at
     # least, so percentiles cannot come out low by leaving the slowest requests out.
     bounded: bool = False
+    # A barged-in request (``--barge-in``) counts too: its listener heard it up to here (first chunk), though
+    # it never completed.
+    heard: bool = False
 
 
 def _first(r: RequestRecord) -> float | None:
@@ -161,7 +164,7 @@ def _first_audible(r: RequestRecord) -> float | None:
 
 
 REQUEST_METRICS: tuple[RequestMetric, ...] = (
-    RequestMetric("first_chunk_latency_ms", "first_chunk", "ms", "First chunk", _first, bounded=True),
+    RequestMetric("first_chunk_latency_ms", "first_chunk", "ms", "First chunk", _first, bounded=True, heard=True),
     RequestMetric("second_chunk_latency_ms", "second_chunk", "ms", "Second chunk (gap after first)", _second_gap),
     RequestMetric("total_latency_ms", "total", "ms", "Total latency", _total, bounded=True),
     RequestMetric("rtf", "rtf", "", "RTF (latency / audio)", _rtf),
@@ -175,7 +178,7 @@ REQUEST_METRICS: tuple[RequestMetric, ...] = (
     RequestMetric("content_error_rate", "content_error", "share", "Content error (WER/CER)",
                   lambda r: r.content_error, only_ok=False),
     RequestMetric("first_chunk_latency_corrected_ms", "first_chunk_corrected", "ms",
-                  "First chunk from intended send", _first_corrected, bounded=True),
+                  "First chunk from intended send", _first_corrected, bounded=True, heard=True),
     RequestMetric("total_latency_corrected_ms", "total_corrected", "ms", "Total from intended send",
                   _total_corrected, bounded=True),
 )
@@ -188,6 +191,8 @@ def record_json(record: RequestRecord) -> dict[str, Any]:
     data = asdict(record)
     if data["level"] is None:
         del data["level"]  # only sweeps tag records with their level
+    if data["abandon_offset"] is None:
+        del data["abandon_offset"]  # only --barge-in abandons requests
     data["ok"] = record.ok
     data["audio_s"] = round(record.audio_s, 6)
     data["sent_s"] = round(record.sent - record.run_start, 6)
@@ -211,7 +216,8 @@ def stats(values: Sequence[float] | np.ndarray) -> dict[str, float | None]:
 def counted(record: RequestRecord, metric: RequestMetric) -> float | None:
     """The request's value of ``metric`` as the statistics count it (None where it does not count): ok requests
     only where the metric says so, plus an incomplete request's lower bound for the metrics bounded by it."""
-    if metric.only_ok and not record.ok and not (metric.bounded and record.incomplete):
+    if metric.only_ok and not record.ok and not (metric.bounded and record.incomplete) \
+            and not (metric.heard and record.error_kind == ERR_BARGED_IN):
         return None
     return metric.of(record)
 
@@ -258,6 +264,7 @@ class RunTotals:
     ok: int = 0
     failed: int = 0
     cancelled: int = 0
+    barged_in: int = 0  # abandoned by their listener (--barge-in): neither ok nor failed
     incomplete: int = 0  # still running when the wait after the window ended (counted in failed too)
     incomplete_min_s: float | None = None  # the least any of them had been waited for: their latency's bound
     warmup: int = 0
@@ -289,6 +296,9 @@ class RunTotals:
             return
         if r.error_kind == ERR_CANCELLED:
             self.cancelled += 1
+            return
+        if r.error_kind == ERR_BARGED_IN:
+            self.barged_in += 1
             return
         self.measured += 1
         if r.incomplete:
@@ -344,6 +354,7 @@ RUN_METRICS: tuple[RunMetric, ...] = (
               headline="{} ok, {requests_failed} failed ({error_rate:.1%})"),
     RunMetric("requests.failed", "", "Failed requests", lambda t: t.failed),
     RunMetric("requests.cancelled", "", "Cancelled by the user", lambda t: t.cancelled, objective=False),
+    RunMetric("requests.barged_in", "", "Abandoned by their listener (--barge-in)", lambda t: t.barged_in),
     RunMetric("requests.warmup", "", "Warmup requests", lambda t: t.warmup, objective=False),
     RunMetric("requests.incomplete", "", "Incomplete (still running after the window)", lambda t: t.incomplete),
     RunMetric("incomplete_min_s", "s", "Incomplete requests' latency, at least", lambda t: t.incomplete_min_s,

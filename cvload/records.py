@@ -24,6 +24,10 @@ ERR_REJECTED = "rejected"
 ERR_INCOMPLETE = "incomplete"
 ERROR_KINDS = (ERR_SERVER, ERR_TIMEOUT, ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_CANCELLED, ERR_REJECTED,
                ERR_INCOMPLETE)
+# Abandoned by its listener on purpose (--barge-in, cvload/barge_in.py): neither ok nor failed, counted on its own
+# line; its first chunk was heard, so it counts in first-chunk latency, not in completion latencies.
+ERR_BARGED_IN = "barged_in"
+OUTCOME_KINDS = (*ERROR_KINDS, ERR_BARGED_IN)  # every error_kind a record may hold (codes in records.columns)
 
 # Audio sanity flags: the request finished but its audio is broken; each makes the request count as failed.
 FLAG_TOO_SHORT = "audio_too_short"
@@ -67,6 +71,7 @@ class RequestRecord:
     transcript: str | None = None
     content_error: float | None = None
     language: str | None = None  # the item's language where its input gave it (else from the text's script)
+    abandon_offset: float | None = None  # --barge-in: when its listener abandoned it, s after ``sent``
 
     @property
     def ok(self) -> bool:
@@ -75,6 +80,10 @@ class RequestRecord:
     @property
     def incomplete(self) -> bool:
         return self.error_kind == ERR_INCOMPLETE
+
+    @property
+    def barged_in(self) -> bool:
+        return self.error_kind == ERR_BARGED_IN
 
     @property
     def audio_s(self) -> float:

@@ -27,7 +27,7 @@ import numpy as np
 from cvload import columns_file
 from cvload.errors import UsageError
 from cvload.metrics import REQUEST_METRICS
-from cvload.records import ERR_CANCELLED, ERR_INCOMPLETE, RequestRecord
+from cvload.records import ERR_BARGED_IN, ERR_CANCELLED, ERR_INCOMPLETE, RequestRecord
 from cvload.results import SUMMARY_SCHEMA, read_json, read_jsonl, read_records
 
 SWEEP_SCHEMA = "cvload.sweep/1"
@@ -57,8 +57,9 @@ class RecordColumns:
 
     @property
     def measured(self) -> np.ndarray:
-        """Requests that count (not warmup, not cancelled by the user), as the summary counts them."""
-        return ~self.warmup & (self.error_kind != ERR_CANCELLED)
+        """Requests that count (not warmup, not cancelled by the user, not abandoned by their listener), as the
+        summary counts them."""
+        return ~self.warmup & (self.error_kind != ERR_CANCELLED) & (self.error_kind != ERR_BARGED_IN)
 
     def values(self, name: str) -> np.ndarray:
         """A metric's values over the measured requests the summary computes it from (cvload.metrics.values): ok
@@ -68,6 +69,8 @@ class RecordColumns:
         if metric.bounded:
             counted = counted | (self.error_kind == ERR_INCOMPLETE)
         mask = self.measured & (counted if metric.only_ok else True)
+        if metric.heard:  # abandoned requests were heard up to here (--barge-in)
+            mask = mask | (~self.warmup & (self.error_kind == ERR_BARGED_IN))
         column = self.metrics[name][mask]
         return column[~np.isnan(column)]
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from cvload import __version__
 from cvload.apis import api_spec, run_label
+from cvload.barge_in_summary import BargeInTally
 from cvload.config import RunConfig
 from cvload.driver import EngineState, Events, LoadDriver, RunResult
 from cvload.engine import Engine
@@ -99,6 +100,9 @@ class Session:
     loop_health: LoopHealth = field(default_factory=LoopHealth)  # this process's own timing error
     content: Any = None  # --check-content: the live checker (cvload.listening.ContentChecker)
     exporter: Exporter | None = None  # --prometheus-port / --prometheus-push
+    barge_in: BargeInTally | None = None  # --barge-in: the abandoned requests and the survivors' first chunk
+    emulator_trace: Path | None = None  # the emulated server's per-request trace (--emulator)
+    baseline: tuple[dict[str, Any], str] | None = None  # --barge-in-baseline: that run's summary and folder
     _loop: asyncio.AbstractEventLoop | None = None
     _linger_cut: asyncio.Event | None = None
 
@@ -138,8 +142,9 @@ class Session:
             self.engine.interrupt()
 
     # ---- before the first request --------------------------------------------------------------------------
-    def start_emulator(self) -> None:
-        """Start the API's emulated server (blocking, ~1 s) into the results folder and point the run at it."""
+    def start_emulator(self, texts: tuple[str, ...] = ()) -> None:
+        """Start the API's emulated server (blocking, ~1 s) into the results folder and point the run at it. The
+        run's ``texts`` are spoken into the emulator's speech cache first (once: later runs find them there)."""
         from cvload.emulator import get_profile
         from cvload.emulator.launch import EmulatorSettings
 
@@ -147,8 +152,9 @@ class Session:
         root = (self.out_dir / "emulator") if self.out_dir else Path(tempfile.mkdtemp(prefix="cvload-emu-"))
         settings = EmulatorSettings(profile=get_profile(cfg.profile or "demo", cfg.profile_set), model=cfg.model,
                                     mode=cfg.mode, pipeline=cfg.pipeline, max_conc=cfg.max_conc,
-                                    sample_rate=cfg.sample_rate, workdir=root)
+                                    sample_rate=cfg.sample_rate, workdir=root, texts=texts)
         self.server = api_spec(cfg.api).emulated(settings).start()
+        self.emulator_trace = self.server.trace_path
         self.config = cfg.merged({"server": [self.server.address(cfg.protocol)]})
         if cfg.metrics_url is None:  # None where the server has no metrics endpoint
             self.config = self.config.merged({"metrics_url": self.server.metrics_url})
@@ -167,7 +173,7 @@ class Session:
         self.writer = ResultsWriter(self.out_dir)
         if cfg.emulator:
             # In this (main) thread: the server's parent-death signal follows the thread that started it.
-            self.start_emulator()
+            self.start_emulator(tuple(item.target_text for item in items))
             cfg = self.config
         for address in cfg.addresses():
             self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,
@@ -195,6 +201,9 @@ class Session:
         self.events.finished.add_listener(self.writer.on_record, first=True)
         self.tally = Tally(meets=request_check(self.objectives))
         self.events.finished.add_listener(self.tally.add)
+        if cfg.barge_in is not None:
+            self.barge_in = BargeInTally(cfg.barge_in)
+            self.events.finished.add_listener(self.barge_in.add)
         self.events.finished.add_listener(self.recent.append)
         self.writer.on_error = self._records_failed
         if cfg.save_audio:
@@ -368,7 +377,8 @@ class Session:
         measured = self.tally.summary(wall_s=result.wall_s if result else 0.0,
                                       concurrency=result.concurrency if result else None)
         summary = self.build_summary(measured, load=load, status=status, abort_reason=state.aborted,
-                                     started_wall=self.started_wall, finished_wall=time.time())
+                                     started_wall=self.started_wall, finished_wall=time.time(),
+                                     extra=await self.barge_in_section(self.barge_in, self.out_dir))
         stats_after = await self._statistics()
         if self.stats_before is not None and stats_after is not None:
             from cvload.telemetry import stats_diff
@@ -377,6 +387,18 @@ class Session:
         self.writer.write_summary(summary)
         self.summary = summary
         return summary
+
+    async def barge_in_section(self, tally: BargeInTally | None, out_dir: Path | None) -> dict[str, Any]:
+        """--barge-in: the summary's ``barge_in`` section (cvload/barge_in_summary.py) of a run or a sweep level,
+        its release times from the emulated server's trace where there is one (waited for: a server ignoring
+        cancellations writes its line when it finally stops)."""
+        if tally is None:
+            return {}
+        baseline = self.baseline
+        section = await asyncio.get_running_loop().run_in_executor(None, lambda: tally.summary(
+            out_dir, self.emulator_trace, wait_s=min(30.0, self.config.request_timeout),
+            baseline=baseline[0] if baseline else None, baseline_dir=baseline[1] if baseline else None))
+        return {"barge_in": section}
 
     def build_summary(self, measured: dict[str, Any], *, load: dict[str, Any], status: str,
                       abort_reason: str | None, started_wall: float, finished_wall: float,

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cvload.barge_in_summary import OBJECTIVE_METRICS as BARGE_IN_METRICS
 from cvload.errors import UsageError
 from cvload.loop_health import CLIENT_METRICS
 from cvload.metrics import BY_ALIAS, BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, STAT_KEYS, lookup
@@ -72,6 +73,7 @@ def _unit_kind(unit: str) -> str:
 RUN_OBJECTIVES: dict[str, str] = {
     **{m.name: _unit_kind(m.unit) for m in RUN_METRICS if m.objective},
     **CLIENT_METRICS,  # the run's own timing error, from the summary's client section
+    **BARGE_IN_METRICS,  # --barge-in: release time, survivors' first chunk (the summary's barge_in section)
 }
 
 

@@ -29,6 +29,7 @@ import numpy as np
 
 from cvload import __version__
 from cvload.apis import run_label
+from cvload.barge_in_summary import BargeInTally
 from cvload.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup, parse_levels
 from cvload.driver import LoadDriver
 from cvload.engine import Engine
@@ -206,6 +207,10 @@ class Sweep:
 
     def __init__(self, config: RunConfig) -> None:
         self.user_config = config
+        if config.barge_in_baseline:
+            raise UsageError("--barge-in-baseline pairs one run with a run without barge-in, not a sweep",
+                             hint="each level's summary has its barge_in section (survivors' first chunk); sweep "
+                                  "again without --barge-in for the baseline, or leave --barge-in-baseline out")
         self.plan = SweepPlan.from_config(config)
         self.capacity_by = config.sweep.capacity_by
         self.objectives = parse_objectives(objectives_for(config))
@@ -575,7 +580,7 @@ class Sweep:
             level.records.append(copy)
             level.writer.on_record(copy)
         level.outstanding = 0
-        level.summary = self._summary(level)
+        level.summary = self._summary(level, await self._barge_in(level))
         level.writer.write_summary(level.summary)
         level.writer.close()
         level.judged = True
@@ -608,7 +613,16 @@ class Sweep:
         if self.current is not None:
             self.current.changed.set()
 
-    def _summary(self, level: Level) -> dict[str, Any]:
+    async def _barge_in(self, level: Level) -> dict[str, Any]:
+        """--barge-in: the level's ``barge_in`` section, from its own records (the session's builder)."""
+        if self.session.config.barge_in is None:
+            return {}
+        tally = BargeInTally(self.session.config.barge_in)
+        for record in level.records:
+            tally.add(record)
+        return await self.session.barge_in_section(tally, level.folder)
+
+    def _summary(self, level: Level, barge_in: dict[str, Any] | None = None) -> dict[str, Any]:
         """The level's summary.json (the session's builder: every key a run's has), judged on its own objectives."""
         assert level.started is not None and level.ended is not None
         cfg = self.session.config
@@ -617,7 +631,8 @@ class Sweep:
                 {"kind": "open", "rate": level.value, "arrival": cfg.arrival, "max_inflight": cfg.max_inflight})
         extra = {"sweep_level": {"value": self.plan.value(level.value), "kind": level.kind, "phase": level.phase,
                                  "number": level.number, "window_s": wall, "started_s": level.started - self.started,
-                                 "warmup_s": level.started - level.applied, "stable": level.stable}}
+                                 "warmup_s": level.started - level.applied, "stable": level.stable},
+                 **(barge_in or {})}
         interrupted = self._interrupted and not any(r for r in level.records if not r.warmup)
         requested = float(level.value) if level.kind == "concurrency" else None
         measured = summarize(level.records, wall_s=wall, concurrency=self._achieved(level, requested),
@@ -701,6 +716,8 @@ class Sweep:
                 "incomplete_min_s": s.get("incomplete_min_s"), "throughput": s.get("throughput"),
                 "goodput": s.get("goodput"), "concurrency": s.get("concurrency"), "wall_s": s.get("wall_s"),
                 "metrics": metrics,
+                **({"barge_in": {k: s["barge_in"].get(k) for k in ("abandoned", "release_source", "release_ms",
+                                                                    "survivors")}} if s.get("barge_in") else {}),
             },
         }
 

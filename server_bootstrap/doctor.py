@@ -2,7 +2,7 @@
 
 Ports reachable, live/ready, server version, every model's state, the front model's config against the mode
 clients will use (including the HTTP 501 a decoupled model answers to ``/infer``), batch size and instance
-counts, and GPU metrics with memory headroom. Every failed check says its likely cause and the fix.
+counts, whether a cancelled streaming request stops (``cancel_check``), and GPU metrics with memory headroom. Every failed check says its likely cause and the fix.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from cvload import address, process
 from cvload.targets.checks import decoupled_of
 from cvload.telemetry.prometheus import MalformedScrape, parse_metrics
 from cvload.triton.launcher import accepts
+from server_bootstrap import cancel_check
 from server_bootstrap.findings import Finding
 
 GIB = 1 << 30
@@ -164,6 +165,8 @@ def diagnose(ep: Endpoint, expect: Expectations) -> list[Finding]:
         add(Finding("server version", "info", f"{meta.get('name', '?')} {meta.get('version', '?')}"))
     _models(findings, base, expect)
     _front_model(findings, base, expect)
+    if reach["grpc"] and ready and cancel_check.applies(expect):
+        add(cancel_check.check_cancellation(base, address.hostport(ep.host, ep.ports.grpc), expect.model))
     if reach["metrics"]:
         _gpu(findings, address.metrics_url(ep.host, ep.ports.metrics), expect)
     return findings

@@ -144,7 +144,9 @@ def assert_never_silent(audio: np.ndarray) -> None:
 @pytest.fixture(scope="module", autouse=True)
 def spoken() -> None:
     """The texts here spoken into the cache before any request (the built-in set is, by build_repository)."""
-    warm_speech([get_profile("instant")], [LATIN, CJK, MIXED, "Hello there.", "Short one."], builtin=False)
+    texts = [LATIN, CJK, MIXED, "Hello there.", "Short one.", "Hello again.", "Hello", "This one ends it.",
+             "Same id twice.", *(f"Request {i}." for i in range(8))]
+    warm_speech([get_profile("instant")], texts, builtin=False)
 
 
 # ---- streaming protocol ------------------------------------------------------------------------------------

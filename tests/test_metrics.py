@@ -47,10 +47,25 @@ def test_summary_excludes_warmup_and_cancelled_and_counts_flags():
     cancelled = record([0.2], [24000], error_kind=ERR_CANCELLED)
     silent = record([0.2], [24000], flags=[FLAG_SILENT])
     s = summarize([ok, warm, cancelled, silent], wall_s=2.0)
-    assert s["requests"] == {"total": 2, "ok": 1, "failed": 1, "cancelled": 1, "warmup": 1, "incomplete": 0}
+    assert s["requests"] == {"total": 2, "ok": 1, "failed": 1, "cancelled": 1, "warmup": 1, "incomplete": 0,
+                             "barged_in": 0}
     assert s["audio_flags"][FLAG_SILENT] == 1 and s["error_rate"] == 0.5
     assert s["throughput"]["requests_per_s"] == 0.5
     assert s["metrics"]["first_chunk_latency_ms"]["count"] == 1
+
+
+def test_barged_in_requests_are_neither_ok_nor_failed_and_count_only_where_heard():
+    from cvload.records import ERR_BARGED_IN
+
+    ok = record([0.2, 0.3], [24000, 24000])
+    abandoned = record([0.4], [24000], error_kind=ERR_BARGED_IN)
+    s = summarize([ok, abandoned], wall_s=2.0)
+    assert s["requests"]["barged_in"] == 1 and s["requests"]["ok"] == 1 and s["requests"]["failed"] == 0
+    assert s["error_rate"] == 0.0 and "barged_in" not in s["errors"]  # not an error
+    assert s["metrics"]["first_chunk_latency_ms"]["count"] == 2  # its first chunk was heard
+    assert s["metrics"]["first_chunk_latency_ms"]["max"] == 400.0
+    assert s["metrics"]["total_latency_ms"]["count"] == 1  # it never completed
+    assert s["audio_s_total"] == 2.0
 
 
 def test_incomplete_requests_count_as_failed_with_their_latency_lower_bounds():

@@ -86,7 +86,8 @@ def test_merged_run_reads_like_one_process(emulator, tmp_path):
         keys({k: v for k, v in one.items() if k != "client"})
     assert set(records[0]) == set(one_records[0])
     assert three["requests"] == one["requests"] == {"total": 30, "ok": 30, "failed": 0, "cancelled": 0,
-                                                     "warmup": 6, "incomplete": 0}
+                                                     "warmup": 6, "incomplete": 0,
+                                                     "barged_in": 0}
     # every request exactly once, with the index, worker, item and server one process would have given it
     assert sorted(r["index"] for r in records) == list(range(36))
     assert len({r["request_id"] for r in records}) == 36

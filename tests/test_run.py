@@ -26,7 +26,8 @@ def test_streaming_grpc_matches_server_schedule(emulator, tmp_path):
     assert code == 0
     summary, records = load(out)
     assert summary["schema"] == "cvload.summary/1"
-    assert summary["requests"] == {"total": 8, "ok": 8, "failed": 0, "cancelled": 0, "warmup": 0, "incomplete": 0}
+    assert summary["requests"] == {"total": 8, "ok": 8, "failed": 0, "cancelled": 0, "warmup": 0, "incomplete": 0,
+                                   "barged_in": 0}
     # Goodput (a per-request objective was given): the requests with a first chunk under 400 ms, per second.
     good = sum(r["first_chunk_latency_ms"] < 400 for r in records)
     assert summary["goodput"]["share"] == good / 8

@@ -52,7 +52,7 @@ def request(text: str = TEXT, prompt: bool = True) -> SynthesisRequest:
 
 @pytest.fixture(scope="module")
 def runtime() -> Iterator[RuntimeServer]:
-    with RuntimeServer(get_profile("fixed"), max_conc=8, die_with_parent=True) as server:
+    with RuntimeServer(get_profile("fixed"), max_conc=8, die_with_parent=True, texts=(TEXT,)) as server:
         yield server
 
 

@@ -18,6 +18,7 @@ from cvload.config import (
     RunConfig,
     parse_duration,
 )
+from cvload.errors import UsageError
 
 
 def _duration(text: str) -> float:
@@ -82,6 +83,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                    help="when the server goes away mid-run: abort (default) stops the run (exit 1); continue "
                         "rides out the outage (requests fail fast as connection errors, reconnects with backoff, "
                         "measures again once it is back; outages listed in the summary)")
+    g = p.add_argument_group("barge-in: listeners that interrupt (docs/barge-in.md)")
+    g.add_argument("--barge-in", default=None, metavar="SHARE@WHEN",
+                   help="abandon SHARE of the streaming requests: 30%%@1.5s (1.5 s after the first chunk), "
+                        "50%%@first_chunk, 20%%@uniform(0.5s,3s), 30%%@audio(2s) (after 2 s of audio); the call is "
+                        "cancelled or the connection closed, as a voice agent does when its caller talks over it")
+    g.add_argument("--barge-in-baseline", action="store_true", default=None,
+                   help="first run the same load without barge-in (results in OUT/baseline): the summary compares "
+                        "the survivors' first chunk with it")
     g = p.add_argument_group("results and objectives")
     g.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/<time>-<mode>)")
     g.add_argument("--save-audio", action="store_true", default=None, help="write one 24 kHz WAV per request")
@@ -187,7 +196,17 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     if flags.get("server") and config.emulator and "emulator" not in flags:
         flags["emulator"] = False  # an explicit --server replaces a scenario's embedded server
         flags["pipeline"] = False
-    return config.merged(flags).validate()
+    return checked(config.merged(flags).validate())
+
+
+def checked(config: RunConfig) -> RunConfig:
+    """``config`` after the checks that live beside their option (--barge-in's in cvload/barge_in.py)."""
+    from cvload import barge_in
+
+    barge_in.check(config.barge_in, mode=config.mode, seed=config.seed)
+    if config.barge_in_baseline and config.barge_in is None:
+        raise UsageError("--barge-in-baseline compares with a barge-in run: add --barge-in SHARE@WHEN")
+    return config
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,11 +215,41 @@ def run(args: argparse.Namespace) -> int:
     return run_headless(config_from_args(args), ConsoleView(json_output=args.json, quiet=args.quiet))
 
 
+class _BaselineView:
+    """The baseline run of ``--barge-in-baseline`` says one line when it is done (its summary is in its folder)."""
+
+    def preparing(self, config: RunConfig) -> None: ...
+
+    def attach(self, session: Any) -> None: ...
+
+    def detach(self, session: Any) -> None: ...
+
+    def final(self, session: Any, summary: dict[str, Any]) -> None:
+        first = (summary.get("metrics") or {}).get("first_chunk_latency_ms") or {}
+        p95 = first.get("p95")
+        sys.stderr.write(f"barge-in baseline: {summary['requests']['ok']} ok, first chunk p95 "
+                         f"{'-' if p95 is None else f'{p95:.1f} ms'}\n")
+
+
 def run_headless(config: RunConfig, view: Any) -> int:
-    """One run in this process, as ``Session.run`` runs it, with ``view`` (the console) listening."""
+    """One run in this process, as ``Session.run`` runs it, with ``view`` (the console) listening.
+
+    ``--barge-in-baseline``: the same load without barge-in runs first, into ``OUT/baseline``."""
     from cvload.session import Session
 
     try:
-        return asyncio.run(Session(config).run(view))
+        baseline = None
+        if config.barge_in_baseline:
+            from cvload.results import default_out_dir
+
+            out = config.out or str(default_out_dir("barge-in"))
+            config = config.merged({"out": out})
+            first = Session(config.merged({"out": f"{out}/baseline"}))
+            first.config.barge_in, first.config.barge_in_baseline = None, False
+            sys.stderr.write(f"barge-in baseline: the same load without barge-in, into {out}/baseline\n")
+            asyncio.run(first.run(_BaselineView()))
+            assert first.summary is not None
+            baseline = (first.summary, f"{out}/baseline")
+        return asyncio.run(Session(config, baseline=baseline).run(view))
     finally:
         sys.stdout.flush()

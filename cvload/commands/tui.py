@@ -13,6 +13,7 @@ from types import SimpleNamespace
 from cvload.commands.run import _duration, add_run_options, run_headless
 from cvload.commands.sweep import add_sweep_options, sweep_config_from_args
 from cvload.config import RunConfig, SweepSettings, parse_levels
+from cvload.errors import UsageError
 
 UNTIL_QUIT_S = 3600.0  # a dashboard without --requests/--duration runs until q, bounded to an hour
 STOP_WAIT_S = 60.0  # after q: drain (5 s) plus stopping an embedded server with stuck requests (15 s), with margin
@@ -48,6 +49,9 @@ def tui_config(args: argparse.Namespace) -> RunConfig:
     from cvload.sweep import SweepPlan, sweeping
 
     config = sweep_config_from_args(args)
+    if config.barge_in_baseline:
+        raise UsageError("--barge-in-baseline pairs two headless runs: use cvload run",
+                         hint="the dashboard shows the barge-in run itself; leave --barge-in-baseline out")
     if not sweeping(config):
         return config
     sw = config.sweep

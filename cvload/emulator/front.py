@@ -5,14 +5,16 @@ instance, so ``bls_instances`` requests are worked on at once) it sends the prom
 and ``speaker_embedding`` (skipped when the request brings no prompt: the cached speaker), streams speech tokens
 from the decoupled ``tensorrt_llm`` (``exec(decoupled=True)``, read on a thread), and calls ``token2wav`` once per
 chunk as enough tokens arrived (chunk sizes of the profile, plus the lookahead tokens), sending each chunk's
-waveform to the client. Offline it calls ``tensorrt_llm`` and ``token2wav`` once. Request checks, faults, the
-trace and the voice come from the single-model emulator (``cosyvoice_emulator.py`` beside this file): only the
+waveform to the client: the speech of the text, which only the front holds (token2wav's own output, a tone, is
+the vocoder's work and time). Offline it calls ``tensorrt_llm`` and ``token2wav`` once. Request checks, faults,
+the trace, the voice, garbling and leading silence come from the single-model emulator (``cosyvoice_emulator.py`` beside this file): only the
 production of the chunks differs. Every delay is the sub-models' own, so queueing shows in Triton's statistics
 of the model where it happens.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -36,11 +38,23 @@ class _Tokens:
         self.done = False
         self.error: Exception | None = None
         self.cond = threading.Condition()
+        self.stream = None  # the tensorrt_llm response iterator, once the reader opened it
 
-    def wait_for(self, count: int) -> list[int]:
+    def cancel(self) -> None:
+        """Ask tensorrt_llm to stop (the response iterator's ``cancel()``, in Python backends from r24.11 on;
+        the bundled 2.51 has none, so there the stream runs to its end and the release waits for it)."""
+        cancel = getattr(self.stream, "cancel", None)
+        if cancel is not None:
+            with contextlib.suppress(Exception):  # a stream that already ended
+                cancel()
+
+    def wait_for(self, count: int, watch=None) -> list[int] | None:
+        """The first ``count`` tokens; None when ``watch`` (the client's cancellation) says stop first."""
         with self.cond:
             while len(self.ids) < count and not self.done and self.error is None:
-                self.cond.wait()
+                if watch is not None and watch.stop():
+                    return None
+                self.cond.wait(None if watch is None else watch.poll_s)
             if self.error is not None:
                 raise self.error
             if len(self.ids) < count:
@@ -102,7 +116,7 @@ class TritonPythonModel(core.TritonPythonModel):
         stub's table for good), then retire the iterator (see ``_retire``)."""
         stream = None
         try:
-            stream = request.exec(decoupled=True)
+            stream = tokens.stream = request.exec(decoupled=True)
             for response in stream:
                 if tokens.error is not None:
                     continue
@@ -181,12 +195,9 @@ class TritonPythonModel(core.TritonPythonModel):
     def _synthesize(self, parsed: dict, request_id: str, arrival: float, emit) -> tuple[list[float], list]:
         p = self.profile
         prompt, prompt_tokens = self._prompt(parsed)
-        total = core.speech_tokens(parsed["target"])
-        # token2wav makes the audio; with the espeak voice the front sends the recorded speech instead
-        voice = self._voice(parsed["target"], request_id) if p.get("voice") == "espeak" else None
-        recorded = isinstance(voice, core.RecordedVoice)
-        if recorded:
-            total = max(1, -(-len(voice.audio) // core.SAMPLES_PER_TOKEN))
+        # token2wav does the vocoder's work and time; what the client hears is the front's voice (the speech of
+        # the text, garbled or delayed as the profile says), which only the front, holding the text, can make
+        voice, total = self._spoken(parsed["target"], request_id)
         text_ids = np.frombuffer(parsed["target"].encode("utf-8"), dtype=np.uint8).astype(np.int32) + TEXT_IDS - 256
         input_ids = np.concatenate([text_ids, np.arange(prompt_tokens, dtype=np.int32) + TEXT_IDS + 20])
         sends: list[float] = []
@@ -194,10 +205,10 @@ class TritonPythonModel(core.TritonPythonModel):
 
         def vocode(ids: list[int], n: int, offset: int | None, final: bool | None) -> None:
             start = time.monotonic()
-            audio = self._token2wav(ids, prompt, request_id, offset, final)
+            self._token2wav(ids, prompt, request_id, offset, final)
             spans.append([start - arrival, time.monotonic() - arrival])
             sends.append(time.monotonic() - arrival)
-            emit(voice.render(n * core.SAMPLES_PER_TOKEN) if recorded else audio)  # type: ignore[union-attr]
+            emit(voice.render(n * core.SAMPLES_PER_TOKEN))  # type: ignore[attr-defined]
 
         if not self.decoupled:
             ids = self._ids(self._llm_request(input_ids, total, False, request_id).exec())
@@ -212,14 +223,20 @@ class TritonPythonModel(core.TritonPythonModel):
         reader = threading.Thread(target=self._read_stream, daemon=True,
                                   args=(parsed["request"], self._llm_request(input_ids, total, True, request_id), tokens))
         reader.start()
+        watch = parsed.get("watch")  # the client's cancellation, checked between the pipeline's stages
         try:
             offset = 0
             for i, n in enumerate(chunks):
                 if i == stall_at:
                     time.sleep(p.get("stall_s", 0.0))
                 final = i == len(chunks) - 1
-                ids = tokens.wait_for(offset + n + (0 if final else lookahead))
+                ids = tokens.wait_for(offset + n + (0 if final else lookahead), watch)
+                if ids is None or (watch is not None and watch.stop()):  # no more token2wav calls
+                    tokens.cancel()
+                    break
                 vocode(ids, n, offset, final)
+                if watch is not None:
+                    watch.made(n * core.SAMPLES_PER_TOKEN)
                 offset += n
         finally:  # also after a failure: the reader's barrier needs the request before its final response
             reader.join()

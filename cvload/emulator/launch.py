@@ -41,6 +41,7 @@ class EmulatorSettings:
     ready_timeout: float | None = None  # None: the server's own default
     token: str | None = None  # openai: the bearer token it wants
     die_with_parent: bool = True
+    texts: tuple[str, ...] = ()  # spoken into the speech cache before the start, with the built-in set
 
 
 class Emulator(ABC):
@@ -87,6 +88,12 @@ class Emulator(ABC):
         """The server's Prometheus endpoint (None: it has none)."""
         return None
 
+    @property
+    def trace_path(self) -> Path | None:
+        """Where the server writes one JSON line per request (arrival, sends, the client's cancellation): the
+        truth ``--barge-in`` reads the server's release time from. None: it keeps none."""
+        return None
+
     @abstractmethod
     def ready_lines(self) -> list[str]:
         """What ``serve`` prints once the server is ready: a headline, then one line per endpoint."""
@@ -123,9 +130,10 @@ class TritonEmulator(Emulator):
         self._own_root = s.workdir is None
         self.root = root = Path(tempfile.mkdtemp(prefix="cvload-serve-")) if s.workdir is None else s.workdir
         if s.pipeline:
-            repo = build_pipeline_repository(root, s.profile, name=s.model, mode=s.mode)
+            repo = build_pipeline_repository(root, s.profile, name=s.model, mode=s.mode, texts=s.texts)
         else:
-            repo = build_repository(root, [EmulatedModel(name=s.model, profile=s.profile, mode=s.mode)])
+            repo = build_repository(root, [EmulatedModel(name=s.model, profile=s.profile, mode=s.mode)],
+                                    texts=s.texts)
         self.server = TritonServer(repo, host=s.host, http_port=s.http_port, grpc_port=s.grpc_port,
                                    metrics_port=s.metrics_port, tritonserver=s.tritonserver,
                                    workdir=root / s.server_folder if s.server_folder else root,
@@ -149,6 +157,10 @@ class TritonEmulator(Emulator):
     @property
     def metrics_url(self) -> str | None:
         return str(self.server.metrics_url)
+
+    @property
+    def trace_path(self) -> Path | None:
+        return None if self.root is None else self.root / f"{self.settings.model}.trace.jsonl"
 
     def ready_lines(self) -> list[str]:
         from cvload.emulator import pipeline_models
@@ -176,12 +188,16 @@ class RuntimeEmulator(Emulator):
         self.server = RuntimeServer(s.profile, host=s.host, grpc_port=s.grpc_port, http_port=s.http_port,
                                     max_conc=self._max_conc(DEFAULT_MAX_CONC, 1),
                                     sample_rate=s.sample_rate or 24000, workdir=s.workdir,
-                                    die_with_parent=s.die_with_parent)
+                                    die_with_parent=s.die_with_parent, texts=s.texts)
         self._start()
         return self
 
     def address(self, protocol: str) -> str:
         return str(self.server.grpc_url if protocol == "grpc" else self.server.http_url)
+
+    @property
+    def trace_path(self) -> Path | None:
+        return Path(self.server.trace_path)
 
     def ready_lines(self) -> list[str]:
         s, ep = self.settings, self.server.endpoints()
@@ -207,12 +223,16 @@ class OpenAIEmulator(Emulator):
         s = self.settings
         self.server = OpenAIServer(s.profile, model=s.model, host=s.host, port=s.http_port,
                                    max_conc=self._max_conc(0, 0), token=s.token, workdir=s.workdir,
-                                   die_with_parent=s.die_with_parent)
+                                   die_with_parent=s.die_with_parent, texts=s.texts)
         self._start()
         return self
 
     def address(self, protocol: str) -> str:
         return str(self.server.url)
+
+    @property
+    def trace_path(self) -> Path | None:
+        return Path(self.server.trace_path)
 
     def ready_lines(self) -> list[str]:
         from cvload.emulator.openai_server import TOKEN_ENV

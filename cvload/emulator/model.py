@@ -204,22 +204,27 @@ class Vocoder:
                 while not self.jobs:
                     self.cond.wait()
                 _, _, cost, done, span = heapq.heappop(self.jobs)
+                if done.is_set():  # withdrawn while queued (its request was cancelled)
+                    continue
+                span.append(None)  # claimed: too late to withdraw
             if self.lock_path:
                 with open(self.lock_path, "a") as fh:
                     fcntl.flock(fh, fcntl.LOCK_EX)
                     try:
-                        span.append(time.monotonic())
+                        span[0] = time.monotonic()
                         _sleep(cost)
                         span.append(time.monotonic())
                     finally:
                         fcntl.flock(fh, fcntl.LOCK_UN)
             else:
-                span.append(time.monotonic())
+                span[0] = time.monotonic()
                 _sleep(cost)
                 span.append(time.monotonic())
             done.set()
 
-    def run(self, cost: float, arrival: float) -> tuple[float, float] | None:
+    def run(self, cost: float, arrival: float, watch: CancelWatch | None = None) -> tuple[float, float] | None:
+        """Queue a job and wait for it; None when it cost nothing, or was withdrawn from the queue because
+        ``watch`` said stop (a job already running runs to its end, as a GPU kernel does)."""
         if cost <= 0:
             return None
         done, span = threading.Event(), []
@@ -228,7 +233,15 @@ class Vocoder:
             key = arrival if self.priority == "oldest" else time.monotonic()
             heapq.heappush(self.jobs, (key, self.seq, cost, done, span))
             self.cond.notify()
-        done.wait()
+        if watch is None:
+            done.wait()
+        else:
+            while not done.wait(watch.poll_s):
+                if watch.stop():
+                    with self.cond:
+                        if not span:  # still queued: withdraw it
+                            done.set()
+                            return None
         return span[0], span[1]
 
 
@@ -241,6 +254,72 @@ def _sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+class CancelWatch:
+    """Whether the client gave up on a request, asked the way a correct server asks (Triton's
+    ``is_cancelled()``, grpcio's ``context.is_active()``, a web server's disconnect), between pipeline stages
+    and every ``poll_s`` of a wait. ``ignore`` (profile ``ignore_cancel``) is the bug cvload must expose: the
+    cancellation is noticed (and traced) but the request is generated to its end all the same.
+
+    Trace fields: ``cancelled`` (s after arrival when first noticed), ``stopped`` (s after arrival when the
+    request's generation ended) and ``after_cancel_s`` (audio made after the notice, seconds)."""
+
+    POLL_S = 0.025
+    # Triton's is_cancelled() is a round trip from the stub to the server process (~40 us measured here): a
+    # process polls about this many times a second at most, however many requests it serves (at 64 streams a
+    # request is asked every 64 ms), so watching costs a few percent of a core, never the emulator's timing.
+    QUERIES_PER_S = 1000.0
+
+    def __init__(self, is_cancelled, ignore: bool = False, active: int = 1) -> None:
+        self.is_cancelled = is_cancelled  # a callable answering True once the client went away
+        self.ignore = ignore
+        self.poll_s = max(self.POLL_S, active / self.QUERIES_PER_S)
+        self.seen: float | None = None  # monotonic time the cancellation was first noticed
+        self.after_samples = 0
+        self.sample_rate = SAMPLE_RATE
+
+    def cancelled(self) -> bool:
+        if self.seen is None:
+            try:
+                gone = bool(self.is_cancelled())
+            except Exception:  # noqa: BLE001 - a query that fails (server shutting down) is not a cancellation
+                gone = False
+            if gone:
+                self.seen = time.monotonic()
+        return self.seen is not None
+
+    def stop(self) -> bool:
+        """True when generation should end now: cancelled and honoured."""
+        return self.cancelled() and not self.ignore
+
+    def sleep_until(self, deadline: float) -> bool:
+        """Wait until ``deadline`` (host monotonic clock) unless stopped first; True when stopped."""
+        while True:
+            if self.stop():
+                return True
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            time.sleep(min(left, self.poll_s))
+
+    def made(self, samples: int) -> None:
+        """Audio of ``samples`` was made for the request (counted against the cancellation once noticed)."""
+        if self.cancelled():
+            self.after_samples += samples
+
+    def trace(self, arrival: float) -> dict:
+        return {"cancelled": None if self.seen is None else self.seen - arrival,
+                "stopped": time.monotonic() - arrival,
+                "after_cancel_s": self.after_samples / self.sample_rate}
+
+
+def _wait_until(deadline: float, watch: CancelWatch | None) -> bool:
+    """Sleep until ``deadline``; True when ``watch`` says stop first."""
+    if watch is None:
+        _sleep_until(deadline)
+        return False
+    return watch.sleep_until(deadline)
 
 
 class RequestError(Exception):
@@ -510,32 +589,44 @@ class TritonPythonModel:
         )
         produced = 0
         shift = 0.0  # a stall delays this chunk and every later one
+        watch = parsed.get("watch")  # the client's cancellation (streaming requests)
         for i, n in enumerate(chunks):
+            if watch is not None and watch.stop():
+                break
             if i == stall_at:
                 stall = p.get("stall_s", 0.0)
-                _sleep(stall)
+                if _wait_until(time.monotonic() + stall, watch):
+                    break
                 llm_clock += stall
                 shift += stall
             produced += n
             audio = voice.render(n * SAMPLES_PER_TOKEN)  # before the wait: rendering must not delay the send
             if fixed_first is not None:
-                _sleep_until(arrival + shift + fixed_first + i * (p.get("fixed_interval_s") or 0.0))
+                if _wait_until(arrival + shift + fixed_first + i * (p.get("fixed_interval_s") or 0.0), watch):
+                    break
             else:
                 lookahead = 0 if produced == total_tokens else p.get("lookahead_tokens", 3)
                 llm_clock += self._token_time(n + (lookahead if i == 0 else 0))
-                _sleep_until(llm_clock)
-                span = self.vocoder.run(self._vocoder_cost(n), arrival)
+                if _wait_until(llm_clock, watch):
+                    break
+                span = self.vocoder.run(self._vocoder_cost(n), arrival, watch)
                 if span is not None:
                     spans.append([span[0] - arrival, span[1] - arrival])
+                elif watch is not None and watch.stop():
+                    break
             sends.append(time.monotonic() - arrival)
+            if watch is not None:
+                watch.made(audio.size)
             emit(audio)
         return sends, spans
 
-    def _trace(self, request_id: str, arrival: float, sends: list[float], spans: list, error: str | None) -> None:
+    def _trace(self, request_id: str, arrival: float, sends: list[float], spans: list, error: str | None,
+               watch: CancelWatch | None = None) -> None:
         if not self.trace_path:
             return
         line = json.dumps(
             {
+                **(watch.trace(arrival) if watch is not None else {}),
                 "model": self.model_name,
                 "id": request_id,
                 "pid": os.getpid(),
@@ -555,13 +646,19 @@ class TritonPythonModel:
         error, invalid = self._admit_safely(request_id)
         sends: list[float] = []
         spans: list = []
+        watch = self._cancel_watch(request)
         if error is None:
             try:
                 parsed = self._parse(request)
+                parsed["watch"] = watch
 
                 def emit(audio: np.ndarray) -> None:
                     out = pb_utils.Tensor("waveform", audio.reshape(1, -1))
-                    sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+                    try:
+                        sender.send(pb_utils.InferenceResponse(output_tensors=[out]))
+                    except Exception:  # noqa: BLE001 - sending to a client that went away may fail
+                        if not watch.cancelled():
+                            raise
 
                 sends, spans = self._synthesize(parsed, request_id, arrival, emit)
             except RequestError as exc:
@@ -570,16 +667,25 @@ class TritonPythonModel:
                 error = f"emulator failure: {exc!r}"
             finally:
                 self._release(request_id)
-        try:
-            self._trace(request_id, arrival, sends, spans, error)  # before the final response: clients may read it
+        try:  # the trace goes before the final response: clients may read it
+            self._trace(request_id, arrival, sends, spans, error, watch)
         finally:
-            if error is not None:
-                sender.send(
-                    pb_utils.InferenceResponse(error=_error(error, invalid)),
-                    flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
-                )
-            else:
-                sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            try:
+                if error is not None:
+                    sender.send(
+                        pb_utils.InferenceResponse(error=_error(error, invalid)),
+                        flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL,
+                    )
+                else:
+                    sender.send(flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            except Exception:  # noqa: BLE001 - the final flag of a cancelled request may find no client
+                if not watch.cancelled():
+                    raise
+
+    def _cancel_watch(self, request) -> CancelWatch:
+        """The request's cancellation as Triton's Python backend reports it (``request.is_cancelled()``)."""
+        return CancelWatch(getattr(request, "is_cancelled", lambda: False),
+                           bool(self.profile.get("ignore_cancel", False)), active=max(1, self.active))
 
     def _serve_offline(self, request, arrival: float):
         request_id = request.request_id()

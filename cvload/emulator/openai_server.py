@@ -37,7 +37,7 @@ import numpy as np
 
 from cvload.address import hostport
 from cvload.emulator.child import ChildServer
-from cvload.emulator.model import SAMPLE_RATE, SharedState, TritonPythonModel, Vocoder
+from cvload.emulator.model import SAMPLE_RATE, CancelWatch, SharedState, TritonPythonModel, Vocoder
 from cvload.emulator.profiles import PRESETS, Profile
 
 TOKEN_ENV = "CVLOAD_EMULATOR_API_KEY"
@@ -61,21 +61,24 @@ class Synthesizer(TritonPythonModel):
         self.lock = threading.Lock()
         self.active = 0
         self.trace_lock = threading.Lock()
+        self._start_speech()
 
-    def run(self, text: str, request_id: str, arrival: float, emit: Any) -> str | None:
-        """Synthesize on this thread, ``emit(int16 bytes)`` at each chunk's time; the error message or None."""
+    def run(self, text: str, request_id: str, arrival: float, emit: Any,
+            watch: CancelWatch | None = None) -> str | None:
+        """Synthesize on this thread, ``emit(int16 bytes)`` at each chunk's time; the error message or None.
+        ``watch``: the client's disconnect (generation stops unless the profile ignores it)."""
         error, _ = self._admit_safely(request_id)
         sends: list[float] = []
         spans: list[Any] = []
         if error is None:
             try:
-                sends, spans = self._synthesize({"target": text}, request_id, arrival,
+                sends, spans = self._synthesize({"target": text, "watch": watch}, request_id, arrival,
                                                 lambda audio: emit(pcm16(audio)))
             except Exception as exc:  # noqa: BLE001 - a bug in the emulator must not hang the client
                 error = f"emulator failure: {exc!r}"
             finally:
                 self._release(request_id)
-        self._trace(request_id, arrival, sends, spans, error)
+        self._trace(request_id, arrival, sends, spans, error, watch)
         return error
 
 
@@ -175,11 +178,13 @@ class SpeechApp:
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         outcome: list[str | None] = []
 
+        watch = self._disconnect_watch(request)
+
         def work() -> None:
             error: str | None = "emulator failure"
             try:
                 error = self.synth.run(body["input"], f"openai-{next(self.ids)}", arrival,
-                                       lambda data: loop.call_soon_threadsafe(queue.put_nowait, data))
+                                       lambda data: loop.call_soon_threadsafe(queue.put_nowait, data), watch)
             finally:
                 outcome.append(error)
                 loop.call_soon_threadsafe(queue.put_nowait, None)
@@ -204,10 +209,13 @@ class SpeechApp:
             await response.prepare(request)
             data: bytes | None = first
             while data is not None:
-                if self.odd_splits:  # two HTTP chunks, cut inside a sample, as network chunks come
-                    await response.write(data[:len(data) // 2 | 1])
-                    data = data[len(data) // 2 | 1:]
-                await response.write(data)
+                try:
+                    if self.odd_splits:  # two HTTP chunks, cut inside a sample, as network chunks come
+                        await response.write(data[:len(data) // 2 | 1])
+                        data = data[len(data) // 2 | 1:]
+                    await response.write(data)
+                except ConnectionError:  # the client went away: the synthesis thread sees it through its watch
+                    return response
                 data = await queue.get()
             if outcome[0] is not None:  # failed mid-stream: the status is sent, so break the body off
                 request.transport.close()
@@ -216,6 +224,17 @@ class SpeechApp:
             return response
         finally:
             self.in_flight -= 1
+
+
+    def _disconnect_watch(self, request: Any) -> CancelWatch:
+        """The client's disconnect as a web server sees it: the request's connection closed (polled from the
+        synthesis thread between stages; ``ignore_cancel`` generates to the end anyway)."""
+
+        def gone() -> bool:
+            transport = request.transport
+            return transport is None or transport.is_closing()
+
+        return CancelWatch(gone, bool(self.synth.profile.get("ignore_cancel", False)))
 
 
 def serve(host: str, port: int, app: SpeechApp) -> None:
@@ -278,6 +297,7 @@ class OpenAIServer(ChildServer):
     max_conc: int = 0
     token: str | None = None
     odd_splits: bool = False  # pcm: each chunk as two HTTP chunks cut inside a sample
+    texts: tuple[str, ...] = ()  # spoken into the speech cache before the start (the built-in set always is)
 
     @property
     def url(self) -> str:
@@ -292,8 +312,10 @@ class OpenAIServer(ChildServer):
         return {"speech": self.url + ROUTES[0], "log": str(self.log_path)}
 
     def start(self) -> OpenAIServer:
+        from cvload.emulator.voices import warm_speech
         from cvload.triton.launcher import claim_ports
 
+        warm_speech([self.profile], self.texts)  # before the server: synthesis never costs emulated time
         claim_ports(self, ("port",))
         self._prepare_workdir("cvload-openai-", "openai_server.log")
         env = self.child_env()

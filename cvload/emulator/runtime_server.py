@@ -16,12 +16,12 @@ never shares an interpreter with the process that measures it, and stops it with
 # No ``from __future__ import annotations``: FastAPI reads the routes' parameter annotations (Form, File) as
 # objects, and they are imported inside ``fastapi_app``, where the module's globals cannot see them.
 import argparse
+import contextlib
 import io
 import json
 import math
 import os
 import random
-import re
 import signal
 import sys
 import threading
@@ -30,27 +30,22 @@ import wave
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 
 from cvload.address import hostport
+from cvload.emulator import speech
 from cvload.emulator.child import ChildServer
-from cvload.emulator.model import ToneVoice, Vocoder, speech_seconds, speech_tokens
+from cvload.emulator.model import SAMPLE_RATE, CancelWatch, ToneVoice, Vocoder, speech_seconds, speech_tokens
 from cvload.emulator.profiles import Profile
+from cvload.emulator.speech import sentences
 from cvload.errors import ServerError
 
 DEFAULT_MAX_CONC = 4  # the runtime's own default (--max_conc 4)
 DEFAULT_SAMPLE_RATE = 24000  # CosyVoice2/3; 22050 emulates CosyVoice-300M
 KINDS = ("sft", "zero_shot", "cross_lingual", "instruct", "instruct2")
-# Sentence ends: CJK punctuation anywhere, ASCII punctuation before a space (so "3.5" stays one number).
-_SENTENCE_END = re.compile(r"(?<=[\u3002\uff01\uff1f\uff1b])|(?<=[.!?;])\s+")
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences the runtime's text frontend would synthesize one by one (never empty)."""
-    parts = [p.strip() for p in _SENTENCE_END.split(text)]
-    return [p for p in parts if p and re.search(r"\w", p)] or [text.strip()]
 
 
 class RequestError(Exception):
@@ -65,14 +60,20 @@ class Synthesizer:
     """The pretend model both servers call: admission (faults, crash), then one int16 sentence at a time at the
     profile's times. Thread-safe; every request runs in its own server thread."""
 
-    def __init__(self, profile: Profile, sample_rate: int = DEFAULT_SAMPLE_RATE) -> None:
+    def __init__(self, profile: Profile, sample_rate: int = DEFAULT_SAMPLE_RATE, trace_path: str | None = None) -> None:
         self.profile = profile
         self.sample_rate = sample_rate
+        self.trace_path = trace_path  # one JSON line per watched request (see ``_trace``)
+        self.trace_lock = threading.Lock()
+        self.traced = 0
         self.vocoder = Vocoder(None, profile.vocoder_priority)
         self.rng = random.Random(profile.seed or None)
         self.lock = threading.Lock()
         self.active = 0
         self.arrivals = 0
+        self.speech = speech.SpeechCache(profile.speech_cache or None)
+        self.garble_rng = random.Random(f"garble-{profile.seed}")
+        self.recent: list[list[np.ndarray]] = []  # the last requests' sentences, for garble's "swap"
 
     def admit(self) -> None:
         """Count the arrival; crash the server at ``crash_after``; fail ``error_rate`` of the requests."""
@@ -91,10 +92,61 @@ class Synthesizer:
 
     def audio(self, sentence: str, voice: ToneVoice) -> bytes:
         n = max(1, round(speech_seconds(sentence) * self.sample_rate))
-        return (np.clip(voice.render(n), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+        return pcm16(voice.render(n))
 
-    def run(self, text: str, arrival: float) -> Iterator[bytes]:
-        """The request's sentences as raw int16 PCM, each returned at its time (the caller sends it at once)."""
+    def spoken(self, parts: list[str], others: int) -> list[np.ndarray] | None:
+        """Each sentence's speech at the server's rate, garbled when more than ``garble_above`` requests are in
+        flight (``others`` besides this one; the share (n - N) / n, by the seed); None while a sentence is not
+        cached yet (the request gets the tone; its speech is synthesised off the response path)."""
+        found = [self.speech.lookup(s, max(1, round(speech_seconds(s) * SAMPLE_RATE))) for s in parts]
+        if any(a is None for a in found):
+            return None
+        clean: list[np.ndarray] = found  # type: ignore[assignment]
+        audio = list(clean)
+        above, n = self.profile.garble_above, others + 1
+        with self.lock:
+            if above is not None and n > above and self.garble_rng.random() < (n - above) / n:
+                mode, rng = self.garble_rng.choice(speech.GARBLE_MODES), random.Random(self.garble_rng.random())
+                swap = next((r for r in reversed(self.recent) if r is not clean), None)
+                mode = "noise" if mode == "swap" and swap is None else mode
+                audio = [speech.garble(a, mode, rng, swap[i % len(swap)] if swap else None)
+                         for i, a in enumerate(clean)]
+            self.recent = [*self.recent[-7:], clean]
+        if self.sample_rate != SAMPLE_RATE:
+            audio = [_fit(speech.resample(a, SAMPLE_RATE, self.sample_rate),
+                          max(1, round(speech_seconds(s) * self.sample_rate))) for a, s in zip(audio, parts)]
+        return audio
+
+    def leading(self) -> np.ndarray:
+        """``leading_silence_s`` of quiet (never digital zero) before the first sentence."""
+        quiet = np.full(round(self.profile.leading_silence_s * self.sample_rate), speech.FLOOR, np.float32)
+        quiet[1::2] = -speech.FLOOR
+        return quiet
+
+    def watch(self, gone: Callable[[], bool]) -> CancelWatch:
+        """The client's cancellation (``gone()`` answers True once it went away), honoured unless the profile
+        says ``ignore_cancel``."""
+        watch = CancelWatch(gone, self.profile.ignore_cancel)
+        watch.sample_rate = self.sample_rate
+        return watch
+
+    def _trace(self, arrival: float, sends: list[float], watch: CancelWatch | None) -> None:
+        """The Triton emulator's trace fields (``id`` its own: the runtime's requests carry none), with the
+        cancellation's (``CancelWatch.trace``), for the request that just ended."""
+        if not self.trace_path or watch is None:
+            return
+        watch.cancelled()  # one more look: a response closed on disconnect ends here without having polled
+        with self.lock:
+            self.traced += 1
+            number = self.traced
+        line = json.dumps({**watch.trace(arrival), "model": "runtime", "id": f"runtime-{number}", "pid": os.getpid(),
+                           "arrival": arrival, "sends": sends, "vocoder": [], "error": None})
+        with self.trace_lock, open(self.trace_path, "a") as fh:
+            fh.write(line + "\n")
+
+    def run(self, text: str, arrival: float, watch: CancelWatch | None = None) -> Iterator[bytes]:
+        """The request's sentences as raw int16 PCM, each returned at its time (the caller sends it at once);
+        with ``watch``, it ends early once the client went away (unless the profile ignores that)."""
         p = self.profile
         parts = sentences(text)
         voice = ToneVoice(zlib.crc32(text.encode()))  # the same text always sounds the same
@@ -102,27 +154,43 @@ class Synthesizer:
             self.active += 1
             others = self.active - 1
             stall_at = self.rng.randrange(len(parts)) if self.rng.random() < p.stall_prob else -1
+        said = self.spoken(parts, others) if p.voice == "speech" else None
+        sends: list[float] = []
         try:
             shift = 0.0
             clock = arrival + self._jitter(p.llm_prefill_s + p.llm_prefill_per_active_s * others)
             for i, sentence in enumerate(parts):
+                if watch is not None and watch.stop():
+                    return
                 if i == stall_at:
-                    time.sleep(p.stall_s)
+                    if _wait(time.monotonic() + p.stall_s, watch):
+                        return
                     shift += p.stall_s
                     clock += p.stall_s
-                pcm = self.audio(sentence, voice)  # before the wait: making audio must not delay the send
+                # before the wait: making audio must not delay the send
+                pcm = self.audio(sentence, voice) if said is None else pcm16(said[i])
+                if i == 0 and p.leading_silence_s > 0:
+                    pcm = pcm16(self.leading()) + pcm
                 if p.fixed_first_s is not None:
-                    _sleep_until(arrival + shift + p.fixed_first_s + i * (p.fixed_interval_s or 0.0))
+                    if _wait(arrival + shift + p.fixed_first_s + i * (p.fixed_interval_s or 0.0), watch):
+                        return
                 else:
                     tokens = speech_tokens(sentence)
                     clock = max(clock, time.monotonic()) + self._token_time(tokens)
-                    _sleep_until(clock)
-                    self.vocoder.run(self._jitter(p.vocoder_base_s + p.vocoder_per_token_s * tokens), arrival)
+                    if _wait(clock, watch):
+                        return
+                    cost = self._jitter(p.vocoder_base_s + p.vocoder_per_token_s * tokens)
+                    if self.vocoder.run(cost, arrival, watch) is None and watch is not None and watch.stop():
+                        return
                     clock = time.monotonic()
+                sends.append(time.monotonic() - arrival)
+                if watch is not None:
+                    watch.made(len(pcm) // 2)
                 yield pcm
         finally:
             with self.lock:
                 self.active -= 1
+            self._trace(arrival, sends, watch)
 
     def _token_time(self, tokens: int) -> float:
         rate = self.profile.llm_tokens_per_s
@@ -132,10 +200,40 @@ class Synthesizer:
         return self._jitter(tokens * slowdown / rate)
 
 
+def pcm16(audio: np.ndarray) -> bytes:
+    return (np.clip(audio, -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
+
+
+def _fit(audio: np.ndarray, n: int) -> np.ndarray:
+    """``audio`` cut or padded (quietly) to exactly ``n`` samples (resampling may be one off)."""
+    if audio.size >= n:
+        return audio[:n]
+    return np.concatenate([audio, np.full(n - audio.size, speech.FLOOR, np.float32)])
+
+
+def _wait(deadline: float, watch: CancelWatch | None) -> bool:
+    """Sleep until ``deadline``; True when ``watch`` says the client went away first (and that counts)."""
+    if watch is None:
+        _sleep_until(deadline)
+        return False
+    return watch.sleep_until(deadline)
+
+
 def _sleep_until(deadline: float) -> None:
     delay = deadline - time.monotonic()
     if delay > 0:
         time.sleep(delay)
+
+
+def _drain(pieces: Iterator[bytes]) -> None:
+    """Make the rest of an abandoned response (``ignore_cancel``), once its worker thread let go of it."""
+    while True:
+        try:
+            next(pieces)
+        except StopIteration:
+            return
+        except ValueError:  # still executing in the thread the response was waiting on
+            time.sleep(0.005)
 
 
 def split_bytes(pieces: Iterator[bytes], size: int) -> Iterator[bytes]:
@@ -197,7 +295,7 @@ def grpc_server(synth: Synthesizer, host: str, port: int, max_conc: int) -> Any:
             except RequestError as exc:
                 context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             synth.admit()  # raises for error_rate: grpcio answers UNKNOWN, as for a failing model
-            for pcm in synth.run(text, arrival):
+            for pcm in synth.run(text, arrival, synth.watch(lambda: not context.is_active())):
                 yield pb.Response(tts_audio=pcm)
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_conc), maximum_concurrent_rpcs=max_conc,
@@ -238,20 +336,27 @@ def fastapi_app(synth: Synthesizer, max_conc: int, split: int = 0) -> Any:
         except RuntimeError as exc:
             gate.release()
             return JSONResponse({"detail": str(exc)}, status_code=500)
-        sentences_out = split_bytes(synth.run(text, arrival), split)
+        gone = threading.Event()  # the client went away (the response was cancelled): the model stops
+        sentences_out = split_bytes(synth.run(text, arrival, synth.watch(gone.is_set)), split)
 
         async def body() -> Any:
             # Sentences are made in a worker thread (the model's timing sleeps); the gate and the model's count
-            # are released however the response ends, a client that went away included.
+            # are released however the response ends, a client that went away included. A disconnect cancels
+            # the wait for the thread at once (abandon_on_cancel), and the model sees it through ``gone``.
             done = object()
             try:
                 while True:
-                    pcm = await anyio.to_thread.run_sync(next, sentences_out, done)
+                    pcm = await anyio.to_thread.run_sync(next, sentences_out, done, abandon_on_cancel=True)
                     if pcm is done:
                         break
                     yield pcm
             finally:
-                sentences_out.close()
+                gone.set()
+                if synth.profile.ignore_cancel:  # the bug emulated: the rest is made for nobody
+                    threading.Thread(target=_drain, args=(sentences_out,), daemon=True).start()
+                else:
+                    with contextlib.suppress(ValueError):  # still running in its thread: it ends itself (``gone``)
+                        sentences_out.close()
                 gate.release()
 
         return StreamingResponse(body())  # no media type: the real server sends none
@@ -291,7 +396,7 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     profile = Profile(**json.loads(args.profile_json))
-    synth = Synthesizer(profile, args.sample_rate)
+    synth = Synthesizer(profile, args.sample_rate, args.trace)
     grpc = grpc_server(synth, args.host, args.grpc_port, args.max_conc)
     config = uvicorn.Config(fastapi_app(synth, args.max_conc, args.split_bytes), host=args.host,
                             port=args.http_port, log_level="warning", access_log=False, lifespan="off",
@@ -311,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http-port", type=int, required=True)
     parser.add_argument("--max-conc", type=int, default=DEFAULT_MAX_CONC)
     parser.add_argument("--sample-rate", type=int, default=DEFAULT_SAMPLE_RATE)
+    parser.add_argument("--trace", default=None, help="append one JSON line per request (the model's trace)")
     parser.add_argument("--split-bytes", type=int, default=0, help="HTTP: send each sentence in parts of N bytes (odd N splits samples between HTTP chunks)")
     parser.add_argument("--profile-json", default=Profile(name="fixed", fixed_first_s=0.2,
                                                           fixed_interval_s=0.1).to_json())
@@ -334,6 +440,7 @@ class RuntimeServer(ChildServer):
     max_conc: int = DEFAULT_MAX_CONC
     sample_rate: int = DEFAULT_SAMPLE_RATE
     split_bytes: int = 0
+    texts: tuple[str, ...] = ()  # spoken (sentence by sentence) into the cache before the start, with the built-in set
 
     @property
     def grpc_url(self) -> str:
@@ -345,6 +452,12 @@ class RuntimeServer(ChildServer):
 
     metrics_url = None  # the runtime has no metrics endpoint
 
+    @property
+    def trace_path(self) -> Path:
+        """One JSON line per request as it ends (the Triton emulator's fields, with the cancellation's)."""
+        assert self.workdir is not None
+        return self.workdir / "runtime.trace.jsonl"
+
     def endpoints(self) -> dict[str, str]:
         return {"grpc": self.grpc_url, "http": f"http://{self.http_url}", "log": str(self.log_path)}
 
@@ -352,13 +465,16 @@ class RuntimeServer(ChildServer):
         return [sys.executable, "-m", "cvload.emulator.runtime_server", "--host", self.host,
                 "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
                 "--max-conc", str(self.max_conc), "--sample-rate", str(self.sample_rate),
-                "--split-bytes", str(self.split_bytes), "--profile-json", self.profile.to_json()]
+                "--split-bytes", str(self.split_bytes), "--profile-json", self.profile.to_json(),
+                "--trace", str(self.trace_path)]
 
     def start(self) -> "RuntimeServer":
+        from cvload.emulator.voices import warm_speech
         from cvload.triton.launcher import accepts, claim_ports
 
         if self.max_conc < 1:
             raise ServerError(f"--max-conc must be at least 1, got {self.max_conc}")
+        warm_speech([self.profile], self.texts, per_sentence=True)  # never at the cost of emulated time
         claim_ports(self, ("grpc_port", "http_port"))
         self._prepare_workdir("cvload-runtime-", "runtime_server.log")
 

@@ -17,11 +17,15 @@ Triton models and runs inside the Python-backend stub.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import hashlib
+import json
 import os
 import queue
 import re
+import shutil
+import subprocess
 import sys
 import tempfile
 import threading
@@ -32,7 +36,7 @@ SAMPLE_RATE = 24000
 ENGLISH_VOICE = "hibari-heart"
 CHINESE_VOICE = "espeak-cmn"
 FLOOR = 3e-4  # the level between and after words: quiet (-70 dBFS), never digital zero
-_FORMAT = "1"  # bump when the fitting or the stored form changes: old files are then simply not found
+_FORMAT = "2"  # bump when the fitting or the stored form changes: old files are then simply not found
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _MAX_SPEEDUP = 2.0  # hibari's fastest (its speed runs 0.5 .. 2.0)
 _MIN_SPEED = 0.85  # slower than this sounds drawn out: a longer quiet tail instead
@@ -55,6 +59,17 @@ def cache_dir() -> str:
 
 def voice_for(text: str) -> str:
     return CHINESE_VOICE if _CJK.search(text) else ENGLISH_VOICE
+
+
+# Sentence ends: CJK punctuation anywhere, ASCII punctuation before a space (so "3.5" stays one number).
+_SENTENCE_END = re.compile(r"(?<=[\u3002\uff01\uff1f\uff1b])|(?<=[.!?;])\s+")
+
+
+def sentences(text: str) -> list[str]:
+    """The sentences CosyVoice's Python runtime synthesizes one by one (never empty): the emulated runtime
+    sends, and speaks, one response per sentence."""
+    parts = [p.strip() for p in _SENTENCE_END.split(text)]
+    return [p for p in parts if p and re.search(r"\w", p)] or [text.strip()]
 
 
 # ---- engines -------------------------------------------------------------------------------------------------
@@ -137,7 +152,7 @@ def _trim(audio: np.ndarray) -> np.ndarray:
     loud = np.flatnonzero(np.abs(audio) > 0.01)
     if loud.size == 0:
         return audio
-    pad = SAMPLE_RATE // 50  # keep 20 ms around the speech: onsets and releases are quiet
+    pad = SAMPLE_RATE // 200  # keep 5 ms around the speech (a soft onset is speech already)
     return audio[max(0, loud[0] - pad): loud[-1] + pad]
 
 
@@ -234,16 +249,27 @@ class SpeechCache:
         self.queue.put((key, text, samples))
 
     def _work(self) -> None:
+        """Speak the queued texts in a child process at low priority (``python speech.py``): synthesis is CPU
+        work (hibari's text front end holds the interpreter lock), which in the server's own process would
+        delay the sends of the requests in flight."""
         while True:
-            key, text, samples = self.queue.get()
+            batch = [self.queue.get()]
+            while not self.queue.empty():
+                batch.append(self.queue.get_nowait())
             try:
-                self.make(text, samples)
+                lines = "".join(json.dumps([text, samples]) + "\n" for _, text, samples in batch)
+                done = subprocess.run([_python(), os.path.abspath(__file__), self.directory], input=lines.encode(),
+                                      capture_output=True, timeout=600)
+                if done.returncode != 0:
+                    raise RuntimeError(done.stderr.decode(errors="replace").strip().splitlines()[-1:] or
+                                       f"exit code {done.returncode}")
             except Exception as exc:  # noqa: BLE001 - a miss stays a tone; the trace and log say why
                 self.failure = f"{type(exc).__name__}: {exc}"
-                print(f"cvload emulator: cannot speak {text[:40]!r}: {self.failure}", file=sys.stderr, flush=True)
+                print(f"cvload emulator: cannot speak {len(batch)} text(s): {self.failure}", file=sys.stderr,
+                      flush=True)
             finally:
                 with self.lock:
-                    self.pending.discard(key)
+                    self.pending.difference_update(key for key, _, _ in batch)
 
     def idle(self, timeout: float = 60.0) -> bool:
         """Wait until the background synthesis has nothing left (tests); True when it finished."""
@@ -275,12 +301,43 @@ def garble(audio: np.ndarray, mode: str, rng, other: np.ndarray | None = None) -
     loud = np.flatnonzero(np.abs(audio) > 0.01)
     start, end = (int(loud[0]), int(loud[-1])) if loud.size else (0, audio.size)
     if mode == "drop":
-        span = end - start
-        for _ in range(3):  # three gaps of 12-18% of the speech each: about half the words go
-            width = int(span * rng.uniform(0.12, 0.18))
-            at = start + int(rng.uniform(0, max(1, span - width)))
+        third = (end - start) // 3
+        for k in range(3):  # in each third of the speech a gap of 45-60% of it: about half the words go
+            width = int(third * rng.uniform(0.45, 0.6))
+            at = start + k * third + int(rng.uniform(0, max(1, third - width)))
             out[at:at + width] = FLOOR
         return out
     level = float(np.sqrt(np.mean(np.square(audio[start:end])))) if end > start else 0.1
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, 2.5 * max(level, 0.02), audio.size)
     return np.clip(out + noise.astype(np.float32), -0.99, 0.99).astype(np.float32)
+
+
+def _python() -> str:
+    """This interpreter as a program: ``sys.executable``, or inside Triton's stub (an embedded interpreter,
+    whose ``sys.executable`` may be the stub itself) the ``python3`` on PATH, which is the one it embeds."""
+    exe = sys.executable or ""
+    if os.path.basename(exe).startswith("python"):
+        return exe
+    return shutil.which("python3") or "python3"
+
+
+def main(argv: list[str]) -> int:
+    """``python speech.py CACHE_DIR``: speak ``[text, samples]`` JSON lines from stdin into the cache, at the
+    lowest priority and one such process at a time per cache (a file lock): every instance of a server may miss
+    the same new text at once, and on a small machine their syntheses would otherwise crowd its cores."""
+    import fcntl
+
+    with contextlib.suppress(OSError):
+        os.nice(19)
+    cache = SpeechCache(argv[0] if argv else None)
+    wanted = [json.loads(line) for line in sys.stdin if line.strip()]
+    os.makedirs(cache.directory, exist_ok=True)
+    with open(os.path.join(cache.directory, ".speaking.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for text, samples in wanted:
+            cache.make(text, int(samples))  # one another process made meanwhile is read, not made again
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

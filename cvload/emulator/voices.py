@@ -45,19 +45,13 @@ def builtin_texts() -> list[str]:
     return [item.target_text for item in load_items(None, spk_cache=True)]
 
 
-def sentences(text: str) -> list[str]:
-    from cvload.emulator.runtime_server import sentences as split
-
-    return split(text)
-
-
 def speech_lengths(texts: Iterable[str], *, per_sentence: bool = False) -> list[tuple[str, int]]:
     """(text, samples at 24 kHz) as the servers look them up: a whole text takes its speech tokens' samples
     (the Triton and OpenAI emulators); ``per_sentence``: each sentence its own length (the CosyVoice runtime)."""
     out = []
     for text in texts:
         if per_sentence:
-            out += [(s, max(1, round(speech_seconds(s) * SAMPLE_RATE))) for s in sentences(text)]
+            out += [(s, max(1, round(speech_seconds(s) * SAMPLE_RATE))) for s in speech.sentences(text)]
         else:
             out.append((text, speech_tokens(text) * (SAMPLE_RATE // 25)))
     return out

@@ -93,7 +93,8 @@ def _run_sections(runs: Sequence[RunResults], labels: list[str]) -> list[Section
     out = [headline,
            Section("Latency", titled("First-chunk latency (CDF)", "Second-chunk gap", "Real-time factor")),
            Section("Over time", titled("Latency and throughput over time", "Errors and stalls over time")),
-           Section("Server", titled("Server time per stage"))]
+           Section("Server", titled("Server time per stage")),
+           Section("Barge-in", titled("Barge-in release time", "Barge-in: first chunk of the others"))]
     if len(runs) == 1:
         out.append(Section("Summary", [tables.run_summary(runs[0])]))
     else:

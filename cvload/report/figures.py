@@ -278,8 +278,58 @@ def errors_and_stalls(runs: Sequence[RunResults], labels: Sequence[str]) -> Figu
                   "playback stalls a listener would hear, per bin of finish time.")
 
 
+def barge_in_release(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | None:
+    """--barge-in runs: how fast the server let go of abandoned requests."""
+    releases = [series.release_times(run) for run in runs]
+    if not any(values.size for values, _ in releases):
+        return None
+    fig, (ax,) = _figure()
+    for n, ((values, source), label) in enumerate(zip(releases, labels)):
+        if values.size:
+            x, y = series.cdf(values)
+            ax.step(x, y, where="post", color=colour(n), linewidth=1.6, label=f"{label} ({source})")
+    _objectives(ax, _all_objectives(runs, "barge_in.release_ms"), cdf=True)
+    ax.set_xlabel("release time: abandon -> server stopped (ms)")
+    ax.set_ylabel("abandoned requests")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 1.02)
+    _legend(ax, loc="lower right")
+    return Figure("Barge-in release time", _png(fig),
+                  "Time from abandoning a request (--barge-in) until the server stopped making it: from the "
+                  "server's trace where it keeps one (server), else until the client's call closed (client, a "
+                  "lower bound of what the server did).")
+
+
+def barge_in_survivors(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | None:
+    """--barge-in runs: the first chunk of the requests not abandoned, beside the same load without barge-in."""
+    if not any(series.release_times(run)[0].size for run in runs):
+        return None
+    fig, (ax,) = _figure()
+    for n, (run, label) in enumerate(zip(runs, labels)):
+        x, y = series.cdf(series.survivors_first_chunk(run))
+        if x.size:
+            ax.step(x, y, where="post", color=colour(n), linewidth=1.6, label=f"{label}, not abandoned")
+        base = series.baseline_of(run)
+        if base is not None:
+            xb, yb = series.cdf(base.columns.values("first_chunk_latency_ms"))
+            if xb.size:
+                ax.step(xb, yb, where="post", color=colour(n), linewidth=1.0, linestyle="--",
+                        label=f"{label}, same load without barge-in")
+    ax.set_xlabel("first-chunk latency (ms)")
+    ax.set_ylabel("share of requests")
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    ax.set_xlim(left=0)
+    ax.set_ylim(0, 1.02)
+    _legend(ax, loc="lower right")
+    return Figure("Barge-in: first chunk of the others", _png(fig),
+                  "First chunk of the requests that were not abandoned; dashed, the same load without barge-in "
+                  "(--barge-in-baseline): a server that keeps generating abandoned requests delays everyone else.")
+
+
 RUN_FIGURES: tuple[Callable[[Sequence[RunResults], Sequence[str]], Figure | None], ...] = (
-    first_chunk_cdf, second_chunk_gaps, rtf_histogram, over_time, stage_times, errors_and_stalls)
+    first_chunk_cdf, second_chunk_gaps, rtf_histogram, over_time, stage_times, errors_and_stalls, barge_in_release,
+    barge_in_survivors)
 
 
 # ---- sweeps -----------------------------------------------------------------------------------------------------

@@ -13,9 +13,10 @@ from typing import Any
 
 import numpy as np
 
+from cvload.barge_in_summary import FILE as BARGE_IN_FILE
 from cvload.errors import CvloadError
 from cvload.metrics import MISSING, lookup
-from cvload.records import ERROR_KINDS
+from cvload.records import ERR_BARGED_IN, ERROR_KINDS
 from cvload.results_folder import RecordColumns, RunResults, SweepLevel, SweepResults
 
 CDF_POINTS = 600  # a CDF is drawn through this many quantiles at most
@@ -35,7 +36,8 @@ class ObjectiveLine:
 
 
 def objective_lines(summary: dict[str, Any], metric: str) -> list[ObjectiveLine]:
-    """The run's objectives on one per-request metric (summary name), from its ``slo`` verdicts."""
+    """The run's objectives on one per-request metric (summary name), or on the statistics at a dotted summary
+    path (``barge_in.release_ms``), from its ``slo`` verdicts."""
     from cvload.slo import parse_objective
 
     out = []
@@ -44,7 +46,7 @@ def objective_lines(summary: dict[str, Any], metric: str) -> list[ObjectiveLine]
             obj = parse_objective(verdict["objective"])
         except (CvloadError, KeyError, TypeError):
             continue  # an objective this version cannot read: left off the figure, still in the table
-        prefix = f"metrics.{metric}."
+        prefix = f"{metric}." if "." in metric else f"metrics.{metric}."
         if not obj.metric.startswith(prefix):
             continue
         stat = obj.metric[len(prefix):]
@@ -244,3 +246,46 @@ def sweep_objectives(sweep: SweepResults, metric: str) -> list[ObjectiveLine]:
         if lines:
             return [dataclasses.replace(line, passed=None) for line in lines]
     return []
+
+
+# ---- barge-in (--barge-in) ----------------------------------------------------------------------------------------
+def release_times(run: RunResults) -> tuple[np.ndarray, str]:
+    """The abandoned requests' release times (ms) from barge_in.jsonl and where they come from: the server's
+    trace where every request has one, else the client (abandon -> its call closed). Empty without barge-in."""
+    rows = _jsonl(run.path / BARGE_IN_FILE)
+    if rows and all("server_release_ms" in r for r in rows):
+        return np.array([r["server_release_ms"] for r in rows], dtype=float), "server"
+    return np.array([r["client_release_ms"] for r in rows], dtype=float), "client"
+
+
+def survivors_first_chunk(run: RunResults) -> np.ndarray:
+    """First-chunk latency (ms) of the measured requests that were not abandoned."""
+    c = run.columns
+    keep = c.measured & c.ok & (c.error_kind != ERR_BARGED_IN)
+    column = c.metrics["first_chunk_latency_ms"][keep]
+    return column[~np.isnan(column)]
+
+
+def baseline_of(run: RunResults) -> RunResults | None:
+    """The paired run without barge-in (``--barge-in-baseline`` writes it to ``baseline/`` inside the run)."""
+    folder = run.path / "baseline"
+    summary = _json(folder / "summary.json")
+    return RunResults(folder, summary) if isinstance(summary, dict) else None
+
+
+def _jsonl(path: Any) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return []
+
+
+def _json(path: Any) -> Any:
+    import json
+
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

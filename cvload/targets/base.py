@@ -28,6 +28,9 @@ class SynthesisRequest:
     reference_wav: np.ndarray | None = None  # 16 kHz float32 mono, unpadded
     pad_to_samples: int | None = None  # zero-pad reference_wav to this length (upstream client behaviour)
     item_id: str = ""
+    # It may be abandoned (--barge-in): send it on a call of its own, so that cancelling it cancels no other
+    # request (a shared gRPC stream is cancelled whole).
+    own_call: bool = False
     wire: Any = field(default=None, compare=False, repr=False)  # the target's prepared wire form (prepare())
 
 

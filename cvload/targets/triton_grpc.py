@@ -4,7 +4,8 @@ Built on the generated stubs (``tritonclient.grpc.service_pb2*``) on ``grpc.aio`
 ``tritonclient.grpc.aio``: its ``stream_infer`` cannot ask for ``triton_enable_empty_final_response``, and
 without it a request's end is only visible as the end of its own stream, which costs a stream per request.
 A streaming request that times out cannot be cancelled on the server (Triton cancels whole streams, not one
-request on them): cvload stops waiting and drops its late responses. Offline requests carry their deadline to
+request on them): cvload stops waiting and drops its late responses. A request that may be abandoned
+(``--barge-in``) goes on a stream of its own, whose cancellation cancels it alone. Offline requests carry their deadline to
 the server, which cancels them.
 """
 
@@ -87,6 +88,7 @@ class _Connection:
             _SERVICE + "ModelInfer", request_serializer=_serialize, response_deserializer=pb.ModelInferResponse.FromString)
         self.streams: list[SharedStream] = []
         self.streams_opened = 0
+        self.own_streams = 0  # streams of one request each (requests that may be abandoned, --barge-in)
 
     async def close(self) -> None:
         streams, self.streams = self.streams, []
@@ -244,9 +246,16 @@ class TritonGrpcStreaming(_TritonGrpc):
             connection.streams_opened += 1
         return best
 
+    def _own_stream(self) -> SharedStream:
+        """A stream for one request that may be abandoned (``SynthesisRequest.own_call``): Triton cancels whole
+        streams, so cancelling this call cancels that request alone. Closed when the request ends."""
+        connection = self._connections.get()
+        connection.own_streams += 1
+        return SharedStream(lambda: connection.stream_infer(metadata=connection.metadata), self.address)
+
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         request_id, message = self._wire(request)
-        stream = self._stream()
+        stream = self._own_stream() if request.own_call else self._stream()
         inbox = stream.register(request_id)
         timer = None
         if self.timeout is not None:
@@ -276,6 +285,8 @@ class TritonGrpcStreaming(_TritonGrpc):
             if timer is not None:
                 timer.cancel()
             stream.unregister(request_id)
+            if request.own_call:  # abandoned or done: cancelling its own call tells Triton to stop
+                await stream.close()
 
 
 class TritonGrpcOffline(_TritonGrpc):

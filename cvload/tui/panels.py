@@ -229,8 +229,13 @@ class ThroughputPanel(Panel):
                     out.append(band)
         c = snap.counts
         counts = f"done {c['done']}  ok {c['ok']}  failed {c['failed']}"
-        counts += "".join(f"  {k} {c[k]}" for k in ("warmup", "cancelled") if c[k])
+        counts += "".join(f"  {k.replace('_', ' ')} {c[k]}" for k in ("warmup", "cancelled", "barged_in")
+                          if c.get(k))
         out.append(Text(counts, style="dim"))
+        if snap.barge_in is not None:  # --barge-in: the client's side; the server's release is in the summary
+            b = snap.barge_in
+            out.append(Text(f"barge-in: {b['abandoned']:.0f} abandoned, call closed p50 {b['close_p50_ms']:.1f} "
+                            f"p95 {b['close_p95_ms']:.1f} ms after the abandon", style="dim"))
         self.update(Group(*out))
 
 
@@ -394,7 +399,7 @@ def recent_lines(snap: LiveSnapshot, rows: int) -> Text:
                  str(len(r.chunk_offsets)))
         text.append("\n")
         text.append("".join(f"{c:>{w}}" for c, w in zip(cells, widths)) + "  " + status,
-                    style="" if r.ok else "red")
+                    style="" if r.ok else "yellow" if r.barged_in else "red")
     return text
 
 
