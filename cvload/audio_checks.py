@@ -112,17 +112,42 @@ class RequestAudio:
     samples: list[int] = field(default_factory=list)  # per chunk
     flags: list[str] = field(default_factory=list)
     audio: list[npt.NDArray[np.floating[Any]]] = field(default_factory=list)  # the chunks' samples, only when asked to keep them
+    speech_start_s: float | None = None  # where speech starts (cvload.vad), only when asked to look (--onset)
 
 
-def _check(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool) -> RequestAudio:
+def _check(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool, onset: bool = False) -> RequestAudio:
     check, out = AudioCheck(), RequestAudio()
+    arrays = []
     for chunk in chunks:
         audio = chunk.audio
         out.samples.append(int(audio.size))
         check.add(audio)
-        if keep_audio:
-            out.audio.append(audio)
+        arrays.append(audio)
+    if keep_audio:
+        out.audio = arrays
     out.flags = check.flags(text, sample_rate)
+    if onset:
+        out.speech_start_s = _onset(arrays, sample_rate)
+    return out
+
+
+def _onset(arrays: Sequence[npt.NDArray[np.floating[Any]]], sample_rate: int) -> float | None:
+    """Where speech starts (run in a decoder process: a voice-activity detector is too heavy for the event loop)."""
+    from cvload.vad import speech_start
+
+    return speech_start(arrays, sample_rate)
+
+
+def _head(arrays: Sequence[npt.NDArray[np.floating[Any]]], sample_rate: int) -> list[npt.NDArray[np.floating[Any]]]:
+    """The first ``cvload.vad.MAX_SCAN_S`` of the audio, as views: all the onset search may read."""
+    from cvload.vad import MAX_SCAN_S
+
+    limit, held, out = int(MAX_SCAN_S * sample_rate), 0, []
+    for audio in arrays:
+        if held >= limit:
+            break
+        out.append(audio[: limit - held])
+        held += len(out[-1])
     return out
 
 
@@ -142,7 +167,9 @@ class Decoders:
     threads. A helper is ``python -c`` importing this module only; it exits when its pipe closes.
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, *, idle: bool = False) -> None:
+        """``idle``: the helpers run under Linux's SCHED_IDLE (only on CPU time nothing else wants), for work that
+        may fall behind (the recognisers of cvload.listening) rather than take a core from the measurement."""
         self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.broken: str | None = None
         self.pids: list[int] = []
@@ -152,7 +179,7 @@ class Decoders:
         self._processes = []
         for n in range(count):
             process = subprocess.Popen(
-                [sys.executable, "-c", "from cvload.audio_checks import _serve; _serve()"],
+                [sys.executable, "-c", f"from cvload.audio_checks import _serve; _serve(idle={idle})"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=False)
             self._processes.append(process)
             self.pids.append(process.pid)
@@ -238,11 +265,14 @@ def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
         future.set_exception(value)
 
 
-def _serve() -> None:
+def _serve(idle: bool = False) -> None:
     """A decoder process: read a pickled (function, *args) from stdin, write the pickled outcome to stdout."""
     stdin, stdout = sys.stdin.buffer, sys.stdout.fileno()
     with contextlib.suppress(OSError):
         os.nice(10)  # background work: where CPUs are short, the measuring process and a local server go first
+    if idle and hasattr(os, "sched_setscheduler"):
+        with contextlib.suppress(OSError):  # only the CPU time no other process wants
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     while True:
         try:
             function, *args = _read_frame(stdin)
@@ -283,25 +313,50 @@ async def start_decoders(modules: Sequence[str] = ()) -> None:
         _decoders_failed = str(exc)
 
 
-async def check_request(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool) -> RequestAudio:
-    """Sample counts, audio flags (and the audio with ``keep_audio``) of a finished request's chunks
-    (``cvload.targets.base.Chunk``): in place when they are float32 already, else in a decoder process (or,
-    for wire forms that cannot travel or where no process could start, on the helper thread)."""
-    global _executor, _decoders_failed
-    if all(chunk.decoded for chunk in chunks):
-        return _check(chunks, text, sample_rate, keep_audio)
+async def check_request(chunks: Sequence[Any], text: str, sample_rate: int, keep_audio: bool,
+                        onset: bool = False) -> RequestAudio:
+    """Sample counts, audio flags (and the audio with ``keep_audio``, where speech starts with ``onset``) of a
+    finished request's chunks (``cvload.targets.base.Chunk``): in place when they are float32 already (the onset
+    search then goes to a decoder process with the head of the audio), else in a decoder process (or, for wire
+    forms that cannot travel or where no process could start, on the helper thread)."""
+    global _decoders_failed
     loop = asyncio.get_running_loop()
+    if all(chunk.decoded for chunk in chunks):
+        checked = _check(chunks, text, sample_rate, keep_audio)
+        if onset and chunks:
+            head = _head([chunk.audio for chunk in chunks], sample_rate)
+            checked.speech_start_s = await _elsewhere(loop, _onset, head, sample_rate)
+        return checked
     if _decoders_failed is None and all(_portable(chunk) for chunk in chunks):
         if _decoders is None:
             await start_decoders()
         if _decoders is not None and _decoders_failed is None:
             try:
-                checked: RequestAudio = await _decoders.submit(loop, _check, list(chunks), text, sample_rate,
-                                                               keep_audio)
-                return checked
+                remote: RequestAudio = await _decoders.submit(loop, _check, list(chunks), text, sample_rate,
+                                                              keep_audio, onset)
+                return remote
             except DecoderUnavailable as exc:
                 _decoders_failed = str(exc)
+    return await loop.run_in_executor(_helper_thread(), _check, chunks, text, sample_rate, keep_audio, onset)
+
+
+def _helper_thread() -> ThreadPoolExecutor:
+    global _executor
     if _executor is None:
         sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
         _executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cvload-audio")
-    return await loop.run_in_executor(_executor, _check, chunks, text, sample_rate, keep_audio)
+    return _executor
+
+
+async def _elsewhere(loop: asyncio.AbstractEventLoop, function: Any, *args: Any) -> Any:
+    """``function(*args)`` in a decoder process (the helper thread where none could start)."""
+    global _decoders_failed
+    if _decoders_failed is None:
+        if _decoders is None:
+            await start_decoders()
+        if _decoders is not None and _decoders_failed is None:
+            try:
+                return await _decoders.submit(loop, function, *args)
+            except DecoderUnavailable as exc:
+                _decoders_failed = str(exc)
+    return await loop.run_in_executor(_helper_thread(), function, *args)

@@ -11,7 +11,7 @@ from cvload import __version__
 from cvload.errors import EXIT_INTERRUPTED, EXIT_USAGE, CvloadError
 
 # cvload.commands.<name>; others come from the entry-point group below
-COMMANDS = ("serve", "run", "tui", "sweep", "tune", "report", "compare")
+COMMANDS = ("serve", "run", "tui", "sweep", "tune", "report", "compare", "check", "asr_serve")
 ENTRY_POINT_GROUP = "cvload.commands"  # e.g. ``bootstrap`` from server_bootstrap, which builds on cvload
 
 

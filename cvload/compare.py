@@ -172,7 +172,7 @@ def _good_share_of_ok(run: RunResults) -> float:
 
 def _request_rows(alias: str, title: str, stats: Sequence[str], *, optional: bool = False) -> list[CompareMetric]:
     metric = BY_ALIAS[alias]
-    unit = {"ms": "ms", "s": "s"}.get(metric.unit, "")
+    unit = {"ms": "ms", "s": "s", "share": "share"}.get(metric.unit, "")
     of = _request_values(alias)
     rows = []
     for stat in stats:
@@ -191,6 +191,10 @@ METRICS: tuple[CompareMetric, ...] = (
     *_request_rows("total", "Total latency", PCTS),
     *_request_rows("rtf", "RTF", PCTS),
     *_request_rows("first_chunk_corrected", "First chunk from intended send", ("p95", "p99"), optional=True),
+    # Listening (--onset, --check-content): only where both runs measured them
+    *_request_rows("first_audible", "First audible", PCTS, optional=True),
+    *_request_rows("content_error", "Content error", ("p50", "p95"), optional=True),
+    *_request_rows("required_prebuffer", "Prebuffer needed", ("p95", "p99"), optional=True),
     CompareMetric("stalls.mean", "Playback stalls per request", "metrics.stall_count.mean", "", UP,
                   _request_values("stalls"), resample_mean),
     CompareMetric("error_rate", "Error rate", "error_rate", "share", UP, _failed, resample_mean),

@@ -62,6 +62,11 @@ class Warmup:
 
 
 SEARCHES = ("bisect",)
+CAPACITY_BY = ("objectives", "audible")
+# --capacity-by audible: a level passes when (besides the objectives given) requests are heard in time, play
+# without a stall at --prebuffer, and 95% of them are good on all of it: right words (content_mismatch fails a
+# request) and clean audio included. An objective the user gave on the same metric replaces its default here.
+AUDIBLE_OBJECTIVES = ("first_audible.p95<400ms", "stalls.p95<1", "goodput.share>=95%")
 LEVELS_HINT = "e.g. 1,2,4,8 (a list), 1:64 (doubling from 1 to 64) or 1:64:4 (a step of 4)"
 
 
@@ -124,6 +129,7 @@ class SweepSettings:
     min_capacity: float = 1.0  # exit 3 when the capacity found is below this
     stable: str | None = None  # "10%": measure a level until first-chunk p95 of its last three windows agree
     stable_max: float | None = None  # seconds a --stable level may last (default 5 windows)
+    capacity_by: str = "objectives"  # or "audible": the audible objectives (AUDIBLE_OBJECTIVES) join the given ones
 
 
 @dataclass
@@ -178,6 +184,14 @@ class RunConfig:
     out: str | None = None
     save_audio: bool = False
     slo: list[str] = field(default_factory=list)
+    # Listening (docs/speech.md): where speech starts (a VAD), the player's prebuffer, the words heard (an ASR)
+    onset: bool = False  # find where speech starts in every response (first_audible, leading_silence)
+    prebuffer: float = 0.0  # seconds of audio the imagined player holds before it starts (stalls, first audible)
+    check_content: str | None = None  # "100%", "25%", "8s/s": transcribe that sample live (implies onset)
+    asr: str = "moonshine"  # NAME[:MODEL|URL] (cvload.asr)
+    max_content_error: float | None = None  # above it: content_mismatch (None: cvload.content.DEFAULT_MAX_ERROR)
+    check_workers: int = 1  # helper processes transcribing
+    language: str | None = None  # en | zh for every item (None: from each text's script)
     # Telemetry
     metrics_url: str | None = None
     telemetry_interval: float = 1.0
@@ -254,6 +268,7 @@ class RunConfig:
         if self.pipeline and not self.emulator:
             raise UsageError("--pipeline shapes the embedded emulator's repository: add --emulator")
         Warmup.parse(self.warmup)
+        self._validate_listening()
         self._validate_prometheus()
         self._validate_transport()
         self._validate_processes()
@@ -283,6 +298,40 @@ class RunConfig:
                              hint="leave out --insecure to verify with --ca-cert")
         for i, text in enumerate(self.header, 1):
             parse_header(text, where=f"--header #{i}")
+
+    def _validate_listening(self) -> None:
+        if isinstance(self.prebuffer, str):
+            self.prebuffer = parse_duration(self.prebuffer, what="--prebuffer")
+        if not math.isfinite(self.prebuffer) or self.prebuffer < 0:
+            raise UsageError(f"--prebuffer must be a duration >= 0, got {self.prebuffer!r}")
+        if isinstance(self.max_content_error, str):
+            text = self.max_content_error.strip()
+            try:
+                self.max_content_error = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+            except ValueError:
+                raise UsageError(f"--max-content-error {text!r} is not a share", hint="e.g. 30% or 0.3") from None
+        if self.max_content_error is not None and not 0 <= self.max_content_error <= 1:
+            raise UsageError(f"--max-content-error must be within 0..100%, got {self.max_content_error!r}")
+        if self.check_workers < 1:
+            raise UsageError(f"--check-workers must be at least 1, got {self.check_workers}")
+        if self.language is not None and self.language not in ("en", "zh"):
+            raise UsageError(f"--language {self.language!r}: use en or zh (or leave it out: from each text's script)")
+        # (a load process rebuilds its config from JSON: there ``sweep`` is still a dict)
+        capacity_by = self.sweep.get("capacity_by", "objectives") if isinstance(self.sweep, dict) \
+            else self.sweep.capacity_by
+        if capacity_by not in CAPACITY_BY:
+            raise UsageError(f"--capacity-by {capacity_by!r}: use one of {', '.join(CAPACITY_BY)}")
+        if capacity_by == "audible":
+            self.onset = True
+        if self.check_content is not None:
+            from cvload.asr import make_recognizer
+            from cvload.listening import Sampling
+
+            Sampling.parse(self.check_content)
+            make_recognizer(self.asr)  # an unknown backend fails here, before anything starts
+            self.onset = True
+            if self.processes not in (1, "1"):
+                raise UsageError("--check-content listens from one load process: leave --processes out (or use 1)")
 
     def _validate_prometheus(self) -> None:
         if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:

@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -40,6 +40,7 @@ DRAIN_TIMEOUT_S = 5.0  # default: on the user's stop, how long in-flight request
 # to 2 s; nothing else is sent to it meanwhile, so an outage costs the server one probe at a time, not a storm.
 PROBE_FIRST_S = 0.1
 PROBE_MAX_S = 2.0
+CONTENT_WAIT_S = 300.0  # after the window, how long the transcripts still due may take (a full backlog, one core)
 PROBE_WAIT_S = 5.0  # a closed-loop worker waits at most this long for a probe's verdict (a probe may hang 4 s)
 
 
@@ -195,6 +196,10 @@ class Engine:
         self._until_drained = until_drained  # without --requests/--duration: send until ``drain()`` (a sweep)
         self._started_decoders = False
         self._down: dict[str, Reconnect] = {}  # address -> its probe, while that server is lost
+        # --check-content (cvload.listening.ContentChecker, set by the session): requests being transcribed, whose
+        # records go to the listeners when their transcript is back (waited for after the window, like checks).
+        self.content: Any = None
+        self._held: set[asyncio.Future[None]] = set()
         self.barge_in = barge_in.check(config.barge_in, mode=config.mode, seed=config.seed)  # --barge-in
 
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
@@ -443,6 +448,11 @@ class Engine:
                 task.cancel()
             if still:
                 await asyncio.wait(still)
+        if self._held:  # transcripts still due: the backlog is bounded (cvload.listening.BACKLOG_S)
+            limit = self.drain_timeout if self._stop.is_set() else max(self.drain_limit(), CONTENT_WAIT_S)
+            _, still = await asyncio.wait(list(self._held), timeout=limit)
+            for future in still:  # their records go on unchecked
+                future.set_result(None)
 
     async def _wait_in_flight(self, pending: set[asyncio.Task[None]]) -> None:
         """After the window, up to ``drain_limit`` (then they are incomplete); after the user's stop (or during
@@ -518,7 +528,7 @@ class Engine:
         chunks: list[Chunk] = []
         record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
                                server=target.address, text=item.target_text, sent=0.0, intended=intended,
-                               run_start=self.state.started)
+                               run_start=self.state.started, language=getattr(item, "language", None))
         offsets = record.chunk_offsets
 
         async def consume() -> None:
@@ -582,21 +592,42 @@ class Engine:
             await asyncio.wait(list(self._finishing), return_when=asyncio.FIRST_COMPLETED)
 
     async def _complete(self, record: RequestRecord, chunks: list[Chunk], text: str) -> None:
-        """Count and check the finished request's audio, then hand its record to the listeners."""
+        """Count and check the finished request's audio, then hand its record to the listeners (with
+        --check-content, a sampled request's record goes on once its transcript is back: ``_held``)."""
         audio: list[np.ndarray] = []
+        cfg = self.config
+        record.prebuffer_s = cfg.prebuffer
+        content = self.content
+        rate = self._sample_rate(chunks)
+        # warm-up (and a sweep's requests between levels) are not measurements: never worth a transcript
+        listen = content is not None and record.error_kind is None and not record.warmup and chunks and \
+            content.wants(record, sum(chunk.samples for chunk in chunks) / rate)
         if record.error_kind is None:
             try:
                 await asyncio.sleep(0)  # after the worker's next request (it resumes first) went out
-                checked = await check_request(chunks, text, self._sample_rate(chunks), self.config.save_audio)
+                checked = await check_request(chunks, text, rate, cfg.save_audio or bool(listen), onset=cfg.onset)
             except TargetError as exc:  # a chunk that only proved malformed when its samples were read
                 record.error_kind, record.error = exc.kind, exc.message
+                listen = False
             except asyncio.CancelledError:
                 self._finish(record, chunks, [])
                 raise
             else:
                 record.chunk_samples.extend(checked.samples)
                 record.flags, audio = checked.flags, checked.audio
-        self._finish(record, chunks, audio)
+                record.speech_start_s = checked.speech_start_s
+        if listen and content is not None and audio:
+            record.sample_rate = rate
+            heard = content.submit(asyncio.get_running_loop(), record, audio)
+            self._held.add(heard)
+            kept = audio if cfg.save_audio else []
+            def transcribed(_: object) -> None:  # the record waited for its transcript; now it finishes
+                self._held.discard(heard)
+                self._finish(record, chunks, kept)
+
+            heard.add_done_callback(transcribed)
+            return
+        self._finish(record, chunks, audio if cfg.save_audio else [])
 
     @staticmethod
     def _sample_rate(chunks: list[Chunk]) -> int:

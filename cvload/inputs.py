@@ -16,6 +16,8 @@ Formats
   ``prompt_audio`` the prompt as a path (same as ``prompt_wav``) or inline, as Hugging Face datasets export it:
                    ``{"array": [floats], "sampling_rate": 16000}``
 
+  ``language``     ``en`` or ``zh``: how a content check scores it (default: from the text's script)
+
   Any other key is an error (a typo would otherwise silently drop a prompt).
 
 Prompt audio is read with soundfile, mixed down to mono and resampled with libsoxr to 16 kHz (the rate CosyVoice
@@ -24,6 +26,7 @@ expects); each file is read once per process.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -40,7 +43,8 @@ from cvload.errors import UsageError
 PROMPT_RATE = 16000
 DATA_DIR = Path(__file__).resolve().parent / "data"
 DEFAULT_MANIFEST = DATA_DIR / "default.lst"
-JSONL_KEYS = ("id", "target_text", "prompt_text", "prompt_wav", "prompt_audio")
+JSONL_KEYS = ("id", "target_text", "prompt_text", "prompt_wav", "prompt_audio", "language")
+LANGUAGES = ("en", "zh")  # a JSONL item's ``language``: which error rate scores its transcript (docs/speech.md)
 MANIFEST_FORMAT = "utt|prompt_text|prompt_wav|target_text"
 # The upstream client zero-pads prompts to a multiple of this many seconds (streaming / offline).
 PAD_SECONDS = {"streaming": 10, "offline": 1}
@@ -54,6 +58,7 @@ class Item:
     target_text: str
     prompt_text: str | None = None
     prompt_wav: np.ndarray | None = None
+    language: str | None = None  # en | zh (JSONL key ``language``); None: from the text's script
 
     @property
     def prompt_s(self) -> float:
@@ -136,12 +141,17 @@ def _parse_jsonl(path: Path, text: str, *, spk_cache: bool) -> list[Item]:
             raise UsageError(f"{where}: 'id' must be a string or an integer")
         if "prompt_wav" in obj and "prompt_audio" in obj:
             raise UsageError(f"{where}: give either 'prompt_wav' or 'prompt_audio', not both")
+        language = obj.get("language")
+        if language is not None and language not in LANGUAGES:
+            raise UsageError(f"{where}: 'language' {language!r} is not one of {', '.join(LANGUAGES)}",
+                             hint="or leave it out: the language comes from the text's script")
         audio = obj.get("prompt_audio", obj.get("prompt_wav"))
         wav_path = audio if isinstance(audio, str) else None
         inline = audio if audio is not None and wav_path is None else None
-        items.append(_make_item(path, lineno, str(item_id) if item_id not in (None, "") else f"{path.stem}-{lineno}",
-                                obj.get("target_text", ""), obj.get("prompt_text") or None, wav_path or None,
-                                inline, spk_cache=spk_cache))
+        item = _make_item(path, lineno, str(item_id) if item_id not in (None, "") else f"{path.stem}-{lineno}",
+                          obj.get("target_text", ""), obj.get("prompt_text") or None, wav_path or None, inline,
+                          spk_cache=spk_cache)
+        items.append(dataclasses.replace(item, language=language) if language else item)
     return items
 
 

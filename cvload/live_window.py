@@ -32,13 +32,14 @@ from cvload.metrics import (
     run_values,
     stats,
 )
-from cvload.records import ERR_CANCELLED, RequestRecord
+from cvload.records import ERR_CANCELLED, FLAG_CONTENT_MISMATCH, RequestRecord
 
 WINDOW_S = 10.0  # "now": the last seconds of finished requests
 SERIES_S = 120  # per-second series kept for the time-series charts
 HIST_BINS = 12
 BIG_RUN = 20000  # past this many values, run-scope percentiles and histograms refresh once a second, not every frame
 LATENCY_METRICS = ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_latency_ms")
+SPEECH_METRICS = ("first_audible_latency_ms", "content_error_rate", "required_prebuffer_ms")  # the Speech panel
 
 
 def finished_at(record: RequestRecord) -> float:
@@ -91,6 +92,11 @@ class LiveSnapshot:
     latest_errors: list[tuple[float, str, str]]  # (finished at, kind, message), newest last
     recent: list[RequestRecord]  # newest last
     workers_seen: list[int] = field(default_factory=list)
+    # Listening (docs/speech.md): run-scope statistics of SPEECH_METRICS, the content mismatches counted and the
+    # latest of them as (expected, heard), newest last
+    speech: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    mismatches: int = 0
+    latest_mismatches: list[tuple[str, str]] = field(default_factory=list)
     # --barge-in: abandoned requests so far and how long after the abandon their calls closed (ms; p50, p95);
     # the server's own release comes from its trace, read into the summary when the run ends.
     barge_in: dict[str, float | None] | None = None
@@ -115,6 +121,7 @@ class LiveStats:
         self._latest_second = -1
         self._recent: deque[RequestRecord] = deque(maxlen=recent)
         self._latest_errors: deque[tuple[float, str, str]] = deque(maxlen=latest_errors)
+        self._latest_mismatches: deque[tuple[str, str]] = deque(maxlen=4)
         self._totals = self._tally.totals
         self._done = 0
         self._stalled_requests = 0
@@ -153,6 +160,8 @@ class LiveStats:
         self._recent.append(r)
         if r.worker >= 0:
             self._workers.add(r.worker)
+        if FLAG_CONTENT_MISMATCH in r.flags:
+            self._latest_mismatches.append((r.text, r.transcript or ""))
         if r.barged_in and r.abandon_offset is not None and r.end_offset is not None:
             self._barge_close.append((r.end_offset - r.abandon_offset) * 1000.0)
         if not r.ok and r.error_kind != ERR_CANCELLED and not r.barged_in:
@@ -219,6 +228,9 @@ class LiveStats:
                 latest_errors=list(self._latest_errors),
                 recent=list(self._recent),
                 workers_seen=sorted(self._workers),
+                speech={name: self._run_stats(name) for name in SPEECH_METRICS},
+                mismatches=self._totals.flags.get(FLAG_CONTENT_MISMATCH, 0),
+                latest_mismatches=list(self._latest_mismatches),
                 barge_in=self._barge_in(),
             )
 

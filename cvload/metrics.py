@@ -81,19 +81,94 @@ def _total_corrected(r: RequestRecord) -> float | None:
     return (r.sent - r.intended + r.end_offset) * 1000.0
 
 
-def playback_stalls(r: RequestRecord) -> tuple[int, float]:
-    """Waits a listener would hear: playback starts at the first chunk at 1x and pauses when audio runs out."""
-    if not r.chunk_offsets:
-        return 0, 0.0
-    count, waited = 0, 0.0
-    play_until = r.chunk_offsets[0] + r.chunk_samples[0] / r.sample_rate
-    for arrival, samples in zip(r.chunk_offsets[1:], r.chunk_samples[1:]):
-        if arrival > play_until + 1e-6:
-            count += 1
-            waited += arrival - play_until
+EPSILON_S = 1e-6  # arrivals this close to the moment their audio is due count as on time (float noise)
+
+
+@dataclass(frozen=True)
+class Playback:
+    """What a listener hears of a request: a player that starts once it holds more than ``prebuffer_s`` of audio
+    (or at the last chunk, if it never does) and plays at 1x, pausing when the audio runs out. ``start``: when it
+    starts, s after ``sent``; ``stalls``: (audio position s, seconds waited there) for each pause."""
+
+    start: float
+    stalls: tuple[tuple[float, float], ...]
+
+    def heard_at(self, position_s: float) -> float:
+        """When the sample at ``position_s`` of the audio is played, s after ``sent``."""
+        return self.start + position_s + sum(wait for at, wait in self.stalls if at <= position_s + EPSILON_S)
+
+
+def playback(r: RequestRecord, prebuffer_s: float | None = None) -> Playback | None:
+    """The request played by the player of ``--prebuffer`` (``r.prebuffer_s`` unless given); None without audio."""
+    if not r.chunk_offsets or not r.chunk_samples or not r.sample_rate:
+        return None
+    prebuffer = r.prebuffer_s if prebuffer_s is None else prebuffer_s
+    rate = r.sample_rate
+    offsets, samples = r.chunk_offsets, r.chunk_samples[: len(r.chunk_offsets)]
+    first, held = len(samples) - 1, 0
+    for k, n in enumerate(samples):
+        held += n
+        if held / rate > prebuffer + EPSILON_S:
+            first = k
+            break
+    start = offsets[first]
+    stalls: list[tuple[float, float]] = []
+    position = sum(samples[: first + 1]) / rate  # audio that has arrived when it starts
+    play_until = start + position
+    for arrival, n in zip(offsets[first + 1:], samples[first + 1:]):
+        if arrival > play_until + EPSILON_S:
+            stalls.append((position, arrival - play_until))
             play_until = arrival
-        play_until += samples / r.sample_rate
-    return count, waited
+        play_until += n / rate
+        position += n / rate
+    return Playback(start, tuple(stalls))
+
+
+def playback_stalls(r: RequestRecord) -> tuple[int, float]:
+    """Waits a listener would hear with the run's player (``--prebuffer``; 0: it starts at the first chunk)."""
+    played = playback(r)
+    if played is None:
+        return 0, 0.0
+    return len(played.stalls), sum(wait for _, wait in played.stalls)
+
+
+def required_prebuffer_s(r: RequestRecord) -> float | None:
+    """The smallest prebuffer that plays the request without a stall: exact, from its chunk schedule.
+
+    Chunk k (``A_k`` s of audio before it) is due when a player that started at T has played ``A_k``: it stalls
+    nowhere iff ``T >= D = max_k(arrival_k - A_k)``. A player with prebuffer P starts at the first chunk after
+    which it holds more than P, so the smallest P is the audio before the first chunk that arrives at or after D.
+    """
+    if not r.chunk_offsets or not r.sample_rate:
+        return None
+    rate = r.sample_rate
+    before, due = [], 0
+    for n in r.chunk_samples[: len(r.chunk_offsets)]:
+        before.append(due / rate)
+        due += n
+    latest = max(arrival - held for arrival, held in zip(r.chunk_offsets, before))
+    for arrival, held in zip(r.chunk_offsets, before):
+        if arrival + EPSILON_S >= latest:
+            return held
+    return before[-1]
+
+
+def _required_prebuffer_ms(r: RequestRecord) -> float | None:
+    value = required_prebuffer_s(r)
+    return None if value is None else value * 1000.0
+
+
+def _leading_silence(r: RequestRecord) -> float | None:
+    return None if r.speech_start_s is None else r.speech_start_s * 1000.0
+
+
+def _first_audible(r: RequestRecord) -> float | None:
+    """From the send to the first sample of speech as the run's player plays it: the chunk arrivals, the silence
+    before the speech (a voice-activity detector found where it starts) and any stall before it."""
+    if r.speech_start_s is None:
+        return None
+    played = playback(r)
+    return None if played is None else played.heard_at(r.speech_start_s) * 1000.0
 
 
 REQUEST_METRICS: tuple[RequestMetric, ...] = (
@@ -104,6 +179,12 @@ REQUEST_METRICS: tuple[RequestMetric, ...] = (
     RequestMetric("audio_s", "audio", "s", "Audio seconds", lambda r: r.audio_s),
     RequestMetric("stall_count", "stalls", "", "Playback stalls", lambda r: float(playback_stalls(r)[0])),
     RequestMetric("stall_s", "stall_time", "s", "Playback stall time", lambda r: playback_stalls(r)[1]),
+    RequestMetric("required_prebuffer_ms", "required_prebuffer", "ms", "Prebuffer needed for no stall",
+                  _required_prebuffer_ms),
+    RequestMetric("first_audible_latency_ms", "first_audible", "ms", "First audible (speech heard)", _first_audible),
+    RequestMetric("leading_silence_ms", "leading_silence", "ms", "Leading silence", _leading_silence),
+    RequestMetric("content_error_rate", "content_error", "share", "Content error (WER/CER)",
+                  lambda r: r.content_error, only_ok=False),
     RequestMetric("first_chunk_latency_corrected_ms", "first_chunk_corrected", "ms",
                   "First chunk from intended send", _first_corrected, bounded=True, heard=True),
     RequestMetric("total_latency_corrected_ms", "total_corrected", "ms", "Total from intended send",

@@ -38,7 +38,9 @@ FLAG_TOO_SHORT = "audio_too_short"
 FLAG_SILENT = "audio_silent"
 FLAG_NONFINITE = "audio_nonfinite"
 FLAG_CLIPPING = "audio_clipping"
-AUDIO_FLAGS = (FLAG_TOO_SHORT, FLAG_SILENT, FLAG_NONFINITE, FLAG_CLIPPING)
+# The words heard (an ASR transcript, cvload.content) differ from the target text by more than --max-content-error.
+FLAG_CONTENT_MISMATCH = "content_mismatch"
+AUDIO_FLAGS = (FLAG_TOO_SHORT, FLAG_SILENT, FLAG_NONFINITE, FLAG_CLIPPING, FLAG_CONTENT_MISMATCH)
 
 
 @dataclass
@@ -63,6 +65,16 @@ class RequestRecord:
     warmup: bool = False
     run_start: float = 0.0  # monotonic time the run started (for time series)
     level: float | None = None  # a sweep's load level this request was sent at (None outside sweeps)
+    # The player the continuity metrics imagine: it starts once it holds more than this much audio (--prebuffer).
+    prebuffer_s: float = 0.0
+    # Where speech starts inside the audio, s from its first sample (a voice-activity detector, cvload.vad);
+    # None: not looked for (no --onset) or no speech in the audio looked at.
+    speech_start_s: float | None = None
+    # Content (cvload.content): the ASR transcript and its word (English) or character (Chinese) error rate
+    # against ``text``; None where the request was not checked.
+    transcript: str | None = None
+    content_error: float | None = None
+    language: str | None = None  # the item's language where its input gave it (else from the text's script)
     abandon_offset: float | None = None  # --barge-in: when its listener abandoned it, s after ``sent``
 
     @property

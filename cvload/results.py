@@ -192,17 +192,7 @@ class ResultsWriter:
             raise self._disk_failure(exc, "summary.csv") from None
 
     def _write_csv(self, summary: dict[str, Any]) -> None:
-        with open(self.dir / "summary.csv", "w", newline="", encoding="utf-8") as fh:
-            writer = csv.writer(fh)
-            keys = [k for k in STAT_KEYS]
-            writer.writerow(["metric", "unit", *keys])
-            for metric in REQUEST_METRICS:
-                stats = summary["metrics"].get(metric.name, {})
-                writer.writerow([metric.name, metric.unit, *[_cell(stats.get(k)) for k in keys]])
-            for run_metric in RUN_METRICS:
-                value = lookup(summary, run_metric.name)
-                if run_metric.csv and value is not MISSING:
-                    writer.writerow([run_metric.name, "", _cell(value)])
+        write_summary_csv(self.dir / "summary.csv", summary)
 
     def close(self) -> None:
         self.flush_records()
@@ -211,6 +201,21 @@ class ResultsWriter:
             with contextlib.suppress(OSError):
                 self._columns.close()
             self._columns = None
+
+
+def write_summary_csv(path: Path, summary: dict[str, Any]) -> None:
+    """summary.csv: each request metric's statistics, then the run metrics."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        keys = [k for k in STAT_KEYS]
+        writer.writerow(["metric", "unit", *keys])
+        for metric in REQUEST_METRICS:
+            stats = summary["metrics"].get(metric.name, {})
+            writer.writerow([metric.name, metric.unit, *[_cell(stats.get(k)) for k in keys]])
+        for run_metric in RUN_METRICS:
+            value = lookup(summary, run_metric.name)
+            if run_metric.csv and value is not MISSING:
+                writer.writerow([run_metric.name, "", _cell(value)])
 
 
 def _check_writable(folder: Path) -> None:

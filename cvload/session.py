@@ -101,6 +101,7 @@ class Session:
     stop_asked: bool = False
     # This process's own timing error, beside a bare loop's on the same host (what the host alone costs).
     loop_health: LoopHealth = field(default_factory=lambda: LoopHealth(reference=True))
+    content: Any = None  # --check-content: the live checker (cvload.listening.ContentChecker)
     exporter: Exporter | None = None  # --prometheus-port / --prometheus-push
     barge_in: BargeInTally | None = None  # --barge-in: the abandoned requests and the survivors' first chunk
     emulator_trace: Path | None = None  # the emulated server's per-request trace (--emulator)
@@ -186,6 +187,7 @@ class Session:
         except BaseException:
             await self.close()
             raise
+        await self._start_listening()
         self.stats_before = await self._statistics()
         self.started_wall = time.time()
         self.writer.write_json("config.json", {
@@ -232,6 +234,8 @@ class Session:
             driver = (ProcessFleet(cfg, count, len(items), self.events, until_drained=self.until_drained)
                       if count > 1 else
                       Engine(cfg, self.targets, items, events=self.events, until_drained=self.until_drained))
+        if self.content is not None and isinstance(driver, Engine):  # --check-content: one process (config)
+            driver.content = self.content
         try:
             await driver.start()
         except BaseException:
@@ -289,6 +293,26 @@ class Session:
         loop = asyncio.get_running_loop()
         for warning in await loop.run_in_executor(None, exporter.close):
             print(f"cvload: --prometheus-push: {warning}", file=sys.stderr, flush=True)
+
+    async def _start_listening(self) -> None:
+        """The VAD model and the recogniser are checked (and the recogniser's processes loaded) before any load."""
+        cfg = self.config
+        if cfg.onset:
+            from cvload.vad import model_path
+
+            model_path()
+        if cfg.check_content is not None:
+            from cvload.content import DEFAULT_MAX_ERROR
+            from cvload.listening import ContentChecker, Sampling
+
+            max_error = DEFAULT_MAX_ERROR if cfg.max_content_error is None else float(cfg.max_content_error)
+            self.content = ContentChecker(cfg.asr, Sampling.parse(cfg.check_content), max_error=max_error,
+                                          workers=cfg.check_workers, language=cfg.language)
+            try:
+                await self.content.start()
+            except BaseException:
+                await self.close()
+                raise
 
     def _records_failed(self, reason: str) -> None:
         """From the records writer's thread: a record could not be written, so stop sending (exit 1)."""
@@ -424,6 +448,8 @@ class Session:
         summary.update(measured)
         if cfg.insecure:
             summary["warnings"] = [INSECURE_WARNING, *summary.get("warnings", [])]
+        if self.content is not None:  # --check-content: the checker's counts (over the whole run)
+            summary["content"] = self.content.summary()
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary(None if window is None else window[0])
         summary["client"] = self.loop_health.summary()
@@ -444,6 +470,9 @@ class Session:
         return EXIT_OK if self.summary["slo_passed"] else EXIT_SLO_FAILED
 
     async def close(self) -> None:
+        if self.content is not None:
+            self.content.close()
+            self.content = None
         if self.engine is not None:  # a fleet's load processes end here
             await self.engine.close()
         for target in self.targets:

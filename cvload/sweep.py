@@ -30,7 +30,7 @@ import numpy as np
 from cvload import __version__
 from cvload.apis import run_label
 from cvload.barge_in_summary import BargeInTally
-from cvload.config import SEARCHES, RunConfig, Warmup, parse_levels
+from cvload.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup, parse_levels
 from cvload.driver import LoadDriver
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
@@ -38,7 +38,7 @@ from cvload.metrics import BY_NAME, FloatColumn, end_time, stats, summarize, val
 from cvload.records import RequestRecord
 from cvload.results import ResultsWriter, default_out_dir, write_json
 from cvload.session import STOP_SIGNALS, Session
-from cvload.slo import parse_objectives, request_check
+from cvload.slo import parse_objective, parse_objectives, request_check
 from cvload.targets.base import Chunk
 
 SWEEP_SCHEMA = "cvload.sweep/1"
@@ -47,11 +47,28 @@ WARMUP_PER_STREAM = 2  # default warm-up: requests per stream (closed loop) or p
 STABLE_WINDOWS = 3  # --stable compares the first-chunk p95 of this many last windows
 STABLE_MAX_WINDOWS = 5  # default --stable-max, in windows
 DEFAULT_PRECISION = 0.1  # bisect's resolution for rates, req/s
-HEADLINE_METRICS = ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_latency_ms", "rtf", "stall_count")
+HEADLINE_METRICS = ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_latency_ms", "rtf", "stall_count",
+                    "first_audible_latency_ms", "required_prebuffer_ms", "content_error_rate")
 HEADLINE_STATS = ("p50", "p90", "p95", "p99", "mean", "max", "count")
 CSV_COLUMNS = ("value", "kind", "phase", "slo_passed", "requests", "ok", "failed", "incomplete", "error_rate",
                "throughput_rps", "goodput_rps", "first_chunk_p50_ms", "first_chunk_p95_ms", "first_chunk_p99_ms",
-               "second_chunk_p95_ms", "rtf_p50", "concurrency_achieved", "folder")
+               "second_chunk_p95_ms", "rtf_p50", "first_audible_p95_ms", "required_prebuffer_p99_ms",
+               "content_error_p95", "concurrency_achieved", "folder")
+
+
+def objectives_for(config: RunConfig) -> list[str]:
+    """The objectives every level is judged on: the given ones, plus (``--capacity-by audible``) each of
+    ``AUDIBLE_OBJECTIVES`` whose metric the given ones do not name."""
+    given = list(config.slo)
+    if config.sweep.capacity_by != "audible":
+        return given
+    named = {parse_objective(text).metric.rpartition(".")[0] for text in given}
+    named |= {parse_objective(text).metric for text in given}
+    for text in AUDIBLE_OBJECTIVES:
+        path = parse_objective(text).metric
+        if path not in named and path.rpartition(".")[0] not in named:
+            given.append(text)
+    return given
 
 
 def _share(text: str | float, what: str) -> float:
@@ -195,7 +212,8 @@ class Sweep:
                              hint="each level's summary has its barge_in section (survivors' first chunk); sweep "
                                   "again without --barge-in for the baseline, or leave --barge-in-baseline out")
         self.plan = SweepPlan.from_config(config)
-        self.objectives = parse_objectives(config.slo)
+        self.capacity_by = config.sweep.capacity_by
+        self.objectives = parse_objectives(objectives_for(config))
         self.meets = request_check(self.objectives) or (lambda r: True)  # without objectives: goodput = ok/s
         first = self.plan.levels[0]
         closed = self.plan.kind == "concurrency"
@@ -205,7 +223,8 @@ class Sweep:
         engine_config = config.merged({"out": str(self.out_dir)})
         engine_config = dataclasses.replace(engine_config, num_tasks=int(first) if closed else None,
                                             rate=None if closed else first, duration=None, requests=None,
-                                            warmup=None, ramp=0.0 if config.ramp is None else config.ramp)
+                                            warmup=None, ramp=0.0 if config.ramp is None else config.ramp,
+                                            slo=objectives_for(config))  # the levels' summaries judge these
         self.session = Session(engine_config, until_drained=True)
         self.session.events.sent.add_listener(self._on_send)
         # After the session's own listeners (the root records.jsonl keeps every request).
@@ -719,9 +738,9 @@ class Sweep:
         low, high = self._bracket()
         if low is None:
             return {"kind": plan.kind, "value": None, "bracket": [None, shown(ordered[0].value)],
-                    "by": "objectives"}
+                    "by": self.capacity_by}
         return {"kind": plan.kind, "value": shown(low),
-                "bracket": [shown(low), shown(high) if high is not None else None], "by": "objectives"}
+                "bracket": [shown(low), shown(high) if high is not None else None], "by": self.capacity_by}
 
     def _knee(self, judged: list[Level]) -> dict[str, Any] | None:
         """The first level after which throughput stops growing with load (less than half the load's gain) or
@@ -779,9 +798,13 @@ def csv_row(level: dict[str, Any]) -> list[Any]:
     def cell(value: Any) -> Any:
         return "" if value is None else round(value, 6) if isinstance(value, float) else value
 
+    def listened(name: str, stat: str) -> Any:  # a sweep.json written before these metrics lacks them
+        return (s["metrics"].get(name) or {}).get(stat)
+
     return [cell(v) for v in (
         level["value"], level["kind"], level["phase"], level["slo_passed"], req.get("total"), req.get("ok"),
         req.get("failed"), req.get("incomplete"), s.get("error_rate"), (s.get("throughput") or {}).get(
             "requests_per_s"), (s.get("goodput") or {}).get("requests_per_s"), first.get("p50"), first.get("p95"),
         first.get("p99"), s["metrics"]["second_chunk_latency_ms"].get("p95"), s["metrics"]["rtf"].get("p50"),
-        (s.get("concurrency") or {}).get("achieved_mean"), level["folder"])]
+        listened("first_audible_latency_ms", "p95"), listened("required_prebuffer_ms", "p99"),
+        listened("content_error_rate", "p95"), (s.get("concurrency") or {}).get("achieved_mean"), level["folder"])]

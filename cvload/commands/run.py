@@ -107,6 +107,25 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
                         "or HTTP port + 2 as in Triton's 8000/8001/8002; 'none')")
     g.add_argument("--telemetry-interval", type=_duration, default=None, metavar="T")
     g.add_argument("--gpu-source", choices=("auto", "server", "nvml", "none"), default=None)
+    g = p.add_argument_group("listening: speech onset, playback, content (docs/speech.md)")
+    g.add_argument("--onset", action="store_true", default=None,
+                   help="find where speech starts in every response (a VAD in helper processes): first_audible, "
+                        "leading_silence")
+    g.add_argument("--prebuffer", type=_duration, default=None, metavar="T",
+                   help="the imagined player starts once it holds more than T of audio (default 0: at the first "
+                        "chunk); stalls and first audible are counted for it")
+    g.add_argument("--check-content", nargs="?", const="100%", default=None, metavar="SHARE",
+                   help="transcribe responses (helper processes) and score the words: SHARE of requests (100%%, "
+                        "25%%) or a budget like 8s/s; implies --onset")
+    g.add_argument("--asr", default=None, metavar="NAME[:MODEL|URL]",
+                   help="recogniser: moonshine (default, English), whisper[:MODEL], paraformer:DIR, "
+                        "sensevoice:DIR, openai:URL[#MODEL]")
+    g.add_argument("--max-content-error", default=None, metavar="SHARE",
+                   help="a request whose word/character error rate is above this gets content_mismatch "
+                        "(default 30%%)")
+    g.add_argument("--check-workers", type=int, default=None, metavar="N", help="recogniser processes (default 1)")
+    g.add_argument("--language", default=None, choices=("en", "zh"),
+                   help="the items' language (default: from each text's script)")
     g = p.add_argument_group("Prometheus: cvload's own live metrics (docs/prometheus.md)")
     g.add_argument("--prometheus-port", type=int, default=None, metavar="PORT",
                    help="serve cvload_* metrics (latency histograms, request counters, in-flight, loop lag) on "

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from cvload.commands.run import _duration, add_run_options, config_from_args
-from cvload.config import SEARCHES, RunConfig
+from cvload.config import CAPACITY_BY, SEARCHES, RunConfig
 
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
@@ -36,11 +36,14 @@ def add_sweep_options(p: argparse.ArgumentParser) -> None:
                         "lie within SHARE (e.g. 10%%) of their mean")
     g.add_argument("--stable-max", type=_duration, default=None, metavar="T",
                    help="with --stable: the longest a level is measured (default 5 windows)")
+    g.add_argument("--capacity-by", choices=CAPACITY_BY, default=None,
+                   help="objectives (default): the objectives given; audible: also heard in time, without a stall "
+                        "at --prebuffer, the right words and clean audio for 95%% of requests (docs/speech.md)")
 
 
 SWEEP_FLAGS = {"sweep_num_tasks": "num_tasks", "sweep_rate": "rate", "search": "search", "precision": "precision",
                "keep_going": "keep_going", "stop_error_rate": "stop_error_rate", "min_capacity": "min_capacity",
-               "stable": "stable", "stable_max": "stable_max"}
+               "stable": "stable", "stable_max": "stable_max", "capacity_by": "capacity_by"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -438,5 +438,45 @@ def sweep_throughput(sweeps: Sequence[SweepResults], labels: Sequence[str]) -> F
                   "per second that met every per-request objective.")
 
 
+def _plot_levels(ax, sweeps: Sequence[SweepResults], labels: Sequence[str], path: str,  # noqa: ANN001
+                 styles: dict[str, tuple[str, str]], scale: float = 1.0, suffix: str = "") -> bool:
+    drawn = False
+    for n, (sweep, label) in enumerate(zip(sweeps, labels)):
+        levels = series.by_load(sweep)
+        for stat, (ls, marker) in styles.items():
+            y = [series.level_value(level, f"{path}.{stat}") for level in levels]
+            if any(v is not None for v in y):
+                ax.plot([level.value for level in levels], [np.nan if v is None else v * scale for v in y],
+                        color=colour(n), linestyle=ls, marker=marker, markersize=4, linewidth=1.4,
+                        label=f"{label} {suffix}{stat}")
+                drawn = True
+    return drawn
+
+
+def sweep_speech(sweeps: Sequence[SweepResults], labels: Sequence[str]) -> Figure | None:
+    """Onset (first audible) beside first chunk, and content error, against load: is the speech heard in time and
+    right as the load grows (docs/speech.md)? Only sweeps that listened (--onset, --check-content) draw it."""
+    fig, (onset, content) = _figure(5.2, rows=2)
+    heard = _plot_levels(onset, sweeps, labels, "metrics.first_audible_latency_ms",
+                         {"p50": ("-", "o"), "p95": ("--", "s")}, suffix="first audible ")
+    if heard:
+        _plot_levels(onset, sweeps, labels, "metrics.first_chunk_latency_ms", {"p95": (":", ".")},
+                     suffix="first chunk ")
+    words = _plot_levels(content, sweeps, labels, "metrics.content_error_rate",
+                         {"p50": ("-", "o"), "p95": ("--", "s")}, scale=100.0, suffix="content error ")
+    if not heard and not words:
+        return None
+    for sweep in sweeps[:1]:
+        _objectives(onset, series.sweep_objectives(sweep, "first_audible_latency_ms"), horizontal=True)
+    onset.set_ylabel("latency (ms)")
+    onset.set_ylim(bottom=0)
+    _legend(onset, loc="upper left", ncols=2)
+    _against_load(content, sweeps, labels, "content error (%)")
+    return Figure("Speech against load: heard in time, the right words", _png(fig),
+                  "Top: first audible (send to the first speech sample a player hears) p50 / p95, with first-chunk "
+                  "p95 dotted: the gap is leading silence. Bottom: word (English) or character (Chinese) error rate "
+                  "of the transcripts, p50 / p95 per level. Vertical lines: capacity and knee.")
+
+
 SWEEP_FIGURES: tuple[Callable[[Sequence[SweepResults], Sequence[str]], Figure | None], ...] = (
-    sweep_latency, sweep_throughput)
+    sweep_latency, sweep_throughput, sweep_speech)

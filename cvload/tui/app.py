@@ -24,6 +24,7 @@ from cvload.tui.panels import (
     LatencyPanel,
     RecentPanel,
     RtfPanel,
+    SpeechPanel,
     StagesPanel,
     SweepPanel,
     ThroughputPanel,
@@ -53,6 +54,12 @@ HELP = """\
 [dim]now[/]  = requests finished in the last {window:g} s (since reset)
 [dim]run[/]  = every measured request, as summary.json counts them
 """
+
+
+def checker_state(source: Source) -> dict[str, Any] | None:
+    """The content checker's sample and backlog: live from the status lines, else from summary.json."""
+    live = getattr(getattr(source, "state", None), "content", None)
+    return live if live else (getattr(source, "summary", None) or {}).get("content")
 
 
 def client_health(source: Source) -> dict[str, Any] | None:
@@ -110,6 +117,10 @@ class DashboardApp(App[int]):
         self.stages = StagesPanel("Server stages", id="stages")
         self.errors = ErrorsPanel("Errors", id="errors")
         self.recent = RecentPanel("Recent requests", id="recent")
+        # Listening (--onset, --check-content): the Speech panel shares the recent requests' row.
+        self.speech = SpeechPanel("Speech", id="speech") if getattr(self.source, "listening", False) else None
+        if self.speech is not None:
+            self.recent.add_class("beside-speech")
         # A sweep: its panel (levels against load) takes the recent requests' place beside the level's panels.
         self.sweep = SweepPanel("Sweep", id="sweep") if getattr(self.source, "sweeping", False) else None
         # A tune: its table of candidates takes the GPU and stages' place (each candidate's sweep below it).
@@ -126,6 +137,8 @@ class DashboardApp(App[int]):
                     yield self.gpu
                     yield self.stages
             yield self.errors
+            if self.speech is not None and self.sweep is None:
+                yield self.speech
             yield self.sweep or self.recent
         yield Footer()
 
@@ -153,7 +166,8 @@ class DashboardApp(App[int]):
         source.poll()
         status = source.status()
         snap = source.live.snapshot(status.elapsed if status.phase != "replay" else None)
-        self.header.update(header_text(status, source.target, source.scenario, client_health(source)))
+        self.header.update(header_text(status, source.target, source.scenario, client_health(source),
+                                       checker_state(source)))
         for panel in self.latency:
             panel.show(snap)
         self.rtf.show(snap)
@@ -165,6 +179,8 @@ class DashboardApp(App[int]):
             self.gpu.show(source.telemetry)
             self.stages.show(source.telemetry, STAGES_WINDOW_S)
         self.errors.show(snap)
+        if self.speech is not None and self.sweep is None:
+            self.speech.show(snap)
         if self.sweep is not None:
             self.sweep.show(getattr(source, "sweep", None))
         else:

@@ -75,6 +75,7 @@ class EngineStatus(Message):
     warnings: list[str] = field(default_factory=list)  # telemetry warnings
     client: dict[str, Any] | None = None  # the measuring process's own loop lag and CPU (cvload.loop_health)
     outages: list[dict[str, Any]] = field(default_factory=list)  # --on-server-loss continue: start_s, end_s
+    content: dict[str, Any] | None = None  # --check-content: the checker's counts and backlog (cvload.listening)
 
     @property
     def measure_from(self) -> float:

@@ -76,7 +76,8 @@ def measured_text(value: float, unit: str) -> str:
     return (f"{value:.0f}" if abs(value) >= 100 else f"{value:.3g}") + unit
 
 
-def header_text(status: Status, target: str, scenario: str | None, client: dict[str, Any] | None = None) -> Text:
+def header_text(status: Status, target: str, scenario: str | None, client: dict[str, Any] | None = None,
+                content: dict[str, Any] | None = None) -> Text:
     text = Text()
     text.append(f" {status.phase.upper()} ", style=PHASE_STYLES.get(status.phase, "reverse"))
     text.append("  cvload ", style="bold")
@@ -85,6 +86,8 @@ def header_text(status: Status, target: str, scenario: str | None, client: dict[
         text.append(f"   scenario {scenario}", style="dim")
     if client_text(client):  # the measuring process's own timing error (cvload.loop_health)
         text.append("   " + client_text(client), style="bold yellow" if (client or {}).get("warnings") else "dim")
+    if listening_text(content):  # --check-content: the checker's sample and backlog
+        text.append("   " + listening_text(content), style="dim")
     text.append("\n")
     planned = f"/{status.planned}" if status.planned else ""
     text.append(f" elapsed {status.elapsed:6.1f}s   done {status.done}{planned}   in flight {status.inflight}   "
@@ -335,6 +338,50 @@ class ErrorsPanel(Panel):
             line = f"{t:7.1f}s {kind}: {message}"
             latest.append(line[: w], style="dim")
         self.update(Group(head, body, latest))
+
+
+# ---- speech (docs/speech.md) ------------------------------------------------------------------------------------
+def speech_lines(snap: LiveSnapshot, width: int, rows: int = 8) -> Text:
+    """Onset and content over the run, the prebuffer a player needs, and the latest mismatches (expected | heard)."""
+    speech = snap.speech
+    audible = speech.get("first_audible_latency_ms") or {}
+    content = speech.get("content_error_rate") or {}
+    prebuffer = speech.get("required_prebuffer_ms") or {}
+    text = Text()
+    text.append("first audible  ", style="bold")
+    text.append(f"p50 {fmt_ms(audible.get('p50'))}  p95 {fmt_ms(audible.get('p95'))} ms  ({audible.get('count') or 0})")
+    text.append("\ncontent error  ", style="bold")
+    if content.get("count"):
+        text.append(f"p50 {content['p50']:.1%}  p95 {content['p95']:.1%}  ({content['count']} checked)")
+    else:
+        text.append("not checked", style="dim")
+    text.append("\nmismatches     ", style="bold")
+    text.append(str(snap.mismatches), style="bold red" if snap.mismatches else "green")
+    text.append("\nprebuffer need ", style="bold")
+    text.append(f"p95 {fmt_ms(prebuffer.get('p95'))}  p99 {fmt_ms(prebuffer.get('p99'))} ms")
+    for expected, heard in list(reversed(snap.latest_mismatches))[: max(0, rows - 4)]:
+        half = max(8, (width - 3) // 2)
+        text.append("\n")
+        text.append(expected[:half].ljust(half), style="dim")
+        text.append(" | ")
+        text.append((heard or "(nothing)")[:half], style="red")
+    return text
+
+
+class SpeechPanel(Panel):
+    def show(self, snap: LiveSnapshot) -> None:
+        rows = max(4, self.content_size.height or 8)
+        self.update(speech_lines(snap, self.width, rows))
+
+
+def listening_text(content: dict[str, Any] | None) -> str:
+    """The header's word on the content checker: its sample and backlog (empty without --check-content)."""
+    if not content:
+        return ""
+    backlog = content.get("backlog") or 0
+    return (f"asr {content.get('asr')} {content.get('sampling')}, backlog {backlog}"
+            + (f" ({content.get('backlog_audio_s', 0):.0f} s)" if backlog else "")
+            + (f", {content['skipped']} skipped" if content.get("skipped") else ""))
 
 
 RECENT_COLUMNS = (("#", 6), ("worker", 7), ("done at", 9), ("first ms", 10), ("second ms", 10),

@@ -34,6 +34,8 @@ class ReplaySource(Source):
                                    target.get("model") or cfg.get("model", "?"),
                                    target.get("servers") or cfg.get("server") or [], cfg.get("inference"))
         self.scenario = cfg.get("name") or cfg.get("scenario")
+        # the Speech panel: the run listened, or `cvload check` scored it afterwards
+        self.listening = bool(cfg.get("onset") or cfg.get("check_content") or (self.summary or {}).get("content"))
         self._load = _load_label((self.summary or {}).get("load") or {}, cfg)
         self._elapsed = max((finished_at(r) for r in self._records), default=0.0)
         self.telemetry = _replay_telemetry(self.out_dir, self.summary)

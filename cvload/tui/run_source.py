@@ -56,6 +56,7 @@ class RunSource(Source):
         self._ended_at: float | None = None
         self._objectives = LiveObjectives(config)  # a misspelled metric fails here, before anything starts
         self.sweeping = sweeping(config)  # a sweep: the sweep sets the load; ``sweep`` holds its progress
+        self.listening = bool(config.onset or config.check_content)  # the Speech panel (docs/speech.md)
         self.sweep: dict[str, Any] | None = None
         self.sweep_result: dict[str, Any] | None = None  # sweep.json once the sweep is over
 

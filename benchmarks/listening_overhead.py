@@ -1,0 +1,174 @@
+"""What listening costs: the timing it must not touch, the recognisers' speed, and `cvload check` of a saved run.
+
+1. **Timing untouched.** At ``--streams`` (16) against one speaking emulator (``fixed`` profile: the first chunk
+   leaves the model 200 ms after the request arrives), runs with and without ``--check-content 100%`` alternate
+   (``--rounds`` of each, ``--seconds`` each; ``--onset`` alone as a third side: the VAD's share); printed: first-chunk p50/p99 of each run, the median of each side
+   and their differences (the issue's bar: under 0.5 ms at p50 and 2 ms at p99), and how many requests the live
+   checker transcribed (the rest went past its bounded backlog, as they would under real load).
+2. **Recognisers.** Each backend installed here transcribes the same hibari-spoken English sentences: audio
+   seconds per CPU second of the process doing it (``openai`` through ``cvload asr-serve`` on this host: the
+   client's own CPU, and the server's), and the word error rate it scored (it should be ~0: the text is known).
+3. **`cvload check`** of ``--check-requests`` (1000) saved requests of a run: wall time, audio seconds per wall
+   second and per CPU second over its helper processes.
+
+    .venv/bin/python -m benchmarks.listening_overhead [--rounds 3 --seconds 10 --streams 16 --check-requests 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.triton.launcher import TritonServer, free_port
+
+SENTENCES = ("The morning train was late again, so we shared a coffee on the platform and watched the rain.",
+             "Please remember to water the plants on the balcony while I am away for the long weekend.",
+             "If the weather stays clear tonight, we may see the planets low in the western sky.",
+             "Hello there, how are you?")
+
+
+def cvload(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "cvload", *args], check=False, stdout=subprocess.DEVNULL)
+
+
+def summary_of(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def timing(server: TritonServer, work: Path, rounds: int, seconds: float, streams: int) -> None:
+    print(f"\n1. first chunk at {streams} streams, {rounds} rounds of {seconds:g} s, alternating")
+    flags: dict[str, list[str]] = {"plain": [], "onset": ["--onset"], "check-content 100%": ["--check-content", "100%"]}
+    sides: dict[str, list[tuple[float, float]]] = {side: [] for side in flags}
+    for n in range(rounds):
+        for side in sides:
+            out = work / f"timing-{n}-{side.split()[0]}"
+            extra = flags[side]
+            cvload("run", "--quiet", "--server", server.grpc_url, "--num-tasks", str(streams), "--duration",
+                   f"{seconds}s", "--warmup", str(streams), "--out", str(out), *extra)
+            s = summary_of(out)
+            first = s["metrics"]["first_chunk_latency_ms"]
+            sides[side].append((first["p50"], first["p99"]))
+            checked = f"  checked {s['content']['checked']}, skipped {s['content']['skipped']}" if "content" in s \
+                else ""
+            print(f"   round {n + 1} {side:20} p50 {first['p50']:8.2f} ms  p99 {first['p99']:8.2f} ms  "
+                  f"({s['requests']['total']} requests){checked}")
+    medians = {side: (statistics.median(p for p, _ in v), statistics.median(q for _, q in v))
+               for side, v in sides.items()}
+    p50a, p99a = medians["plain"]
+    for side, (p50b, p99b) in medians.items():
+        print(f"   median {side:20} p50 {p50b:8.2f} p99 {p99b:8.2f}   against plain: p50 {p50b - p50a:+.2f} ms, "
+              f"p99 {p99b - p99a:+.2f} ms" + ("" if side == "plain" else "   (bar for checks: 0.5 / 2 ms)"))
+
+
+def recognisers(work: Path) -> None:
+    import importlib.util
+
+    import hibari
+
+    from cvload.asr import make_recognizer
+    from cvload.content import error_rate
+
+    voice = hibari.Hibari()
+    clips = [(text, np.asarray(voice(text), np.float32)) for text in SENTENCES]
+    audio_s = sum(len(a) for _, a in clips) / 24000
+    print(f"\n2. recognisers on {len(clips)} hibari sentences ({audio_s:.1f} s of audio)")
+    specs = ["moonshine"]
+    specs.append("whisper:base.en" if importlib.util.find_spec("faster_whisper") else "whisper (not installed)")
+    specs.append("sherpa-onnx paraformer/sensevoice (not installed)" if not importlib.util.find_spec("sherpa_onnx")
+                 else "paraformer (needs a model folder: not measured)")
+    for spec in specs:
+        if "(" in spec:
+            print(f"   {spec}")
+            continue
+        recognizer = make_recognizer(spec)
+        recognizer.transcribe(clips[0][1], 24000, "en")  # load
+        started = time.process_time()
+        errors = [error_rate(text, recognizer.transcribe(audio, 24000, "en"), "en") for text, audio in clips]
+        cpu = time.process_time() - started
+        print(f"   {spec:12} {audio_s / cpu:6.2f} audio s per CPU s   mean WER {np.mean(errors):.3f}")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "cvload", "asr-serve", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None
+        server.stdout.readline()
+        client = make_recognizer(f"openai:http://127.0.0.1:{port}")
+        client.transcribe(clips[0][1], 24000, "en")
+        server_cpu0 = _cpu_of(server.pid)
+        started = time.process_time()
+        errors = [error_rate(text, client.transcribe(audio, 24000, "en"), "en") for text, audio in clips]
+        cpu = time.process_time() - started
+        server_cpu = _cpu_of(server.pid) - server_cpu0
+        print(f"   openai       {audio_s / cpu:6.1f} audio s per CPU s of the client "
+              f"({audio_s / server_cpu:.2f} per CPU s of the asr-serve server on this host)   "
+              f"mean WER {np.mean(errors):.3f}")
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _cpu_of(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def check(server: TritonServer, work: Path, requests: int) -> None:
+    out = work / "saved"
+    cvload("run", "--quiet", "--server", server.grpc_url, "--model", "instant", "--num-tasks", "8", "--requests",
+           str(requests), "--save-audio", "--inputs", str(_english(work)), "--out", str(out))
+    s = summary_of(out)
+    audio = s["audio_s_total"]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.monotonic()
+    cvload("check", str(out))
+    wall = time.monotonic() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    content = summary_of(out)["content"]
+    print(f"\n3. cvload check of {content['checked']} saved requests ({audio:.0f} s of audio) on {os.cpu_count()} "
+          f"CPUs: {wall:.1f} s wall, {audio / wall:.2f} audio s per wall s, {audio / cpu:.2f} per CPU s, "
+          f"{content['mismatches']} content_mismatch")
+
+
+def _english(work: Path) -> Path:
+    path = work / "en.jsonl"
+    path.write_text("".join(json.dumps({"id": f"en{i}", "target_text": t}) + "\n" for i, t in enumerate(SENTENCES)))
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--check-requests", type=int, default=1000)
+    parser.add_argument("--only", choices=("timing", "recognisers", "check"), action="append")
+    args = parser.parse_args()
+    only = set(args.only or ("timing", "recognisers", "check"))
+    with tempfile.TemporaryDirectory(prefix="cvload-listen-") as tmp:
+        work = Path(tmp)
+        models = [EmulatedModel(name="cosyvoice2", profile=get_profile("fixed"), mode="streaming"),
+                  EmulatedModel(name="instant", profile=get_profile("instant"), mode="streaming")]
+        repo = build_repository(work / "emulator", models, texts=SENTENCES)
+        with TritonServer(repo, workdir=work / "server", die_with_parent=True) as server:
+            if "timing" in only:
+                timing(server, work, args.rounds, args.seconds, args.streams)
+            if "recognisers" in only:
+                recognisers(work)
+            if "check" in only:
+                check(server, work, args.check_requests)
+
+
+if __name__ == "__main__":
+    main()

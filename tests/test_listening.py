@@ -1,0 +1,156 @@
+"""Listening: the player's prebuffer and the smallest one that plays a request (exact on synthetic chunk schedules),
+first audible from where speech starts, content scoring, and the bad inputs of the checkers (exit 2 before load)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from cvload.content import error_rate, language_of, normalize_en, normalize_zh
+from cvload.errors import UsageError
+from cvload.metrics import BY_NAME, playback, playback_stalls, required_prebuffer_s
+from cvload.records import RequestRecord
+
+RATE = 1000  # 1000 samples a second: a chunk of 250 samples is 0.25 s
+
+
+def schedule(arrivals: list[float], seconds: list[float], prebuffer: float = 0.0) -> RequestRecord:
+    return RequestRecord(index=0, request_id="r", item_id="i", worker=0, server="s", text="t", sent=0.0,
+                         chunk_offsets=list(arrivals), chunk_samples=[round(s * RATE) for s in seconds],
+                         end_offset=arrivals[-1], sample_rate=RATE, prebuffer_s=prebuffer)
+
+
+def test_a_player_that_starts_at_the_first_chunk_counts_the_stalls_as_before() -> None:
+    # 0.5 s of audio at 0.1, the next at 0.9 (0.3 s late), the last at 1.4 (on time: 0.9 + 0.5)
+    r = schedule([0.1, 0.9, 1.4], [0.5, 0.5, 0.5])
+    assert playback_stalls(r) == (1, pytest.approx(0.3))
+    played = playback(r)
+    assert played is not None and played.start == 0.1 and played.stalls == ((0.5, pytest.approx(0.3)),)
+    assert required_prebuffer_s(r) == pytest.approx(0.5)  # start at the second chunk: 0.5 s held
+
+
+def test_the_prebuffer_delays_the_start_until_more_than_it_is_held() -> None:
+    r = schedule([0.1, 0.9, 1.4], [0.5, 0.5, 0.5], prebuffer=0.5)
+    played = playback(r)
+    assert played is not None and played.start == 0.9 and played.stalls == ()  # holds 1.0 s > 0.5 s at 0.9
+    # exactly the required prebuffer plays it without a stall; any less stalls
+    assert playback_stalls(schedule([0.1, 0.9, 1.4], [0.5, 0.5, 0.5], prebuffer=0.499)) == (1, pytest.approx(0.3))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_required_prebuffer_is_the_smallest_that_plays_without_a_stall(seed: int) -> None:
+    """Against brute force: every prebuffer on a 1 ms grid below the answer stalls, the answer does not."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 8))
+    seconds = list(rng.choice([0.04, 0.1, 0.25, 0.5, 1.0], size=n))
+    arrivals = list(itertools.accumulate(rng.uniform(0.0, 0.8, size=n)))
+    r = schedule(arrivals, seconds)
+    need = required_prebuffer_s(r)
+    assert need is not None
+    assert playback_stalls(schedule(arrivals, seconds, prebuffer=need))[0] == 0
+    for grid in np.arange(0.0, need - 0.0005, 0.001):
+        assert playback_stalls(schedule(arrivals, seconds, prebuffer=float(grid)))[0] > 0, (grid, need)
+
+
+def test_first_audible_is_when_the_player_reaches_the_speech() -> None:
+    first_audible = BY_NAME["first_audible_latency_ms"].of
+    r = schedule([0.1, 0.9, 1.4], [0.5, 0.5, 0.5])
+    r.speech_start_s = 0.3  # inside the first chunk: 0.1 + 0.3
+    assert first_audible(r) == pytest.approx(400.0)
+    assert BY_NAME["leading_silence_ms"].of(r) == pytest.approx(300.0)
+    r.speech_start_s = 0.6  # after the stall at 0.5 s: 0.1 + 0.6 + 0.3 waited
+    assert first_audible(r) == pytest.approx(1000.0)
+    r.speech_start_s = None  # not looked for, or no speech found
+    assert first_audible(r) is None
+
+
+@pytest.mark.parametrize(("expected", "heard", "rate"), [
+    ("In 1998 the company sold 42,000 units.", "In nineteen ninety-eight, the company sold 42 thousand units", 0.0),
+    ("Hello, World!", "hello world", 0.0),
+    ("It costs 5% more & ships today.", "it costs five percent more and ships today", 0.0),
+    ("the cat sat on the mat", "the cat sat on a mat", 1 / 6),
+    ("one two three", "", 1.0),
+    ("one two", "one two three four five six", 1.0),  # insertions past the text are capped at 1
+])
+def test_english_scores_words_after_normalising(expected: str, heard: str, rate: float) -> None:
+    assert error_rate(expected, heard, "en") == pytest.approx(rate)
+
+
+def test_chinese_scores_characters_and_reads_numbers() -> None:
+    assert normalize_zh("今天下午3点，开会。") == list("今天下午三点开会")
+    assert error_rate("今天下午三点开会", "今天下午3点开会", "zh") == 0.0
+    assert error_rate("今天下午三点开会", "今天上午三点开会", "zh") == pytest.approx(1 / 8)
+    assert normalize_zh("第12号") == list("第十二号")
+
+
+def test_language_follows_the_script() -> None:
+    assert language_of("今天下午三点，我们在会议室讨论。") == "zh"
+    assert language_of("Please remember to water the plants.") == "en"
+    assert language_of("我们用 Python 写代码") == "zh"
+    assert normalize_en("Don't STOP—now!") == ["don't", "stop", "now"]
+
+
+def test_unknown_recogniser_and_missing_model_folder_are_usage_errors(tmp_path) -> None:
+    from cvload.asr import make_recognizer
+
+    with pytest.raises(UsageError, match="unknown speech recogniser 'kaldi'"):
+        make_recognizer("kaldi")
+    with pytest.raises(UsageError, match="does not exist"):
+        make_recognizer(f"moonshine:{tmp_path / 'nowhere'}").check()
+    with pytest.raises(UsageError, match="lacks"):
+        make_recognizer(f"moonshine:{tmp_path}").check()
+    with pytest.raises(UsageError, match="needs its model folder"):
+        make_recognizer("paraformer").check()
+    with pytest.raises(UsageError, match="does not exist"):
+        make_recognizer(f"sensevoice:{tmp_path / 'none'}").check()
+
+
+def test_a_transcription_server_that_is_down_fails_before_any_load() -> None:
+    from cvload.asr import make_recognizer
+    from cvload.triton.launcher import free_port
+
+    port = free_port()
+    with pytest.raises(UsageError, match="cannot reach the transcription server"):
+        make_recognizer(f"openai:http://127.0.0.1:{port}").check()
+
+
+def test_share_and_budget_are_parsed_and_checked() -> None:
+    from cvload.listening import Sampling
+
+    assert Sampling.parse("25%").share == 0.25
+    assert Sampling.parse("0.5").share == 0.5
+    assert Sampling.parse("8s/s").budget_s_per_s == 8.0
+    for bad in ("150%", "0", "lots", "-1s/s"):
+        with pytest.raises(UsageError):
+            Sampling.parse(bad)
+
+
+def test_the_speech_panel_lists_the_latest_mismatches() -> None:
+    from cvload.live_window import LiveStats
+    from cvload.records import FLAG_CONTENT_MISMATCH
+    from cvload.tui.panels import speech_lines
+
+    live = LiveStats()
+    for n, (error, heard) in enumerate([(0.0, "hello there"), (0.8, "goodbye now")]):
+        r = schedule([0.1, 0.4], [0.5, 0.5])
+        r.index, r.text, r.transcript, r.content_error, r.speech_start_s = n, "hello there", heard, error, 0.05
+        if error > 0.3:
+            r.flags.append(FLAG_CONTENT_MISMATCH)
+        live.add(r)
+    text = speech_lines(live.snapshot(), 60).plain
+    assert "mismatches     1" in text and "hello there" in text and "| goodbye now" in text
+    assert "p95 150" in text  # first audible: 0.1 s + 0.05 s (the mismatched request failed: not counted)
+
+
+def test_an_items_language_comes_from_its_input(tmp_path) -> None:
+    from cvload.inputs import load_items
+
+    path = tmp_path / "items.jsonl"
+    path.write_text('{"id": "a", "target_text": "Hello", "language": "zh"}\n{"id": "b", "target_text": "Hi"}\n')
+    a, b = load_items(path)
+    assert a.language == "zh" and b.language is None
+    path.write_text('{"id": "a", "target_text": "Hello", "language": "fr"}\n')
+    with pytest.raises(UsageError, match="'language' 'fr' is not one of en, zh"):
+        load_items(path)

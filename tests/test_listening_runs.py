@@ -1,0 +1,137 @@
+"""Listening end to end against the speaking emulator: live content checks and onset in a run, `cvload check` of
+the saved audio (Moonshine in onnxruntime, and the same recogniser behind `cvload asr-serve` over the OpenAI
+transcription API), and the errors before any load."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cvload.cli import main
+from tests.runs import load, run_cli
+
+# Built-in texts (the emulator has them spoken before it starts), short ones: the recogniser's time is the test's.
+TEXTS = ["Hello there, how are you?",
+         "If the weather stays clear tonight, we may see the planets low in the western sky."]
+
+
+@pytest.fixture(scope="module")
+def english(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("inputs") / "en.jsonl"
+    path.write_text("".join(json.dumps({"id": f"en{i}", "target_text": t}) + "\n" for i, t in enumerate(TEXTS)))
+    return path
+
+
+@pytest.fixture(scope="module")
+def checked_run(emulator, english: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("listen") / "run"
+    code = run_cli("--server", emulator.grpc, "--model", "cosyvoice2_instant", "--inputs", str(english),
+                   "--num-tasks", "1", "--requests", "2", "--check-content", "--save-audio", "--out", str(out))
+    assert code == 0
+    return out
+
+
+def test_a_run_hears_the_words_and_where_speech_starts(checked_run: Path) -> None:
+    summary, records = load(checked_run)
+    assert summary["content"]["checked"] == 2 and summary["content"]["mismatches"] == 0
+    for r in records:
+        assert r["transcript"] and r["content_error"] <= 0.1, r["transcript"]
+        assert r["speech_start_s"] is not None and 0 <= r["speech_start_s"] < 0.2
+        assert r["first_audible_latency_ms"] >= r["first_chunk_latency_ms"]
+        assert "content_mismatch" not in r["flags"]
+    assert summary["metrics"]["content_error_rate"]["count"] == 2
+    assert summary["metrics"]["first_audible_latency_ms"]["count"] == 2
+
+
+def test_check_scores_saved_audio_after_the_run(checked_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    folder = tmp_path / "copy"
+    shutil.copytree(checked_run, folder)
+    assert main(["check", str(folder), "--workers", "1", "--max-content-error", "0"]) == 0
+    lines = [json.loads(x) for x in (folder / "content.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(line["language"] == "en" for line in lines)
+    summary, records = load(folder)
+    assert summary["content"]["checked"] == 2
+    # at --max-content-error 0 any word off is a mismatch, and the summary counts it as the failure it is
+    mismatched = sum(line["mismatch"] for line in lines)
+    assert summary["audio_flags"]["content_mismatch"] == mismatched
+    assert summary["requests"]["failed"] == mismatched
+
+
+def test_check_through_an_openai_transcription_server(checked_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from cvload.triton.launcher import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "cvload", "asr-serve", "--port", str(port)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        assert server.stdout is not None and "asr-serve" in server.stdout.readline()  # listening from here on
+        folder = tmp_path / "copy"
+        shutil.copytree(checked_run, folder)
+        assert main(["check", str(folder), "--asr", f"openai:http://127.0.0.1:{port}", "--workers", "1"]) == 0
+        lines = [json.loads(x) for x in (folder / "content.jsonl").read_text().splitlines()]
+        assert len(lines) == 2 and all(line["content_error_rate"] <= 0.1 for line in lines), lines
+        # a server that refuses (an unknown model): one clear error, exit 2
+        assert main(["check", str(folder), "--asr", f"openai:http://127.0.0.1:{port}#no-such-model"]) == 2
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_check_without_saved_audio_and_a_language_without_recogniser(emulator, english: Path, tmp_path: Path,
+                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plain"
+    assert run_cli("--server", emulator.grpc, "--model", "cosyvoice2_instant", "--inputs", str(english),
+                   "--requests", "1", "--out", str(out)) == 0
+    assert main(["check", str(out)]) == 2
+    assert "no saved audio" in capsys.readouterr().err
+    assert run_cli("--server", emulator.grpc, "--model", "cosyvoice2_instant", "--requests", "1",
+                   "--check-content", "--language", "zh", "--out", str(tmp_path / "zh")) == 2
+    assert "does not transcribe language 'zh'" in capsys.readouterr().err
+    assert run_cli("--server", emulator.grpc, "--requests", "1", "--check-content", "--asr", "kaldi",
+                   "--out", str(tmp_path / "kaldi")) == 2
+    assert "unknown speech recogniser" in capsys.readouterr().err
+
+
+async def test_the_dashboard_shows_speech_and_the_checker(checked_run: Path) -> None:
+    from textual.widgets import Static
+
+    from cvload.tui.app import DashboardApp
+    from cvload.tui.panels import Panel
+    from cvload.tui.replay import ReplaySource
+
+    app = DashboardApp(ReplaySource(checked_run))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        speech = app.query_one("#speech", Panel).plain()
+        assert "first audible" in speech and "2 checked" in speech and "mismatches     0" in speech
+        assert "prebuffer need" in speech
+        head = str(app.query_one("#header", Static).render())
+        assert "asr moonshine 100% of requests, backlog 0" in head
+        await pilot.press("q")
+
+
+def test_a_sweep_report_plots_speech_against_load(checked_run: Path, tmp_path: Path) -> None:
+    """A sweep whose levels listened gets the speech figure (first audible and content error against load)."""
+    import shutil
+
+    sweep, levels = tmp_path / "sweep", []
+    for number, n in enumerate((1, 2), 1):
+        folder = f"level-{number:03d}-c{n}"
+        shutil.copytree(checked_run, sweep / folder)
+        levels.append({"value": n, "kind": "concurrency", "phase": "plan", "folder": folder, "slo_passed": True,
+                       "summary": {"metrics": {}}})
+    (sweep / "sweep.json").write_text(json.dumps({
+        "schema": "cvload.sweep/1", "kind": "concurrency", "levels": levels,
+        "capacity": {"kind": "concurrency", "value": 2, "bracket": [2, None], "by": "audible"},
+        "knee": None, "stopped_because": "every planned level was measured", "status": "completed"}))
+    out = tmp_path / "report.html"
+    assert main(["report", str(sweep), "-o", str(out)]) == 0
+    assert "Speech against load: heard in time, the right words" in out.with_suffix(".md").read_text()
