@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import grimp
 
 
@@ -77,3 +81,10 @@ def test_only_the_api_registry_tells_apis_apart() -> None:
              if path.name != "apis.py" for n, line in enumerate(path.read_text().splitlines(), 1)
              if comparing.search(line)]
     assert not found, "\n".join(found)
+
+
+def test_the_module_map_is_made_from_the_docstrings() -> None:
+    """docs/architecture.md's module map lists every module with its docstring's first sentence."""
+    script = Path(__file__).resolve().parents[1] / "scripts" / "module_map.py"
+    result = subprocess.run([sys.executable, str(script), "--check"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
