@@ -221,7 +221,8 @@ def test_sweep_judges_a_level_whose_requests_cannot_finish(silent_server, tmp_pa
     assert [lv["value"] for lv in result["levels"]] == [1]
     level = result["levels"][0]
     assert level["slo_passed"] is False and level["summary"]["requests"]["incomplete"] == 1
-    assert level["summary"]["incomplete_min_s"] >= 1.4  # sent at the window's start, judged 0.5 s after its end
+    # sent at the window's start (within 0.3 s on a busy 2-core machine), judged 0.5 s after its 1 s end
+    assert level["summary"]["incomplete_min_s"] >= 1.2
     records = records_of(out / level["folder"])
     assert [r["error_kind"] for r in records] == ["incomplete"]
 
