@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     firsts: dict[str, list[tuple[float, float]]] = {"without": [], "with": []}
     with tempfile.TemporaryDirectory(prefix="cvload-prom-overhead-") as tmp:
         root = Path(tmp)
-        repo = build_repository(root, [EmulatedModel("cosyvoice2", get_profile("fixed"), "streaming")])
+        repo = build_repository(root, [EmulatedModel("cosyvoice2", get_profile("fixed", {"voice": "tone"}), "streaming")])
         with TritonServer(repo, workdir=root / "server", die_with_parent=True) as server:
             for round_no in range(args.rounds):
                 order = ("without", "with") if round_no % 2 == 0 else ("with", "without")
