@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
 from cvload.config import RunConfig, SweepSettings
@@ -133,6 +134,17 @@ class SweepLink(DashboardLink):
         self.channel.send(Finished(exit_code=sweep.exit_code(result), status=result["status"]))
 
 
+def commands_in(lines: IO[str]) -> Iterator[Command]:
+    """The dashboard's commands as they come, one JSON line each (a line that is not one is passed over)."""
+    for line in lines:
+        try:
+            command = from_line(line)
+        except ValueError:
+            continue
+        if isinstance(command, Command):
+            yield command
+
+
 class Commands:
     """Reads the dashboard's commands on a thread (blocked in read, it costs the event loop nothing) and applies
     them on the loop; the end of input (the dashboard is gone) is an interrupt. In a sweep the sweep sets the
@@ -149,14 +161,9 @@ class Commands:
         threading.Thread(target=self._read, name="cvload-tui-commands", daemon=True).start()
 
     def _read(self) -> None:
-        for line in self.lines:
-            try:
-                command = from_line(line)
-            except ValueError:
-                continue
-            if isinstance(command, Command):
-                with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
-                    self.loop.call_soon_threadsafe(self.apply, command)
+        for command in commands_in(self.lines):
+            with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
+                self.loop.call_soon_threadsafe(self.apply, command)
         with contextlib.suppress(RuntimeError):
             self.loop.call_soon_threadsafe(self.apply, Command("interrupt"))
 
@@ -262,13 +269,8 @@ class TuneCommands:
         threading.Thread(target=self._read, name="cvload-tui-commands", daemon=True).start()
 
     def _read(self) -> None:
-        for line in self.lines:
-            try:
-                command = from_line(line)
-            except ValueError:
-                continue
-            if isinstance(command, Command):
-                self.apply(command)
+        for command in commands_in(self.lines):
+            self.apply(command)
         self.apply(Command("interrupt"))
 
     def apply(self, command: Command) -> None:
