@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import sys
 from types import SimpleNamespace
+from typing import Any
 
 from cvload.commands.run import _duration, add_run_options, run_headless
 from cvload.commands.sweep import add_sweep_options, sweep_config_from_args
@@ -81,12 +82,24 @@ def tui(args: argparse.Namespace) -> int:
             finally:
                 sys.stdout.flush()
         return run_headless(config, ConsoleView())
-    from cvload.tui.app import DashboardApp
     from cvload.tui.run_source import RunSource
 
     if config.requests is None and config.duration is None and not sweeping(config):
         config = config.merged({"duration": UNTIL_QUIT_S})  # watch until q instead of one pass over the inputs
     source = RunSource(config, window_s=args.window, yield_cpu=True)
+    code = show(source)
+    if source.summary is not None:
+        ConsoleView().final(SimpleNamespace(out_dir=source.out_dir), source.summary)
+    if source.sweep_result is not None:
+        SweepConsoleView().final(SimpleNamespace(out_dir=source.out_dir), source.sweep_result)
+    return code
+
+
+def show(source: Any) -> int:
+    """The dashboard over a live source (a run, sweep or tune in its measuring process) until it closes; then the
+    run ends as `run` ends it, what the measuring process said goes to stderr, and its exit code comes back."""
+    from cvload.tui.app import DashboardApp
+
     try:
         DashboardApp(source).run()
     finally:
@@ -102,11 +115,7 @@ def tui(args: argparse.Namespace) -> int:
         print(line, file=sys.stderr)
     if source.error_detail:
         print(source.error_detail, file=sys.stderr)
-    code = source.exit_code()  # re-raises what failed in the run (a CvloadError becomes its message)
-    if source.summary is not None:
-        ConsoleView().final(SimpleNamespace(out_dir=source.out_dir), source.summary)
-    if source.sweep_result is not None:
-        SweepConsoleView().final(SimpleNamespace(out_dir=source.out_dir), source.sweep_result)
+    code: int = source.exit_code()  # re-raises what failed in the run (a CvloadError becomes its message)
     return code
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cvload.commands.run import _duration
-from cvload.commands.tui import STOP_WAIT_S
+from cvload.commands.tui import show
 from cvload.errors import EXIT_OK, UsageError
 
 if TYPE_CHECKING:
@@ -80,29 +80,13 @@ def tune(args: argparse.Namespace) -> int:
 def tune_dashboard(tuner: Tuner, request: TuneRequest) -> int:
     """The tune in the dashboard: measured in the dashboard's measuring process (``cvload.tui.measuring``) as the
     console's tune is measured here; once the dashboard closes, the table and the answer are printed as without it."""
-    from cvload.tui.app import DashboardApp
     from cvload.tui.tune_source import TuneSource
     from cvload.tune.console import TuneConsole
     from cvload.tune.runner import Candidate
 
     request = dataclasses.replace(request, out=str(tuner.out_dir.resolve()), space=str(Path(request.space).resolve()))
     source = TuneSource(tuner.base, request, yield_cpu=True)
-    try:
-        DashboardApp(source).run()
-    finally:
-        source.stop()
-        try:
-            finished = source.wait(timeout=STOP_WAIT_S)
-        except KeyboardInterrupt:
-            finished = False
-        if not finished:
-            source.terminate()
-            source.wait(timeout=STOP_WAIT_S)
-    for line in source.stderr:  # what the measuring process said while the dashboard owned the terminal
-        print(line, file=sys.stderr)
-    if source.error_detail:
-        print(source.error_detail, file=sys.stderr)
-    code = source.exit_code()
+    code = show(source)
     if source.tune_result is not None:
         tuner.candidates = [Candidate.from_json(c) for c in source.tune_result["candidates"]]
         console = TuneConsole()

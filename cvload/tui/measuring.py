@@ -134,7 +134,7 @@ class SweepLink(DashboardLink):
         self.channel.send(Finished(exit_code=sweep.exit_code(result), status=result["status"]))
 
 
-def commands_in(lines: IO[str]) -> Iterator[Command]:
+def read_commands(lines: IO[str]) -> Iterator[Command]:
     """The dashboard's commands as they come, one JSON line each (a line that is not one is passed over)."""
     for line in lines:
         try:
@@ -161,7 +161,7 @@ class Commands:
         threading.Thread(target=self._read, name="cvload-tui-commands", daemon=True).start()
 
     def _read(self) -> None:
-        for command in commands_in(self.lines):
+        for command in read_commands(self.lines):
             with contextlib.suppress(RuntimeError):  # the loop closed: the run is over
                 self.loop.call_soon_threadsafe(self.apply, command)
         with contextlib.suppress(RuntimeError):
@@ -269,7 +269,7 @@ class TuneCommands:
         threading.Thread(target=self._read, name="cvload-tui-commands", daemon=True).start()
 
     def _read(self) -> None:
-        for command in commands_in(self.lines):
+        for command in read_commands(self.lines):
             self.apply(command)
         self.apply(Command("interrupt"))
 
@@ -308,13 +308,8 @@ def serve_tune(request: dict[str, Any], channel: Channel, commands_in: IO[str]) 
                 commands.finished = True
         channel.send(Finished(exit_code=code, status=tuner.result()["status"]))
         return code
-    except CvloadError as exc:
-        channel.send(Failed(message=str(exc), exit_code=exc.exit_code))
-        return exc.exit_code
     except Exception as exc:  # noqa: BLE001 - a bug must reach the user as a message, not vanish with the child
-        channel.send(Failed(message=f"{type(exc).__name__}: {exc}", exit_code=EXIT_RUNTIME,
-                            traceback=traceback.format_exc()))
-        return EXIT_RUNTIME
+        return failed(channel, exc)
 
 
 async def serve(config: RunConfig, channel: Channel, commands_in: IO[str]) -> int:
@@ -328,13 +323,19 @@ async def serve(config: RunConfig, channel: Channel, commands_in: IO[str]) -> in
         session = Session(config)
         Commands(asyncio.get_running_loop(), session, commands_in).start()
         return await session.run(DashboardLink(channel))
-    except CvloadError as exc:
+    except Exception as exc:  # noqa: BLE001 - a bug must reach the user as a message, not vanish with the child
+        return failed(channel, exc)
+
+
+def failed(channel: Channel, exc: Exception) -> int:
+    """What failed in the measuring process, told to the dashboard (a ``CvloadError`` as its message, a bug with
+    its traceback); the exit code."""
+    if isinstance(exc, CvloadError):
         channel.send(Failed(message=str(exc), exit_code=exc.exit_code))
         return exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - a bug must reach the user as a message, not vanish with the child
-        channel.send(Failed(message=f"{type(exc).__name__}: {exc}", exit_code=EXIT_RUNTIME,
-                            traceback=traceback.format_exc()))
-        return EXIT_RUNTIME
+    channel.send(Failed(message=f"{type(exc).__name__}: {exc}", exit_code=EXIT_RUNTIME,
+                        traceback=traceback.format_exc()))
+    return EXIT_RUNTIME
 
 
 def load_commands() -> None:
