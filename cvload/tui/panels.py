@@ -19,6 +19,7 @@ from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, values
 from cvload.tui.charts import bar, fmt_ms, fmt_num, fmt_share, outage_band, sparkline
 from cvload.tui.source import Status
+from cvload.tune.space import cell_text
 
 PHASE_STYLES = {"running": "bold black on green", "paused": "bold black on yellow",
                 "stopping": "bold black on yellow", "finishing": "bold black on yellow",
@@ -483,16 +484,6 @@ STATUS_STYLES = {"measured": "green", "pruned": "dim", "failed": "bold red", "no
                  "interrupted": "yellow", "pending": "yellow"}
 
 
-def _tune_cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value)
-
-
 def tune_lines(progress: dict[str, Any] | None, width: int, rows: int = 12, elapsed: float | None = None) -> Text:
     """A tune's search so far: the candidate measured now (its knobs and what its change restarted), then one row
     per candidate (knobs, capacity, bracket, costs, status), the best marked; rows beyond ``rows`` keep the best
@@ -505,7 +496,7 @@ def tune_lines(progress: dict[str, Any] | None, width: int, rows: int = 12, elap
     current = progress.get("current")
     candidates = progress["candidates"]
     if current is not None:
-        knobs = ", ".join(f"{k}={_tune_cell(v)}" for k, v in current["knobs"].items())
+        knobs = ", ".join(f"{k}={cell_text(v)}" for k, v in current["knobs"].items())
         again = f" (the best, measured again: {current['repeat']} of {progress['repeat']})" if current["repeat"] else ""
         text.append(f"candidate {current['number']}{again}: ", style="bold yellow")
         text.append(knobs)
@@ -521,7 +512,7 @@ def tune_lines(progress: dict[str, Any] | None, width: int, rows: int = 12, elap
                 f"{progress['elapsed_s'] if elapsed is None else elapsed:.0f} s; ", style="dim")
     if best is not None:
         row = next(c for c in candidates if c["number"] == best)
-        text.append(f"best so far: candidate {best}, {_tune_cell(row['capacity'])} {unit}", style="bold green")
+        text.append(f"best so far: candidate {best}, {cell_text(row['capacity'])} {unit}", style="bold green")
     else:
         text.append("no best yet", style="dim")
     names, costs = progress["knobs"], progress["costs"]
@@ -535,9 +526,9 @@ def tune_lines(progress: dict[str, Any] | None, width: int, rows: int = 12, elap
         shown = keep + latest if keep else shown[-rows:]
     measuring = None if current is None or current["repeat"] else current["number"]
     for c in shown:
-        bracket = f"[{_tune_cell(c['bracket'][0])}, {_tune_cell(c['bracket'][1])}]"
-        cells = [str(c["number"]), *(_tune_cell(c["knobs"].get(n)) for n in names), _tune_cell(c["capacity"]),
-                 bracket, *(_tune_cell(c["cost"].get(n)) for n in costs)]
+        bracket = f"[{cell_text(c['bracket'][0])}, {cell_text(c['bracket'][1])}]"
+        cells = [str(c["number"]), *(cell_text(c["knobs"].get(n)) for n in names), cell_text(c["capacity"]),
+                 bracket, *(cell_text(c["cost"].get(n)) for n in costs)]
         status = "measuring ..." if c["number"] == measuring and c["status"] == "pending" else c["status"]
         if c.get("baseline"):
             status += " (baseline)"
@@ -549,8 +540,8 @@ def tune_lines(progress: dict[str, Any] | None, width: int, rows: int = 12, elap
         if c["number"] == best:
             text.append("  ◀ best", style="bold green")
     for r in progress.get("repeats") or []:
-        text.append(f"\n  best measured again: capacity {_tune_cell(r['capacity'])} {unit}, "
-                    f"bracket [{_tune_cell(r['bracket'][0])}, {_tune_cell(r['bracket'][1])}] ({r['status']})",
+        text.append(f"\n  best measured again: capacity {cell_text(r['capacity'])} {unit}, "
+                    f"bracket [{cell_text(r['bracket'][0])}, {cell_text(r['bracket'][1])}] ({r['status']})",
                     style="green")
     return text
 

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from cvload.tune.deployments import Change
 from cvload.tune.runner import Candidate, Tuner
-from cvload.tune.space import knobs_text, shown
+from cvload.tune.space import cell_text, knobs_text
 
 
 class LevelLines:
@@ -37,16 +37,6 @@ class LevelLines:
     def detach(self, sweep: Any) -> None: ...
 
     def final(self, sweep: Any, result: dict[str, Any]) -> None: ...
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return shown(value)
-    if isinstance(value, float):
-        return f"{value:g}" if not value.is_integer() else f"{int(value)}"
-    return str(value)
 
 
 class TuneConsole:
@@ -86,12 +76,12 @@ class TuneConsole:
     def candidate_done(self, tuner: Tuner, candidate: Candidate) -> None:
         if self.json_output:
             return
-        bracket = f"[{_cell(candidate.bracket[0])}, {_cell(candidate.bracket[1])}]"
+        bracket = f"[{cell_text(candidate.bracket[0])}, {cell_text(candidate.bracket[1])}]"
         status = candidate.status + (" (baseline)" if candidate.baseline else "") + (
             f" (best, measured again: {candidate.repeat} of {tuner.repeat})" if candidate.repeat else "") + (
             f": {candidate.reason}" if candidate.reason and candidate.status != "measured" else "")
-        cells = [str(candidate.number), *(_cell(candidate.knobs.get(n)) for n in self.names),
-                 _cell(candidate.capacity), bracket, *(_cell(candidate.cost.get(c)) for c in self.costs),
+        cells = [str(candidate.number), *(cell_text(candidate.knobs.get(n)) for n in self.names),
+                 cell_text(candidate.capacity), bracket, *(cell_text(candidate.cost.get(c)) for c in self.costs),
                  f"{candidate.elapsed_s or 0:.0f}s", status.splitlines()[0][:160]]
         print(self._row(cells), file=self.out, flush=True)
 
@@ -111,14 +101,14 @@ class TuneConsole:
             return
         knobs = knobs_text(best["knobs"])
         spread = best["spread"]
-        print(f"best: candidate {best['number']} ({knobs}): capacity {_cell(best['capacity'])} "
-              f"{tuner.kind == 'concurrency' and 'streams' or 'req/s'}, bracket [{_cell(best['bracket'][0])}, "
-              f"{_cell(best['bracket'][1])}]; re-measured {len(best['repeats'])}x: "
-              f"{', '.join(_cell(r['capacity']) for r in best['repeats']) or '-'} (spread {_cell(spread['min'])}"
-              f"-{_cell(spread['max'])}, median {_cell(spread['median'])})", file=self.out)
+        print(f"best: candidate {best['number']} ({knobs}): capacity {cell_text(best['capacity'])} "
+              f"{tuner.kind == 'concurrency' and 'streams' or 'req/s'}, bracket [{cell_text(best['bracket'][0])}, "
+              f"{cell_text(best['bracket'][1])}]; re-measured {len(best['repeats'])}x: "
+              f"{', '.join(cell_text(r['capacity']) for r in best['repeats']) or '-'} (spread {cell_text(spread['min'])}"
+              f"-{cell_text(spread['max'])}, median {cell_text(spread['median'])})", file=self.out)
         if base is not None:
             print(f"baseline (the deployment's own knobs): candidate {base['number']}, capacity "
-                  f"{_cell(base['capacity'])} ({base['status']})", file=self.out)
+                  f"{cell_text(base['capacity'])} ({base['status']})", file=self.out)
         print(f"pareto front (capacity vs {tuner.space.pareto_cost or 'nothing'}): candidates "
               f"{', '.join(map(str, result['pareto']))}", file=self.out)
         print(f"best configuration: {tuner.out_dir / 'best'}", file=self.out, flush=True)
