@@ -205,9 +205,9 @@ class Decoders:
                 ok, value = _read_frame(stdout)
             except Exception as exc:  # noqa: BLE001 - a dead helper fails its job; the others fall back
                 self.broken = f"audio decoder process {process.pid} failed: {exc!r}"
-                loop.call_soon_threadsafe(_resolve, future, False, DecoderUnavailable(self.broken))
+                _answer(loop, future, False, DecoderUnavailable(self.broken))
                 return
-            loop.call_soon_threadsafe(_resolve, future, ok, value)
+            _answer(loop, future, ok, value)
 
     def close(self) -> None:
         for _ in self._processes:
@@ -254,6 +254,14 @@ def _read_frame(stream: Any) -> Any:
     lengths = [_LENGTH.unpack(_read_exactly(stream, 8))[0] for _ in range(count[0])]
     data = _read_exactly(stream, size[0])
     return pickle.loads(data, buffers=[_read_exactly(stream, n) for n in lengths])
+
+
+def _answer(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    """Hand a job's outcome to its loop. A loop closed meanwhile (its run ended with the job in flight) waits for
+    nothing: the outcome is dropped, and this helper's thread lives on to serve the next loop's jobs (it used to
+    die on the closed loop's RuntimeError, and once every thread had, every later job waited forever)."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(_resolve, future, ok, value)
 
 
 def _resolve(future: asyncio.Future[Any], ok: bool, value: Any) -> None:

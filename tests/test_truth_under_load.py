@@ -74,6 +74,7 @@ async def wait_traced(path: Path, ids: set[str]) -> dict[str, dict]:
         await asyncio.sleep(0.05)
 
 
+@pytest.mark.timing
 async def test_http_streaming_first_chunks_follow_the_servers_send_trace(emulator, tmp_path):
     """Megabyte-sized generate_stream events at 8 streams: no stream's first chunk waits for another's JSON."""
     config = RunConfig(server=[emulator.http], protocol="http", mode="streaming", model="cosyvoice2",
@@ -97,6 +98,7 @@ async def test_http_streaming_first_chunks_follow_the_servers_send_trace(emulato
     assert all(not r.flags for r in records)  # the audio was still decoded and checked, after each request
 
 
+@pytest.mark.timing
 async def test_summary_reports_the_clients_own_timing_error(emulator, tmp_path):
     config = RunConfig(server=[emulator.grpc], num_tasks=2, requests=6, out=str(tmp_path / "run"),
                        metrics_url="none", gpu_source="none", slo=["client.loop_lag_ms.p99<1000ms"])
@@ -108,6 +110,7 @@ async def test_summary_reports_the_clients_own_timing_error(emulator, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["client"] == client
 
 
+@pytest.mark.timing
 async def test_a_blocked_loop_is_measured_and_warned_about(emulator, tmp_path):
     """A listener that holds the loop 20 ms per record: lag shows in the summary, with the warning."""
 
@@ -124,6 +127,7 @@ async def test_a_blocked_loop_is_measured_and_warned_about(emulator, tmp_path):
     assert summary["slo"][0]["verdict"] == "fail" and summary["slo_passed"] is False
 
 
+@pytest.mark.timing
 async def test_loop_health_reads_an_idle_loop_as_idle():
     health = LoopHealth()
     health.start()
@@ -206,3 +210,24 @@ async def test_json_audio_is_parsed_and_checked_in_a_helper_process():
     assert info.value.kind == ERR_PROTOCOL
     assert audio_checks._decoders is not None and os.getpid() not in audio_checks._decoders.pids
     assert audio_checks._decoders_failed is None
+
+
+def test_a_run_ending_with_helper_jobs_in_flight_leaves_the_helpers_serving():
+    """A job still in a decoder process when its run's event loop closed: the answer has nowhere to go. The
+    helper threads used to die on the closed loop, and the next run in the same process (a test session, a
+    sweep's next level) waited forever for its audio checks."""
+    async def leave_jobs_in_flight() -> None:
+        await start_decoders()
+        assert audio_checks._decoders is not None
+        for _ in range(audio_checks.DECODER_PROCESSES):  # one for each helper thread
+            audio_checks._decoders.submit(asyncio.get_running_loop(), time.sleep, 0.3)
+
+    asyncio.run(leave_jobs_in_flight())  # the next run's jobs queue behind those, answered after the loop closed
+
+    async def next_run() -> None:
+        assert audio_checks._decoders is not None
+        jobs = [audio_checks._decoders.submit(asyncio.get_running_loop(), abs, -i)
+                for i in range(2 * audio_checks.DECODER_PROCESSES)]
+        assert await asyncio.wait_for(asyncio.gather(*jobs), 10) == list(range(2 * audio_checks.DECODER_PROCESSES))
+
+    asyncio.run(next_run())
