@@ -4,6 +4,7 @@ break its server. Nothing here mocks Triton or tritonclient."""
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -15,6 +16,20 @@ import pytest
 from cvload import process
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.triton.launcher import TritonServer, accepts, free_ports
+
+# The longest test files (seconds on a quiet 2-core machine), longest first. Under pytest-xdist each file goes to
+# one worker whole (--dist loadfile: its module and session servers are shared there), in collection order as
+# workers free up; handing out the long ones first keeps one of them from starting last and running on alone.
+LONGEST_FILES = ["test_ray", "test_sweep", "test_pipeline_emulator", "test_tune", "test_bootstrap_emulator",
+                 "test_barge_in", "test_outages", "test_drivers", "test_emulator_speech", "test_processes",
+                 "test_launcher", "test_run", "test_listening_runs", "test_runtime_api", "test_tls", "test_report",
+                 "test_serve_cli", "test_emulator"]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # a serial run keeps the files' order
+        rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+        items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: tests keep their order
 
 
 @dataclass

@@ -98,6 +98,7 @@ async def _consume(target: Timed, plan: Plan) -> tuple[RequestRecord, int]:
     (Plan(after_audio_s=1.5), 3),  # three chunks of 0.5 s
     (Plan(after_first_s=10.0), 5),  # the request ends first: not abandoned
 ])
+@pytest.mark.timing
 def test_watch_abandons_at_its_moment(plan: Plan, chunks: int) -> None:
     target = Timed()
     record, got = asyncio.run(_consume(target, plan))

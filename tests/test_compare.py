@@ -28,6 +28,8 @@ from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import UsageError
 from cvload.triton.launcher import TritonServer
 
+# Every comparison here judges real runs' latencies against a 20 ms difference: measured alone (see docs/testing.md).
+pytestmark = pytest.mark.timing
 PAIRS = 2  # the fast version of benchmarks/compare_false_alarms.py (10 pairs there)
 STREAMS, REQUESTS = 4, 32
 

@@ -75,6 +75,7 @@ async def test_a_dying_server_is_a_connection_failure_with_partial_timings(start
         assert len(r["chunk_samples"]) == len(r["chunk_offsets"])
 
 
+@pytest.mark.timing
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 async def test_continue_rides_out_a_restart_on_the_same_ports(start_emulator, tmp_path, protocol):
     """--on-server-loss continue: the server is killed and restarted on its ports; requests due meanwhile fail
@@ -321,6 +322,7 @@ async def test_a_server_stalling_mid_run_drains_within_5_s_on_ctrl_c(emulator, t
         assert session.summary["status"] == "interrupted" and session.exit_code() == 0
 
 
+@pytest.mark.timing
 async def test_a_server_answering_a_byte_a_second_is_bounded_by_the_request_timeout(emulator, tmp_path):
     async with FaultyLink(emulator.grpc) as link:
         out = tmp_path / "r"

@@ -81,6 +81,7 @@ def test_processes_usage_errors(tmp_path, capsys):
 
 
 # ---- against the emulator --------------------------------------------------------------------------------------
+@pytest.mark.timing
 def test_merged_run_reads_like_one_process(emulator, tmp_path):
     common = ["--server", emulator.grpc, "--num-tasks", "6", "--requests", "36", "--warmup", "6",
               "--ramp", "0.3s", "--metrics-url", "none", "--gpu-source", "none"]
@@ -115,6 +116,7 @@ def test_merged_run_reads_like_one_process(emulator, tmp_path):
     assert client["loop_lag_ms"]["max"] == max(p["loop_lag_ms"]["max"] for p in client["processes"][:3])
 
 
+@pytest.mark.timing
 def test_open_loop_split_and_servers_spread(emulator, tmp_path):
     port = emulator.grpc.rsplit(":", 1)[1]
     servers = [f"127.0.0.1:{port}", f"localhost:{port}"]
@@ -262,6 +264,7 @@ def test_ctrl_c_reaches_every_process(emulator, tmp_path):
     assert len(lines) == summary["requests"]["total"] + summary["requests"]["cancelled"]
 
 
+@pytest.mark.timing
 def test_dead_server_aborts_every_process(start_emulator, tmp_path, capsys):
     from cvload.emulator import EmulatedModel, get_profile
 

@@ -7,9 +7,11 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -68,12 +70,15 @@ def ray_node(args: list[str], tmp: Path, name: str, token: str) -> subprocess.Po
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     tmp = tmp_path_factory.mktemp("ray")
+    # Ray's sockets live under its temp dir and a Unix socket's path has at most 107 bytes: pytest's folder is
+    # too deep for it under pytest-xdist (.../pytest-N/popen-gw0/ray0/r/session_<date>_<pid>/sockets/plasma_store).
+    temp_dir = Path(tempfile.mkdtemp(prefix="cvray"))
     port = free_port()
     address = f"127.0.0.1:{port}"
     token = secrets.token_hex(32)
     client_port = free_port()
     nodes = [ray_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
-                       f"--ray-client-server-port={client_port}", f"--temp-dir={tmp / 'r'}"], tmp, "head", token)]
+                       f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}"], tmp, "head", token)]
     try:
         process.wait_until(lambda: _gcs_up(port) or _dead(nodes), 90, what="the Ray head")
         assert not _dead(nodes), (tmp / "head.log").read_text()[-2000:]
@@ -101,6 +106,7 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
         with contextlib.suppress(process.WaitTimeout):
             process.wait_until(kill_leftovers, 30, what="the Ray processes to end", first_delay=0.5)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _ours(token: str) -> list[psutil.Process]:

@@ -133,6 +133,7 @@ def test_stop_rule_then_bisect_lands_on_an_exact_integer(emulator, tmp_path):
     assert result["stopped_because"] == "bisect converged between 5 and 6"
 
 
+@pytest.mark.timing
 def test_open_loop_bisect_stops_within_the_precision(emulator, tmp_path):
     out = tmp_path / "s"
     # Constant arrivals at R req/s of ~0.4 s requests keep 0.4 R in flight: 4 -> 1.6 passes, 6 -> 2.4 fails.
@@ -212,6 +213,7 @@ def test_run_records_unfinished_requests_as_incomplete(silent_server, tmp_path, 
     assert f"{total} incomplete, >= " in shown
 
 
+@pytest.mark.timing
 def test_sweep_judges_a_level_whose_requests_cannot_finish(silent_server, tmp_path):
     out = tmp_path / "s"
     code = sweep_cli("--server", silent_server.grpc_url, "--num-tasks", "1,2", "--duration", "1s", "--warmup", "0",
@@ -228,6 +230,7 @@ def test_sweep_judges_a_level_whose_requests_cannot_finish(silent_server, tmp_pa
 
 
 # ---- live: the dashboard's sweep panel ---------------------------------------------------------------------------
+@pytest.mark.timing
 async def test_dashboard_sweep_panel_fills_in_level_by_level(emulator, tmp_path):
     import time
 
