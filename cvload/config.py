@@ -366,11 +366,16 @@ class RunConfig:
     def warmup_spec(self) -> Warmup:
         return Warmup.parse(self.warmup)
 
+    @property
+    def protocol_used(self) -> str:
+        """--protocol, or the API's own when it was left out (as validate() sets it)."""
+        return self.protocol or api_spec(self.api).protocols[0]
+
     def addresses(self) -> list[str]:
         """Servers as HOST:PORT, the API's and protocol's default port filled in (--api openai: the speech
         endpoint's URL)."""
         spec = api_spec(self.api)
-        return [spec.address(s, self.protocol or spec.protocols[0], tls=self.tls) for s in self.server]
+        return [spec.address(s, self.protocol_used, tls=self.tls) for s in self.server]
 
     def to_json(self) -> dict[str, Any]:
         """Every setting as it is (header values included): for handing the run to another process."""

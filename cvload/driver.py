@@ -14,26 +14,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload.config import RunConfig
 from cvload.records import RequestRecord
 from cvload.targets.base import Chunk
 
-F = TypeVar("F", bound=Callable[..., object])
+P = ParamSpec("P")  # what an event carries: its listeners' parameters
 
 
-class EventHook(Generic[F]):
+class EventHook(Generic[P]):
     """Listeners of one event, called in the order they were added (``fire`` never catches their errors)."""
 
     __slots__ = ("listeners",)
 
     def __init__(self) -> None:
-        self.listeners: list[F] = []
+        self.listeners: list[Callable[P, object]] = []
 
-    def add_listener(self, listener: F, *, first: bool = False) -> F:
+    def add_listener(self, listener: Callable[P, object], *, first: bool = False) -> Callable[P, object]:
         """``first``: before those already listening (a listener whose work the others read)."""
         if first:
             self.listeners.insert(0, listener)
@@ -41,15 +42,15 @@ class EventHook(Generic[F]):
             self.listeners.append(listener)
         return listener
 
-    def remove_listener(self, listener: F) -> None:
+    def remove_listener(self, listener: Callable[P, object]) -> None:
         self.listeners.remove(listener)
 
     def __bool__(self) -> bool:
         return bool(self.listeners)
 
-    def fire(self, *args: Any) -> None:
+    def fire(self, *args: P.args, **kwargs: P.kwargs) -> None:
         for listener in self.listeners:
-            listener(*args)
+            listener(*args, **kwargs)
 
 
 @dataclass
@@ -65,10 +66,10 @@ class Events:
     """
 
     # A listener's return value is ignored (``Tally.add`` returns the row it folded in).
-    sent: EventHook[Callable[[RequestRecord, list[Chunk]], object]] = field(default_factory=EventHook)
-    finished: EventHook[Callable[[RequestRecord], object]] = field(default_factory=EventHook)
-    audio: EventHook[Callable[[RequestRecord, list[np.ndarray]], object]] = field(default_factory=EventHook)
-    measure_start: EventHook[Callable[[], object]] = field(default_factory=EventHook)
+    sent: EventHook[[RequestRecord, list[Chunk]]] = field(default_factory=EventHook)
+    finished: EventHook[[RequestRecord]] = field(default_factory=EventHook)
+    audio: EventHook[[RequestRecord, list[npt.NDArray[np.floating[Any]]]]] = field(default_factory=EventHook)
+    measure_start: EventHook[[]] = field(default_factory=EventHook)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload import barge_in
 from cvload.audio_checks import check_request, start_decoders
@@ -32,7 +33,7 @@ from cvload.records import (
     ERR_TIMEOUT,
     RequestRecord,
 )
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError
 
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
 DRAIN_TIMEOUT_S = 5.0  # default: on the user's stop, how long in-flight requests may finish before they are cancelled
@@ -48,7 +49,7 @@ class InputItem(Protocol):
     item_id: str
     target_text: str
     prompt_text: str | None
-    prompt_wav: np.ndarray | None
+    prompt_wav: Samples | None
 
 
 class InflightTracker:
@@ -530,6 +531,7 @@ class Engine:
                                server=target.address, text=item.target_text, sent=0.0, intended=intended,
                                run_start=self.state.started, language=getattr(item, "language", None))
         offsets = record.chunk_offsets
+        sent: float  # the send time: stamped below, then again by consume() where the request goes out
 
         async def consume() -> None:
             nonlocal sent
@@ -594,7 +596,7 @@ class Engine:
     async def _complete(self, record: RequestRecord, chunks: list[Chunk], text: str) -> None:
         """Count and check the finished request's audio, then hand its record to the listeners (with
         --check-content, a sampled request's record goes on once its transcript is back: ``_held``)."""
-        audio: list[np.ndarray] = []
+        audio: list[npt.NDArray[np.floating[Any]]] = []
         cfg = self.config
         record.prebuffer_s = cfg.prebuffer
         content = self.content
@@ -633,7 +635,7 @@ class Engine:
     def _sample_rate(chunks: list[Chunk]) -> int:
         return chunks[-1].sample_rate if chunks else RequestRecord.sample_rate
 
-    def _finish(self, record: RequestRecord, chunks: list[Chunk], chunks_audio: list[np.ndarray]) -> None:
+    def _finish(self, record: RequestRecord, chunks: list[Chunk], chunks_audio: list[npt.NDArray[np.floating[Any]]]) -> None:
         if len(record.chunk_samples) != len(chunks):  # a failed request: count its samples without decoding
             record.chunk_samples[:] = [chunk.samples for chunk in chunks]
         record.sample_rate = self._sample_rate(chunks)

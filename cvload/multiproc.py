@@ -233,7 +233,7 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
 
     cfg = RunConfig(**part.config).validate()
     items = strided(load_items(cfg.inputs, spk_cache=cfg.spk_cache), part.index, part.count)
-    targets = [make_target(cfg.protocol, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, config=cfg)
+    targets = [make_target(cfg.protocol_used, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, config=cfg)
                for a in cfg.addresses()]
     loop = asyncio.get_running_loop()
     try:

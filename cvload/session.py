@@ -180,7 +180,7 @@ class Session:
             self.start_emulator(tuple(item.target_text for item in items))
             cfg = self.config
         for address in cfg.addresses():
-            self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,
+            self.targets.append(make_target(cfg.protocol_used, cfg.mode, address, cfg.model,
                                             timeout=cfg.request_timeout, config=cfg))
         try:
             self.infos = list(await asyncio.gather(*(t.open() for t in self.targets)))
@@ -260,7 +260,7 @@ class Session:
             requested_rate=lambda: None if cfg.closed_loop else state().rate,
             client=lambda: self.loop_health.live() if state().started else None)
         mode = self.infos[0].mode if self.infos else cfg.mode
-        exporter = Exporter(run_id=self.out_dir.name, api=cfg.api, protocol=cfg.protocol or "", mode=mode,
+        exporter = Exporter(run_id=self.out_dir.name, api=cfg.api, protocol=cfg.protocol_used, mode=mode,
                             gauges=gauges)
         if cfg.prometheus_port is not None:
             exporter.serve(cfg.prometheus_port, cfg.prometheus_address)
@@ -329,7 +329,7 @@ class Session:
             return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
         if not api_spec(cfg.api).triton_telemetry:  # no metrics beside it: GPU from NVML or a given --metrics-url
             return None
-        return default_metrics_url(cfg.addresses()[0], cfg.protocol)
+        return default_metrics_url(cfg.addresses()[0], cfg.protocol_used)
 
     def _make_telemetry(self) -> Any:
         if self.config.gpu_source == "none" and self.config.metrics_url == "none":

@@ -110,12 +110,13 @@ class SweepPlan:
         sw = cfg.sweep
         if sw.num_tasks is not None and sw.rate is not None:
             raise UsageError("--num-tasks levels (closed loop) and --rate levels (open loop) exclude each other")
-        if sw.num_tasks is None and sw.rate is None:
+        if sw.num_tasks is not None:
+            kind, levels = "concurrency", parse_levels(sw.num_tasks, "num_tasks")
+        elif sw.rate is not None:
+            kind, levels = "rate", parse_levels(sw.rate, "rate")
+        else:
             raise UsageError("no levels to sweep", hint="give --num-tasks LEVELS (e.g. 1,2,4,8 or 1:64) or "
                              "--rate LEVELS (e.g. 0.5:8), or num_tasks/rate in the scenario's [sweep] table")
-        kind = "concurrency" if sw.num_tasks is not None else "rate"
-        levels = parse_levels(sw.num_tasks if kind == "concurrency" else sw.rate, "num_tasks" if kind ==
-                              "concurrency" else "rate")  # type: ignore[arg-type]  # checked above: one of them is set
         if sw.search is not None and sw.search not in SEARCHES:
             raise UsageError(f"--search {sw.search!r}: use one of {', '.join(SEARCHES)}")
         if sw.keep_going < 0:

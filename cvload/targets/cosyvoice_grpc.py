@@ -21,7 +21,7 @@ from cvload.cosyvoice_runtime import cosyvoice_pb2_grpc as pb_grpc
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import PromptForms, RuntimeOptions, rejected
 from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
 from cvload.targets.per_loop import PerLoop
@@ -42,7 +42,7 @@ class ResponseAudio:
     def count(self) -> int:
         return len(self.message.tts_audio) // 2
 
-    def decode(self) -> np.ndarray:
+    def decode(self) -> Samples:
         data = self.message.tts_audio
         if len(data) % 2:
             raise TargetError(ERR_PROTOCOL, f"tts_audio of {len(data)} bytes is not whole int16 samples")

@@ -28,7 +28,7 @@ from cvload.apis import api_spec
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.http_common import describe
 from cvload.transport import Transport
 
@@ -56,7 +56,7 @@ class PcmAudio:
     def count(self) -> int:
         return len(self.data) // (2 if self.dtype == "<i2" else 4)
 
-    def decode(self) -> np.ndarray:
+    def decode(self) -> Samples:
         if len(self.data) % np.dtype(self.dtype).itemsize:
             raise TargetError(ERR_PROTOCOL, f"audio of {len(self.data)} bytes is not whole {self.dtype} samples")
         audio = np.frombuffer(self.data, dtype=self.dtype)

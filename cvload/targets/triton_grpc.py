@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from cvload.records import ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
 from cvload.targets.grpc_stream import TIMED_OUT, SharedStream
 from cvload.targets.per_loop import PerLoop
@@ -39,7 +39,7 @@ STREAM_SHARE = 8  # requests in flight per shared stream before another stream o
 MAX_STREAMS = 32
 
 
-def decode_waveform(response: Any) -> np.ndarray:
+def decode_waveform(response: Any) -> Samples:
     """The ``waveform`` tensor of a ModelInferResponse as float32, a view on the received bytes (no copy)."""
     outputs = response.outputs
     index = next((i for i, output in enumerate(outputs) if output.name == WAVEFORM), None)
@@ -65,7 +65,7 @@ def decode_waveform(response: Any) -> np.ndarray:
 
 def _serialize(message: Any) -> bytes:
     """Requests go out as the bytes ``_TritonGrpc._request`` already built (or as a message, serialized here)."""
-    return message if message.__class__ is bytes else message.SerializeToString()  # type: ignore[no-any-return]  # protobuf: untyped here
+    return message if message.__class__ is bytes else message.SerializeToString()
 
 
 class _Connection:
@@ -205,7 +205,8 @@ class _TritonGrpc(Target):
     def _wire(self, request: SynthesisRequest) -> tuple[str, bytes]:
         """The request id and the serialized request: built before the send time when the caller prepares it."""
         if request.wire is not None:
-            return request.wire
+            wire: tuple[str, bytes] = request.wire  # what prepare() built with this method
+            return wire
         request_id = self._request_id(request)
         return request_id, self._request(request, request_id)
 

@@ -29,7 +29,7 @@ import orjson
 from cvload.errors import ServerError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import api_of_routes
 from cvload.targets.http_common import describe, http_sessions
 from cvload.targets.sse import SseParser
@@ -56,7 +56,7 @@ def error_text(payload: bytes, status: int) -> str:
     return f"HTTP {status}: {message or text[:300] or 'no body'}"
 
 
-def decode_infer_response(payload: bytes, header_length: str | None) -> np.ndarray:
+def decode_infer_response(payload: bytes, header_length: str | None) -> Samples:
     """The waveform of an ``infer`` response: binary (a view on the body, no copy) or JSON ``data``."""
     try:
         offset = int(header_length) if header_length is not None else len(payload)
@@ -129,7 +129,7 @@ class JsonAudio:
             return 0
         return int(np.count_nonzero(text == 0x2C)) + 1  # commas + 1
 
-    def decode(self) -> np.ndarray:
+    def decode(self) -> Samples:
         text, parts, start, size = bytes(self.text), [], 0, self.end - self.start
         while start < size:
             end = text.find(b",", start + _SLICE_BYTES) if start + _SLICE_BYTES < size else -1
@@ -144,7 +144,7 @@ class JsonAudio:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def read_event(payload: bytes) -> np.ndarray | JsonAudio:
+def read_event(payload: bytes) -> Samples | JsonAudio:
     """One ``generate_stream`` event, checked but not parsed: its waveform as ``JsonAudio`` (or, for an event
     of an unexpected layout, decoded at once), or the server's error as a TargetError.
 
@@ -166,7 +166,7 @@ def read_event(payload: bytes) -> np.ndarray | JsonAudio:
     return decode_event(payload)
 
 
-def decode_event(payload: bytes) -> np.ndarray:
+def decode_event(payload: bytes) -> Samples:
     """One ``generate_stream`` event parsed whole: its waveform, or the server's error as a TargetError."""
     try:
         event = orjson.loads(payload)
@@ -193,7 +193,7 @@ def _element_count(shape: Any) -> int:
     return math.prod(shape)
 
 
-def _float_array(data: list[Any], count: int | None) -> np.ndarray:
+def _float_array(data: list[Any], count: int | None) -> Samples:
     try:
         with np.errstate(over="ignore"):  # beyond float32: inf, which the audio check flags as non-finite
             audio = np.asarray(data, dtype=np.float32).reshape(-1)
@@ -379,7 +379,7 @@ class TritonHttpStreaming(_TritonHttp):
             raise self._failure(exc) from None
 
 
-def _last_event(payload: bytes) -> np.ndarray | JsonAudio:
+def _last_event(payload: bytes) -> Samples | JsonAudio:
     """An event the stream ended without its closing blank line: whole, it counts; cut short, the connection
     broke mid-event (a server that died while writing it), which is not the server's answer."""
     try:
