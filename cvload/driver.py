@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from cvload.config import RunConfig
+from cvload.loop_health import LoopHealth
 from cvload.records import RequestRecord
 from cvload.targets.base import Chunk
 
@@ -130,7 +131,11 @@ class LoadDriver(Protocol):
 
     events: Events
     state: EngineState
-    health: Any  # a fleet's LoopHealth over its load processes; None: the session measures this process's loop
+
+    @property
+    def health(self) -> LoopHealth | None:
+        """A fleet's loop health over its load processes; None: the session measures this process's loop."""
+        ...
 
     async def start(self) -> None:
         """Everything before the first request that can fail: processes started, connections ready."""

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import soundfile as sf
 import soxr
 
@@ -57,7 +58,7 @@ class Item:
     item_id: str
     target_text: str
     prompt_text: str | None = None
-    prompt_wav: np.ndarray | None = None
+    prompt_wav: npt.NDArray[np.float32] | None = None
     language: str | None = None  # en | zh (JSONL key ``language``); None: from the text's script
 
     @property

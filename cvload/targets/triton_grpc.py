@@ -102,8 +102,7 @@ class _TritonGrpc(Target):
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
                  options: TritonOptions | None = None, transport: Transport | None = None) -> None:
         super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
-        self.options = options or TritonOptions()
-        self.requests_per_stream = self.options.requests_per_stream  # --requests-per-stream (streaming)
+        self.options = options or TritonOptions()  # read where used: --requests-per-stream (streaming)
         self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.close())
         self._prompts = PromptCache()
         # Serialized prompt tensors (reference_wav, reference_wav_len, reference_text) by (prompt, transcript).
@@ -246,7 +245,7 @@ class TritonGrpcStreaming(_TritonGrpc):
         best = min(streams, key=lambda stream: len(stream.inboxes), default=None)
         if best is None or (len(best.inboxes) >= STREAM_SHARE and len(streams) < MAX_STREAMS):
             best = SharedStream(lambda: connection.stream_infer(metadata=connection.metadata), self.address,
-                                max_requests=self.requests_per_stream)
+                                max_requests=self.options.requests_per_stream)
             connection.streams.append(best)
             connection.streams_opened += 1
         return best
