@@ -29,8 +29,8 @@ from cvload.sweep import DEFAULT_LEVEL_S, Sweep, SweepPlan
 from cvload.tune.deployments import Change, Deployment, DeploymentFailed
 from cvload.tune.search import Exhaustive, make_search
 from cvload.tune.space import Space, Value, knobs_text
+from cvload.tune_results import TUNE_SCHEMA, load_tune
 
-TUNE_SCHEMA = "cvload.tune/1"
 DEFAULT_LEVELS = "1:16"
 LAUNCH_ESTIMATE_S = 5.0  # a launch or reload, for the budget's first estimate
 MEASURED = ("measured", "pruned", "failed", "no_capacity")  # a candidate --resume does not measure again
@@ -149,11 +149,9 @@ class Tuner:
             raise UsageError(f"--resume: no tune.json in {self.out_dir}", hint="give the --out of the tune to go on "
                              "with, or leave out --resume to start one")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UsageError(f"--resume: {path} is not JSON ({exc})") from None
-        if data.get("schema") != TUNE_SCHEMA:
-            raise UsageError(f"--resume: {path} is not a {TUNE_SCHEMA} file")
+            data = load_tune(path)
+        except UsageError as exc:
+            raise UsageError(f"--resume: {exc.message}", hint="give the --out of a cvload tune") from None
         if data.get("space", {}).get("knobs") != self.space.knobs:
             raise UsageError(f"--resume: {path} was made from another space (knobs differ)",
                              hint="resume with the same space file, or use another --out")
