@@ -131,6 +131,15 @@ class SweepSettings:
     stable_max: float | None = None  # seconds a --stable level may last (default 5 windows)
     capacity_by: str = "objectives"  # or "audible": the audible objectives (AUDIBLE_OBJECTIVES) join the given ones
 
+    def levels(self) -> tuple[str, list[float]] | None:
+        """The kind and the parsed levels: ``("concurrency", ...)`` from num_tasks, else ``("rate", ...)``; None
+        when neither is given."""
+        if self.num_tasks is not None:
+            return "concurrency", parse_levels(self.num_tasks, "num_tasks")
+        if self.rate is not None:
+            return "rate", parse_levels(self.rate, "rate")
+        return None
+
 
 @dataclass
 class RunConfig:

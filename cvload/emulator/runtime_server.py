@@ -99,9 +99,9 @@ class Synthesizer:
         flight (``others`` besides this one; the share (n - N) / n, by the seed); None while a sentence is not
         cached yet (the request gets the tone; its speech is synthesised off the response path)."""
         found = [self.speech.lookup(s, max(1, round(speech_seconds(s) * SAMPLE_RATE))) for s in parts]
-        if any(a is None for a in found):
+        clean = [a for a in found if a is not None]
+        if len(clean) < len(found):
             return None
-        clean: list[np.ndarray] = found  # type: ignore[assignment]  # no None in it (checked above)
         audio = list(clean)
         above, n = self.profile.garble_above, others + 1
         with self.lock:

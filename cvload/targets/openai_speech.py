@@ -298,10 +298,10 @@ class OpenAISpeech(Target):
                     if not data and not end_of_chunk:
                         break  # end of the body
                     if header is not None and not header.done:
-                        data = header.feed(data)  # type: ignore[assignment]  # None: header incomplete, skipped below
-                        if data is None:
+                        samples = header.feed(data)
+                        if samples is None or header.rate is None:  # the header is incomplete (done: it has a rate)
                             continue
-                        rate, dtype = header.rate, header.dtype  # type: ignore[assignment]  # a complete header has its rate
+                        data, rate, dtype = samples, header.rate, header.dtype
                         width = 2 if dtype == "<i2" else 4
                     if carry:
                         data = carry + data

@@ -181,9 +181,8 @@ class _TritonGrpc(Target):
         if request.reference_wav is None and request.reference_text is not None:
             tensors.append(bytes_tensor("reference_text", request.reference_text))
         _add_tensors(head, tensors)
-        if request.reference_wav is None:
-            return head.SerializeToString()  # type: ignore[no-any-return]  # protobuf: untyped here
-        return head.SerializeToString() + self._prompt_wire(request)  # type: ignore[no-any-return]  # protobuf: untyped here
+        wire: bytes = head.SerializeToString()  # (tritonclient's messages carry no types)
+        return wire if request.reference_wav is None else wire + self._prompt_wire(request)
 
     def _prompt_wire(self, request: SynthesisRequest) -> bytes:
         assert request.reference_wav is not None

@@ -280,7 +280,8 @@ class _TritonHttp(Target):
         async with self._sessions.get().get(f"{self.base}/v2/models/stats",
                                        timeout=aiohttp.ClientTimeout(total=10.0)) as resp:
             resp.raise_for_status()
-            return await resp.json()  # type: ignore[no-any-return]  # JSON: a dict by the API
+            stats = await resp.json()
+        return stats if isinstance(stats, dict) else None  # the API answers an object: anything else is none
 
     async def close(self) -> None:
         await self._sessions.close()
