@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import numpy as np
 
 from cvload.cosyvoice_runtime import cosyvoice_pb2 as pb
-from cvload.cosyvoice_runtime import cosyvoice_pb2_grpc as pb_grpc
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
@@ -36,7 +34,7 @@ class ResponseAudio:
 
     __slots__ = ("message",)
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, message: pb.Response) -> None:
         self.message = message
 
     def count(self) -> int:
@@ -53,7 +51,9 @@ class _Connection:
     def __init__(self, address: str, transport: Transport) -> None:
         self.channel = transport.grpc_channel(address, CHANNEL_OPTIONS)
         self.metadata = transport.grpc_metadata  # the run's headers, sent with every call
-        self.stub = pb_grpc.CosyVoiceStub(self.channel)
+        # The one method of the generated CosyVoiceStub, made as it makes it (grpcio-tools writes it untyped).
+        self.inference = self.channel.unary_stream(INFERENCE, request_serializer=pb.Request.SerializeToString,
+                                                   response_deserializer=pb.Response.FromString)
 
 
 class CosyVoiceGrpc(Target):
@@ -108,7 +108,7 @@ class CosyVoiceGrpc(Target):
         return UsageError(f"{self.address} is a Triton server, not CosyVoice's Python runtime (it has Triton's "
                           "inference service and no cosyvoice.CosyVoice)", hint="use --api triton")
 
-    def _message(self, request: SynthesisRequest) -> Any:
+    def _message(self, request: SynthesisRequest) -> pb.Request:
         kind = self.options.kind(request)
         text = request.target_text
         if kind == "sft":
@@ -128,7 +128,7 @@ class CosyVoiceGrpc(Target):
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         message = self._message(request)
         connection = self._connections.get()
-        call = connection.stub.Inference(message, timeout=self.timeout, metadata=connection.metadata)
+        call = connection.inference(message, timeout=self.timeout, metadata=connection.metadata)
         read, clock, eof, rate = call.read, time.monotonic, grpc.aio.EOF, self.sample_rate
         try:
             while True:
