@@ -70,7 +70,7 @@ _FRAME = struct.Struct("!I")
 def bytes_weight(config: RunConfig) -> float:
     """How many gRPC streaming requests' worth of bytes one of this run's requests moves (the API's
     ``bytes_weight``: HTTP streaming's JSON audio and prompts count 4)."""
-    weight = api_spec(config.api).bytes_weight.get(f"{config.protocol}/{config.mode}", 1.0)
+    weight = api_spec(config.api).bytes_weight.get(f"{config.protocol_used}/{config.mode}", 1.0)
     return 1.0 + (weight - 1.0) * SPK_CACHE_WEIGHT if config.spk_cache else weight
 
 
