@@ -302,12 +302,13 @@ class _TritonHttp(Target):
     async def close(self) -> None:
         await self._sessions.close()
 
-    def _failure(self, exc: BaseException) -> TargetError:
+    def _failure(self, exc: BaseException, *, answered: bool = False) -> TargetError:
+        """``answered``: the response's headers had come (a connection failure then is a reset)."""
         if isinstance(exc, aiohttp.ConnectionTimeoutError):  # also a TimeoutError: the connect, not the answer
             return TargetError(ERR_CONNECTION, f"HTTP {self.address}: no connection within {CONNECT_TIMEOUT_S:g} s")
         if isinstance(exc, asyncio.TimeoutError):
             return TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s")
-        return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {describe(exc, _NOT_HTTP)}")
+        return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {describe(exc, _NOT_HTTP)}", reset=answered)
 
 
 class TritonHttpOffline(_TritonHttp):
@@ -375,9 +376,11 @@ class TritonHttpStreaming(_TritonHttp):
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         url = f"{self.base}{self._model_path}/generate_stream"
         clock = time.monotonic
+        answered = False
         try:
             async with self._sessions.get().post(url, data=self._wire(request), timeout=self._timeout(),
                                             headers={"Content-Type": "application/json"}) as resp:
+                answered = True
                 if resp.status != 200:
                     raise checks.failed_response(error_text(await resp.read(), resp.status))
                 parser = SseParser()
@@ -393,7 +396,7 @@ class TritonHttpStreaming(_TritonHttp):
                 for payload in parser.finish():
                     yield Chunk(t, _last_event(payload))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._failure(exc) from None
+            raise self._failure(exc, answered=answered) from None
 
 
 def _last_event(payload: Parts) -> np.ndarray | JsonAudio:
@@ -404,6 +407,6 @@ def _last_event(payload: Parts) -> np.ndarray | JsonAudio:
     except TargetError as exc:
         if exc.kind != ERR_PROTOCOL:
             raise
-        raise TargetError(ERR_CONNECTION, f"the stream ended inside an event ({sse.size(payload)} bytes of it came): "
-                          f"{exc.message}") from None
+        raise TargetError(ERR_CONNECTION, f"the stream ended inside an event ({sse.size(payload)} bytes of it "
+                          f"came): {exc.message}", reset=True) from None
 
