@@ -17,10 +17,12 @@ import numpy as np
 
 from cvload.errors import UsageError
 from cvload.records import ERR_PROTOCOL, ERR_REJECTED
-from cvload.targets.base import Samples, SynthesisRequest, TargetError
+from cvload.targets import checks
+from cvload.targets.base import Samples, SynthesisRequest, Target, TargetError
 
 if TYPE_CHECKING:
     from cvload.config import RunConfig
+    from cvload.transport import Transport
 
 DEFAULT_SAMPLE_RATE = 24000  # CosyVoice2/3; upstream's clients assume 22050 (CosyVoice-300M)
 DEFAULT_SPK_ID = "中文女"  # the speaker upstream's clients ask for
@@ -125,6 +127,21 @@ class PromptForms:
             entry = self._entries[id(wav)] = (entry[0], entry[1], wav_file(entry[1]))
         assert entry[2] is not None
         return entry[2]
+
+
+class RuntimeTarget(Target):
+    """What the gRPC and the FastAPI target share: whole sentences as chunks, the options checked for the
+    protocol, the sample rate the PCM answers come at, and the prompts' wire forms."""
+
+    mode = "sentence"  # one response per whole sentence: the runtime has no streaming of its own
+
+    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
+                 options: RuntimeOptions | None = None, transport: Transport | None = None) -> None:
+        super().__init__(checks.check_address(address, self.protocol), model, timeout=timeout, transport=transport)
+        self.options = options or RuntimeOptions()
+        self.options.check(self.protocol)
+        self.sample_rate = self.options.sample_rate
+        self._prompts = PromptForms()
 
 
 def rejected(detail: str) -> TargetError:

@@ -19,8 +19,8 @@ from cvload.cosyvoice_runtime import cosyvoice_pb2 as pb
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
-from cvload.targets.cosyvoice_common import PromptForms, RuntimeOptions, rejected
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, TargetError, TargetInfo
+from cvload.targets.cosyvoice_common import RuntimeOptions, RuntimeTarget, rejected
 from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
 from cvload.targets.per_loop import PerLoop
 from cvload.transport import Transport
@@ -56,20 +56,15 @@ class _Connection:
                                                    response_deserializer=pb.Response.FromString)
 
 
-class CosyVoiceGrpc(Target):
+class CosyVoiceGrpc(RuntimeTarget):
     """``--api cosyvoice --protocol grpc``: the runtime's gRPC server (``runtime/python/grpc/server.py``)."""
 
     protocol = "grpc"
-    mode = "sentence"  # one response per whole sentence: the runtime has no streaming of its own
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
                  options: RuntimeOptions | None = None, transport: Transport | None = None) -> None:
-        super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
-        self.options = options or RuntimeOptions()
-        self.options.check(self.protocol)
-        self.sample_rate = self.options.sample_rate
+        super().__init__(address, model, timeout=timeout, options=options, transport=transport)
         self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.channel.close())
-        self._prompts = PromptForms()
 
     async def _open(self) -> TargetInfo:
         """Check that the service is there without synthesizing anything: a request the server cannot parse is
