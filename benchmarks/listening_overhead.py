@@ -3,8 +3,8 @@
 1. **Timing untouched.** At ``--streams`` (16) against one speaking emulator (``fixed`` profile: the first chunk
    leaves the model 200 ms after the request arrives), runs with and without ``--check-content 100%`` alternate
    (``--rounds`` of each, ``--seconds`` each; ``--onset`` alone as a third side: the VAD's share); printed: first-chunk p50/p99 of each run, the median of each side
-   and their differences (the issue's bar: under 0.5 ms at p50 and 2 ms at p99), and how many requests the live
-   checker transcribed (the rest went past its bounded backlog, as they would under real load).
+   and their differences (the issue's bar: under 0.5 ms at p50 and 2 ms at p99), the measuring loop's lag p50/p99
+   per side (beside a bare loop's p99: the host's share), and how many requests the live checker transcribed (the rest went past its bounded backlog, as they would under real load).
 2. **Recognisers.** Each backend installed here transcribes the same hibari-spoken English sentences: audio
    seconds per CPU second of the process doing it (``openai`` through ``cvload asr-serve`` on this host: the
    client's own CPU, and the server's), and the word error rate it scored (it should be ~0: the text is known).
@@ -47,9 +47,10 @@ def summary_of(folder: Path) -> dict:
 
 
 def timing(server: TritonServer, work: Path, rounds: int, seconds: float, streams: int) -> None:
-    print(f"\n1. first chunk at {streams} streams, {rounds} rounds of {seconds:g} s, alternating")
+    print(f"\n1. first chunk at {streams} streams, {rounds} rounds of {seconds:g} s, alternating "
+          "(loop lag: the measuring process's event loop, cvload.loop_health; bare: a bare loop beside it)")
     flags: dict[str, list[str]] = {"plain": [], "onset": ["--onset"], "check-content 100%": ["--check-content", "100%"]}
-    sides: dict[str, list[tuple[float, float]]] = {side: [] for side in flags}
+    sides: dict[str, list[tuple[float, float, float, float, float]]] = {side: [] for side in flags}
     for n in range(rounds):
         for side in sides:
             out = work / f"timing-{n}-{side.split()[0]}"
@@ -58,17 +59,22 @@ def timing(server: TritonServer, work: Path, rounds: int, seconds: float, stream
                    f"{seconds}s", "--warmup", str(streams), "--out", str(out), *extra)
             s = summary_of(out)
             first = s["metrics"]["first_chunk_latency_ms"]
-            sides[side].append((first["p50"], first["p99"]))
+            client = s.get("client") or {}
+            lag = client.get("loop_lag_ms") or {}
+            bare = client.get("bare_loop_lag_ms") or {}
+            row = (first["p50"], first["p99"], lag.get("p50") or 0.0, lag.get("p99") or 0.0, bare.get("p99") or 0.0)
+            sides[side].append(row)
             checked = f"  checked {s['content']['checked']}, skipped {s['content']['skipped']}" if "content" in s \
                 else ""
-            print(f"   round {n + 1} {side:20} p50 {first['p50']:8.2f} ms  p99 {first['p99']:8.2f} ms  "
-                  f"({s['requests']['total']} requests){checked}")
-    medians = {side: (statistics.median(p for p, _ in v), statistics.median(q for _, q in v))
-               for side, v in sides.items()}
-    p50a, p99a = medians["plain"]
-    for side, (p50b, p99b) in medians.items():
-        print(f"   median {side:20} p50 {p50b:8.2f} p99 {p99b:8.2f}   against plain: p50 {p50b - p50a:+.2f} ms, "
-              f"p99 {p99b - p99a:+.2f} ms" + ("" if side == "plain" else "   (bar for checks: 0.5 / 2 ms)"))
+            print(f"   round {n + 1} {side:20} p50 {row[0]:8.2f} ms  p99 {row[1]:8.2f} ms  loop lag p50/p99 "
+                  f"{row[2]:.3f}/{row[3]:.3f} ms (bare p99 {row[4]:.3f})  ({s['requests']['total']} requests)"
+                  f"{checked}")
+    medians = {side: tuple(statistics.median(r[k] for r in v) for k in range(5)) for side, v in sides.items()}
+    base = medians["plain"]
+    for side, m in medians.items():
+        print(f"   median {side:20} p50 {m[0]:8.2f} p99 {m[1]:8.2f}  loop lag p50/p99 {m[2]:.3f}/{m[3]:.3f} "
+              f"(bare p99 {m[4]:.3f})   against plain: p50 {m[0] - base[0]:+.2f} ms, p99 {m[1] - base[1]:+.2f} ms, "
+              f"loop lag p99 {m[3] - base[3]:+.3f} ms" + ("" if side == "plain" else "   (bar for checks: 0.5 / 2 ms)"))
 
 
 def recognisers(work: Path) -> None:
