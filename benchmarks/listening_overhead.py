@@ -4,7 +4,9 @@
    leaves the model 200 ms after the request arrives), runs with and without ``--check-content 100%`` alternate
    (``--rounds`` of each, ``--seconds`` each; ``--onset`` alone as a third side: the VAD's share); printed: first-chunk p50/p99 of each run, the median of each side
    and their differences (the issue's bar: under 0.5 ms at p50 and 2 ms at p99), the measuring loop's lag p50/p99
-   per side (beside a bare loop's p99: the host's share), and how many requests the live checker transcribed (the rest went past its bounded backlog, as they would under real load).
+   per side (beside a bare loop's p99: the host's share), the first chunk's p99 split into the server's part
+   (arrival to first send, the emulator's trace) and the client's (that send to cvload's stamp), and how many
+   requests the live checker transcribed (the rest went past its bounded backlog, as they would under real load).
 2. **Recognisers.** Each backend installed here transcribes the same hibari-spoken English sentences: audio
    seconds per CPU second of the process doing it (``openai`` through ``cvload asr-serve`` on this host: the
    client's own CPU, and the server's), and the word error rate it scored (it should be ~0: the text is known).
@@ -30,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from cvload.emulator import EmulatedModel, build_repository, get_profile
+from cvload.results import read_records
 from cvload.triton.launcher import TritonServer, free_port
 
 SENTENCES = ("The morning train was late again, so we shared a coffee on the platform and watched the rain.",
@@ -46,11 +49,25 @@ def summary_of(folder: Path) -> dict:
     return json.loads((folder / "summary.json").read_text())
 
 
+def split_first_chunk(out: Path, trace: Path) -> tuple[float, float]:
+    """p99 of the server's part of the first chunk (request arrival to its first send, from the emulator's trace)
+    and of the client's part (that send to cvload's stamp: transport plus the measuring process's delay), ms."""
+    sends = {e["id"]: e for e in map(json.loads, trace.read_text().splitlines())} if trace.exists() else {}
+    server, client = [], []
+    for r in read_records(out):
+        entry = sends.get(r.request_id)
+        if r.warmup or entry is None or not entry["sends"] or not r.chunk_offsets:
+            continue
+        server.append(entry["sends"][0] * 1000)
+        client.append((r.sent + r.chunk_offsets[0] - entry["arrival"] - entry["sends"][0]) * 1000)
+    return (float(np.percentile(server, 99)) if server else 0.0, float(np.percentile(client, 99)) if client else 0.0)
+
+
 def timing(server: TritonServer, work: Path, rounds: int, seconds: float, streams: int) -> None:
     print(f"\n1. first chunk at {streams} streams, {rounds} rounds of {seconds:g} s, alternating "
           "(loop lag: the measuring process's event loop, cvload.loop_health; bare: a bare loop beside it)")
     flags: dict[str, list[str]] = {"plain": [], "onset": ["--onset"], "check-content 100%": ["--check-content", "100%"]}
-    sides: dict[str, list[tuple[float, float, float, float, float]]] = {side: [] for side in flags}
+    sides: dict[str, list[tuple[float, ...]]] = {side: [] for side in flags}
     for n in range(rounds):
         for side in sides:
             out = work / f"timing-{n}-{side.split()[0]}"
@@ -62,19 +79,26 @@ def timing(server: TritonServer, work: Path, rounds: int, seconds: float, stream
             client = s.get("client") or {}
             lag = client.get("loop_lag_ms") or {}
             bare = client.get("bare_loop_lag_ms") or {}
-            row = (first["p50"], first["p99"], lag.get("p50") or 0.0, lag.get("p99") or 0.0, bare.get("p99") or 0.0)
+            row = (first["p50"], first["p99"], lag.get("p50") or 0.0, lag.get("p99") or 0.0, bare.get("p99") or 0.0,
+                   *split_first_chunk(out, work / "emulator" / "cosyvoice2.trace.jsonl"))
             sides[side].append(row)
             checked = f"  checked {s['content']['checked']}, skipped {s['content']['skipped']}" if "content" in s \
                 else ""
             print(f"   round {n + 1} {side:20} p50 {row[0]:8.2f} ms  p99 {row[1]:8.2f} ms  loop lag p50/p99 "
-                  f"{row[2]:.3f}/{row[3]:.3f} ms (bare p99 {row[4]:.3f})  ({s['requests']['total']} requests)"
+                  f"{row[2]:.3f}/{row[3]:.3f} ms (bare p99 {row[4]:.3f}); p99 server part {row[5]:.2f}, client part "
+                  f"{row[6]:.2f} ms  ({s['requests']['total']} requests)"
                   f"{checked}")
-    medians = {side: tuple(statistics.median(r[k] for r in v) for k in range(5)) for side, v in sides.items()}
+    medians = {side: tuple(statistics.median(r[k] for r in v) for k in range(7)) for side, v in sides.items()}
     base = medians["plain"]
+    plain_p99 = [r[1] for r in sides["plain"]]
+    print(f"   plain runs' own p99 spread (max - min over rounds): {max(plain_p99) - min(plain_p99):.2f} ms: "
+          "a difference below it is within noise")
     for side, m in medians.items():
         print(f"   median {side:20} p50 {m[0]:8.2f} p99 {m[1]:8.2f}  loop lag p50/p99 {m[2]:.3f}/{m[3]:.3f} "
               f"(bare p99 {m[4]:.3f})   against plain: p50 {m[0] - base[0]:+.2f} ms, p99 {m[1] - base[1]:+.2f} ms, "
-              f"loop lag p99 {m[3] - base[3]:+.3f} ms" + ("" if side == "plain" else "   (bar for checks: 0.5 / 2 ms)"))
+              f"loop lag p99 {m[3] - base[3]:+.3f} ms, bare loop p99 {m[4] - base[4]:+.3f} ms, server part p99 "
+              f"{m[5] - base[5]:+.2f} ms, client part p99 {m[6] - base[6]:+.2f} ms"
+              + ("" if side == "plain" else "   (bar for checks: 0.5 / 2 ms)"))
 
 
 def recognisers(work: Path) -> None:

@@ -21,11 +21,12 @@ import fcntl
 import math
 import os
 import pickle
+import queue
 import re
 import struct
 import subprocess
 import sys
-from collections import deque
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -159,13 +160,7 @@ class DecoderUnavailable(Exception):
 
 
 class Decoders:
-    """A few helper processes that run ``_check`` (or any picklable job) on pickled arguments, fed by the event
-    loop itself through non-blocking pipes.
-
-    No thread of this process touches the pipes: a feeder thread would wake for every job and result and take
-    the interpreter lock from the loop just when a chunk may be arriving (measured: bare-loop lateness p99 up
-    by milliseconds with VAD jobs fed by threads). The loop writes a job ``WRITE_SLICE`` bytes per turn when its
-    pipe is writable and reads results as they come, so no turn of the loop spends more than a small copy on it.
+    """A few helper processes that run ``_check`` on pickled chunks, each fed by a thread of this process.
 
     Not ``concurrent.futures.ProcessPoolExecutor``: its start methods import the program's main module again
     in every helper (a script without a ``__main__`` guard would run twice), and fork is unsafe beside gRPC's
@@ -175,218 +170,77 @@ class Decoders:
     def __init__(self, count: int, *, idle: bool = False) -> None:
         """``idle``: the helpers run under Linux's SCHED_IDLE (only on CPU time nothing else wants), for work that
         may fall behind (the recognisers of cvload.listening) rather than take a core from the measurement."""
-        self._jobs: deque[tuple[asyncio.Future[Any], tuple[Any, ...]]] = deque()
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self.broken: str | None = None
         self.pids: list[int] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
         package_root = str(Path(__file__).resolve().parent.parent)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([package_root, *filter(None, [env.get("PYTHONPATH")])])
-        self._helpers: list[_Helper] = []
-        for _ in range(count):
+        self._processes = []
+        for n in range(count):
             process = subprocess.Popen(
                 [sys.executable, "-c", f"from cvload.audio_checks import _serve; _serve(idle={idle})"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, start_new_session=False)
-            self._helpers.append(_Helper(process))
+            self._processes.append(process)
             self.pids.append(process.pid)
+            threading.Thread(target=self._feed, args=(process,), name=f"cvload-decoder-{n}", daemon=True).start()
 
     def submit(self, loop: asyncio.AbstractEventLoop, *args: Any) -> asyncio.Future[Any]:
-        """``args[0](*args[1:])`` in a helper; the future resolves on ``loop`` (the caller's running loop)."""
         if self.broken is not None:
             raise DecoderUnavailable(self.broken)
-        if loop is not self._loop:
-            self._attach(loop)
         future = loop.create_future()
-        self._jobs.append((future, args))
-        self._dispatch()
+        self._jobs.put((loop, future, args))
         return future
 
-    def _attach(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Serve a new loop (a process may run several in turn): a helper whose job died with the old loop has
-        half a frame in its pipes and is stopped."""
-        old, self._loop = self._loop, loop
-        for helper in self._helpers:
-            if helper.future is not None:
-                helper.stop(old)
-        self._helpers = [h for h in self._helpers if h.alive]
-        if not self._helpers:
-            self.broken = "audio decoder processes were busy with the jobs of a closed event loop"
-            raise DecoderUnavailable(self.broken)
-
-    def _dispatch(self) -> None:
-        loop = self._loop
-        assert loop is not None
-        for helper in self._helpers:
-            if not self._jobs:
+    def _feed(self, process: subprocess.Popen[bytes]) -> None:
+        stdin, stdout = process.stdin, process.stdout
+        assert stdin is not None and stdout is not None
+        for pipe in (stdin, stdout):  # a megabyte per write instead of 64 KiB: fewer wake-ups on both sides
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(pipe.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        while (job := self._jobs.get()) is not None:
+            loop, future, args = job
+            try:
+                _write_frame(stdin.fileno(), args)
+                ok, value = _read_frame(stdout)
+            except Exception as exc:  # noqa: BLE001 - a dead helper fails its job; the others fall back
+                self.broken = f"audio decoder process {process.pid} failed: {exc!r}"
+                loop.call_soon_threadsafe(_resolve, future, False, DecoderUnavailable(self.broken))
                 return
-            if helper.future is not None or not helper.alive:
-                continue
-            future, args = self._jobs.popleft()
-            try:
-                helper.start(args)
-            except Exception as exc:  # noqa: BLE001 - an argument that cannot be pickled fails its own job
-                _resolve(future, False, exc)
-                continue
-            helper.future = future
-            try:
-                loop.add_reader(helper.stdout, self._read, helper)
-                self._write(helper)
-            except OSError as exc:
-                self._fail(helper, exc)
-
-    def _write(self, helper: _Helper) -> None:
-        loop = self._loop
-        assert loop is not None
-        try:
-            done = helper.write_some()
-        except OSError as exc:
-            self._fail(helper, exc)
-            return
-        if done:
-            loop.remove_writer(helper.stdin)
-        else:
-            loop.add_writer(helper.stdin, self._write, helper)
-
-    def _read(self, helper: _Helper) -> None:
-        try:
-            result = helper.read_some()
-        except (OSError, EOFError) as exc:
-            self._fail(helper, exc)
-            return
-        if result is None:
-            return
-        assert self._loop is not None
-        self._loop.remove_reader(helper.stdout)
-        future, helper.future = helper.future, None
-        ok, value = result
-        if future is not None:
-            _resolve(future, ok, value)
-        self._dispatch()
-
-    def _fail(self, helper: _Helper, exc: BaseException) -> None:
-        """A dead helper fails its job and every job still waiting (the callers fall back to the helper thread)."""
-        self.broken = f"audio decoder process {helper.process.pid} failed: {exc!r}"
-        future, helper.future = helper.future, None
-        helper.stop(self._loop)
-        error = DecoderUnavailable(self.broken)
-        if future is not None:
-            _resolve(future, False, error)
-        while self._jobs:
-            _resolve(self._jobs.popleft()[0], False, error)
+            loop.call_soon_threadsafe(_resolve, future, ok, value)
 
     def close(self) -> None:
-        for helper in self._helpers:
-            helper.stop(self._loop, wait=2.0)
-        self._helpers = []
-
-
-WRITE_SLICE = 1 << 16  # bytes of a job written per turn of the loop: a ~10 us copy
-
-
-class _Helper:
-    """One helper process and the frame being written to it or read from it (loop thread only)."""
-
-    def __init__(self, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdin is not None and process.stdout is not None
-        self.process = process
-        self.stdin, self.stdout = process.stdin.fileno(), process.stdout.fileno()
-        for fd in (self.stdin, self.stdout):
-            with contextlib.suppress(OSError):  # a megabyte per pipe instead of 64 KiB: fewer turns on both sides
-                fcntl.fcntl(fd, _F_SETPIPE_SZ, 1 << 20)
-            os.set_blocking(fd, False)
-        self.alive = True
-        self.future: asyncio.Future[Any] | None = None
-        self._out: deque[memoryview] = deque()
-        self._in = bytearray()
-
-    def start(self, args: tuple[Any, ...]) -> None:
-        self._out = deque(memoryview(part).cast("B") for part in _frame_parts(args))
-        self._in = bytearray()
-
-    def write_some(self) -> bool:
-        """Write at most ``WRITE_SLICE`` bytes of the job; True once all of it is in the pipe."""
-        budget = WRITE_SLICE
-        while self._out and budget > 0:
-            part = self._out[0]
-            try:
-                n = os.write(self.stdin, part[:budget])
-            except BlockingIOError:
-                return False
-            budget -= n
-            if n == part.nbytes:
-                self._out.popleft()
-            else:
-                self._out[0] = part[n:]
-        return not self._out
-
-    def read_some(self) -> tuple[bool, Any] | None:
-        """Read what the pipe holds; the helper's (ok, value) once its whole frame is in, else None."""
-        try:
-            data = os.read(self.stdout, WRITE_SLICE * 4)
-        except BlockingIOError:
-            return None
-        if not data:
-            raise EOFError("the decoder process closed its pipe")
-        self._in += data
-        outcome: tuple[bool, Any] | None = _parse_frame(self._in)
-        return outcome
-
-    def stop(self, loop: asyncio.AbstractEventLoop | None, wait: float = 0.0) -> None:
-        if loop is not None and not loop.is_closed():
-            with contextlib.suppress(Exception):
-                loop.remove_reader(self.stdout)
-                loop.remove_writer(self.stdin)
-        self.alive = False
-        assert self.process.stdin is not None and self.process.stdout is not None
-        with contextlib.suppress(OSError):
-            self.process.stdin.close()
-        if not wait:
-            self.process.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=wait or 2.0)
-        with contextlib.suppress(OSError):
-            self.process.stdout.close()
-
-
-def _parse_frame(data: bytearray) -> Any:
-    """The value of the frame that ``data`` holds, or None while it holds only part of one."""
-    have = len(data)
-    if have < 16:
-        return None
-    size, count = _LENGTH.unpack_from(data, 0)[0], _LENGTH.unpack_from(data, 8)[0]
-    head = 16 + 8 * count
-    if have < head:
-        return None
-    lengths = [_LENGTH.unpack_from(data, 16 + 8 * i)[0] for i in range(count)]
-    if have < head + size + sum(lengths):
-        return None
-    view, at = memoryview(data), head + size  # ``data`` is not grown again: the values may keep views of it
-    buffers = []
-    for n in lengths:
-        buffers.append(view[at:at + n])
-        at += n
-    return pickle.loads(view[head:head + size], buffers=buffers)
+        for _ in self._processes:
+            self._jobs.put(None)
+        for process in self._processes:
+            with contextlib.suppress(OSError):
+                assert process.stdin is not None
+                process.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=2.0)
 
 
 # A frame: its pickle's length and its out-of-band buffers' count, their lengths, the pickle, the buffers
 # (protocol 5: a megabyte payload is written from where it lies instead of being copied into the pickle).
 _LENGTH = struct.Struct("<Q")
+_IOV_MAX = 512  # buffers per writev (Linux allows 1024)
 _F_SETPIPE_SZ = 1031  # fcntl.F_SETPIPE_SZ (Linux), named in the fcntl module only from Python 3.10 on some builds
 
 
-def _frame_parts(value: Any) -> list[bytes | memoryview]:
+def _write_frame(fd: int, value: Any) -> None:
     buffers: list[pickle.PickleBuffer] = []
     data = pickle.dumps(value, protocol=5, buffer_callback=buffers.append)
     views = [buffer.raw() for buffer in buffers]
     header = b"".join(_LENGTH.pack(n) for n in (len(data), len(views), *(v.nbytes for v in views)))
-    return [header, data, *views]
-
-
-def _write_frame(fd: int, value: Any) -> None:
-    for part in _frame_parts(value):
-        view = memoryview(part)
-        while view.nbytes:
-            view = view[os.write(fd, view):]
+    # One writev for many buffers: HTTP streaming's JSON audio travels as the pieces of the reads it came in.
+    pending = [view for view in (memoryview(header), memoryview(data), *views) if view.nbytes]
+    while pending:
+        written = os.writev(fd, pending[:_IOV_MAX])
+        while written and pending:
+            if written >= pending[0].nbytes:
+                written -= pending.pop(0).nbytes
+            else:
+                pending[0], written = pending[0][written:], 0
 
 
 def _read_exactly(stream: Any, size: int) -> bytearray:
