@@ -330,8 +330,6 @@ class RunConfig:
             Sampling.parse(self.check_content)
             make_recognizer(self.asr)  # an unknown backend fails here, before anything starts
             self.onset = True
-            if self.processes not in (1, "1"):
-                raise UsageError("--check-content listens from one load process: leave --processes out (or use 1)")
 
     def _validate_prometheus(self) -> None:
         if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:

@@ -22,6 +22,7 @@ from typing import Any
 from cvload import columns_file
 from cvload.content import DEFAULT_MAX_ERROR, language_of
 from cvload.errors import UsageError
+from cvload.listening import CHECKED
 from cvload.metrics import Tally, record_json
 from cvload.records import FLAG_CONTENT_MISMATCH, RequestRecord
 from cvload.results import read_json, read_records, write_json, write_summary_csv
@@ -125,6 +126,7 @@ def check_folder(folder: Path, spec: str, *, max_error: float = DEFAULT_MAX_ERRO
     lines, mismatches, audio_s, cpu_s = [], 0, 0.0, 0.0
     for (record, _, lang), (heard, error, cpu, start) in zip(jobs, results):
         record.transcript, record.content_error = heard, round(error, 6)
+        record.content_check = CHECKED
         if record.speech_start_s is None:
             record.speech_start_s = start
         mismatch = error > max_error

@@ -13,7 +13,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from cvload.records import (
     RequestRecord,
 )
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
+
+if TYPE_CHECKING:
+    from cvload.listening import ContentChecker
 
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
 DRAIN_TIMEOUT_S = 5.0  # default: on the user's stop, how long in-flight requests may finish before they are cancelled
@@ -198,9 +201,13 @@ class Engine:
         self._down: dict[str, Reconnect] = {}  # address -> its probe, while that server is lost
         # --check-content (cvload.listening.ContentChecker, set by the session): requests being transcribed, whose
         # records go to the listeners when their transcript is back (waited for after the window, like checks).
-        self.content: Any = None
+        self.content: ContentChecker | None = None
         self._held: set[asyncio.Future[None]] = set()
         self.barge_in = barge_in.check(config.barge_in, mode=config.mode, seed=config.seed)  # --barge-in
+
+    def content_summary(self) -> dict[str, Any] | None:
+        """--check-content: the checker's live word (sample, backlog, counts, speed); None without it."""
+        return self.content.summary() if self.content is not None else None
 
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
     def pause(self) -> None:
@@ -451,8 +458,8 @@ class Engine:
         if self._held:  # transcripts still due: the backlog is bounded (cvload.listening.BACKLOG_S)
             limit = self.drain_timeout if self._stop.is_set() else max(self.drain_limit(), CONTENT_WAIT_S)
             _, still = await asyncio.wait(list(self._held), timeout=limit)
-            for future in still:  # their records go on unchecked
-                future.set_result(None)
+            if still and self.content is not None:  # their records go on unchecked ("late")
+                self.content.release(still)
 
     async def _wait_in_flight(self, pending: set[asyncio.Task[None]]) -> None:
         """After the window, up to ``drain_limit`` (then they are incomplete); after the user's stop (or during

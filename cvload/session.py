@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from cvload import __version__
@@ -38,6 +38,9 @@ from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
 from cvload.targets import make_target
 from cvload.targets.base import Target, TargetInfo
 from cvload.transport import INSECURE_WARNING
+
+if TYPE_CHECKING:
+    from cvload.listening import ContentChecker, ContentTally
 
 
 def _versions() -> dict[str, str | None]:
@@ -101,7 +104,10 @@ class Session:
     stop_asked: bool = False
     # This process's own timing error, beside a bare loop's on the same host (what the host alone costs).
     loop_health: LoopHealth = field(default_factory=lambda: LoopHealth(reference=True))
-    content: Any = None  # --check-content: the live checker (cvload.listening.ContentChecker)
+    # --check-content: the checker (cvload.listening.ContentChecker), validated before any load; it runs in this
+    # process's helpers for an in-process engine, while a fleet's load processes each run their own.
+    content: ContentChecker | None = None
+    content_tally: ContentTally | None = None  # --check-content: the run's content counters
     exporter: Exporter | None = None  # --prometheus-port / --prometheus-push
     barge_in: BargeInTally | None = None  # --barge-in: the abandoned requests and the survivors' first chunk
     emulator_trace: Path | None = None  # the emulated server's per-request trace (--emulator)
@@ -234,9 +240,10 @@ class Session:
             driver = (ProcessFleet(cfg, count, len(items), self.events, until_drained=self.until_drained)
                       if count > 1 else
                       Engine(cfg, self.targets, items, events=self.events, until_drained=self.until_drained))
-        if self.content is not None and isinstance(driver, Engine):  # --check-content: one process (config)
-            driver.content = self.content
         try:
+            if self.content is not None and isinstance(driver, Engine):  # a fleet's processes check their own
+                await self.content.start()
+                driver.content = self.content
             await driver.start()
         except BaseException:
             await driver.close()
@@ -295,21 +302,21 @@ class Session:
             print(f"cvload: --prometheus-push: {warning}", file=sys.stderr, flush=True)
 
     async def _start_listening(self) -> None:
-        """The VAD model and the recogniser are checked (and the recogniser's processes loaded) before any load."""
+        """The VAD model and the recogniser are checked before any load (the recogniser's processes start with the
+        driver: in this process's helpers, or in each load process of a fleet)."""
         cfg = self.config
         if cfg.onset:
             from cvload.vad import model_path
 
             model_path()
         if cfg.check_content is not None:
-            from cvload.content import DEFAULT_MAX_ERROR
-            from cvload.listening import ContentChecker, Sampling
+            from cvload.listening import ContentChecker, ContentTally
 
-            max_error = DEFAULT_MAX_ERROR if cfg.max_content_error is None else float(cfg.max_content_error)
-            self.content = ContentChecker(cfg.asr, Sampling.parse(cfg.check_content), max_error=max_error,
-                                          workers=cfg.check_workers, language=cfg.language)
+            self.content = ContentChecker.for_run(cfg)
+            self.content_tally = ContentTally()
+            self.events.finished.add_listener(self.content_tally.add)
             try:
-                await self.content.start()
+                await self.content.validate()
             except BaseException:
                 await self.close()
                 raise
@@ -418,11 +425,13 @@ class Session:
     def build_summary(self, measured: dict[str, Any], *, load: dict[str, Any], status: str,
                       abort_reason: str | None, started_wall: float, finished_wall: float,
                       window: tuple[float, float] | None = None,
-                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                      extra: dict[str, Any] | None = None,
+                      content: ContentTally | None = None) -> dict[str, Any]:
         """summary.json (schema cvload.summary/1) of this session's run, or of a part of it (a sweep level):
         the one builder, so every summary has the same keys. ``measured``: ``Tally.summary``/``summarize`` over
         its records; ``window``: the part's monotonic start and end (outages and telemetry over it); ``extra``:
-        keys of the part's own (a sweep level's ``sweep_level``), after ``load``. Objectives judged on it."""
+        keys of the part's own (a sweep level's ``sweep_level``), after ``load``; ``content``: the part's content
+        counters (cvload.listening.ContentTally of its records; default: the run's). Objectives judged on it."""
         from cvload.slo import all_met, evaluate
 
         cfg = self.config
@@ -448,8 +457,9 @@ class Session:
         summary.update(measured)
         if cfg.insecure:
             summary["warnings"] = [INSECURE_WARNING, *summary.get("warnings", [])]
-        if self.content is not None:  # --check-content: the checker's counts (over the whole run)
-            summary["content"] = self.content.summary()
+        live, tally = self.content_live(), content or self.content_tally
+        if live is not None and tally is not None:  # --check-content: the checker's settings, the part's counts
+            summary["content"] = tally.section(live)
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary(None if window is None else window[0])
         summary["client"] = self.loop_health.summary()
@@ -460,6 +470,13 @@ class Session:
         summary["slo"] = verdicts
         summary["slo_passed"] = all_met(verdicts)
         return summary
+
+    def content_live(self) -> dict[str, Any] | None:
+        """--check-content: the checker's live word (sample, backlog, recogniser speed), of this process's checker
+        or of a fleet's load processes' together; None without checks."""
+        if self.config.check_content is None or self.engine is None:
+            return None
+        return self.engine.content_summary()
 
     def exit_code(self) -> int:
         assert self.summary is not None
