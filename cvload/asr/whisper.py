@@ -32,7 +32,7 @@ def bundled_model(name: str) -> Path | None:
 
 class Whisper(Recognizer):
     name = "whisper"
-    languages = ("en", "zh")
+    languages: tuple[str, ...] = ("en", "zh")
 
     def __init__(self, model: str | None) -> None:
         super().__init__("whisper" + (f":{model}" if model else ""))
