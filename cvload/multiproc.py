@@ -499,9 +499,12 @@ class ProcessFleet:
 
     def content_summary(self) -> dict[str, Any] | None:
         """--check-content: every load process's checker (its latest status) as one."""
-        from cvload.listening import merge_live
+        from cvload.listening import Sampling, merge_live
 
-        return merge_live([c.status["content"] for c in self.children if c.status.get("content")])
+        merged = merge_live([c.status["content"] for c in self.children if c.status.get("content")])
+        if merged is not None:  # the run's sample, not one process's share of a budget
+            merged["sampling"] = Sampling.parse(self.config.check_content).describe()
+        return merged
 
     def drain_limit(self) -> float:
         return drain_limit(self.config)

@@ -201,3 +201,16 @@ def test_an_items_language_comes_from_its_input(tmp_path) -> None:
     path.write_text('{"id": "a", "target_text": "Hello", "language": "fr"}\n')
     with pytest.raises(UsageError, match="'language' 'fr' is not one of en, zh"):
         load_items(path)
+
+
+def test_each_load_process_gets_its_share_of_the_checker() -> None:
+    from cvload.config import RunConfig
+    from cvload.multiproc import split
+
+    config = RunConfig(server=["h:8001"], num_tasks=4, check_content="8s/s", check_workers=3, processes=2)
+    parts = split(config.validate(), 2, items=4)
+    assert [p.config["check_content"] for p in parts] == ["4s/s", "4s/s"]
+    assert [p.config["check_workers"] for p in parts] == [2, 1]
+    shares = split(RunConfig(server=["h:8001"], num_tasks=4, check_content="25%", processes=3).validate(), 3, 4)
+    assert [p.config["check_workers"] for p in shares] == [1, 1, 1]  # at least one recogniser each
+    assert {p.config["check_content"] for p in shares} == {"25%"}

@@ -151,6 +151,7 @@ def test_load_processes_check_their_own_requests(emulator, english: Path, tmp_pa
     summary, records = load(out)
     content = summary["content"]
     assert content["processes"] == 2 and content["workers"] == 2  # one recogniser process per load process
+    assert content["sampling"] == "100% of requests"
     assert (content["checked"], content["skipped"], content["failed"], content["mismatches"]) == (4, 0, 0, 0)
     assert content["backlog"] == 0 and content["audio_s_per_cpu_s"] > 0
     assert summary["metrics"]["content_error_rate"]["count"] == 4
