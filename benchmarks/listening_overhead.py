@@ -55,12 +55,13 @@ def timing(server: TritonServer, work: Path, rounds: int, seconds: float, stream
     print(f"\n1. first chunk at {streams} streams, {rounds} rounds of {seconds:g} s, alternating")
     flags: dict[str, list[str]] = {"plain": [], "onset": ["--onset"], "check-content 100%": ["--check-content", "100%"]}
     sides: dict[str, list[tuple[float, float]]] = {side: [] for side in flags}
+    english = _english(work)  # the recogniser's language: 100% means every request
     for n in range(rounds):
         for side in sides:
             out = work / f"timing-{n}-{side.split()[0]}"
             extra = flags[side]
             cvload("run", *QUIET, "--server", server.grpc_url, "--num-tasks", str(streams), "--duration",
-                   f"{seconds}s", "--warmup", str(streams), "--out", str(out), *extra)
+                   f"{seconds}s", "--warmup", str(streams), "--inputs", str(english), "--out", str(out), *extra)
             s = summary_of(out)
             first = s["metrics"]["first_chunk_latency_ms"]
             sides[side].append((first["p50"], first["p99"]))
