@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -31,8 +31,25 @@ from cvload.content import DEFAULT_MAX_ERROR, error_rate, language_of
 from cvload.errors import UsageError
 from cvload.records import FLAG_CONTENT_MISMATCH, RequestRecord
 
-if TYPE_CHECKING:
-    from cvload.config import RunConfig
+
+class ContentSettings(Protocol):
+    """What the checker reads of a run's settings (a ``cvload.config.RunConfig``; named by shape here, so this
+    module and the config, which parses --check-content with ``Sampling``, do not import each other)."""
+
+    @property
+    def check_content(self) -> str | None: ...
+
+    @property
+    def asr(self) -> str: ...
+
+    @property
+    def max_content_error(self) -> float | None: ...
+
+    @property
+    def check_workers(self) -> int: ...
+
+    @property
+    def language(self) -> str | None: ...
 
 BACKLOG_S = 300.0  # audio seconds waiting for a recogniser, at most (~30 MB of float32 at 24 kHz)
 BACKLOG_REQUESTS = 48  # ... and requests (below the engine's own limit on records being finished)
@@ -207,7 +224,7 @@ class ContentChecker:
         self._waiting: dict[asyncio.Future[None], RequestRecord] = {}  # submitted, transcript not back yet
 
     @classmethod
-    def for_run(cls, config: RunConfig, processes: int = 1) -> ContentChecker:
+    def for_run(cls, config: ContentSettings, processes: int = 1) -> ContentChecker:
         """The checker ``config`` asks for (--check-content, --asr, --check-workers, ...); a load process of a
         fleet of ``processes`` (its config already holds its share of the workers and budget) gets its share of
         the backlog."""
