@@ -119,7 +119,9 @@ def check_folder(folder: Path, spec: str, *, max_error: float = DEFAULT_MAX_ERRO
                          "response is in another language", hint="use a recogniser for it: paraformer:DIR, "
                          "sensevoice:DIR, whisper or openai:URL")
     onset = any(r.speech_start_s is None for r, _, _ in jobs)
-    count = workers or max(1, (os.cpu_count() or 2) - 0)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: at least one recogniser process", hint="e.g. --workers 4")
+    count = workers or os.cpu_count() or 1
     started = time.monotonic()
     results = asyncio.run(_transcribe_all(spec, jobs, count, onset, progress))
     wall = time.monotonic() - started

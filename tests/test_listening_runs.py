@@ -52,6 +52,7 @@ def test_check_scores_saved_audio_after_the_run(checked_run: Path, tmp_path: Pat
 
     folder = tmp_path / "copy"
     shutil.copytree(checked_run, folder)
+    assert main(["check", str(folder), "--jobs", "0"]) == 2  # no recogniser process: said before any work
     assert main(["check", str(folder), "--workers", "1", "--max-content-error", "0"]) == 0
     lines = [json.loads(x) for x in (folder / "content.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(line["language"] == "en" for line in lines)
