@@ -180,6 +180,9 @@ class RunConfig:
     # Barge-in load (cvload/barge_in.py): SHARE@WHEN of requests their listener abandons, e.g. "30%@1.5s"
     barge_in: str | None = None
     barge_in_baseline: bool = False  # first run the same load without barge-in, for the survivors' comparison
+    # Triton's request trace for the server's side of each abandoned request (cvload/server_release.py): the trace
+    # file as this host reads it; "" = the file the server names in its trace settings
+    triton_trace: str | None = None
     # Results
     out: str | None = None
     save_audio: bool = False

@@ -282,6 +282,17 @@ class _TritonHttp(Target):
             resp.raise_for_status()
             return await resp.json()  # type: ignore[no-any-return]  # JSON: a dict by the API
 
+    async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
+        session, url = self._sessions.get(), f"{self.base}/v2/trace/setting"
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with (session.get(url, timeout=timeout) if update is None else
+                    session.post(url, json={k: v if k == "trace_level" else v[0] for k, v in update.items()},
+                                 timeout=timeout)) as resp:
+            if resp.status >= 400:
+                raise RuntimeError(f"{url}: HTTP {resp.status} {(await resp.text())[:200]}")
+            reply: dict[str, Any] = await resp.json()
+        return {key: value if isinstance(value, list) else [str(value)] for key, value in reply.items()}
+
     async def close(self) -> None:
         await self._sessions.close()
 

@@ -300,6 +300,12 @@ def _shorten(line: str, width: int) -> str:
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
+def trace_args(path: Path) -> list[str]:
+    """Flags naming ``path`` as the server's request-trace file, tracing off: the trace API (``--triton-trace``)
+    switches it on for a run but cannot name a file."""
+    return [f"--trace-config=triton,file={path}", "--trace-config=level=OFF"]
+
+
 @dataclass
 class TritonServer:
     """A tritonserver process bound to loopback on free (or given) ports; use it as a context manager.
