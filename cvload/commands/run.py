@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from cvload.apis import APIS, PROTOCOLS, api_help
+from cvload.apis import APIS, PROTOCOLS, api_help, api_spec
 from cvload.commands.serve import add_emulator_options, parse_overrides
 from cvload.config import (
     ARRIVALS,
@@ -218,7 +218,7 @@ def checked(config: RunConfig) -> RunConfig:
         raise UsageError("--barge-in-baseline compares with a barge-in run: add --barge-in SHARE@WHEN")
     if config.triton_trace is not None and config.barge_in is None:
         raise UsageError("--triton-trace reads the server's side of abandoned requests: add --barge-in SHARE@WHEN")
-    if config.triton_trace is not None and config.api != "triton":
+    if config.triton_trace is not None and not api_spec(config.api).triton_telemetry:
         raise UsageError(f"--triton-trace reads a Triton server's request trace, not --api {config.api}'s",
                          hint="leave --triton-trace out: the release comes from the client (or an emulator's trace)")
     return config

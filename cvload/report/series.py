@@ -251,10 +251,12 @@ def sweep_objectives(sweep: SweepResults, metric: str) -> list[ObjectiveLine]:
 # ---- barge-in (--barge-in) ----------------------------------------------------------------------------------------
 def release_times(run: RunResults) -> tuple[np.ndarray, str]:
     """The abandoned requests' release times (ms) from barge_in.jsonl and where they come from: the server's
-    trace where every request has one, else the client (abandon -> its call closed). Empty without barge-in."""
+    trace where every request has one (Triton's request trace or the emulator's own), else the client (abandon ->
+    its call closed). Empty without barge-in."""
     rows = _jsonl(run.path / BARGE_IN_FILE)
     if rows and all("server_release_ms" in r for r in rows):
-        return np.array([r["server_release_ms"] for r in rows], dtype=float), "server"
+        source = (run.summary.get("barge_in") or {}).get("server_release_source") or "server"
+        return np.array([r["server_release_ms"] for r in rows], dtype=float), source.replace("_", " ")
     return np.array([r["client_release_ms"] for r in rows], dtype=float), "client"
 
 
