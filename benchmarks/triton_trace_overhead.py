@@ -1,5 +1,5 @@
 """What does ``--triton-trace`` cost? The same barge-in run with and without Triton's request trace, alternately,
-on one embedded pipeline server (the real repository's BLS front -> tensorrt_llm / token2wav, ``demo`` profile),
+on one embedded pipeline server (the real repository's BLS front -> tensorrt_llm / token2wav, ``--profile``),
 started as a traced deployment is (``--trace-config triton,file=F``, tracing off until a run switches it on).
 
 With the trace on, the server stamps every request and every child request and writes a file per finished
@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--profile", default="demo", help="the pipeline's profile (fixed: no delay, CPU-bound)")
     args = parser.parse_args(argv)
     from cvload.emulator import build_pipeline_repository, get_profile
     from cvload.triton.launcher import TritonServer, trace_args
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
     with tempfile.TemporaryDirectory(prefix="trace-overhead-") as tmp:
         root = Path(tmp)
-        repo = build_pipeline_repository(root, get_profile("demo"), prompt_models=False)
+        repo = build_pipeline_repository(root, get_profile(args.profile), prompt_models=False)
         with TritonServer(repo, workdir=root / "server",
                           extra_args=["--exit-timeout-secs=0", *trace_args(root / "trace.json")]) as server:
             for n in range(args.rounds):
@@ -61,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
                     results[traced].append(row)
                     print(f"round {n + 1} {'traced  ' if traced else 'untraced'} "
                           + "  ".join(f"{k} {row[k]:.1f}" for k in keys), flush=True)
-    print(f"\nmedians over {args.rounds} rounds, {args.concurrency} streams, {args.seconds:g} s each:")
+    print(f"\nmedians over {args.rounds} rounds, {args.concurrency} streams, {args.seconds:g} s each, "
+          f"profile {args.profile}:")
     for key in keys:
         plain = statistics.median(r[key] for r in results[False])
         traced_value = statistics.median(r[key] for r in results[True])

@@ -24,6 +24,7 @@ from cvload.server_release import wait_for_releases, wasted
 
 FILE = "barge_in.jsonl"  # one line per abandoned request, in the results folder
 FIRST = BY_NAME["first_chunk_latency_ms"]
+SERVER_COVERAGE = 0.95  # release_ms is the server's when its trace has at least this share of abandoned requests
 # Objectives may name these (cvload/slo.py): ``barge_in.release_ms.p95<100ms``.
 OBJECTIVE_METRICS: dict[str, str] = {
     **{f"barge_in.{name}.{s}": "ms" for name in ("release_ms", "client_release_ms", "server_release_ms",
@@ -124,7 +125,8 @@ class BargeInTally:
                 fh.writelines(json.dumps(row) + "\n" for row in rows)
         client = [row["client_release_ms"] for row in rows]
         server = [row["server_release_ms"] for row in rows if "server_release_ms" in row]
-        from_server = bool(rows) and len(server) == len(rows)
+        # Triton's trace loses the odd request tree (about 1 in 500 here): the server's view when it covers most
+        from_server = bool(rows) and len(server) >= SERVER_COVERAGE * len(rows)
         out: dict[str, Any] = {
             "policy": self.policy,
             "abandoned": len(rows),

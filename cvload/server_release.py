@@ -28,6 +28,7 @@ TRACE_ON: dict[str, list[str]] = {"trace_level": ["TIMESTAMPS"], "trace_rate": [
                                   "log_frequency": ["1"]}
 TRACE_KEYS = tuple(TRACE_ON)
 QUIET_S = 1.0  # no new token2wav call for this long: the server is done with the run's requests
+TRACE_GRACE_S = 3.0  # once it is, how long a trace may still take to reach its file
 
 
 @dataclass
@@ -77,24 +78,46 @@ def parse_trace(text: str) -> list[dict[str, Any]]:
             out.append(obj)
 
 
-def read_trace(path: Path) -> dict[int, Traced]:
-    """Every traced request of the files at ``path``, by trace id (a trace's lines are spread over its file)."""
-    found: dict[int, Traced] = {}
-    for file in trace_files(path):
-        try:
-            objects = parse_trace(file.read_text(errors="replace"))
-        except OSError:
-            continue
-        for obj in objects:
-            if not isinstance(obj.get("id"), int):
+class TraceReader:
+    """Every traced request of the files at ``path``, by trace id (a trace's lines are spread over its file); read
+    again, only files new or changed since are parsed (a long run leaves a file per request)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen: dict[Path, tuple[int, int]] = {}
+        self.found: dict[int, Traced] = {}
+
+    def read(self) -> dict[int, Traced]:
+        for file in trace_files(self.path):
+            try:
+                stat = file.stat()
+                if self.seen.get(file) == (stat.st_mtime_ns, stat.st_size):
+                    continue
+                objects = parse_trace(file.read_text(errors="replace"))
+            except OSError:
                 continue
-            t = found.setdefault(obj["id"], Traced(obj["id"]))
-            if "model_name" in obj:
-                t.model, t.request_id = str(obj["model_name"]), str(obj.get("request_id", ""))
-                t.parent = obj.get("parent_id") if isinstance(obj.get("parent_id"), int) else None
-            for stamp in obj.get("timestamps") or []:
-                t.times.setdefault(str(stamp.get("name")), []).append(float(stamp.get("ns", 0)) / 1e9)
-    return found
+            self.seen[file] = (stat.st_mtime_ns, stat.st_size)
+            for obj in objects:
+                self._add(obj)
+        return self.found
+
+    def _add(self, obj: dict[str, Any]) -> None:
+        if not isinstance(obj.get("id"), int):
+            return
+        t = self.found.setdefault(obj["id"], Traced(obj["id"]))
+        if "model_name" in obj:
+            t.model, t.request_id = str(obj["model_name"]), str(obj.get("request_id", ""))
+            t.parent = obj.get("parent_id") if isinstance(obj.get("parent_id"), int) else None
+        for stamp in obj.get("timestamps") or []:
+            times = t.times.setdefault(str(stamp.get("name")), [])
+            value = float(stamp.get("ns", 0)) / 1e9
+            if value not in times:  # a file read again as it grew
+                times.append(value)
+
+
+def read_trace(path: Path) -> dict[int, Traced]:
+    """Every traced request of the files at ``path``, by trace id."""
+    return TraceReader(path).read()
 
 
 def _tree(top: Traced, children: dict[int, list[Traced]]) -> list[Traced]:
@@ -140,9 +163,9 @@ def wait_for_releases(abandoned: Sequence[tuple[str, float]], path: Path, chunk_
                       wait_s: float) -> dict[int, dict[str, Any]]:
     """``releases`` once every abandoned request's trace was written (a front that ignores cancellation finishes,
     and its trace is written, only at the end of the request), or after ``wait_s``."""
-    deadline = time.monotonic() + wait_s
+    deadline, reader = time.monotonic() + wait_s, TraceReader(path)
     while True:
-        found = releases(abandoned, read_trace(path), chunk_s)
+        found = releases(abandoned, reader.read(), chunk_s)
         if len(found) == len(abandoned) or time.monotonic() >= deadline:
             return found
         time.sleep(0.1)

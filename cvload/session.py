@@ -35,6 +35,7 @@ from cvload.loop_health import LoopHealth
 from cvload.metrics import Tally
 from cvload.records import RequestRecord
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
+from cvload.server_release import TRACE_GRACE_S
 from cvload.targets import make_target
 from cvload.targets.base import Target, TargetInfo
 from cvload.transport import INSECURE_WARNING
@@ -424,6 +425,8 @@ class Session:
         if token2wav_before is not None:
             after = await self._quiet_token2wav(wait_s)
             calls = None if after is None else after - token2wav_before
+            if calls is not None:  # the server is done: a trace not written within seconds will not come
+                wait_s = min(wait_s, TRACE_GRACE_S)
         own_trace = None if self.config.triton_trace is not None else self.emulator_trace
         section = await asyncio.get_running_loop().run_in_executor(None, lambda: tally.summary(
             out_dir, own_trace, wait_s=wait_s, triton_trace=self.triton_trace, token2wav_calls=calls,

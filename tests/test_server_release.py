@@ -54,8 +54,11 @@ def _run(tmp_path: Path, address: str, model: str, *args: str) -> dict:
     rows = [json.loads(line) for line in (out / "barge_in.jsonl").read_text().splitlines()]
     section = summary["barge_in"]
     assert section["abandoned"] == len(rows) == requests["barged_in"] > 0
-    assert section["release_source"] == "server" and section["server_release_source"] == "triton_trace"
-    assert section["server_traced"] == len(rows) and all(r["server_release_ms"] >= 0 for r in rows)
+    assert section["server_release_source"] == "triton_trace"
+    # Triton 2.51 loses the odd request tree's trace (docs/barge-in.md); the others are all there
+    assert section["server_traced"] >= len(rows) - 1 and all(r["server_release_ms"] >= 0 for r in rows
+                                                             if "server_release_ms" in r)
+    assert section["release_source"] == ("server" if section["server_traced"] == len(rows) else "client")
     # the statistics: every call made a chunk someone received, or nobody received it
     calls = section["server_token2wav"]
     assert calls["token2wav_calls"] == calls["chunks_received"] + calls["token2wav_unreceived"]
