@@ -125,7 +125,7 @@ class BargeInTally:
                 fh.writelines(json.dumps(row) + "\n" for row in rows)
         client = [row["client_release_ms"] for row in rows]
         server = [row["server_release_ms"] for row in rows if "server_release_ms" in row]
-        # Triton's trace loses the odd request tree (about 1 in 500 here): the server's view when it covers most
+        # Triton's trace loses the odd request tree (1 in 300-500 here): the server's view when it covers most
         from_server = bool(rows) and len(server) >= SERVER_COVERAGE * len(rows)
         out: dict[str, Any] = {
             "policy": self.policy,
