@@ -717,7 +717,7 @@ class Sweep:
                 "goodput": s.get("goodput"), "concurrency": s.get("concurrency"), "wall_s": s.get("wall_s"),
                 "metrics": metrics,
                 **({"barge_in": {k: s["barge_in"].get(k) for k in ("abandoned", "release_source", "release_ms",
-                                                                    "survivors")}} if s.get("barge_in") else {}),
+                                                                    "server_release_source", "survivors")}} if s.get("barge_in") else {}),
             },
         }
 

@@ -4,10 +4,12 @@ emulator's BLS front, honouring cancellation or ignoring it, seen only through T
 
 from __future__ import annotations
 
+import asyncio
 import json
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -43,7 +45,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TritonSer
         yield server, root
 
 
-def _run(tmp_path: Path, address: str, model: str, *args: str) -> dict:
+def _run(tmp_path: Path, address: str, model: str, *args: str) -> dict[str, Any]:
     out = tmp_path / model
     assert run_cli("--server", address, "--model", model, "--spk-cache", "--num-tasks", "4",
                    "--requests", "12", "--barge-in", "50%@first_chunk", "--triton-trace", "--out", str(out),
@@ -73,12 +75,30 @@ def _trace_level(server: TritonServer) -> list[str]:
 
 def test_honouring_front_stops(traced: tuple[TritonServer, Path], tmp_path: Path) -> None:
     """Abandoned after the first chunk, a front that checks is_cancelled() makes at most the token2wav call
-    already under way; the run leaves the server's tracing as it found it (off)."""
+    already under way; the run leaves the server's tracing as it found it (off); the dashboard's replay of the
+    run shows the release from Triton's trace."""
     server, _ = traced
     section = _run(tmp_path, server.grpc_url, "cosyvoice2")
     assert section["server_token2wav_after_abandon"] <= section["abandoned"]
     assert section["server_token2wav"]["token2wav_unreceived"] <= section["abandoned"]
     assert _trace_level(server) == ["OFF"]
+    shown = asyncio.run(_throughput_panel(tmp_path / "cosyvoice2"))
+    expected = "(triton trace)" if section["release_source"] == "server" else "(client)"
+    assert f"barge-in 50%@first_chunk: {section['abandoned']} abandoned" in shown and expected in shown
+
+
+async def _throughput_panel(folder: Path) -> str:
+    """The dashboard's Throughput panel replaying a results folder."""
+    from cvload.tui.app import DashboardApp
+    from cvload.tui.panels import Panel
+    from cvload.tui.replay import ReplaySource
+
+    app = DashboardApp(ReplaySource(folder))
+    async with app.run_test(size=(160, 48)) as pilot:
+        await pilot.pause()
+        shown = app.query_one("#throughput", Panel).plain()
+        await pilot.press("q")
+    return shown
 
 
 def test_ignoring_front_is_exposed(traced: tuple[TritonServer, Path], tmp_path: Path) -> None:
