@@ -30,6 +30,7 @@ from cvload.records import (
     ERR_INCOMPLETE,
     ERR_PROTOCOL,
     ERR_TIMEOUT,
+    PROXY_BODY_LIMIT,
     RequestRecord,
 )
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
@@ -187,7 +188,10 @@ class Engine:
         self._retire: set[int] = set()
         self._deadline: float | None = None
         self._warmup = config.warmup_spec()
-        self._connection_failures = 0
+        self._connection_failures = 0  # connection failures in a row (no success between)
+        self._resets_in_row = 0  # those of them that ended after the server or a proxy answered (TargetError.reset)
+        self._reset_requests: set[int] = set()  # indexes of finished requests whose failure was such a reset
+        self._last_connection_error: str | None = None
         self._slots: asyncio.Semaphore | None = None
         self._rate_changed = asyncio.Event()
         self._window_opener = -1
@@ -289,8 +293,7 @@ class Engine:
                                  f"s: it did not come back before the run ended ({lost[0].last_error})"
         if self._connection_failures and not self.state.aborted and not self.state.interrupted:
             # The run ended on requests that could not reach the server: it died, even if too few failed to stop us.
-            self.state.aborted = f"server unreachable: the last {self._connection_failures} request(s) failed " \
-                                 "to connect"
+            self.state.aborted = self._connection_lost(f"the last {self._connection_failures} request(s)")
         requested = float(self.state.concurrency) if cfg.closed_loop else None
         return RunResult(self.state, self.wall_s(), self.inflight.summary(requested))
 
@@ -561,6 +564,8 @@ class Engine:
         except TargetError as exc:
             record.end_offset = time.monotonic() - sent
             record.error_kind, record.error = exc.kind, exc.message
+            if exc.reset:
+                self._reset_requests.add(index)
         except asyncio.TimeoutError:
             record.end_offset = time.monotonic() - sent
             record.error_kind = ERR_TIMEOUT
@@ -650,19 +655,36 @@ class Engine:
     def _watch_connection(self, record: RequestRecord) -> None:
         """A dead server fails every request at once: stop after a run of connection failures and no success
         (``--on-server-loss abort``), or ride out the outage (``continue``)."""
+        reset = record.index in self._reset_requests
+        self._reset_requests.discard(record.index)
         if self.config.on_server_loss == "continue":
             if record.error_kind == ERR_CONNECTION:
                 self._server_lost(record)
             return
         if record.error_kind == ERR_CONNECTION:
             self._connection_failures += 1
+            self._resets_in_row += reset
+            self._last_connection_error = record.error
             limit = max(5, 2 * (self.state.concurrency or 1))
             if self._connection_failures >= limit and not self._stop.is_set():
-                self.state.aborted = f"server unreachable: {self._connection_failures} requests in a row " \
-                                     f"failed to connect (last: {record.error})"
+                self.state.aborted = self._connection_lost(f"{self._connection_failures} requests in a row")
                 self.stop()
         elif record.error_kind is None:
-            self._connection_failures = 0
+            self._connection_failures = self._resets_in_row = 0
+
+    def _connection_lost(self, which: str) -> str:
+        """Why the run stopped on a row of connection failures (``which``: those requests): the server could not
+        be reached, or, where every one of them had been answered before its stream or connection ended, the
+        server or a proxy in front of it reset them (a proxy's limits, the server's own)."""
+        last, resets = self._last_connection_error or "", self._resets_in_row
+        if resets < self._connection_failures:
+            how = f", {self._connection_failures - resets} to connect, {resets} reset after an answer" if resets \
+                else " to connect"
+            return f"server unreachable: {which} failed{how} (last: {last})"
+        hint = "" if PROXY_BODY_LIMIT in last else \
+            "; the server's log says why, or a proxy's limits on a stream (body size, duration, idle time)"
+        return f"every stream was reset by the server or a proxy between cvload and it: {which} failed after " \
+               f"they were answered (last: {last}){hint}"
 
     # ---- --on-server-loss continue --------------------------------------------------------------------------
     def _lost(self, index: int) -> Reconnect | None:

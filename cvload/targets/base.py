@@ -91,15 +91,21 @@ class Chunk:
 
 
 class TargetError(Exception):
-    """A failed request; ``kind`` is one of cvload.records.ERROR_KINDS."""
+    """A failed request; ``kind`` is one of cvload.records.ERROR_KINDS.
 
-    def __init__(self, kind: str, message: str) -> None:
+    ``reset``: the server, or a proxy in front of it, had answered (a stream opened, response headers came) and
+    then ended the request's stream or connection: it was reachable. A run whose every connection failure is
+    one says so instead of calling the server unreachable.
+    """
+
+    def __init__(self, kind: str, message: str, reset: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.reset = reset
 
     def __reduce__(self) -> tuple[Any, ...]:  # it crosses process boundaries (cvload.audio_checks)
-        return TargetError, (self.kind, self.message)
+        return TargetError, (self.kind, self.message, self.reset)
 
 
 @dataclass
