@@ -19,7 +19,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 from cvload import __version__
@@ -39,6 +39,12 @@ from cvload.server_release import TRACE_GRACE_S
 from cvload.targets import make_target
 from cvload.targets.base import Target, TargetInfo
 from cvload.transport import INSECURE_WARNING
+
+if TYPE_CHECKING:
+    from cvload.emulator.launch import Emulator
+    from cvload.listening import ContentChecker
+    from cvload.slo import Objective
+    from cvload.telemetry import Telemetry
 
 
 def _versions() -> dict[str, str | None]:
@@ -90,9 +96,9 @@ class Session:
     recent: deque[RequestRecord] = field(default_factory=lambda: deque(maxlen=RECENT))
     targets: list[Target] = field(default_factory=list)
     infos: list[TargetInfo] = field(default_factory=list)
-    objectives: list[Any] = field(default_factory=list)
-    telemetry: Any = None
-    server: Any = None  # the API's emulated server when --emulator (cvload.emulator.launch.Emulator)
+    objectives: list[Objective] = field(default_factory=list)
+    telemetry: Telemetry | None = None
+    server: Emulator | None = None  # the API's emulated server when --emulator (cvload.emulator.launch.Emulator)
     stats_before: dict[str, Any] | None = None
     started_wall: float = 0.0
     summary: dict[str, Any] | None = None
@@ -102,7 +108,7 @@ class Session:
     stop_asked: bool = False
     # This process's own timing error, beside a bare loop's on the same host (what the host alone costs).
     loop_health: LoopHealth = field(default_factory=lambda: LoopHealth(reference=True))
-    content: Any = None  # --check-content: the live checker (cvload.listening.ContentChecker)
+    content: ContentChecker | None = None  # --check-content: the live checker
     exporter: Exporter | None = None  # --prometheus-port / --prometheus-push
     barge_in: BargeInTally | None = None  # --barge-in: the abandoned requests and the survivors' first chunk
     emulator_trace: Path | None = None  # the emulated server's per-request trace (--emulator)
@@ -163,7 +169,7 @@ class Session:
                                     unload_on_stop=False)
         self.server = api_spec(cfg.api).emulated(settings).start()
         self.emulator_trace = self.server.trace_path
-        self.config = cfg.merged({"server": [self.server.address(cfg.protocol)]})
+        self.config = cfg.merged({"server": [self.server.address(cfg.protocol_used)]})
         if cfg.metrics_url is None:  # None where the server has no metrics endpoint
             self.config = self.config.merged({"metrics_url": self.server.metrics_url})
 
@@ -184,7 +190,7 @@ class Session:
             self.start_emulator(tuple(item.target_text for item in items))
             cfg = self.config
         for address in cfg.addresses():
-            self.targets.append(make_target(cfg.protocol, cfg.mode, address, cfg.model,
+            self.targets.append(make_target(cfg.protocol_used, cfg.mode, address, cfg.model,
                                             timeout=cfg.request_timeout, config=cfg))
         try:
             self.infos = list(await asyncio.gather(*(t.open() for t in self.targets)))
@@ -265,7 +271,7 @@ class Session:
             requested_rate=lambda: None if cfg.closed_loop else state().rate,
             client=lambda: self.loop_health.live() if state().started else None)
         mode = self.infos[0].mode if self.infos else cfg.mode
-        exporter = Exporter(run_id=self.out_dir.name, api=cfg.api, protocol=cfg.protocol or "", mode=mode,
+        exporter = Exporter(run_id=self.out_dir.name, api=cfg.api, protocol=cfg.protocol_used, mode=mode,
                             gauges=gauges)
         if cfg.prometheus_port is not None:
             exporter.serve(cfg.prometheus_port, cfg.prometheus_address)
@@ -334,9 +340,9 @@ class Session:
             return None if cfg.metrics_url == "none" else normalize_metrics_url(cfg.metrics_url)
         if not api_spec(cfg.api).triton_telemetry:  # no metrics beside it: GPU from NVML or a given --metrics-url
             return None
-        return default_metrics_url(cfg.addresses()[0], cfg.protocol)
+        return default_metrics_url(cfg.addresses()[0], cfg.protocol_used)
 
-    def _make_telemetry(self) -> Any:
+    def _make_telemetry(self) -> Telemetry | None:
         if self.config.gpu_source == "none" and self.config.metrics_url == "none":
             return None
         from cvload.telemetry import Telemetry

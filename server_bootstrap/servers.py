@@ -89,7 +89,8 @@ def launch(config: DeploymentConfig, layout: Layout, *, record: Callable[[Server
             t0 = time.monotonic()
             started.append(server)
             server.start()
-            print(f"    server {index}: ready in {time.monotonic() - t0:.1f}s, pid {server.process.pid}, "  # type: ignore[union-attr]  # started: process is set
+            assert server.process is not None  # started
+            print(f"    server {index}: ready in {time.monotonic() - t0:.1f}s, pid {server.process.pid}, "
                   f"grpc {records[-1].grpc}, http {records[-1].http}, metrics {records[-1].metrics}"
                   + (f", GPUs {','.join(map(str, gpus))}" if config.target != "emulator" else ""),
                   file=out, flush=True)

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cvload import process
-from cvload.address import hostport, metrics_url
+from cvload.address import claimed, hostport, metrics_url
 from cvload.errors import ServerError, UsageError
 from cvload.triton import stub_python
 from cvload.triton.stub_python import StubPython
@@ -350,15 +350,15 @@ class TritonServer:
     # ---- endpoints -------------------------------------------------------------------------------------------
     @property
     def http_url(self) -> str:
-        return hostport(self.host, self.http_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return hostport(self.host, claimed(self.http_port))
 
     @property
     def grpc_url(self) -> str:
-        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return hostport(self.host, claimed(self.grpc_port))
 
     @property
     def metrics_url(self) -> str:
-        return metrics_url(self.host, self.metrics_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return metrics_url(self.host, claimed(self.metrics_port))
 
     @property
     def shm_prefix(self) -> str:
@@ -483,7 +483,7 @@ class TritonServer:
                     f"tritonserver exited with code {code} before becoming ready (ports http {self.http_port}, "
                     f"grpc {self.grpc_port}, metrics {self.metrics_port}); log {log}:\n{log_excerpt(log)}")
             # Triton opens its metrics port a moment after reporting ready: wait for every advertised endpoint.
-            return ready(self.http_url) and accepts(self.host, self.metrics_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+            return ready(self.http_url) and accepts(self.host, claimed(self.metrics_port))
 
         try:
             process.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)

@@ -20,7 +20,7 @@ from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, values
 from cvload.tui.charts import bar, fmt_ms, fmt_num, fmt_share, outage_band, sparkline
 from cvload.tui.source import Status
-from cvload.tune.space import cell_text
+from cvload.tune_results import cell_text
 
 PHASE_STYLES = {"running": "bold black on green", "paused": "bold black on yellow",
                 "stopping": "bold black on yellow", "finishing": "bold black on yellow",
