@@ -13,15 +13,17 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload import barge_in
 from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
 from cvload.driver import EngineState, Events, Outage, RunResult, drain_limit
-from cvload.inputs import padded_length
+from cvload.inputs import Item, padded_length
+from cvload.loop_health import LoopHealth
 from cvload.metrics import end_time, wall_time
 from cvload.records import (
     ERR_BARGED_IN,
@@ -46,13 +48,6 @@ PROBE_FIRST_S = 0.1
 PROBE_MAX_S = 2.0
 CONTENT_WAIT_S = 300.0  # after the window, how long the transcripts still due may take (a full backlog, one core)
 PROBE_WAIT_S = 5.0  # a closed-loop worker waits at most this long for a probe's verdict (a probe may hang 4 s)
-
-
-class InputItem(Protocol):
-    item_id: str
-    target_text: str
-    prompt_text: str | None
-    prompt_wav: np.ndarray | None
 
 
 class InflightTracker:
@@ -160,9 +155,9 @@ class Engine:
     ``drain``).
     """
 
-    health = None  # the session measures this process's own loop
+    health: LoopHealth | None = None  # the session measures this process's own loop
 
-    def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[InputItem], *,
+    def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[Item], *,
                  events: Events | None = None, until_drained: bool = False,
                  drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
         if not targets:
@@ -501,7 +496,7 @@ class Engine:
         return record
 
     # ---- one request --------------------------------------------------------------------------------------
-    def _request(self, index: int) -> tuple[SynthesisRequest, InputItem]:
+    def _request(self, index: int) -> tuple[SynthesisRequest, Item]:
         item = self.items[index % len(self.items)]
         cfg = self.config
         wav = None if cfg.spk_cache else item.prompt_wav
@@ -538,8 +533,9 @@ class Engine:
         chunks: list[Chunk] = []
         record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
                                server=target.address, text=item.target_text, sent=0.0, intended=intended,
-                               run_start=self.state.started, language=getattr(item, "language", None))
+                               run_start=self.state.started, language=item.language)
         offsets = record.chunk_offsets
+        sent: float  # the send time: stamped below, then again by consume() where the request goes out
 
         async def consume() -> None:
             nonlocal sent
@@ -606,7 +602,7 @@ class Engine:
     async def _complete(self, record: RequestRecord, chunks: list[Chunk], text: str) -> None:
         """Count and check the finished request's audio, then hand its record to the listeners (with
         --check-content, a sampled request's record goes on once its transcript is back: ``_held``)."""
-        audio: list[np.ndarray] = []
+        audio: list[npt.NDArray[np.floating[Any]]] = []
         cfg = self.config
         record.prebuffer_s = cfg.prebuffer
         content = self.content
@@ -645,7 +641,7 @@ class Engine:
     def _sample_rate(chunks: list[Chunk]) -> int:
         return chunks[-1].sample_rate if chunks else RequestRecord.sample_rate
 
-    def _finish(self, record: RequestRecord, chunks: list[Chunk], chunks_audio: list[np.ndarray]) -> None:
+    def _finish(self, record: RequestRecord, chunks: list[Chunk], chunks_audio: list[npt.NDArray[np.floating[Any]]]) -> None:
         if len(record.chunk_samples) != len(chunks):  # a failed request: count its samples without decoding
             record.chunk_samples[:] = [chunk.samples for chunk in chunks]
         record.sample_rate = self._sample_rate(chunks)

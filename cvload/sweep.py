@@ -30,7 +30,7 @@ import numpy as np
 from cvload import __version__
 from cvload.apis import run_label
 from cvload.barge_in_summary import BargeInTally
-from cvload.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup, parse_levels
+from cvload.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup
 from cvload.driver import LoadDriver
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
@@ -111,12 +111,11 @@ class SweepPlan:
         sw = cfg.sweep
         if sw.num_tasks is not None and sw.rate is not None:
             raise UsageError("--num-tasks levels (closed loop) and --rate levels (open loop) exclude each other")
-        if sw.num_tasks is None and sw.rate is None:
+        given = sw.levels()
+        if given is None:
             raise UsageError("no levels to sweep", hint="give --num-tasks LEVELS (e.g. 1,2,4,8 or 1:64) or "
                              "--rate LEVELS (e.g. 0.5:8), or num_tasks/rate in the scenario's [sweep] table")
-        kind = "concurrency" if sw.num_tasks is not None else "rate"
-        levels = parse_levels(sw.num_tasks if kind == "concurrency" else sw.rate, "num_tasks" if kind ==
-                              "concurrency" else "rate")  # type: ignore[arg-type]  # checked above: one of them is set
+        kind, levels = given
         if sw.search is not None and sw.search not in SEARCHES:
             raise UsageError(f"--search {sw.search!r}: use one of {', '.join(SEARCHES)}")
         if sw.keep_going < 0:
@@ -507,8 +506,9 @@ class Sweep:
             if p95 is None:
                 return False
             p95s.append(p95)
-        mean = sum(p95s) / len(p95s)
-        return mean > 0 and max(abs(p - mean) for p in p95s) <= self.plan.stable * mean  # type: ignore[operator]  # only called with plan.stable set
+        mean, stable = sum(p95s) / len(p95s), self.plan.stable
+        assert stable is not None  # only a --stable level is measured until stable
+        return mean > 0 and max(abs(p - mean) for p in p95s) <= stable * mean
 
     # ---- requests ------------------------------------------------------------------------------------------------
     def _level_at(self, sent: float) -> Level | None:
@@ -607,8 +607,8 @@ class Sweep:
                 f"level {shown}: error rate {level.error_rate:.0%} passed the limit "
                 f"{self.plan.stop_error_rate:.0%}")
             self._stop.set()
-        elif level.slo_passed is False and level.phase == "plan":
-            failed = [v["objective"] for v in level.summary["slo"] if v["verdict"] != "pass"]  # type: ignore[index]  # a judged level has its summary
+        elif level.slo_passed is False and level.phase == "plan" and level.summary is not None:  # judged: it has one
+            failed = [v["objective"] for v in level.summary["slo"] if v["verdict"] != "pass"]
             if self._first_fail is None or level.number < self._first_fail:
                 self._first_fail = level.number
                 self.stopped_because = f"level {shown} failed {', '.join(failed)}" + (
@@ -725,7 +725,7 @@ class Sweep:
                 "goodput": s.get("goodput"), "concurrency": s.get("concurrency"), "wall_s": s.get("wall_s"),
                 "metrics": metrics,
                 **({"barge_in": {k: s["barge_in"].get(k) for k in ("abandoned", "release_source", "release_ms",
-                                                                    "survivors")}} if s.get("barge_in") else {}),
+                                                                    "server_release_source", "survivors")}} if s.get("barge_in") else {}),
             },
         }
 

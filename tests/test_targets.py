@@ -31,6 +31,7 @@ from cvload.targets.sse import SseParser
 from cvload.targets.tensors import PromptCache, request_tensors
 from cvload.targets.triton_grpc import decode_waveform
 from cvload.targets.triton_http import JsonAudio, decode_event, decode_infer_response, read_event
+from cvload.targets.triton_options import TritonOptions
 from cvload.triton.launcher import TritonServer, free_port
 
 # 11 words and 2 pauses: 4.68 s of speech = 117 tokens -> chunks of 25, 50, 42 tokens (960 samples each).
@@ -188,7 +189,7 @@ async def test_requests_per_stream_bounds_what_a_stream_carries(emulator):
             request = SynthesisRequest(rid(f"n{i}"), TEXT, "a prompt transcript", PROMPT)
             assert [c.audio.size for c in await collect(target, request)] == TEXT_CHUNKS
         assert target.streams_opened == 3  # type: ignore[attr-defined]
-        target.requests_per_stream = 1  # type: ignore[attr-defined]
+        target.options = TritonOptions(requests_per_stream=1)  # type: ignore[attr-defined]  # a Triton target's options
         requests = [SynthesisRequest(rid(f"own{i}"), TEXT, "a prompt transcript", PROMPT) for i in range(4)]
         results = await asyncio.gather(*(collect(target, r) for r in requests))
         assert all([c.audio.size for c in r] == TEXT_CHUNKS for r in results)

@@ -32,7 +32,7 @@ import orjson
 from cvload.errors import ServerError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
 from cvload.targets import checks, sse
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import api_of_routes
 from cvload.targets.http_common import describe, http_sessions
 from cvload.targets.sse import Parts, SseParser
@@ -59,7 +59,7 @@ def error_text(payload: bytes, status: int) -> str:
     return f"HTTP {status}: {message or text[:300] or 'no body'}"
 
 
-def decode_infer_response(payload: bytes, header_length: str | None) -> np.ndarray:
+def decode_infer_response(payload: bytes, header_length: str | None) -> Samples:
     """The waveform of an ``infer`` response: binary (a view on the body, no copy) or JSON ``data``."""
     try:
         offset = int(header_length) if header_length is not None else len(payload)
@@ -141,7 +141,7 @@ class JsonAudio:
                 return int(self.decode().size)
         return 0 if blank else commas + 1
 
-    def decode(self) -> np.ndarray:
+    def decode(self) -> Samples:
         text = self.text
         if b"]" in text:  # not the event's last member: the event's own layout decides
             return decode_event(b"".join(self.parts))
@@ -159,7 +159,7 @@ class JsonAudio:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def read_event(payload: Parts | bytes) -> np.ndarray | JsonAudio:
+def read_event(payload: Parts | bytes) -> Samples | JsonAudio:
     """One ``generate_stream`` event, checked but not parsed: its waveform as ``JsonAudio`` (or, for an event
     of an unexpected layout, decoded at once), or the server's error as a TargetError.
 
@@ -183,7 +183,7 @@ def read_event(payload: Parts | bytes) -> np.ndarray | JsonAudio:
     return decode_event(b"".join(parts))
 
 
-def decode_event(payload: bytes) -> np.ndarray:
+def decode_event(payload: bytes) -> Samples:
     """One ``generate_stream`` event parsed whole: its waveform, or the server's error as a TargetError."""
     try:
         event = orjson.loads(payload)
@@ -210,7 +210,7 @@ def _element_count(shape: Any) -> int:
     return math.prod(shape)
 
 
-def _float_array(data: list[Any], count: int | None) -> np.ndarray:
+def _float_array(data: list[Any], count: int | None) -> Samples:
     try:
         with np.errstate(over="ignore"):  # beyond float32: inf, which the audio check flags as non-finite
             audio = np.asarray(data, dtype=np.float32).reshape(-1)
@@ -297,7 +297,19 @@ class _TritonHttp(Target):
         async with self._sessions.get().get(f"{self.base}/v2/models/stats",
                                        timeout=aiohttp.ClientTimeout(total=10.0)) as resp:
             resp.raise_for_status()
-            return await resp.json()  # type: ignore[no-any-return]  # JSON: a dict by the API
+            stats = await resp.json()
+        return stats if isinstance(stats, dict) else None  # the API answers an object: anything else is none
+
+    async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
+        session, url = self._sessions.get(), f"{self.base}/v2/trace/setting"
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with (session.get(url, timeout=timeout) if update is None else
+                    session.post(url, json={k: v if k == "trace_level" else v[0] for k, v in update.items()},
+                                 timeout=timeout)) as resp:
+            if resp.status >= 400:
+                raise RuntimeError(f"{url}: HTTP {resp.status} {(await resp.text())[:200]}")
+            reply: dict[str, Any] = await resp.json()
+        return {key: value if isinstance(value, list) else [str(value)] for key, value in reply.items()}
 
     async def close(self) -> None:
         await self._sessions.close()
@@ -399,7 +411,7 @@ class TritonHttpStreaming(_TritonHttp):
             raise self._failure(exc, answered=answered) from None
 
 
-def _last_event(payload: Parts) -> np.ndarray | JsonAudio:
+def _last_event(payload: Parts) -> Samples | JsonAudio:
     """An event the stream ended without its closing blank line: whole, it counts; cut short, the connection
     broke mid-event (a server that died while writing it), which is not the server's answer."""
     try:
