@@ -10,18 +10,20 @@
 2. **Recognisers.** Each backend installed here transcribes the same hibari-spoken English sentences: audio
    seconds per CPU second of the process doing it (``openai`` through ``cvload asr-serve`` on this host: the
    client's own CPU, and the server's), and the word error rate it scored (it should be ~0: the text is known).
-3. **`cvload check`** of ``--check-requests`` (1000) saved requests of a run: wall time, audio seconds per wall
-   second and per CPU second over its helper processes.
+3. **`cvload check`** of ``--check-requests`` (1000) saved requests of a run with ``--jobs`` recogniser processes
+   (default: every CPU): wall time, requests and audio seconds per wall second, audio seconds per CPU second over
+   its helper processes, and the spread of the word error rates.
 
     .venv/bin/python -m benchmarks.listening_overhead [--rounds 3 --seconds 10 --streams 16 --check-requests 1000]
+        [--jobs N] [--asr moonshine|whisper:tiny.en] [--only timing|recognisers|check]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -39,6 +41,9 @@ SENTENCES = ("The morning train was late again, so we shared a coffee on the pla
              "Please remember to water the plants on the balcony while I am away for the long weekend.",
              "If the weather stays clear tonight, we may see the planets low in the western sky.",
              "Hello there, how are you?")
+
+
+QUIET = ("--quiet", "--metrics-url", "none", "--gpu-source", "none")  # the bare server has no metrics endpoint
 
 
 def cvload(*args: str) -> None:
@@ -68,12 +73,13 @@ def timing(server: TritonServer, work: Path, rounds: int, seconds: float, stream
           "(loop lag: the measuring process's event loop, cvload.loop_health; bare: a bare loop beside it)")
     flags: dict[str, list[str]] = {"plain": [], "onset": ["--onset"], "check-content 100%": ["--check-content", "100%"]}
     sides: dict[str, list[tuple[float, ...]]] = {side: [] for side in flags}
+    english = _english(work)  # the recogniser's language: 100% means every request
     for n in range(rounds):
         for side in sides:
             out = work / f"timing-{n}-{side.split()[0]}"
             extra = flags[side]
-            cvload("run", "--quiet", "--server", server.grpc_url, "--num-tasks", str(streams), "--duration",
-                   f"{seconds}s", "--warmup", str(streams), "--out", str(out), *extra)
+            cvload("run", *QUIET, "--server", server.grpc_url, "--num-tasks", str(streams), "--duration",
+                   f"{seconds}s", "--warmup", str(streams), "--inputs", str(english), "--out", str(out), *extra)
             s = summary_of(out)
             first = s["metrics"]["first_chunk_latency_ms"]
             client = s.get("client") or {}
@@ -82,8 +88,10 @@ def timing(server: TritonServer, work: Path, rounds: int, seconds: float, stream
             row = (first["p50"], first["p99"], lag.get("p50") or 0.0, lag.get("p99") or 0.0, bare.get("p99") or 0.0,
                    *split_first_chunk(out, work / "emulator" / "cosyvoice2.trace.jsonl"))
             sides[side].append(row)
-            checked = f"  checked {s['content']['checked']}, skipped {s['content']['skipped']}" if "content" in s \
-                else ""
+            content = s.get("content")
+            checked = "" if content is None else f"  checked {content['checked']}, skipped {content['skipped']}" + (
+                " (" + ", ".join(f"{k} {v}" for k, v in content.get("skipped_because", {}).items()) + ")"
+                if content["skipped"] else "")
             print(f"   round {n + 1} {side:20} p50 {row[0]:8.2f} ms  p99 {row[1]:8.2f} ms  loop lag p50/p99 "
                   f"{row[2]:.3f}/{row[3]:.3f} ms (bare p99 {row[4]:.3f}); p99 server part {row[5]:.2f}, client part "
                   f"{row[6]:.2f} ms  ({s['requests']['total']} requests)"
@@ -114,7 +122,12 @@ def recognisers(work: Path) -> None:
     audio_s = sum(len(a) for _, a in clips) / 24000
     print(f"\n2. recognisers on {len(clips)} hibari sentences ({audio_s:.1f} s of audio)")
     specs = ["moonshine"]
-    specs.append("whisper:base.en" if importlib.util.find_spec("faster_whisper") else "whisper (not installed)")
+    from cvload.asr.whisper import bundled_model
+
+    if not importlib.util.find_spec("faster_whisper"):
+        specs.append("whisper (not installed: pip install 'cvload[whisper]')")
+    else:
+        specs.append("whisper:tiny.en" if bundled_model("tiny.en") else "whisper (no model without a download)")
     specs.append("sherpa-onnx paraformer/sensevoice (not installed)" if not importlib.util.find_spec("sherpa_onnx")
                  else "paraformer (needs a model folder: not measured)")
     for spec in specs:
@@ -153,22 +166,50 @@ def _cpu_of(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def check(server: TritonServer, work: Path, requests: int) -> None:
+def check(server: TritonServer, work: Path, requests: int, jobs: int, asr: str) -> None:
+    """A run saves ``requests`` responses, then ``cvload check --workers JOBS`` scores them: its wall time, the
+    requests and audio seconds it got through per second, audio seconds per CPU second of its recognisers, and
+    the spread of the word error rates (a correct server: ~0, the recogniser's own misses)."""
     out = work / "saved"
-    cvload("run", "--quiet", "--server", server.grpc_url, "--model", "instant", "--num-tasks", "8", "--requests",
+    print(f"\n3. cvload check of {requests} saved requests, --asr {asr}, --workers {jobs} ({os.cpu_count()} CPUs)",
+          flush=True)
+    started = time.monotonic()
+    cvload("run", *QUIET, "--server", server.grpc_url, "--model", "instant", "--num-tasks", "8", "--requests",
            str(requests), "--save-audio", "--inputs", str(_english(work)), "--out", str(out))
     s = summary_of(out)
     audio = s["audio_s_total"]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    print(f"   saved {s['requests']['total']} responses ({audio:.0f} s of audio) in {time.monotonic() - started:.1f} s",
+          flush=True)
     started = time.monotonic()
-    cvload("check", str(out))
+    cpu = _tree_cpu([sys.executable, "-m", "cvload", "check", str(out), "--asr", asr, "--workers", str(jobs)])
     wall = time.monotonic() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     content = summary_of(out)["content"]
-    print(f"\n3. cvload check of {content['checked']} saved requests ({audio:.0f} s of audio) on {os.cpu_count()} "
-          f"CPUs: {wall:.1f} s wall, {audio / wall:.2f} audio s per wall s, {audio / cpu:.2f} per CPU s, "
-          f"{content['mismatches']} content_mismatch")
+    rates = np.array([json.loads(line)["content_error_rate"]
+                      for line in (out / "content.jsonl").read_text().splitlines()], dtype=float)
+    print(f"   checked {content['checked']} in {wall:.1f} s wall: {content['checked'] / wall:.2f} requests/s, "
+          f"{audio / wall:.2f} audio s per wall s, {audio / cpu:.2f} audio s per CPU s "
+          f"(recognisers alone: {content['audio_s_per_cpu_s']}), {content['mismatches']} content_mismatch")
+    if rates.size:
+        print(f"   WER over {rates.size}: mean {rates.mean():.3f}, p50 {np.percentile(rates, 50):.3f}, "
+              f"p95 {np.percentile(rates, 95):.3f}, p99 {np.percentile(rates, 99):.3f}, max {rates.max():.3f}; "
+              f"{int((rates == 0).sum())} exact", flush=True)
+
+
+def _tree_cpu(command: list[str]) -> float:
+    """Run ``command``; the CPU seconds of it and of every process under it, sampled every 0.2 s until each one
+    ends (getrusage misses a helper its parent did not wait for; this misses at most each one's last 0.2 s)."""
+    import psutil
+
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    root, seen = psutil.Process(proc.pid), {}
+    while proc.poll() is None:
+        with contextlib.suppress(psutil.Error):
+            for p in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    times = p.cpu_times()
+                    seen[p.pid] = times.user + times.system
+        time.sleep(0.2)
+    return sum(seen.values())
 
 
 def _english(work: Path) -> Path:
@@ -183,6 +224,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=16)
     parser.add_argument("--check-requests", type=int, default=1000)
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                        help="recogniser processes of `cvload check` (its --workers; default: every CPU)")
+    parser.add_argument("--asr", default="moonshine", help="the recogniser `cvload check` uses (default moonshine)")
     parser.add_argument("--only", choices=("timing", "recognisers", "check"), action="append")
     args = parser.parse_args()
     only = set(args.only or ("timing", "recognisers", "check"))
@@ -197,7 +241,7 @@ def main() -> None:
             if "recognisers" in only:
                 recognisers(work)
             if "check" in only:
-                check(server, work, args.check_requests)
+                check(server, work, args.check_requests, args.jobs, args.asr)
 
 
 if __name__ == "__main__":

@@ -66,6 +66,13 @@ def hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def claimed(port: int | None) -> int:
+    """A local server's port, which its ``start()`` claims (``claim_ports``): asking for it before is a bug."""
+    if port is None:
+        raise RuntimeError("the server has no port yet: it claims its ports when it starts")
+    return port
+
+
 def parse(text: str, *, what: str = "--server", default_port: int | None = None, urls: bool = True,
           paths: bool = False, expected: str = "HOST:PORT", hint: str | None = None) -> Address:
     """``HOST``, ``HOST:PORT``, ``[IPv6]:PORT`` or a URL (``http://``, ``https://``, ``grpc://``) -> Address.

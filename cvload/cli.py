@@ -6,6 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from importlib.metadata import entry_points
+from typing import NoReturn
 
 from cvload import __version__
 from cvload.errors import EXIT_INTERRUPTED, EXIT_USAGE, CvloadError
@@ -16,7 +17,7 @@ ENTRY_POINT_GROUP = "cvload.commands"  # e.g. ``bootstrap`` from server_bootstra
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 too; keep the message one line, no traceback
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 too; keep the message one line, no traceback
         self.print_usage(sys.stderr)
         self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
 

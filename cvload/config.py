@@ -131,6 +131,15 @@ class SweepSettings:
     stable_max: float | None = None  # seconds a --stable level may last (default 5 windows)
     capacity_by: str = "objectives"  # or "audible": the audible objectives (AUDIBLE_OBJECTIVES) join the given ones
 
+    def levels(self) -> tuple[str, list[float]] | None:
+        """The kind and the parsed levels: ``("concurrency", ...)`` from num_tasks, else ``("rate", ...)``; None
+        when neither is given."""
+        if self.num_tasks is not None:
+            return "concurrency", parse_levels(self.num_tasks, "num_tasks")
+        if self.rate is not None:
+            return "rate", parse_levels(self.rate, "rate")
+        return None
+
 
 @dataclass
 class RunConfig:
@@ -180,6 +189,9 @@ class RunConfig:
     # Barge-in load (cvload/barge_in.py): SHARE@WHEN of requests their listener abandons, e.g. "30%@1.5s"
     barge_in: str | None = None
     barge_in_baseline: bool = False  # first run the same load without barge-in, for the survivors' comparison
+    # Triton's request trace for the server's side of each abandoned request (cvload/server_release.py): the trace
+    # file as this host reads it; "" = the file the server names in its trace settings
+    triton_trace: str | None = None
     # Results
     out: str | None = None
     save_audio: bool = False
@@ -330,8 +342,6 @@ class RunConfig:
             Sampling.parse(self.check_content)
             make_recognizer(self.asr)  # an unknown backend fails here, before anything starts
             self.onset = True
-            if self.processes not in (1, "1"):
-                raise UsageError("--check-content listens from one load process: leave --processes out (or use 1)")
 
     def _validate_prometheus(self) -> None:
         if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:
@@ -366,11 +376,16 @@ class RunConfig:
     def warmup_spec(self) -> Warmup:
         return Warmup.parse(self.warmup)
 
+    @property
+    def protocol_used(self) -> str:
+        """--protocol, or the API's own when it was left out (as validate() sets it)."""
+        return self.protocol or api_spec(self.api).protocols[0]
+
     def addresses(self) -> list[str]:
         """Servers as HOST:PORT, the API's and protocol's default port filled in (--api openai: the speech
         endpoint's URL)."""
         spec = api_spec(self.api)
-        return [spec.address(s, self.protocol or spec.protocols[0], tls=self.tls) for s in self.server]
+        return [spec.address(s, self.protocol_used, tls=self.tls) for s in self.server]
 
     def to_json(self) -> dict[str, Any]:
         """Every setting as it is (header values included): for handing the run to another process."""

@@ -14,26 +14,28 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, ParamSpec, Protocol
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload.config import RunConfig
+from cvload.loop_health import LoopHealth
 from cvload.records import RequestRecord
 from cvload.targets.base import Chunk
 
-F = TypeVar("F", bound=Callable[..., object])
+P = ParamSpec("P")  # what an event carries: its listeners' parameters
 
 
-class EventHook(Generic[F]):
+class EventHook(Generic[P]):
     """Listeners of one event, called in the order they were added (``fire`` never catches their errors)."""
 
     __slots__ = ("listeners",)
 
     def __init__(self) -> None:
-        self.listeners: list[F] = []
+        self.listeners: list[Callable[P, object]] = []
 
-    def add_listener(self, listener: F, *, first: bool = False) -> F:
+    def add_listener(self, listener: Callable[P, object], *, first: bool = False) -> Callable[P, object]:
         """``first``: before those already listening (a listener whose work the others read)."""
         if first:
             self.listeners.insert(0, listener)
@@ -41,15 +43,15 @@ class EventHook(Generic[F]):
             self.listeners.append(listener)
         return listener
 
-    def remove_listener(self, listener: F) -> None:
+    def remove_listener(self, listener: Callable[P, object]) -> None:
         self.listeners.remove(listener)
 
     def __bool__(self) -> bool:
         return bool(self.listeners)
 
-    def fire(self, *args: Any) -> None:
+    def fire(self, *args: P.args, **kwargs: P.kwargs) -> None:
         for listener in self.listeners:
-            listener(*args)
+            listener(*args, **kwargs)
 
 
 @dataclass
@@ -65,10 +67,10 @@ class Events:
     """
 
     # A listener's return value is ignored (``Tally.add`` returns the row it folded in).
-    sent: EventHook[Callable[[RequestRecord, list[Chunk]], object]] = field(default_factory=EventHook)
-    finished: EventHook[Callable[[RequestRecord], object]] = field(default_factory=EventHook)
-    audio: EventHook[Callable[[RequestRecord, list[np.ndarray]], object]] = field(default_factory=EventHook)
-    measure_start: EventHook[Callable[[], object]] = field(default_factory=EventHook)
+    sent: EventHook[[RequestRecord, list[Chunk]]] = field(default_factory=EventHook)
+    finished: EventHook[[RequestRecord]] = field(default_factory=EventHook)
+    audio: EventHook[[RequestRecord, list[npt.NDArray[np.floating[Any]]]]] = field(default_factory=EventHook)
+    measure_start: EventHook[[]] = field(default_factory=EventHook)
 
 
 @dataclass
@@ -129,7 +131,11 @@ class LoadDriver(Protocol):
 
     events: Events
     state: EngineState
-    health: Any  # a fleet's LoopHealth over its load processes; None: the session measures this process's loop
+
+    @property
+    def health(self) -> LoopHealth | None:
+        """A fleet's loop health over its load processes; None: the session measures this process's loop."""
+        ...
 
     async def start(self) -> None:
         """Everything before the first request that can fail: processes started, connections ready."""
@@ -168,6 +174,10 @@ class LoadDriver(Protocol):
     @property
     def inflight_count(self) -> int:
         """Requests in flight now."""
+        ...
+
+    def content_summary(self) -> dict[str, Any] | None:
+        """--check-content: the live word of the content checker(s) (cvload.listening); None without checks."""
         ...
 
     async def close(self) -> None:

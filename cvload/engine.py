@@ -13,15 +13,17 @@ import random
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload import barge_in
 from cvload.audio_checks import check_request, start_decoders
 from cvload.config import RunConfig
 from cvload.driver import EngineState, Events, Outage, RunResult, drain_limit
-from cvload.inputs import padded_length
+from cvload.inputs import Item, padded_length
+from cvload.loop_health import LoopHealth
 from cvload.metrics import end_time, wall_time
 from cvload.records import (
     ERR_BARGED_IN,
@@ -30,9 +32,13 @@ from cvload.records import (
     ERR_INCOMPLETE,
     ERR_PROTOCOL,
     ERR_TIMEOUT,
+    PROXY_BODY_LIMIT,
     RequestRecord,
 )
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
+
+if TYPE_CHECKING:
+    from cvload.listening import ContentChecker
 
 DEFAULT_RAMP_S = 1.0  # about one streamed sentence: spreads closed-loop workers so they do not move in lock-step
 DRAIN_TIMEOUT_S = 5.0  # default: on the user's stop, how long in-flight requests may finish before they are cancelled
@@ -42,13 +48,6 @@ PROBE_FIRST_S = 0.1
 PROBE_MAX_S = 2.0
 CONTENT_WAIT_S = 300.0  # after the window, how long the transcripts still due may take (a full backlog, one core)
 PROBE_WAIT_S = 5.0  # a closed-loop worker waits at most this long for a probe's verdict (a probe may hang 4 s)
-
-
-class InputItem(Protocol):
-    item_id: str
-    target_text: str
-    prompt_text: str | None
-    prompt_wav: np.ndarray | None
 
 
 class InflightTracker:
@@ -156,9 +155,9 @@ class Engine:
     ``drain``).
     """
 
-    health = None  # the session measures this process's own loop
+    health: LoopHealth | None = None  # the session measures this process's own loop
 
-    def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[InputItem], *,
+    def __init__(self, config: RunConfig, targets: Sequence[Target], items: Sequence[Item], *,
                  events: Events | None = None, until_drained: bool = False,
                  drain_timeout: float = DRAIN_TIMEOUT_S) -> None:
         if not targets:
@@ -187,7 +186,10 @@ class Engine:
         self._retire: set[int] = set()
         self._deadline: float | None = None
         self._warmup = config.warmup_spec()
-        self._connection_failures = 0
+        self._connection_failures = 0  # connection failures in a row (no success between)
+        self._resets_in_row = 0  # those of them that ended after the server or a proxy answered (TargetError.reset)
+        self._reset_requests: set[int] = set()  # indexes of finished requests whose failure was such a reset
+        self._last_connection_error: str | None = None
         self._slots: asyncio.Semaphore | None = None
         self._rate_changed = asyncio.Event()
         self._window_opener = -1
@@ -198,9 +200,13 @@ class Engine:
         self._down: dict[str, Reconnect] = {}  # address -> its probe, while that server is lost
         # --check-content (cvload.listening.ContentChecker, set by the session): requests being transcribed, whose
         # records go to the listeners when their transcript is back (waited for after the window, like checks).
-        self.content: Any = None
+        self.content: ContentChecker | None = None
         self._held: set[asyncio.Future[None]] = set()
         self.barge_in = barge_in.check(config.barge_in, mode=config.mode, seed=config.seed)  # --barge-in
+
+    def content_summary(self) -> dict[str, Any] | None:
+        """--check-content: the checker's live word (sample, backlog, counts, speed); None without it."""
+        return self.content.summary() if self.content is not None else None
 
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
     def pause(self) -> None:
@@ -289,8 +295,7 @@ class Engine:
                                  f"s: it did not come back before the run ended ({lost[0].last_error})"
         if self._connection_failures and not self.state.aborted and not self.state.interrupted:
             # The run ended on requests that could not reach the server: it died, even if too few failed to stop us.
-            self.state.aborted = f"server unreachable: the last {self._connection_failures} request(s) failed " \
-                                 "to connect"
+            self.state.aborted = self._connection_lost(f"the last {self._connection_failures} request(s)")
         requested = float(self.state.concurrency) if cfg.closed_loop else None
         return RunResult(self.state, self.wall_s(), self.inflight.summary(requested))
 
@@ -451,8 +456,8 @@ class Engine:
         if self._held:  # transcripts still due: the backlog is bounded (cvload.listening.BACKLOG_S)
             limit = self.drain_timeout if self._stop.is_set() else max(self.drain_limit(), CONTENT_WAIT_S)
             _, still = await asyncio.wait(list(self._held), timeout=limit)
-            for future in still:  # their records go on unchecked
-                future.set_result(None)
+            if still and self.content is not None:  # their records go on unchecked ("late")
+                self.content.release(still)
 
     async def _wait_in_flight(self, pending: set[asyncio.Task[None]]) -> None:
         """After the window, up to ``drain_limit`` (then they are incomplete); after the user's stop (or during
@@ -491,7 +496,7 @@ class Engine:
         return record
 
     # ---- one request --------------------------------------------------------------------------------------
-    def _request(self, index: int) -> tuple[SynthesisRequest, InputItem]:
+    def _request(self, index: int) -> tuple[SynthesisRequest, Item]:
         item = self.items[index % len(self.items)]
         cfg = self.config
         wav = None if cfg.spk_cache else item.prompt_wav
@@ -528,8 +533,9 @@ class Engine:
         chunks: list[Chunk] = []
         record = RequestRecord(index=index, request_id=request.request_id, item_id=item.item_id, worker=worker,
                                server=target.address, text=item.target_text, sent=0.0, intended=intended,
-                               run_start=self.state.started, language=getattr(item, "language", None))
+                               run_start=self.state.started, language=item.language)
         offsets = record.chunk_offsets
+        sent: float  # the send time: stamped below, then again by consume() where the request goes out
 
         async def consume() -> None:
             nonlocal sent
@@ -561,6 +567,8 @@ class Engine:
         except TargetError as exc:
             record.end_offset = time.monotonic() - sent
             record.error_kind, record.error = exc.kind, exc.message
+            if exc.reset:
+                self._reset_requests.add(index)
         except asyncio.TimeoutError:
             record.end_offset = time.monotonic() - sent
             record.error_kind = ERR_TIMEOUT
@@ -594,7 +602,7 @@ class Engine:
     async def _complete(self, record: RequestRecord, chunks: list[Chunk], text: str) -> None:
         """Count and check the finished request's audio, then hand its record to the listeners (with
         --check-content, a sampled request's record goes on once its transcript is back: ``_held``)."""
-        audio: list[np.ndarray] = []
+        audio: list[npt.NDArray[np.floating[Any]]] = []
         cfg = self.config
         record.prebuffer_s = cfg.prebuffer
         content = self.content
@@ -633,7 +641,7 @@ class Engine:
     def _sample_rate(chunks: list[Chunk]) -> int:
         return chunks[-1].sample_rate if chunks else RequestRecord.sample_rate
 
-    def _finish(self, record: RequestRecord, chunks: list[Chunk], chunks_audio: list[np.ndarray]) -> None:
+    def _finish(self, record: RequestRecord, chunks: list[Chunk], chunks_audio: list[npt.NDArray[np.floating[Any]]]) -> None:
         if len(record.chunk_samples) != len(chunks):  # a failed request: count its samples without decoding
             record.chunk_samples[:] = [chunk.samples for chunk in chunks]
         record.sample_rate = self._sample_rate(chunks)
@@ -650,19 +658,36 @@ class Engine:
     def _watch_connection(self, record: RequestRecord) -> None:
         """A dead server fails every request at once: stop after a run of connection failures and no success
         (``--on-server-loss abort``), or ride out the outage (``continue``)."""
+        reset = record.index in self._reset_requests
+        self._reset_requests.discard(record.index)
         if self.config.on_server_loss == "continue":
             if record.error_kind == ERR_CONNECTION:
                 self._server_lost(record)
             return
         if record.error_kind == ERR_CONNECTION:
             self._connection_failures += 1
+            self._resets_in_row += reset
+            self._last_connection_error = record.error
             limit = max(5, 2 * (self.state.concurrency or 1))
             if self._connection_failures >= limit and not self._stop.is_set():
-                self.state.aborted = f"server unreachable: {self._connection_failures} requests in a row " \
-                                     f"failed to connect (last: {record.error})"
+                self.state.aborted = self._connection_lost(f"{self._connection_failures} requests in a row")
                 self.stop()
         elif record.error_kind is None:
-            self._connection_failures = 0
+            self._connection_failures = self._resets_in_row = 0
+
+    def _connection_lost(self, which: str) -> str:
+        """Why the run stopped on a row of connection failures (``which``: those requests): the server could not
+        be reached, or, where every one of them had been answered before its stream or connection ended, the
+        server or a proxy in front of it reset them (a proxy's limits, the server's own)."""
+        last, resets = self._last_connection_error or "", self._resets_in_row
+        if resets < self._connection_failures:
+            how = f", {self._connection_failures - resets} to connect, {resets} reset after an answer" if resets \
+                else " to connect"
+            return f"server unreachable: {which} failed{how} (last: {last})"
+        hint = "" if PROXY_BODY_LIMIT in last else \
+            "; the server's log says why, or a proxy's limits on a stream (body size, duration, idle time)"
+        return f"every stream was reset by the server or a proxy between cvload and it: {which} failed after " \
+               f"they were answered (last: {last}){hint}"
 
     # ---- --on-server-loss continue --------------------------------------------------------------------------
     def _lost(self, index: int) -> Reconnect | None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import soundfile as sf
 import soxr
 
@@ -57,7 +58,7 @@ class Item:
     item_id: str
     target_text: str
     prompt_text: str | None = None
-    prompt_wav: np.ndarray | None = None
+    prompt_wav: npt.NDArray[np.float32] | None = None
     language: str | None = None  # en | zh (JSONL key ``language``); None: from the text's script
 
     @property
@@ -182,7 +183,7 @@ def _make_item(path: Path, lineno: int, item_id: str, target_text: str, prompt_t
     return Item(item_id, target_text.strip(), prompt_text, wav)
 
 
-def _inline_audio(where: str, value: Any) -> np.ndarray:
+def _inline_audio(where: str, value: Any) -> npt.NDArray[np.float32]:
     if not isinstance(value, dict) or set(value) - {"array", "sampling_rate", "path"} or "array" not in value:
         raise UsageError(f"{where}: 'prompt_audio' must be a path or an object "
                          '{"array": [...], "sampling_rate": N}')
@@ -202,10 +203,10 @@ def _inline_audio(where: str, value: Any) -> np.ndarray:
 
 # -- prompt audio ----------------------------------------------------------------------------------------------
 
-_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
+_CACHE: dict[tuple[str, int, int], npt.NDArray[np.float32]] = {}
 
 
-def read_prompt(path: Path, *, where: str | None = None) -> np.ndarray:
+def read_prompt(path: Path, *, where: str | None = None) -> npt.NDArray[np.float32]:
     """A prompt file as 16 kHz mono float32 (read-only: it is shared by every request using it)."""
     prefix = f"{where}: " if where else ""
     try:
@@ -234,19 +235,20 @@ def read_prompt(path: Path, *, where: str | None = None) -> np.ndarray:
     return wav
 
 
-def _finish(wav: np.ndarray) -> np.ndarray:
+def _finish(wav: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     wav = np.ascontiguousarray(wav, dtype=np.float32)
     wav.flags.writeable = False
     return wav
 
 
-def resample(x: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+def resample(x: npt.NDArray[np.float32], rate_in: int, rate_out: int) -> npt.NDArray[np.float32]:
     """``x`` (mono) at ``rate_out``, float32, by libsoxr's high-quality filter: anti-aliased when going down,
     aligned with the input, ``round(len(x) * rate_out / rate_in)`` samples."""
     x = np.asarray(x, dtype=np.float32)
     if rate_in == rate_out:
         return x.copy()
-    return soxr.resample(x, rate_in, rate_out, quality="HQ")
+    out: npt.NDArray[np.float32] = soxr.resample(x, rate_in, rate_out, quality="HQ")  # (soxr carries no types)
+    return out
 
 
 # -- padding like the upstream client ----------------------------------------------------------------------------

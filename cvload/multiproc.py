@@ -44,7 +44,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import IO, Any
+from typing import IO, Any, Protocol, TypedDict, TypeVar
 
 from cvload.apis import api_spec
 from cvload.config import RunConfig
@@ -70,7 +70,7 @@ _FRAME = struct.Struct("!I")
 def bytes_weight(config: RunConfig) -> float:
     """How many gRPC streaming requests' worth of bytes one of this run's requests moves (the API's
     ``bytes_weight``: HTTP streaming's JSON audio and prompts count 4)."""
-    weight = api_spec(config.api).bytes_weight.get(f"{config.protocol}/{config.mode}", 1.0)
+    weight = api_spec(config.api).bytes_weight.get(f"{config.protocol_used}/{config.mode}", 1.0)
     return 1.0 + (weight - 1.0) * SPK_CACHE_WEIGHT if config.spk_cache else weight
 
 
@@ -101,7 +101,10 @@ def share(total: int, p: int, n: int) -> int:
     return (total - p + n - 1) // n if total > p else 0
 
 
-def strided(values: Sequence[Any], p: int, n: int) -> list[Any]:
+T = TypeVar("T")
+
+
+def strided(values: Sequence[T], p: int, n: int) -> list[T]:
     """The values process ``p`` of ``n`` meets in order when its ``j``-th use is ``values[(j*n + p) % len]``
     (one full period: an engine taking ``list[j % len(list)]`` then picks what one process would have)."""
     size = len(values)
@@ -146,6 +149,11 @@ def split(config: RunConfig, count: int, items: int, *, until_drained: bool = Fa
             child["max_inflight"] = max(1, share(config.max_inflight, p, count))
             child["seed"] = config.seed + 7919 * p  # independent arrival streams
             delay = p / config.rate if config.arrival == "constant" else 0.0
+        if config.check_content is not None:  # each process checks its own requests: its share of the checker
+            child["check_workers"] = max(1, share(config.check_workers, p, count))
+            budget = _budget(config)
+            if budget is not None:
+                child["check_content"] = f"{budget / count:.6g}s/s"
         if total_requests is not None:
             child["requests"] = share(total_requests, p, count)
         if config.duration is not None:
@@ -158,6 +166,12 @@ def split(config: RunConfig, count: int, items: int, *, until_drained: bool = Fa
         fields.update(child)
         parts.append(Part(p, count, fields, delay, until_drained=until_drained))
     return parts
+
+
+def _budget(config: RunConfig) -> float | None:
+    from cvload.listening import Sampling
+
+    return Sampling.parse(config.check_content).budget_s_per_s
 
 
 # ---- the load process ------------------------------------------------------------------------------------------
@@ -201,12 +215,45 @@ class _Outbox:
         self.thread.join(timeout=10.0)
 
 
-def _status(engine: Engine, health: LoopHealth, *, final: bool = False) -> dict[str, Any]:
+class Status(TypedDict):
+    """What a load process reports every ``STATUS_EVERY_S`` (its engine's state and its loop's health)."""
+
+    sent: int
+    done: int
+    failed: int
+    inflight: int
+    concurrency: int
+    rate: float | None
+    measure_start: float | None
+    last_send: float | None
+    aborted: str | None
+    interrupted: bool
+    stopping: bool
+    client: dict[str, Any]  # cvload.loop_health: live, or its summary in the final status
+    content: dict[str, Any] | None  # --check-content: its checker's live word (cvload.listening); None without
+
+
+class FinalStatus(Status):
+    """The last status, with the concurrency the process achieved (``RunResult.concurrency``)."""
+
+    achieved: dict[str, float | None]
+
+
+class Failure(TypedDict):
+    """Why a load process could not run (a CvloadError's message, hint and exit code)."""
+
+    message: str
+    hint: str | None
+    exit_code: int
+
+
+def _status(engine: Engine, health: LoopHealth, *, final: bool = False) -> Status:
     st = engine.state
     return {"sent": st.sent, "done": st.done, "failed": st.failed, "inflight": engine.inflight_count,
             "concurrency": st.concurrency, "rate": st.rate, "measure_start": st.measure_start,
             "last_send": st.last_send, "aborted": st.aborted, "interrupted": st.interrupted,
-            "stopping": st.stopping, "client": health.summary() if final else health.live()}
+            "stopping": st.stopping, "client": health.summary() if final else health.live(),
+            "content": engine.content_summary()}
 
 
 def _apply(engine: Engine, command: dict[str, Any]) -> None:
@@ -233,12 +280,18 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
 
     cfg = RunConfig(**part.config).validate()
     items = strided(load_items(cfg.inputs, spk_cache=cfg.spk_cache), part.index, part.count)
-    targets = [make_target(cfg.protocol, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, config=cfg)
+    targets = [make_target(cfg.protocol_used, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, config=cfg)
                for a in cfg.addresses()]
     loop = asyncio.get_running_loop()
+    content = None
     try:
         await asyncio.gather(*(t.open() for t in targets))
         engine = Engine(cfg, targets, items, until_drained=part.until_drained)
+        if cfg.check_content is not None:  # this process's own recognisers (helpers): its records carry the words
+            from cvload.listening import ContentChecker
+
+            content = engine.content = ContentChecker.for_run(cfg, part.count)
+            await content.start()
         engine.events.finished.add_listener(lambda r: outbox.put("record", r))
         if part.report_sends:  # a copy as it leaves (the outbox pickles it later, when the original has chunks)
             engine.events.sent.add_listener(lambda r, _: outbox.put("sent", replace(
@@ -285,8 +338,11 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
             reporter.cancel()
             health.stop()
             quiet.stop()
-        outbox.put("final", {**_status(engine, health, final=True), "achieved": result.concurrency})
+        final: FinalStatus = {**_status(engine, health, final=True), "achieved": result.concurrency}
+        outbox.put("final", final)
     finally:
+        if content is not None:
+            content.close()
         for target in targets:
             with contextlib.suppress(Exception):
                 await target.close()
@@ -302,10 +358,11 @@ def main() -> int:
         part = Part(**json.loads(sys.stdin.readline()))
         asyncio.run(_serve_part(part, outbox, sys.stdin))
     except CvloadError as exc:
-        outbox.put("failed", {"message": exc.message, "hint": exc.hint, "exit_code": exc.exit_code})
+        failure = Failure(message=exc.message, hint=exc.hint, exit_code=exc.exit_code)
+        outbox.put("failed", failure)
         code = exc.exit_code
     except Exception as exc:  # noqa: BLE001 - reaches the user through the coordinator
-        outbox.put("failed", {"message": f"{type(exc).__name__}: {exc}", "hint": None, "exit_code": EXIT_RUNTIME})
+        outbox.put("failed", Failure(message=f"{type(exc).__name__}: {exc}", hint=None, exit_code=EXIT_RUNTIME))
         code = EXIT_RUNTIME
     outbox.close()
     return code
@@ -377,16 +434,35 @@ class LocalProcess:
                 self.proc.stdin.close()
 
 
+class ProcessLink(Protocol):
+    """How the coordinator reaches one load process: a ``LocalProcess``, or a ``RayProcess`` (cvload.ray_fleet)."""
+
+    pid: int
+    where: str  # where it runs, for messages: "" (this host) or " on IP"
+
+    def write(self, message: dict[str, Any]) -> None:
+        """Send a command line (never raises: a lost process shows in ``pump``)."""
+
+    def pump(self, on_frame: Callable[[bytes], None], on_stderr: Callable[[str], None]) -> int:
+        """Hand every frame and stderr line over until the process ends; its exit code."""
+        ...
+
+    def running(self) -> bool: ...
+
+    def end(self, timeout: float) -> None:
+        """Wait up to ``timeout`` for the process to end by itself, then end it."""
+
+
 @dataclass
 class FleetMember:
     """One load process as the coordinator sees it: its part of the run, its transport (a ``LocalProcess``, or a
     load process behind a Ray actor in cvload.ray_fleet) and what it reported."""
 
     part: Part
-    transport: Any  # LocalProcess, or a load process behind a Ray actor (cvload.ray_fleet)
-    status: dict[str, Any] = field(default_factory=dict)
-    final: dict[str, Any] | None = None
-    failed: dict[str, Any] | None = None
+    transport: ProcessLink
+    status: Status | None = None  # the latest status (None: none came yet)
+    final: FinalStatus | None = None
+    failed: Failure | None = None
     ready: bool = False
     exited: int | None = None
     stderr: deque[str] = field(default_factory=lambda: deque(maxlen=20))
@@ -412,8 +488,9 @@ class FleetHealth(LoopHealth):
     def _sections(self, *, final: bool) -> list[tuple[str, dict[str, Any] | None]]:
         out = []
         for child in self.fleet.children:
-            section = (child.final or {}).get("client") if final else None
-            out.append((f"load process {child.part.index}", section or child.status.get("client")))
+            section = child.final["client"] if final and child.final is not None else None
+            live = child.status["client"] if child.status is not None else None
+            out.append((f"load process {child.part.index}", section or live))
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -475,7 +552,17 @@ class ProcessFleet:
 
     @property
     def inflight_count(self) -> int:
-        return sum(int(c.status.get("inflight", 0)) for c in self.children if not c.finished)
+        return sum(c.status["inflight"] for c in self.children if c.status is not None and not c.finished)
+
+    def content_summary(self) -> dict[str, Any] | None:
+        """--check-content: every load process's checker (its latest status) as one."""
+        from cvload.listening import Sampling, merge_live
+
+        merged = merge_live([content for c in self.children if c.status is not None
+                             and (content := c.status["content"]) is not None])
+        if merged is not None:  # the run's sample, not one process's share of a budget
+            merged["sampling"] = Sampling.parse(self.config.check_content).describe()
+        return merged
 
     def drain_limit(self) -> float:
         return drain_limit(self.config)
@@ -489,7 +576,7 @@ class ProcessFleet:
             await asyncio.wait_for(self._changed.wait(), timeout)
         self._changed.clear()
 
-    def spawn(self, part: Part) -> Any:
+    def spawn(self, part: Part) -> ProcessLink:
         """Start one load process; its transport (``LocalProcess`` here, a Ray actor's in cvload.ray_fleet)."""
         return LocalProcess(asdict(part))
 
@@ -589,7 +676,7 @@ class ProcessFleet:
         self._update_state()
 
     def _update_state(self) -> None:
-        st, statuses = self.state, [c.status for c in self.children if c.status]
+        st, statuses = self.state, [c.status for c in self.children if c.status is not None]
         if statuses:
             st.sent = sum(s["sent"] for s in statuses)
             st.done = sum(s["done"] for s in statuses)
@@ -696,10 +783,11 @@ def _tail(child: FleetMember) -> str:
 
 
 def _failure(child: FleetMember) -> CvloadError:
-    failed = child.failed or {}
-    message = f"{child.label}: {failed.get('message')}"
-    cls = UsageError if failed.get("exit_code") == UsageError.exit_code else CvloadError
-    return cls(message, hint=failed.get("hint"))
+    failed = child.failed
+    if failed is None:
+        return CvloadError(f"{child.label}: failed")
+    cls = UsageError if failed["exit_code"] == UsageError.exit_code else CvloadError
+    return cls(f"{child.label}: {failed['message']}", hint=failed["hint"])
 
 
 if __name__ == "__main__":

@@ -295,7 +295,9 @@ def end(leader: subprocess.Popen[Any] | int, *, grace: float = 5.0, sigterm: Lit
             return Ended(False, False)
 
     def leader_gone() -> bool:
-        return popen.poll() is not None if popen is not None else not _running(proc)  # type: ignore[arg-type]  # proc is set whenever popen is None
+        if popen is not None:
+            return popen.poll() is not None
+        return proc is None or not _running(proc)  # proc is set whenever popen is None
 
     leads = _leads_group(pid)
     forced = False

@@ -61,7 +61,7 @@ class LoadActor:
     def node(self) -> dict[str, Any]:
         import ray
 
-        return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
+        return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]  # ray leaves it unannotated
                 "host": os.uname().nodename, "boot_id": boot_id()}
 
     def clock(self) -> tuple[float, float]:
@@ -197,8 +197,15 @@ class RayFleet(ProcessFleet):
               + f", wall clock {wall_offset * 1000:+.3f} ms", file=sys.stderr, flush=True)
         return transport
 
+    @staticmethod
+    def _process(child: FleetMember) -> RayProcess:
+        """The member's link: every member of this fleet was spawned here, as a ``RayProcess``."""
+        link = child.transport
+        assert isinstance(link, RayProcess)
+        return link
+
     def translate(self, child: FleetMember, batch: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
-        offset = child.transport.offset
+        offset = self._process(child).offset
         if offset == 0.0:
             return batch
         for kind, payload in batch:
@@ -213,12 +220,12 @@ class RayFleet(ProcessFleet):
         return batch
 
     def go(self, child: FleetMember, t0: float) -> dict[str, Any]:
-        return {"cmd": "go", "t0": t0 - child.transport.offset}
+        return {"cmd": "go", "t0": t0 - self._process(child).offset}
 
     def placement(self) -> list[dict[str, Any]]:
         out = []
         for child in self.children:
-            t = child.transport
+            t = self._process(child)
             out.append({"process": f"load process {child.part.index}", "node_id": t.node["node_id"],
                         "ip": t.node["ip"], "host": t.node["host"], "pid": t.pid,
                         "clock_offset_ms": round(t.offset * 1000, 3), "wall_offset_ms": round(t.wall_offset * 1000, 3),

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from cvload.apis import PROTOCOLS
 from cvload.config import (
     ARRIVALS,
     MODES,
-    PROTOCOLS,
     SEARCHES,
     RunConfig,
     SweepSettings,

@@ -30,10 +30,11 @@ import numpy as np
 from cvload import __version__
 from cvload.apis import run_label
 from cvload.barge_in_summary import BargeInTally
-from cvload.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup, parse_levels
+from cvload.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup
 from cvload.driver import LoadDriver
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.listening import ContentTally
 from cvload.metrics import BY_NAME, FloatColumn, end_time, stats, summarize, values
 from cvload.records import RequestRecord
 from cvload.results import ResultsWriter, default_out_dir, write_json
@@ -110,12 +111,11 @@ class SweepPlan:
         sw = cfg.sweep
         if sw.num_tasks is not None and sw.rate is not None:
             raise UsageError("--num-tasks levels (closed loop) and --rate levels (open loop) exclude each other")
-        if sw.num_tasks is None and sw.rate is None:
+        given = sw.levels()
+        if given is None:
             raise UsageError("no levels to sweep", hint="give --num-tasks LEVELS (e.g. 1,2,4,8 or 1:64) or "
                              "--rate LEVELS (e.g. 0.5:8), or num_tasks/rate in the scenario's [sweep] table")
-        kind = "concurrency" if sw.num_tasks is not None else "rate"
-        levels = parse_levels(sw.num_tasks if kind == "concurrency" else sw.rate, "num_tasks" if kind ==
-                              "concurrency" else "rate")  # type: ignore[arg-type]  # checked above: one of them is set
+        kind, levels = given
         if sw.search is not None and sw.search not in SEARCHES:
             raise UsageError(f"--search {sw.search!r}: use one of {', '.join(SEARCHES)}")
         if sw.keep_going < 0:
@@ -175,6 +175,8 @@ class Level:
     discarded: bool = False  # ended by the stop rules: its folder is gone
     stable: bool | None = None  # --stable: whether the windows agreed before --stable-max
     summary: dict[str, Any] | None = None
+    # --check-content: requests and audio seconds waiting for a recogniser when the window closed
+    content_backlog: tuple[int, float] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a state change or the last request back
 
     @property
@@ -449,6 +451,9 @@ class Sweep:
 
     def _close_window(self, level: Level) -> None:
         level.state, level.ended = "closed", time.monotonic()
+        live = self.session.content_live()
+        if live is not None:
+            level.content_backlog = (int(live.get("backlog") or 0), float(live.get("backlog_audio_s") or 0.0))
         self._closed.append(level)
         level.changed.set()
 
@@ -501,8 +506,9 @@ class Sweep:
             if p95 is None:
                 return False
             p95s.append(p95)
-        mean = sum(p95s) / len(p95s)
-        return mean > 0 and max(abs(p - mean) for p in p95s) <= self.plan.stable * mean  # type: ignore[operator]  # only called with plan.stable set
+        mean, stable = sum(p95s) / len(p95s), self.plan.stable
+        assert stable is not None  # only a --stable level is measured until stable
+        return mean > 0 and max(abs(p - mean) for p in p95s) <= stable * mean
 
     # ---- requests ------------------------------------------------------------------------------------------------
     def _level_at(self, sent: float) -> Level | None:
@@ -601,8 +607,8 @@ class Sweep:
                 f"level {shown}: error rate {level.error_rate:.0%} passed the limit "
                 f"{self.plan.stop_error_rate:.0%}")
             self._stop.set()
-        elif level.slo_passed is False and level.phase == "plan":
-            failed = [v["objective"] for v in level.summary["slo"] if v["verdict"] != "pass"]  # type: ignore[index]  # a judged level has its summary
+        elif level.slo_passed is False and level.phase == "plan" and level.summary is not None:  # judged: it has one
+            failed = [v["objective"] for v in level.summary["slo"] if v["verdict"] != "pass"]
             if self._first_fail is None or level.number < self._first_fail:
                 self._first_fail = level.number
                 self.stopped_because = f"level {shown} failed {', '.join(failed)}" + (
@@ -638,10 +644,12 @@ class Sweep:
         measured = summarize(level.records, wall_s=wall, concurrency=self._achieved(level, requested),
                              meets=self.meets)
         now_wall, now = time.time(), time.monotonic()
+        content = None if self.session.content_tally is None else \
+            ContentTally.of(level.records, backlog=level.content_backlog)  # the level's own content counters
         return self.session.build_summary(
             measured, load=load, status="interrupted" if interrupted else "completed", abort_reason=None,
             started_wall=now_wall - (now - level.started), finished_wall=now_wall - (now - level.ended),
-            window=(level.started, level.ended), extra=extra)
+            window=(level.started, level.ended), extra=extra, content=content)
 
     def _achieved(self, level: Level, requested: float | None) -> dict[str, float | None]:
         """Requests in flight during the level's window (any level's), time-weighted, and their maximum."""
@@ -717,7 +725,7 @@ class Sweep:
                 "goodput": s.get("goodput"), "concurrency": s.get("concurrency"), "wall_s": s.get("wall_s"),
                 "metrics": metrics,
                 **({"barge_in": {k: s["barge_in"].get(k) for k in ("abandoned", "release_source", "release_ms",
-                                                                    "survivors")}} if s.get("barge_in") else {}),
+                                                                    "server_release_source", "survivors")}} if s.get("barge_in") else {}),
             },
         }
 

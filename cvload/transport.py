@@ -91,7 +91,9 @@ class Transport:
     server_name: str | None = None
     insecure: bool = False
     headers: tuple[Header, ...] = field(default=(), repr=False)
-    _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # Made on first use: client contexts by ALPN list, and (--insecure gRPC) each address's pinned certificate.
+    _contexts: dict[str, ssl.SSLContext] = field(default_factory=dict, repr=False, compare=False)
+    _pins: dict[str, tuple[bytes | None, list[str]]] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def of(cls, options: Any = None, *, token_env: str | None = None,
@@ -167,10 +169,10 @@ class Transport:
         server name to verify (--tls-server-name) on every connection it makes; unverified with --insecure."""
         if not self.tls:
             return None
-        key = f"ssl:{','.join(alpn or ())}"
-        if key not in self._cache:
-            self._cache[key] = self._make_context(alpn)
-        return self._cache[key]  # type: ignore[no-any-return]  # the cache holds each key's own kind
+        key = ",".join(alpn or ())
+        if key not in self._contexts:
+            self._contexts[key] = self._make_context(alpn)
+        return self._contexts[key]
 
     def _make_context(self, alpn: Sequence[str] | None) -> ssl.SSLContext:
         context = _NamedContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -231,16 +233,15 @@ class Transport:
 
     def _pinned(self, address: str) -> tuple[bytes | None, list[str]]:
         """The certificate the server at ``address`` shows (as the one to trust) and the names it holds."""
-        key = f"pinned:{address}"
-        if key not in self._cache:
+        if address not in self._pins:
             target = parse(address, urls=False)
             try:
                 pem = ssl.get_server_certificate((target.host, target.port), timeout=2.0)
             except (OSError, ssl.SSLError):
-                self._cache[key] = (None, [])  # unreachable: open() says so
+                self._pins[address] = (None, [])  # unreachable: open() says so
             else:
-                self._cache[key] = (pem.encode(), _certificate_names(pem))
-        return self._cache[key]  # type: ignore[no-any-return]  # the cache holds each key's own kind
+                self._pins[address] = (pem.encode(), _certificate_names(pem))
+        return self._pins[address]
 
     # ---- explaining failures ---------------------------------------------------------------------------------
     async def explain(self, address: str, protocol: str) -> CvloadError | None:

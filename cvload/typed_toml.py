@@ -92,10 +92,10 @@ def read_table(table: Mapping[str, Any], cls: type, where: Where, *, base: Path 
                              hint=f"{rules.keys_hint}" + (f" in [{where.table}]" if where.table else "")
                              + ": " + ", ".join(keys))
         hint = hints[key]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             if not isinstance(value, dict):
                 raise UsageError(f"{where.key(key)} must be a table ([{dotted}]), got {_shown(value)}")
-            values[key] = read_table(value, hint, where.inner(key), base=base, rules=rules)  # type: ignore[arg-type]  # is_dataclass: a class here
+            values[key] = read_table(value, hint, where.inner(key), base=base, rules=rules)
             continue
         place = where.key(key)
         value = typed(_placed(place, rules.parse.get(dotted), value), hint, place, key,

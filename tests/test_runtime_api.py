@@ -279,11 +279,11 @@ def test_generated_stubs_match_the_proto_and_keep_to_their_package(tmp_path):
     cwd = os.getcwd()
     try:
         os.chdir(tmp_path)
-        assert protoc.main(["protoc", "-I.", "--python_out=.", "--grpc_python_out=.",
+        assert protoc.main(["protoc", "-I.", "--python_out=.", "--pyi_out=.", "--grpc_python_out=.",
                             f"{folder}/cosyvoice.proto"]) == 0
     finally:
         os.chdir(cwd)
-    for name in ("cosyvoice_pb2.py", "cosyvoice_pb2_grpc.py"):
+    for name in ("cosyvoice_pb2.py", "cosyvoice_pb2.pyi", "cosyvoice_pb2_grpc.py"):
         fresh = (tmp_path / folder / name).read_text()
         committed = (ROOT / folder / name).read_text()
         # Only the generator's version stamps may differ: regenerate after editing the proto.

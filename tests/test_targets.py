@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import pickle
 import signal
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -29,7 +30,8 @@ from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
 from cvload.targets.sse import SseParser
 from cvload.targets.tensors import PromptCache, request_tensors
 from cvload.targets.triton_grpc import decode_waveform
-from cvload.targets.triton_http import decode_event, decode_infer_response
+from cvload.targets.triton_http import JsonAudio, decode_event, decode_infer_response, read_event
+from cvload.targets.triton_options import TritonOptions
 from cvload.triton.launcher import TritonServer, free_port
 
 # 11 words and 2 pauses: 4.68 s of speech = 117 tokens -> chunks of 25, 50, 42 tokens (960 samples each).
@@ -187,7 +189,7 @@ async def test_requests_per_stream_bounds_what_a_stream_carries(emulator):
             request = SynthesisRequest(rid(f"n{i}"), TEXT, "a prompt transcript", PROMPT)
             assert [c.audio.size for c in await collect(target, request)] == TEXT_CHUNKS
         assert target.streams_opened == 3  # type: ignore[attr-defined]
-        target.requests_per_stream = 1  # type: ignore[attr-defined]
+        target.options = TritonOptions(requests_per_stream=1)  # type: ignore[attr-defined]  # a Triton target's options
         requests = [SynthesisRequest(rid(f"own{i}"), TEXT, "a prompt transcript", PROMPT) for i in range(4)]
         results = await asyncio.gather(*(collect(target, r) for r in requests))
         assert all([c.audio.size for c in r] == TEXT_CHUNKS for r in results)
@@ -420,7 +422,25 @@ def test_sse_parser_cuts_events_at_any_read_boundary():
         for i in range(0, len(stream), step):
             events += parser.feed(stream[i:i + step])
         events += parser.finish()
-        assert events == [b'{"a": 1}', b'{"b":\n2}', b'{"c": 3}']
+        assert [b"".join(parts) for parts in events] == [b'{"a": 1}', b'{"b":\n2}', b'{"c": 3}']
+
+
+def test_an_event_kept_as_its_reads_reads_as_the_whole_event():
+    """read_event on an event's reads (never joined): the same samples and count as the whole event, wherever the
+    reads were cut (in the key, in the array, between its last two bytes), also after pickling (to a decoder)."""
+    samples = np.linspace(-1, 1, 1000, dtype=np.float32)
+    event = b'{"id":"1","model_name":"m","waveform":' + json.dumps(samples.tolist()).encode() + b"}"
+    for cuts in ([5, 30], [len(event) - 1], [len(event) - 2, len(event) - 1], list(range(1, len(event), 997))):
+        bounds = [0, *cuts, len(event)]
+        audio = read_event([memoryview(event)[a:b] for a, b in zip(bounds, bounds[1:])])
+        assert isinstance(audio, JsonAudio) and audio.count() == samples.size, cuts
+        np.testing.assert_array_equal(audio.decode(), samples)
+        np.testing.assert_array_equal(pickle.loads(pickle.dumps(audio, protocol=5)).decode(), samples)
+    later = read_event([b'{"waveform":[1,', b'2],"x":[3]}'])  # the array is not the last member: parsed whole
+    assert later.count() == 2 and later.decode().tolist() == [1, 2]
+    with pytest.raises(TargetError) as info:
+        read_event([b'{"err', b'or": "boom"}'])
+    assert info.value.kind == ERR_SERVER
 
 
 def test_request_tensors_pad_the_prompt_and_send_its_true_length():

@@ -14,7 +14,7 @@ import pytest
 from cvload.cli import main
 from cvload.config import RunConfig
 from cvload.emulator import EmulatedModel, build_repository, get_profile
-from cvload.errors import UsageError
+from cvload.errors import EXIT_RUNTIME, UsageError
 from cvload.records import PROXY_BODY_LIMIT
 from cvload.transport import HEADERS_ENV, INSECURE_WARNING, Transport
 from cvload.triton.launcher import TritonServer
@@ -318,6 +318,25 @@ def test_nginx_default_body_limit_is_named_and_a_stream_per_request_passes(start
     summary = summary_of(tmp_path / "own")
     assert summary["requests"]["ok"] == 20, summary["errors"]
     assert "warnings" not in summary or not any(PROXY_BODY_LIMIT in w for w in summary["warnings"])
+
+
+def test_a_run_whose_every_stream_is_reset_says_so_not_server_unreachable(start_nginx, emulator, certs,
+                                                                          tmp_path) -> None:
+    """nginx's default body limit resets every shared stream (8 requests with prompts in flight on one, none
+    answered within 200 ms): the run stops, and its reason says the streams were reset by the server or a proxy,
+    with the proxy limit's fix, not that the server was unreachable: nginx answered every time."""
+    proxy = start_nginx(http=[emulator.http], grpc=[emulator.grpc], cert=certs("server"), key=certs("server.key"),
+                        token=TOKEN, body_limit=None)
+    out = tmp_path / "reset"
+    assert run("--server", proxy.grpcs, "--model", "cosyvoice2", "--num-tasks", "8", "--requests", "64",
+               "--header", f"Authorization: Bearer {TOKEN}", "--tls", "--ca-cert", certs("ca"),
+               "--out", str(out)) == EXIT_RUNTIME
+    summary = summary_of(out)
+    reason = summary["abort_reason"]
+    assert summary["status"] == "aborted", summary["requests"]
+    assert "unreachable" not in reason and "failed to connect" not in reason, reason
+    assert reason.startswith("every stream was reset by the server or a proxy between cvload and it"), reason
+    assert PROXY_BODY_LIMIT in reason, reason
 
 
 def test_doctor_sends_more_than_a_megabyte_down_one_stream(start_nginx, emulator, certs, capsys) -> None:

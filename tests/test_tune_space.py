@@ -170,3 +170,21 @@ def test_the_emulator_baseline_is_the_profile_as_configured(tmp_path: Path) -> N
     plain.pretend(plain.defaults(), plain.plan(plain.defaults()))
     change = plain.plan({"bls_instances": 4, "token2wav_instances": 1, "max_batch_size": 8})
     assert change.reload == ("audio_tokenizer", "speaker_embedding", "tensorrt_llm", "token2wav", "cosyvoice2")
+
+
+def test_one_cell_format_and_one_tune_file_reader_for_the_tuner_and_the_report(tmp_path: Path) -> None:
+    """The console, the dashboard and the report write a candidate's cells alike (a whole float as an integer:
+    the report used to write 1e+06), and `cvload report` and `--resume` read tune.json through one reader."""
+    from cvload.report.tune import candidates_table
+    from cvload.tune_results import TUNE_SCHEMA, cell_text, read_tune
+
+    cells = [cell_text(v) for v in (None, True, 1e6, 0.25, 8, "fp16")]
+    assert cells == ["-", "true", "1000000", "0.25", "8", "fp16"]
+    candidate = {"number": 1, "knobs": {"max_batch": 1e6}, "capacity": 12.0, "bracket": [8.0, 16.0], "cost": {},
+                 "status": "measured"}
+    table = candidates_table({"space": {"knobs": {"max_batch": [1e6]}, "costs": {}}, "candidates": [candidate]})
+    assert table.rows[0][:4] == ["1", "1000000", "12", "[8, 16]"]
+    assert read_tune(tmp_path) is None
+    (tmp_path / "tune.json").write_text('{"schema": "cvload.tune/0"}')
+    with pytest.raises(UsageError, match=f"tune.json: schema 'cvload.tune/0', expected '{TUNE_SCHEMA}'"):
+        read_tune(tmp_path)

@@ -13,7 +13,7 @@ from typing import Any
 
 from cvload.commands.run import _duration, add_run_options, run_headless
 from cvload.commands.sweep import add_sweep_options, sweep_config_from_args
-from cvload.config import RunConfig, SweepSettings, parse_levels
+from cvload.config import RunConfig, SweepSettings
 from cvload.errors import UsageError
 
 UNTIL_QUIT_S = 3600.0  # a dashboard without --requests/--duration runs until q, bounded to an hour
@@ -56,8 +56,9 @@ def tui_config(args: argparse.Namespace) -> RunConfig:
     if not sweeping(config):
         return config
     sw = config.sweep
-    levels = parse_levels(sw.num_tasks if sw.num_tasks is not None else sw.rate,  # type: ignore[arg-type]  # sweeping(): one is set
-                          "num_tasks" if sw.num_tasks is not None else "rate")
+    given = sw.levels()
+    assert given is not None  # sweeping(): one of num_tasks and rate is set
+    levels = given[1]
     if len(levels) == 1 and sw.search is None and sw.stable is None:  # one level: a run, as it always was
         one = {"num_tasks": int(levels[0]), "rate": None} if sw.num_tasks is not None else \
             {"num_tasks": None, "rate": levels[0]}

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from cvload.address import hostport
+from cvload.address import claimed, hostport
 from cvload.emulator.child import ChildServer
 from cvload.emulator.model import SAMPLE_RATE, CancelWatch, SharedState, TritonPythonModel, Vocoder
 from cvload.emulator.profiles import PRESETS, Profile
@@ -301,7 +301,7 @@ class OpenAIServer(ChildServer):
 
     @property
     def url(self) -> str:
-        return f"http://{hostport(self.host, self.port)}"  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return f"http://{hostport(self.host, claimed(self.port))}"
 
     @property
     def trace_path(self) -> Path:

@@ -35,7 +35,7 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from cvload.address import hostport
+from cvload.address import claimed, hostport
 from cvload.emulator import speech
 from cvload.emulator.child import ChildServer
 from cvload.emulator.model import SAMPLE_RATE, CancelWatch, ToneVoice, Vocoder, speech_seconds, speech_tokens
@@ -99,9 +99,9 @@ class Synthesizer:
         flight (``others`` besides this one; the share (n - N) / n, by the seed); None while a sentence is not
         cached yet (the request gets the tone; its speech is synthesised off the response path)."""
         found = [self.speech.lookup(s, max(1, round(speech_seconds(s) * SAMPLE_RATE))) for s in parts]
-        if any(a is None for a in found):
+        clean = [a for a in found if a is not None]
+        if len(clean) < len(found):
             return None
-        clean: list[np.ndarray] = found  # type: ignore[assignment]  # no None in it (checked above)
         audio = list(clean)
         above, n = self.profile.garble_above, others + 1
         with self.lock:
@@ -444,11 +444,11 @@ class RuntimeServer(ChildServer):
 
     @property
     def grpc_url(self) -> str:
-        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return hostport(self.host, claimed(self.grpc_port))
 
     @property
     def http_url(self) -> str:
-        return hostport(self.host, self.http_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return hostport(self.host, claimed(self.http_port))
 
     metrics_url = None  # the runtime has no metrics endpoint
 
@@ -479,7 +479,7 @@ class RuntimeServer(ChildServer):
         self._prepare_workdir("cvload-runtime-", "runtime_server.log")
 
         def listening() -> bool:
-            return accepts(self.host, self.grpc_port, 0.5) and accepts(self.host, self.http_port, 0.5)  # type: ignore[arg-type]  # a port is None only before start() claims one
+            return accepts(self.host, claimed(self.grpc_port), 0.5) and accepts(self.host, claimed(self.http_port), 0.5)
 
         self._launch(self.command(), self.child_env(), listening, "the emulated CosyVoice runtime")
         return self

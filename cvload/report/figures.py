@@ -85,6 +85,22 @@ def _all_objectives(runs: Sequence[RunResults], metric: str) -> list[series.Obje
     return lines
 
 
+def _cdf_line(ax, x, y, n: int, label: str, *, dashed: bool = False) -> None:  # noqa: ANN001 - Axes, arrays
+    """One run's CDF (``series.cdf``) in its colour: solid, or thin and dashed (a second view of the same run)."""
+    ax.step(x, y, where="post", color=colour(n), label=label,
+            **({"linewidth": 1.0, "linestyle": "--"} if dashed else {"linewidth": 1.6}))
+
+
+def _cdf_axes(ax, xlabel: str, ylabel: str = "share of requests") -> None:  # noqa: ANN001 - a matplotlib Axes
+    """A CDF's axes: the share from 0 to 100 % against a quantity from 0, the legend where the curves end."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlim(left=0)
+    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
+    _legend(ax, loc="lower right")
+
+
 # ---- one run, or several overlaid -----------------------------------------------------------------------------
 def first_chunk_cdf(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | None:
     fig, (ax,) = _figure()
@@ -92,21 +108,15 @@ def first_chunk_cdf(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure
     for n, (run, label) in enumerate(zip(runs, labels)):
         x, y = series.cdf(run.columns.values("first_chunk_latency_ms"))
         if x.size:
-            ax.step(x, y, where="post", color=colour(n), linewidth=1.6, label=label)
+            _cdf_line(ax, x, y, n, label)
             drawn = True
         xc, yc = series.cdf(run.columns.values("first_chunk_latency_corrected_ms"))
         if xc.size:
-            ax.step(xc, yc, where="post", color=colour(n), linewidth=1.0, linestyle="--",
-                    label=f"{label}, from intended send")
+            _cdf_line(ax, xc, yc, n, f"{label}, from intended send", dashed=True)
     if not drawn:
         return None
     _objectives(ax, _all_objectives(runs, "first_chunk_latency_ms"), cdf=True)
-    ax.set_xlabel("first-chunk latency (ms)")
-    ax.set_ylabel("share of requests")
-    ax.set_ylim(0, 1.02)
-    ax.set_xlim(left=0)
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    _legend(ax, loc="lower right")
+    _cdf_axes(ax, "first-chunk latency (ms)")
     return Figure("First-chunk latency (CDF)", _png(fig),
                   "Share of successful requests whose first audio chunk came within x ms. Dashed: objectives "
                   + ("(verdicts per run in the objectives table)" if len(runs) > 1 else "(green met, red missed)")
@@ -288,18 +298,14 @@ def barge_in_release(runs: Sequence[RunResults], labels: Sequence[str]) -> Figur
     for n, ((values, source), label) in enumerate(zip(releases, labels)):
         if values.size:
             x, y = series.cdf(values)
-            ax.step(x, y, where="post", color=colour(n), linewidth=1.6, label=f"{label} ({source})")
+            _cdf_line(ax, x, y, n, f"{label} ({source})")
     _objectives(ax, _all_objectives(runs, "barge_in.release_ms"), cdf=True)
-    ax.set_xlabel("release time: abandon -> server stopped (ms)")
-    ax.set_ylabel("abandoned requests")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlim(left=0)
-    ax.set_ylim(0, 1.02)
-    _legend(ax, loc="lower right")
+    _cdf_axes(ax, "release time: abandon -> server stopped (ms)", "abandoned requests")
     return Figure("Barge-in release time", _png(fig),
-                  "Time from abandoning a request (--barge-in) until the server stopped making it: from the "
-                  "server's trace where it keeps one (server), else until the client's call closed (client, a "
-                  "lower bound of what the server did).")
+                  "Time from abandoning a request (--barge-in) until the server stopped making it: from Triton's "
+                  "request trace (--triton-trace: the latest end in the request's tree of model calls) or the "
+                  "emulator's own trace, else until the client's call closed (client, a lower bound of what the "
+                  "server did).")
 
 
 def barge_in_survivors(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | None:
@@ -310,19 +316,13 @@ def barge_in_survivors(runs: Sequence[RunResults], labels: Sequence[str]) -> Fig
     for n, (run, label) in enumerate(zip(runs, labels)):
         x, y = series.cdf(series.survivors_first_chunk(run))
         if x.size:
-            ax.step(x, y, where="post", color=colour(n), linewidth=1.6, label=f"{label}, not abandoned")
+            _cdf_line(ax, x, y, n, f"{label}, not abandoned")
         base = series.baseline_of(run)
         if base is not None:
             xb, yb = series.cdf(base.columns.values("first_chunk_latency_ms"))
             if xb.size:
-                ax.step(xb, yb, where="post", color=colour(n), linewidth=1.0, linestyle="--",
-                        label=f"{label}, same load without barge-in")
-    ax.set_xlabel("first-chunk latency (ms)")
-    ax.set_ylabel("share of requests")
-    ax.yaxis.set_major_formatter(PercentFormatter(1.0))
-    ax.set_xlim(left=0)
-    ax.set_ylim(0, 1.02)
-    _legend(ax, loc="lower right")
+                _cdf_line(ax, xb, yb, n, f"{label}, same load without barge-in", dashed=True)
+    _cdf_axes(ax, "first-chunk latency (ms)")
     return Figure("Barge-in: first chunk of the others", _png(fig),
                   "First chunk of the requests that were not abandoned; dashed, the same load without barge-in "
                   "(--barge-in-baseline): a server that keeps generating abandoned requests delays everyone else.")

@@ -4,42 +4,15 @@ candidate as a row, and the best candidate's sweep drawn as a sweep report draws
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cvload import __version__
-from cvload.errors import UsageError
 from cvload.report import figures
 from cvload.report.document import Figure, Report, Section, Table
 from cvload.results_folder import SweepResults, open_results
-
-TUNE_SCHEMA = "cvload.tune/1"
-
-
-def read_tune(folder: Path) -> dict[str, Any] | None:
-    """tune.json of a tune folder (None when the folder is no tune); a UsageError when it is unreadable."""
-    path = Path(folder) / "tune.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: not readable as JSON ({exc})") from None
-    if data.get("schema") != TUNE_SCHEMA:
-        raise UsageError(f"{path}: schema {data.get('schema')!r}, expected {TUNE_SCHEMA!r}")
-    return data
-
-
-def _value(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, float):
-        return f"{v:g}"
-    return str(v)
+from cvload.tune_results import cell_text
 
 
 def pareto_figure(tune: dict[str, Any]) -> Figure | None:
@@ -86,8 +59,8 @@ def candidates_table(tune: dict[str, Any]) -> Table:
         bracket = c.get("bracket") or [None, None]
         status = c["status"] + (" (baseline)" if c.get("baseline") else "") + (" *best*" if c["number"] == best
                                                                                else "")
-        rows.append([str(c["number"]), *(_value(c["knobs"].get(k)) for k in knobs), _value(c["capacity"]),
-                     f"[{_value(bracket[0])}, {_value(bracket[1])}]", *(_value(c["cost"].get(k)) for k in costs),
+        rows.append([str(c["number"]), *(cell_text(c["knobs"].get(k)) for k in knobs), cell_text(c["capacity"]),
+                     f"[{cell_text(bracket[0])}, {cell_text(bracket[1])}]", *(cell_text(c["cost"].get(k)) for k in costs),
                      "yes" if c["number"] in front else "", status, (c.get("reason") or "")[:120]])
         if c["number"] == best:
             marked.add(i)
@@ -105,14 +78,14 @@ def answer(tune: dict[str, Any]) -> list[str]:
         closest = tune.get("closest")
         lines.append("No candidate met the objectives" + (f"; closest: {closest['text']}." if closest else "."))
         return lines
-    knobs = ", ".join(f"{k}={_value(v)}" for k, v in best["knobs"].items())
+    knobs = ", ".join(f"{k}={cell_text(v)}" for k, v in best["knobs"].items())
     spread = best.get("spread") or {}
-    lines.append(f"Best: candidate {best['number']} ({knobs}), capacity {_value(best['capacity'])} {unit}; "
-                 f"measured {spread.get('n', 1)}x: {_value(spread.get('min'))}-{_value(spread.get('max'))} "
-                 f"(median {_value(spread.get('median'))}).")
+    lines.append(f"Best: candidate {best['number']} ({knobs}), capacity {cell_text(best['capacity'])} {unit}; "
+                 f"measured {spread.get('n', 1)}x: {cell_text(spread.get('min'))}-{cell_text(spread.get('max'))} "
+                 f"(median {cell_text(spread.get('median'))}).")
     if base is not None:
         lines.append(f"Baseline (the deployment's own knobs): candidate {base['number']}, capacity "
-                     f"{_value(base['capacity'])} {unit}.")
+                     f"{cell_text(base['capacity'])} {unit}.")
     return lines
 
 

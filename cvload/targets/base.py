@@ -11,11 +11,14 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 import numpy as np
+import numpy.typing as npt
 
 from cvload.transport import Transport
+
+Samples: TypeAlias = npt.NDArray[np.float32]  # mono float32 audio: what a chunk decodes to, a prompt as loaded
 
 
 @dataclass(frozen=True)
@@ -25,7 +28,7 @@ class SynthesisRequest:
     request_id: str
     target_text: str
     reference_text: str | None = None
-    reference_wav: np.ndarray | None = None  # 16 kHz float32 mono, unpadded
+    reference_wav: Samples | None = None  # 16 kHz float32 mono, unpadded
     pad_to_samples: int | None = None  # zero-pad reference_wav to this length (upstream client behaviour)
     item_id: str = ""
     # It may be abandoned (--barge-in): send it on a call of its own, so that cancelling it cancels no other
@@ -40,7 +43,7 @@ class LazyAudio(Protocol):
     def count(self) -> int:
         """How many samples, without materialising them (cheap: a byte scan at most)."""
 
-    def decode(self) -> np.ndarray:
+    def decode(self) -> Samples:
         """The float32 samples."""
 
 
@@ -53,11 +56,11 @@ class Chunk:
 
     __slots__ = ("t", "sample_rate", "_audio", "_lazy")
 
-    def __init__(self, t: float, audio: np.ndarray | LazyAudio, sample_rate: int = 24000) -> None:
+    def __init__(self, t: float, audio: Samples | LazyAudio, sample_rate: int = 24000) -> None:
         self.t = t
         self.sample_rate = sample_rate
         if isinstance(audio, np.ndarray):
-            self._audio: np.ndarray | None = audio
+            self._audio: Samples | None = audio
             self._lazy: LazyAudio | None = None
         else:
             self._audio, self._lazy = None, audio
@@ -67,7 +70,7 @@ class Chunk:
         return self._audio is not None
 
     @property
-    def audio(self) -> np.ndarray:
+    def audio(self) -> Samples:
         if self._audio is None:
             assert self._lazy is not None
             self._audio, self._lazy = self._lazy.decode(), None
@@ -91,15 +94,21 @@ class Chunk:
 
 
 class TargetError(Exception):
-    """A failed request; ``kind`` is one of cvload.records.ERROR_KINDS."""
+    """A failed request; ``kind`` is one of cvload.records.ERROR_KINDS.
 
-    def __init__(self, kind: str, message: str) -> None:
+    ``reset``: the server, or a proxy in front of it, had answered (a stream opened, response headers came) and
+    then ended the request's stream or connection: it was reachable. A run whose every connection failure is
+    one says so instead of calling the server unreachable.
+    """
+
+    def __init__(self, kind: str, message: str, reset: bool = False) -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.reset = reset
 
     def __reduce__(self) -> tuple[Any, ...]:  # it crosses process boundaries (cvload.audio_checks)
-        return TargetError, (self.kind, self.message)
+        return TargetError, (self.kind, self.message, self.reset)
 
 
 @dataclass
@@ -165,4 +174,9 @@ class Target(ABC):
 
     async def statistics(self) -> dict[str, Any] | None:
         """Per-model inference statistics (Triton statistics API), if the server has them."""
+        return None
+
+    async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
+        """Triton's request-trace settings (trace API), after ``update`` where given; None where the server has
+        no such API."""
         return None

@@ -17,10 +17,12 @@ import numpy as np
 
 from cvload.errors import UsageError
 from cvload.records import ERR_PROTOCOL, ERR_REJECTED
-from cvload.targets.base import SynthesisRequest, TargetError
+from cvload.targets import checks
+from cvload.targets.base import Samples, SynthesisRequest, Target, TargetError
 
 if TYPE_CHECKING:
     from cvload.config import RunConfig
+    from cvload.transport import Transport
 
 DEFAULT_SAMPLE_RATE = 24000  # CosyVoice2/3; upstream's clients assume 22050 (CosyVoice-300M)
 DEFAULT_SPK_ID = "中文女"  # the speaker upstream's clients ask for
@@ -79,13 +81,13 @@ class Int16Audio:
     def count(self) -> int:
         return len(self.data) // 2
 
-    def decode(self) -> np.ndarray:
+    def decode(self) -> Samples:
         if len(self.data) % 2:
             raise TargetError(ERR_PROTOCOL, f"audio of {len(self.data)} bytes is not whole int16 samples")
         return np.frombuffer(self.data, dtype="<i2").astype(np.float32) / 32768.0
 
 
-def pcm16(wav: np.ndarray) -> bytes:
+def pcm16(wav: Samples) -> bytes:
     """Float samples (-1..1) as raw little-endian int16, as the runtime's clients send prompts."""
     return (np.clip(np.asarray(wav, dtype=np.float32), -1.0, 1.0) * 32767.0).astype("<i2").tobytes()
 
@@ -106,9 +108,9 @@ class PromptForms:
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self._entries: dict[int, tuple[np.ndarray, bytes, bytes | None]] = {}
+        self._entries: dict[int, tuple[Samples, bytes, bytes | None]] = {}
 
-    def _entry(self, wav: np.ndarray) -> tuple[np.ndarray, bytes, bytes | None]:
+    def _entry(self, wav: Samples) -> tuple[Samples, bytes, bytes | None]:
         entry = self._entries.get(id(wav))
         if entry is None or entry[0] is not wav:
             if len(self._entries) >= self.size:
@@ -116,15 +118,30 @@ class PromptForms:
             entry = self._entries[id(wav)] = (wav, pcm16(wav), None)
         return entry
 
-    def raw(self, wav: np.ndarray) -> bytes:
+    def raw(self, wav: Samples) -> bytes:
         return self._entry(wav)[1]
 
-    def wav(self, wav: np.ndarray) -> bytes:
+    def wav(self, wav: Samples) -> bytes:
         entry = self._entry(wav)
         if entry[2] is None:
             entry = self._entries[id(wav)] = (entry[0], entry[1], wav_file(entry[1]))
         assert entry[2] is not None
         return entry[2]
+
+
+class RuntimeTarget(Target):
+    """What the gRPC and the FastAPI target share: whole sentences as chunks, the options checked for the
+    protocol, the sample rate the PCM answers come at, and the prompts' wire forms."""
+
+    mode = "sentence"  # one response per whole sentence: the runtime has no streaming of its own
+
+    def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
+                 options: RuntimeOptions | None = None, transport: Transport | None = None) -> None:
+        super().__init__(checks.check_address(address, self.protocol), model, timeout=timeout, transport=transport)
+        self.options = options or RuntimeOptions()
+        self.options.check(self.protocol)
+        self.sample_rate = self.options.sample_rate
+        self._prompts = PromptForms()
 
 
 def rejected(detail: str) -> TargetError:

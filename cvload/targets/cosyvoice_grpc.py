@@ -11,18 +11,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import numpy as np
 
 from cvload.cosyvoice_runtime import cosyvoice_pb2 as pb
-from cvload.cosyvoice_runtime import cosyvoice_pb2_grpc as pb_grpc
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
-from cvload.targets.cosyvoice_common import PromptForms, RuntimeOptions, rejected
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, TargetError, TargetInfo
+from cvload.targets.cosyvoice_common import RuntimeOptions, RuntimeTarget, rejected
 from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
 from cvload.targets.per_loop import PerLoop
 from cvload.transport import Transport
@@ -36,13 +34,13 @@ class ResponseAudio:
 
     __slots__ = ("message",)
 
-    def __init__(self, message: Any) -> None:
+    def __init__(self, message: pb.Response) -> None:
         self.message = message
 
     def count(self) -> int:
         return len(self.message.tts_audio) // 2
 
-    def decode(self) -> np.ndarray:
+    def decode(self) -> Samples:
         data = self.message.tts_audio
         if len(data) % 2:
             raise TargetError(ERR_PROTOCOL, f"tts_audio of {len(data)} bytes is not whole int16 samples")
@@ -53,23 +51,20 @@ class _Connection:
     def __init__(self, address: str, transport: Transport) -> None:
         self.channel = transport.grpc_channel(address, CHANNEL_OPTIONS)
         self.metadata = transport.grpc_metadata  # the run's headers, sent with every call
-        self.stub = pb_grpc.CosyVoiceStub(self.channel)
+        # The one method of the generated CosyVoiceStub, made as it makes it (grpcio-tools writes it untyped).
+        self.inference = self.channel.unary_stream(INFERENCE, request_serializer=pb.Request.SerializeToString,
+                                                   response_deserializer=pb.Response.FromString)
 
 
-class CosyVoiceGrpc(Target):
+class CosyVoiceGrpc(RuntimeTarget):
     """``--api cosyvoice --protocol grpc``: the runtime's gRPC server (``runtime/python/grpc/server.py``)."""
 
     protocol = "grpc"
-    mode = "sentence"  # one response per whole sentence: the runtime has no streaming of its own
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
                  options: RuntimeOptions | None = None, transport: Transport | None = None) -> None:
-        super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
-        self.options = options or RuntimeOptions()
-        self.options.check(self.protocol)
-        self.sample_rate = self.options.sample_rate
+        super().__init__(address, model, timeout=timeout, options=options, transport=transport)
         self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.channel.close())
-        self._prompts = PromptForms()
 
     async def _open(self) -> TargetInfo:
         """Check that the service is there without synthesizing anything: a request the server cannot parse is
@@ -108,7 +103,7 @@ class CosyVoiceGrpc(Target):
         return UsageError(f"{self.address} is a Triton server, not CosyVoice's Python runtime (it has Triton's "
                           "inference service and no cosyvoice.CosyVoice)", hint="use --api triton")
 
-    def _message(self, request: SynthesisRequest) -> Any:
+    def _message(self, request: SynthesisRequest) -> pb.Request:
         kind = self.options.kind(request)
         text = request.target_text
         if kind == "sft":
@@ -128,7 +123,7 @@ class CosyVoiceGrpc(Target):
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         message = self._message(request)
         connection = self._connections.get()
-        call = connection.stub.Inference(message, timeout=self.timeout, metadata=connection.metadata)
+        call = connection.inference(message, timeout=self.timeout, metadata=connection.metadata)
         read, clock, eof, rate = call.read, time.monotonic, grpc.aio.EOF, self.sample_rate
         try:
             while True:

@@ -24,12 +24,12 @@ import aiohttp
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.base import Chunk, SynthesisRequest, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import (
     KINDS_WITH_PROMPT,
     Int16Audio,
-    PromptForms,
     RuntimeOptions,
+    RuntimeTarget,
     api_of_routes,
     rejected,
 )
@@ -68,22 +68,18 @@ def status_error(status: int, payload: bytes, method: str, path: str) -> TargetE
     return TargetError(ERR_SERVER, f"HTTP {status} on {where}: {message}")
 
 
-class CosyVoiceHttp(Target):
-    """``--api cosyvoice --protocol http``: the runtime's FastAPI server (``runtime/python/fastapi/server.py``)."""
+class CosyVoiceHttp(RuntimeTarget):
+    """``--api cosyvoice --protocol http``: the runtime's FastAPI server (``runtime/python/fastapi/server.py``);
+    one HTTP chunk per whole sentence."""
 
     protocol = "http"
-    mode = "sentence"  # one HTTP chunk per whole sentence: the runtime has no streaming of its own
     method = "POST"
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
                  options: RuntimeOptions | None = None, transport: Transport | None = None) -> None:
-        super().__init__(checks.check_address(address, "http"), model, timeout=timeout, transport=transport)
-        self.options = options or RuntimeOptions()
-        self.options.check(self.protocol)
-        self.sample_rate = self.options.sample_rate
+        super().__init__(address, model, timeout=timeout, options=options, transport=transport)
         self.base = f"{self.transport.scheme}://{self.address}"
         self._sessions = http_sessions(self.transport)
-        self._prompts = PromptForms()
         self._boundary = f"cvload{uuid.uuid4().hex}"
         self._multipart = f"multipart/form-data; boundary={self._boundary}"
 

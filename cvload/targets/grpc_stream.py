@@ -178,7 +178,7 @@ class SharedStream:
         if self.broken is None:
             self.broken = error
         for inbox in list(self.inboxes.values()):
-            inbox.put(TargetError(error.kind, error.message))
+            inbox.put(TargetError(error.kind, error.message, reset=error.reset))
         self.inboxes.clear()
         if not self._writer.done() and asyncio.current_task() is not self._writer:
             self._writer.cancel()
@@ -198,7 +198,9 @@ class SharedStream:
         proxy's body limit and the ways around it."""
         what = f"{exc.code().name}: {exc.details()}"
         kind = error_kind(exc.code(), ERR_CONNECTION)
-        if self.bytes_sent > PROXY_SUSPECT_BYTES and exc.code() != grpc.StatusCode.UNAVAILABLE:
+        reset = exc.code() != grpc.StatusCode.UNAVAILABLE  # a status from the other end: it was there
+        if self.bytes_sent > PROXY_SUSPECT_BYTES and reset:
             return TargetError(kind, f"gRPC stream to {self.address} was reset after "
-                               f"{self.bytes_sent / 1e6:.1f} MB were sent on it ({what}): {PROXY_BODY_LIMIT}")
-        return TargetError(kind, f"gRPC stream to {self.address} broke: {what}")
+                               f"{self.bytes_sent / 1e6:.1f} MB were sent on it ({what}): {PROXY_BODY_LIMIT}",
+                               reset=True)
+        return TargetError(kind, f"gRPC stream to {self.address} broke: {what}", reset=reset)

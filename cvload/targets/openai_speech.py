@@ -28,7 +28,7 @@ from cvload.apis import api_spec
 from cvload.errors import ServerError, UsageError
 from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.http_common import describe
 from cvload.transport import Transport
 
@@ -56,7 +56,7 @@ class PcmAudio:
     def count(self) -> int:
         return len(self.data) // (2 if self.dtype == "<i2" else 4)
 
-    def decode(self) -> np.ndarray:
+    def decode(self) -> Samples:
         if len(self.data) % np.dtype(self.dtype).itemsize:
             raise TargetError(ERR_PROTOCOL, f"audio of {len(self.data)} bytes is not whole {self.dtype} samples")
         audio = np.frombuffer(self.data, dtype=self.dtype)
@@ -298,10 +298,10 @@ class OpenAISpeech(Target):
                     if not data and not end_of_chunk:
                         break  # end of the body
                     if header is not None and not header.done:
-                        data = header.feed(data)  # type: ignore[assignment]  # None: header incomplete, skipped below
-                        if data is None:
+                        samples = header.feed(data)
+                        if samples is None or header.rate is None:  # the header is incomplete (done: it has a rate)
                             continue
-                        rate, dtype = header.rate, header.dtype  # type: ignore[assignment]  # a complete header has its rate
+                        data, rate, dtype = samples, header.rate, header.dtype
                         width = 2 if dtype == "<i2" else 4
                     if carry:
                         data = carry + data

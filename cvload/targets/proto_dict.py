@@ -18,7 +18,7 @@ def _repeated(fd: FieldDescriptor) -> bool:
     flag = getattr(fd, "is_repeated", None)  # protobuf >= 5.29 (``label`` is deprecated there)
     if flag is not None:
         return bool(flag() if callable(flag) else flag)
-    return fd.label == FieldDescriptor.LABEL_REPEATED  # pragma: no cover - older protobuf
+    return bool(fd.label == FieldDescriptor.LABEL_REPEATED)  # pragma: no cover - older protobuf
 
 
 def _value(fd: FieldDescriptor, value: Any) -> Any:

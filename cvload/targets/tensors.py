@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cvload.targets.base import SynthesisRequest
+from cvload.targets.base import Samples, SynthesisRequest
 
 WAVEFORM = "waveform"
 
@@ -38,7 +38,7 @@ def bytes_tensor(name: str, value: str) -> Tensor:
 class Prompt:
     """A prompt's samples as sent (padded) and its true length, with wire forms made on first use."""
 
-    samples: np.ndarray  # float32 little endian, contiguous, padded
+    samples: Samples  # float32 little endian, contiguous, padded
     length: int
     _raw: bytes | None = field(default=None, repr=False)
     _json: bytes | None = field(default=None, repr=False)
@@ -67,9 +67,9 @@ class PromptCache:
 
     def __init__(self, size: int = 256) -> None:
         self.size = size
-        self._entries: dict[tuple[int, int | None], tuple[np.ndarray, Prompt]] = {}
+        self._entries: dict[tuple[int, int | None], tuple[Samples, Prompt]] = {}
 
-    def get(self, wav: np.ndarray, pad_to: int | None) -> Prompt:
+    def get(self, wav: Samples, pad_to: int | None) -> Prompt:
         key = (id(wav), pad_to)
         entry = self._entries.get(key)
         if entry is not None and entry[0] is wav:
@@ -81,7 +81,7 @@ class PromptCache:
         return prompt
 
 
-def prepare_prompt(wav: np.ndarray, pad_to: int | None) -> Prompt:
+def prepare_prompt(wav: Samples, pad_to: int | None) -> Prompt:
     samples = np.ascontiguousarray(np.asarray(wav, dtype="<f4").reshape(-1))
     length = int(samples.size)
     if pad_to is not None and pad_to > length:

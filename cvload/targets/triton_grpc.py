@@ -25,7 +25,7 @@ from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
 from cvload.records import ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
 from cvload.targets.grpc_stream import TIMED_OUT, SharedStream
 from cvload.targets.per_loop import PerLoop
@@ -39,7 +39,7 @@ STREAM_SHARE = 8  # requests in flight per shared stream before another stream o
 MAX_STREAMS = 32
 
 
-def decode_waveform(response: Any) -> np.ndarray:
+def decode_waveform(response: Any) -> Samples:
     """The ``waveform`` tensor of a ModelInferResponse as float32, a view on the received bytes (no copy)."""
     outputs = response.outputs
     index = next((i for i, output in enumerate(outputs) if output.name == WAVEFORM), None)
@@ -65,7 +65,7 @@ def decode_waveform(response: Any) -> np.ndarray:
 
 def _serialize(message: Any) -> bytes:
     """Requests go out as the bytes ``_TritonGrpc._request`` already built (or as a message, serialized here)."""
-    return message if message.__class__ is bytes else message.SerializeToString()  # type: ignore[no-any-return]  # protobuf: untyped here
+    return message if message.__class__ is bytes else message.SerializeToString()
 
 
 class _Connection:
@@ -102,8 +102,7 @@ class _TritonGrpc(Target):
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
                  options: TritonOptions | None = None, transport: Transport | None = None) -> None:
         super().__init__(checks.check_address(address, "grpc"), model, timeout=timeout, transport=transport)
-        self.options = options or TritonOptions()
-        self.requests_per_stream = self.options.requests_per_stream  # --requests-per-stream (streaming)
+        self.options = options or TritonOptions()  # read where used: --requests-per-stream (streaming)
         self._connections = PerLoop(lambda: _Connection(self.address, self.transport), lambda c: c.close())
         self._prompts = PromptCache()
         # Serialized prompt tensors (reference_wav, reference_wav_len, reference_text) by (prompt, transcript).
@@ -167,6 +166,14 @@ class _TritonGrpc(Target):
                                                       metadata=connection.metadata)
         return message_to_dict(reply)
 
+    async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
+        connection = self._connections.get()
+        request = pb.TraceSettingRequest()
+        for key, values in (update or {}).items():
+            request.settings[key].value.extend(values)
+        reply = await connection.stub.TraceSetting(request, timeout=10.0, metadata=connection.metadata)
+        return {key: list(value.value) for key, value in reply.settings.items()}
+
     async def close(self) -> None:
         await self._connections.close()
 
@@ -182,9 +189,8 @@ class _TritonGrpc(Target):
         if request.reference_wav is None and request.reference_text is not None:
             tensors.append(bytes_tensor("reference_text", request.reference_text))
         _add_tensors(head, tensors)
-        if request.reference_wav is None:
-            return head.SerializeToString()  # type: ignore[no-any-return]  # protobuf: untyped here
-        return head.SerializeToString() + self._prompt_wire(request)  # type: ignore[no-any-return]  # protobuf: untyped here
+        wire: bytes = head.SerializeToString()  # (tritonclient's messages carry no types)
+        return wire if request.reference_wav is None else wire + self._prompt_wire(request)
 
     def _prompt_wire(self, request: SynthesisRequest) -> bytes:
         assert request.reference_wav is not None
@@ -205,7 +211,8 @@ class _TritonGrpc(Target):
     def _wire(self, request: SynthesisRequest) -> tuple[str, bytes]:
         """The request id and the serialized request: built before the send time when the caller prepares it."""
         if request.wire is not None:
-            return request.wire
+            wire: tuple[str, bytes] = request.wire  # what prepare() built with this method
+            return wire
         request_id = self._request_id(request)
         return request_id, self._request(request, request_id)
 
@@ -245,7 +252,7 @@ class TritonGrpcStreaming(_TritonGrpc):
         best = min(streams, key=lambda stream: len(stream.inboxes), default=None)
         if best is None or (len(best.inboxes) >= STREAM_SHARE and len(streams) < MAX_STREAMS):
             best = SharedStream(lambda: connection.stream_infer(metadata=connection.metadata), self.address,
-                                max_requests=self.requests_per_stream)
+                                max_requests=self.options.requests_per_stream)
             connection.streams.append(best)
             connection.streams_opened += 1
         return best

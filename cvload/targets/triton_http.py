@@ -5,13 +5,16 @@ Offline sends the prompt audio and asks for the waveform through the binary tens
 A server that answers in plain JSON is read too. Streaming reads server-sent events, one per chunk, each
 stamped when its last byte arrives. An event carries its chunk as a JSON float array (about 1 MB of text for
 2 s of audio): parsing that on the event loop held the loop for ~20 ms per event and stamped every other
-stream's bytes late. So the stream reader only finds the array (a byte search) and checks the small rest of
-the event; the floats are parsed later, off the measuring path, by whoever needs them (``JsonAudio``).
+stream's bytes late. So the stream reader only looks at the event's head (where the array starts) and its end,
+and checks the small rest of the event; the array stays in the reads it arrived in (joining a megabyte per event
+was itself a quarter of the measuring loop's work at 64 streams) and the floats are parsed later, off the
+measuring path, by whoever needs them (``JsonAudio``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import math
@@ -28,11 +31,11 @@ import orjson
 
 from cvload.errors import ServerError
 from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
-from cvload.targets import checks
-from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
+from cvload.targets import checks, sse
+from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import api_of_routes
 from cvload.targets.http_common import describe, http_sessions
-from cvload.targets.sse import SseParser
+from cvload.targets.sse import Parts, SseParser
 from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
 from cvload.targets.triton_options import TritonOptions
 from cvload.transport import Transport
@@ -56,7 +59,7 @@ def error_text(payload: bytes, status: int) -> str:
     return f"HTTP {status}: {message or text[:300] or 'no body'}"
 
 
-def decode_infer_response(payload: bytes, header_length: str | None) -> np.ndarray:
+def decode_infer_response(payload: bytes, header_length: str | None) -> Samples:
     """The waveform of an ``infer`` response: binary (a view on the body, no copy) or JSON ``data``."""
     try:
         offset = int(header_length) if header_length is not None else len(payload)
@@ -98,39 +101,51 @@ _SLICE_BYTES = 1 << 16  # JsonAudio parses this much at a time: the GIL is never
 
 
 class JsonAudio:
-    """The text between the brackets of a JSON float array (``payload[start:end]``), parsed only when the
-    samples are needed.
+    """An event's JSON float array, bytes ``start`` to ``end`` of its data (``parts``, the pieces of the reads it
+    arrived in, never joined on the measuring path), parsed only when the samples are needed.
 
-    It pickles as its payload and offsets (``portable``), so the audio checks can parse it in a helper process
+    It pickles as its parts and offsets (``portable``), so the audio checks can parse it in a helper process
     instead of beside the event loop. Parsing runs in slices of ``_SLICE_BYTES`` (~0.1 ms each), so a thread
-    decoding it in the measuring process holds the interpreter lock only briefly at a time.
+    decoding it in the measuring process holds the interpreter lock only briefly at a time. The reader checked
+    only the event's head and end: an array that is not the event's last member (a ``]`` inside) is found here,
+    and the event is then parsed whole (``decode_event``).
     """
 
-    __slots__ = ("payload", "start", "end")
+    __slots__ = ("parts", "start", "end")
     portable = True  # cheap to pickle and decodable anywhere: cvload.audio_checks may decode it in a process
 
-    def __init__(self, payload: bytes, start: int = 0, end: int | None = None) -> None:
-        self.payload = payload
+    def __init__(self, parts: Parts | bytes, start: int = 0, end: int | None = None) -> None:
+        self.parts: Parts = [parts] if isinstance(parts, bytes) else parts
         self.start = start
-        self.end = len(payload) if end is None else end
+        self.end = sse.size(self.parts) if end is None else end
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        # Protocol 5: the payload travels out of band, written from where it lies (no copy into the pickle).
-        payload = pickle.PickleBuffer(self.payload) if protocol >= 5 else bytes(self.payload)
-        return JsonAudio, (payload, self.start, self.end)
+        # Protocol 5: the parts travel out of band, written from where they lie (no copy into the pickle).
+        parts = [pickle.PickleBuffer(p) if protocol >= 5 else bytes(p) for p in self.parts]
+        return JsonAudio, (parts, self.start, self.end)
 
     @property
-    def text(self) -> memoryview:
-        return memoryview(self.payload)[self.start:self.end]
+    def text(self) -> bytes:
+        """The array's text (a copy: off the measuring path)."""
+        return b"".join(sse.views(self.parts, self.start, self.end))
 
     def count(self) -> int:
-        text = np.frombuffer(self.payload, dtype=np.uint8, count=self.end - self.start, offset=self.start)
-        if not text.size or not np.any(text > 0x20):
-            return 0
-        return int(np.count_nonzero(text == 0x2C)) + 1  # commas + 1
+        commas, blank, bracket = 0, True, False
+        for view in sse.views(self.parts, self.start, self.end):
+            text = np.frombuffer(view, dtype=np.uint8)
+            commas += int(np.count_nonzero(text == 0x2C))
+            blank = blank and not np.any(text > 0x20)
+            bracket = bracket or bool(np.any(text == 0x5D))
+        if bracket:  # the event's own layout decides; malformed, it fails its request's check, not this count
+            with contextlib.suppress(TargetError):
+                return int(self.decode().size)
+        return 0 if blank else commas + 1
 
-    def decode(self) -> np.ndarray:
-        text, parts, start, size = bytes(self.text), [], 0, self.end - self.start
+    def decode(self) -> Samples:
+        text = self.text
+        if b"]" in text:  # not the event's last member: the event's own layout decides
+            return decode_event(b"".join(self.parts))
+        parts, start, size = [], 0, len(text)
         while start < size:
             end = text.find(b",", start + _SLICE_BYTES) if start + _SLICE_BYTES < size else -1
             end = size if end < 0 else end
@@ -144,29 +159,31 @@ class JsonAudio:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
-def read_event(payload: bytes) -> np.ndarray | JsonAudio:
+def read_event(payload: Parts | bytes) -> Samples | JsonAudio:
     """One ``generate_stream`` event, checked but not parsed: its waveform as ``JsonAudio`` (or, for an event
     of an unexpected layout, decoded at once), or the server's error as a TargetError.
 
-    Cost: a few byte searches and a parse of the event without its array, whatever the chunk's size.
+    Cost: its first few kilobytes copied and parsed without the array, and its last two bytes looked at,
+    whatever the chunk's size: the array's bytes are neither read nor copied here.
     """
-    key = payload.find(_ARRAY_KEY, 0, _HEAD_BYTES)
-    close = len(payload) - 2
-    if key >= 0 and payload.endswith(b"]}"):
-        first = key + len(_ARRAY_KEY)
-        if payload.find(b"]", first, close) < 0:  # the array is the event's last member: nothing follows it
+    parts: Parts = [payload] if isinstance(payload, bytes) else payload
+    head = sse.head(parts, _HEAD_BYTES)
+    key = head.find(_ARRAY_KEY)
+    if key >= 0 and sse.tail(parts, 2) == b"]}":
+        first, close = key + len(_ARRAY_KEY), sse.size(parts) - 2
+        if first <= close:
             try:
-                rest = orjson.loads(payload[:first] + b"]}")
+                rest = orjson.loads(head[:first] + b"]}")
             except orjson.JSONDecodeError:
                 rest = None
             if isinstance(rest, dict):
                 if "error" in rest:
                     raise checks.failed_response(str(rest["error"]))
-                return JsonAudio(payload, first, close)
-    return decode_event(payload)
+                return JsonAudio(parts, first, close)
+    return decode_event(b"".join(parts))
 
 
-def decode_event(payload: bytes) -> np.ndarray:
+def decode_event(payload: bytes) -> Samples:
     """One ``generate_stream`` event parsed whole: its waveform, or the server's error as a TargetError."""
     try:
         event = orjson.loads(payload)
@@ -193,7 +210,7 @@ def _element_count(shape: Any) -> int:
     return math.prod(shape)
 
 
-def _float_array(data: list[Any], count: int | None) -> np.ndarray:
+def _float_array(data: list[Any], count: int | None) -> Samples:
     try:
         with np.errstate(over="ignore"):  # beyond float32: inf, which the audio check flags as non-finite
             audio = np.asarray(data, dtype=np.float32).reshape(-1)
@@ -280,17 +297,30 @@ class _TritonHttp(Target):
         async with self._sessions.get().get(f"{self.base}/v2/models/stats",
                                        timeout=aiohttp.ClientTimeout(total=10.0)) as resp:
             resp.raise_for_status()
-            return await resp.json()  # type: ignore[no-any-return]  # JSON: a dict by the API
+            stats = await resp.json()
+        return stats if isinstance(stats, dict) else None  # the API answers an object: anything else is none
+
+    async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
+        session, url = self._sessions.get(), f"{self.base}/v2/trace/setting"
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with (session.get(url, timeout=timeout) if update is None else
+                    session.post(url, json={k: v if k == "trace_level" else v[0] for k, v in update.items()},
+                                 timeout=timeout)) as resp:
+            if resp.status >= 400:
+                raise RuntimeError(f"{url}: HTTP {resp.status} {(await resp.text())[:200]}")
+            reply: dict[str, Any] = await resp.json()
+        return {key: value if isinstance(value, list) else [str(value)] for key, value in reply.items()}
 
     async def close(self) -> None:
         await self._sessions.close()
 
-    def _failure(self, exc: BaseException) -> TargetError:
+    def _failure(self, exc: BaseException, *, answered: bool = False) -> TargetError:
+        """``answered``: the response's headers had come (a connection failure then is a reset)."""
         if isinstance(exc, aiohttp.ConnectionTimeoutError):  # also a TimeoutError: the connect, not the answer
             return TargetError(ERR_CONNECTION, f"HTTP {self.address}: no connection within {CONNECT_TIMEOUT_S:g} s")
         if isinstance(exc, asyncio.TimeoutError):
             return TargetError(ERR_TIMEOUT, f"no final response within {self.timeout:g} s")
-        return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {describe(exc, _NOT_HTTP)}")
+        return TargetError(ERR_CONNECTION, f"HTTP {self.address}: {describe(exc, _NOT_HTTP)}", reset=answered)
 
 
 class TritonHttpOffline(_TritonHttp):
@@ -358,9 +388,11 @@ class TritonHttpStreaming(_TritonHttp):
     async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
         url = f"{self.base}{self._model_path}/generate_stream"
         clock = time.monotonic
+        answered = False
         try:
             async with self._sessions.get().post(url, data=self._wire(request), timeout=self._timeout(),
                                             headers={"Content-Type": "application/json"}) as resp:
+                answered = True
                 if resp.status != 200:
                     raise checks.failed_response(error_text(await resp.read(), resp.status))
                 parser = SseParser()
@@ -376,10 +408,10 @@ class TritonHttpStreaming(_TritonHttp):
                 for payload in parser.finish():
                     yield Chunk(t, _last_event(payload))
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._failure(exc) from None
+            raise self._failure(exc, answered=answered) from None
 
 
-def _last_event(payload: bytes) -> np.ndarray | JsonAudio:
+def _last_event(payload: Parts) -> Samples | JsonAudio:
     """An event the stream ended without its closing blank line: whole, it counts; cut short, the connection
     broke mid-event (a server that died while writing it), which is not the server's answer."""
     try:
@@ -387,6 +419,6 @@ def _last_event(payload: bytes) -> np.ndarray | JsonAudio:
     except TargetError as exc:
         if exc.kind != ERR_PROTOCOL:
             raise
-        raise TargetError(ERR_CONNECTION, f"the stream ended inside an event ({len(payload)} bytes of it came): "
-                          f"{exc.message}") from None
+        raise TargetError(ERR_CONNECTION, f"the stream ended inside an event ({sse.size(payload)} bytes of it "
+                          f"came): {exc.message}", reset=True) from None
 

@@ -29,5 +29,5 @@ class TritonOptions:
     @classmethod
     def of(cls, config: RunConfig | None, protocol: str) -> TritonOptions:
         """From a RunConfig (None: the defaults)."""
-        given = getattr(config, "requests_per_stream", None)
+        given = config.requests_per_stream if config is not None else None
         return cls(requests_per_stream=REQUESTS_PER_STREAM if given is None else given)

@@ -28,11 +28,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 from typing import Protocol
 
 from cvload import process
-from cvload.address import hostport, metrics_url
+from cvload.address import claimed, hostport, metrics_url
 from cvload.errors import ServerError, UsageError
 from cvload.triton import stub_python
 from cvload.triton.stub_python import StubPython
@@ -262,7 +263,8 @@ def accepts(host: str, port: int, timeout: float = 2.0) -> bool:
 
 def ready(http: str, timeout: float = 1.0) -> bool:
     """Whether the Triton server at ``http`` (``host:port``) answers ``/v2/health/ready`` with 200."""
-    with contextlib.suppress(urllib.error.URLError, OSError), \
+    # HTTPException: something else answers on the port (another server's gRPC took it meanwhile)
+    with contextlib.suppress(urllib.error.URLError, OSError, HTTPException), \
             urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=timeout) as resp:
         return resp.status == 200
     return False
@@ -298,6 +300,12 @@ def log_excerpt(path: Path, *, tail: int = 12, max_errors: int = 12, width: int 
 def _shorten(line: str, width: int) -> str:
     line = line.replace("\\n", " | ")  # glog escapes Python tracebacks onto one line
     return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def trace_args(path: Path) -> list[str]:
+    """Flags naming ``path`` as the server's request-trace file, tracing off: the trace API (``--triton-trace``)
+    switches it on for a run but cannot name a file."""
+    return [f"--trace-config=triton,file={path}", "--trace-config=level=OFF"]
 
 
 @dataclass
@@ -342,15 +350,15 @@ class TritonServer:
     # ---- endpoints -------------------------------------------------------------------------------------------
     @property
     def http_url(self) -> str:
-        return hostport(self.host, self.http_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return hostport(self.host, claimed(self.http_port))
 
     @property
     def grpc_url(self) -> str:
-        return hostport(self.host, self.grpc_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return hostport(self.host, claimed(self.grpc_port))
 
     @property
     def metrics_url(self) -> str:
-        return metrics_url(self.host, self.metrics_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+        return metrics_url(self.host, claimed(self.metrics_port))
 
     @property
     def shm_prefix(self) -> str:
@@ -475,7 +483,7 @@ class TritonServer:
                     f"tritonserver exited with code {code} before becoming ready (ports http {self.http_port}, "
                     f"grpc {self.grpc_port}, metrics {self.metrics_port}); log {log}:\n{log_excerpt(log)}")
             # Triton opens its metrics port a moment after reporting ready: wait for every advertised endpoint.
-            return ready(self.http_url) and accepts(self.host, self.metrics_port)  # type: ignore[arg-type]  # a port is None only before start() claims one
+            return ready(self.http_url) and accepts(self.host, claimed(self.metrics_port))
 
         try:
             process.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)

@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any
 from cvload.config import RunConfig, SweepSettings
 from cvload.errors import EXIT_RUNTIME, CvloadError
 from cvload.session import Session
-from cvload.sweep import Sweep, sweeping
+from cvload.sweep import Level, Sweep, sweeping
 from cvload.tui.messages import (
     Command,
     EngineStatus,
@@ -70,7 +70,7 @@ def engine_status(session: Session, stages: list[dict[str, Any]] | None = None, 
         warnings=list(session.telemetry.warnings) if session.telemetry is not None else [],
         client=session.loop_health.summary() if final else session.loop_health.live(),
         outages=[outage.to_json(st.started) for outage in st.outages],
-        content=session.content.summary() if session.content is not None else None,
+        content=session.content_live(),
     )
 
 
@@ -112,24 +112,31 @@ class DashboardLink:
             await asyncio.sleep(STATUS_EVERY_S)
 
 
-class SweepLink(DashboardLink):
-    """The view of a sweep in this process (``cvload.sweep.SweepView``): the engine's status as for a run, plus
-    the sweep's progress as levels start and are judged."""
+class SweepLink:
+    """The view of a sweep in this process (``cvload.sweep.SweepView``): the engine's status as for a run (its
+    session's ``DashboardLink``), plus the sweep's progress as levels start and are judged."""
 
-    def attach(self, sweep: Sweep) -> None:  # type: ignore[override]  # a sweep's view takes the Sweep
-        super().attach(sweep.session)
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.run = DashboardLink(channel)
+
+    def preparing(self, config: RunConfig) -> None:
+        pass
+
+    def attach(self, sweep: Sweep) -> None:
+        self.run.attach(sweep.session)
         self.channel.send(SweepProgress(progress=sweep.progress()))
 
-    def level_started(self, sweep: Sweep, level: Any) -> None:
+    def level_started(self, sweep: Sweep, level: Level) -> None:
         self.channel.send(SweepProgress(progress=sweep.progress()))
 
-    def level_judged(self, sweep: Sweep, level: Any) -> None:
+    def level_judged(self, sweep: Sweep, level: Level) -> None:
         self.channel.send(SweepProgress(progress=sweep.progress()))
 
-    def detach(self, sweep: Sweep) -> None:  # type: ignore[override]  # as attach
-        super().detach(sweep.session)
+    def detach(self, sweep: Sweep) -> None:
+        self.run.detach(sweep.session)
 
-    def final(self, sweep: Sweep, result: dict[str, Any]) -> None:  # type: ignore[override]  # as attach
+    def final(self, sweep: Sweep, result: dict[str, Any]) -> None:
         self.channel.send(SweepProgress(progress=sweep.progress()))
         self.channel.send(Finished(exit_code=sweep.exit_code(result), status=result["status"]))
 
@@ -194,15 +201,15 @@ class CandidateSweepLink(SweepLink):
         super().__init__(channel)
         self.commands = commands
 
-    def attach(self, sweep: Sweep) -> None:  # type: ignore[override]  # as SweepLink
+    def attach(self, sweep: Sweep) -> None:
         super().attach(sweep)
         self.commands.current = (asyncio.get_running_loop(), sweep)
 
-    def detach(self, sweep: Sweep) -> None:  # type: ignore[override]  # as SweepLink
+    def detach(self, sweep: Sweep) -> None:
         self.commands.current = None
         super().detach(sweep)
 
-    def final(self, sweep: Sweep, result: dict[str, Any]) -> None:  # type: ignore[override]  # as SweepLink
+    def final(self, sweep: Sweep, result: dict[str, Any]) -> None:
         self.channel.send(SweepProgress(progress=sweep.progress()))
 
 

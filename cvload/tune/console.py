@@ -9,7 +9,8 @@ from typing import Any, TextIO
 
 from cvload.tune.deployments import Change
 from cvload.tune.runner import Candidate, Tuner
-from cvload.tune.space import cell_text, knobs_text
+from cvload.tune.space import knobs_text
+from cvload.tune_results import cell_text
 
 
 class LevelLines:

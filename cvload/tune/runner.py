@@ -29,8 +29,8 @@ from cvload.sweep import DEFAULT_LEVEL_S, Sweep, SweepPlan
 from cvload.tune.deployments import Change, Deployment, DeploymentFailed
 from cvload.tune.search import Exhaustive, make_search
 from cvload.tune.space import Space, Value, knobs_text
+from cvload.tune_results import TUNE_SCHEMA, load_tune
 
-TUNE_SCHEMA = "cvload.tune/1"
 DEFAULT_LEVELS = "1:16"
 LAUNCH_ESTIMATE_S = 5.0  # a launch or reload, for the budget's first estimate
 MEASURED = ("measured", "pruned", "failed", "no_capacity")  # a candidate --resume does not measure again
@@ -95,9 +95,10 @@ class Tuner:
         if not base.slo:
             raise UsageError(f"space {space.file}: no objectives: tune searches the most streams within them",
                              hint='add slo = ["first_chunk.p95<700ms"] to the space file, or --slo')
-        self.kind = "rate" if base.sweep.rate is not None else "concurrency"
-        text = base.sweep.rate if self.kind == "rate" else (base.sweep.num_tasks or DEFAULT_LEVELS)
-        self.levels = parse_levels(text, "rate" if self.kind == "rate" else "num_tasks")  # type: ignore[arg-type]  # rate is set when kind is rate
+        rate = base.sweep.rate
+        self.kind = "rate" if rate is not None else "concurrency"
+        self.levels = parse_levels(rate, "rate") if rate is not None else \
+            parse_levels(base.sweep.num_tasks or DEFAULT_LEVELS, "num_tasks")
         self.out_dir = out_dir
         self.budget_s = budget_s if budget_s is not None else space.budget_s
         self.repeat = space.repeat if repeat is None else repeat
@@ -149,11 +150,9 @@ class Tuner:
             raise UsageError(f"--resume: no tune.json in {self.out_dir}", hint="give the --out of the tune to go on "
                              "with, or leave out --resume to start one")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise UsageError(f"--resume: {path} is not JSON ({exc})") from None
-        if data.get("schema") != TUNE_SCHEMA:
-            raise UsageError(f"--resume: {path} is not a {TUNE_SCHEMA} file")
+            data = load_tune(path)
+        except UsageError as exc:
+            raise UsageError(f"--resume: {exc.message}", hint="give the --out of a cvload tune") from None
         if data.get("space", {}).get("knobs") != self.space.knobs:
             raise UsageError(f"--resume: {path} was made from another space (knobs differ)",
                              hint="resume with the same space file, or use another --out")
@@ -334,15 +333,15 @@ class Tuner:
     def pareto(self) -> list[int]:
         """Candidates no other beats on both capacity (higher) and the Pareto cost (lower)."""
         cost = self.space.pareto_cost
-        found = [c for c in self.candidates if c.eligible and c.status == "measured" and c.capacity is not None]
+        # (number, capacity, cost) of each measured candidate
+        found = [(c.number, c.capacity, c.cost.get(cost, 0.0) if cost else 0.0) for c in self.candidates
+                 if c.eligible and c.status == "measured" and c.capacity is not None]
         front = []
-        for c in found:
-            mine = c.cost.get(cost, 0.0) if cost else 0.0
-            beaten = any((o.capacity >= c.capacity and (o.cost.get(cost, 0.0) if cost else 0.0) <= mine)  # type: ignore[operator]  # found: capacity set
-                         and (o.capacity > c.capacity or (o.cost.get(cost, 0.0) if cost else 0.0) < mine)  # type: ignore[operator]  # found: capacity set
-                         for o in found if o is not c)
+        for number, capacity, mine in found:
+            beaten = any(other >= capacity and other_cost <= mine and (other > capacity or other_cost < mine)
+                         for n, other, other_cost in found if n != number)
             if not beaten:
-                front.append(c.number)
+                front.append(number)
         return sorted(front)
 
     def closest(self) -> tuple[Candidate, str] | None:

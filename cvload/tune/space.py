@@ -121,18 +121,6 @@ def shown(value: Value) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def cell_text(value: Any) -> str:
-    """A value in a table of candidates (console, dashboard, report): knobs as the space file writes them, whole
-    numbers without a decimal point, "-" for none."""
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return shown(value)
-    if isinstance(value, float):
-        return f"{value:g}" if not value.is_integer() else f"{int(value)}"
-    return str(value)
-
-
 def knobs_text(knobs: Mapping[str, Value]) -> str:
     return ", ".join(f"{k}={shown(v)}" for k, v in knobs.items())
 
