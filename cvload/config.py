@@ -189,6 +189,9 @@ class RunConfig:
     # Barge-in load (cvload/barge_in.py): SHARE@WHEN of requests their listener abandons, e.g. "30%@1.5s"
     barge_in: str | None = None
     barge_in_baseline: bool = False  # first run the same load without barge-in, for the survivors' comparison
+    # Triton's request trace for the server's side of each abandoned request (cvload/server_release.py): the trace
+    # file as this host reads it; "" = the file the server names in its trace settings
+    triton_trace: str | None = None
     # Results
     out: str | None = None
     save_audio: bool = False
@@ -339,8 +342,6 @@ class RunConfig:
             Sampling.parse(self.check_content)
             make_recognizer(self.asr)  # an unknown backend fails here, before anything starts
             self.onset = True
-            if self.processes not in (1, "1"):
-                raise UsageError("--check-content listens from one load process: leave --processes out (or use 1)")
 
     def _validate_prometheus(self) -> None:
         if self.prometheus_port is not None and not 0 <= self.prometheus_port <= 65535:

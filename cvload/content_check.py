@@ -22,6 +22,7 @@ from typing import Any
 from cvload import columns_file
 from cvload.content import DEFAULT_MAX_ERROR, language_of
 from cvload.errors import UsageError
+from cvload.listening import CHECKED
 from cvload.metrics import Tally, record_json
 from cvload.records import FLAG_CONTENT_MISMATCH, RequestRecord
 from cvload.results import read_json, read_records, write_json, write_summary_csv
@@ -62,8 +63,8 @@ def _job(spec: str, path: str, text: str, language: str, onset: bool) -> tuple[s
         audio = audio.mean(axis=1)
     started = time.process_time()
     start = speech_start(audio, rate) if onset else None
-    heard, error, cpu = transcribe_job(spec, [audio], rate, text, language, 1.0)
-    return heard, error, cpu + time.process_time() - started, start
+    heard, error, _ = transcribe_job(spec, [audio], rate, text, language, 1.0)
+    return heard, error, time.process_time() - started, start  # the VAD's and the recogniser's CPU, once
 
 
 async def _transcribe_all(spec: str, jobs: list[tuple[RequestRecord, Path, str]], workers: int, onset: bool,
@@ -118,13 +119,16 @@ def check_folder(folder: Path, spec: str, *, max_error: float = DEFAULT_MAX_ERRO
                          "response is in another language", hint="use a recogniser for it: paraformer:DIR, "
                          "sensevoice:DIR, whisper or openai:URL")
     onset = any(r.speech_start_s is None for r, _, _ in jobs)
-    count = workers or max(1, (os.cpu_count() or 2) - 0)
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers {workers}: at least one recogniser process", hint="e.g. --workers 4")
+    count = workers or os.cpu_count() or 1
     started = time.monotonic()
     results = asyncio.run(_transcribe_all(spec, jobs, count, onset, progress))
     wall = time.monotonic() - started
     lines, mismatches, audio_s, cpu_s = [], 0, 0.0, 0.0
     for (record, _, lang), (heard, error, cpu, start) in zip(jobs, results):
         record.transcript, record.content_error = heard, round(error, 6)
+        record.content_check = CHECKED
         if record.speech_start_s is None:
             record.speech_start_s = start
         mismatch = error > max_error

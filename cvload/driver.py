@@ -176,5 +176,9 @@ class LoadDriver(Protocol):
         """Requests in flight now."""
         ...
 
+    def content_summary(self) -> dict[str, Any] | None:
+        """--check-content: the live word of the content checker(s) (cvload.listening); None without checks."""
+        ...
+
     async def close(self) -> None:
         """Release what ``start()`` took (load processes end here); safe to call twice."""

@@ -204,6 +204,10 @@ class Engine:
         self._held: set[asyncio.Future[None]] = set()
         self.barge_in = barge_in.check(config.barge_in, mode=config.mode, seed=config.seed)  # --barge-in
 
+    def content_summary(self) -> dict[str, Any] | None:
+        """--check-content: the checker's live word (sample, backlog, counts, speed); None without it."""
+        return self.content.summary() if self.content is not None else None
+
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
     def pause(self) -> None:
         self.state.paused = True
@@ -452,8 +456,8 @@ class Engine:
         if self._held:  # transcripts still due: the backlog is bounded (cvload.listening.BACKLOG_S)
             limit = self.drain_timeout if self._stop.is_set() else max(self.drain_limit(), CONTENT_WAIT_S)
             _, still = await asyncio.wait(list(self._held), timeout=limit)
-            for future in still:  # their records go on unchecked
-                future.set_result(None)
+            if still and self.content is not None:  # their records go on unchecked ("late")
+                self.content.release(still)
 
     async def _wait_in_flight(self, pending: set[asyncio.Task[None]]) -> None:
         """After the window, up to ``drain_limit`` (then they are incomplete); after the user's stop (or during

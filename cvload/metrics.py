@@ -201,6 +201,8 @@ def record_json(record: RequestRecord) -> dict[str, Any]:
         del data["level"]  # only sweeps tag records with their level
     if data["abandon_offset"] is None:
         del data["abandon_offset"]  # only --barge-in abandons requests
+    if data["content_check"] is None:
+        del data["content_check"]  # only --check-content (and `cvload check`) samples requests
     data["ok"] = record.ok
     data["audio_s"] = round(record.audio_s, 6)
     data["sent_s"] = round(record.sent - record.run_start, 6)

@@ -149,6 +149,11 @@ def split(config: RunConfig, count: int, items: int, *, until_drained: bool = Fa
             child["max_inflight"] = max(1, share(config.max_inflight, p, count))
             child["seed"] = config.seed + 7919 * p  # independent arrival streams
             delay = p / config.rate if config.arrival == "constant" else 0.0
+        if config.check_content is not None:  # each process checks its own requests: its share of the checker
+            child["check_workers"] = max(1, share(config.check_workers, p, count))
+            budget = _budget(config)
+            if budget is not None:
+                child["check_content"] = f"{budget / count:.6g}s/s"
         if total_requests is not None:
             child["requests"] = share(total_requests, p, count)
         if config.duration is not None:
@@ -161,6 +166,12 @@ def split(config: RunConfig, count: int, items: int, *, until_drained: bool = Fa
         fields.update(child)
         parts.append(Part(p, count, fields, delay, until_drained=until_drained))
     return parts
+
+
+def _budget(config: RunConfig) -> float | None:
+    from cvload.listening import Sampling
+
+    return Sampling.parse(config.check_content).budget_s_per_s
 
 
 # ---- the load process ------------------------------------------------------------------------------------------
@@ -219,6 +230,7 @@ class Status(TypedDict):
     interrupted: bool
     stopping: bool
     client: dict[str, Any]  # cvload.loop_health: live, or its summary in the final status
+    content: dict[str, Any] | None  # --check-content: its checker's live word (cvload.listening); None without
 
 
 class FinalStatus(Status):
@@ -240,7 +252,8 @@ def _status(engine: Engine, health: LoopHealth, *, final: bool = False) -> Statu
     return {"sent": st.sent, "done": st.done, "failed": st.failed, "inflight": engine.inflight_count,
             "concurrency": st.concurrency, "rate": st.rate, "measure_start": st.measure_start,
             "last_send": st.last_send, "aborted": st.aborted, "interrupted": st.interrupted,
-            "stopping": st.stopping, "client": health.summary() if final else health.live()}
+            "stopping": st.stopping, "client": health.summary() if final else health.live(),
+            "content": engine.content_summary()}
 
 
 def _apply(engine: Engine, command: dict[str, Any]) -> None:
@@ -270,9 +283,15 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
     targets = [make_target(cfg.protocol_used, cfg.mode, a, cfg.model, timeout=cfg.request_timeout, config=cfg)
                for a in cfg.addresses()]
     loop = asyncio.get_running_loop()
+    content = None
     try:
         await asyncio.gather(*(t.open() for t in targets))
         engine = Engine(cfg, targets, items, until_drained=part.until_drained)
+        if cfg.check_content is not None:  # this process's own recognisers (helpers): its records carry the words
+            from cvload.listening import ContentChecker
+
+            content = engine.content = ContentChecker.for_run(cfg, part.count)
+            await content.start()
         engine.events.finished.add_listener(lambda r: outbox.put("record", r))
         if part.report_sends:  # a copy as it leaves (the outbox pickles it later, when the original has chunks)
             engine.events.sent.add_listener(lambda r, _: outbox.put("sent", replace(
@@ -322,6 +341,8 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
         final: FinalStatus = {**_status(engine, health, final=True), "achieved": result.concurrency}
         outbox.put("final", final)
     finally:
+        if content is not None:
+            content.close()
         for target in targets:
             with contextlib.suppress(Exception):
                 await target.close()
@@ -532,6 +553,16 @@ class ProcessFleet:
     @property
     def inflight_count(self) -> int:
         return sum(c.status["inflight"] for c in self.children if c.status is not None and not c.finished)
+
+    def content_summary(self) -> dict[str, Any] | None:
+        """--check-content: every load process's checker (its latest status) as one."""
+        from cvload.listening import Sampling, merge_live
+
+        merged = merge_live([content for c in self.children if c.status is not None
+                             and (content := c.status["content"]) is not None])
+        if merged is not None:  # the run's sample, not one process's share of a budget
+            merged["sampling"] = Sampling.parse(self.config.check_content).describe()
+        return merged
 
     def drain_limit(self) -> float:
         return drain_limit(self.config)

@@ -75,6 +75,10 @@ class RequestRecord:
     transcript: str | None = None
     content_error: float | None = None
     language: str | None = None  # the item's language where its input gave it (else from the text's script)
+    # --check-content's word on this request (cvload.listening.CHECK_OUTCOMES): "checked", "failed" (the
+    # recogniser failed), or why a sampled request went on unchecked ("backlog", "budget", "language", "late");
+    # None: not part of the sample (or no checks). Per-level and per-run content counters are folded from it.
+    content_check: str | None = None
     abandon_offset: float | None = None  # --barge-in: when its listener abandoned it, s after ``sent``
 
     @property

@@ -35,13 +35,14 @@ from cvload.loop_health import LoopHealth
 from cvload.metrics import Tally
 from cvload.records import RequestRecord
 from cvload.results import SUMMARY_SCHEMA, ResultsWriter, default_out_dir
+from cvload.server_release import TRACE_GRACE_S
 from cvload.targets import make_target
 from cvload.targets.base import Target, TargetInfo
 from cvload.transport import INSECURE_WARNING
 
 if TYPE_CHECKING:
     from cvload.emulator.launch import Emulator
-    from cvload.listening import ContentChecker
+    from cvload.listening import ContentChecker, ContentTally
     from cvload.slo import Objective
     from cvload.telemetry import Telemetry
 
@@ -107,11 +108,17 @@ class Session:
     stop_asked: bool = False
     # This process's own timing error, beside a bare loop's on the same host (what the host alone costs).
     loop_health: LoopHealth = field(default_factory=lambda: LoopHealth(reference=True))
-    content: ContentChecker | None = None  # --check-content: the live checker
+    # --check-content: the checker (cvload.listening.ContentChecker), validated before any load; it runs in this
+    # process's helpers for an in-process engine, while a fleet's load processes each run their own.
+    content: ContentChecker | None = None
+    content_tally: ContentTally | None = None  # --check-content: the run's content counters
     exporter: Exporter | None = None  # --prometheus-port / --prometheus-push
     barge_in: BargeInTally | None = None  # --barge-in: the abandoned requests and the survivors' first chunk
     emulator_trace: Path | None = None  # the emulated server's per-request trace (--emulator)
     baseline: tuple[dict[str, Any], str] | None = None  # --barge-in-baseline: that run's summary and folder
+    triton_trace: Path | None = None  # --triton-trace: Triton's request trace, switched on for the run
+    trace_restore: dict[str, list[str]] | None = None  # the trace settings the server had before
+    trace_problem: str | None = None  # why --triton-trace gives nothing (said in the barge_in section)
     _loop: asyncio.AbstractEventLoop | None = None
     _linger_cut: asyncio.Event | None = None
 
@@ -194,6 +201,7 @@ class Session:
             await self.close()
             raise
         await self._start_listening()
+        await self._trace_on()
         self.stats_before = await self._statistics()
         self.started_wall = time.time()
         self.writer.write_json("config.json", {
@@ -240,9 +248,10 @@ class Session:
             driver = (ProcessFleet(cfg, count, len(items), self.events, until_drained=self.until_drained)
                       if count > 1 else
                       Engine(cfg, self.targets, items, events=self.events, until_drained=self.until_drained))
-        if self.content is not None and isinstance(driver, Engine):  # --check-content: one process (config)
-            driver.content = self.content
         try:
+            if self.content is not None and isinstance(driver, Engine):  # a fleet's processes check their own
+                await self.content.start()
+                driver.content = self.content
             await driver.start()
         except BaseException:
             await driver.close()
@@ -301,21 +310,21 @@ class Session:
             print(f"cvload: --prometheus-push: {warning}", file=sys.stderr, flush=True)
 
     async def _start_listening(self) -> None:
-        """The VAD model and the recogniser are checked (and the recogniser's processes loaded) before any load."""
+        """The VAD model and the recogniser are checked before any load (the recogniser's processes start with the
+        driver: in this process's helpers, or in each load process of a fleet)."""
         cfg = self.config
         if cfg.onset:
             from cvload.vad import model_path
 
             model_path()
         if cfg.check_content is not None:
-            from cvload.content import DEFAULT_MAX_ERROR
-            from cvload.listening import ContentChecker, Sampling
+            from cvload.listening import ContentChecker, ContentTally
 
-            max_error = DEFAULT_MAX_ERROR if cfg.max_content_error is None else float(cfg.max_content_error)
-            self.content = ContentChecker(cfg.asr, Sampling.parse(cfg.check_content), max_error=max_error,
-                                          workers=cfg.check_workers, language=cfg.language)
+            self.content = ContentChecker.for_run(cfg)
+            self.content_tally = ContentTally()
+            self.events.finished.add_listener(self.content_tally.add)
             try:
-                await self.content.start()
+                await self.content.validate()
             except BaseException:
                 await self.close()
                 raise
@@ -397,9 +406,12 @@ class Session:
         status = "aborted" if state.aborted else "interrupted" if state.interrupted else "completed"
         measured = self.tally.summary(wall_s=result.wall_s if result else 0.0,
                                       concurrency=result.concurrency if result else None)
+        from cvload.server_release import token2wav_calls
+
+        barge_in = await self.barge_in_section(self.barge_in, self.out_dir, token2wav_calls(self.stats_before))
+        await self._trace_off()
         summary = self.build_summary(measured, load=load, status=status, abort_reason=state.aborted,
-                                     started_wall=self.started_wall, finished_wall=time.time(),
-                                     extra=await self.barge_in_section(self.barge_in, self.out_dir))
+                                     started_wall=self.started_wall, finished_wall=time.time(), extra=barge_in)
         stats_after = await self._statistics()
         if self.stats_before is not None and stats_after is not None:
             from cvload.telemetry import stats_diff
@@ -409,26 +421,90 @@ class Session:
         self.summary = summary
         return summary
 
-    async def barge_in_section(self, tally: BargeInTally | None, out_dir: Path | None) -> dict[str, Any]:
+    async def barge_in_section(self, tally: BargeInTally | None, out_dir: Path | None,
+                               token2wav_before: int | None = None) -> dict[str, Any]:
         """--barge-in: the summary's ``barge_in`` section (cvload/barge_in_summary.py) of a run or a sweep level,
-        its release times from the emulated server's trace where there is one (waited for: a server ignoring
-        cancellations writes its line when it finally stops)."""
+        its release times from Triton's request trace (--triton-trace) or the emulated server's own trace where
+        there is one (waited for: a server ignoring cancellations ends its requests late), and the token2wav calls
+        since ``token2wav_before`` (Triton's statistics, once the server went quiet)."""
         if tally is None:
             return {}
         baseline = self.baseline
+        wait_s = min(30.0, self.config.request_timeout)
+        calls = None
+        if token2wav_before is not None:
+            after = await self._quiet_token2wav(wait_s)
+            calls = None if after is None else after - token2wav_before
+            if calls is not None:  # the server is done: a trace not written within seconds will not come
+                wait_s = min(wait_s, TRACE_GRACE_S)
+        own_trace = None if self.config.triton_trace is not None else self.emulator_trace
         section = await asyncio.get_running_loop().run_in_executor(None, lambda: tally.summary(
-            out_dir, self.emulator_trace, wait_s=min(30.0, self.config.request_timeout),
+            out_dir, own_trace, wait_s=wait_s, triton_trace=self.triton_trace, token2wav_calls=calls,
             baseline=baseline[0] if baseline else None, baseline_dir=baseline[1] if baseline else None))
+        if self.trace_problem is not None:
+            section["triton_trace_problem"] = self.trace_problem
         return {"barge_in": section}
+
+    async def _quiet_token2wav(self, wait_s: float) -> int | None:
+        """The server's token2wav calls once no new one came for ``QUIET_S`` (a front that ignores cancellation
+        goes on after the run), or after ``wait_s``."""
+        from cvload.server_release import QUIET_S, token2wav_calls
+
+        last = token2wav_calls(await self._statistics())
+        changed = time.monotonic()
+        deadline = changed + wait_s
+        while last is not None and time.monotonic() - changed < QUIET_S and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+            now = token2wav_calls(await self._statistics())
+            if now is not None and now != last:
+                last, changed = now, time.monotonic()
+        return last
+
+    async def _trace_on(self) -> None:
+        """--triton-trace: every request traced (timestamps) for the run, through the trace API; the server must
+        name its trace file at start (``--trace-config triton,file=F``: the API cannot set it)."""
+        from cvload.server_release import TRACE_KEYS, TRACE_ON
+
+        wanted = self.config.triton_trace
+        if wanted is None or not self.targets:
+            return
+        try:
+            before = await self.targets[0].trace_setting()
+            named = ((before or {}).get("trace_file") or [""])[0]
+            mode = ((before or {}).get("trace_mode") or ["triton"])[0]
+            if before is None:
+                self.trace_problem = "this target has no trace API"
+            elif not named:
+                self.trace_problem = ("the server has no trace file: start tritonserver with --trace-config "
+                                      "triton,file=FILE (the trace API cannot set the file)")
+            elif mode != "triton":
+                self.trace_problem = f"the server traces in {mode} mode: start it with --trace-config mode=triton"
+            else:
+                self.trace_restore = {k: before[k] for k in TRACE_KEYS if k in before}
+                await self.targets[0].trace_setting(TRACE_ON)
+                self.triton_trace = Path(wanted or named)
+        except Exception as exc:  # noqa: BLE001 - the trace is a bonus: the run goes on with the client's view
+            self.trace_problem = f"the trace settings could not be changed: {str(exc).splitlines()[0][:200]}"
+        if self.trace_problem is not None:
+            sys.stderr.write(f"warning: --triton-trace: {self.trace_problem}; the release comes from the client\n")
+
+    async def _trace_off(self) -> None:
+        """The trace settings the server had before the run."""
+        restore, self.trace_restore = self.trace_restore, None
+        if restore and self.targets:
+            with contextlib.suppress(Exception):  # a server gone away keeps what it had
+                await self.targets[0].trace_setting(restore)
 
     def build_summary(self, measured: dict[str, Any], *, load: dict[str, Any], status: str,
                       abort_reason: str | None, started_wall: float, finished_wall: float,
                       window: tuple[float, float] | None = None,
-                      extra: dict[str, Any] | None = None) -> dict[str, Any]:
+                      extra: dict[str, Any] | None = None,
+                      content: ContentTally | None = None) -> dict[str, Any]:
         """summary.json (schema cvload.summary/1) of this session's run, or of a part of it (a sweep level):
         the one builder, so every summary has the same keys. ``measured``: ``Tally.summary``/``summarize`` over
         its records; ``window``: the part's monotonic start and end (outages and telemetry over it); ``extra``:
-        keys of the part's own (a sweep level's ``sweep_level``), after ``load``. Objectives judged on it."""
+        keys of the part's own (a sweep level's ``sweep_level``), after ``load``; ``content``: the part's content
+        counters (cvload.listening.ContentTally of its records; default: the run's). Objectives judged on it."""
         from cvload.slo import all_met, evaluate
 
         cfg = self.config
@@ -454,8 +530,9 @@ class Session:
         summary.update(measured)
         if cfg.insecure:
             summary["warnings"] = [INSECURE_WARNING, *summary.get("warnings", [])]
-        if self.content is not None:  # --check-content: the checker's counts (over the whole run)
-            summary["content"] = self.content.summary()
+        live, tally = self.content_live(), content or self.content_tally
+        if live is not None and tally is not None:  # --check-content: the checker's settings, the part's counts
+            summary["content"] = tally.section(live)
         if self.telemetry is not None:
             summary["telemetry"] = self.telemetry.summary(None if window is None else window[0])
         summary["client"] = self.loop_health.summary()
@@ -467,6 +544,13 @@ class Session:
         summary["slo_passed"] = all_met(verdicts)
         return summary
 
+    def content_live(self) -> dict[str, Any] | None:
+        """--check-content: the checker's live word (sample, backlog, recogniser speed), of this process's checker
+        or of a fleet's load processes' together; None without checks."""
+        if self.config.check_content is None or self.engine is None:
+            return None
+        return self.engine.content_summary()
+
     def exit_code(self) -> int:
         assert self.summary is not None
         if self.summary["status"] == "aborted":
@@ -476,6 +560,7 @@ class Session:
         return EXIT_OK if self.summary["slo_passed"] else EXIT_SLO_FAILED
 
     async def close(self) -> None:
+        await self._trace_off()  # a run that failed before its summary
         if self.content is not None:
             self.content.close()
             self.content = None

@@ -34,6 +34,7 @@ from cvload.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup
 from cvload.driver import LoadDriver
 from cvload.engine import Engine
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_RUNTIME, EXIT_SLO_FAILED, UsageError
+from cvload.listening import ContentTally
 from cvload.metrics import BY_NAME, FloatColumn, end_time, stats, summarize, values
 from cvload.records import RequestRecord
 from cvload.results import ResultsWriter, default_out_dir, write_json
@@ -174,6 +175,8 @@ class Level:
     discarded: bool = False  # ended by the stop rules: its folder is gone
     stable: bool | None = None  # --stable: whether the windows agreed before --stable-max
     summary: dict[str, Any] | None = None
+    # --check-content: requests and audio seconds waiting for a recogniser when the window closed
+    content_backlog: tuple[int, float] | None = None
     changed: asyncio.Event = field(default_factory=asyncio.Event)  # a state change or the last request back
 
     @property
@@ -448,6 +451,9 @@ class Sweep:
 
     def _close_window(self, level: Level) -> None:
         level.state, level.ended = "closed", time.monotonic()
+        live = self.session.content_live()
+        if live is not None:
+            level.content_backlog = (int(live.get("backlog") or 0), float(live.get("backlog_audio_s") or 0.0))
         self._closed.append(level)
         level.changed.set()
 
@@ -638,10 +644,12 @@ class Sweep:
         measured = summarize(level.records, wall_s=wall, concurrency=self._achieved(level, requested),
                              meets=self.meets)
         now_wall, now = time.time(), time.monotonic()
+        content = None if self.session.content_tally is None else \
+            ContentTally.of(level.records, backlog=level.content_backlog)  # the level's own content counters
         return self.session.build_summary(
             measured, load=load, status="interrupted" if interrupted else "completed", abort_reason=None,
             started_wall=now_wall - (now - level.started), finished_wall=now_wall - (now - level.ended),
-            window=(level.started, level.ended), extra=extra)
+            window=(level.started, level.ended), extra=extra, content=content)
 
     def _achieved(self, level: Level, requested: float | None) -> dict[str, float | None]:
         """Requests in flight during the level's window (any level's), time-weighted, and their maximum."""
@@ -717,7 +725,7 @@ class Sweep:
                 "goodput": s.get("goodput"), "concurrency": s.get("concurrency"), "wall_s": s.get("wall_s"),
                 "metrics": metrics,
                 **({"barge_in": {k: s["barge_in"].get(k) for k in ("abandoned", "release_source", "release_ms",
-                                                                    "survivors")}} if s.get("barge_in") else {}),
+                                                                    "server_release_source", "survivors")}} if s.get("barge_in") else {}),
             },
         }
 

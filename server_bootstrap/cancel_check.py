@@ -18,6 +18,7 @@ from typing import Any
 
 from cvload.barge_in import Plan, own_call, watch
 from cvload.records import RequestRecord
+from cvload.server_release import TOKEN2WAV, token2wav_calls
 from cvload.targets.base import SynthesisRequest
 from cvload.targets.triton_grpc import TritonGrpcStreaming
 from server_bootstrap.findings import Finding
@@ -35,10 +36,9 @@ FIX = ("in the front model's streaming loop (model.py of cosyvoice2), check requ
 
 def _token2wav_calls(http: str) -> int | None:
     try:
-        with urllib.request.urlopen(f"{http}/v2/models/token2wav/stats", timeout=5.0) as resp:
-            stats = json.loads(resp.read())
-        return int(stats["model_stats"][0]["inference_stats"]["success"]["count"])
-    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        with urllib.request.urlopen(f"{http}/v2/models/{TOKEN2WAV}/stats", timeout=5.0) as resp:
+            return token2wav_calls(json.loads(resp.read()))
+    except (OSError, ValueError, AttributeError, TypeError):
         return None
 
 

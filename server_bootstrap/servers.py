@@ -18,7 +18,7 @@ from typing import TextIO
 from cvload import process
 from cvload.errors import CvloadError, ServerError
 from cvload.triton import launcher
-from cvload.triton.launcher import TritonInstall, TritonServer
+from cvload.triton.launcher import TritonInstall, TritonServer, trace_args
 from server_bootstrap import runtime_probe
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
@@ -83,7 +83,9 @@ def launch(config: DeploymentConfig, layout: Layout, *, record: Callable[[Server
                 layout.model_repository(index), host=config.host, http_port=http or None, grpc_port=grpc or None,
                 metrics_port=metrics or None, tritonserver=config.server.tritonserver,
                 workdir=layout.server_dir(index), log_path=log, ready_timeout=config.ready_timeout,
-                gpu_metrics=config.target != "emulator", env=server_env(config, layout, gpus), on_spawn=spawned)
+                gpu_metrics=config.target != "emulator", env=server_env(config, layout, gpus), on_spawn=spawned,
+                # a trace file named, tracing off: `cvload run --triton-trace` switches it on for a run
+                extra_args=trace_args(layout.server_dir(index) / "triton_trace.json"))
             t0 = time.monotonic()
             started.append(server)
             server.start()

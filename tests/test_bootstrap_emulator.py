@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,6 +77,9 @@ def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: 
     assert process.alive(rec["pid"], rec["start_time"])  # the server outlived `up`
     grpc = f"127.0.0.1:{rec['grpc_port']}"
     assert f"endpoints: {grpc}" in up.stdout and f"try: cvload run --server {grpc} --mode streaming" in up.stdout
+    with urllib.request.urlopen(f"http://127.0.0.1:{rec['http_port']}/v2/trace/setting", timeout=5) as resp:
+        trace = json.loads(resp.read())  # traceable by `cvload run --triton-trace`, tracing off meanwhile
+    assert trace["trace_file"].endswith("triton_trace.json") and trace["trace_level"] == ["OFF"]
 
     where = ("--workdir", str(workdir))
     status, logs, smoke_log, paths, bad, doctor = clis(

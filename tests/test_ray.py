@@ -182,3 +182,17 @@ def test_ray_client_address(ray_cluster, emulator, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["requests"]["ok"] == 8
     assert len({p["node_id"] for p in summary["client"]["placement"]}) == 2
+
+
+def test_content_checks_on_the_cluster_nodes(ray_cluster, emulator, tmp_path):
+    """--check-content on Ray: each load process (one per node) transcribes its own requests beside it."""
+    out, english = tmp_path / "r", tmp_path / "en.jsonl"
+    english.write_text(json.dumps({"id": "en0", "target_text": "Hello there, how are you?"}) + "\n")
+    done = ray_cluster.run("--server", emulator.grpc, "--model", "cosyvoice2_instant", "--inputs", str(english),
+                           "--num-tasks", "2", "--requests", "2", "--processes", "2", "--check-content",
+                           "--out", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["content"]["processes"] == 2 and summary["content"]["checked"] == 2, summary["content"]
+    records = [json.loads(line) for line in (out / "records.jsonl").read_text().splitlines()]
+    assert all(r["content_check"] == "checked" and r["content_error_rate"] <= 0.1 for r in records), records

@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="moonshine (default), whisper[:MODEL], paraformer:DIR, sensevoice:DIR, openai:URL[#MODEL]")
     p.add_argument("--max-content-error", type=float, default=DEFAULT_MAX_ERROR, metavar="SHARE",
                    help=f"above this error rate a request gets content_mismatch (default {DEFAULT_MAX_ERROR:g})")
-    p.add_argument("--workers", type=int, default=None, metavar="N", help="recogniser processes (default: CPUs)")
+    p.add_argument("--workers", "--jobs", type=int, default=None, metavar="N",
+                   help="recogniser processes, one request each at a time (default: every CPU)")
     p.add_argument("--language", choices=("en", "zh"), default=None,
                    help="every item's language (default: from each text's script)")
     p.set_defaults(func=run)

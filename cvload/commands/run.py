@@ -7,7 +7,7 @@ import asyncio
 import sys
 from typing import Any
 
-from cvload.apis import APIS, PROTOCOLS, api_help
+from cvload.apis import APIS, PROTOCOLS, api_help, api_spec
 from cvload.commands.serve import add_emulator_options, parse_overrides
 from cvload.config import (
     ARRIVALS,
@@ -97,6 +97,10 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--barge-in-baseline", action="store_true", default=None,
                    help="first run the same load without barge-in (results in OUT/baseline): the summary compares "
                         "the survivors' first chunk with it")
+    g.add_argument("--triton-trace", nargs="?", const="", default=None, metavar="FILE",
+                   help="the server's side of each abandoned request from Triton's request trace: switched on "
+                        "for the run through the trace API (the server must have been started with --trace-config "
+                        "triton,file=F); FILE: where this host reads F (default: F itself, cvload beside the server)")
     g = p.add_argument_group("results and objectives")
     g.add_argument("--out", default=None, metavar="DIR", help="results folder (default results/<time>-<mode>)")
     g.add_argument("--save-audio", action="store_true", default=None, help="write one 24 kHz WAV per request")
@@ -212,6 +216,11 @@ def checked(config: RunConfig) -> RunConfig:
     barge_in.check(config.barge_in, mode=config.mode, seed=config.seed)
     if config.barge_in_baseline and config.barge_in is None:
         raise UsageError("--barge-in-baseline compares with a barge-in run: add --barge-in SHARE@WHEN")
+    if config.triton_trace is not None and config.barge_in is None:
+        raise UsageError("--triton-trace reads the server's side of abandoned requests: add --barge-in SHARE@WHEN")
+    if config.triton_trace is not None and not api_spec(config.api).triton_telemetry:
+        raise UsageError(f"--triton-trace reads a Triton server's request trace, not --api {config.api}'s",
+                         hint="leave --triton-trace out: the release comes from the client (or an emulator's trace)")
     return config
 
 

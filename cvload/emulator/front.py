@@ -62,6 +62,15 @@ class _Tokens:
             return self.ids[:count]
 
 
+def _traced(parent) -> dict:
+    """A child request joins its parent's Triton trace (``trace=``), so the server's trace file shows each
+    token2wav and tensorrt_llm call under the client's request (its ``parent_id``). Upstream's front passes none:
+    there only the front request itself is traced."""
+    if parent is None or not hasattr(parent, "trace"):
+        return {}
+    return {"trace": parent.trace()}
+
+
 class TritonPythonModel(core.TritonPythonModel):
     def initialize(self, args: dict) -> None:
         super().initialize(args)
@@ -74,16 +83,16 @@ class TritonPythonModel(core.TritonPythonModel):
 
     # ---- BLS calls -----------------------------------------------------------------------------------------
     @staticmethod
-    def _call(model: str, inputs: list, outputs: list[str], request_id: str = "") -> list[np.ndarray]:
+    def _call(model: str, inputs: list, outputs: list[str], request_id: str = "", parent=None) -> list[np.ndarray]:
         request = pb_utils.InferenceRequest(model_name=model, requested_output_names=outputs, inputs=inputs,
-                                            request_id=request_id)
+                                            request_id=request_id, **_traced(parent))
         response = request.exec()
         if response.has_error():
             raise RuntimeError(f"{model}: {response.error().message()}")
         return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
     @staticmethod
-    def _llm_request(input_ids: np.ndarray, total: int, streaming: bool, request_id: str):
+    def _llm_request(input_ids: np.ndarray, total: int, streaming: bool, request_id: str, parent=None):
         inputs = {
             "input_ids": input_ids.reshape(1, -1),
             "input_lengths": np.array([[input_ids.size]], dtype=np.int32),
@@ -99,7 +108,7 @@ class TritonPythonModel(core.TritonPythonModel):
         }
         return pb_utils.InferenceRequest(model_name="tensorrt_llm", requested_output_names=["output_ids", "sequence_length"],
                                          inputs=[pb_utils.Tensor(k, v) for k, v in inputs.items()],
-                                         request_id=request_id)
+                                         request_id=request_id, **_traced(parent))
 
     @staticmethod
     def _ids(response) -> list[int]:
@@ -175,21 +184,21 @@ class TritonPythonModel(core.TritonPythonModel):
         wav = parsed["wav"].as_numpy().reshape(1, -1)[:, :n]
         tokens, = self._call("audio_tokenizer", [pb_utils.Tensor("reference_wav", wav),
                                                  pb_utils.Tensor("reference_wav_len", np.array([[n]], np.int32))],
-                             ["prompt_speech_tokens"])
+                             ["prompt_speech_tokens"], parent=parsed["request"])
         embedding, = self._call("speaker_embedding", [pb_utils.Tensor("reference_wav", wav)],
-                                ["prompt_spk_embedding"])
+                                ["prompt_spk_embedding"], parent=parsed["request"])
         tokens = tokens.reshape(1, -1).astype(np.int32)
         feat = np.zeros((1, 2 * tokens.shape[1], 80), dtype=np.float16)  # mel frames: two per speech token
         return [pb_utils.Tensor("prompt_speech_tokens", tokens), pb_utils.Tensor("prompt_speech_feat", feat),
                 pb_utils.Tensor("prompt_spk_embedding", embedding.reshape(1, -1).astype(np.float16))], tokens.shape[1]
 
     def _token2wav(self, ids: list[int], prompt: list, request_id: str, offset: int | None,
-                   final: bool | None) -> np.ndarray:
+                   final: bool | None, parent=None) -> np.ndarray:
         inputs = [pb_utils.Tensor("target_speech_tokens", np.array(ids, dtype=np.int32).reshape(1, -1)), *prompt]
         if offset is not None:
             inputs += [pb_utils.Tensor("token_offset", np.array([[offset]], dtype=np.int32)),
                        pb_utils.Tensor("finalize", np.array([[final]], dtype=np.bool_))]
-        waveform, = self._call("token2wav", inputs, ["waveform"], request_id)
+        waveform, = self._call("token2wav", inputs, ["waveform"], request_id, parent)
         return waveform.reshape(-1)
 
     def _synthesize(self, parsed: dict, request_id: str, arrival: float, emit) -> tuple[list[float], list]:
@@ -205,13 +214,13 @@ class TritonPythonModel(core.TritonPythonModel):
 
         def vocode(ids: list[int], n: int, offset: int | None, final: bool | None) -> None:
             start = time.monotonic()
-            self._token2wav(ids, prompt, request_id, offset, final)
+            self._token2wav(ids, prompt, request_id, offset, final, parsed["request"])
             spans.append([start - arrival, time.monotonic() - arrival])
             sends.append(time.monotonic() - arrival)
             emit(voice.render(n * core.SAMPLES_PER_TOKEN))
 
         if not self.decoupled:
-            whole = self._ids(self._llm_request(input_ids, total, False, request_id).exec())
+            whole = self._ids(self._llm_request(input_ids, total, False, request_id, parsed["request"]).exec())
             vocode(whole, total, None, None)
             return sends, spans
         lookahead = int(p.get("lookahead_tokens", 3))
@@ -221,7 +230,8 @@ class TritonPythonModel(core.TritonPythonModel):
         stall_at = self.rng.randrange(len(chunks)) if self.rng.random() < p.get("stall_prob", 0.0) else -1
         tokens = _Tokens()
         reader = threading.Thread(target=self._read_stream, daemon=True,
-                                  args=(parsed["request"], self._llm_request(input_ids, total, True, request_id), tokens))
+                                  args=(parsed["request"], self._llm_request(input_ids, total, True, request_id, parsed["request"]),
+                                        tokens))
         reader.start()
         watch = parsed.get("watch")  # the client's cancellation, checked between the pipeline's stages
         try:

@@ -128,7 +128,7 @@ class TritonEmulator(Emulator):
 
     def start(self) -> TritonEmulator:
         from cvload.emulator import EmulatedModel, build_pipeline_repository, build_repository
-        from cvload.triton.launcher import TritonServer
+        from cvload.triton.launcher import TritonServer, trace_args
 
         s = self.settings
         self._own_root = s.workdir is None
@@ -142,7 +142,8 @@ class TritonEmulator(Emulator):
                                    metrics_port=s.metrics_port, tritonserver=s.tritonserver,
                                    workdir=root / s.server_folder if s.server_folder else root,
                                    die_with_parent=s.die_with_parent,
-                                   extra_args=[] if s.unload_on_stop else ["--exit-timeout-secs=0"])
+                                   extra_args=[*trace_args(root / "triton_trace.json"),
+                                               *([] if s.unload_on_stop else ["--exit-timeout-secs=0"])])
         self._start()
         return self
 

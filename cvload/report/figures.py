@@ -302,9 +302,10 @@ def barge_in_release(runs: Sequence[RunResults], labels: Sequence[str]) -> Figur
     _objectives(ax, _all_objectives(runs, "barge_in.release_ms"), cdf=True)
     _cdf_axes(ax, "release time: abandon -> server stopped (ms)", "abandoned requests")
     return Figure("Barge-in release time", _png(fig),
-                  "Time from abandoning a request (--barge-in) until the server stopped making it: from the "
-                  "server's trace where it keeps one (server), else until the client's call closed (client, a "
-                  "lower bound of what the server did).")
+                  "Time from abandoning a request (--barge-in) until the server stopped making it: from Triton's "
+                  "request trace (--triton-trace: the latest end in the request's tree of model calls) or the "
+                  "emulator's own trace, else until the client's call closed (client, a lower bound of what the "
+                  "server did).")
 
 
 def barge_in_survivors(runs: Sequence[RunResults], labels: Sequence[str]) -> Figure | None:

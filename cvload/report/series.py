@@ -251,10 +251,14 @@ def sweep_objectives(sweep: SweepResults, metric: str) -> list[ObjectiveLine]:
 # ---- barge-in (--barge-in) ----------------------------------------------------------------------------------------
 def release_times(run: RunResults) -> tuple[np.ndarray, str]:
     """The abandoned requests' release times (ms) from barge_in.jsonl and where they come from: the server's
-    trace where every request has one, else the client (abandon -> its call closed). Empty without barge-in."""
+    trace (Triton's request trace or the emulator's own) where the summary's release is the server's, else the
+    client (abandon -> its call closed). Empty without barge-in."""
     rows = _jsonl(run.path / BARGE_IN_FILE)
-    if rows and all("server_release_ms" in r for r in rows):
-        return np.array([r["server_release_ms"] for r in rows], dtype=float), "server"
+    section = run.summary.get("barge_in") or {}
+    if rows and section.get("release_source", "server") == "server" and any("server_release_ms" in r for r in rows):
+        source = section.get("server_release_source") or "server"
+        return (np.array([r["server_release_ms"] for r in rows if "server_release_ms" in r], dtype=float),
+                source.replace("_", " "))
     return np.array([r["client_release_ms"] for r in rows], dtype=float), "client"
 
 

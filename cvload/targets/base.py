@@ -175,3 +175,8 @@ class Target(ABC):
     async def statistics(self) -> dict[str, Any] | None:
         """Per-model inference statistics (Triton statistics API), if the server has them."""
         return None
+
+    async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
+        """Triton's request-trace settings (trace API), after ``update`` where given; None where the server has
+        no such API."""
+        return None

@@ -166,6 +166,14 @@ class _TritonGrpc(Target):
                                                       metadata=connection.metadata)
         return message_to_dict(reply)
 
+    async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
+        connection = self._connections.get()
+        request = pb.TraceSettingRequest()
+        for key, values in (update or {}).items():
+            request.settings[key].value.extend(values)
+        reply = await connection.stub.TraceSetting(request, timeout=10.0, metadata=connection.metadata)
+        return {key: list(value.value) for key, value in reply.settings.items()}
+
     async def close(self) -> None:
         await self._connections.close()
 

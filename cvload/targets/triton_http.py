@@ -300,6 +300,17 @@ class _TritonHttp(Target):
             stats = await resp.json()
         return stats if isinstance(stats, dict) else None  # the API answers an object: anything else is none
 
+    async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
+        session, url = self._sessions.get(), f"{self.base}/v2/trace/setting"
+        timeout = aiohttp.ClientTimeout(total=10.0)
+        async with (session.get(url, timeout=timeout) if update is None else
+                    session.post(url, json={k: v if k == "trace_level" else v[0] for k, v in update.items()},
+                                 timeout=timeout)) as resp:
+            if resp.status >= 400:
+                raise RuntimeError(f"{url}: HTTP {resp.status} {(await resp.text())[:200]}")
+            reply: dict[str, Any] = await resp.json()
+        return {key: value if isinstance(value, list) else [str(value)] for key, value in reply.items()}
+
     async def close(self) -> None:
         await self._sessions.close()
 

@@ -28,6 +28,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from http.client import HTTPException
 from pathlib import Path
 from typing import Protocol
 
@@ -262,7 +263,8 @@ def accepts(host: str, port: int, timeout: float = 2.0) -> bool:
 
 def ready(http: str, timeout: float = 1.0) -> bool:
     """Whether the Triton server at ``http`` (``host:port``) answers ``/v2/health/ready`` with 200."""
-    with contextlib.suppress(urllib.error.URLError, OSError), \
+    # HTTPException: something else answers on the port (another server's gRPC took it meanwhile)
+    with contextlib.suppress(urllib.error.URLError, OSError, HTTPException), \
             urllib.request.urlopen(f"http://{http}/v2/health/ready", timeout=timeout) as resp:
         return resp.status == 200
     return False
@@ -298,6 +300,12 @@ def log_excerpt(path: Path, *, tail: int = 12, max_errors: int = 12, width: int 
 def _shorten(line: str, width: int) -> str:
     line = line.replace("\\n", " | ")  # glog escapes Python tracebacks onto one line
     return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def trace_args(path: Path) -> list[str]:
+    """Flags naming ``path`` as the server's request-trace file, tracing off: the trace API (``--triton-trace``)
+    switches it on for a run but cannot name a file."""
+    return [f"--trace-config=triton,file={path}", "--trace-config=level=OFF"]
 
 
 @dataclass

@@ -171,7 +171,7 @@ class DashboardApp(App[int]):
         for panel in self.latency:
             panel.show(snap)
         self.rtf.show(snap)
-        self.throughput.show(snap, status.outages)
+        self.throughput.show(snap, status.outages, getattr(source, "summary", None))
         if self.tune is not None:
             tune_elapsed = getattr(source, "tune_elapsed", None)
             self.tune.show(getattr(source, "tune", None), tune_elapsed() if tune_elapsed is not None else None)

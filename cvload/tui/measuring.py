@@ -70,7 +70,7 @@ def engine_status(session: Session, stages: list[dict[str, Any]] | None = None, 
         warnings=list(session.telemetry.warnings) if session.telemetry is not None else [],
         client=session.loop_health.summary() if final else session.loop_health.live(),
         outages=[outage.to_json(st.started) for outage in st.outages],
-        content=session.content.summary() if session.content is not None else None,
+        content=session.content_live(),
     )
 
 

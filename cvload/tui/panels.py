@@ -14,6 +14,7 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 from textual.widgets import Static
 
+from cvload.barge_in_summary import line as barge_in_line
 from cvload.live_window import LiveSnapshot, MetricView, finished_at
 from cvload.loop_health import client_text
 from cvload.metrics import BY_NAME, values
@@ -216,7 +217,8 @@ class RtfPanel(Panel):
 
 # ---- throughput --------------------------------------------------------------------------------------------------
 class ThroughputPanel(Panel):
-    def show(self, snap: LiveSnapshot, outages: Sequence[dict[str, Any]] = ()) -> None:
+    def show(self, snap: LiveSnapshot, outages: Sequence[dict[str, Any]] = (),
+             summary: dict[str, Any] | None = None) -> None:
         w = self.width
         out = []
         complete = -2 if len(snap.seconds) > 1 else -1  # the running second is still filling
@@ -238,7 +240,10 @@ class ThroughputPanel(Panel):
         counts += "".join(f"  {k.replace('_', ' ')} {c[k]}" for k in ("warmup", "cancelled", "barged_in")
                           if c.get(k))
         out.append(Text(counts, style="dim"))
-        if snap.barge_in is not None:  # --barge-in: the client's side; the server's release is in the summary
+        final = barge_in_line(summary) if summary else None
+        if final is not None:  # the run's summary: the release from the server's trace where it has one
+            out.append(Text(final, style="dim"))
+        elif snap.barge_in is not None:  # --barge-in, live: the client's side (the server's is read at the end)
             b = snap.barge_in
             out.append(Text(f"barge-in: {b['abandoned']:.0f} abandoned, call closed p50 {b['close_p50_ms']:.1f} "
                             f"p95 {b['close_p95_ms']:.1f} ms after the abandon", style="dim"))
