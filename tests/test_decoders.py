@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Iterator
 
 import numpy as np
@@ -71,3 +72,20 @@ def test_a_dead_helper_fails_its_job_and_the_pool_says_so() -> None:
     finally:
         pool.close()
     assert pool.broken is not None and "failed" in pool.broken
+
+
+def test_a_loop_closed_with_jobs_in_flight_leaves_the_helpers_serving(decoders: Decoders) -> None:
+    """A job still in a helper when its event loop closed (a run ended): the answer has nowhere to go. The feeding
+    threads used to die on the closed loop, and every later job in that process (the next test under
+    pytest-xdist, a sweep's next level) waited forever."""
+    async def leave_jobs_in_flight() -> None:
+        for _ in range(2):  # one for each feeding thread
+            decoders.submit(asyncio.get_running_loop(), time.sleep, 0.3)
+
+    asyncio.run(leave_jobs_in_flight())  # the next loop's jobs queue behind these, answered after the loop closed
+
+    async def next_loop() -> list[int]:
+        jobs = [decoders.submit(asyncio.get_running_loop(), abs, -i) for i in range(4)]
+        return await asyncio.wait_for(asyncio.gather(*jobs), 10)
+
+    assert asyncio.run(next_loop()) == [0, 1, 2, 3]

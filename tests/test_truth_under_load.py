@@ -211,23 +211,3 @@ async def test_json_audio_is_parsed_and_checked_in_a_helper_process():
     assert audio_checks._decoders is not None and os.getpid() not in audio_checks._decoders.pids
     assert audio_checks._decoders_failed is None
 
-
-def test_a_run_ending_with_helper_jobs_in_flight_leaves_the_helpers_serving():
-    """A job still in a decoder process when its run's event loop closed: the answer has nowhere to go. The
-    helper threads used to die on the closed loop, and the next run in the same process (a test session, a
-    sweep's next level) waited forever for its audio checks."""
-    async def leave_jobs_in_flight() -> None:
-        await start_decoders()
-        assert audio_checks._decoders is not None
-        for _ in range(audio_checks.DECODER_PROCESSES):  # one for each helper thread
-            audio_checks._decoders.submit(asyncio.get_running_loop(), time.sleep, 0.3)
-
-    asyncio.run(leave_jobs_in_flight())  # the next run's jobs queue behind those, answered after the loop closed
-
-    async def next_run() -> None:
-        assert audio_checks._decoders is not None
-        jobs = [audio_checks._decoders.submit(asyncio.get_running_loop(), abs, -i)
-                for i in range(2 * audio_checks.DECODER_PROCESSES)]
-        assert await asyncio.wait_for(asyncio.gather(*jobs), 10) == list(range(2 * audio_checks.DECODER_PROCESSES))
-
-    asyncio.run(next_run())
