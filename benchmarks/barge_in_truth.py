@@ -118,9 +118,9 @@ def cvload_rows(out: Path) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from cvload.barge_in import BargeIn
     from cvload.cli import main as cvload_main
     from cvload.emulator import EmulatedModel, build_repository, get_profile
+    from cvload.load.barge_in import BargeIn
     from cvload.triton.launcher import TritonServer
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -73,14 +73,14 @@ PROMPTS = (
 
 def audio_seconds(texts: Sequence[str]) -> float:
     """Seconds of audio the emulator produces for ``texts`` (its text-length model, tokens rounded)."""
-    from cvload.emulator.model import TOKENS_PER_S, speech_tokens
+    from cvload.emulator.single_model import TOKENS_PER_S, speech_tokens
 
     return sum(speech_tokens(t) for t in texts) / TOKENS_PER_S
 
 
 def builtin_prompt() -> tuple[object, str]:
     """cvload's first built-in prompt (16 kHz, about 3 s) and its transcript, for zero-shot requests."""
-    from cvload.inputs import load_items
+    from cvload.settings.inputs import load_items
 
     item = next(i for i in load_items(None) if i.prompt_wav is not None)
     return item.prompt_wav, item.prompt_text or ""

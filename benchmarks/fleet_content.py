@@ -3,7 +3,7 @@
 A load process's finished audio can reach a recogniser two ways:
 
 a. **its own helper** (what cvload does): the engine hands the audio to a recogniser helper process of its own
-   (``cvload.audio_checks.Decoders``: a queue put on the loop, pickle protocol 5 with the arrays out of band, one
+   (``cvload.measure.audio_checks.Decoders``: a queue put on the loop, pickle protocol 5 with the arrays out of band, one
    pipe write from a feeder thread);
 b. **the coordinator's checker**: the audio goes into the load process's record batches to the coordinator
    (pickled into the frame: copied), which unpickles it and hands it to its own helper.
@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cvload.audio_checks import Decoders
-from cvload.listening import warm_job
+from cvload.listen.live import warm_job
+from cvload.measure.audio_checks import Decoders
 
 
 async def own_helper(audio: list[np.ndarray], n: int) -> tuple[float, float]:

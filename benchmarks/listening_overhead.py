@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from cvload.emulator import EmulatedModel, build_repository, get_profile
-from cvload.results import read_records
+from cvload.results.writer import read_records
 from cvload.triton.launcher import TritonServer, free_port
 
 SENTENCES = ("The morning train was late again, so we shared a coffee on the platform and watched the rain.",
@@ -70,7 +70,7 @@ def split_first_chunk(out: Path, trace: Path) -> tuple[float, float]:
 
 def timing(server: TritonServer, work: Path, rounds: int, seconds: float, streams: int) -> None:
     print(f"\n1. first chunk at {streams} streams, {rounds} rounds of {seconds:g} s, alternating "
-          "(loop lag: the measuring process's event loop, cvload.loop_health; bare: a bare loop beside it)")
+          "(loop lag: the measuring process's event loop, cvload.measure.loop_health; bare: a bare loop beside it)")
     flags: dict[str, list[str]] = {"plain": [], "onset": ["--onset"], "check-content 100%": ["--check-content", "100%"]}
     sides: dict[str, list[tuple[float, ...]]] = {side: [] for side in flags}
     english = _english(work)  # the recogniser's language: 100% means every request
@@ -114,15 +114,15 @@ def recognisers(work: Path) -> None:
 
     import hibari
 
-    from cvload.asr import make_recognizer
-    from cvload.content import error_rate
+    from cvload.listen.asr import make_recognizer
+    from cvload.listen.content import error_rate
 
     voice = hibari.Hibari()
     clips = [(text, np.asarray(voice(text), np.float32)) for text in SENTENCES]
     audio_s = sum(len(a) for _, a in clips) / 24000
     print(f"\n2. recognisers on {len(clips)} hibari sentences ({audio_s:.1f} s of audio)")
     specs = ["moonshine"]
-    from cvload.asr.whisper import bundled_model
+    from cvload.listen.asr.whisper import bundled_model
 
     if not importlib.util.find_spec("faster_whisper"):
         specs.append("whisper (not installed: pip install 'cvload[whisper]')")

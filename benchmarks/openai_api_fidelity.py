@@ -27,12 +27,12 @@ from pathlib import Path
 import aiohttp
 import numpy as np
 
-from cvload.config import RunConfig
 from cvload.emulator.openai_server import ROUTES, OpenAIServer
 from cvload.emulator.profiles import get_profile
-from cvload.inputs import load_items
-from cvload.results import read_records
-from cvload.session import Session
+from cvload.load.session import Session
+from cvload.results.writer import read_records
+from cvload.settings.config import RunConfig
+from cvload.settings.inputs import load_items
 
 FIRST_S = 0.200
 RAMP_S = 0.3

@@ -40,7 +40,7 @@ print(n)
 
 async def one_run(url: str, out: Path, concurrency: int, seconds: float, port: int | None) -> dict:
     from benchmarks.run_overhead import run_session
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
 
     config = RunConfig(server=[url], num_tasks=concurrency, duration=seconds, warmup="1s", ramp=0.3,
                        out=str(out), metrics_url="none", gpu_source="none", prometheus_port=port,

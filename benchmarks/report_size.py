@@ -29,11 +29,11 @@ from pathlib import Path
 
 import numpy as np
 
-from cvload import columns_file
-from cvload.metrics import Tally
-from cvload.records import ERR_TIMEOUT, RequestRecord
-from cvload.results import SUMMARY_SCHEMA, ResultsWriter, write_json
-from cvload.slo import all_met, evaluate, parse_objectives
+from cvload.measure.metrics import Tally
+from cvload.measure.slo import all_met, evaluate, parse_objectives
+from cvload.results import columns_file
+from cvload.results.records import ERR_TIMEOUT, RequestRecord
+from cvload.results.writer import SUMMARY_SCHEMA, ResultsWriter, write_json
 
 RATE = 24000
 OBJECTIVES = ["first_chunk.p95<400ms", "second_chunk.p99<300ms", "error_rate<1%"]

@@ -1,7 +1,7 @@
 """Prompt resampling: python-soxr (what cvload uses) against the hand-written polyphase filter it replaced.
 
 A 3 s 44.1 kHz stereo prompt (speech-band tones plus an out-of-band one) is mixed down to mono and resampled to
-16 kHz by both, as ``cvload.inputs.read_prompt`` does; both are timed in the same run (best and median of
+16 kHz by both, as ``cvload.settings.inputs.read_prompt`` does; both are timed in the same run (best and median of
 ``--repeat`` calls after one warm-up call) and checked for the same result: the in-band tones kept, the
 out-of-band tone removed. Prints the times and their ratio; exit status 1 when soxr is slower than the reference.
 
@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from cvload.inputs import PROMPT_RATE, resample
+from cvload.settings.inputs import PROMPT_RATE, resample
 
 RATE_IN = 44100
 SECONDS = 3.0

@@ -26,7 +26,7 @@ import soundfile
 
 from benchmarks import grpc_target_overhead as harness
 from benchmarks.grpc_target_overhead import Timed, closed_loop, lean_client
-from cvload.results import read_records
+from cvload.results.writer import read_records
 
 RAMP_S = 0.3
 
@@ -42,7 +42,7 @@ def write_manifest(folder: Path) -> Path:
 async def run_session(config: Any) -> tuple[Any, dict[str, Any], float]:
     """One `cvload run` without a view: the session (its engine holds the records), the summary, and the client
     CPU seconds spent while the engine ran."""
-    from cvload.session import Session
+    from cvload.load.session import Session
 
     session = Session(config)
     try:
@@ -66,7 +66,7 @@ def timed_records(session: Any) -> list[Timed]:
 async def run_cvload(url: str, manifest: Path, out: Path, concurrency: int, requests: int) -> tuple[list[Timed], float]:
     """One `cvload run` (no console view, no telemetry scrape): the records as Timed, and the client CPU seconds
     spent while the engine ran. Prints the run's own concurrency figures (steady window, after the ramp)."""
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
 
     config = RunConfig(server=[url], num_tasks=concurrency, requests=requests, ramp=RAMP_S, inputs=str(manifest),
                        out=str(out), metrics_url="none", gpu_source="none")

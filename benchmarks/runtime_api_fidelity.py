@@ -35,7 +35,7 @@ Client = Callable[[], Awaitable[float]]  # one request -> first-chunk latency (s
 
 
 async def cvload_client(protocol: str, address: str) -> tuple[Client, Callable[[], Awaitable[None]]]:
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
     from cvload.targets import make_target
     from cvload.targets.base import SynthesisRequest
 

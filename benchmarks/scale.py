@@ -36,7 +36,7 @@ TRUTH_MS = 200.0  # the fixed profile's first chunk
 def receive_path_ms(out: Path, traces: list[Path]) -> list[float]:
     """Per measured request: client stamp of the first chunk minus the model's send of it (server trace)."""
     from benchmarks.grpc_target_overhead import read_trace
-    from cvload.results import read_records
+    from cvload.results.writer import read_records
 
     trace: dict[str, dict] = {}
     for path in traces:
@@ -55,8 +55,8 @@ async def one_run(servers: list[str], out: Path, streams: int, processes: int | 
     import numpy as np
 
     from benchmarks.grpc_target_overhead import _busy_s, _group_cpu_s
-    from cvload.config import RunConfig
-    from cvload.session import Session
+    from cvload.load.session import Session
+    from cvload.settings.config import RunConfig
 
     config = RunConfig(server=servers, num_tasks=streams, duration=duration, warmup=f"{warmup}s", out=str(out),
                        metrics_url="none", gpu_source="none", processes=processes).validate()

@@ -70,7 +70,7 @@ def dashboard(server: str, protocol: str, num_tasks: int, requests: int, out: st
     """``--view tui``'s child: the dashboard over a run, as ``cvload tui`` builds it; prints its frames a second."""
     import asyncio
 
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
     from cvload.tui.app import DashboardApp
     from cvload.tui.run_source import RunSource
 

@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from cvload.sweep import SweepView
+from cvload.load.sweep import SweepView
 
 
 class Quiet(SweepView):
@@ -25,8 +25,8 @@ class Quiet(SweepView):
 
 
 async def measure(levels: str, duration: float, warmup: str, out: Path, profile: str) -> None:
-    from cvload.config import RunConfig, SweepSettings
-    from cvload.sweep import Sweep
+    from cvload.load.sweep import Sweep
+    from cvload.settings.config import RunConfig, SweepSettings
 
     config = RunConfig(emulator=True, profile=profile, duration=duration, warmup=warmup, out=str(out),
                        metrics_url="none", gpu_source="none", sweep=SweepSettings(num_tasks=levels))

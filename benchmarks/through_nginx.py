@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from cvload import process
+from cvload import subprocesses
 from cvload.cli import main as cvload_main
 from cvload.triton.launcher import accepts, free_ports
 
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             proc = subprocess.Popen([nginx, "-p", str(root), "-c", str(root / "nginx.conf"), "-g", "daemon off;"],
                                     stdin=subprocess.DEVNULL, start_new_session=True)
             try:
-                process.wait_until(lambda: accepts("127.0.0.1", port, 0.2), 10.0, what="nginx")
+                subprocesses.wait_until(lambda: accepts("127.0.0.1", port, 0.2), 10.0, what="nginx")
                 tls = ["--tls", "--ca-cert", str(root / "ca.pem"), "--header", f"Authorization: Bearer {TOKEN}"]
                 rows = {name: run(name, where, root, args, extra) for name, where, extra in [
                     ("nginx shared", f"127.0.0.1:{port}", tls),
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                     ("direct shared", server.grpc_url, []),
                 ]}
             finally:
-                process.end(proc, grace=5.0)
+                subprocesses.end(proc, grace=5.0)
     for mode in ("own", "shared"):
         a, b = rows[f"nginx {mode}"], rows[f"direct {mode}"]
         if a["p50_ms"] is not None and b["p50_ms"] is not None:

@@ -166,7 +166,7 @@ def reference_client(spec: TargetSpec, grpc_url: str, http_url: str) -> Client:
 # ---- cvload ------------------------------------------------------------------------------------------------
 async def run_cvload(spec: TargetSpec, url: str, manifest: Path, out: Path, streams: int,
                      requests: int) -> tuple[list[Timed], dict[str, Any]]:
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
 
     config = RunConfig(server=[url], protocol=spec.protocol, mode=spec.mode, model=spec.model,
                        spk_cache=not spec.prompt, num_tasks=streams, requests=requests, ramp=RAMP_S,

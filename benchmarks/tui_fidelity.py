@@ -42,7 +42,7 @@ def _inputs(folder: Path) -> str:
 
 
 def _config(address: str, out: str, streams: int, requests: int, inputs: str | None):  # noqa: ANN202
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
 
     return RunConfig(server=[address], num_tasks=streams, requests=requests, warmup=streams, out=out, seed=1,
                      inputs=inputs, spk_cache=inputs is not None).validate()

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cvload.vad import VAD_RATE, _to_vad_rate, first_speech_window, speech_start
+from cvload.listen.vad import VAD_RATE, _to_vad_rate, first_speech_window, speech_start
 
 RATE = 24000
 TEXTS = ("The quick brown fox jumps over the lazy dog.", "In 1998 the company sold 42 thousand units across Europe.",

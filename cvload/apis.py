@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cvload.address import RUNTIME_PORT, server_address, speech_url
 from cvload.errors import UsageError
+from cvload.settings.address import RUNTIME_PORT, server_address, speech_url
 
 PROTOCOLS = ("grpc", "http")
 
@@ -52,7 +52,7 @@ class ApiSpec:
     # results of Triton runs keep the shape they had before other APIs)
     in_summary: bool = True
     # What one request of a ``protocol/mode`` costs a load process beside a gRPC stream of binary audio (1.0):
-    # ``--processes auto`` weighs the load by it (cvload.multiproc.auto_processes)
+    # ``--processes auto`` weighs the load by it (cvload.load.process_fleet.auto_processes)
     bytes_weight: Mapping[str, float] = field(default_factory=dict)
 
     # ---- targets -------------------------------------------------------------------------------------------

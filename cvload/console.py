@@ -15,10 +15,10 @@ from rich.table import Table
 from rich.text import Text
 
 from cvload.apis import target_label
-from cvload.barge_in_summary import line as barge_in_line
-from cvload.config import RunConfig
-from cvload.loop_health import client_text
-from cvload.metrics import BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, lookup, stats, values
+from cvload.measure.barge_in_summary import line as barge_in_line
+from cvload.measure.loop_health import client_text
+from cvload.measure.metrics import BY_NAME, MISSING, REQUEST_METRICS, RUN_METRICS, lookup, stats, values
+from cvload.settings.config import RunConfig
 
 PLAIN_EVERY_S = 5.0  # without a terminal, one progress line every few seconds
 
@@ -126,7 +126,7 @@ def _fmt(value: float | None, unit: str) -> str:
 
 
 def run_phrases(summary: dict[str, Any], place: str) -> list[str]:
-    """The run metrics' ``headline`` or ``footer`` phrases (cvload.metrics.RUN_METRICS), for those with a value."""
+    """The run metrics' ``headline`` or ``footer`` phrases (cvload.measure.metrics.RUN_METRICS), for those with a value."""
     flat = {m.name.replace(".", "_"): lookup(summary, m.name) for m in RUN_METRICS}
     out = []
     for metric in RUN_METRICS:

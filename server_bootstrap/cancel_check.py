@@ -16,11 +16,11 @@ import time
 import urllib.request
 from typing import Any
 
-from cvload.barge_in import Plan, own_call, watch
-from cvload.records import RequestRecord
-from cvload.server_release import TOKEN2WAV, token2wav_calls
+from cvload.load.barge_in import Plan, own_call, watch
+from cvload.results.records import RequestRecord
 from cvload.targets.base import SynthesisRequest
 from cvload.targets.triton_grpc import TritonGrpcStreaming
+from cvload.telemetry.server_release import TOKEN2WAV, token2wav_calls
 from server_bootstrap.findings import Finding
 
 NAME = "cancellation"

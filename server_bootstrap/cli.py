@@ -7,9 +7,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from cvload.address import Ports, hostport
 from cvload.cli import Parser, dispatch
 from cvload.errors import EXIT_RUNTIME, UsageError
+from cvload.settings.address import Ports, hostport
 from server_bootstrap.config import TARGETS, DeploymentConfig, config_from_dict, load_config, parse_gpus
 from server_bootstrap.layout import Layout, resolve_workdir
 from server_bootstrap.state import State
@@ -157,7 +157,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from cvload.process import human_size, tail
+    from cvload.subprocesses import human_size, tail
 
     config, layout, state = _recorded(args)
     assert layout is not None and state is not None
@@ -247,7 +247,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         endpoints = [(f"server {r.index} ({r.http})", doctor.Endpoint(
             r.client_host, Ports(r.http_port, r.grpc_port, r.metrics_port), pid=r.pid, start_time=r.start_time,
             log=Path(r.log))) for r in state.servers]
-    from cvload.transport import Transport
+    from cvload.settings.transport import Transport
 
     transport = Transport.of(args)
     failed = 0
@@ -262,7 +262,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def _doctor_runtime(args: argparse.Namespace, config: DeploymentConfig | None, state: State | None) -> int:
     """The python-runtime target has one port and no Triton endpoints: it must answer as CosyVoice's runtime."""
-    from cvload.address import parse
+    from cvload.settings.address import parse
     from server_bootstrap import runtime_probe
     from server_bootstrap.findings import fail, format_findings, ok
 

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvload.address import TRITON_PORTS
 from cvload.errors import UsageError
-from cvload.typed_toml import Rules, Where, build, merge, read_table, read_toml
+from cvload.settings.address import TRITON_PORTS
+from cvload.settings.typed_toml import Rules, Where, build, merge, read_table, read_toml
 
 TARGETS = ("trtllm", "emulator", "python-runtime")
 RUNTIME_SERVERS = ("grpc", "fastapi")  # the folders of CosyVoice's runtime/python

@@ -18,11 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cvload import address, process
-from cvload.records import PROXY_BODY_LIMIT
+from cvload import subprocesses
+from cvload.results.records import PROXY_BODY_LIMIT
+from cvload.settings import address
+from cvload.settings.transport import Transport
 from cvload.targets.checks import decoupled_of
 from cvload.telemetry.prometheus import MalformedScrape, parse_metrics
-from cvload.transport import Transport
 from cvload.triton.launcher import accepts
 from server_bootstrap import cancel_check
 from server_bootstrap.findings import Finding
@@ -129,7 +130,7 @@ def diagnose(ep: Endpoint, expect: Expectations, *, grpc_via: str | None = None,
     base = ep.http
     ports = {"http": ep.ports.http, "grpc": ep.ports.grpc, "metrics": ep.ports.metrics}
     reach = {kind: accepts(ep.host, port) for kind, port in ports.items()}
-    proc_alive = process.alive(ep.pid, ep.start_time) if ep.pid else None
+    proc_alive = subprocesses.alive(ep.pid, ep.start_time) if ep.pid else None
     for kind, port in ports.items():
         if reach[kind]:
             add(Finding(f"{kind} port", "ok", f"{ep.host}:{port} accepts connections"))
@@ -387,8 +388,8 @@ def _scrape_gpu(url: str, wait_s: float) -> tuple[int, dict[str, dict[str, float
         last.append((code, gpus))
         return all(g.get("mem_total_bytes", 0.0) > 0 for g in gpus.values())
 
-    with contextlib.suppress(process.WaitTimeout):
-        process.wait_until(sampled, wait_s, what="GPU metrics", first_delay=0.2, max_delay=0.2)
+    with contextlib.suppress(subprocesses.WaitTimeout):
+        subprocesses.wait_until(sampled, wait_s, what="GPU metrics", first_delay=0.2, max_delay=0.2)
     return last[-1]
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import TextIO
 
 from cvload.errors import CvloadError
-from cvload.process import human_duration, show
+from cvload.subprocesses import human_duration, show
 from server_bootstrap import servers
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from cvload.errors import EXIT_RUNTIME, CvloadError
-from cvload.process import human_size
+from cvload.subprocesses import human_size
 from cvload.triton.launcher import port_busy
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.findings import Finding, fail, ok, skip, warn

@@ -7,8 +7,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from cvload.address import hostport
 from cvload.errors import CvloadError
+from cvload.settings.address import hostport
 from cvload.targets.base import Target
 from cvload.targets.cosyvoice_grpc import CosyVoiceGrpc
 from cvload.targets.cosyvoice_http import CosyVoiceHttp

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 
-from cvload import process
+from cvload import subprocesses
 from cvload.errors import CvloadError, ServerError
 from cvload.triton import launcher
 from cvload.triton.launcher import TritonInstall, TritonServer, trace_args
@@ -74,7 +74,7 @@ def launch(config: DeploymentConfig, layout: Layout, *, record: Callable[[Server
                     grpc_port=int(server.grpc_port or 0), metrics_port=int(server.metrics_port or 0),
                     gpus=gpus if config.target != "emulator" else [],
                     log=str(server.log_path), model_repository=str(server.model_repository),
-                    pid=server.process.pid, start_time=process.start_time(server.process.pid),
+                    pid=server.process.pid, start_time=subprocesses.start_time(server.process.pid),
                     shm_prefix=server._shm_prefix)
                 records.append(rec)
                 record(rec)
@@ -119,22 +119,22 @@ def running(rec: ServerRecord) -> bool:
     """The recorded process (or compose service, or container) still runs."""
     if rec.compose_file or rec.container:
         return ready(rec)
-    return process.alive(rec.pid, rec.start_time)
+    return subprocesses.alive(rec.pid, rec.start_time)
 
 
 def terminate(rec: ServerRecord) -> None:
     """Ask a recorded server to shut down (SIGTERM to its leader only) without waiting."""
     if rec.pid and not rec.compose_file:
-        process.send_term(rec.pid, rec.start_time)
+        subprocesses.send_term(rec.pid, rec.start_time)
 
 
 def stop(rec: ServerRecord, *, timeout: float = 20.0) -> bool:
     """Stop one recorded server and remove what its Python backend left in /dev/shm; False if not running."""
     if rec.compose_file or rec.container:
         return False  # compose services stop together (compose.down); containers by `docker rm -f`
-    ended = process.end(rec.pid, started=rec.start_time, grace=timeout, sigterm="leader") if rec.pid else None
+    ended = subprocesses.end(rec.pid, started=rec.start_time, grace=timeout, sigterm="leader") if rec.pid else None
     if rec.shm_prefix:
-        process.remove_shm(rec.shm_prefix)
+        subprocesses.remove_shm(rec.shm_prefix)
     return bool(ended and ended.was_running)
 
 
@@ -150,9 +150,9 @@ def wait_ready(records: list[ServerRecord], deadline_s: float, *, alive: Callabl
         return not pending
 
     try:
-        process.wait_until(all_ready, deadline_s, what="the servers to become ready", first_delay=0.05,
+        subprocesses.wait_until(all_ready, deadline_s, what="the servers to become ready", first_delay=0.05,
                            max_delay=1.0)
-    except process.WaitTimeout:
+    except subprocesses.WaitTimeout:
         raise ServerError(f"server(s) {', '.join(str(r.index) for r in pending)} not ready after "
                           f"{deadline_s:.0f} s (a model stuck loading usually means a Python-backend stub "
                           "that cannot start)", hint="cvload bootstrap doctor; cvload bootstrap logs server") from None
@@ -186,4 +186,4 @@ def run_quiet(cmd: list[str], *, timeout: float = 120) -> subprocess.CompletedPr
     try:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except FileNotFoundError:
-        raise CvloadError(f"`{cmd[0]}` not found", hint=process.TOOL_HINTS.get(cmd[0])) from None
+        raise CvloadError(f"`{cmd[0]}` not found", hint=subprocesses.TOOL_HINTS.get(cmd[0])) from None

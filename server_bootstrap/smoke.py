@@ -3,7 +3,7 @@
 It sends through cvload's own gRPC targets (``cvload.targets.make_target``, what ``cvload run`` measures with):
 streaming over a bidirectional stream whose end is the response flagged ``triton_final_response``, offline as
 one ModelInfer. Opening the target reads the model config first, so a mode mismatch is reported as such instead
-of as a hang or an HTTP 501. Prompts are read by ``cvload.inputs`` (16 kHz mono, resampled when needed).
+of as a hang or an HTTP 501. Prompts are read by ``cvload.settings.inputs`` (16 kHz mono, resampled when needed).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cvload import inputs
 from cvload.errors import CvloadError, ServerError
-from cvload.records import ERR_TIMEOUT
+from cvload.results.records import ERR_TIMEOUT
+from cvload.settings import inputs
 from cvload.targets import make_target
 from cvload.targets.base import SynthesisRequest, TargetError
 from cvload.targets.checks import ModeMismatch

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from cvload import process
+from cvload import subprocesses
 from cvload.errors import CvloadError, UsageError
 from server_bootstrap import compose, model_repository, preflight, servers
 from server_bootstrap.config import DeploymentConfig
@@ -102,11 +102,11 @@ class Stage:
 
     def run_command(self, cmd: list[str], log: StageLog, *, watch: tuple[Path, ...] = (),
                     hint: str | None = None, cwd: Path | None = None) -> None:
-        log.say(f"$ {process.show(cmd)}")
-        elapsed = process.run_logged(cmd, self.log_path, label=self.name, out=self.ctx.out, watch=watch,
+        log.say(f"$ {subprocesses.show(cmd)}")
+        elapsed = subprocesses.run_logged(cmd, self.log_path, label=self.name, out=self.ctx.out, watch=watch,
                                      progress_every=self.ctx.progress_every, hint=hint, cwd=cwd)
-        sizes = "".join(f", {p.name} {process.human_size(process.tree_size(p))}" for p in watch)
-        log.say(f"  finished in {process.human_duration(elapsed)}{sizes}")
+        sizes = "".join(f", {p.name} {subprocesses.human_size(subprocesses.tree_size(p))}" for p in watch)
+        log.say(f"  finished in {subprocesses.human_duration(elapsed)}{sizes}")
 
     def check_outputs(self, problem: str, hint: str) -> None:
         """After the stage's commands succeeded: fail saying ``problem`` if its outputs are still not there."""
@@ -265,7 +265,7 @@ class Download(Stage):
             parts = [(self._llm(), self.llm_done()), (self._cosyvoice(), self.cosyvoice_done())]
         for cmd, present in parts:
             if present:
-                log.say(f"already there, skipped: {process.show(cmd)}")
+                log.say(f"already there, skipped: {subprocesses.show(cmd)}")
             else:
                 self.run_command(cmd, log, watch=watch)
         if not self.runtime_only and not self.layout.spk2info.is_file():  # the front model loads it even when the cache is not used
@@ -276,7 +276,7 @@ class Download(Stage):
             missing = [f for f in COSYVOICE_FILES if not (self.layout.model_dir / f).is_file()]
             raise CvloadError(f"download finished but {self.layout.model_dir} lacks {', '.join(missing) or 'files'}",
                               hint="check [model] cosyvoice_repo / llm_repo; the download log has details")
-        sizes = ", ".join(f"{p.name} {process.human_size(process.tree_size(p))}" for p in watch)
+        sizes = ", ".join(f"{p.name} {subprocesses.human_size(subprocesses.tree_size(p))}" for p in watch)
         return sizes
 
 
@@ -347,7 +347,7 @@ class Build(Stage):
                          hint="an engine needs the GPU it runs on: build where you serve")
         self.check_outputs(f"trtllm-build finished but {self.layout.engine_dir} has no rank*.engine",
                            hint=f"read {self.log_path}")
-        return f"{self.layout.engine_dir} {process.human_size(process.tree_size(self.layout.engine_dir))}"
+        return f"{self.layout.engine_dir} {subprocesses.human_size(subprocesses.tree_size(self.layout.engine_dir))}"
 
 
 # ---- 5. model repository -------------------------------------------------------------------------------------
@@ -627,7 +627,7 @@ def runtime_command(config: DeploymentConfig, layout: Layout) -> list[str]:
         args += ["--max_conc", str(r.max_conc)]
     args += ["--model_dir", str(layout.model_dir)]
     folder = f"/opt/CosyVoice/CosyVoice/runtime/python/{r.server}"
-    return ["/bin/bash", "-c", f"cd {folder} && {process.show(args)} && sleep infinity"]
+    return ["/bin/bash", "-c", f"cd {folder} && {subprocesses.show(args)} && sleep infinity"]
 
 
 def docker_run_command(config: DeploymentConfig, layout: Layout) -> list[str]:

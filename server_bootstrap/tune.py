@@ -127,7 +127,7 @@ class BootstrapDeployment:
             engine = self.engine_key(config)
             rebuild = engine not in self.engines
             if rebuild:
-                from cvload.process import show
+                from cvload.subprocesses import show
 
                 commands += [show(c) for c in self._build(config, engine).commands()]
         serving = self.serving

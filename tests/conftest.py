@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from cvload import process
+from cvload import subprocesses
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.triton.launcher import TritonServer, accepts, free_ports
 
@@ -222,9 +222,9 @@ def start_nginx(tmp_path: Path) -> Iterator[Callable[..., Nginx]]:
                                    f"{(d / 'error.log').read_text() if (d / 'error.log').exists() else ''}")
             return accepts("127.0.0.1", https_port, 0.2) and accepts("127.0.0.1", grpcs_port, 0.2)
 
-        process.wait_until(up, 10.0, what="nginx to listen")
+        subprocesses.wait_until(up, 10.0, what="nginx to listen")
         return server
 
     yield start
     for server in started:
-        process.end(server.proc, grace=5.0)
+        subprocesses.end(server.proc, grace=5.0)

@@ -16,8 +16,8 @@ import pytest
 from runs import records_of
 
 from cvload.cli import main
-from cvload.config import RunConfig
 from cvload.errors import EXIT_OK
+from cvload.settings.config import RunConfig
 from cvload.tui.run_source import RunSource
 
 COMMANDS = ("run", "tui", "sweep")

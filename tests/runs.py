@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from cvload.cli import main
-from cvload.metrics import summarize
-from cvload.results import read_records
-from cvload.slo import parse_objectives, request_check
+from cvload.measure.metrics import summarize
+from cvload.measure.slo import parse_objectives, request_check
+from cvload.results.writer import read_records
 
 
 def run_cli(*args: str) -> int:

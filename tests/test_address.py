@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cvload.address import (
+from cvload.errors import UsageError
+from cvload.settings.address import (
     COSYVOICE3_PORTS,
     TRITON_PORTS,
     Address,
@@ -14,8 +15,7 @@ from cvload.address import (
     parse,
     server_address,
 )
-from cvload.config import RunConfig
-from cvload.errors import UsageError
+from cvload.settings.config import RunConfig
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from cvload.apis import APIS, REGISTRY, api_spec, run_label, target_label
-from cvload.config import RunConfig
 from cvload.emulator.launch import Emulator
 from cvload.errors import UsageError
+from cvload.settings.config import RunConfig
 from cvload.targets import make_target
 from cvload.targets.base import Target
 

@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cvload.barge_in import BargeIn, Plan, check, watch
 from cvload.errors import EXIT_USAGE, UsageError
-from cvload.records import RequestRecord
+from cvload.load.barge_in import BargeIn, Plan, check, watch
+from cvload.results.records import RequestRecord
 from cvload.targets.base import Chunk
 from tests.runs import load, run_cli
 
@@ -225,8 +225,8 @@ def test_doctor_cancellation_check(tmp_path: Path) -> None:
 def test_live_window_counts_abandoned_requests_apart() -> None:
     """The dashboard's feed: abandoned requests are neither errors nor failures, and their calls' close times
     make its barge-in line."""
-    from cvload.live_window import LiveStats
-    from cvload.records import ERR_BARGED_IN
+    from cvload.measure.live_window import LiveStats
+    from cvload.results.records import ERR_BARGED_IN
 
     live = LiveStats()
     for i in range(4):

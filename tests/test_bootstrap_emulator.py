@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cvload import process
+from cvload import subprocesses
 from cvload.triton import launcher, stub_python
 from cvload.triton.launcher import find_tritonserver
 from server_bootstrap.cli import main
@@ -64,7 +64,7 @@ def workdir(tmp_path: Path) -> Iterator[Path]:
     if (w / "bootstrap-state.json").exists():
         for rec in state(w).get("servers", []):
             if rec.get("pid"):
-                process.end(rec["pid"], started=rec.get("start_time"), grace=5, sigterm="leader")
+                subprocesses.end(rec["pid"], started=rec.get("start_time"), grace=5, sigterm="leader")
 
 
 def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: Path) -> None:
@@ -74,7 +74,7 @@ def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: 
     assert "[5/7] repo" in up.stdout and "[6/7] launch" in up.stdout and "[2/7]" not in up.stdout
     assert "cosyvoice2 streaming via grpc" in up.stdout and "first chunk" in up.stdout
     rec = state(workdir)["servers"][0]
-    assert process.alive(rec["pid"], rec["start_time"])  # the server outlived `up`
+    assert subprocesses.alive(rec["pid"], rec["start_time"])  # the server outlived `up`
     grpc = f"127.0.0.1:{rec['grpc_port']}"
     assert f"endpoints: {grpc}" in up.stdout and f"try: cvload run --server {grpc} --mode streaming" in up.stdout
     with urllib.request.urlopen(f"http://127.0.0.1:{rec['http_port']}/v2/trace/setting", timeout=5) as resp:
@@ -104,8 +104,8 @@ def test_up_status_logs_doctor_down_across_invocations(tmp_path: Path, workdir: 
 
     down = cli("down", "--workdir", str(workdir))
     assert down.returncode == 0 and "stopped 1 server(s)" in down.stdout
-    assert not process.alive(rec["pid"], rec["start_time"])
-    assert not process.shm_regions(rec["shm_prefix"])
+    assert not subprocesses.alive(rec["pid"], rec["start_time"])
+    assert not subprocesses.shm_regions(rec["shm_prefix"])
     after = cli("status", "--workdir", str(workdir))
     assert after.returncode == 1 and "none running" in after.stdout and "launch    pending" in after.stdout
     assert "nothing was running" in cli("down", "--workdir", str(workdir)).stdout
@@ -170,8 +170,8 @@ def test_two_offline_servers_and_a_changed_knob(tmp_path: Path, workdir: Path,
     assert again.returncode == 0, again.stdout + again.stderr
     assert "stopped server 0" in again.stdout and "stopped server 1" in again.stdout
     second = state(workdir)["servers"]
-    assert all(not process.alive(r["pid"], r["start_time"]) for r in first)
-    assert all(process.alive(r["pid"], r["start_time"]) for r in second)
+    assert all(not subprocesses.alive(r["pid"], r["start_time"]) for r in first)
+    assert all(subprocesses.alive(r["pid"], r["start_time"]) for r in second)
     # the same servers also diagnosed for streaming clients: the mismatch and its fix
     doctor, wrong = clis(("doctor", "--workdir", str(workdir)), ("doctor", "--workdir", str(workdir), "--mode",
                                                                   "streaming"))
@@ -232,22 +232,22 @@ def test_interrupted_and_killed_up_resume(tmp_path: Path, workdir: Path, gated_t
 
     # 1. Ctrl-C while the server starts: the half-started server is stopped, the stage marked interrupted
     up = start_up(cfg, workdir)
-    process.wait_until(lambda: launching(workdir), 20, what="launch to start")
+    subprocesses.wait_until(lambda: launching(workdir), 20, what="launch to start")
     pid = state(workdir)["servers"][0]["pid"]
     up.send_signal(signal.SIGINT)
     out, err = up.communicate(timeout=60)
     assert up.returncode == 130, out + err
     assert "interrupted" in err and "Traceback" not in err
     assert state(workdir)["stages"]["emulator"]["launch"]["status"] == "interrupted"
-    assert state(workdir)["servers"] == [] and not process.alive(pid, None)
+    assert state(workdir)["servers"] == [] and not subprocesses.alive(pid, None)
 
     # 2. kill -9 while the server starts: the orphan stays recorded, the stage stays "running"
     up = start_up(cfg, workdir)
-    process.wait_until(lambda: launching(workdir), 20, what="launch to start again")
+    subprocesses.wait_until(lambda: launching(workdir), 20, what="launch to start again")
     orphan = state(workdir)["servers"][0]
     up.kill()
     up.communicate(timeout=30)
-    assert process.alive(orphan["pid"], orphan["start_time"])
+    assert subprocesses.alive(orphan["pid"], orphan["start_time"])
     assert main(["plan", "--config", str(cfg), "--workdir", str(workdir)]) == 0
     plan = capsys.readouterr().out
     assert "5. repo      [done]" in plan and "6. launch    [interrupted: will redo]" in plan
@@ -259,9 +259,9 @@ def test_interrupted_and_killed_up_resume(tmp_path: Path, workdir: Path, gated_t
     assert "[5/7] repo: done, skipped" in done.stdout
     assert "[6/7] launch: tritonserver in the background (interrupted: will redo)" in done.stdout
     assert f"stopped server 0 (pid {orphan['pid']})" in done.stdout
-    assert not process.alive(orphan["pid"], orphan["start_time"])
+    assert not subprocesses.alive(orphan["pid"], orphan["start_time"])
     fresh = state(workdir)["servers"][0]
-    assert fresh["pid"] != orphan["pid"] and process.alive(fresh["pid"], fresh["start_time"])
+    assert fresh["pid"] != orphan["pid"] and subprocesses.alive(fresh["pid"], fresh["start_time"])
     assert "first chunk" in done.stdout
     assert cli("down", "--workdir", str(workdir)).returncode == 0
 
@@ -286,7 +286,7 @@ def test_doctor_on_unreachable_and_mismatched_servers(emulator, capsys: pytest.C
 
 def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
     """Triton opens no port until every model loaded: doctor reads the log of the live process instead."""
-    from cvload.address import Ports
+    from cvload.settings.address import Ports
     from cvload.triton.launcher import TritonServer
     from server_bootstrap import doctor
 
@@ -311,11 +311,11 @@ def test_doctor_names_a_model_stuck_loading(tmp_path: Path) -> None:
     try:
         assert server.process is not None and server.log_path is not None
         log = server.log_path
-        process.wait_until(lambda: "loading: hang:1" in log.read_text(errors="replace"), 20,
+        subprocesses.wait_until(lambda: "loading: hang:1" in log.read_text(errors="replace"), 20,
                            what="the model to start loading")
         ports = Ports(int(server.http_port), int(server.grpc_port), int(server.metrics_port))
         ep = doctor.Endpoint("127.0.0.1", ports,
-                             pid=server.process.pid, start_time=process.start_time(server.process.pid), log=log)
+                             pid=server.process.pid, start_time=subprocesses.start_time(server.process.pid), log=log)
         findings = doctor.diagnose(ep, doctor.Expectations())
         http = next(f for f in findings if f.name == "http port")
         assert http.status == "FAIL" and "still loading: hang" in http.cause

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from cvload.errors import CvloadError, UsageError
-from cvload.process import run_logged
+from cvload.subprocesses import run_logged
 from server_bootstrap.config import load_config
 from server_bootstrap.layout import Layout
 from server_bootstrap.pipeline import context

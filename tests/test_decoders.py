@@ -1,4 +1,4 @@
-"""The audio helper processes (cvload.audio_checks.Decoders): jobs and their megabytes both ways, errors, loops."""
+"""The audio helper processes (cvload.measure.audio_checks.Decoders): jobs and their megabytes both ways, errors, loops."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from cvload.audio_checks import Decoders, DecoderUnavailable, RequestAudio, _check
+from cvload.measure.audio_checks import Decoders, DecoderUnavailable, RequestAudio, _check
 from cvload.targets.base import Chunk
 
 # Jobs are functions a helper can import (it imports cvload only): numpy's, os's and cvload's.

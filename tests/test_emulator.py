@@ -20,7 +20,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from cvload.emulator import EmulatedModel, build_repository, get_profile, warm_speech
-from cvload.emulator.model import (
+from cvload.emulator.single_model import (
     SAMPLE_RATE,
     SAMPLES_PER_TOKEN,
     RecordedVoice,

@@ -16,10 +16,10 @@ import pytest
 import soundfile as sf
 
 from cvload.emulator import get_profile, speech
-from cvload.emulator.model import SAMPLE_RATE, SAMPLES_PER_TOKEN, speech_seconds, speech_tokens
 from cvload.emulator.openai_server import Synthesizer
 from cvload.emulator.runtime_server import sentences
-from cvload.inputs import load_items
+from cvload.emulator.single_model import SAMPLE_RATE, SAMPLES_PER_TOKEN, speech_seconds, speech_tokens
+from cvload.settings.inputs import load_items
 from tests.runs import records_of, run_cli
 
 LEAD_S = 0.3
@@ -107,9 +107,9 @@ def test_every_server_speaks_with_leading_silence_and_garbles_above_n(loaded: tu
 
 def test_every_server_is_heard_saying_its_text(loaded: tuple[str, list]) -> None:
     """A real recognizer (Moonshine, the listening checks' default) hears the text in an unspoiled English
-    response of each server. Skipped where cvload has no recognizers (cvload.asr, the listening checks)."""
-    asr = pytest.importorskip("cvload.asr")
-    content = pytest.importorskip("cvload.content")
+    response of each server. Skipped where cvload has no recognizers (cvload.listen.asr, the listening checks)."""
+    asr = pytest.importorskip("cvload.listen.asr")
+    content = pytest.importorskip("cvload.listen.content")
     server, said = loaded
     recognizer = asr.make_recognizer("moonshine")
     for item, audio in said:

@@ -43,7 +43,7 @@ def ours(call, *args, errors=(CvloadError,), **kwargs):
 @FAST
 @given(st.one_of(SOME_TEXT, st.floats(), st.integers(-10**30, 10**30), st.booleans()))
 def test_durations(text):
-    from cvload.config import parse_duration
+    from cvload.settings.config import parse_duration
 
     value = ours(parse_duration, text)
     if isinstance(value, float):
@@ -53,7 +53,7 @@ def test_durations(text):
 @FAST
 @given(SOME_TEXT, st.sampled_from(["grpc", "http"]))
 def test_addresses(text, protocol):
-    from cvload.address import normalize_metrics_url, parse, server_address, speech_url
+    from cvload.settings.address import normalize_metrics_url, parse, server_address, speech_url
 
     for call, args in ((parse, (text,)), (server_address, (text, protocol)), (normalize_metrics_url, (text,)),
                        (speech_url, (text,))):
@@ -65,7 +65,7 @@ def test_addresses(text, protocol):
                                       st.sampled_from(["first_chunk.p95", "error_rate", "rtf.p50", "x", "gpu.util"]),
                                       st.sampled_from(["<", "<=", ">", ">=", "=", "==", ""]), NEAR)))
 def test_objectives(text):
-    from cvload.slo import parse_objective, parse_objectives
+    from cvload.measure.slo import parse_objective, parse_objectives
 
     ours(parse_objective, text)
     ours(parse_objectives, [text, text])
@@ -74,7 +74,7 @@ def test_objectives(text):
 @FAST
 @given(SOME_TEXT)
 def test_warmup(text):
-    from cvload.config import Warmup
+    from cvload.settings.config import Warmup
 
     ours(Warmup.parse, text)
 
@@ -102,8 +102,8 @@ TOML_VALUES = st.one_of(TOML_SCALARS, st.lists(TOML_SCALARS, max_size=3),
 @FAST
 @given(st.dictionaries(SCENARIO_KEYS, TOML_VALUES, max_size=5), st.one_of(st.just(""), SOME_TEXT))
 def test_scenario_toml(table, junk):
-    from cvload.config import RunConfig
-    from cvload.scenario import load_scenario
+    from cvload.settings.config import RunConfig
+    from cvload.settings.scenario import load_scenario
 
     text = "".join(f"{key} = {_toml_value(value)}\n" for key, value in table.items()) + junk
     with tempfile.TemporaryDirectory() as folder:
@@ -129,7 +129,7 @@ JSONL_OBJECT = st.dictionaries(st.sampled_from(["id", "target_text", "prompt_tex
     JSONL_OBJECT.map(json.dumps), st.builds(json.dumps, JSON_VALUES), SOME_TEXT), max_size=4),
     st.binary(max_size=30))
 def test_manifests_and_jsonl(manifest, jsonl, raw):
-    from cvload.inputs import load_items
+    from cvload.settings.inputs import load_items
 
     with tempfile.TemporaryDirectory() as folder:
         for name, content in (("m.txt", "\n".join(manifest)), ("i.jsonl", "\n".join(jsonl))):
@@ -289,7 +289,7 @@ def test_a_huge_chunk_is_counted_without_parsing_it():
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), -0.0])
 def test_durations_that_are_not_finite_are_refused(value):
-    from cvload.config import parse_duration
+    from cvload.settings.config import parse_duration
 
     if value == 0:
         assert parse_duration(value) == 0.0

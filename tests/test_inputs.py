@@ -12,7 +12,7 @@ import soundfile as sf
 import tritonclient.http as httpclient
 
 from cvload.errors import UsageError
-from cvload.inputs import PROMPT_RATE, load_items, padded_length, read_prompt, resample
+from cvload.settings.inputs import PROMPT_RATE, load_items, padded_length, read_prompt, resample
 
 CJK = re.compile(r"[\u4e00-\u9fff]")
 

@@ -16,7 +16,7 @@ import numpy
 import pytest
 from envs import fitting_env, make_env, numpy2_env
 
-from cvload import process
+from cvload import subprocesses
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import CvloadError, ServerError
 from cvload.triton import launcher, stub_python
@@ -27,7 +27,7 @@ INSTANT = get_profile("instant")
 
 def group_pids(pgid: int) -> list[int]:
     """Running processes of a process group: the server and its Python-backend stubs."""
-    return [p.pid for p in process.group_members(pgid)]
+    return [p.pid for p in subprocesses.group_members(pgid)]
 
 
 def repository(tmp_path: Path, models: list[EmulatedModel] | None = None) -> Path:
@@ -48,7 +48,7 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         EmulatedModel("cosyvoice2", INSTANT, "streaming"),
         EmulatedModel("cosyvoice2_offline", INSTANT, "offline", instances=2),
     ])
-    envs_before = process.python_envs()
+    envs_before = subprocesses.python_envs()
     server = TritonServer(repo)  # no workdir: the launcher makes (and owns) a temporary one
     server.start()
     try:
@@ -58,11 +58,11 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         pid = server.process.pid  # type: ignore[union-attr]
         members = group_pids(pid)
         assert pid in members and len(members) >= 1 + 1 + 2, "server plus one stub per model instance"
-        assert server.shm_prefix and process.shm_regions(server.shm_prefix), "stubs talk through /dev/shm"
+        assert server.shm_prefix and subprocesses.shm_regions(server.shm_prefix), "stubs talk through /dev/shm"
         workdir = server.workdir
         assert workdir is not None and (workdir / "tritonserver.log").is_file()
         own_env = server._tmp_own
-        assert len(own_env) == 1 and own_env <= process.python_envs() - envs_before, "the backend's /tmp folder"
+        assert len(own_env) == 1 and own_env <= subprocesses.python_envs() - envs_before, "the backend's /tmp folder"
         assert set(server.endpoints()) == {"http", "grpc", "metrics", "log"}
         with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
             assert b"nv_inference_request_success" in resp.read()
@@ -70,7 +70,7 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         server.stop()
     assert server.process.poll() is not None  # type: ignore[union-attr]
     assert not group_pids(pid), "stop() returns once no process of the server's group runs"
-    assert not process.shm_regions(server.shm_prefix)
+    assert not subprocesses.shm_regions(server.shm_prefix)
     assert server.clean_exit is True
     assert not workdir.exists(), "a clean stop removes the launcher's own workdir"
     assert not any(os.path.exists(p) for p in own_env)
@@ -132,7 +132,7 @@ def _assert_failed_start_cleaned(server: TritonServer) -> None:
     pid = server.process.pid  # type: ignore[union-attr]
     assert server.process.poll() is not None  # type: ignore[union-attr]
     assert not group_pids(pid), "stop() returns once no process of the server's group runs"
-    assert not process.shm_regions(server.shm_prefix)
+    assert not subprocesses.shm_regions(server.shm_prefix)
     assert server.clean_exit is False
 
 
@@ -200,11 +200,11 @@ def test_server_that_dies_is_noticed_and_cleaned(tmp_path: Path) -> None:
     server.start()
     pid = server.process.pid  # type: ignore[union-attr]
     os.kill(pid, 9)
-    process.wait_until(lambda: not server.alive(), 5, what="the server to die")
+    subprocesses.wait_until(lambda: not server.alive(), 5, what="the server to die")
     server.stop()
     assert server.clean_exit is False
     assert not group_pids(pid), "stop() returns once no process of the server's group runs"
-    assert not process.shm_regions(server.shm_prefix)
+    assert not subprocesses.shm_regions(server.shm_prefix)
     assert server.workdir is not None and (server.workdir / "tritonserver.log").is_file(), "kept after a failure"
     shutil.rmtree(server.workdir)
 
@@ -230,8 +230,8 @@ def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     finally:
         parent.kill()
         parent.wait()
-    process.wait_until(lambda: not group_pids(server_pid), 20, what="the orphaned server to exit")
-    process.wait_until(lambda: not process.shm_regions(prefix), 5, what="the server to remove its regions")
+    subprocesses.wait_until(lambda: not group_pids(server_pid), 20, what="the orphaned server to exit")
+    subprocesses.wait_until(lambda: not subprocesses.shm_regions(prefix), 5, what="the server to remove its regions")
 
 
 # ---- the Python that runs the bundled server's stub ----------------------------------------------------------

@@ -8,10 +8,10 @@ import itertools
 import numpy as np
 import pytest
 
-from cvload.content import error_rate, language_of, normalize_en, normalize_zh
 from cvload.errors import UsageError
-from cvload.metrics import BY_NAME, playback, playback_stalls, required_prebuffer_s
-from cvload.records import RequestRecord
+from cvload.listen.content import error_rate, language_of, normalize_en, normalize_zh
+from cvload.measure.metrics import BY_NAME, playback, playback_stalls, required_prebuffer_s
+from cvload.results.records import RequestRecord
 
 RATE = 1000  # 1000 samples a second: a chunk of 250 samples is 0.25 s
 
@@ -93,7 +93,7 @@ def test_language_follows_the_script() -> None:
 
 
 def test_unknown_recogniser_and_missing_model_folder_are_usage_errors(tmp_path) -> None:
-    from cvload.asr import make_recognizer
+    from cvload.listen.asr import make_recognizer
 
     with pytest.raises(UsageError, match="unknown speech recogniser 'kaldi'"):
         make_recognizer("kaldi")
@@ -108,7 +108,7 @@ def test_unknown_recogniser_and_missing_model_folder_are_usage_errors(tmp_path) 
 
 
 def test_a_transcription_server_that_is_down_fails_before_any_load() -> None:
-    from cvload.asr import make_recognizer
+    from cvload.listen.asr import make_recognizer
     from cvload.triton.launcher import free_port
 
     port = free_port()
@@ -117,7 +117,7 @@ def test_a_transcription_server_that_is_down_fails_before_any_load() -> None:
 
 
 def test_share_and_budget_are_parsed_and_checked() -> None:
-    from cvload.listening import Sampling
+    from cvload.listen.live import Sampling
 
     assert Sampling.parse("25%").share == 0.25
     assert Sampling.parse("0.5").share == 0.5
@@ -129,7 +129,7 @@ def test_share_and_budget_are_parsed_and_checked() -> None:
 
 def test_the_checker_says_why_it_passed_a_request_over() -> None:
     """Backlog full, budget spent, a language without recogniser: each skipped request's record says which."""
-    from cvload.listening import ContentChecker, Sampling
+    from cvload.listen.live import ContentChecker, Sampling
 
     def record(index: int, text: str = "Hello there.") -> RequestRecord:
         return RequestRecord(index=index, request_id="r", item_id="i", worker=0, server="s", text=text, sent=0.0)
@@ -151,7 +151,7 @@ def test_the_checker_says_why_it_passed_a_request_over() -> None:
 
 
 def test_content_counters_are_folded_from_records() -> None:
-    from cvload.listening import ContentTally, merge_live
+    from cvload.listen.live import ContentTally, merge_live
 
     def record(outcome: str | None, *, mismatch: bool = False, warmup: bool = False) -> RequestRecord:
         return RequestRecord(index=0, request_id="r", item_id="i", worker=0, server="s", text="t", sent=0.0,
@@ -175,8 +175,8 @@ def test_content_counters_are_folded_from_records() -> None:
 
 
 def test_the_speech_panel_lists_the_latest_mismatches() -> None:
-    from cvload.live_window import LiveStats
-    from cvload.records import FLAG_CONTENT_MISMATCH
+    from cvload.measure.live_window import LiveStats
+    from cvload.results.records import FLAG_CONTENT_MISMATCH
     from cvload.tui.panels import speech_lines
 
     live = LiveStats()
@@ -192,7 +192,7 @@ def test_the_speech_panel_lists_the_latest_mismatches() -> None:
 
 
 def test_an_items_language_comes_from_its_input(tmp_path) -> None:
-    from cvload.inputs import load_items
+    from cvload.settings.inputs import load_items
 
     path = tmp_path / "items.jsonl"
     path.write_text('{"id": "a", "target_text": "Hello", "language": "zh"}\n{"id": "b", "target_text": "Hi"}\n')
@@ -204,8 +204,8 @@ def test_an_items_language_comes_from_its_input(tmp_path) -> None:
 
 
 def test_each_load_process_gets_its_share_of_the_checker() -> None:
-    from cvload.config import RunConfig
-    from cvload.multiproc import split
+    from cvload.load.process_fleet import split
+    from cvload.settings.config import RunConfig
 
     config = RunConfig(server=["h:8001"], num_tasks=4, check_content="8s/s", check_workers=3, processes=2)
     parts = split(config.validate(), 2, items=4)

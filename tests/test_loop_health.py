@@ -1,4 +1,4 @@
-"""The run's own timing error: its loop's lag beside a bare loop's on the same host (cvload.loop_health)."""
+"""The run's own timing error: its loop's lag beside a bare loop's on the same host (cvload.measure.loop_health)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from cvload.loop_health import HOST_BUSY, LoopHealth, client_text, warnings_for
+from cvload.measure.loop_health import HOST_BUSY, LoopHealth, client_text, warnings_for
 
 BUSY = "import time\nend = time.monotonic() + 3\nwhile time.monotonic() < end: pass"
 

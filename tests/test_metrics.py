@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cvload.metrics import (
+from cvload.measure.metrics import (
     BY_NAME,
     MISSING,
     RUN_METRICS,
@@ -13,7 +13,7 @@ from cvload.metrics import (
     summarize,
     wall_time,
 )
-from cvload.records import ERR_CANCELLED, FLAG_SILENT, RequestRecord
+from cvload.results.records import ERR_CANCELLED, FLAG_SILENT, RequestRecord
 
 
 def record(offsets: list[float], samples: list[int], **kw: object) -> RequestRecord:
@@ -55,7 +55,7 @@ def test_summary_excludes_warmup_and_cancelled_and_counts_flags():
 
 
 def test_barged_in_requests_are_neither_ok_nor_failed_and_count_only_where_heard():
-    from cvload.records import ERR_BARGED_IN
+    from cvload.results.records import ERR_BARGED_IN
 
     ok = record([0.2, 0.3], [24000, 24000])
     abandoned = record([0.4], [24000], error_kind=ERR_BARGED_IN)
@@ -69,7 +69,7 @@ def test_barged_in_requests_are_neither_ok_nor_failed_and_count_only_where_heard
 
 
 def test_incomplete_requests_count_as_failed_with_their_latency_lower_bounds():
-    from cvload.records import ERR_INCOMPLETE
+    from cvload.results.records import ERR_INCOMPLETE
 
     ok = record([0.2, 0.3], [24000, 24000])
     no_chunk = record([], [], error_kind=ERR_INCOMPLETE)
@@ -113,8 +113,8 @@ def test_wall_time_from_the_start_of_measurement_to_the_last_finish():
 
 
 def test_every_run_metric_is_in_the_summary_csv_and_objectives(tmp_path):
-    from cvload.results import ResultsWriter
-    from cvload.slo import RUN_OBJECTIVES
+    from cvload.measure.slo import RUN_OBJECTIVES
+    from cvload.results.writer import ResultsWriter
 
     s = summarize([record([0.2, 0.3], [24000, 24000])], wall_s=2.0,
                   concurrency={"requested": 1.0, "achieved_mean": 1.0, "achieved_max": 1,

@@ -13,14 +13,14 @@ import numpy as np
 import pytest
 from runs import records_of
 
-from cvload.address import speech_url
-from cvload.config import RunConfig
-from cvload.emulator.model import SAMPLES_PER_TOKEN, chunk_schedule, speech_tokens
 from cvload.emulator.openai_server import OpenAIServer, wav_header
 from cvload.emulator.profiles import get_profile
+from cvload.emulator.single_model import SAMPLES_PER_TOKEN, chunk_schedule, speech_tokens
 from cvload.errors import ServerError, UsageError
-from cvload.records import ERR_REJECTED
-from cvload.session import Session
+from cvload.load.session import Session
+from cvload.results.records import ERR_REJECTED
+from cvload.settings.address import speech_url
+from cvload.settings.config import RunConfig
 from cvload.targets import make_target
 from cvload.targets.base import Chunk, SynthesisRequest
 from cvload.targets.openai_speech import API_KEY_ENV, OpenAISpeech, WavHeader, error_detail

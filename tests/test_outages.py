@@ -17,10 +17,10 @@ import pytest
 from runs import records_of
 
 from cvload.cli import main
-from cvload.config import RunConfig
 from cvload.emulator import EmulatedModel, get_profile
-from cvload.engine import PROBE_MAX_S
-from cvload.session import Session
+from cvload.load.engine import PROBE_MAX_S
+from cvload.load.session import Session
+from cvload.settings.config import RunConfig
 
 FIXED = [EmulatedModel(profile=get_profile("fixed"))]  # 0.2 s to the first chunk, then one every 0.1 s
 

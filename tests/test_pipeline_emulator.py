@@ -15,12 +15,12 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from cvload import process
-from cvload.address import Ports
+from cvload import subprocesses
 from cvload.cli import main
 from cvload.emulator import build_pipeline_repository, get_profile, pipeline_models
-from cvload.emulator.model import SAMPLES_PER_TOKEN, speech_tokens
+from cvload.emulator.single_model import SAMPLES_PER_TOKEN, speech_tokens
 from cvload.errors import ServerError, UsageError
+from cvload.settings.address import Ports
 from cvload.targets.checks import decoupled_of
 from cvload.triton import stub_python
 from cvload.triton.launcher import TritonServer
@@ -122,7 +122,7 @@ def test_streams_call_the_sub_models(tmp_path: Path) -> None:
             success = stats.get("cosyvoice2", {}).get("inference_stats", {}).get("success", {})
             return int(success.get("count", 0)) == 2
 
-        process.wait_until(counted, 10, what="the front model's statistics")
+        subprocesses.wait_until(counted, 10, what="the front model's statistics")
         client.close()
     tokens = speech_tokens(TEXT)
     for chunks in (zero_shot, cached):

@@ -16,11 +16,11 @@ import psutil
 import pytest
 from runs import load, run_cli
 
-from cvload.config import RunConfig
-from cvload.metrics import BY_NAME, stats, values
-from cvload.multiproc import ProcessFleet, auto_processes, resolve_processes, share, split, strided
-from cvload.records import RequestRecord
-from cvload.session import Session
+from cvload.load.process_fleet import ProcessFleet, auto_processes, resolve_processes, share, split, strided
+from cvload.load.session import Session
+from cvload.measure.metrics import BY_NAME, stats, values
+from cvload.results.records import RequestRecord
+from cvload.settings.config import RunConfig
 
 
 def keys(node: object, prefix: str = "") -> set[str]:
@@ -193,7 +193,7 @@ def test_killed_process_is_reported_and_its_records_kept(emulator, tmp_path):
                                          records.read_text().splitlines() if line.endswith("}")} == {0, 1}):
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
-        loads = [c for c in psutil.Process(proc.pid).children() if "cvload.multiproc" in " ".join(c.cmdline())]
+        loads = [c for c in psutil.Process(proc.pid).children() if "cvload.load.process_fleet" in " ".join(c.cmdline())]
         assert len(loads) == 2
         loads[0].send_signal(signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
@@ -254,7 +254,7 @@ def test_ctrl_c_reaches_every_process(emulator, tmp_path):
                                      records.read_text().splitlines() if line.endswith("}")} == {0, 1}):
         assert proc.poll() is None and time.monotonic() < deadline
         time.sleep(0.05)
-    loads = [c for c in psutil.Process(proc.pid).children() if "cvload.multiproc" in " ".join(c.cmdline())]
+    loads = [c for c in psutil.Process(proc.pid).children() if "cvload.load.process_fleet" in " ".join(c.cmdline())]
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err.decode()

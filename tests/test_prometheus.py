@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from cvload import process
-from cvload.exporter import HISTOGRAMS, bucket_of
+from cvload import subprocesses
+from cvload.results.exporter import HISTOGRAMS, bucket_of
 from cvload.triton.launcher import accepts, free_ports
 from tests.runs import load, run_cli
 
@@ -63,7 +63,7 @@ def _start(cmd: list[str], folder: Path, port: int, what: str) -> subprocess.Pop
             raise RuntimeError(f"{what} exited ({proc.returncode}): {(folder / 'log.txt').read_text()[-2000:]}")
         return accepts("127.0.0.1", port, timeout=0.2)
 
-    process.wait_until(up, 20.0, what=what)
+    subprocesses.wait_until(up, 20.0, what=what)
     return proc
 
 
@@ -121,7 +121,7 @@ def test_prometheus_scrapes_cvload_beside_triton(emulator, prometheus: Prometheu
     summary, records = load(out)
     run = f'run_id="{out.name}"'
     # The linger is there so a scrape sees the final numbers: cvload_run_finished is 1 in it.
-    process.wait_until(lambda: prometheus.value(f"max_over_time(cvload_run_finished{{{run}}}[5m])") == 1.0,
+    subprocesses.wait_until(lambda: prometheus.value(f"max_over_time(cvload_run_finished{{{run}}}[5m])") == 1.0,
                        10.0, what="Prometheus to scrape cvload's final numbers")
 
     def last(metric: str, extra: str = "") -> str:
@@ -184,7 +184,7 @@ def _serve_until_final(cmd: list[str], port: int) -> tuple[subprocess.Popen, dic
         done = families.get("cvload_run_finished")
         return families if done and done.samples[0].value == 1.0 else None
 
-    return proc, process.wait_until(final, 90.0, what="the run to finish")
+    return proc, subprocesses.wait_until(final, 90.0, what="the run to finish")
 
 
 def test_a_fleet_serves_the_whole_run_and_ctrl_c_ends_the_linger(emulator, tmp_path: Path) -> None:

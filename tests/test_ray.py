@@ -22,7 +22,7 @@ import psutil
 import pytest
 from drivers import COMMANDS, check_run, check_sweep, command, reference_run_keys, tui
 
-from cvload import process
+from cvload import subprocesses
 
 ray = pytest.importorskip("ray", reason="Ray is the optional extra cvload[ray]")
 pytestmark = pytest.mark.timeout(420)  # starting two Ray nodes takes a minute or more on a busy small host
@@ -80,20 +80,20 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     nodes = [ray_node(["--head", f"--port={port}", "--node-ip-address=127.0.0.1", "--include-dashboard=false",
                        f"--ray-client-server-port={client_port}", f"--temp-dir={temp_dir}"], tmp, "head", token)]
     try:
-        process.wait_until(lambda: _gcs_up(port) or _dead(nodes), 90, what="the Ray head")
+        subprocesses.wait_until(lambda: _gcs_up(port) or _dead(nodes), 90, what="the Ray head")
         assert not _dead(nodes), (tmp / "head.log").read_text()[-2000:]
         nodes.append(ray_node([f"--address={address}", "--node-ip-address=127.0.0.1"], tmp, "worker", token))
-        process.wait_until(lambda: _started(tmp / "worker.log") or _dead(nodes), 180, what="the second Ray node")
+        subprocesses.wait_until(lambda: _started(tmp / "worker.log") or _dead(nodes), 180, what="the second Ray node")
         assert not _dead(nodes), (tmp / "worker.log").read_text()[-2000:]
         yield Cluster(address, token, client_port)
     finally:
         # Both nodes at once, briefly: a test cluster has nothing to save, and what outlives SIGTERM is killed.
         with ThreadPoolExecutor(len(nodes)) as pool:
-            list(pool.map(lambda node: process.end(node, grace=3.0, sigterm="group"), nodes))
+            list(pool.map(lambda node: subprocesses.end(node, grace=3.0, sigterm="group"), nodes))
         # Ray's agents may outlive their raylet, some started while it stops: kill what is left of each node's
         # process group, and anything else that carries this cluster's token, until nothing is left.
         def leftovers() -> list[psutil.Process]:
-            return [*(m for n in nodes for m in process.group_members(n.pid)), *_ours(token)]
+            return [*(m for n in nodes for m in subprocesses.group_members(n.pid)), *_ours(token)]
 
         last_seen = [time.monotonic()]
 
@@ -104,8 +104,8 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                     leftover.kill()
             return time.monotonic() - last_seen[0] > QUIET_S
 
-        with contextlib.suppress(process.WaitTimeout):
-            process.wait_until(kill_leftovers, 30, what="the Ray processes to end", first_delay=0.5)
+        with contextlib.suppress(subprocesses.WaitTimeout):
+            subprocesses.wait_until(kill_leftovers, 30, what="the Ray processes to end", first_delay=0.5)
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 

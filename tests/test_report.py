@@ -35,7 +35,7 @@ def results(emulator, tmp_path_factory) -> dict[str, Path]:
                  *OBJECTIVES)
     offline = run(emulator, root / "offline", "--model", "cosyvoice2_offline", "--mode", "offline",
                   "--requests", "3")
-    # A sweep folder as `cvload sweep` writes it (schema cvload.sweep/1): levels in measuring order (1 and 4 as
+    # A sweep folder as `cvload sweep` writes it (schema cvload.load.sweep/1): levels in measuring order (1 and 4 as
     # planned, then 2 by bisection), each in its own run folder, with the headline values sweep.json keeps.
     sweep = root / "sweep"
     levels = []
@@ -47,7 +47,7 @@ def results(emulator, tmp_path_factory) -> dict[str, Path]:
                        "summary": {"metrics": {"first_chunk_latency_ms": summary["metrics"]["first_chunk_latency_ms"]},
                                    "goodput": {"requests_per_s": 1.5 * n}}})
     (sweep / "sweep.json").write_text(json.dumps({
-        "schema": "cvload.sweep/1", "kind": "concurrency", "levels": levels,
+        "schema": "cvload.load.sweep/1", "kind": "concurrency", "levels": levels,
         "capacity": {"kind": "concurrency", "value": 2, "bracket": [2, 4], "by": "objectives"},
         "knee": {"value": 2, "reason": "throughput x1.1 for load x2"},
         "stopped_because": "level 4 missed first_chunk.p95<400ms", "status": "completed"}))
@@ -162,7 +162,7 @@ def test_bad_input_is_a_clear_usage_error(results, tmp_path, capsys, case):
 
 
 def test_run_never_loads_matplotlib():
-    code = ("import sys, cvload.cli; cvload.cli.build_parser(); import cvload.session, cvload.console; "
+    code = ("import sys, cvload.cli; cvload.cli.build_parser(); import cvload.load.session, cvload.console; "
             "sys.exit(1 if 'matplotlib' in sys.modules else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
@@ -219,7 +219,7 @@ def test_every_figure_is_drawn_in_chromium(results, tmp_path):
 
 def test_time_series_account_for_every_measured_request(results):
     from cvload.report import series
-    from cvload.results_folder import open_results
+    from cvload.results.folder import open_results
 
     run = open_results(results["faulty"])
     summary = run.summary
@@ -248,8 +248,8 @@ def test_binary_columns_hold_what_records_jsonl_holds(results, tmp_path):
     folder whose records.jsonl it no longer covers (a line added by hand, a run cut short) is parsed instead."""
     import shutil
 
-    from cvload import columns_file
-    from cvload.results_folder import read_columns
+    from cvload.results import columns_file
+    from cvload.results.folder import read_columns
 
     folder = results["faulty"]
     assert (folder / columns_file.NAME).stat().st_size == 40 * columns_file.DTYPE.itemsize
@@ -270,7 +270,7 @@ def test_binary_columns_hold_what_records_jsonl_holds(results, tmp_path):
 def test_sweep_load_axis_ticks_the_levels(results, tmp_path):
     """Ticks at the levels measured, never 1.5 streams; a doubling sweep's levels on a log2 axis."""
     from cvload.report import figures
-    from cvload.results_folder import open_results
+    from cvload.results.folder import open_results
 
     def axis(sweep):  # noqa: ANN001, ANN202 - the load axis as both sweep figures frame it
         _, (ax,) = figures._figure()

@@ -250,7 +250,7 @@ async def _interrupt_when_sent(session, count: int, *, drain_timeout: float) -> 
     """Run the session, interrupt once ``count`` requests went out; returns seconds from interrupt to return."""
     import asyncio
 
-    from cvload.engine import DRAIN_TIMEOUT_S
+    from cvload.load.engine import DRAIN_TIMEOUT_S
 
     engine = await session.prepare()
     assert engine.drain_timeout == DRAIN_TIMEOUT_S == 5.0  # what a user's Ctrl-C gives in-flight requests
@@ -280,8 +280,8 @@ def stalling_server(tmp_path_factory):
 
 @pytest.mark.parametrize("shape", [{"num_tasks": 2, "ramp": 0.0}, {"rate": 20.0, "max_inflight": 1}])
 async def test_interrupt_drains_briefly_even_with_stalled_requests(stalling_server, tmp_path, shape):
-    from cvload.config import RunConfig
-    from cvload.session import Session
+    from cvload.load.session import Session
+    from cvload.settings.config import RunConfig
 
     config = RunConfig(server=[stalling_server.grpc_url], requests=50, out=str(tmp_path / "r"), metrics_url="none",
                        gpu_source="none", request_timeout=60.0, **shape)
@@ -323,9 +323,9 @@ def test_failed_start_does_not_claim_the_results_folder(tmp_path):
 async def test_rate_change_applies_at_once(emulator, tmp_path):
     import asyncio
 
-    from cvload.config import RunConfig
-    from cvload.results import read_records
-    from cvload.session import Session
+    from cvload.load.session import Session
+    from cvload.results.writer import read_records
+    from cvload.settings.config import RunConfig
 
     config = RunConfig(server=[emulator.grpc], model="cosyvoice2_instant", rate=0.1, arrival="constant",
                        duration=30.0, out=str(tmp_path / "r"), metrics_url="none", gpu_source="none")

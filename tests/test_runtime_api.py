@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 from runs import records_of
 
-from cvload.config import RunConfig
 from cvload.cosyvoice_runtime import cosyvoice_pb2
 from cvload.emulator import get_profile
 from cvload.emulator.runtime_server import RuntimeServer, sentences, speech_seconds
 from cvload.errors import UsageError
-from cvload.records import ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER
+from cvload.results.records import ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER
+from cvload.settings.config import RunConfig
 from cvload.targets import make_target
 from cvload.targets.base import SynthesisRequest, Target, TargetError
 from cvload.targets.cosyvoice_http import status_error

@@ -8,9 +8,9 @@ import pytest
 
 from cvload.cli import build_parser
 from cvload.commands.run import config_from_args
-from cvload.config import RunConfig
 from cvload.errors import UsageError
-from cvload.scenario import SCENARIO_DIR, available_scenarios, find_scenario, load_scenario
+from cvload.settings.config import RunConfig
+from cvload.settings.scenario import SCENARIO_DIR, available_scenarios, find_scenario, load_scenario
 
 SHIPPED = ("smoke", "streaming-8", "offline-http", "open-loop", "ci")
 

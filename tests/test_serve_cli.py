@@ -23,7 +23,7 @@ import psutil
 import tritonclient.grpc as grpcclient
 from runs import run_cli
 
-from cvload import process
+from cvload import subprocesses
 from cvload.triton import launcher
 from cvload.triton.launcher import free_ports
 
@@ -144,7 +144,7 @@ def serving(serve: Serve) -> tuple[int, Path]:
     assert workdir.name.startswith("cvload-serve-")
     servers = [p.pid for p in psutil.Process(serve.proc.pid).children() if "tritonserver" in p.name()]
     assert len(servers) == 1
-    assert len(process.group_members(servers[0])) >= 2, "the server and its stub"
+    assert len(subprocesses.group_members(servers[0])) >= 2, "the server and its stub"
     assert stream_request(grpc_url, "Hello from the command line, once more.") > 0
     return servers[0], workdir
 
@@ -154,8 +154,8 @@ def assert_stopped_cleanly(how: str, serve: Serve, output: str, server_pid: int,
     assert "stopping tritonserver" in output and output.rstrip().endswith("stopped")
     for name in ("grpc", "http", "metrics", "log"):
         assert len(re.findall(rf"^\s+{name}\s", output, re.M)) == 1, f"{name} printed once"
-    assert not process.group_members(server_pid), "no server or stub left"
-    assert not process.shm_regions(f"cvload{serve.proc.pid}x"), "no shared-memory region left"
+    assert not subprocesses.group_members(server_pid), "no server or stub left"
+    assert not subprocesses.shm_regions(f"cvload{serve.proc.pid}x"), "no shared-memory region left"
     assert not workdir.exists(), "the temporary folder is gone"
 
 
@@ -210,7 +210,7 @@ def test_a_serve_restarted_at_once_after_kill_9_gets_its_ports(tmp_path: Path) -
         second.wait_for(r"^try:")
         assert stream_request(f"127.0.0.1:{ports[0]}", "Hello again.") > 0
         assert not server.is_running() or server.status() == psutil.STATUS_ZOMBIE, "the first server is gone"
-        assert not process.shm_regions(f"cvload{first.proc.pid}x"), "its shared memory too"
+        assert not subprocesses.shm_regions(f"cvload{first.proc.pid}x"), "its shared memory too"
     finally:
         for serve in (first, second):
             if serve is not None and serve.proc.poll() is None:

@@ -15,7 +15,7 @@ import pytest
 
 from cvload.emulator import build_pipeline_repository, get_profile
 from cvload.errors import EXIT_USAGE
-from cvload.server_release import parse_trace, read_trace
+from cvload.telemetry.server_release import parse_trace, read_trace
 from cvload.triton.launcher import TritonServer, trace_args
 from tests.conftest import FAST_EXIT, Emulator
 from tests.runs import load, run_cli

@@ -5,9 +5,18 @@ from __future__ import annotations
 import pytest
 
 from cvload.errors import UsageError
-from cvload.metrics import summarize
-from cvload.records import ERR_TIMEOUT, FLAG_SILENT, RequestRecord
-from cvload.slo import FAIL, NO_DATA, PASS, all_met, evaluate, parse_objective, parse_objectives, valid_names
+from cvload.measure.metrics import summarize
+from cvload.measure.slo import (
+    FAIL,
+    NO_DATA,
+    PASS,
+    all_met,
+    evaluate,
+    parse_objective,
+    parse_objectives,
+    valid_names,
+)
+from cvload.results.records import ERR_TIMEOUT, FLAG_SILENT, RequestRecord
 
 
 def record(i: int, first: float, gap: float = 0.1, chunks: int = 3, **kw: object) -> RequestRecord:
@@ -155,7 +164,7 @@ def test_every_valid_name_parses() -> None:
 
 
 def test_request_check_applies_each_per_request_objective_to_each_request() -> None:
-    from cvload.slo import request_check
+    from cvload.measure.slo import request_check
 
     def rec(offsets: list[float]) -> RequestRecord:
         return RequestRecord(index=0, request_id="r", item_id="i", worker=0, server="s", text="t", sent=0.0,

@@ -11,9 +11,9 @@ import pytest
 from runs import load, records_of
 
 from cvload.cli import main
-from cvload.config import parse_levels
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import UsageError
+from cvload.settings.config import parse_levels
 from cvload.triton.launcher import TritonServer, free_port
 
 QUIET = ["--quiet", "--metrics-url", "none", "--gpu-source", "none"]
@@ -62,8 +62,8 @@ def test_sweep_without_levels_or_with_both_loops_is_usage(capsys):
 
 
 def test_scenario_sweep_table(tmp_path):
-    from cvload.config import SweepSettings
-    from cvload.scenario import load_scenario
+    from cvload.settings.config import SweepSettings
+    from cvload.settings.scenario import load_scenario
 
     good = tmp_path / "s.toml"
     good.write_text('slo = ["first_chunk.p95<700ms"]\n[sweep]\nnum_tasks = [1, 2, 4]\nsearch = "bisect"\n'
@@ -90,7 +90,7 @@ def test_sweep_results_folder_and_schema(emulator, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "capacity: 4 streams" in shown and "no higher level failed" in shown
     result = load_sweep(out)
-    assert result["schema"] == "cvload.sweep/1" and result["kind"] == "concurrency"
+    assert result["schema"] == "cvload.load.sweep/1" and result["kind"] == "concurrency"
     assert [lv["value"] for lv in result["levels"]] == [1, 2, 4]
     assert result["capacity"] == {"kind": "concurrency", "value": 4, "bracket": [4, None], "by": "objectives"}
     assert result["stopped_because"] == "every planned level was measured" and result["status"] == "completed"
@@ -234,7 +234,7 @@ def test_sweep_judges_a_level_whose_requests_cannot_finish(silent_server, tmp_pa
 async def test_dashboard_sweep_panel_fills_in_level_by_level(emulator, tmp_path):
     import time
 
-    from cvload.config import RunConfig, SweepSettings
+    from cvload.settings.config import RunConfig, SweepSettings
     from cvload.tui.app import DashboardApp
     from cvload.tui.panels import Panel
     from cvload.tui.run_source import RunSource

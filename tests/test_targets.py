@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from cvload.config import RunConfig
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import ServerError, UsageError
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.results.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.settings.config import RunConfig
 from cvload.targets import make_target
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError
 from cvload.targets.sse import SseParser
@@ -462,7 +462,7 @@ def test_one_table_says_what_a_grpc_status_counts_as():
     ``connection``, one call's as the server's error."""
     import grpc
 
-    from cvload.records import ERR_REJECTED
+    from cvload.results.records import ERR_REJECTED
     from cvload.targets.grpc_errors import error_kind
 
     assert error_kind(grpc.StatusCode.UNAVAILABLE) == ERR_CONNECTION

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from cvload.cli import main
-from cvload.config import RunConfig
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.errors import EXIT_RUNTIME, UsageError
-from cvload.records import PROXY_BODY_LIMIT
-from cvload.transport import HEADERS_ENV, INSECURE_WARNING, Transport
+from cvload.results.records import PROXY_BODY_LIMIT
+from cvload.settings.config import RunConfig
+from cvload.settings.transport import HEADERS_ENV, INSECURE_WARNING, Transport
 from cvload.triton.launcher import TritonServer
 from tests.runs import records_of
 
@@ -267,9 +267,9 @@ def test_secrets_are_written_nowhere(nginx, certs, tmp_path, capsys, monkeypatch
 def test_runtime_and_openai_targets_over_tls_with_a_token(start_nginx, certs, tmp_path, capsys,
                                                           monkeypatch) -> None:
     """The other APIs' targets (CosyVoice's runtime over gRPC and FastAPI, OpenAI-style speech) behind nginx."""
-    from cvload.address import hostport
     from cvload.emulator.openai_server import OpenAIServer
     from cvload.emulator.runtime_server import RuntimeServer
+    from cvload.settings.address import hostport
 
     instant = get_profile("instant")
     with RuntimeServer(instant, workdir=tmp_path / "runtime", die_with_parent=True) as runtime, \

@@ -1,4 +1,4 @@
-"""Timestamps never wait for work, and every run says how sure it is (cvload.loop_health).
+"""Timestamps never wait for work, and every run says how sure it is (cvload.measure.loop_health).
 
 Behaviour against the real emulator, judged against the server's own send trace rather than wall-clock
 thresholds on a shared machine: the ``fixed`` model writes when each chunk left it, so (client stamp - server
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 from tritonclient.grpc import service_pb2 as pb
 
-from cvload import audio_checks
-from cvload.audio_checks import check_request, start_decoders
-from cvload.config import RunConfig
-from cvload.loop_health import LAG_WARN_MS, LoopHealth
-from cvload.records import ERR_PROTOCOL, FLAG_CLIPPING, FLAG_SILENT
-from cvload.results import read_records
-from cvload.session import Session
+from cvload.load.session import Session
+from cvload.measure import audio_checks
+from cvload.measure.audio_checks import check_request, start_decoders
+from cvload.measure.loop_health import LAG_WARN_MS, LoopHealth
+from cvload.results.records import ERR_PROTOCOL, FLAG_CLIPPING, FLAG_SILENT
+from cvload.results.writer import read_records
+from cvload.settings.config import RunConfig
 from cvload.targets.base import Chunk, SynthesisRequest, TargetError
 from cvload.targets.sse import SseParser
 from cvload.targets.tensors import PromptCache, request_tensors
@@ -146,7 +146,7 @@ async def test_loop_health_reads_an_idle_loop_as_idle():
 @pytest.mark.parametrize("blocked", [False, True])
 def test_console_footer_and_warnings_show_the_client_section(blocked):
     from cvload.console import summary_warnings
-    from cvload.loop_health import client_text, lag_stats, warnings_for
+    from cvload.measure.loop_health import client_text, lag_stats, warnings_for
 
     lag = lag_stats([0.1] * 98 + ([30.0, 40.0] if blocked else [0.2, 0.3]))
     client = {"loop_lag_ms": lag, "cpu_cores": 0.4, "warnings": warnings_for(lag, 0.4)}

@@ -14,9 +14,9 @@ from textual.pilot import Pilot
 from textual.widgets import Static
 
 from cvload.cli import main
-from cvload.config import RunConfig
 from cvload.errors import EXIT_OK, EXIT_SLO_FAILED, CvloadError
-from cvload.metrics import REQUEST_METRICS
+from cvload.measure.metrics import REQUEST_METRICS
+from cvload.settings.config import RunConfig
 from cvload.tui.app import DashboardApp
 from cvload.tui.charts import fmt_ms
 from cvload.tui.messages import Command, EngineStatus, Failed, Finished, Prepared, Start, from_line

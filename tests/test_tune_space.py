@@ -176,7 +176,7 @@ def test_one_cell_format_and_one_tune_file_reader_for_the_tuner_and_the_report(t
     """The console, the dashboard and the report write a candidate's cells alike (a whole float as an integer:
     the report used to write 1e+06), and `cvload report` and `--resume` read tune.json through one reader."""
     from cvload.report.tune import candidates_table
-    from cvload.tune_results import TUNE_SCHEMA, cell_text, read_tune
+    from cvload.results.tune_file import TUNE_SCHEMA, cell_text, read_tune
 
     cells = [cell_text(v) for v in (None, True, 1e6, 0.25, 8, "fp16")]
     assert cells == ["-", "true", "1000000", "0.25", "8", "fp16"]

@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvload.asr.server import serve
+    from cvload.listen.asr.server import serve
 
     serve(args.asr, args.host, args.port, model=args.model_name, workers=args.workers)
     return EXIT_OK

@@ -10,7 +10,7 @@ from cvload.errors import EXIT_OK
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cvload.content import DEFAULT_MAX_ERROR
+    from cvload.listen.content import DEFAULT_MAX_ERROR
 
     p = sub.add_parser(
         "check", help="transcribe a finished run's saved audio and score the words (content.jsonl, summary)",
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvload.content_check import check_folder, run_folders, throughput
+    from cvload.listen.check import check_folder, run_folders, throughput
 
     folders = [folder for given in args.folders for folder in run_folders(Path(given))]
 

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 from cvload.errors import EXIT_OK, EXIT_SLO_FAILED, UsageError
 
 if TYPE_CHECKING:
-    from cvload.compare import Comparison, Settings
+    from cvload.results.compare import Comparison, Settings
 
 _VERDICT_STYLE = {"regression": "bold red", "improved": "green", "uncertain": "yellow", "ok": "", "no_data": "dim"}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from cvload.compare import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, THRESHOLD_HELP
+    from cvload.results.compare import DEFAULT_CONFIDENCE, DEFAULT_RESAMPLES, THRESHOLD_HELP
 
     p = sub.add_parser(
         "compare", help="compare results folders (runs or sweeps) and flag regressions (CI)",
@@ -34,12 +34,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, metavar="N",
                    help=f"bootstrap resamples per metric (default {DEFAULT_RESAMPLES})")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same verdicts)")
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON (schema cvload.compare/1)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON (schema cvload.results.compare/1)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from cvload.compare import Settings, compare_folders, parse_thresholds, to_json
+    from cvload.results.compare import Settings, compare_folders, parse_thresholds, to_json
 
     if len(args.folders) < 2:
         raise UsageError("compare needs two results folders: BASE NEW [NEW...]")

@@ -9,7 +9,8 @@ from typing import Any
 
 from cvload.apis import APIS, PROTOCOLS, api_help, api_spec
 from cvload.commands.serve import add_emulator_options, parse_overrides
-from cvload.config import (
+from cvload.errors import UsageError
+from cvload.settings.config import (
     ARRIVALS,
     INFERENCES,
     MODES,
@@ -18,7 +19,6 @@ from cvload.config import (
     RunConfig,
     parse_duration,
 )
-from cvload.errors import UsageError
 
 
 def _duration(text: str) -> float:
@@ -187,7 +187,7 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
     """Defaults < scenario file < flags given on the command line."""
     config = RunConfig()
     if args.scenario:
-        from cvload.scenario import load_scenario
+        from cvload.settings.scenario import load_scenario
 
         config = config.merged(load_scenario(args.scenario))
     flags: dict[str, Any] = {}
@@ -210,8 +210,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 
 def checked(config: RunConfig) -> RunConfig:
-    """``config`` after the checks that live beside their option (--barge-in's in cvload/barge_in.py)."""
-    from cvload import barge_in
+    """``config`` after the checks that live beside their option (--barge-in's in cvload/load/barge_in.py)."""
+    from cvload.load import barge_in
 
     barge_in.check(config.barge_in, mode=config.mode, seed=config.seed)
     if config.barge_in_baseline and config.barge_in is None:
@@ -250,12 +250,12 @@ def run_headless(config: RunConfig, view: Any) -> int:
     """One run in this process, as ``Session.run`` runs it, with ``view`` (the console) listening.
 
     ``--barge-in-baseline``: the same load without barge-in runs first, into ``OUT/baseline``."""
-    from cvload.session import Session
+    from cvload.load.session import Session
 
     try:
         baseline = None
         if config.barge_in_baseline:
-            from cvload.results import default_out_dir
+            from cvload.results.writer import default_out_dir
 
             out = config.out or str(default_out_dir("barge-in"))
             config = config.merged({"out": out})

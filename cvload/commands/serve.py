@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from cvload.emulator import get_profile
     from cvload.emulator.launch import EmulatorSettings
     from cvload.emulator.openai_server import TOKEN_ENV
-    from cvload.process import tail
+    from cvload.subprocesses import tail
 
     settings = EmulatorSettings(
         profile=get_profile(args.profile or "fixed", parse_overrides(args.profile_set)), model=args.model,

@@ -10,7 +10,7 @@ import sys
 from typing import Any
 
 from cvload.commands.run import _duration, add_run_options, config_from_args
-from cvload.config import CAPACITY_BY, SEARCHES, RunConfig
+from cvload.settings.config import CAPACITY_BY, SEARCHES, RunConfig
 
 
 def add_sweep_options(p: argparse.ArgumentParser) -> None:
@@ -78,7 +78,7 @@ def sweep_config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def sweep(args: argparse.Namespace) -> int:
     from cvload.console import SweepConsoleView
-    from cvload.sweep import Sweep
+    from cvload.load.sweep import Sweep
 
     runner = Sweep(sweep_config_from_args(args))  # levels and rules checked before anything starts
     try:

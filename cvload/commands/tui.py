@@ -13,8 +13,8 @@ from typing import Any
 
 from cvload.commands.run import _duration, add_run_options, run_headless
 from cvload.commands.sweep import add_sweep_options, sweep_config_from_args
-from cvload.config import RunConfig, SweepSettings
 from cvload.errors import UsageError
+from cvload.settings.config import RunConfig, SweepSettings
 
 UNTIL_QUIT_S = 3600.0  # a dashboard without --requests/--duration runs until q, bounded to an hour
 STOP_WAIT_S = 60.0  # after q: drain (5 s) plus stopping an embedded server with stuck requests (15 s), with margin
@@ -47,7 +47,7 @@ def _is_terminal() -> bool:
 
 def tui_config(args: argparse.Namespace) -> RunConfig:
     """A run, or a sweep when the levels are several (or a scenario's [sweep] table gives levels)."""
-    from cvload.sweep import SweepPlan, sweeping
+    from cvload.load.sweep import SweepPlan, sweeping
 
     config = sweep_config_from_args(args)
     if config.barge_in_baseline:
@@ -69,7 +69,7 @@ def tui_config(args: argparse.Namespace) -> RunConfig:
 
 def tui(args: argparse.Namespace) -> int:
     from cvload.console import ConsoleView, SweepConsoleView
-    from cvload.sweep import Sweep, sweeping
+    from cvload.load.sweep import Sweep, sweeping
 
     if args.replay:
         return replay(args.replay)

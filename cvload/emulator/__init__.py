@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cvload.emulator.pipeline import build_pipeline_repository, pipeline_models
+from cvload.emulator.pipeline_repository import build_pipeline_repository, pipeline_models
 from cvload.emulator.profiles import PRESETS, Profile, get_profile
 from cvload.emulator.voices import copy_speech, stub_profile_json, warm_speech
 from cvload.errors import UsageError
@@ -57,7 +57,7 @@ def build_repository(root: Path, models: list[EmulatedModel] | None = None, *, t
         if model_dir.exists():
             shutil.rmtree(model_dir)
         (model_dir / "1").mkdir(parents=True)
-        shutil.copy(HERE / "model.py", model_dir / "1" / "model.py")
+        shutil.copy(HERE / "single_model.py", model_dir / "1" / "model.py")
         copy_speech(model_dir / "1")
         trace_path = (Path(root) / f"{model.name}.trace.jsonl").resolve() if trace else ""
         fill_file(

@@ -1,7 +1,7 @@
 """An OpenAI-style speech server (``POST /v1/audio/speech``) with the CosyVoice emulator's timing, for real.
 
 It is a real HTTP server (aiohttp.web) in its own process, never in the measuring process's event loop. The
-timing, voice and faults are the Triton emulator model's own code (``cvload.emulator.model``): the same
+timing, voice and faults are the Triton emulator model's own code (``cvload.emulator.single_model``): the same
 profiles (``fixed`` sends the first chunk exactly ``fixed_first_s`` after arrival, then one every
 ``fixed_interval_s``; ``l20``; ``faulty``), run on one thread per request as the model runs them.
 
@@ -35,10 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from cvload.address import claimed, hostport
-from cvload.emulator.child import ChildServer
-from cvload.emulator.model import SAMPLE_RATE, CancelWatch, SharedState, TritonPythonModel, Vocoder
 from cvload.emulator.profiles import PRESETS, Profile
+from cvload.emulator.server_process import ChildServer
+from cvload.emulator.single_model import SAMPLE_RATE, CancelWatch, SharedState, TritonPythonModel, Vocoder
+from cvload.settings.address import claimed, hostport
 
 TOKEN_ENV = "CVLOAD_EMULATOR_API_KEY"
 ROUTES = ("/v1/audio/speech", "/audio/speech")

@@ -54,7 +54,7 @@ class Profile:
     stall_s: float = 0.0
     crash_after: int = 0  # kill the server process when request N arrives (0 = never)
     # A server that keeps generating a request its client cancelled (abandoned, timed out) to the end: the waste
-    # barge-in load exposes (cvload/barge_in.py). Default: cancellation is honoured between stages.
+    # barge-in load exposes (cvload/load/barge_in.py). Default: cancellation is honoured between stages.
     ignore_cancel: bool = False
     # Audio: "speech" (the text spoken: hibari for English, espeak-ng's library for Chinese, fitted to the
     # emulated duration and cached; docs/emulator.md), "tone" (a speech-like synthetic signal, for pure timing

@@ -10,7 +10,7 @@ sentence exactly ``fixed_first_s`` after the request arrived and one more every 
 profiles run each sentence through the pretend LLM and the one shared vocoder, whole.
 
 ``RuntimeServer`` starts it in a child process (``python -m cvload.emulator.runtime_server``), so the server
-never shares an interpreter with the process that measures it, and stops it with ``cvload.process.end``.
+never shares an interpreter with the process that measures it, and stops it with ``cvload.subprocesses.end``.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' parameter annotations (Form, File) as
@@ -35,13 +35,20 @@ from typing import Annotated, Any
 
 import numpy as np
 
-from cvload.address import claimed, hostport
 from cvload.emulator import speech
-from cvload.emulator.child import ChildServer
-from cvload.emulator.model import SAMPLE_RATE, CancelWatch, ToneVoice, Vocoder, speech_seconds, speech_tokens
 from cvload.emulator.profiles import Profile
+from cvload.emulator.server_process import ChildServer
+from cvload.emulator.single_model import (
+    SAMPLE_RATE,
+    CancelWatch,
+    ToneVoice,
+    Vocoder,
+    speech_seconds,
+    speech_tokens,
+)
 from cvload.emulator.speech import sentences
 from cvload.errors import ServerError
+from cvload.settings.address import claimed, hostport
 
 DEFAULT_MAX_CONC = 4  # the runtime's own default (--max_conc 4)
 DEFAULT_SAMPLE_RATE = 24000  # CosyVoice2/3; 22050 emulates CosyVoice-300M

@@ -15,8 +15,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from cvload.emulator import speech
-from cvload.emulator.model import SAMPLE_RATE, speech_seconds, speech_tokens
 from cvload.emulator.profiles import Profile
+from cvload.emulator.single_model import SAMPLE_RATE, speech_seconds, speech_tokens
 
 HERE = Path(__file__).parent
 STUB_MODULE = "cvload_speech.py"  # speech.py's name beside a Triton model (model.py imports it by this name)
@@ -40,7 +40,7 @@ def stub_profile_json(profile: Profile) -> str:
 
 
 def builtin_texts() -> list[str]:
-    from cvload.inputs import load_items
+    from cvload.settings.inputs import load_items
 
     return [item.target_text for item in load_items(None, spk_cache=True)]
 

@@ -12,8 +12,8 @@ from cvload.errors import UsageError
 from cvload.report import figures, tables
 from cvload.report.document import Figure, Report, Section, Table
 from cvload.report.tune import build_tune
-from cvload.results_folder import Results, RunResults, SweepResults, open_results
-from cvload.tune_results import read_tune
+from cvload.results.folder import Results, RunResults, SweepResults, open_results
+from cvload.results.tune_file import read_tune
 
 
 def labels_for(inputs: Sequence[Results]) -> list[str]:

@@ -18,7 +18,7 @@ from matplotlib.ticker import PercentFormatter
 
 from cvload.report import series
 from cvload.report.document import Figure
-from cvload.results_folder import RunResults, SweepResults
+from cvload.results.folder import RunResults, SweepResults
 
 WIDTH_IN, DPI = 9.0, 100  # 900 px wide: what series.TIME_BINS and CDF_POINTS are thinned to
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f",

@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from cvload.barge_in_summary import FILE as BARGE_IN_FILE
 from cvload.errors import CvloadError
-from cvload.metrics import MISSING, lookup
-from cvload.records import ERR_BARGED_IN, ERROR_KINDS
-from cvload.results_folder import RecordColumns, RunResults, SweepLevel, SweepResults
+from cvload.measure.barge_in_summary import FILE as BARGE_IN_FILE
+from cvload.measure.metrics import MISSING, lookup
+from cvload.results.folder import RecordColumns, RunResults, SweepLevel, SweepResults
+from cvload.results.records import ERR_BARGED_IN, ERROR_KINDS
 
 CDF_POINTS = 600  # a CDF is drawn through this many quantiles at most
 TIME_BINS = 300  # a time series gets at most this many bins (a figure is ~900 px wide)
@@ -38,7 +38,7 @@ class ObjectiveLine:
 def objective_lines(summary: dict[str, Any], metric: str) -> list[ObjectiveLine]:
     """The run's objectives on one per-request metric (summary name), or on the statistics at a dotted summary
     path (``barge_in.release_ms``), from its ``slo`` verdicts."""
-    from cvload.slo import parse_objective
+    from cvload.measure.slo import parse_objective
 
     out = []
     for verdict in summary.get("slo") or []:

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from cvload.metrics import MISSING, REQUEST_METRICS, RUN_METRICS, lookup
+from cvload.measure.metrics import MISSING, REQUEST_METRICS, RUN_METRICS, lookup
 from cvload.report import series
 from cvload.report.document import Table
-from cvload.results_folder import RunResults, SweepResults
+from cvload.results.folder import RunResults, SweepResults
 
 # The metrics a comparison is read by: (title, summary path, format kind).
 HEADLINE: tuple[tuple[str, str, str], ...] = (

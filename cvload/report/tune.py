@@ -11,8 +11,8 @@ from typing import Any
 from cvload import __version__
 from cvload.report import figures
 from cvload.report.document import Figure, Report, Section, Table
-from cvload.results_folder import SweepResults, open_results
-from cvload.tune_results import cell_text
+from cvload.results.folder import SweepResults, open_results
+from cvload.results.tune_file import cell_text
 
 
 def pareto_figure(tune: dict[str, Any]) -> Figure | None:

@@ -12,7 +12,7 @@ from cvload.apis import api_spec
 from cvload.targets.base import Target
 
 if TYPE_CHECKING:
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
 
 __all__ = ["make_target"]
 
@@ -24,7 +24,7 @@ def make_target(protocol: str, mode: str, address: str, model: str = "cosyvoice2
     ``config``: the run's settings (None: defaults), from which the API's typed options and the transport
     (TLS, headers) are built here, once, so a bad setting fails before any load.
     """
-    from cvload.transport import Transport
+    from cvload.settings.transport import Transport
 
     spec = api_spec(api or (config.api if config is not None else None))
     cls = spec.target_class(protocol, mode)

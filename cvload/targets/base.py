@@ -1,7 +1,7 @@
 """The small interface every protocol sits behind: open, synthesize (timed chunks), close.
 
 A target stamps ``time.monotonic()`` the moment a response arrives, before decoding it, and raises
-``TargetError`` with one of the error kinds of ``cvload.records`` when a request fails. Between one read and the
+``TargetError`` with one of the error kinds of ``cvload.results.records`` when a request fails. Between one read and the
 next read's timestamp a target does only work that costs a small fraction of a millisecond: whatever costs more
 (parsing a JSON float array) waits in a ``LazyAudio`` until someone needs the samples, off the measuring path.
 """
@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeAlias
 import numpy as np
 import numpy.typing as npt
 
-from cvload.transport import Transport
+from cvload.settings.transport import Transport
 
 Samples: TypeAlias = npt.NDArray[np.float32]  # mono float32 audio: what a chunk decodes to, a prompt as loaded
 
@@ -94,7 +94,7 @@ class Chunk:
 
 
 class TargetError(Exception):
-    """A failed request; ``kind`` is one of cvload.records.ERROR_KINDS.
+    """A failed request; ``kind`` is one of cvload.results.records.ERROR_KINDS.
 
     ``reset``: the server, or a proxy in front of it, had answered (a stream opened, response headers came) and
     then ended the request's stream or connection: it was reachable. A run whose every connection failure is
@@ -107,7 +107,7 @@ class TargetError(Exception):
         self.message = message
         self.reset = reset
 
-    def __reduce__(self) -> tuple[Any, ...]:  # it crosses process boundaries (cvload.audio_checks)
+    def __reduce__(self) -> tuple[Any, ...]:  # it crosses process boundaries (cvload.measure.audio_checks)
         return TargetError, (self.kind, self.message, self.reset)
 
 
@@ -130,7 +130,7 @@ class Target(ABC):
     protocol: str = ""
     mode: str = ""
     # Modules of the LazyAudio this target's chunks carry, when a helper process should decode them
-    # (cvload.audio_checks starts those processes before a run and imports these modules there).
+    # (cvload.measure.audio_checks starts those processes before a run and imports these modules there).
     lazy_audio_modules: tuple[str, ...] = ()
 
     def __init__(self, address: str, model: str = "cosyvoice2", *, timeout: float | None = None,
@@ -138,7 +138,7 @@ class Target(ABC):
         self.address = address
         self.model = model
         self.timeout = timeout
-        self.transport = transport or Transport()  # TLS and headers (cvload.transport)
+        self.transport = transport or Transport()  # TLS and headers (cvload.settings.transport)
 
     async def open(self) -> TargetInfo:
         """Connect and check the server; on failure release what was opened before raising."""

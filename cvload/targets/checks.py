@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cvload.address import TRITON_PORTS, parse, server_hint
 from cvload.errors import ServerError, UsageError
-from cvload.records import ERR_CONNECTION, ERR_SERVER
+from cvload.results.records import ERR_CONNECTION, ERR_SERVER
+from cvload.settings.address import TRITON_PORTS, parse, server_hint
 from cvload.targets.base import TargetError
 
 OPEN_TIMEOUT_S = 4.0  # open() must fail within 5 s on an unreachable server

@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cvload.errors import UsageError
-from cvload.records import ERR_PROTOCOL, ERR_REJECTED
+from cvload.results.records import ERR_PROTOCOL, ERR_REJECTED
 from cvload.targets import checks
 from cvload.targets.base import Samples, SynthesisRequest, Target, TargetError
 
 if TYPE_CHECKING:
-    from cvload.config import RunConfig
-    from cvload.transport import Transport
+    from cvload.settings.config import RunConfig
+    from cvload.settings.transport import Transport
 
 DEFAULT_SAMPLE_RATE = 24000  # CosyVoice2/3; upstream's clients assume 22050 (CosyVoice-300M)
 DEFAULT_SPK_ID = "中文女"  # the speaker upstream's clients ask for

@@ -17,13 +17,13 @@ import numpy as np
 
 from cvload.cosyvoice_runtime import cosyvoice_pb2 as pb
 from cvload.errors import ServerError, UsageError
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
+from cvload.results.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
+from cvload.settings.transport import Transport
 from cvload.targets import checks
 from cvload.targets.base import Chunk, Samples, SynthesisRequest, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import RuntimeOptions, RuntimeTarget, rejected
 from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
 from cvload.targets.per_loop import PerLoop
-from cvload.transport import Transport
 
 INFERENCE = "/cosyvoice.CosyVoice/Inference"
 TRITON_LIVE = "/inference.GRPCInferenceService/ServerLive"

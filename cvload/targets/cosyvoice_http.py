@@ -22,7 +22,8 @@ from urllib.parse import urlencode
 import aiohttp
 
 from cvload.errors import ServerError, UsageError
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.results.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.settings.transport import Transport
 from cvload.targets import checks
 from cvload.targets.base import Chunk, SynthesisRequest, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import (
@@ -34,7 +35,6 @@ from cvload.targets.cosyvoice_common import (
     rejected,
 )
 from cvload.targets.http_common import describe, http_sessions
-from cvload.transport import Transport
 
 # Why an answer may not be HTTP/1.1 (for a connection failure's message).
 _NOT_HTTP = "is this the runtime's gRPC port? then use --protocol grpc"

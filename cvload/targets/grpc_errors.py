@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from cvload.records import ERR_CONNECTION, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
+from cvload.results.records import ERR_CONNECTION, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
 
 # Prompts and whole offline waveforms exceed gRPC's 4 MB default message size.
 CHANNEL_OPTIONS = [
@@ -28,7 +28,7 @@ TRANSPORT_CODES = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDE
 
 
 def error_kind(code: grpc.StatusCode | None, default: str = ERR_SERVER) -> str:
-    """The ``cvload.records`` error kind of a failed call's status; ``default`` for every other status: the
+    """The ``cvload.results.records`` error kind of a failed call's status; ``default`` for every other status: the
     server's error for one call, ``connection`` for a shared stream (whatever broke it broke every request on
     it)."""
     return KINDS.get(code, default) if code is not None else default

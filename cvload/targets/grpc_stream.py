@@ -22,7 +22,7 @@ from typing import Any
 
 import grpc
 
-from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, PROXY_BODY_LIMIT
+from cvload.results.records import ERR_CONNECTION, ERR_NO_FINAL, PROXY_BODY_LIMIT
 from cvload.targets.base import TargetError
 from cvload.targets.grpc_errors import error_kind
 

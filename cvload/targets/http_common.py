@@ -6,8 +6,8 @@ import asyncio
 
 import aiohttp
 
+from cvload.settings.transport import Transport
 from cvload.targets.per_loop import PerLoop
-from cvload.transport import Transport
 
 
 def http_sessions(transport: Transport) -> PerLoop[aiohttp.ClientSession]:

@@ -8,7 +8,7 @@ read of a response with a length. Samples never align with reads or HTTP chunks:
 next one. Bytes are only counted on the measuring path (``len // 2``); they become floats when someone asks.
 
 A bearer token comes from ``--header``/``--header-file``/``CVLOAD_HEADERS`` or the ``OPENAI_API_KEY``
-environment variable (``cvload.transport``), and is written to no results file.
+environment variable (``cvload.settings.transport``), and is written to no results file.
 """
 
 from __future__ import annotations
@@ -23,17 +23,24 @@ import aiohttp
 import numpy as np
 import orjson
 
-from cvload.address import parse
 from cvload.apis import api_spec
 from cvload.errors import ServerError, UsageError
-from cvload.records import ERR_CONNECTION, ERR_NO_FINAL, ERR_PROTOCOL, ERR_REJECTED, ERR_SERVER, ERR_TIMEOUT
+from cvload.results.records import (
+    ERR_CONNECTION,
+    ERR_NO_FINAL,
+    ERR_PROTOCOL,
+    ERR_REJECTED,
+    ERR_SERVER,
+    ERR_TIMEOUT,
+)
+from cvload.settings.address import parse
+from cvload.settings.transport import Transport
 from cvload.targets import checks
 from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.http_common import describe
-from cvload.transport import Transport
 
 if TYPE_CHECKING:
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
 
 API_KEY_ENV = api_spec("openai").token_env
 DEFAULT_SAMPLE_RATE = 24000  # OpenAI's pcm; CosyVoice2/3 speak at 24 kHz too
@@ -157,7 +164,7 @@ class SpeechOptions:
 
 
 class OpenAISpeech(Target):
-    """One OpenAI-style speech endpoint; ``address`` is its full URL (``cvload.address.speech_url``)."""
+    """One OpenAI-style speech endpoint; ``address`` is its full URL (``cvload.settings.address.speech_url``)."""
 
     protocol = "http"
 

@@ -23,7 +23,8 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from cvload.records import ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.results.records import ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.settings.transport import Transport
 from cvload.targets import checks
 from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.grpc_errors import CHANNEL_OPTIONS, TRANSPORT_CODES, error_kind
@@ -32,7 +33,6 @@ from cvload.targets.per_loop import PerLoop
 from cvload.targets.proto_dict import message_to_dict
 from cvload.targets.tensors import WAVEFORM, Prompt, PromptCache, Tensor, bytes_tensor
 from cvload.targets.triton_options import TritonOptions
-from cvload.transport import Transport
 
 _SERVICE = "/inference.GRPCInferenceService/"
 STREAM_SHARE = 8  # requests in flight per shared stream before another stream opens

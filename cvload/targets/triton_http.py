@@ -30,7 +30,8 @@ import numpy as np
 import orjson
 
 from cvload.errors import ServerError
-from cvload.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
+from cvload.results.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_TIMEOUT
+from cvload.settings.transport import Transport
 from cvload.targets import checks, sse
 from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
 from cvload.targets.cosyvoice_common import api_of_routes
@@ -38,7 +39,6 @@ from cvload.targets.http_common import describe, http_sessions
 from cvload.targets.sse import Parts, SseParser
 from cvload.targets.tensors import WAVEFORM, PromptCache, request_tensors
 from cvload.targets.triton_options import TritonOptions
-from cvload.transport import Transport
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 # A request's TCP connect must succeed within this (a host that drops SYNs), whatever --request-timeout says.
@@ -112,7 +112,7 @@ class JsonAudio:
     """
 
     __slots__ = ("parts", "start", "end")
-    portable = True  # cheap to pickle and decodable anywhere: cvload.audio_checks may decode it in a process
+    portable = True  # cheap to pickle and decodable anywhere: cvload.measure.audio_checks may decode it in a process
 
     def __init__(self, parts: Parts | bytes, start: int = 0, end: int | None = None) -> None:
         self.parts: Parts = [parts] if isinstance(parts, bytes) else parts
@@ -369,7 +369,7 @@ class TritonHttpStreaming(_TritonHttp):
     """``POST /v2/models/{m}/generate_stream``: inputs as JSON keys, one server-sent event per chunk."""
 
     mode = "streaming"
-    lazy_audio_modules = (__name__,)  # JsonAudio chunks: parsed by cvload.audio_checks' helper processes
+    lazy_audio_modules = (__name__,)  # JsonAudio chunks: parsed by cvload.measure.audio_checks' helper processes
 
     def _wire(self, request: SynthesisRequest) -> bytes:
         return request.wire if request.wire is not None else self._body(request)

@@ -1,7 +1,7 @@
 """The Triton targets' own request settings, typed and built from the run's settings like every API's options.
 
 Triton's requests need nothing beyond model, mode and prompts today (TLS and headers reach every target through
-``cvload.transport``); a setting of Triton's targets alone (e.g. how many requests one gRPC stream carries)
+``cvload.settings.transport``); a setting of Triton's targets alone (e.g. how many requests one gRPC stream carries)
 belongs here, read once from the ``RunConfig`` in ``of``.
 """
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from cvload.config import RunConfig
+    from cvload.settings.config import RunConfig
 
 # Requests one gRPC ModelStreamInfer stream carries before it is half-closed and the next opens (0: no bound).
 # Streams shared without bound cost nothing over a stream per request at 1-256 streams on the H100 host, and a

@@ -20,7 +20,7 @@ Series names (``Telemetry.series()``) are the dotted paths of values in a sample
 
 summary.json ``telemetry`` section (``Telemetry.summary()``), measured window only (after
 ``mark_measure_start``); an objective key is a path in it, ``gpu.util.mean`` -> ``["gpu"]["util"]["mean"]``
-(``TELEMETRY_KEYS`` lists the documented ones; ``cvload.slo`` resolves them)::
+(``TELEMETRY_KEYS`` lists the documented ones; ``cvload.measure.slo`` resolves them)::
 
     {"window":  {"samples", "duration_s", "interval_s"},
      "gpu":     {"util": {"mean", "max"}, "mem_used_bytes": {"mean", "max"}, "power_w": {"mean", "max"},
@@ -35,7 +35,7 @@ summary.json ``telemetry`` section (``Telemetry.summary()``), measured window on
 A value with no data is None (e.g. ``gpu.util.mean`` on a CPU-only server).
 """
 
-from cvload.address import default_metrics_url, normalize_metrics_url
+from cvload.settings.address import default_metrics_url, normalize_metrics_url
 from cvload.telemetry.nvml import NvmlSampler, NvmlUnavailable
 from cvload.telemetry.prometheus import MalformedScrape, Scrape, parse_metrics
 from cvload.telemetry.sampler import GPU_SOURCES, Telemetry

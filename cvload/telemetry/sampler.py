@@ -18,8 +18,8 @@ from typing import IO, Any
 
 import aiohttp
 
-from cvload.address import normalize_metrics_url
 from cvload.errors import UsageError
+from cvload.settings.address import normalize_metrics_url
 from cvload.telemetry.nvml import NvmlSampler, NvmlUnavailable
 from cvload.telemetry.prometheus import MalformedScrape, Scrape, model_deltas, parse_metrics
 from cvload.telemetry.summary import build_summary

@@ -2,7 +2,7 @@
 
 Series are named by the dotted path of the value in a sample (``gpu.util``, ``gpu.devices.<uuid>.power_w``,
 ``cpu.util``, ``models.<model>.queue_ms``); the summary keeps the same paths, so an objective key such as
-``gpu.util.mean`` is the path ``summary["telemetry"]["gpu"]["util"]["mean"]`` (``cvload.slo``
+``gpu.util.mean`` is the path ``summary["telemetry"]["gpu"]["util"]["mean"]`` (``cvload.measure.slo``
 resolves objectives there).
 """
 

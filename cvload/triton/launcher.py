@@ -32,9 +32,9 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Protocol
 
-from cvload import process
-from cvload.address import claimed, hostport, metrics_url
+from cvload import subprocesses
 from cvload.errors import ServerError, UsageError
+from cvload.settings.address import claimed, hostport, metrics_url
 from cvload.triton import stub_python
 from cvload.triton.stub_python import StubPython
 
@@ -240,8 +240,8 @@ def claim_ports(server: _Hosted, names: tuple[str, ...], *, orphan_wait_s: float
         elif port_busy(host, port):
             orphan = orphan_on(port)
             if orphan is not None:
-                with contextlib.suppress(process.WaitTimeout):
-                    process.wait_until(functools.partial(_port_free, host, port), orphan_wait_s,
+                with contextlib.suppress(subprocesses.WaitTimeout):
+                    subprocesses.wait_until(functools.partial(_port_free, host, port), orphan_wait_s,
                                        what=f"port {port}", first_delay=0.05, max_delay=0.1)
                 if not port_busy(host, port):
                     continue
@@ -436,9 +436,9 @@ class TritonServer:
         self._stopped = False
         try:
             with _start_lock():
-                self._tmp_before = process.python_envs()
+                self._tmp_before = subprocesses.python_envs()
                 # Its own session: Ctrl-C in a terminal reaches us, and we stop the server in order.
-                self.process = process.spawn(self.command(install, backends), self.log_path,
+                self.process = subprocesses.spawn(self.command(install, backends), self.log_path,
                                              env=self._environment(install), die_with_parent=self.die_with_parent)
                 self.spawned()
                 self._claim_python_env()
@@ -461,13 +461,13 @@ class TritonServer:
         assert proc is not None
 
         def made() -> bool:
-            new = process.python_envs() - self._tmp_before
+            new = subprocesses.python_envs() - self._tmp_before
             # Several at once: a server started outside cvload made one meanwhile, and none is known to be ours.
             self._tmp_own = new if len(new) == 1 else set()
             return bool(new) or proc.poll() is not None or ready(self.http_url, timeout=0.2)
 
-        with contextlib.suppress(process.WaitTimeout):
-            process.wait_until(made, min(self.ready_timeout, PYTHON_ENV_WAIT_S), what="the Python backend's folder",
+        with contextlib.suppress(subprocesses.WaitTimeout):
+            subprocesses.wait_until(made, min(self.ready_timeout, PYTHON_ENV_WAIT_S), what="the Python backend's folder",
                                max_delay=0.05)
 
     def wait_ready(self) -> None:
@@ -486,8 +486,8 @@ class TritonServer:
             return ready(self.http_url) and accepts(self.host, claimed(self.metrics_port))
 
         try:
-            process.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)
-        except process.WaitTimeout:
+            subprocesses.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)
+        except subprocesses.WaitTimeout:
             raise ServerError(
                 f"tritonserver not ready after {self.ready_timeout:g} s (a model still loading usually means a "
                 f"Python-backend stub that cannot start); log {log}:\n{log_excerpt(log)}") from None
@@ -506,7 +506,7 @@ class TritonServer:
         clean = self.clean_exit is None and proc.poll() is None  # False: failed start, or it died on its own
         if clean:
             self._restore_python_env()
-        ended = process.end(proc, grace=self.stop_timeout, sigterm="leader")
+        ended = subprocesses.end(proc, grace=self.stop_timeout, sigterm="leader")
         self.clean_exit = clean and not ended.forced and proc.returncode in (0, -signal.SIGTERM)
         self.cleanup()
 
@@ -521,9 +521,9 @@ class TritonServer:
     def cleanup(self) -> None:
         """Remove the shared-memory regions and temp folders this server left behind."""
         if self._shm_prefix:
-            process.remove_shm(self._shm_prefix)
+            subprocesses.remove_shm(self._shm_prefix)
         if not self.clean_exit:  # a clean stop: the backend deleted its folder itself
-            process.remove_empty_dirs(self._tmp_own)
+            subprocesses.remove_empty_dirs(self._tmp_own)
         self._tmp_own = set()
         if self._own_workdir and self.workdir is not None:
             if self.clean_exit:

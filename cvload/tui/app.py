@@ -1,6 +1,6 @@
 """The dashboard app: draws a source (live run, sweep or tune, or a replay) on a timer and turns keys into engine commands.
 
-Rendering happens only on the refresh timer (``REFRESH_S``), from the aggregates of ``cvload.live_window``; nothing is
+Rendering happens only on the refresh timer (``REFRESH_S``), from the aggregates of ``cvload.measure.live_window``; nothing is
 drawn per request or per chunk, and a live run is measured in another process (``RunSource``), so the screen
 cannot delay a timestamp.
 """

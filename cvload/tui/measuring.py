@@ -21,10 +21,10 @@ import traceback
 from collections.abc import Iterator
 from typing import IO, TYPE_CHECKING, Any
 
-from cvload.config import RunConfig, SweepSettings
 from cvload.errors import EXIT_RUNTIME, CvloadError
-from cvload.session import Session
-from cvload.sweep import Level, Sweep, sweeping
+from cvload.load.session import Session
+from cvload.load.sweep import Level, Sweep, sweeping
+from cvload.settings.config import RunConfig, SweepSettings
 from cvload.tui.messages import (
     Command,
     EngineStatus,
@@ -75,7 +75,7 @@ def engine_status(session: Session, stages: list[dict[str, Any]] | None = None, 
 
 
 class DashboardLink:
-    """The view of the run in this process (``cvload.session.RunView``): tells the dashboard what happens."""
+    """The view of the run in this process (``cvload.load.session.RunView``): tells the dashboard what happens."""
 
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
@@ -113,7 +113,7 @@ class DashboardLink:
 
 
 class SweepLink:
-    """The view of a sweep in this process (``cvload.sweep.SweepView``): the engine's status as for a run (its
+    """The view of a sweep in this process (``cvload.load.sweep.SweepView``): the engine's status as for a run (its
     session's ``DashboardLink``), plus the sweep's progress as levels start and are judged."""
 
     def __init__(self, channel: Channel) -> None:

@@ -55,7 +55,7 @@ class Prepared(Message):
 
 @dataclass
 class EngineStatus(Message):
-    """The engine's counters at one moment (``cvload.engine.EngineState`` plus requests in flight)."""
+    """The engine's counters at one moment (``cvload.load.engine.EngineState`` plus requests in flight)."""
 
     kind: ClassVar[str] = "status"
     started: float = 0.0  # monotonic, the clock of the records
@@ -73,9 +73,9 @@ class EngineStatus(Message):
     inflight: int = 0
     stages: list[dict[str, Any]] | None = None  # the server's stage breakdown, when refreshed (once a second)
     warnings: list[str] = field(default_factory=list)  # telemetry warnings
-    client: dict[str, Any] | None = None  # the measuring process's own loop lag and CPU (cvload.loop_health)
+    client: dict[str, Any] | None = None  # the measuring process's own loop lag and CPU (cvload.measure.loop_health)
     outages: list[dict[str, Any]] = field(default_factory=list)  # --on-server-loss continue: start_s, end_s
-    content: dict[str, Any] | None = None  # --check-content: the checker's counts and backlog (cvload.listening)
+    content: dict[str, Any] | None = None  # --check-content: the checker's counts and backlog (cvload.listen.live)
 
     @property
     def measure_from(self) -> float:
@@ -85,7 +85,7 @@ class EngineStatus(Message):
 
 @dataclass
 class SweepProgress(Message):
-    """A sweep's levels so far (``cvload.sweep.Sweep.progress``): judged levels as in sweep.json, the level
+    """A sweep's levels so far (``cvload.load.sweep.Sweep.progress``): judged levels as in sweep.json, the level
     measured now, the first-chunk objectives, and the capacity once the sweep is over."""
 
     kind: ClassVar[str] = "sweep"

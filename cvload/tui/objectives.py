@@ -1,14 +1,14 @@
 """Objectives judged live on the dashboard's aggregates: advisory verdicts once a second (the verdicts that
-count come with summary.json, from ``cvload.slo`` over the finished run)."""
+count come with summary.json, from ``cvload.measure.slo`` over the finished run)."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from cvload.config import RunConfig
-from cvload.live_window import LiveStats
-from cvload.slo import evaluate, parse_objectives
+from cvload.measure.live_window import LiveStats
+from cvload.measure.slo import evaluate, parse_objectives
+from cvload.settings.config import RunConfig
 
 EVERY_S = 1.0  # once a second is plenty and keeps the cost flat
 

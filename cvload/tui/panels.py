@@ -1,6 +1,6 @@
 """The dashboard's panels: each draws one part of a ``LiveSnapshot`` (or the telemetry) as Rich text.
 
-Panels only format numbers computed elsewhere (``cvload.live_window`` from ``cvload.metrics``; telemetry from
+Panels only format numbers computed elsewhere (``cvload.measure.live_window`` from ``cvload.measure.metrics``; telemetry from
 ``cvload.telemetry``); they never compute a metric of their own.
 """
 
@@ -14,13 +14,13 @@ from rich.console import Console, Group, RenderableType
 from rich.text import Text
 from textual.widgets import Static
 
-from cvload.barge_in_summary import line as barge_in_line
-from cvload.live_window import LiveSnapshot, MetricView, finished_at
-from cvload.loop_health import client_text
-from cvload.metrics import BY_NAME, values
+from cvload.measure.barge_in_summary import line as barge_in_line
+from cvload.measure.live_window import LiveSnapshot, MetricView, finished_at
+from cvload.measure.loop_health import client_text
+from cvload.measure.metrics import BY_NAME, values
+from cvload.results.tune_file import cell_text
 from cvload.tui.charts import bar, fmt_ms, fmt_num, fmt_share, outage_band, sparkline
 from cvload.tui.source import Status
-from cvload.tune_results import cell_text
 
 PHASE_STYLES = {"running": "bold black on green", "paused": "bold black on yellow",
                 "stopping": "bold black on yellow", "finishing": "bold black on yellow",
@@ -86,7 +86,7 @@ def header_text(status: Status, target: str, scenario: str | None, client: dict[
     text.append(target)
     if scenario:
         text.append(f"   scenario {scenario}", style="dim")
-    if client_text(client):  # the measuring process's own timing error (cvload.loop_health)
+    if client_text(client):  # the measuring process's own timing error (cvload.measure.loop_health)
         text.append("   " + client_text(client), style="bold yellow" if (client or {}).get("warnings") else "dim")
     if listening_text(content):  # --check-content: the checker's sample and backlog
         text.append("   " + listening_text(content), style="dim")

@@ -8,10 +8,10 @@ from typing import Any
 
 from cvload.apis import target_label
 from cvload.errors import UsageError
-from cvload.live_window import LiveStats, finished_at
-from cvload.metrics import Tally
-from cvload.records import RequestRecord
-from cvload.results import read_json, read_records
+from cvload.measure.live_window import LiveStats, finished_at
+from cvload.measure.metrics import Tally
+from cvload.results.records import RequestRecord
+from cvload.results.writer import read_json, read_records
 from cvload.telemetry.sampler import sample_values
 from cvload.tui.source import Source, Status
 

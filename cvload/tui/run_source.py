@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from cvload.apis import target_label
-from cvload.config import RunConfig
 from cvload.errors import CvloadError
-from cvload.live_window import LiveStats
-from cvload.metrics import end_time, wall_time
-from cvload.records import RequestRecord
-from cvload.results import read_json, read_records
-from cvload.sweep import sweeping
+from cvload.load.sweep import sweeping
+from cvload.measure.live_window import LiveStats
+from cvload.measure.metrics import end_time, wall_time
+from cvload.results.records import RequestRecord
+from cvload.results.writer import read_json, read_records
+from cvload.settings.config import RunConfig
 from cvload.tui import messages as msg
 from cvload.tui.objectives import LiveObjectives
 from cvload.tui.snapshots import summary_so_far

@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cvload.metrics import Tally
-from cvload.records import RequestRecord
-from cvload.results import write_json
+from cvload.measure.metrics import Tally
+from cvload.results.records import RequestRecord
+from cvload.results.writer import write_json
 from cvload.tui.source import Source
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvload.live_window import LiveStats
-from cvload.records import RequestRecord
+from cvload.measure.live_window import LiveStats
+from cvload.results.records import RequestRecord
 
 
 @dataclass

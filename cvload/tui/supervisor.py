@@ -11,7 +11,7 @@ import threading
 from collections import deque
 from collections.abc import Callable
 
-from cvload import process
+from cvload import subprocesses
 from cvload.tui.messages import Message, from_line
 
 YIELD_NICE = 10
@@ -89,4 +89,4 @@ class MeasuringProcess:
     def terminate(self, grace: float = 5.0) -> None:
         """The measuring process did not end after a stop: SIGTERM (it writes its summary), then SIGKILL."""
         if self.proc is not None and self.proc.poll() is None:
-            process.end(self.proc, grace=grace)
+            subprocesses.end(self.proc, grace=grace)

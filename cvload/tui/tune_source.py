@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from cvload.config import RunConfig
-from cvload.live_window import LiveStats
-from cvload.records import RequestRecord
-from cvload.results import read_json, read_records
+from cvload.measure.live_window import LiveStats
+from cvload.results.records import RequestRecord
+from cvload.results.writer import read_json, read_records
+from cvload.settings.config import RunConfig
 from cvload.tui import messages as msg
 from cvload.tui.run_source import RunSource
 from cvload.tui.source import Status

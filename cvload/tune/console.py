@@ -7,10 +7,10 @@ import json
 import sys
 from typing import Any, TextIO
 
+from cvload.results.tune_file import cell_text
 from cvload.tune.deployments import Change
 from cvload.tune.runner import Candidate, Tuner
 from cvload.tune.space import knobs_text
-from cvload.tune_results import cell_text
 
 
 class LevelLines:

@@ -21,15 +21,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from cvload import __version__
-from cvload.config import RunConfig, parse_levels
 from cvload.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_SLO_FAILED, CvloadError, UsageError
-from cvload.results import write_json
-from cvload.slo import parse_objectives
-from cvload.sweep import DEFAULT_LEVEL_S, Sweep, SweepPlan
+from cvload.load.sweep import DEFAULT_LEVEL_S, Sweep, SweepPlan
+from cvload.measure.slo import parse_objectives
+from cvload.results.tune_file import TUNE_SCHEMA, load_tune
+from cvload.results.writer import write_json
+from cvload.settings.config import RunConfig, parse_levels
 from cvload.tune.deployments import Change, Deployment, DeploymentFailed
 from cvload.tune.search import Exhaustive, make_search
 from cvload.tune.space import Space, Value, knobs_text
-from cvload.tune_results import TUNE_SCHEMA, load_tune
 
 DEFAULT_LEVELS = "1:16"
 LAUNCH_ESTIMATE_S = 5.0  # a launch or reload, for the budget's first estimate
@@ -81,7 +81,7 @@ class TuneView(Protocol):
 
     def candidate_done(self, tuner: Tuner, candidate: Candidate) -> None: ...
 
-    def sweep_view(self) -> Any: ...  # a cvload.sweep.SweepView for each candidate's sweep
+    def sweep_view(self) -> Any: ...  # a cvload.load.sweep.SweepView for each candidate's sweep
 
     def final(self, tuner: Tuner, result: dict[str, Any]) -> None: ...
 

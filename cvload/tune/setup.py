@@ -38,8 +38,8 @@ class TuneRequest:
 def make_tuner(request: TuneRequest) -> Tuner:
     """The space loaded and checked, the deployment chosen, the results folder named: a Tuner ready to run (bad
     input raises UsageError here, before any server starts)."""
-    from cvload.config import RunConfig
-    from cvload.results import default_out_dir
+    from cvload.results.writer import default_out_dir
+    from cvload.settings.config import RunConfig
     from cvload.tune.deployments import EmulatorDeployment, factory
     from cvload.tune.space import load_space
 

@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cvload.config import RunConfig, SweepSettings, parse_duration
 from cvload.errors import UsageError
-from cvload.scenario import RULES as SCENARIO_RULES
+from cvload.settings.config import RunConfig, SweepSettings, parse_duration
+from cvload.settings.scenario import RULES as SCENARIO_RULES
+from cvload.settings.typed_toml import Where, build, read_table, read_toml
 from cvload.tune.expr import Expr, parse_expr
-from cvload.typed_toml import Where, build, read_table, read_toml
 
 SEARCHES = ("auto", "exhaustive", "tpe")
 DEFAULT_EXHAUSTIVE_MAX = 24  # auto: every candidate up to this many, TPE above
