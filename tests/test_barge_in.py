@@ -173,6 +173,9 @@ def test_sweep_levels_judge_their_barge_in(tmp_path: Path) -> None:
     assert level["slo"][0]["verdict"] == "pass" and level["slo"][0]["measured"] is not None
 
 
+# The server notices each disconnect by polling while it goes on generating: beside busy xdist workers (loop lag
+# 200 ms) an abandoned request's rest could end before the poll saw the closed connection.
+@pytest.mark.timing
 def test_ignore_cancel_generates_to_the_end(tmp_path: Path) -> None:
     summary, records, rows = _barge_run(tmp_path, "ignored", "--protocol", "http",
                                         "--profile-set", "ignore_cancel=true")
