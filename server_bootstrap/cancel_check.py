@@ -20,14 +20,13 @@ from cvload.load.barge_in import Plan, own_call, watch
 from cvload.results.records import RequestRecord
 from cvload.targets.base import SynthesisRequest
 from cvload.targets.triton_grpc import TritonGrpcStreaming
-from cvload.telemetry.server_release import TOKEN2WAV, token2wav_calls
+from cvload.telemetry.server_release import QUIET_S, TOKEN2WAV, token2wav_calls
 from server_bootstrap.findings import Finding
 
 NAME = "cancellation"
 # About 40 s of speech: many chunks, so a front that does not stop keeps calling token2wav for a while.
 TEXT = " ".join(["When the caller starts to talk, the agent stops speaking at once, and the server should stop "
                  "making audio that nobody will hear."] * 4)
-QUIET_S = 1.0  # no new token2wav call for this long: the server is done with the request
 LIMIT_S = 20.0
 FIX = ("in the front model's streaming loop (model.py of cosyvoice2), check request.is_cancelled() before each "
        "token2wav call and return when it is true; also cancel the tensorrt_llm stream "

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cvload.telemetry.triton_stats import normalize_stats
+
 TOKEN2WAV = "token2wav"  # the CosyVoice2 repository's vocoder model: one call per streamed chunk
 # Tracing on for a run: every request (rate 1), its times, a file per finished request tree (``FILE.<n>``), so
 # a trace can be read during and right after the run (frequency 0 writes only when the server stops).
@@ -172,13 +174,14 @@ def wait_for_releases(abandoned: Sequence[tuple[str, float]], path: Path, chunk_
 
 
 def token2wav_calls(statistics: dict[str, Any] | None) -> int | None:
-    """Successful token2wav requests so far (Triton's statistics JSON, ``GET /v2/models/stats`` shape); None
-    where the server has no such model."""
-    for model in (statistics or {}).get("model_stats") or []:
-        if model.get("name") == TOKEN2WAV:
-            success = ((model.get("inference_stats") or {}).get("success") or {}).get("count", 0)
-            return int(success or 0)
-    return None
+    """Successful token2wav requests so far (Triton's statistics JSON, ``GET /v2/models/stats`` shape, read by
+    the statistics reader of cvload.telemetry.triton_stats); None where the server has no such model or the
+    JSON is not Triton's."""
+    try:
+        models = normalize_stats(statistics)
+    except ValueError:
+        return None
+    return next((int(c["success"][0]) for (name, _), c in models.items() if name == TOKEN2WAV), None)
 
 
 def wasted(calls: int, chunks_received: int, chunk_s: float) -> dict[str, Any]:
