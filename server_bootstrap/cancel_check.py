@@ -20,7 +20,7 @@ from cvload.load.barge_in import Plan, own_call, watch
 from cvload.results.records import RequestRecord
 from cvload.targets.base import SynthesisRequest
 from cvload.targets.triton_grpc import TritonGrpcStreaming
-from cvload.telemetry.server_release import QUIET_S, TOKEN2WAV, token2wav_calls
+from cvload.telemetry.server_release import TOKEN2WAV, Settling, token2wav_calls
 from server_bootstrap.findings import Finding
 
 NAME = "cancellation"
@@ -69,16 +69,14 @@ def check_cancellation(http: str, grpc: str, model: str) -> Finding:
     if record.abandon_offset is None:
         return Finding(NAME, "info", "the probe request finished before it could be abandoned: cannot tell")
     at_cancel = _token2wav_calls(http) or 0
-    last, changed = at_cancel, time.monotonic()
-    deadline = changed + LIMIT_S
-    while time.monotonic() < deadline and time.monotonic() - changed < QUIET_S:
+    calls = Settling(at_cancel)
+    deadline = calls.changed + LIMIT_S
+    while not calls.settled(deadline):
         time.sleep(0.1)
-        now = _token2wav_calls(http) or last
-        if now != last:
-            last, changed = now, time.monotonic()
-    after = last - at_cancel
+        calls.see(_token2wav_calls(http) or None)  # 0, like no answer, is no reading (as before)
+    after = calls.last - at_cancel
     first_ms = record.chunk_offsets[0] * 1000 if record.chunk_offsets else 0.0
-    kept_s = max(0.0, changed - (record.sent + record.abandon_offset)) if after else 0.0
+    kept_s = max(0.0, calls.changed - (record.sent + record.abandon_offset)) if after else 0.0
     if after <= 1:
         return Finding(NAME, "ok", f"abandoned after the first chunk ({first_ms:.0f} ms): the server stopped "
                        f"({after} token2wav call after the cancel)")

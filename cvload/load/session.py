@@ -448,17 +448,16 @@ class Session:
     async def _quiet_token2wav(self, wait_s: float) -> int | None:
         """The server's token2wav calls once no new one came for ``QUIET_S`` (a front that ignores cancellation
         goes on after the run), or after ``wait_s``."""
-        from cvload.telemetry.server_release import QUIET_S, token2wav_calls
+        from cvload.telemetry.server_release import Settling, token2wav_calls
 
-        last = token2wav_calls(await self._statistics())
-        changed = time.monotonic()
-        deadline = changed + wait_s
-        while last is not None and time.monotonic() - changed < QUIET_S and time.monotonic() < deadline:
+        first = token2wav_calls(await self._statistics())
+        if first is None:
+            return None
+        calls, deadline = Settling(first), time.monotonic() + wait_s
+        while not calls.settled(deadline):
             await asyncio.sleep(0.2)
-            now = token2wav_calls(await self._statistics())
-            if now is not None and now != last:
-                last, changed = now, time.monotonic()
-        return last
+            calls.see(token2wav_calls(await self._statistics()))
+        return calls.last
 
     async def _trace_on(self) -> None:
         """--triton-trace: every request traced (timestamps) for the run, through the trace API; the server must

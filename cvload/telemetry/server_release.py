@@ -184,6 +184,25 @@ def token2wav_calls(statistics: dict[str, Any] | None) -> int | None:
     return next((int(c["success"][0]) for (name, _), c in models.items() if name == TOKEN2WAV), None)
 
 
+@dataclass
+class Settling:
+    """Successive token2wav counts of a server finishing its work (a front that ignores cancellation goes on
+    after the cancel): the last count, when it last changed, and whether none was new for ``QUIET_S``."""
+
+    last: int
+    changed: float = field(default_factory=time.monotonic)
+
+    def see(self, count: int | None) -> None:
+        """A new reading; None (the statistics did not answer) changes nothing."""
+        if count is not None and count != self.last:
+            self.last, self.changed = count, time.monotonic()
+
+    def settled(self, deadline: float) -> bool:
+        """No new call for ``QUIET_S``, or ``deadline`` (monotonic) passed: stop watching."""
+        now = time.monotonic()
+        return now - self.changed >= QUIET_S or now >= deadline
+
+
 def wasted(calls: int, chunks_received: int, chunk_s: float) -> dict[str, Any]:
     """The run's token2wav calls beyond the chunks clients received: audio made that nobody received."""
     excess = max(0, calls - chunks_received)
