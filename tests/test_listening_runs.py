@@ -4,9 +4,14 @@ transcription API), and the errors before any load."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,9 +69,9 @@ def test_check_scores_saved_audio_after_the_run(checked_run: Path, tmp_path: Pat
     assert summary["requests"]["failed"] == mismatched
 
 
-def test_check_through_an_openai_transcription_server(checked_run: Path, tmp_path: Path) -> None:
-    import shutil
-
+@contextlib.contextmanager
+def asr_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """``cvload asr-serve`` (Moonshine) on a free port: the process and its ``--asr`` spec."""
     from cvload.triton.launcher import free_port
 
     port = free_port()
@@ -74,16 +79,24 @@ def test_check_through_an_openai_transcription_server(checked_run: Path, tmp_pat
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert server.stdout is not None and "asr-serve" in server.stdout.readline()  # listening from here on
+        yield server, f"openai:http://127.0.0.1:{port}"
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_check_through_an_openai_transcription_server(checked_run: Path, tmp_path: Path) -> None:
+    import shutil
+
+    with asr_server() as (_, spec):
         folder = tmp_path / "copy"
         shutil.copytree(checked_run, folder)
-        assert main(["check", str(folder), "--asr", f"openai:http://127.0.0.1:{port}", "--workers", "1"]) == 0
+        assert main(["check", str(folder), "--asr", spec, "--workers", "1"]) == 0
         lines = [json.loads(x) for x in (folder / "content.jsonl").read_text().splitlines()]
         assert len(lines) == 2 and all(line["content_error_rate"] <= 0.1 for line in lines), lines
         # a server that refuses (an unknown model): one clear error, exit 2
-        assert main(["check", str(folder), "--asr", f"openai:http://127.0.0.1:{port}#no-such-model"]) == 2
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
+        assert main(["check", str(folder), "--asr", f"{spec}#no-such-model"]) == 2
 
 
 def test_check_without_saved_audio_and_a_language_without_recogniser(emulator, english: Path, tmp_path: Path,
@@ -181,10 +194,12 @@ def test_a_budget_skips_what_it_cannot_afford(emulator, english: Path, tmp_path:
 
 
 def test_a_sweep_counts_content_per_level(emulator, english: Path, tmp_path: Path) -> None:
-    """Each level's summary counts the content checks of its own requests, not the sweep's so far."""
+    """Each level's summary counts the content checks of its own requests, not the sweep's so far. (A paced model:
+    an instant one's load between levels keeps every core busy, and the recognisers, which only get idle CPU,
+    starve; the next test is that case.)"""
     out = tmp_path / "sweep"
     assert main(["sweep", "--quiet", "--metrics-url", "none", "--gpu-source", "none", "--server", emulator.grpc,
-                 "--model", "cosyvoice2_instant", "--inputs", str(english), "--num-tasks", "1,2",
+                 "--model", "cosyvoice2", "--inputs", str(english), "--num-tasks", "1,2",
                  "--requests", "3", "--warmup", "0", "--check-content", "--out", str(out)]) == 0
     levels = sorted(out.glob("level-*"))
     assert len(levels) == 2
@@ -216,3 +231,36 @@ def test_check_with_whisper_tiny_en(checked_run: Path, tmp_path: Path) -> None:
     lines = [json.loads(x) for x in (folder / "content.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(line["content_error_rate"] <= 0.1 for line in lines), lines
     assert load(folder)[0]["content"]["asr"] == "whisper:tiny.en"
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_sweep_whose_recogniser_stalls_goes_on(emulator, english: Path, tmp_path: Path, processes: int) -> None:
+    """A recogniser that stops answering once the load is on (here `cvload asr-serve`, stopped with SIGSTOP when the
+    first level starts) leaves each level's answered requests unchecked (late) after --drain: not incomplete, no
+    failed level, and the sweep measures every level; with load processes, each releases its own."""
+    out = tmp_path / "stalled"
+    with asr_server() as (server, spec):
+        def stop_when_loaded() -> None:
+            deadline = time.monotonic() + 60
+            while not any(out.glob("level-*")) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            server.send_signal(signal.SIGSTOP)
+
+        watcher = threading.Thread(target=stop_when_loaded, daemon=True)
+        watcher.start()
+        code = main(["sweep", "--quiet", "--metrics-url", "none", "--gpu-source", "none", "--server", emulator.grpc,
+                     "--model", "cosyvoice2", "--inputs", str(english), "--num-tasks", "1,2", "--requests", "2",
+                     "--warmup", "0", "--drain", "2", "--check-content", "--asr", spec, "--processes", str(processes),
+                     "--out", str(out)])
+        watcher.join()
+    assert code == 0
+    levels = sorted(out.glob("level-*"))
+    assert len(levels) == 2
+    for folder in levels:
+        summary, records = load(folder)
+        measured = [r for r in records if not r["warmup"]]
+        assert len(measured) >= 2 and all(r["error_kind"] is None for r in measured), measured
+        assert {r["content_check"] for r in measured} == {"late"}
+        content = summary["content"]
+        assert content["checked"] == 0 and content["skipped_because"] == {"late": len(measured)}, content
+        assert summary["requests"]["failed"] == 0 and summary["requests"]["incomplete"] == 0

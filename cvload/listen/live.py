@@ -21,7 +21,7 @@ import contextlib
 import re
 import time
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -346,6 +346,12 @@ class ContentChecker:
                 self.stats.skipped += 1
             if not done.done():
                 done.set_result(None)
+
+    def release_requests(self, indices: Collection[int]) -> int:
+        """``release`` the transcripts still due for these requests (by run index); how many there were."""
+        futures = [done for done, record in self._waiting.items() if record.index in indices]
+        self.release(futures)
+        return len(futures)
 
     def summary(self) -> dict[str, Any]:
         return self.stats.to_json(self.spec, self.sampling, self.max_error, self.workers)

@@ -12,7 +12,7 @@ the coordinator's ``Events``, so a listener never knows which driver it listens 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Generic, ParamSpec, Protocol
 
@@ -178,6 +178,11 @@ class LoadDriver(Protocol):
 
     def content_summary(self) -> dict[str, Any] | None:
         """--check-content: the live word of the content checker(s) (cvload.listen.live); None without checks."""
+        ...
+
+    def release_transcripts(self, indices: Collection[int]) -> int | None:
+        """--check-content: stop waiting for these requests' transcripts (a sweep judging their level): their
+        records go on now, unchecked (``late``). How many were waiting; None when only the load processes know."""
         ...
 
     async def close(self) -> None:

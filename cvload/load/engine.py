@@ -12,7 +12,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -207,6 +207,9 @@ class Engine:
     def content_summary(self) -> dict[str, Any] | None:
         """--check-content: the checker's live word (sample, backlog, counts, speed); None without it."""
         return self.content.summary() if self.content is not None else None
+
+    def release_transcripts(self, indices: Collection[int]) -> int:
+        return self.content.release_requests(indices) if self.content is not None else 0
 
     # ---- commands (from views or signal handlers) -----------------------------------------------------------
     def pause(self) -> None:

@@ -42,7 +42,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import IO, Any, Protocol, TypedDict, TypeVar
 
@@ -272,6 +272,8 @@ def _apply(engine: Engine, command: dict[str, Any]) -> None:
         engine.set_concurrency(int(value))
     elif name == "rate" and value is not None:
         engine.set_rate(float(value))
+    elif name == "release" and value is not None:
+        engine.release_transcripts(set(value))
 
 
 async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
@@ -566,6 +568,16 @@ class ProcessFleet:
 
     def drain_limit(self) -> float:
         return drain_limit(self.config)
+
+    def release_transcripts(self, indices: Collection[int]) -> None:
+        """Each load process releases its own (the run's request j*N + p is process p's request j)."""
+        n = self.count
+        mine: list[list[int]] = [[] for _ in range(n)]
+        for index in indices:
+            mine[index % n].append(index // n)
+        for child in self.children:
+            if mine[child.part.index]:
+                self._write(child, {"cmd": "release", "value": mine[child.part.index]})
 
     async def close(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.close_processes)

@@ -48,6 +48,7 @@ WARMUP_PER_STREAM = 2  # default warm-up: requests per stream (closed loop) or p
 STABLE_WINDOWS = 3  # --stable compares the first-chunk p95 of this many last windows
 STABLE_MAX_WINDOWS = 5  # default --stable-max, in windows
 DEFAULT_PRECISION = 0.1  # bisect's resolution for rates, req/s
+RELEASE_WAIT_S = 5.0  # a judged level's requests released from their transcripts: how long their records may take to come
 HEADLINE_METRICS = ("first_chunk_latency_ms", "second_chunk_latency_ms", "total_latency_ms", "rtf", "stall_count",
                     "first_audible_latency_ms", "required_prebuffer_ms", "content_error_rate")
 HEADLINE_STATS = ("p50", "p90", "p95", "p99", "mean", "max", "count")
@@ -557,22 +558,20 @@ class Sweep:
         level.records.append(record)
         level.writer.on_record(record)
         level.outstanding -= 1
-        if level.outstanding == 0:
+        if level.outstanding == 0 or level.ended is not None:  # the judge counts them down
             level.changed.set()
 
     async def _judge(self, level: Level) -> None:
-        """Wait for the level's own requests (bounded by --drain), then write and judge its summary."""
+        """Wait for the level's own requests (bounded by --drain), then write and judge its summary. A request
+        whose answer came but whose transcript (--check-content) did not is not incomplete: it goes on unchecked
+        (``late``), so a recogniser starved by the load never fails a level."""
         assert level.ended is not None
-        deadline = level.ended + self.engine.drain_limit()
-        while level.outstanding > 0 and not self._engine_done.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            level.changed.clear()
-            waiters = [asyncio.ensure_future(level.changed.wait()), asyncio.ensure_future(self._engine_done.wait())]
-            await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waiters:
-                waiter.cancel()
+        await self._wait_outstanding(level, level.ended + self.engine.drain_limit())
+        if level.outstanding > 0 and self.session.content_tally is not None:
+            released = self.engine.release_transcripts([i for i, lv in self._owner.items() if lv is level])
+            if released != 0:  # their records come back at once (a load process's, a message later)
+                left = None if released is None else level.outstanding - released
+                await self._wait_outstanding(level, time.monotonic() + RELEASE_WAIT_S, until=left or 0)
         now = time.monotonic()
         for index in [i for i, lv in self._owner.items() if lv is level]:
             del self._owner[index]
@@ -595,6 +594,18 @@ class Sweep:
             listener("judged", level)
         if self._view is not None:
             self._view.level_judged(self, level)
+
+    async def _wait_outstanding(self, level: Level, deadline: float, until: int = 0) -> None:
+        """Until at most ``until`` of the level's requests are still out, the run ended, or ``deadline``."""
+        while level.outstanding > until and not self._engine_done.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            level.changed.clear()
+            waiters = [asyncio.ensure_future(level.changed.wait()), asyncio.ensure_future(self._engine_done.wait())]
+            await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waiters:
+                waiter.cancel()
 
     def _passes(self, level: Level) -> bool:
         """Meets every objective (and stays under the error-rate limit); without objectives every level passes."""
