@@ -4,7 +4,10 @@ flagged, a real +20 ms first-chunk change is, bad input is a usage error. Plus t
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +31,7 @@ from cvload.results.compare import (
 )
 from cvload.triton.launcher import TritonServer
 
+ROOT = Path(__file__).resolve().parents[1]
 # Every comparison here judges real runs' latencies against a 20 ms difference: measured alone (see docs/testing.md).
 pytestmark = pytest.mark.timing
 PAIRS = 2  # the fast version of benchmarks/compare_false_alarms.py (10 pairs there)
@@ -53,15 +57,32 @@ def _run(server: str, out: Path, *extra: str) -> Path:
     return out
 
 
+def _together(commands: dict[Path, list[str]]) -> None:
+    """Run `cvload COMMAND...` for each folder at once, each in its own process: the emulator's timings are
+    sleeps, so runs side by side see the same server (what is compared is measured under the same conditions)
+    and the fixture takes the time of one run, not of all of them."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    started = {out: subprocess.Popen([sys.executable, "-m", "cvload", *args, "--quiet", "--metrics-url", "none",
+                                      "--gpu-source", "none", "--out", str(out)], env=env,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for out, args in commands.items()}
+    for out, proc in started.items():
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, (out.name, output)
+
+
 @pytest.fixture(scope="module")
 def runs(emulator, shifted_server, tmp_path_factory):
-    """PAIRS bases, a same-configuration run for each, a shifted run for each."""
+    """PAIRS bases, a same-configuration run for each, a shifted run for each (a pair's three side by side)."""
     root = tmp_path_factory.mktemp("runs")
     folders: dict[str, Path] = {}
     for i in range(PAIRS):
-        folders[f"base{i}"] = _run(emulator.grpc, root / f"base{i}")
-        folders[f"same{i}"] = _run(emulator.grpc, root / f"same{i}")
-        folders[f"shift{i}"] = _run(shifted_server.grpc_url, root / f"shift{i}")
+        pair = {root / f"{name}{i}": ["run", "--server", server, "--num-tasks", str(STREAMS), "--requests",
+                                      str(REQUESTS)]
+                for name, server in (("base", emulator.grpc), ("same", emulator.grpc),
+                                     ("shift", shifted_server.grpc_url))}
+        _together(pair)
+        folders.update({out.name: out for out in pair})
     return folders
 
 
@@ -330,14 +351,9 @@ def test_goodput_row_when_the_summary_has_it(runs, tmp_path, capsys):
 def test_real_sweeps_compare_level_by_level(emulator, shifted_server, tmp_path, capsys):
     """Two `cvload sweep`s (the same levels, the second against the server 20 ms slower to its first chunk):
     every level found in its folder, compared as two runs, the goodput the levels' summaries carry compared too."""
-    sweeps = []
-    for name, server in (("base", emulator.grpc), ("slower", shifted_server.grpc_url)):
-        code = main(["sweep", "--quiet", "--server", server, "--num-tasks", "1,2", "--requests", "12",
-                     "--slo", "first_chunk.p95<5s", "--metrics-url", "none", "--gpu-source", "none",
-                     "--out", str(tmp_path / name)])
-        assert code == 0
-        sweeps.append(tmp_path / name)
-    capsys.readouterr()
+    sweeps = [tmp_path / "base", tmp_path / "slower"]
+    _together({out: ["sweep", "--server", server, "--num-tasks", "1,2", "--requests", "12", "--slo",
+                     "first_chunk.p95<5s"] for out, server in zip(sweeps, (emulator.grpc, shifted_server.grpc_url))})
     code, result = compare_json(capsys, *sweeps)
     rows = result["comparisons"][0]["rows"]
     assert rows[0]["metric"] == "capacity"
