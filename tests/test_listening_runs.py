@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -71,15 +72,19 @@ def test_check_scores_saved_audio_after_the_run(checked_run: Path, tmp_path: Pat
 
 @contextlib.contextmanager
 def asr_server() -> Iterator[tuple[subprocess.Popen[str], str]]:
-    """``cvload asr-serve`` (Moonshine) on a free port: the process and its ``--asr`` spec."""
-    from cvload.triton.launcher import free_port
-
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "cvload", "asr-serve", "--port", str(port)],
+    """``cvload asr-serve`` (Moonshine) on a port it picks (no race with other servers for a free one): the
+    process and its ``--asr`` spec."""
+    server = subprocess.Popen([sys.executable, "-m", "cvload", "asr-serve", "--port", "0"],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        assert server.stdout is not None and "asr-serve" in server.stdout.readline()  # listening from here on
-        yield server, f"openai:http://127.0.0.1:{port}"
+        assert server.stdout is not None
+        said: list[str] = []
+        listening = None
+        while listening is None and (line := server.stdout.readline()):  # listening once it says where
+            said.append(line)
+            listening = re.search(r"cvload asr-serve: .* at (http://127\.0\.0\.1:\d+)/", line)
+        assert listening, "".join(said)
+        yield server, f"openai:{listening.group(1)}"
     finally:
         server.send_signal(signal.SIGCONT)
         server.terminate()

@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--asr", default="moonshine", metavar="NAME[:MODEL]",
                    help="moonshine (default), whisper[:MODEL], paraformer:DIR, sensevoice:DIR")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="0: a free port (the line printed names it)")
     p.add_argument("--model-name", default="whisper-1", help="the model name clients must ask for")
     p.add_argument("--workers", type=int, default=1, help="transcriptions at once (threads)")
     p.set_defaults(func=run)

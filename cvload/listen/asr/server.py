@@ -89,7 +89,8 @@ def serve(spec: str, host: str, port: int, *, model: str, workers: int) -> None:
         runner = web.AppRunner(app.app())
         await runner.setup()
         await web.TCPSite(runner, host, port).start()
-        print(f"cvload asr-serve: {spec} as model {model!r} at http://{host}:{port}{ROUTE}", flush=True)
+        bound = runner.addresses[0][1] if runner.addresses else port  # --port 0: the one the system picked
+        print(f"cvload asr-serve: {spec} as model {model!r} at http://{host}:{bound}{ROUTE}", flush=True)
         await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
