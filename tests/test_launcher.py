@@ -316,3 +316,16 @@ def test_a_stub_with_its_own_libpython_runs_on_the_interpreters(tmp_path: Path) 
     as_312 = dataclasses.replace(here, version="3.12")
     stub = launcher._prepare_bundle_backends(install, tmp_path / "b", as_312) / "python" / "triton_python_backend_stub"
     assert stub.is_symlink() and not (tmp_path / "b" / "stub-lib").exists()
+
+
+def test_free_ports_are_distinct_bindable_and_never_ephemeral() -> None:
+    """Chosen below the kernel's ephemeral range, so no outgoing connection takes one before its server binds it;
+    all distinct within a call, and free (bindable) when returned."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    ports = launcher.free_ports(20)
+    assert len(set(ports)) == 20
+    if low - 10000 >= 1000:
+        assert all(10000 <= p < low for p in ports), ports
+    for port in ports:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", port))

@@ -16,6 +16,7 @@ import functools
 import importlib.util
 import itertools
 import os
+import random
 import re
 import shutil
 import signal
@@ -172,13 +173,35 @@ def free_port(host: str = "127.0.0.1") -> int:
     return free_ports(1, host)[0]
 
 
+_PICK = random.SystemRandom()  # not the random module's state: test runners seed that alike in every worker
+
+
+def _listening_ports() -> range | None:
+    """Ports from 10000 up to the kernel's ephemeral range, which outgoing connections never take; None where
+    that range is unknown or leaves too few below it."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return range(10000, low) if low - 10000 >= 1000 else None
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free ports: all sockets stay bound until all are chosen, so none is handed out twice."""
+    """``count`` distinct free ports: all sockets stay bound until all are chosen, so none is handed out twice.
+    Chosen below the ephemeral range where there is one: a port the system hands out for ``bind(0)`` is one
+    that any outgoing connection of a busy host may take next, before the server binds it."""
+    listening = _listening_ports()
     with contextlib.ExitStack() as stack:
         ports = []
         for _ in range(count):
             s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            s.bind((host, 0))
+            for _try in range(50 if listening else 0):
+                assert listening is not None
+                with contextlib.suppress(OSError):
+                    s.bind((host, _PICK.choice(listening)))
+                    break
+            else:
+                s.bind((host, 0))
             ports.append(int(s.getsockname()[1]))
         return ports
 
