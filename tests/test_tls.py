@@ -305,13 +305,16 @@ def test_nginx_default_body_limit_is_named_and_a_stream_per_request_passes(start
                         token=TOKEN, body_limit=None)
     auth = ["--header", f"Authorization: Bearer {TOKEN}", "--tls", "--ca-cert", certs("ca")]
     common = ["--server", proxy.grpcs, "--model", "cosyvoice2_instant", "--num-tasks", "4", "--requests", "20", *auth]
-    assert run(*common, "--out", str(tmp_path / "shared")) == 0  # no objective given
+    # No objective given: exit 0, unless the resets came 8 in a row before any answer (on a busy host the four
+    # streams can pass 1 MB together): then the run stops, and says why.
+    code = run(*common, "--out", str(tmp_path / "shared"))
+    summary = summary_of(tmp_path / "shared")
+    assert code == 0 or (code == EXIT_RUNTIME and PROXY_BODY_LIMIT in summary["abort_reason"]), (code, summary)
     failed = [r for r in records_of(tmp_path / "shared") if r["error_kind"]]
     assert failed, "nginx's 1 MB a stream let every request through: nothing to recognise"
     for record in failed:
         assert record["error_kind"] == "connection", record
         assert "MB were sent on it" in record["error"] and PROXY_BODY_LIMIT in record["error"], record["error"]
-    summary = summary_of(tmp_path / "shared")
     assert any(PROXY_BODY_LIMIT in w for w in summary["warnings"]), summary.get("warnings")
     assert PROXY_BODY_LIMIT in " ".join(capsys.readouterr().err.split())  # the console wraps lines
     assert run(*common, "--stream-per-request", "--out", str(tmp_path / "own")) == 0
