@@ -68,17 +68,19 @@ async def test_a_dying_server_is_a_connection_failure_with_partial_timings(start
     assert session.summary["status"] == "aborted" and session.exit_code() == 1
     # Why it stopped: the requests in a row that failed, said as they failed. A gRPC stream the dead server
     # dropped is UNAVAILABLE (the server went away); an HTTP stream whose answer had begun is a reset, so a killed
-    # HTTP server gives a mix of resets (mid-stream) and refused connects (what was sent after).
+    # HTTP server gives a mix of resets (mid-stream) and refused connects (what was sent after). On a loaded host
+    # the row may hold no reset (a success finished after them, or no answer had begun): then it is all connects.
     reason = session.summary["abort_reason"]
+    connects = re.fullmatch(r"server unreachable: \d+ requests in a row failed to connect \(last: .+\)", reason)
     if protocol == "grpc":
-        assert re.fullmatch(r"server unreachable: \d+ requests in a row failed to connect \(last: .+\)", reason), \
-            reason
+        assert connects, reason
     else:
         mix = re.fullmatch(r"server unreachable: (\d+) requests in a row failed, (\d+) to connect, (\d+) reset "
                            r"after an answer \(last: .+\)", reason)
-        assert mix, reason
-        in_row, connect, reset = map(int, mix.groups())
-        assert connect + reset == in_row and connect >= 1 and reset >= 1, reason
+        assert mix or connects, reason
+        if mix:
+            in_row, connect, reset = map(int, mix.groups())
+            assert connect + reset == in_row and connect >= 1 and reset >= 1, reason
     if sig == signal.SIGTERM:
         return  # a stopping server lets the requests it holds finish
     # Requests in flight when it died: failed once, with the chunks they got before.
