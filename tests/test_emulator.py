@@ -201,7 +201,7 @@ def test_tone_voice_differs_between_requests_but_never_silent(private: Private) 
     assert_never_silent(b)
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 def test_fixed_profile_trace_is_ground_truth(emulator, stream: Stream) -> None:
     """<root>/<model>.trace.jsonl: first send 200 ms +- 2 ms after arrival, then every 100 ms (host monotonic clock).
 
@@ -421,7 +421,7 @@ def test_error_rate_one_fails_every_request(private: Private) -> None:
     assert client.is_server_ready()
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 @pytest.mark.parametrize("model", ["stalls", "stalls_fixed"])
 def test_stall_prob_one_leaves_one_gap_of_stall_s(private: Private, model: str) -> None:
     s = Stream(private.server.grpc_url)
@@ -453,7 +453,7 @@ def max_overlap(intervals: list[tuple[float, float]]) -> int:
     return best
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 @pytest.mark.parametrize("count", [4, 8])
 def test_offline_requests_are_served_in_parallel(private: Private, count: int) -> None:
     """Offline: 4 instances (stub processes), and the requests of one dynamic batch served side by side."""
@@ -591,7 +591,7 @@ def test_duplicate_request_id_is_rejected_across_offline_instances(private: Priv
     assert outcomes[-1] == "ok"
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 def test_lean_client_measures_the_fixed_profile(emulator) -> None:
     """The reference client (benchmarks/lean_client.py) against the ground truth: 200 ms, then 100 ms gaps."""
     from benchmarks.lean_client import run_load_sync

@@ -109,7 +109,7 @@ def test_wav_header_read_as_it_arrives() -> None:
 
 
 # ---- the measured request ------------------------------------------------------------------------------------
-@pytest.mark.timing
+@pytest.mark.alone
 def test_pcm_streams_one_chunk_per_emulated_chunk_at_the_profiles_times(server: OpenAIServer) -> None:
     sent, chunks = asyncio.run(synthesize(target(server.url)))
     assert [c.samples for c in chunks] == expected_chunks()

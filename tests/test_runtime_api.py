@@ -67,7 +67,7 @@ async def synthesize(t: Target, req: SynthesisRequest) -> tuple[float, list]:
     return sent, [chunk async for chunk in t.synthesize(req)]
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 @pytest.mark.parametrize("protocol,kind", [(p, k) for p, kinds in KINDS.items() for k in kinds])
 async def test_every_request_kind_answers_one_chunk_per_sentence(runtime, protocol, kind):
     t = target(runtime, protocol, inference=kind, instruct_text="slowly, please")

@@ -74,7 +74,7 @@ async def wait_traced(path: Path, ids: set[str]) -> dict[str, dict]:
         await asyncio.sleep(0.05)
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 async def test_http_streaming_first_chunks_follow_the_servers_send_trace(emulator, tmp_path):
     """Megabyte-sized generate_stream events at 8 streams: no stream's first chunk waits for another's JSON."""
     config = RunConfig(server=[emulator.http], protocol="http", mode="streaming", model="cosyvoice2",
@@ -98,7 +98,7 @@ async def test_http_streaming_first_chunks_follow_the_servers_send_trace(emulato
     assert all(not r.flags for r in records)  # the audio was still decoded and checked, after each request
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 async def test_summary_reports_the_clients_own_timing_error(emulator, tmp_path):
     config = RunConfig(server=[emulator.grpc], num_tasks=2, requests=6, out=str(tmp_path / "run"),
                        metrics_url="none", gpu_source="none", slo=["client.loop_lag_ms.p99<1000ms"])
@@ -110,7 +110,7 @@ async def test_summary_reports_the_clients_own_timing_error(emulator, tmp_path):
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["client"] == client
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 async def test_a_blocked_loop_is_measured_and_warned_about(emulator, tmp_path):
     """A listener that holds the loop 20 ms per record: lag shows in the summary, with the warning."""
 
@@ -127,7 +127,7 @@ async def test_a_blocked_loop_is_measured_and_warned_about(emulator, tmp_path):
     assert summary["slo"][0]["verdict"] == "fail" and summary["slo_passed"] is False
 
 
-@pytest.mark.timing
+@pytest.mark.alone
 async def test_loop_health_reads_an_idle_loop_as_idle():
     health = LoopHealth()
     health.start()

@@ -34,7 +34,7 @@ def run(tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, *args: st
 
 # Candidate 1 must meet first_chunk.p95<450ms at 2 streams on a pipeline emulator computing on this host's CPUs
 # (and candidate 2 must not): beside busy xdist workers it measured 736 ms in a fresh-clone CI run.
-@pytest.mark.timing
+@pytest.mark.alone
 def test_tune_prunes_reloads_remeasures_writes_the_best_and_resumes(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
     space = ("[sweep]\nnum_tasks = \"2\"\n[tune]\nbaseline = false\nrepeat = 1\n[tune.knobs]\ntoken2wav_instances = [2, 1]\n"
