@@ -324,8 +324,8 @@ def test_free_ports_are_distinct_bindable_and_never_ephemeral() -> None:
     low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     ports = launcher.free_ports(20)
     assert len(set(ports)) == 20
-    if low - 10000 >= 1000:
-        assert all(10000 <= p < low for p in ports), ports
+    if low - launcher.LISTEN_PORTS_FROM >= 1000:
+        assert all(launcher.LISTEN_PORTS_FROM <= p < low for p in ports), ports
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", port))

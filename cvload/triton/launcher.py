@@ -176,14 +176,17 @@ def free_port(host: str = "127.0.0.1") -> int:
 _PICK = random.SystemRandom()  # not the random module's state: test runners seed that alike in every worker
 
 
+LISTEN_PORTS_FROM = 20000  # above the ports servers are commonly given, and Ray's worker ports (10002-19999)
+
+
 def _listening_ports() -> range | None:
-    """Ports from 10000 up to the kernel's ephemeral range, which outgoing connections never take; None where
-    that range is unknown or leaves too few below it."""
+    """Ports from LISTEN_PORTS_FROM up to the kernel's ephemeral range, which outgoing connections never take;
+    None where that range is unknown or leaves too few below it."""
     try:
         low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
     except (OSError, ValueError, IndexError):
         return None
-    return range(10000, low) if low - 10000 >= 1000 else None
+    return range(LISTEN_PORTS_FROM, low) if low - LISTEN_PORTS_FROM >= 1000 else None
 
 
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
