@@ -10,18 +10,23 @@ import os
 import re
 import signal
 import subprocess
+import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from runs import records_of
 
 from cvload.cli import main
 from cvload.emulator import EmulatedModel, get_profile
-from cvload.load.engine import PROBE_MAX_S
+from cvload.load.engine import PROBE_MAX_S, Engine
 from cvload.load.session import Session
+from cvload.results.records import ERR_CONNECTION
 from cvload.settings.config import RunConfig
+from cvload.settings.inputs import Item
+from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 
 FIXED = [EmulatedModel(profile=get_profile("fixed"))]  # 0.2 s to the first chunk, then one every 0.1 s
 
@@ -374,3 +379,47 @@ async def test_requests_on_a_connection_dropped_to_reconnect_are_connection_fail
     assert kinds["connection"] >= 1 and set(kinds) <= {None, "connection"}, kinds
     assert session.summary["requests"]["total"] == len(records)
     assert session.summary["concurrency"]["achieved_max"] <= 4
+
+
+# ---- why a run stopped: the wording, on an in-process target ---------------------------------------------------
+class Breaking(Target):
+    """In-process: the first ``answered`` requests get a chunk, then their stream is reset (the server, or a proxy
+    in front of it, had answered); every later one fails to connect."""
+
+    protocol, mode = "grpc", "streaming"
+
+    def __init__(self, answered: int) -> None:
+        super().__init__("127.0.0.1:1")
+        self.answered, self.calls = answered, 0
+
+    async def _open(self) -> TargetInfo:
+        return TargetInfo(address=self.address, protocol=self.protocol, mode=self.mode, model=self.model)
+
+    async def synthesize(self, request: SynthesisRequest) -> AsyncIterator[Chunk]:
+        self.calls += 1
+        if self.calls > self.answered:
+            raise TargetError(ERR_CONNECTION, "connection refused")
+        yield Chunk(time.monotonic(), np.zeros(2400, np.float32))
+        raise TargetError(ERR_CONNECTION, "stream reset", reset=True)
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize(("answered", "reason"), [
+    (3, "server unreachable: 5 requests in a row failed, 2 to connect, 3 reset after an answer "
+        "(last: connection refused)"),
+    (0, "server unreachable: 5 requests in a row failed to connect (last: connection refused)"),
+    (99, "every stream was reset by the server or a proxy between cvload and it: 5 requests in a row failed after "
+         "they were answered (last: stream reset); the server's log says why, or a proxy's limits on a stream "
+         "(body size, duration, idle time)"),
+])
+async def test_the_abort_reason_counts_resets_and_refused_connects(answered: int, reason: str) -> None:
+    """One stream, so the failures come in order: a run of five (the limit at one stream) stops the run, said as
+    its requests failed: reset after an answer, refused, or a mix with both counts."""
+    config = RunConfig(server=["127.0.0.1:1"], num_tasks=1, requests=50, warmup="0", metrics_url="none",
+                       gpu_source="none")
+    engine = Engine(config, [Breaking(answered)], [Item("i", "Hello there.")])
+    await engine.run()
+    assert engine.state.aborted == reason
+    assert engine.state.sent == 5
