@@ -68,15 +68,17 @@ def split_first_chunk(out: Path, trace: Path) -> tuple[float, float]:
     return (float(np.percentile(server, 99)) if server else 0.0, float(np.percentile(client, 99)) if client else 0.0)
 
 
-def timing(server: TritonServer, work: Path, rounds: int, seconds: float, streams: int) -> None:
+def timing(server: TritonServer, work: Path, rounds: int, seconds: float, streams: int,
+           checks: tuple[str, ...] = ("100%",)) -> None:
     print(f"\n1. first chunk at {streams} streams, {rounds} rounds of {seconds:g} s, alternating "
           "(loop lag: the measuring process's event loop, cvload.measure.loop_health; bare: a bare loop beside it)")
-    flags: dict[str, list[str]] = {"plain": [], "onset": ["--onset"], "check-content 100%": ["--check-content", "100%"]}
+    flags: dict[str, list[str]] = {"plain": [], "onset": ["--onset"],
+                                   **{f"check-content {spec}": ["--check-content", spec] for spec in checks}}
     sides: dict[str, list[tuple[float, ...]]] = {side: [] for side in flags}
     english = _english(work)  # the recogniser's language: 100% means every request
     for n in range(rounds):
         for side in sides:
-            out = work / f"timing-{n}-{side.split()[0]}"
+            out = work / f"timing-{n}-{side.replace(' ', '-').replace('/', '-per-').replace('%', 'pct')}"
             extra = flags[side]
             cvload("run", *QUIET, "--server", server.grpc_url, "--num-tasks", str(streams), "--duration",
                    f"{seconds}s", "--warmup", str(streams), "--inputs", str(english), "--out", str(out), *extra)
@@ -228,6 +230,8 @@ def main() -> None:
                         help="recogniser processes of `cvload check` (its --workers; default: every CPU)")
     parser.add_argument("--asr", default="moonshine", help="the recogniser `cvload check` uses (default moonshine)")
     parser.add_argument("--only", choices=("timing", "recognisers", "check"), action="append")
+    parser.add_argument("--check", action="append", metavar="SAMPLE",
+                        help="timing: a side per --check-content SAMPLE (default 100%%; e.g. --check 100%% --check 2s/s)")
     args = parser.parse_args()
     only = set(args.only or ("timing", "recognisers", "check"))
     with tempfile.TemporaryDirectory(prefix="cvload-listen-") as tmp:
@@ -237,7 +241,7 @@ def main() -> None:
         repo = build_repository(work / "emulator", models, texts=SENTENCES)
         with TritonServer(repo, workdir=work / "server", die_with_parent=True) as server:
             if "timing" in only:
-                timing(server, work, args.rounds, args.seconds, args.streams)
+                timing(server, work, args.rounds, args.seconds, args.streams, tuple(args.check or ("100%",)))
             if "recognisers" in only:
                 recognisers(work)
             if "check" in only:
