@@ -2,7 +2,8 @@
 
 1. **Timing untouched.** At ``--streams`` (16) against one speaking emulator (``fixed`` profile: the first chunk
    leaves the model 200 ms after the request arrives), runs with and without ``--check-content 100%`` alternate
-   (``--rounds`` of each, ``--seconds`` each; ``--onset`` alone as a third side: the VAD's share); printed: first-chunk p50/p99 of each run, the median of each side
+   (``--rounds`` of each, ``--seconds`` each; ``--onset`` alone as a third side: the VAD's share; ``--check SAMPLE``,
+   repeatable, replaces ``100%`` with the samples given, e.g. ``--check 100% --check 2s/s``); printed: first-chunk p50/p99 of each run, the median of each side
    and their differences (the issue's bar: under 0.5 ms at p50 and 2 ms at p99), the measuring loop's lag p50/p99
    per side (beside a bare loop's p99: the host's share), the first chunk's p99 split into the server's part
    (arrival to first send, the emulator's trace) and the client's (that send to cvload's stamp), and how many
@@ -15,7 +16,7 @@
    its helper processes, and the spread of the word error rates.
 
     .venv/bin/python -m benchmarks.listening_overhead [--rounds 3 --seconds 10 --streams 16 --check-requests 1000]
-        [--jobs N] [--asr moonshine|whisper:tiny.en] [--only timing|recognisers|check]
+        [--jobs N] [--asr moonshine|whisper:tiny.en] [--only timing|recognisers|check] [--check SAMPLE ...]
 """
 
 from __future__ import annotations
