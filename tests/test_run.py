@@ -19,6 +19,9 @@ from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.triton.launcher import TritonServer
 
 
+# Timing: the first chunk's p50 must be the fixed profile's 200 ms within 60 ms, which busy xdist workers can exceed
+# (the sweep's like check measured 314 ms beside them).
+@pytest.mark.timing
 def test_streaming_grpc_matches_server_schedule(emulator, tmp_path):
     out = tmp_path / "r"
     code = run_cli("--server", emulator.grpc, "--num-tasks", "2", "--requests", "8", "--out", str(out),
