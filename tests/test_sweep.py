@@ -262,7 +262,8 @@ async def test_dashboard_sweep_panel_fills_in_level_by_level(emulator, tmp_path)
         await until(lambda: "1  measuring" in panel(), "level 1 measuring")
         await until(lambda: "2  measuring" in panel() and "✓" in panel(), "level 1 judged while 2 measures")
         assert "│ p95 < 700 ms   measuring 2 streams" in panel() and "capacity" not in panel()
-        assert "sweep level 2" in str(app.query_one("#header").render())
+        # the header refreshes on its own tick: it says so at its next one
+        await until(lambda: "sweep level 2" in str(app.query_one("#header").render()), "the header's level 2")
         assert source.change_load(1) == "the sweep sets the load: + and - do not apply"
         offered = {active.binding.action for active in app.screen.active_bindings.values()}
         assert "snapshot" in offered and not {"load(1)", "load(-1)"} & offered  # the footer offers no +/-

@@ -109,7 +109,10 @@ def test_emulator_target_is_measured_and_its_best_is_a_bootstrap_config(tmp_path
                                                                        capsys: pytest.CaptureFixture[str]) -> None:
     cfg, space = files(tmp_path, 'target = "emulator"\n[emulator]\npipeline = true\nprofile = "instant"\n',
                        "token2wav_instances = [1]\n", tune="repeat = 0\n")
-    space.write_text(space.read_text().replace('duration = "2s"', 'duration = "1s"').replace('"1,2"', '"1"'))
+    # What is checked is the tune's path on a real deployment, not its latency: an objective any level meets, even
+    # on a pipeline emulator computing beside busy xdist workers (p95 1270 ms was seen there against 700 ms).
+    space.write_text(space.read_text().replace('duration = "2s"', 'duration = "1s"').replace('"1,2"', '"1"')
+                     .replace("first_chunk.p95<700ms", "first_chunk.p95<10s"))
     out = tmp_path / "out"
     code = main(["tune", str(space), "--bootstrap", str(cfg), "--out", str(out), "--quiet"])
     captured = capsys.readouterr()
