@@ -82,6 +82,10 @@ def test_tune_prunes_reloads_remeasures_writes_the_best_and_resumes(tmp_path: Pa
     assert "candidate 1:" not in err and "candidate 2:" not in err
 
 
+# Alone: beside four busy xdist workers in a fresh-clone CI run, the measurable candidate once came out "failed"
+# instead of "no_capacity" (not reproduced since, even beside three busy-looping processes; the assertion now
+# prints its reason). Its server launches and reloads a pipeline emulator computing on this host's CPUs.
+@pytest.mark.alone
 def test_objectives_no_candidate_meets_exit_3_naming_the_closest(tmp_path: Path,
                                                                  capsys: pytest.CaptureFixture[str]) -> None:
     # max_batch_size beyond int32: Triton cannot parse the model configs (at launch or at reload, as TPE orders them).
@@ -92,7 +96,7 @@ def test_objectives_no_candidate_meets_exit_3_naming_the_closest(tmp_path: Path,
     result = json.loads((tmp_path / "out" / "tune.json").read_text())
     assert result["search"]["method"] == "tpe"
     measured, broken = sorted(result["candidates"], key=lambda c: c["knobs"]["max_batch_size"])
-    assert measured["status"] == "no_capacity" and measured["capacity"] is None
+    assert measured["status"] == "no_capacity" and measured["capacity"] is None, (measured, err)
     # A candidate whose server cannot serve its knobs is recorded with Triton's reason, not skipped.
     assert broken["status"] == "failed" and "Integer out of range (1000000000000)" in broken["reason"]
     assert result["best"] is None and result["closest"]["number"] == measured["number"]
