@@ -200,7 +200,7 @@ def test_mixing_modes_or_apis_is_a_usage_error(runs, emulator, tmp_path, capsys)
 
 
 def _sweep(folder: Path, capacity: float | None, levels: list[tuple[float, Path]], kind: str = "concurrency") -> Path:
-    """A sweep folder as `cvload sweep` writes it (docs/sweep.md): sweep.json (schema cvload.load.sweep/1) naming each
+    """A sweep folder as `cvload sweep` writes it (docs/sweep.md): sweep.json (schema cvload.sweep/1) naming each
     level's folder ``level-NNN-c<value>`` (numbered in measuring order), the sweep's config.json; its levels are
     copies of real runs."""
     folder.mkdir()
@@ -214,7 +214,7 @@ def _sweep(folder: Path, capacity: float | None, levels: list[tuple[float, Path]
                         "summary": {k: summary[k] for k in ("requests", "error_rate", "throughput", "metrics")}})
     shutil.copy(levels[0][1] / "config.json", folder / "config.json")
     (folder / "sweep.json").write_text(json.dumps({
-        "schema": "cvload.load.sweep/1", "kind": kind, "plan": [v for v, _ in levels],
+        "schema": "cvload.sweep/1", "kind": kind, "plan": [v for v, _ in levels],
         "objectives": ["first_chunk.p95<700ms"], "levels": entries,
         "capacity": {"kind": kind, "value": capacity,
                      "bracket": None if capacity is None else [capacity, capacity * 2], "by": "objectives"},

@@ -148,7 +148,7 @@ def test_a_sweep_report_plots_speech_against_load(checked_run: Path, tmp_path: P
         levels.append({"value": n, "kind": "concurrency", "phase": "plan", "folder": folder, "slo_passed": True,
                        "summary": {"metrics": {}}})
     (sweep / "sweep.json").write_text(json.dumps({
-        "schema": "cvload.load.sweep/1", "kind": "concurrency", "levels": levels,
+        "schema": "cvload.sweep/1", "kind": "concurrency", "levels": levels,
         "capacity": {"kind": "concurrency", "value": 2, "bracket": [2, None], "by": "audible"},
         "knee": None, "stopped_because": "every planned level was measured", "status": "completed"}))
     out = tmp_path / "report.html"

@@ -35,7 +35,7 @@ def results(emulator, tmp_path_factory) -> dict[str, Path]:
                  *OBJECTIVES)
     offline = run(emulator, root / "offline", "--model", "cosyvoice2_offline", "--mode", "offline",
                   "--requests", "3")
-    # A sweep folder as `cvload sweep` writes it (schema cvload.load.sweep/1): levels in measuring order (1 and 4 as
+    # A sweep folder as `cvload sweep` writes it (schema cvload.sweep/1): levels in measuring order (1 and 4 as
     # planned, then 2 by bisection), each in its own run folder, with the headline values sweep.json keeps.
     sweep = root / "sweep"
     levels = []
@@ -47,7 +47,7 @@ def results(emulator, tmp_path_factory) -> dict[str, Path]:
                        "summary": {"metrics": {"first_chunk_latency_ms": summary["metrics"]["first_chunk_latency_ms"]},
                                    "goodput": {"requests_per_s": 1.5 * n}}})
     (sweep / "sweep.json").write_text(json.dumps({
-        "schema": "cvload.load.sweep/1", "kind": "concurrency", "levels": levels,
+        "schema": "cvload.sweep/1", "kind": "concurrency", "levels": levels,
         "capacity": {"kind": "concurrency", "value": 2, "bracket": [2, 4], "by": "objectives"},
         "knee": {"value": 2, "reason": "throughput x1.1 for load x2"},
         "stopped_because": "level 4 missed first_chunk.p95<400ms", "status": "completed"}))

@@ -93,7 +93,7 @@ def test_sweep_results_folder_and_schema(emulator, tmp_path, capsys):
     shown = capsys.readouterr().out
     assert "capacity: 4 streams" in shown and "no higher level failed" in shown
     result = load_sweep(out)
-    assert result["schema"] == "cvload.load.sweep/1" and result["kind"] == "concurrency"
+    assert result["schema"] == "cvload.sweep/1" and result["kind"] == "concurrency"
     assert [lv["value"] for lv in result["levels"]] == [1, 2, 4]
     assert result["capacity"] == {"kind": "concurrency", "value": 4, "bracket": [4, None], "by": "objectives"}
     assert result["stopped_because"] == "every planned level was measured" and result["status"] == "completed"

@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES, metavar="N",
                    help=f"bootstrap resamples per metric (default {DEFAULT_RESAMPLES})")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (same seed, same verdicts)")
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON (schema cvload.results.compare/1)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON (schema cvload.compare/1)")
     p.set_defaults(func=run)
 
 

@@ -42,7 +42,7 @@ from cvload.results.writer import ResultsWriter, default_out_dir, write_json
 from cvload.settings.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup
 from cvload.targets.base import Chunk
 
-SWEEP_SCHEMA = "cvload.load.sweep/1"
+SWEEP_SCHEMA = "cvload.sweep/1"
 DEFAULT_LEVEL_S = 10.0  # a level's measurement without --duration or --requests
 WARMUP_PER_STREAM = 2  # default warm-up: requests per stream (closed loop) or per req/s (open loop)
 STABLE_WINDOWS = 3  # --stable compares the first-chunk p95 of this many last windows
@@ -701,7 +701,7 @@ class Sweep:
 
     # ---- the answer ----------------------------------------------------------------------------------------------
     def result(self) -> dict[str, Any]:
-        """sweep.json's content (schema cvload.load.sweep/1, docs/sweep.md)."""
+        """sweep.json's content (schema cvload.sweep/1, docs/sweep.md)."""
         plan = self.plan
         judged = [lv for lv in self.levels if lv.judged]
         status = "aborted" if self.engine.state.aborted else "interrupted" if self._interrupted else "completed"

@@ -49,7 +49,7 @@ from cvload.measure.metrics import BY_ALIAS, lookup
 from cvload.measure.slo import parse_objective
 from cvload.results.folder import Results, RunResults, SweepResults, open_results
 
-COMPARE_SCHEMA = "cvload.results.compare/1"
+COMPARE_SCHEMA = "cvload.compare/1"
 RUN, SWEEP = "run", "sweep"  # Comparison.kind
 UP, DOWN = "up", "down"  # which change is worse
 REGRESSION, IMPROVED, OK, UNCERTAIN, NO_DATA = "regression", "improved", "ok", "uncertain", "no_data"
@@ -554,7 +554,7 @@ def compare_folders(paths: Sequence[str | Path], settings: Settings) -> list[Com
 
 
 def to_json(comparisons: list[Comparison], settings: Settings) -> dict[str, Any]:
-    """The machine-readable result (``--json``), schema cvload.results.compare/1."""
+    """The machine-readable result (``--json``), schema cvload.compare/1."""
     return {
         "schema": COMPARE_SCHEMA,
         "regression": any(c.regressions for c in comparisons),

@@ -3,7 +3,7 @@
 
 A **run** folder holds ``summary.json`` (schema ``cvload.summary/1``) and ``records.jsonl``, with ``config.json``,
 ``server_stats.json`` and ``telemetry.jsonl`` where the run had them. A **sweep** folder holds ``sweep.json``
-(schema ``cvload.load.sweep/1``: ``levels[].{value, kind, slo_passed, summary}``, ``capacity``, ``knee``,
+(schema ``cvload.sweep/1``: ``levels[].{value, kind, slo_passed, summary}``, ``capacity``, ``knee``,
 ``stopped_because``; each level names its run folder in ``folder``) and one run folder per level. ``open_results`` tells them apart and turns anything else (a
 missing path, an empty folder, a folder of other files, a summary of another schema) into a UsageError that
 names the path and says what a results folder holds.
@@ -31,7 +31,7 @@ from cvload.results import columns_file
 from cvload.results.records import ERR_BARGED_IN, ERR_CANCELLED, ERR_INCOMPLETE, RequestRecord
 from cvload.results.writer import SUMMARY_SCHEMA, read_json, read_jsonl, read_records
 
-SWEEP_SCHEMA = "cvload.load.sweep/1"
+SWEEP_SCHEMA = "cvload.sweep/1"
 RUN_FILES = "summary.json and records.jsonl"
 _WHAT = (f"a cvload results folder holds {RUN_FILES} (written by `cvload run`), or sweep.json and one such "
          f"folder per level (written by `cvload sweep`)")
