@@ -37,12 +37,12 @@ from cvload.load.session import STOP_SIGNALS, Session
 from cvload.measure.barge_in_summary import BargeInTally
 from cvload.measure.metrics import BY_NAME, FloatColumn, end_time, stats, summarize, values
 from cvload.measure.slo import parse_objective, parse_objectives, request_check
+from cvload.results.folder import SWEEP_SCHEMA  # the one name readers check sweep.json against
 from cvload.results.records import RequestRecord
 from cvload.results.writer import ResultsWriter, default_out_dir, write_json
 from cvload.settings.config import AUDIBLE_OBJECTIVES, SEARCHES, RunConfig, Warmup
 from cvload.targets.base import Chunk
 
-SWEEP_SCHEMA = "cvload.sweep/1"
 DEFAULT_LEVEL_S = 10.0  # a level's measurement without --duration or --requests
 WARMUP_PER_STREAM = 2  # default warm-up: requests per stream (closed loop) or per req/s (open loop)
 STABLE_WINDOWS = 3  # --stable compares the first-chunk p95 of this many last windows
