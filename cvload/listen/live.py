@@ -20,7 +20,6 @@ import asyncio
 import contextlib
 import re
 import time
-from collections import deque
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -60,7 +59,8 @@ SKIP_REASONS = {
                "among load processes)",
     "budget": "the --check-content budget of audio seconds per second was spent",
     "language": "no recogniser for its language (--asr)",
-    "late": "its transcript was not back when the wait after the run ended",
+    "late": "its transcript was not back when the wait after the run ended (or, in a sweep, when its level was "
+            "judged)",
 }
 CHECK_OUTCOMES = (CHECKED, FAILED, *SKIP_REASONS)
 GOLDEN = 0.6180339887498949  # index * golden mod 1: a share of requests spread evenly over the run
@@ -133,7 +133,6 @@ class CheckerStats:
     audio_s: float = 0.0  # checked audio
     cpu_s: float = 0.0  # the recognisers' CPU for it
     last_error: str | None = None
-    recent: deque[tuple[str, str]] = field(default_factory=lambda: deque(maxlen=5))  # mismatches: expected, heard
 
     def to_json(self, spec: str, sampling: Sampling, max_error: float, workers: int) -> dict[str, Any]:
         return {"asr": spec, "sampling": sampling.describe(), "max_error": max_error, "workers": workers,
@@ -328,7 +327,6 @@ class ContentChecker:
                 stats.cpu_s += cpu
                 if rate > self.max_error:
                     stats.mismatches += 1
-                    stats.recent.append((record.text, transcript))
                     if FLAG_CONTENT_MISMATCH not in record.flags:
                         record.flags.append(FLAG_CONTENT_MISMATCH)
             done.set_result(None)
@@ -337,8 +335,8 @@ class ContentChecker:
         return done
 
     def release(self, futures: Iterable[asyncio.Future[None]]) -> None:
-        """Give up waiting for these transcripts (the wait after the run ended): their records go on unchecked,
-        as ``late``."""
+        """Give up waiting for these transcripts (the wait after the run ended, or a sweep judging their level):
+        their records go on unchecked, as ``late``."""
         for done in futures:
             record = self._waiting.pop(done, None)
             if record is not None:
