@@ -204,8 +204,12 @@ class EmulatorDeployment:
             if change.launch:
                 self.stop()
                 loads = [f"--load-model={m}" for m in self._models()]
+                # --exit-timeout-secs=0: an emulator has nothing to save, so it exits at once when the tune is
+                # over or relaunches it (as `cvload run --emulator`'s does) instead of unloading its models
+                # one by one, about a second per stub process.
                 self.server = TritonServer(repo, workdir=self.root / "server", die_with_parent=True,
-                                           extra_args=["--model-control-mode=explicit", *loads])
+                                           extra_args=["--model-control-mode=explicit", "--exit-timeout-secs=0",
+                                                       *loads])
                 self.server.start()
             else:
                 for model in change.reload:
