@@ -64,6 +64,8 @@ def test_start_serve_stop_leaves_nothing_behind(tmp_path: Path) -> None:
         own_env = server._tmp_own
         assert len(own_env) == 1 and own_env <= subprocesses.python_envs() - envs_before, "the backend's /tmp folder"
         assert set(server.endpoints()) == {"http", "grpc", "metrics", "log"}
+        ports = (server.http_port, server.grpc_port, server.metrics_port)
+        assert not any((launcher._reservations() / str(p)).exists() for p in ports), "released once bound"
         with urllib.request.urlopen(server.metrics_url, timeout=5) as resp:
             assert b"nv_inference_request_success" in resp.read()
     finally:
@@ -329,3 +331,24 @@ def test_free_ports_are_distinct_bindable_and_never_ephemeral() -> None:
     for port in ports:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", port))
+
+
+def test_a_port_another_live_process_picked_is_not_handed_out_until_it_is_released() -> None:
+    """Between a pick and its server's bind the port looks free to every other launcher on the host: a pick is
+    reserved while its picker lives (RESERVE_S at most), and released once its server is up."""
+    picker = subprocess.Popen([sys.executable, "-c", "import sys; from cvload.triton.launcher import free_ports; "
+                               "print(*free_ports(3), flush=True); sys.stdin.read()"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert picker.stdout is not None and picker.stdin is not None
+    theirs = [int(p) for p in picker.stdout.readline().split()]
+    try:
+        assert [launcher._reserve(port) for port in theirs] == [False] * 3, "reserved by a live process"
+        picker.stdin.close()
+        picker.wait(10)
+        assert launcher._reserve(theirs[0]), "its picker is gone: a stale reservation is taken over"
+        assert not launcher._reserve(theirs[0]), "reserved now, by this process"
+        launcher.release_ports([theirs[0]])
+        assert launcher._reserve(theirs[0]), "released"
+    finally:
+        picker.kill()
+        launcher.release_ports(theirs)

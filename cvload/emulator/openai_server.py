@@ -313,7 +313,7 @@ class OpenAIServer(ChildServer):
 
     def start(self) -> OpenAIServer:
         from cvload.emulator.voices import warm_speech
-        from cvload.triton.launcher import claim_ports
+        from cvload.triton.launcher import claim_ports, release_ports
 
         warm_speech([self.profile], self.texts)  # before the server: synthesis never costs emulated time
         claim_ports(self, ("port",))
@@ -327,7 +327,10 @@ class OpenAIServer(ChildServer):
                "--max-conc", str(self.max_conc), "--trace", str(self.trace_path)]
         if self.odd_splits:
             cmd.append("--odd-splits")
-        self._launch(cmd, env, lambda: _health(self.url), "the OpenAI-style emulator")
+        try:
+            self._launch(cmd, env, lambda: _health(self.url), "the OpenAI-style emulator")
+        finally:
+            release_ports((self.port,))
         return self
 
 if __name__ == "__main__":

@@ -477,7 +477,7 @@ class RuntimeServer(ChildServer):
 
     def start(self) -> "RuntimeServer":
         from cvload.emulator.voices import warm_speech
-        from cvload.triton.launcher import accepts, claim_ports
+        from cvload.triton.launcher import accepts, claim_ports, release_ports
 
         if self.max_conc < 1:
             raise ServerError(f"--max-conc must be at least 1, got {self.max_conc}")
@@ -488,7 +488,10 @@ class RuntimeServer(ChildServer):
         def listening() -> bool:
             return accepts(self.host, claimed(self.grpc_port), 0.5) and accepts(self.host, claimed(self.http_port), 0.5)
 
-        self._launch(self.command(), self.child_env(), listening, "the emulated CosyVoice runtime")
+        try:
+            self._launch(self.command(), self.child_env(), listening, "the emulated CosyVoice runtime")
+        finally:
+            release_ports((self.grpc_port, self.http_port))
         return self
 
 if __name__ == "__main__":

@@ -25,9 +25,10 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from http.client import HTTPException
 from pathlib import Path
@@ -189,22 +190,74 @@ def _listening_ports() -> range | None:
     return range(LISTEN_PORTS_FROM, low) if low - LISTEN_PORTS_FROM >= 1000 else None
 
 
+# A port picked is free, but only until its server binds it, which for a tritonserver comes after its models load
+# (seconds). Meanwhile another launcher on the host (another cvload, another test worker) would find it free too:
+# each pick is reserved by a file named after the port that holds the picker's pid, which other pickers pass over
+# while that process lives, for RESERVE_S at most (no start takes longer) or until the server is up and releases it.
+RESERVE_S = 120.0
+
+
+def _reservations() -> Path:
+    return Path(tempfile.gettempdir()) / f"cvload-ports-{os.getuid()}"
+
+
+def _reserve(port: int) -> bool:
+    """Reserve ``port`` for this process; False if another live process reserved it less than RESERVE_S ago."""
+    folder = _reservations()
+    folder.mkdir(mode=0o700, exist_ok=True)
+    path, mine = folder / str(port), str(os.getpid())
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except FileExistsError:
+        with contextlib.suppress(OSError, ValueError):
+            holder = int(path.read_text() or "0")
+            if time.time() - path.stat().st_mtime < RESERVE_S and subprocesses.alive(holder, None):
+                return False
+        # stale: its picker is gone or its time is up; taken over whole (a rename), never half-written
+        spare = folder / f".{port}.{mine}"
+        spare.write_text(mine)
+        os.replace(spare, path)
+        return True
+    with os.fdopen(fd, "w") as f:
+        f.write(mine)
+    return True
+
+
+def release_ports(ports: Iterable[int | None]) -> None:
+    """Drop this process's reservations of ``ports`` (once their server has bound them); others' stay."""
+    folder, mine = _reservations(), str(os.getpid())
+    for port in ports:
+        path = folder / str(port)
+        with contextlib.suppress(OSError):
+            if port and path.read_text() == mine:
+                path.unlink()
+
+
 def free_ports(count: int, host: str = "127.0.0.1") -> list[int]:
-    """``count`` distinct free ports: all sockets stay bound until all are chosen, so none is handed out twice.
-    Chosen below the ephemeral range where there is one: a port the system hands out for ``bind(0)`` is one
-    that any outgoing connection of a busy host may take next, before the server binds it."""
+    """``count`` distinct free ports, reserved for this process (``release_ports``): all sockets stay bound until
+    all are chosen, so none is handed out twice. Chosen below the ephemeral range where there is one: a port the
+    system hands out for ``bind(0)`` is one that any outgoing connection of a busy host may take next, before
+    the server binds it."""
     listening = _listening_ports()
     with contextlib.ExitStack() as stack:
         ports = []
         for _ in range(count):
-            s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             for _try in range(50 if listening else 0):
                 assert listening is not None
-                with contextlib.suppress(OSError):
-                    s.bind((host, _PICK.choice(listening)))
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                port = _PICK.choice(listening)
+                try:
+                    s.bind((host, port))
+                except OSError:
+                    s.close()
+                    continue
+                if _reserve(port):
                     break
+                s.close()
             else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 s.bind((host, 0))
+            stack.enter_context(s)
             ports.append(int(s.getsockname()[1]))
         return ports
 
@@ -296,6 +349,7 @@ def ready(http: str, timeout: float = 1.0) -> bool:
     return False
 
 
+_PORT_TAKEN = re.compile(r"Socket '([^']+)' already in use")
 # Lines of a tritonserver log that explain a failure, and the noise every CPU-only start prints at error level.
 _LOG_ERROR = re.compile(r"^E\d{4} |\bERROR\b|Failed to initialize|UNAVAILABLE|Traceback|error: ")
 _LOG_NOISE = re.compile(r"CudaDriverHelper|pinned memory|CUDA driver version|cuda_memory_manager|GPU metrics")
@@ -473,6 +527,8 @@ class TritonServer:
             self.clean_exit = False
             self.stop()
             raise
+        finally:
+            release_ports((self.http_port, self.grpc_port, self.metrics_port))
         return self
 
     def spawned(self) -> None:
@@ -509,7 +565,15 @@ class TritonServer:
                     f"tritonserver exited with code {code} before becoming ready (ports http {self.http_port}, "
                     f"grpc {self.grpc_port}, metrics {self.metrics_port}); log {log}:\n{log_excerpt(log)}")
             # Triton opens its metrics port a moment after reporting ready: wait for every advertised endpoint.
-            return ready(self.http_url) and accepts(self.host, claimed(self.metrics_port))
+            if not (ready(self.http_url) and accepts(self.host, claimed(self.metrics_port))):
+                return False
+            # What answered may be another server that took a port first: Triton then logs it, goes on without
+            # that endpoint (metrics) and may crash a moment later.
+            taken = _PORT_TAKEN.search(log.read_text(errors="replace"))
+            if taken:
+                raise ServerError(f"tritonserver could not bind {taken.group(1)}: another process took it first; "
+                                  f"log {log}:\n{log_excerpt(log)}", hint="start it again (or give other ports)")
+            return True
 
         try:
             subprocesses.wait_until(up, self.ready_timeout, what="tritonserver to become ready", max_delay=0.2)
