@@ -141,9 +141,11 @@ def test_streams_call_the_sub_models(tmp_path: Path) -> None:
 
 
 def run_c8(out: Path, *extra: str) -> tuple[dict, dict]:
-    """`cvload run --emulator --pipeline` at concurrency 8: (server_stats rows by model, summary stages by model)."""
+    """`cvload run --emulator --pipeline` at concurrency 8, 8 requests after 8 of warm-up (server_stats rows by model,
+    summary stages by model). Four runs with 8 requests gave token2wav queues of 297-323 ms with one instance
+    against 87-104 ms with two; one run with 24 gave 395 against 121."""
     code = main(["run", "--quiet", "--emulator", "--pipeline", "--profile", "demo", "--profile-set",
-                 "bls_instances=8", "--num-tasks", "8", "--requests", "32", "--warmup", "8", "--spk-cache",
+                 "bls_instances=8", "--num-tasks", "8", "--requests", "16", "--warmup", "8", "--spk-cache",
                  "--telemetry-interval", "0.25", "--out", str(out), *extra])
     assert code == 0
     stats = {r["model"]: r for r in json.loads((out / "server_stats.json").read_text())["models"]}
