@@ -37,7 +37,7 @@ system-deps:
 # The tests in three parts (docs/testing.md): most of the suite waits on servers, so it runs on TEST_WORKERS
 # pytest-xdist workers (each test file whole on one worker, so module servers are shared) while ruff, lint-imports
 # and mypy run beside it; the tests marked timing judge latencies that other processes' CPU use would shift, so
-# they run after, two at a time; those marked alone (a few ms of slack, or a server computing on the CPUs) run
+# they run after, three at a time; those marked alone (a few ms of slack, or a server computing on the CPUs) run
 # last, alone. Every part runs even when one fails, so a red run lists every failure.
 TEST_WORKERS ?= 4
 # Python writes its bytecode caches (and pytest its rewritten test modules) for the test run, whatever the shell
@@ -49,7 +49,7 @@ test: install system-deps
 	( $(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/mypy ) >$$checks 2>&1 & checking=$$!; \
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not timing and not alone" || status=$$?; \
 	wait $$checking || status=$$?; cat $$checks; rm -f $$checks; \
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m timing || status=$$?; \
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m timing || status=$$?; \
 	$(BIN)/python -m pytest -q -m alone || status=$$?; \
 	exit $$status
 

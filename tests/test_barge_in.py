@@ -64,10 +64,13 @@ def test_plan_abandons_its_share_evenly_and_repeatably() -> None:
 
 
 # ---- abandoning a stream (an in-process target yielding timed chunks) -----------------------------------------
+GAP = 0.2  # between chunks: 100 ms either side of the moment between the second and third (25 ms once failed)
+
+
 class Timed:
     """Chunks of 0.5 s of audio every ``gap`` seconds; remembers whether its stream was closed early."""
 
-    def __init__(self, chunks: int = 5, gap: float = 0.05) -> None:
+    def __init__(self, chunks: int = 5, gap: float = GAP) -> None:
         self.chunks, self.gap = chunks, gap
         self.closed_after: int | None = None
 
@@ -94,7 +97,7 @@ async def _consume(target: Timed, plan: Plan) -> tuple[RequestRecord, int]:
 
 @pytest.mark.parametrize(("plan", "chunks"), [
     (Plan(after_first_s=0.0), 1),  # right after the first chunk
-    (Plan(after_first_s=0.075), 2),  # between the second and third chunk: the pending read is cancelled
+    (Plan(after_first_s=1.5 * GAP), 2),  # between the second and third chunk: the pending read is cancelled
     (Plan(after_audio_s=1.5), 3),  # three chunks of 0.5 s
     (Plan(after_first_s=10.0), 5),  # the request ends first: not abandoned
 ])
@@ -108,7 +111,7 @@ def test_watch_abandons_at_its_moment(plan: Plan, chunks: int) -> None:
     else:
         assert record.abandon_offset is not None and target.closed_after == chunks  # the target's finally ran
         if plan.after_first_s:  # abandoned between chunks, at its time (not at the next chunk's)
-            assert 0.05 + plan.after_first_s <= record.abandon_offset < 0.05 * 3
+            assert GAP + plan.after_first_s <= record.abandon_offset < GAP * 3
 
 
 # ---- against the emulated servers -----------------------------------------------------------------------------
