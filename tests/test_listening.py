@@ -159,18 +159,22 @@ def test_content_counters_are_folded_from_records() -> None:
 
     records = [record("checked"), record("checked", mismatch=True), record("failed"), record("budget"),
                record("budget"), record("late"), record(None), record("checked", warmup=True)]
-    live = {"asr": "moonshine", "checked": 99, "skipped": 99, "backlog": 7, "backlog_audio_s": 30.0}
+    live = {"asr": "moonshine", "backlog": 7, "backlog_audio_s": 30.0}  # the checker's word: no counts
     section = ContentTally.of(records, backlog=(2, 8.5)).section(live)
     assert (section["checked"], section["mismatches"], section["failed"], section["skipped"]) == (2, 1, 1, 3)
     assert section["skipped_because"] == {"budget": 2, "late": 1}
     assert (section["backlog"], section["backlog_audio_s"], section["asr"]) == (2, 8.5, "moonshine")
     assert ContentTally.of(records).section(live)["backlog"] == 7  # a run's: the checker's own
-    merged = merge_live([{"asr": "moonshine", "checked": 2, "backlog": 1, "backlog_audio_s": 2.0, "audio_s": 10.0,
+    # The dashboard's header reads the same counts (Session.content_live: the checker's word and the records').
+    from cvload.tui.panels import listening_text
+
+    assert listening_text(section).endswith("backlog 2 (8 s), 3 skipped")
+    merged = merge_live([{"asr": "moonshine", "backlog": 1, "backlog_audio_s": 2.0, "audio_s": 10.0,
                           "cpu_s": 4.0, "workers": 1, "last_error": None},
-                         {"asr": "moonshine", "checked": 3, "backlog": 0, "backlog_audio_s": 0.0, "audio_s": 6.0,
+                         {"asr": "moonshine", "backlog": 0, "backlog_audio_s": 0.0, "audio_s": 6.0,
                           "cpu_s": 4.0, "workers": 1, "last_error": "boom"}])
     assert merged is not None and merge_live([]) is None
-    assert (merged["checked"], merged["backlog"], merged["workers"], merged["processes"]) == (5, 1, 2, 2)
+    assert (merged["backlog"], merged["workers"], merged["processes"]) == (1, 2, 2)
     assert merged["audio_s_per_cpu_s"] == 2.0 and merged["last_error"] == "boom"
 
 

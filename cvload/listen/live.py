@@ -122,12 +122,9 @@ _recognizers: dict[str, Any] = {}
 
 @dataclass
 class CheckerStats:
-    """What the dashboard and the summary show of the checker."""
+    """What only the checker knows: its backlog, its recognisers' speed and their last error. What became of the
+    requests (checked, failed, mismatches, skipped) is counted once, from their records (``ContentTally``)."""
 
-    checked: int = 0
-    skipped: int = 0  # finished requests past the share, budget or backlog: passed on unchecked
-    failed: int = 0  # the recogniser failed on them (its message in ``last_error``)
-    mismatches: int = 0
     pending: int = 0
     pending_audio_s: float = 0.0
     audio_s: float = 0.0  # checked audio
@@ -136,8 +133,7 @@ class CheckerStats:
 
     def to_json(self, spec: str, sampling: Sampling, max_error: float, workers: int) -> dict[str, Any]:
         return {"asr": spec, "sampling": sampling.describe(), "max_error": max_error, "workers": workers,
-                "checked": self.checked, "skipped": self.skipped, "failed": self.failed,
-                "mismatches": self.mismatches, "backlog": self.pending,
+                "backlog": self.pending,
                 "backlog_audio_s": round(self.pending_audio_s, 3),
                 "audio_s_per_cpu_s": round(self.audio_s / self.cpu_s, 3) if self.cpu_s > 0 else None,
                 "audio_s": round(self.audio_s, 3), "cpu_s": round(self.cpu_s, 3), "last_error": self.last_error}
@@ -145,11 +141,11 @@ class CheckerStats:
 
 def merge_live(parts: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
     """The live word of several checkers (a fleet's load processes, each ``CheckerStats.to_json``) as one:
-    counts and backlogs added, the recognisers' speed over all of them, the latest error of any."""
+    backlogs and workers added, the recognisers' speed over all of them, the latest error of any."""
     if not parts:
         return None
     out = dict(parts[0])
-    for key in ("checked", "skipped", "failed", "mismatches", "backlog", "workers"):
+    for key in ("backlog", "workers"):
         out[key] = sum(int(p.get(key) or 0) for p in parts)
     for key in ("backlog_audio_s", "audio_s", "cpu_s"):
         out[key] = round(sum(float(p.get(key) or 0.0) for p in parts), 3)
@@ -289,7 +285,6 @@ class ContentChecker:
             stats.last_error = f"--asr {self.spec} does not transcribe {self.language_for(record)!r} texts"
             take, reason = False, "language"  # no recogniser for its language here: said once in last_error
         if not take:
-            stats.skipped += 1
             record.content_check = reason
         return take
 
@@ -315,20 +310,16 @@ class ContentChecker:
             if future.cancelled():
                 pass
             elif future.exception() is not None:
-                stats.failed += 1
                 stats.last_error = f"{type(future.exception()).__name__}: {future.exception()}"[:300]
                 record.content_check = FAILED
             else:
                 transcript, rate, cpu = future.result()
                 record.transcript, record.content_error = transcript, round(rate, 6)
                 record.content_check = CHECKED
-                stats.checked += 1
                 stats.audio_s += audio_s
                 stats.cpu_s += cpu
-                if rate > self.max_error:
-                    stats.mismatches += 1
-                    if FLAG_CONTENT_MISMATCH not in record.flags:
-                        record.flags.append(FLAG_CONTENT_MISMATCH)
+                if rate > self.max_error and FLAG_CONTENT_MISMATCH not in record.flags:
+                    record.flags.append(FLAG_CONTENT_MISMATCH)
             done.set_result(None)
 
         job.add_done_callback(heard)
@@ -341,7 +332,6 @@ class ContentChecker:
             record = self._waiting.pop(done, None)
             if record is not None:
                 record.content_check = "late"
-                self.stats.skipped += 1
             if not done.done():
                 done.set_result(None)
 

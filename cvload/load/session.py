@@ -545,10 +545,12 @@ class Session:
 
     def content_live(self) -> dict[str, Any] | None:
         """--check-content: the checker's live word (sample, backlog, recogniser speed), of this process's checker
-        or of a fleet's load processes' together; None without checks."""
+        or of a fleet's load processes' together, with the run's content counts so far (from its records); None
+        without checks."""
         if self.config.check_content is None or self.engine is None:
             return None
-        return self.engine.content_summary()
+        live = self.engine.content_summary()
+        return live if live is None or self.content_tally is None else self.content_tally.section(live)
 
     def exit_code(self) -> int:
         assert self.summary is not None
