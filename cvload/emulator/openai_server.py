@@ -316,7 +316,7 @@ class OpenAIServer(ChildServer):
         from cvload.triton.launcher import claim_ports, release_ports
 
         warm_speech([self.profile], self.texts)  # before the server: synthesis never costs emulated time
-        claim_ports(self, ("port",))
+        picked = claim_ports(self, ("port",))
         self._prepare_workdir("cvload-openai-", "openai_server.log")
         env = self.child_env()
         env.pop(TOKEN_ENV, None)
@@ -330,7 +330,7 @@ class OpenAIServer(ChildServer):
         try:
             self._launch(cmd, env, lambda: _health(self.url), "the OpenAI-style emulator")
         finally:
-            release_ports((self.port,))
+            release_ports(picked)
         return self
 
 if __name__ == "__main__":

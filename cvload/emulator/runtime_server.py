@@ -482,7 +482,7 @@ class RuntimeServer(ChildServer):
         if self.max_conc < 1:
             raise ServerError(f"--max-conc must be at least 1, got {self.max_conc}")
         warm_speech([self.profile], self.texts, per_sentence=True)  # never at the cost of emulated time
-        claim_ports(self, ("grpc_port", "http_port"))
+        picked = claim_ports(self, ("grpc_port", "http_port"))
         self._prepare_workdir("cvload-runtime-", "runtime_server.log")
 
         def listening() -> bool:
@@ -491,7 +491,7 @@ class RuntimeServer(ChildServer):
         try:
             self._launch(self.command(), self.child_env(), listening, "the emulated CosyVoice runtime")
         finally:
-            release_ports((self.grpc_port, self.http_port))
+            release_ports(picked)
         return self
 
 if __name__ == "__main__":

@@ -529,7 +529,7 @@ class Session:
         summary.update(measured)
         if cfg.insecure:
             summary["warnings"] = [INSECURE_WARNING, *summary.get("warnings", [])]
-        live, tally = self.content_live(), content or self.content_tally
+        live, tally = self._checker_live(), content or self.content_tally
         if live is not None and tally is not None:  # --check-content: the checker's settings, the part's counts
             summary["content"] = tally.section(live)
         if self.telemetry is not None:
@@ -543,13 +543,17 @@ class Session:
         summary["slo_passed"] = all_met(verdicts)
         return summary
 
-    def content_live(self) -> dict[str, Any] | None:
+    def _checker_live(self) -> dict[str, Any] | None:
         """--check-content: the checker's live word (sample, backlog, recogniser speed), of this process's checker
-        or of a fleet's load processes' together, with the run's content counts so far (from its records); None
-        without checks."""
+        or of a fleet's load processes' together; None without checks."""
         if self.config.check_content is None or self.engine is None:
             return None
-        live = self.engine.content_summary()
+        return self.engine.content_summary()
+
+    def content_live(self) -> dict[str, Any] | None:
+        """What views show of the checks now: the checker's live word with the run's content counts so far (from
+        its records); None without checks."""
+        live = self._checker_live()
         return live if live is None or self.content_tally is None else self.content_tally.section(live)
 
     def exit_code(self) -> int:

@@ -223,13 +223,13 @@ def _reserve(port: int) -> bool:
     return True
 
 
-def release_ports(ports: Iterable[int | None]) -> None:
+def release_ports(ports: Iterable[int]) -> None:
     """Drop this process's reservations of ``ports`` (once their server has bound them); others' stay."""
     folder, mine = _reservations(), str(os.getpid())
     for port in ports:
         path = folder / str(port)
         with contextlib.suppress(OSError):
-            if port and path.read_text() == mine:
+            if path.read_text() == mine:
                 path.unlink()
 
 
@@ -305,13 +305,15 @@ class _Hosted(Protocol):
     host: str
 
 
-def claim_ports(server: _Hosted, names: tuple[str, ...], *, orphan_wait_s: float = ORPHAN_WAIT_S) -> None:
+def claim_ports(server: _Hosted, names: tuple[str, ...], *, orphan_wait_s: float = ORPHAN_WAIT_S) -> list[int]:
     """Give each of the ``server``'s port attributes ``names`` that is None a free port on its ``host``; a port
     given that is busy fails now, naming it, rather than as a bind error in the server's log, unless the server
     of a cvload that died holds it: then the port is waited for (``orphan_wait_s`` at most), so a script that
-    restarts a killed ``cvload serve`` at once on the same ports works."""
+    restarts a killed ``cvload serve`` at once on the same ports works. Returns the ports picked, reserved for
+    this process until the caller's ``release_ports`` once its server listens."""
     host = server.host
-    free = iter(free_ports(sum(getattr(server, n) is None for n in names), host))
+    picked = free_ports(sum(getattr(server, n) is None for n in names), host)
+    free = iter(picked)
     for name in names:
         port = getattr(server, name)
         if port is None:
@@ -329,6 +331,7 @@ def claim_ports(server: _Hosted, names: tuple[str, ...], *, orphan_wait_s: float
                                   hint=f"kill {orphan} (or its process group) or choose another port")
             raise ServerError(f"port {port} on {host} is already in use ({name.replace('_', ' ')})",
                               hint=f"stop whatever listens on {host}:{port} or choose another port")
+    return picked
 
 
 def accepts(host: str, port: int, timeout: float = 2.0) -> bool:
@@ -501,7 +504,7 @@ class TritonServer:
         install = find_tritonserver(self.tritonserver)
         # Before anything starts: a stub that cannot work fails on the first request, not at loading.
         self.stub = stub_python.choose(self.stub_python) if install.bundle_root is not None else None
-        claim_ports(self, ("http_port", "grpc_port", "metrics_port"))
+        picked = claim_ports(self, ("http_port", "grpc_port", "metrics_port"))
         if self.workdir is None:
             self.workdir = Path(tempfile.mkdtemp(prefix="cvload-triton-"))
             self._own_workdir = True
@@ -528,7 +531,7 @@ class TritonServer:
             self.stop()
             raise
         finally:
-            release_ports((self.http_port, self.grpc_port, self.metrics_port))
+            release_ports(picked)
         return self
 
     def spawned(self) -> None:
