@@ -170,7 +170,10 @@ async def test_odd_byte_http_chunks_carry_the_half_sample_over(runtime):
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])
 async def test_calls_past_max_conc_are_rejected(protocol):
-    with RuntimeServer(get_profile("fixed"), max_conc=2, die_with_parent=True) as server:
+    # Each accepted call holds its slot for 1.2 s (first sentence at 1 s), so all four calls reach the server while
+    # the first ones are in flight even on a busy machine.
+    slow = get_profile("fixed", {"fixed_first_s": 1.0})
+    with RuntimeServer(slow, max_conc=2, die_with_parent=True) as server:
         t = target(server, protocol, inference="sft")
         await t.open()
         try:
@@ -179,7 +182,9 @@ async def test_calls_past_max_conc_are_rejected(protocol):
         finally:
             await t.close()
     rejected = [r for r in results if isinstance(r, TargetError)]
-    assert len(rejected) == 2 and len(results) - len(rejected) == 2, results
+    # Never more than --max_conc served; grpcio frees a finished call's slot a moment late, so on a busy machine
+    # the slot of open()'s probe call was once still taken and a third call was refused.
+    assert 2 <= len(rejected) <= (3 if protocol == "grpc" else 2) and len(rejected) < len(results), results
     assert all(r.kind == ERR_REJECTED and "--max_conc" in r.message for r in rejected)
     assert ("RESOURCE_EXHAUSTED" if protocol == "grpc" else "HTTP 503") in rejected[0].message
 
