@@ -40,6 +40,12 @@ system-deps:
 # they run after, three at a time; those marked alone (a few ms of slack, or a server computing on the CPUs) run
 # last, alone. Every part runs even when one fails, so a red run lists every failure.
 TEST_WORKERS ?= 4
+# The files that hold tests of the two later parts: collecting only those saves each of their pytest processes
+# about a second of importing every other test module. xdist's default reordering (most tests first) is off:
+# the longest files go first (tests/conftest.py), so that none of them starts last and runs on alone.
+TIMING_FILES = $(shell grep -l "mark\.timing" tests/test_*.py)
+ALONE_FILES = $(shell grep -l "mark\.alone" tests/test_*.py)
+XDIST = --dist loadfile --no-loadscope-reorder
 # Python writes its bytecode caches (and pytest its rewritten test modules) for the test run, whatever the shell
 # says: with PYTHONDONTWRITEBYTECODE set, every worker, `cvload` subprocess and Python stub compiled every module
 # it imported from source, each time (collection alone took 6.7 s instead of 2.6 s per pytest process).
@@ -47,10 +53,10 @@ test: install system-deps
 	@unset PYTHONDONTWRITEBYTECODE; status=0; checks=$$(mktemp); \
 	$(BIN)/python -m compileall -q -j 0 cvload server_bootstrap tests >/dev/null; \
 	( $(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/mypy ) >$$checks 2>&1 & checking=$$!; \
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile -m "not timing and not alone" || status=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(XDIST) -m "not timing and not alone" || status=$$?; \
 	wait $$checking || status=$$?; cat $$checks; rm -f $$checks; \
-	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m timing || status=$$?; \
-	$(BIN)/python -m pytest -q -m alone || status=$$?; \
+	$(BIN)/python -m pytest -q -n 3 $(XDIST) -m timing $(TIMING_FILES) || status=$$?; \
+	$(BIN)/python -m pytest -q -m alone $(ALONE_FILES) || status=$$?; \
 	exit $$status
 
 lint: install

@@ -96,6 +96,25 @@ def rows_of(result: dict, index: int = 0) -> dict[str, dict]:
     return {r["metric"]: r for r in result["comparisons"][index]["rows"]}
 
 
+# The longest test first: pytest-xdist hands a worker its next file once two of its tests are left.
+def test_real_sweeps_compare_level_by_level(emulator, shifted_server, tmp_path, capsys):
+    """Two `cvload sweep`s (the same levels, the second against the server 20 ms slower to its first chunk):
+    every level found in its folder, compared as two runs, the goodput the levels' summaries carry compared too."""
+    sweeps = [tmp_path / "base", tmp_path / "slower"]
+    _together({out: ["sweep", "--server", server, "--num-tasks", "1,2", "--requests", "12", "--slo",
+                     "first_chunk.p95<5s"] for out, server in zip(sweeps, (emulator.grpc, shifted_server.grpc_url))})
+    code, result = compare_json(capsys, *sweeps)
+    rows = result["comparisons"][0]["rows"]
+    assert rows[0]["metric"] == "capacity"
+    assert [r["level"] for r in rows if r["metric"] == "first_chunk.p50"] == ["concurrency 1", "concurrency 2"]
+    assert rows[0]["base"] == rows[0]["new"] == 2  # a lenient objective: every level met it
+    goodput = [r for r in rows if r["metric"] == "goodput.requests_per_s"]
+    assert len(goodput) == 2 and all(r["base"] > 0 and r["new"] > 0 for r in goodput)
+    first = [r for r in rows if r["metric"] == "first_chunk.p50"]
+    assert all(10 < r["delta"] < 35 and r["ci"][0] > 0 for r in first)
+    assert code == 3 and any(r["verdict"] == REGRESSION for r in first)
+
+
 @pytest.mark.parametrize("pair", range(PAIRS))
 def test_same_configuration_is_not_flagged(runs, capsys, pair):
     code, result = compare_json(capsys, runs[f"base{pair}"], runs[f"same{pair}"])
@@ -348,21 +367,3 @@ def test_goodput_row_when_the_summary_has_it(runs, tmp_path, capsys):
     # without goodput in either summary there is no such row
     _, result = compare_json(capsys, runs["base0"], runs["shift0"])
     assert "goodput.requests_per_s" not in rows_of(result)
-
-
-def test_real_sweeps_compare_level_by_level(emulator, shifted_server, tmp_path, capsys):
-    """Two `cvload sweep`s (the same levels, the second against the server 20 ms slower to its first chunk):
-    every level found in its folder, compared as two runs, the goodput the levels' summaries carry compared too."""
-    sweeps = [tmp_path / "base", tmp_path / "slower"]
-    _together({out: ["sweep", "--server", server, "--num-tasks", "1,2", "--requests", "12", "--slo",
-                     "first_chunk.p95<5s"] for out, server in zip(sweeps, (emulator.grpc, shifted_server.grpc_url))})
-    code, result = compare_json(capsys, *sweeps)
-    rows = result["comparisons"][0]["rows"]
-    assert rows[0]["metric"] == "capacity"
-    assert [r["level"] for r in rows if r["metric"] == "first_chunk.p50"] == ["concurrency 1", "concurrency 2"]
-    assert rows[0]["base"] == rows[0]["new"] == 2  # a lenient objective: every level met it
-    goodput = [r for r in rows if r["metric"] == "goodput.requests_per_s"]
-    assert len(goodput) == 2 and all(r["base"] > 0 and r["new"] > 0 for r in goodput)
-    first = [r for r in rows if r["metric"] == "first_chunk.p50"]
-    assert all(10 < r["delta"] < 35 and r["ci"][0] > 0 for r in first)
-    assert code == 3 and any(r["verdict"] == REGRESSION for r in first)
