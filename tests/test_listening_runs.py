@@ -205,7 +205,7 @@ def test_a_sweep_counts_content_per_level(emulator, english: Path, tmp_path: Pat
     out = tmp_path / "sweep"
     assert main(["sweep", "--quiet", "--metrics-url", "none", "--gpu-source", "none", "--server", emulator.grpc,
                  "--model", "cosyvoice2", "--inputs", str(english), "--num-tasks", "1,2",
-                 "--requests", "3", "--warmup", "0", "--check-content", "--out", str(out)]) == 0
+                 "--requests", "2", "--warmup", "0", "--check-content", "--out", str(out)]) == 0
     levels = sorted(out.glob("level-*"))
     assert len(levels) == 2
     for folder in levels:
@@ -213,7 +213,7 @@ def test_a_sweep_counts_content_per_level(emulator, english: Path, tmp_path: Pat
         measured = [r for r in records if not r["warmup"]]
         checked = [r for r in measured if r.get("content_check") == "checked"]
         content = summary["content"]
-        assert content["checked"] == len(checked) == len(measured) >= 3, (folder.name, content)
+        assert content["checked"] == len(checked) == len(measured) >= 2, (folder.name, content)
         assert content["mismatches"] == sum("content_mismatch" in r["flags"] for r in checked)
         assert content["skipped"] == 0 and "backlog" in content
         assert summary["metrics"]["content_error_rate"]["count"] == len(checked)

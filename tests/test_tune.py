@@ -18,7 +18,7 @@ from server_bootstrap.config import load_config
 HEAD = """profile = "instant"
 profile_set = { vocoder_base_s = 0.3, hop_growth = 8.0 }
 slo = ["first_chunk.p95<450ms"]
-duration = "2s"
+duration = "1s"
 warmup = 2
 drain = "3s"
 """
