@@ -61,7 +61,7 @@ class LoadActor:
     def node(self) -> dict[str, Any]:
         import ray
 
-        return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),  # type: ignore[no-untyped-call]  # ray leaves it unannotated
+        return {"node_id": ray.get_runtime_context().get_node_id(), "ip": ray.util.get_node_ip_address(),
                 "host": os.uname().nodename, "boot_id": boot_id()}
 
     def clock(self) -> tuple[float, float]:
