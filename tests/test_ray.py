@@ -4,6 +4,7 @@ processes placed one per node, their records merged into one results folder."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
@@ -24,8 +25,9 @@ from drivers import COMMANDS, check_run, check_sweep, command, reference_run_key
 
 from cvload import subprocesses
 
-ray = pytest.importorskip("ray", reason="Ray is the optional extra cvload[ray]")
-pytestmark = pytest.mark.timeout(420)  # starting two Ray nodes takes a minute or more on a busy small host
+# Found, not imported: importing Ray costs every pytest process that collects this file half a second.
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is the optional extra cvload[ray]"),
+              pytest.mark.timeout(420)]  # starting two Ray nodes takes a minute or more on a busy small host
 QUIET_S = 5.0  # teardown: how long no Ray process of the test cluster may show up before it is over
 RAY = str(Path(sys.executable).parent / "ray")
 
