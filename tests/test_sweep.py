@@ -122,8 +122,9 @@ def test_sweep_results_folder_and_schema(emulator, tmp_path, capsys):
 def test_stop_rule_then_bisect_lands_on_an_exact_integer(emulator, tmp_path):
     out = tmp_path / "s"
     # An objective the test controls exactly: the concurrency each level achieves (1, 2, 4, ...).
-    # The warm-up (0.6 s) outlasts a request (0.5 s): workers retired when the load goes down are gone by then.
-    code = sweep_cli("--server", emulator.grpc, "--num-tasks", "1,2,8,16", "--duration", "1s", "--warmup", "0.6s",
+    # The warm-up (1 s) outlasts a request (0.5 s; up to 0.55 s beside busy workers): workers retired when the load
+    # goes down are gone by then (at 0.6 s, once, level 5 after level 8 measured 5.54 in flight).
+    code = sweep_cli("--server", emulator.grpc, "--num-tasks", "1,2,8,16", "--duration", "1s", "--warmup", "1s",
                      "--slo", "concurrency.achieved_mean<5.5", "--search", "bisect", "--out", str(out))
     assert code == 0
     result = load_sweep(out)
