@@ -13,16 +13,18 @@ import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from cvload import subprocesses
 from cvload.errors import CvloadError, ServerError
 from cvload.triton import launcher
 from cvload.triton.launcher import TritonInstall, TritonServer, trace_args
-from server_bootstrap import runtime_probe
 from server_bootstrap.config import DeploymentConfig
 from server_bootstrap.layout import Layout
 from server_bootstrap.state import ServerRecord
+
+if TYPE_CHECKING:
+    from server_bootstrap import runtime_probe
 
 
 @dataclass
@@ -111,6 +113,10 @@ def ready(rec: ServerRecord, timeout: float = 2.0) -> bool:
 
 def runtime_answer(rec: ServerRecord) -> runtime_probe.Answer:
     """A python-runtime record: does its one port answer as CosyVoice's runtime (of its kind)?"""
+    # Imported here: the probe brings aiohttp and cvload's targets, which `status`, `logs` and `down` of a
+    # Triton server never need (0.45 s -> 0.15 s for `status`).
+    from server_bootstrap import runtime_probe
+
     port = rec.grpc_port if rec.runtime == "grpc" else rec.http_port
     return runtime_probe.probe(rec.client_host, port, rec.runtime or "grpc")
 
