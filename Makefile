@@ -34,17 +34,18 @@ system-deps:
 		echo "installing:$$missing"; apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
 
-# The tests in three parts (docs/testing.md): most of the suite waits on servers, so it runs on TEST_WORKERS
+# The tests in four parts (docs/testing.md): most of the suite waits on servers, so it runs on TEST_WORKERS
 # pytest-xdist workers (each test file whole on one worker, so module servers are shared) while ruff, lint-imports
 # and mypy run beside it; the tests marked timing judge latencies that other processes' CPU use would shift, so
-# they run after, three at a time; those marked alone (a few ms of slack, or a server computing on the CPUs) run
-# last, alone. Every part runs even when one fails, so a red run lists every failure. Five workers on two cores:
+# they run after, three at a time; those marked paired (judged against the pipeline emulator, a server computing
+# on the CPUs) two at a time; those marked alone (a few ms of slack) last, alone. Every part runs even when one fails, so a red run lists every failure. Five workers on two cores:
 # the first part still waits on servers a sixth of the time with four (150-172 s there, 139-149 s with five).
 TEST_WORKERS ?= 5
-# The files that hold tests of the two later parts: collecting only those saves each of their pytest processes
+# The files that hold tests of the later parts: collecting only those saves each of their pytest processes
 # about a second of importing every other test module. xdist's default reordering (most tests first) is off:
 # the longest files go first (tests/conftest.py), so that none of them starts last and runs on alone.
 TIMING_FILES = $(shell grep -l "mark\.timing" tests/test_*.py)
+PAIRED_FILES = $(shell grep -l "mark\.paired" tests/test_*.py)
 ALONE_FILES = $(shell grep -l "mark\.alone" tests/test_*.py)
 XDIST = --dist loadfile --no-loadscope-reorder
 # Python writes its bytecode caches (and pytest its rewritten test modules) for the test run, whatever the shell
@@ -54,9 +55,10 @@ test: install system-deps
 	@unset PYTHONDONTWRITEBYTECODE; status=0; checks=$$(mktemp); \
 	$(BIN)/python -m compileall -q -j 0 cvload server_bootstrap tests >/dev/null; \
 	( $(BIN)/ruff check . && $(BIN)/lint-imports && $(BIN)/mypy ) >$$checks 2>&1 & checking=$$!; \
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(XDIST) -m "not timing and not alone" || status=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(XDIST) -m "not timing and not paired and not alone" || status=$$?; \
 	wait $$checking || status=$$?; cat $$checks; rm -f $$checks; \
 	$(BIN)/python -m pytest -q -n 3 $(XDIST) -m timing $(TIMING_FILES) || status=$$?; \
+	$(BIN)/python -m pytest -q -n 2 $(XDIST) -m paired $(PAIRED_FILES) || status=$$?; \
 	$(BIN)/python -m pytest -q -m alone $(ALONE_FILES) || status=$$?; \
 	exit $$status
 

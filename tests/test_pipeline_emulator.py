@@ -157,7 +157,7 @@ def biggest_queue(rows: dict) -> str:
     return max(rows, key=lambda m: rows[m]["queue_ms"] or 0.0)
 
 
-@pytest.mark.alone
+@pytest.mark.paired  # the queues of a pipeline computing on this host's CPUs
 def test_token2wav_is_the_growing_queue_and_a_second_instance_moves_it(tmp_path: Path) -> None:
     one, one_stages = run_c8(tmp_path / "one")
     assert set(one) >= {"cosyvoice2", "tensorrt_llm", "token2wav"}

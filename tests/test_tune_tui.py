@@ -56,8 +56,8 @@ def rows(panel: str) -> dict[int, str]:
 
 
 # Timing: candidate 1's level must meet its objective on an emulated pipeline computing on this host's CPUs;
-# beside three busy pytest-xdist workers it did not (docs/testing.md).
-@pytest.mark.alone
+# beside three busy pytest-xdist workers it did not; beside one other paired test it does (docs/testing.md).
+@pytest.mark.paired
 async def test_dashboard_shows_the_tune_live(tmp_path: Path) -> None:
     space = tmp_path / "space.toml"
     space.write_text(SPACE)
