@@ -24,8 +24,8 @@ from cvload.triton.launcher import TritonServer, accepts, free_ports
 # that part.
 LONGEST_FILES = ["test_listening_runs", "test_ray", "test_compare", "test_sweep", "test_outages",
                  "test_bootstrap_emulator", "test_pipeline_emulator", "test_emulator_speech", "test_drivers",
-                 "test_report", "test_barge_in", "test_serve_cli", "test_tls", "test_launcher", "test_run",
-                 "test_runtime_api", "test_processes", "test_prometheus", "test_server_release", "test_emulator",
+                 "test_report", "test_processes", "test_barge_in", "test_serve_cli", "test_tls", "test_launcher",
+                 "test_run", "test_runtime_api", "test_prometheus", "test_server_release", "test_emulator",
                  "test_tune"]
 
 
