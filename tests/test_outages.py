@@ -127,7 +127,7 @@ async def test_continue_rides_out_a_restart_on_the_same_ports(start_emulator, tm
     emu = start_emulator(FIXED, **ports)
     out = tmp_path / "r"
     shape = {"num_tasks": 4} if protocol == "grpc" else {"rate": 8.0}
-    config = RunConfig(server=[emu.grpc if protocol == "grpc" else emu.http], protocol=protocol, duration=7.0,
+    config = RunConfig(server=[emu.grpc if protocol == "grpc" else emu.http], protocol=protocol, duration=6.0,
                        on_server_loss="continue", out=str(out), metrics_url="none", gpu_source="none", **shape)
     session = Session(config)
     restarted: list[float] = []
