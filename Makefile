@@ -38,8 +38,9 @@ system-deps:
 # pytest-xdist workers (each test file whole on one worker, so module servers are shared) while ruff, lint-imports
 # and mypy run beside it; the tests marked timing judge latencies that other processes' CPU use would shift, so
 # they run after, three at a time; those marked paired (judged against the pipeline emulator, a server computing
-# on the CPUs) two at a time; those marked alone (a few ms of slack) last, alone. Every part runs even when one fails, so a red run lists every failure. Five workers on two cores:
-# the first part still waits on servers a sixth of the time with four (150-172 s there, 139-149 s with five).
+# on the CPUs) two at a time; those marked alone (a few ms of slack) last, alone. Every part runs even when one
+# fails, so a red run lists every failure. Five workers on two cores: with four, the first part still waited on
+# servers a sixth of the time (150-172 s there, 139-149 s with five).
 TEST_WORKERS ?= 5
 # The files that hold tests of the later parts: collecting only those saves each of their pytest processes
 # about a second of importing every other test module. xdist's default reordering (most tests first) is off:

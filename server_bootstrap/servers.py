@@ -114,7 +114,7 @@ def ready(rec: ServerRecord, timeout: float = 2.0) -> bool:
 def runtime_answer(rec: ServerRecord) -> runtime_probe.Answer:
     """A python-runtime record: does its one port answer as CosyVoice's runtime (of its kind)?"""
     # Imported here: the probe brings aiohttp and cvload's targets, which `status`, `logs` and `down` of a
-    # Triton server never need (0.45 s -> 0.15 s for `status`).
+    # Triton server never need (`status`: 0.45 s -> about 0.3 s of CPU).
     from server_bootstrap import runtime_probe
 
     port = rec.grpc_port if rec.runtime == "grpc" else rec.http_port
