@@ -17,16 +17,16 @@ from cvload import subprocesses
 from cvload.emulator import EmulatedModel, build_repository, get_profile
 from cvload.triton.launcher import TritonServer, accepts, free_ports
 
-# The longest test files (seconds on a quiet 2-core machine), longest first. Under pytest-xdist each file goes to
-# one worker whole (--dist loadfile: its module and session servers are shared there), in collection order as
-# workers free up (`make test` turns off xdist's own reordering by number of tests); handing out the long ones
-# first keeps one of them from starting last and running on alone. test_compare's timing tests are the longest of
-# that part.
+# The longest test files (seconds on a quiet 2-core machine), longest first. Under pytest-xdist each file goes
+# to one worker whole (--dist loadfile: its module and session servers are shared there), in collection order
+# as workers free up (`make test` turns off xdist's own reordering by number of tests); handing out the long
+# ones first keeps one of them from starting last and running on alone. test_compare's timing tests are the
+# longest of that part.
 LONGEST_FILES = ["test_listening_runs", "test_ray", "test_compare", "test_sweep", "test_outages",
                  "test_bootstrap_emulator", "test_pipeline_emulator", "test_emulator_speech", "test_drivers",
-                 "test_report", "test_processes", "test_barge_in", "test_serve_cli", "test_tls", "test_launcher",
-                 "test_run", "test_runtime_api", "test_prometheus", "test_server_release", "test_emulator",
-                 "test_tune"]
+                 "test_report", "test_processes", "test_barge_in", "test_serve_cli", "test_tls",
+                 "test_launcher", "test_run", "test_runtime_api", "test_prometheus", "test_server_release",
+                 "test_emulator", "test_tune"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -26,7 +26,8 @@ from drivers import COMMANDS, check_run, check_sweep, command, reference_run_key
 from cvload import subprocesses
 
 # Found, not imported: importing Ray costs every pytest process that collects this file half a second.
-pytestmark = [pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is the optional extra cvload[ray]"),
+pytestmark = [pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                 reason="Ray is the optional extra cvload[ray]"),
               pytest.mark.timeout(420)]  # starting two Ray nodes takes a minute or more on a busy small host
 QUIET_S = 5.0  # teardown: how long no Ray process of the test cluster may show up before it is over
 RAY = str(Path(sys.executable).parent / "ray")

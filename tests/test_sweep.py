@@ -300,8 +300,8 @@ def test_stable_measures_until_three_windows_agree(emulator, tmp_path):
                      "--stable", "100%", "--stable-max", "6s", "--out", str(out)) == 0
     level = load_sweep(out)["levels"][0]
     # The fixed profile's first chunks agree at once: three windows, not the six --stable-max allows. (Within
-    # 100%: beside five busy workers one window's first chunks were once half as late again, and at 50% the level
-    # took a fourth.)
+    # 100%: beside five busy workers one window's first chunks were once late enough that at 50% the level took a
+    # fourth.)
     assert level["stable"] is True and 2.9 < level["window_s"] < 3.6
 
 
