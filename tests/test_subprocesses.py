@@ -90,9 +90,10 @@ async def test_servers_started_while_grpc_calls_are_in_flight_reach_exec(tmp_pat
 
     import grpc
 
-    from cvload.triton.launcher import free_ports
+    from cvload.triton.launcher import free_ports, release_ports
 
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{free_ports(1)[0]}")  # nobody there: every call fails fast
+    port = free_ports(1)[0]
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")  # nobody there: every call fails fast
     stop = asyncio.Event()
 
     async def calling() -> None:
@@ -111,4 +112,5 @@ async def test_servers_started_while_grpc_calls_are_in_flight_reach_exec(tmp_pat
         stop.set()
         await asyncio.gather(*callers)
         await channel.close()
+        release_ports([port])
     assert codes == [0] * 200, (sorted(set(codes)), (tmp_path / "true.log").read_text()[-300:])
