@@ -313,24 +313,21 @@ class OpenAIServer(ChildServer):
 
     def start(self) -> OpenAIServer:
         from cvload.emulator.voices import warm_speech
-        from cvload.triton.launcher import claim_ports, release_ports
+        from cvload.triton.launcher import claim_ports
 
         warm_speech([self.profile], self.texts)  # before the server: synthesis never costs emulated time
-        picked = claim_ports(self, ("port",))
-        self._prepare_workdir("cvload-openai-", "openai_server.log")
-        env = self.child_env()
-        env.pop(TOKEN_ENV, None)
-        if self.token:
-            env[TOKEN_ENV] = self.token  # not on the command line, where ps shows it
-        cmd = [sys.executable, "-m", "cvload.emulator.openai_server", "--host", self.host, "--port",
-               str(self.port), "--model", self.model, "--profile-json", self.profile.to_json(),
-               "--max-conc", str(self.max_conc), "--trace", str(self.trace_path)]
-        if self.odd_splits:
-            cmd.append("--odd-splits")
-        try:
+        with claim_ports(self, ("port",)):
+            self._prepare_workdir("cvload-openai-", "openai_server.log")
+            env = self.child_env()
+            env.pop(TOKEN_ENV, None)
+            if self.token:
+                env[TOKEN_ENV] = self.token  # not on the command line, where ps shows it
+            cmd = [sys.executable, "-m", "cvload.emulator.openai_server", "--host", self.host, "--port",
+                   str(self.port), "--model", self.model, "--profile-json", self.profile.to_json(),
+                   "--max-conc", str(self.max_conc), "--trace", str(self.trace_path)]
+            if self.odd_splits:
+                cmd.append("--odd-splits")
             self._launch(cmd, env, lambda: _health(self.url), "the OpenAI-style emulator")
-        finally:
-            release_ports(picked)
         return self
 
 if __name__ == "__main__":

@@ -477,21 +477,18 @@ class RuntimeServer(ChildServer):
 
     def start(self) -> "RuntimeServer":
         from cvload.emulator.voices import warm_speech
-        from cvload.triton.launcher import accepts, claim_ports, release_ports
+        from cvload.triton.launcher import accepts, claim_ports
 
         if self.max_conc < 1:
             raise ServerError(f"--max-conc must be at least 1, got {self.max_conc}")
         warm_speech([self.profile], self.texts, per_sentence=True)  # never at the cost of emulated time
-        picked = claim_ports(self, ("grpc_port", "http_port"))
-        self._prepare_workdir("cvload-runtime-", "runtime_server.log")
 
         def listening() -> bool:
             return accepts(self.host, claimed(self.grpc_port), 0.5) and accepts(self.host, claimed(self.http_port), 0.5)
 
-        try:
+        with claim_ports(self, ("grpc_port", "http_port")):
+            self._prepare_workdir("cvload-runtime-", "runtime_server.log")
             self._launch(self.command(), self.child_env(), listening, "the emulated CosyVoice runtime")
-        finally:
-            release_ports(picked)
         return self
 
 if __name__ == "__main__":

@@ -305,33 +305,38 @@ class _Hosted(Protocol):
     host: str
 
 
-def claim_ports(server: _Hosted, names: tuple[str, ...], *, orphan_wait_s: float = ORPHAN_WAIT_S) -> list[int]:
-    """Give each of the ``server``'s port attributes ``names`` that is None a free port on its ``host``; a port
-    given that is busy fails now, naming it, rather than as a bind error in the server's log, unless the server
-    of a cvload that died holds it: then the port is waited for (``orphan_wait_s`` at most), so a script that
-    restarts a killed ``cvload serve`` at once on the same ports works. Returns the ports picked, reserved for
-    this process until the caller's ``release_ports`` once its server listens."""
+@contextlib.contextmanager
+def claim_ports(server: _Hosted, names: tuple[str, ...], *,
+                orphan_wait_s: float = ORPHAN_WAIT_S) -> Iterator[None]:
+    """Around a server's start: give each of the ``server``'s port attributes ``names`` that is None a free port on
+    its ``host``; a port given that is busy fails now, naming it, rather than as a bind error in the server's log,
+    unless the server of a cvload that died holds it: then the port is waited for (``orphan_wait_s`` at most), so
+    a script that restarts a killed ``cvload serve`` at once on the same ports works. The ports picked stay
+    reserved for this process until the block ends (its server listens, or the start failed)."""
     host = server.host
     picked = free_ports(sum(getattr(server, n) is None for n in names), host)
-    free = iter(picked)
-    for name in names:
-        port = getattr(server, name)
-        if port is None:
-            setattr(server, name, next(free))
-        elif port_busy(host, port):
-            orphan = orphan_on(port)
-            if orphan is not None:
-                with contextlib.suppress(subprocesses.WaitTimeout):
-                    subprocesses.wait_until(functools.partial(_port_free, host, port), orphan_wait_s,
-                                       what=f"port {port}", first_delay=0.05, max_delay=0.1)
-                if not port_busy(host, port):
-                    continue
-                raise ServerError(f"port {port} on {host} is still held by tritonserver (pid {orphan}) of a cvload "
-                                  f"that is no longer running, {orphan_wait_s:g} s after it was asked to stop",
-                                  hint=f"kill {orphan} (or its process group) or choose another port")
-            raise ServerError(f"port {port} on {host} is already in use ({name.replace('_', ' ')})",
-                              hint=f"stop whatever listens on {host}:{port} or choose another port")
-    return picked
+    try:
+        free = iter(picked)
+        for name in names:
+            port = getattr(server, name)
+            if port is None:
+                setattr(server, name, next(free))
+            elif port_busy(host, port):
+                orphan = orphan_on(port)
+                if orphan is not None:
+                    with contextlib.suppress(subprocesses.WaitTimeout):
+                        subprocesses.wait_until(functools.partial(_port_free, host, port), orphan_wait_s,
+                                                what=f"port {port}", first_delay=0.05, max_delay=0.1)
+                    if not port_busy(host, port):
+                        continue
+                    raise ServerError(f"port {port} on {host} is still held by tritonserver (pid {orphan}) of a "
+                                      f"cvload that is no longer running, {orphan_wait_s:g} s after it was asked "
+                                      "to stop", hint=f"kill {orphan} (or its process group) or choose another port")
+                raise ServerError(f"port {port} on {host} is already in use ({name.replace('_', ' ')})",
+                                  hint=f"stop whatever listens on {host}:{port} or choose another port")
+        yield
+    finally:
+        release_ports(picked)
 
 
 def accepts(host: str, port: int, timeout: float = 2.0) -> bool:
@@ -504,34 +509,33 @@ class TritonServer:
         install = find_tritonserver(self.tritonserver)
         # Before anything starts: a stub that cannot work fails on the first request, not at loading.
         self.stub = stub_python.choose(self.stub_python) if install.bundle_root is not None else None
-        picked = claim_ports(self, ("http_port", "grpc_port", "metrics_port"))
-        if self.workdir is None:
-            self.workdir = Path(tempfile.mkdtemp(prefix="cvload-triton-"))
-            self._own_workdir = True
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.log_path or self.workdir / "tritonserver.log"
-        self._shm_prefix = f"cvload{os.getpid()}x{next(_counter)}x"
-        backends = install.backends
-        if install.bundle_root is not None:
-            assert self.stub is not None
-            backends = _prepare_bundle_backends(install, self.workdir, self.stub)
-        self.clean_exit = None
-        self._stopped = False
-        try:
-            with _start_lock():
-                self._tmp_before = subprocesses.python_envs()
-                # Its own session: Ctrl-C in a terminal reaches us, and we stop the server in order.
-                self.process = subprocesses.spawn(self.command(install, backends), self.log_path,
-                                             env=self._environment(install), die_with_parent=self.die_with_parent)
-                self.spawned()
-                self._claim_python_env()
-            self.wait_ready()
-        except BaseException:
-            self.clean_exit = False
-            self.stop()
-            raise
-        finally:
-            release_ports(picked)
+        with claim_ports(self, ("http_port", "grpc_port", "metrics_port")):
+            if self.workdir is None:
+                self.workdir = Path(tempfile.mkdtemp(prefix="cvload-triton-"))
+                self._own_workdir = True
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            self.log_path = self.log_path or self.workdir / "tritonserver.log"
+            self._shm_prefix = f"cvload{os.getpid()}x{next(_counter)}x"
+            backends = install.backends
+            if install.bundle_root is not None:
+                assert self.stub is not None
+                backends = _prepare_bundle_backends(install, self.workdir, self.stub)
+            self.clean_exit = None
+            self._stopped = False
+            try:
+                with _start_lock():
+                    self._tmp_before = subprocesses.python_envs()
+                    # Its own session: Ctrl-C in a terminal reaches us, and we stop the server in order.
+                    self.process = subprocesses.spawn(self.command(install, backends), self.log_path,
+                                                      env=self._environment(install),
+                                                      die_with_parent=self.die_with_parent)
+                    self.spawned()
+                    self._claim_python_env()
+                self.wait_ready()
+            except BaseException:
+                self.clean_exit = False
+                self.stop()
+                raise
         return self
 
     def spawned(self) -> None:
