@@ -342,7 +342,10 @@ async def test_statistics_count_the_run(emulator):
         assert await count(http_target) >= before
         await collect(grpc_target, SynthesisRequest(rid("stats"), TEXT))
         await collect(http_target, SynthesisRequest(rid("stats"), TEXT))
-        assert await count(grpc_target) >= before + 2
+        deadline = time.monotonic() + 15  # Triton counts a request just after sending its response
+        while await count(grpc_target) < before + 2:
+            assert time.monotonic() < deadline, "the two requests never reached the statistics"
+            await asyncio.sleep(0.02)
 
 
 # ---- the server dies mid-stream ------------------------------------------------------------------------------

@@ -58,6 +58,14 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 15.0, what: str 
         await asyncio.sleep(0.02)
 
 
+async def wait_for_stats(target, before: dict, n: int, timeout: float = 15.0) -> None:
+    """Wait until Triton's statistics count ``n`` more requests of OFFLINE than ``before``."""
+    deadline = time.monotonic() + timeout
+    while row(stats_diff(before, await target.statistics()), OFFLINE)["count"] < n:
+        assert time.monotonic() < deadline, f"Triton's statistics never counted {n} requests"
+        await asyncio.sleep(0.02)
+
+
 def at(section: dict, key: str) -> float | None:
     """The value at an objective key (``gpu.util.mean``) in a telemetry section, as objectives read it."""
     node = section
@@ -190,7 +198,12 @@ def test_bad_settings_are_usage_errors() -> None:
 async def test_stats_diff_counts_requests_per_stage(emulator) -> None:
     before = await statistics("http", emulator.http)
     await infer_offline(emulator.http, 3)
-    after = await statistics("http", emulator.http)
+    target = make_target("http", "offline", emulator.http, OFFLINE)
+    try:
+        await wait_for_stats(target, before, 3)  # counted just after the response: not yet, at times
+        after = await target.statistics()
+    finally:
+        await target.close()
     rows = stats_diff(before, after)
     r = row(rows, OFFLINE)
     assert r["count"] == 3 and r["failures"] == 0 and r["executions"] == 3
@@ -221,9 +234,12 @@ async def test_telemetry_samples_real_server(emulator, tmp_path: Path) -> None:
     target = make_target("http", "offline", emulator.http, OFFLINE)
     tel = Telemetry(metrics_url=emulator.server.metrics_url, stats_source=target.statistics,
                     interval=0.1, out_path=out)
+    before = await target.statistics()
     await tel.start()
     try:
         await infer_offline(emulator.http, 2)  # warmup: excluded from the stage breakdown
+        # Triton counts a request in its statistics just after sending the response: wait for the warmup's.
+        await wait_for_stats(target, before, 2)
         tel.mark_measure_start()
         await tel.wait_measure_baseline()
         await infer_offline(emulator.http, 4)
@@ -301,9 +317,10 @@ async def test_malformed_sources_warn_once(emulator) -> None:
     await tel.start()
     await wait_until(lambda: tel.summary()["window"]["samples"] >= 5, what="5 samples")
     await tel.stop()
-    assert len(tel.warnings) == 2, tel.warnings
-    assert "/v2/models/stats is malformed: not Prometheus text format" in tel.warnings[0]
-    assert "statistics are malformed" in tel.warnings[1] and "model_stats" in tel.warnings[1]
+    assert len(tel.warnings) == 2, tel.warnings  # the two sources are read at once: either may warn first
+    scrape, stats = sorted(tel.warnings, key=lambda w: "statistics are malformed" in w)
+    assert "/v2/models/stats is malformed: not Prometheus text format" in scrape
+    assert "statistics are malformed" in stats and "model_stats" in stats
     assert tel.status()["metrics"]["status"] == "unavailable"
 
     # A path the metrics port does not serve (Triton answers it with an empty page).
