@@ -211,6 +211,54 @@ def test_server_that_dies_is_noticed_and_cleaned(tmp_path: Path) -> None:
     shutil.rmtree(server.workdir)
 
 
+def abort_server_at_start(repo: Path, starts: Path, message: str, times: int) -> None:
+    """Make the first ``times`` starts abort as Triton does when its stub start race hits: the stub's initialize
+    writes ``message`` (the C++ runtime's last words) to the server's log and the server gets SIGABRT. Each start
+    adds a line to ``starts``."""
+    break_initialize(repo, (
+        f"import os, signal, sys, time, pathlib; starts = pathlib.Path({str(starts)!r})\n"
+        "        with starts.open('a') as f: f.write('start\\n')\n"
+        f"        if len(starts.read_text().split()) <= {times}: "
+        f"sys.stderr.write({message!r} + '\\n'); sys.stderr.flush(); os.kill(os.getppid(), signal.SIGABRT); "
+        "time.sleep(60)"))
+
+
+LOCK_EXCEPTION = "terminate called after throwing an instance of 'boost::interprocess::lock_exception'"
+
+
+def test_an_abort_in_the_stub_start_race_is_started_again(tmp_path: Path) -> None:
+    """Triton's Python backend at times aborts the server while starting a stub (an interprocess lock fails): the
+    start is tried once more on the same ports, the aborted attempt's log kept and its residue removed."""
+    repo, starts = repository(tmp_path), tmp_path / "starts"
+    abort_server_at_start(repo, starts, LOCK_EXCEPTION, times=1)
+    mine = f"cvload{os.getpid()}x"
+    regions_before = set(subprocesses.shm_regions(mine))
+    server = TritonServer(repo, workdir=tmp_path / "server", ready_timeout=30)
+    with server:
+        with urllib.request.urlopen(f"http://{server.http_url}/v2/health/ready", timeout=5) as resp:
+            assert resp.status == 200
+        assert starts.read_text().split() == ["start", "start"]
+        assert server.aborted_starts == [tmp_path / "server" / "tritonserver.log.attempt1"]
+        assert LOCK_EXCEPTION in server.aborted_starts[0].read_text()
+        assert LOCK_EXCEPTION not in server.log_path.read_text()  # type: ignore[union-attr]
+        regions = set(subprocesses.shm_regions(mine)) - regions_before
+        assert regions and all(r.startswith(f"/dev/shm/{server.shm_prefix}") for r in regions), \
+            "the aborted attempt's regions are gone"
+    assert server.clean_exit is True
+    assert set(subprocesses.shm_regions(mine)) == regions_before
+
+
+def test_other_aborts_at_start_are_not_started_again(tmp_path: Path) -> None:
+    repo, starts = repository(tmp_path), tmp_path / "starts"
+    abort_server_at_start(repo, starts, "terminate called after throwing an instance of 'std::bad_alloc'", times=2)
+    server = TritonServer(repo, workdir=tmp_path / "server", ready_timeout=30)
+    with pytest.raises(ServerError, match="exited with code -6") as err:
+        server.start()
+    assert "std::bad_alloc" in str(err.value)
+    assert starts.read_text().split() == ["start"] and server.aborted_starts == []
+    _assert_failed_start_cleaned(server)
+
+
 def test_server_does_not_outlive_a_killed_parent(tmp_path: Path) -> None:
     """A cvload (or test run) killed with SIGKILL cannot stop its server: the server gets SIGTERM from the kernel."""
     repo = repository(tmp_path)

@@ -18,7 +18,9 @@ from cvload.cli import main
 pytest.importorskip("matplotlib", reason="cvload report needs the report extra (matplotlib)")
 
 RUN_FIGURES = 6  # first-chunk CDF, second-chunk gaps, RTF, over time, server stages, errors and stalls
-OBJECTIVES = ["--slo", "first_chunk.p95<400ms", "--slo", "second_chunk.p95<50ms"]  # one met, one missed
+# One met, one missed, whatever the load beside: the session server's first chunk comes at 200 ms, then one every
+# 100 ms (a busy CI host once stretched a p95 of first chunks past 400 ms).
+OBJECTIVES = ["--slo", "first_chunk.p95<2000ms", "--slo", "second_chunk.p95<50ms"]
 
 
 def run(emulator, out: Path, *args: str) -> Path:
@@ -78,7 +80,7 @@ def test_run_report_is_one_self_contained_file_with_a_markdown_twin(results, tmp
     first = summary["metrics"]["first_chunk_latency_ms"]
     row = next(line for line in md.splitlines() if line.startswith("| First chunk (ms) |"))
     assert row.split(" | ")[1:4] == [f"{first[k]:.1f}" for k in ("p50", "p90", "p95")]
-    assert "| first_chunk.p95<400ms | " in md and "| **second_chunk.p95<50ms** |" in md  # the missed one stands out
+    assert "| first_chunk.p95<2000ms | " in md and "| **second_chunk.p95<50ms** |" in md  # the missed one stands out
     assert "| config.num_tasks | 2 |" in md
     assert not images(md) and "data:image" not in md
     assert f"{summary['requests']['ok']} of {summary['requests']['total']} requests ok" in md

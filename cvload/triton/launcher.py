@@ -46,6 +46,8 @@ INSTALL_HINT = (
     "(--tritonserver PATH)"
 )
 _counter = itertools.count()
+#: Starts tried when a server aborts in Triton's own stub start race (``TritonServer._start_race``).
+START_ATTEMPTS = 2
 
 
 @dataclass(frozen=True)
@@ -431,6 +433,8 @@ class TritonServer:
     _shm_prefix: str = field(default="", init=False)
     _tmp_before: set[str] = field(default_factory=set, init=False)
     _tmp_own: set[str] = field(default_factory=set, init=False)
+    #: The logs of starts that aborted in Triton's stub start race and were started again (``_start_race``).
+    aborted_starts: list[Path] = field(default_factory=list, init=False)
     #: None while running (or never started); True after a clean stop, False after any failure.
     clean_exit: bool | None = field(default=None, init=False)
     _stopped: bool = field(default=False, init=False)
@@ -523,15 +527,22 @@ class TritonServer:
             self.clean_exit = None
             self._stopped = False
             try:
-                with _start_lock():
-                    self._tmp_before = subprocesses.python_envs()
-                    # Its own session: Ctrl-C in a terminal reaches us, and we stop the server in order.
-                    self.process = subprocesses.spawn(self.command(install, backends), self.log_path,
-                                                      env=self._environment(install),
-                                                      die_with_parent=self.die_with_parent)
-                    self.spawned()
-                    self._claim_python_env()
-                self.wait_ready()
+                for attempt in range(START_ATTEMPTS):
+                    with _start_lock():
+                        self._tmp_before = subprocesses.python_envs()
+                        # Its own session: Ctrl-C in a terminal reaches us, and we stop the server in order.
+                        self.process = subprocesses.spawn(self.command(install, backends), self.log_path,
+                                                          env=self._environment(install),
+                                                          die_with_parent=self.die_with_parent)
+                        self.spawned()
+                        self._claim_python_env()
+                    try:
+                        self.wait_ready()
+                        break
+                    except ServerError:
+                        if attempt + 1 == START_ATTEMPTS or not self._start_race():
+                            raise
+                        self._discard_attempt(attempt + 1)
             except BaseException:
                 self.clean_exit = False
                 self.stop()
@@ -540,6 +551,28 @@ class TritonServer:
 
     def spawned(self) -> None:
         """Called as soon as the server process exists, before any wait (a subclass records it)."""
+
+    def _start_race(self) -> bool:
+        """Did the server abort while its Python backend started a stub (an interprocess lock between them
+        failed, ``boost::interprocess::lock_exception``)? A race inside Triton, seen about once in a thousand
+        starts on a busy host; the next start goes through."""
+        assert self.process is not None and self.log_path is not None
+        if self.process.poll() != -signal.SIGABRT:
+            return False
+        with contextlib.suppress(OSError):
+            return "boost::interprocess" in self.log_path.read_text(errors="replace")
+        return False
+
+    def _discard_attempt(self, attempt: int) -> None:
+        """Clear what an aborted start left (its /dev/shm regions, its backend folder) for another start on the
+        same ports; its log stays beside the new one as ``<log>.attempt<N>``."""
+        assert self.log_path is not None
+        self.aborted_starts.append(self.log_path.with_name(f"{self.log_path.name}.attempt{attempt}"))
+        self.log_path.replace(self.aborted_starts[-1])
+        subprocesses.remove_shm(self._shm_prefix)
+        subprocesses.remove_empty_dirs(self._tmp_own)
+        self._tmp_own = set()
+        self._shm_prefix = f"cvload{os.getpid()}x{next(_counter)}x"
 
     def _claim_python_env(self) -> None:
         """Wait, holding the start lock, until the Python backend has made its /tmp/python_env_* folder (or the
