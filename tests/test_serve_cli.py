@@ -224,8 +224,13 @@ def test_serve_on_custom_ports_prints_the_run_line_that_finds_its_metrics(tmp_pa
     a run given only ``--server`` warns, naming the flag."""
     while True:
         grpc_port, http_port, metrics_port = free_ports(3)
-        if grpc_port + 1 not in (http_port, metrics_port):  # the guess must miss
+        guess = grpc_port + 1
+        # The guess must miss: not this server's port, nor one of a server another test starts meanwhile (once
+        # another worker's session server had its metrics there, and the run read that server's series).
+        if guess not in (http_port, metrics_port) and not launcher.port_busy("127.0.0.1", guess) \
+                and launcher._reserve(guess):
             break
+        launcher.release_ports([grpc_port, http_port, metrics_port])
     serve = Serve("--profile", "instant", "--grpc-port", str(grpc_port), "--http-port", str(http_port),
                   "--metrics-port", str(metrics_port))
     try:
@@ -240,6 +245,7 @@ def test_serve_on_custom_ports_prints_the_run_line_that_finds_its_metrics(tmp_pa
     finally:
         serve.proc.send_signal(signal.SIGTERM)
         serve.finish()
+        launcher.release_ports([guess])
     telemetry = json.loads((given / "summary.json").read_text())["telemetry"]
     assert telemetry["sources"]["metrics"]["status"] == "ok" and telemetry["sources"]["metrics"]["samples"] > 0
     assert not [w for w in telemetry["warnings"] if "metrics" in w], telemetry["warnings"]
