@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -19,7 +20,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from cvload import subprocesses
+from cvload.measure.metrics import BY_NAME, values
 from cvload.results.exporter import HISTOGRAMS, bucket_of
+from cvload.results.writer import read_records
 from cvload.triton.launcher import accepts, free_ports
 from tests.runs import load, run_cli
 
@@ -132,13 +135,19 @@ def test_prometheus_scrapes_cvload_beside_triton(emulator, prometheus: Prometheu
     assert measured == summary["requests"]["total"] == len([r for r in records if not r["warmup"]])
     assert ok == summary["requests"]["ok"]
     assert prometheus.value(f"max({last('cvload_requested_concurrency')})") == 4
-    # The p95 Prometheus interpolates from the buckets lies within the bucket holding the summary's exact p95.
+    # Prometheus' p95 is read from the buckets: it lies in the bucket of the request of rank ceil(0.95 n), which
+    # is the summary's exact p95 (interpolated at 0.95 (n - 1)) where the tail is dense, not always where it is
+    # sparse (a busy host once put 28 requests' 27th first chunk at 406 ms, the p95 at 315 ms).
+    measured_records = [r for r in read_records(out) if not r.warmup]
     for exported in HISTOGRAMS[:2]:
-        exact_s = summary["metrics"][exported.metric]["p95"] * exported.scale
+        observed = sorted(v * exported.scale for v in values(measured_records, BY_NAME[exported.metric]))
+        assert len(observed) == summary["metrics"][exported.metric]["count"]
+        assert observed[math.floor(0.95 * (len(observed) - 1))] <= \
+            summary["metrics"][exported.metric]["p95"] * exported.scale <= observed[math.ceil(0.95 * (len(observed) - 1))]
         prom_s = prometheus.value(f"histogram_quantile(0.95, sum by (le) "
                                   f"({last('cvload_' + exported.name + '_bucket')}))")
-        low, high = bucket_of(exact_s, exported.buckets)
-        assert prom_s is not None and abs(prom_s - exact_s) <= high - low, (exported.name, prom_s, exact_s)
+        low, high = bucket_of(observed[math.ceil(0.95 * len(observed)) - 1], exported.buckets)
+        assert prom_s is not None and low <= prom_s <= high, (exported.name, prom_s, low, high)
     # Triton's own series for the same time range, from the same Prometheus.
     served = prometheus.value('max(last_over_time(nv_inference_request_success{model="cosyvoice2"}[5m]))')
     assert served is not None and served >= measured
