@@ -160,7 +160,9 @@ def test_every_command_with_the_ray_driver(ray_cluster, emulator, tmp_path, run_
         summary = json.loads((out / "level-001-c2" / "summary.json").read_text())
     else:
         summary = check_run(out)
-        assert 200 <= summary["metrics"]["first_chunk_latency_ms"]["p50"] < 300
+        # The server's 200 ms, stamped in the Ray workers: not earlier, and not late by a clock offset or a unit
+        # (the tight bound is the timing tests'; beside busy workers a like p50 measured 314 ms).
+        assert 200 <= summary["metrics"]["first_chunk_latency_ms"]["p50"] < 600
     placement = summary["client"]["placement"]
     assert len({p["node_id"] for p in placement}) == 2  # spread: one load process per node
     assert all(p["clock_offset_ms"] == 0.0 for p in placement)  # one kernel: the same monotonic clock
