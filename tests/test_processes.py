@@ -116,7 +116,6 @@ def test_merged_run_reads_like_one_process(emulator, tmp_path):
     assert client["loop_lag_ms"]["max"] == max(p["loop_lag_ms"]["max"] for p in client["processes"][:3])
 
 
-@pytest.mark.timing
 def test_open_loop_split_and_servers_spread(emulator, tmp_path):
     port = emulator.grpc.rsplit(":", 1)[1]
     servers = [f"127.0.0.1:{port}", f"localhost:{port}"]
@@ -129,10 +128,12 @@ def test_open_loop_split_and_servers_spread(emulator, tmp_path):
     assert all(r["intended"] is not None and r["worker"] == -1 for r in records)
     # request i went to server i % 2, as with one process
     assert all(r["server"] == servers[r["index"] % 2] for r in records)
-    # two phase-shifted constant streams of 20/s interleave into one of 40/s: every 25 ms a request
+    # Two phase-shifted constant streams of 20/s interleave into one of 40/s: every 25 ms a request, exactly, as
+    # planned from the fleet's common start however late each process woke (once one woke 6 ms late and its
+    # whole stream was shifted: gaps of 19 and 31 ms).
     intended = sorted(r["intended"] for r in records)
     gaps = [b - a for a, b in zip(intended, intended[1:])]
-    assert sorted(gaps)[len(gaps) // 2] == pytest.approx(0.025, abs=0.004)
+    assert gaps == pytest.approx([0.025] * len(gaps), abs=1e-6)
 
 
 def test_objective_on_merged_data_exits_3(emulator, tmp_path):

@@ -271,10 +271,13 @@ class Engine:
     async def close(self) -> None:
         """Nothing of its own to release: the targets belong to whoever opened them."""
 
-    async def run(self) -> RunResult:
+    async def run(self, start_at: float | None = None) -> RunResult:
+        """Send the load and drain it. ``start_at``: the (past) monotonic instant the run and its open-loop
+        schedule start from instead of now: a fleet's load process gives the fleet's common start plus its phase,
+        so its arrivals interleave with the other processes' as planned however late it woke."""
         cfg = self.config
         await self.start()
-        self.state.started = time.monotonic()
+        self.state.started = time.monotonic() if start_at is None else min(start_at, time.monotonic())
         self.inflight.start()
         if cfg.duration is not None:
             self._deadline = self.state.started + cfg.duration
@@ -393,7 +396,7 @@ class Engine:
     async def _open_loop(self) -> None:
         self._slots = asyncio.Semaphore(self.config.max_inflight)
         self.inflight.open_window()
-        next_at = time.monotonic()
+        next_at = self.state.started
         while self._should_send():
             rate = self.state.rate or 1.0
             gap = self._rng.expovariate(rate) if self.config.arrival == "poisson" else 1.0 / rate

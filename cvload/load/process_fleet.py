@@ -8,7 +8,8 @@ started fresh, never forked from a process with a running loop or open channels)
 
 - closed loop: worker ``i`` of the whole run lives in process ``i % N`` and starts at ``ramp * i / workers``, as
   it would in one process; open loop: process ``p`` sends an independent arrival stream of ``rate / N`` (Poisson
-  streams add up to a Poisson stream of the whole rate; constant arrivals are phase-shifted to interleave);
+  streams add up to a Poisson stream of the whole rate; constant arrivals are phase-shifted to interleave); each
+  process's schedule counts from the fleet's common start plus its phase, not from the moment it woke;
 - request ``i`` of the whole run is request ``i // N`` of process ``i % N`` and uses the same input item and the
   same server as request ``i`` of a one-process run (items and servers are handed to each process in the order
   its requests reach them), so the merged ``records.jsonl`` has the indexes and workers of one run (request ids
@@ -335,7 +336,7 @@ async def _serve_part(part: Part, outbox: _Outbox, lines: IO[str]) -> None:
         health.start()
         reporter = asyncio.create_task(report())
         try:
-            result = await engine.run()
+            result = await engine.run(start_at=t0 + part.delay_s)
         finally:
             reporter.cancel()
             health.stop()
