@@ -29,6 +29,9 @@ from cvload.settings.inputs import Item
 from cvload.targets.base import Chunk, SynthesisRequest, Target, TargetError, TargetInfo
 
 FIXED = [EmulatedModel(profile=get_profile("fixed"))]  # 0.2 s to the first chunk, then one every 0.1 s
+# Streams that stay open about a second after their first chunk, so that a kill lands mid-stream: with FIXED's, a
+# request that had chunks when the kill was decided once finished before it landed on a busy host.
+SLOW_CHUNKS = [EmulatedModel(profile=get_profile("fixed", {"fixed_interval_s": 0.5}))]
 
 
 def check_totals(session: Session, out: Path) -> list[dict]:
@@ -57,7 +60,7 @@ async def run_until(session: Session, condition, action) -> None:
 class MidStream:
     """A ``run_until`` condition: ``done`` requests finished and one in flight has had chunks, so that a kill
     lands mid-stream. (A fixed-profile request lasts about 0.35 s and has its first chunk at 0.2 s: now and then
-    none of the 8 in flight has had one yet, and a kill then left no partial request.)"""
+    none of the 8 in flight has had one yet, and a kill then left no partial request; see SLOW_CHUNKS too.)"""
 
     def __init__(self, done: int) -> None:
         self.done = done
@@ -79,7 +82,7 @@ async def test_a_dying_server_is_a_connection_failure_with_partial_timings(start
     """A stopping Triton answers requests for the model it unloads with "has no available versions" and breaks
     the streams of those in flight when killed: each is the server going away (``connection``), never
     ``server_error``."""
-    emu = start_emulator(FIXED)
+    emu = start_emulator(SLOW_CHUNKS)
     out = tmp_path / "r"
     config = RunConfig(server=[emu.grpc if protocol == "grpc" else emu.http], protocol=protocol, num_tasks=8,
                        requests=300, out=str(out), metrics_url="none", gpu_source="none")
