@@ -564,9 +564,10 @@ class TritonServer:
         return False
 
     def _discard_attempt(self, attempt: int) -> None:
-        """Clear what an aborted start left (its /dev/shm regions, its backend folder) for another start on the
-        same ports; its log stays beside the new one as ``<log>.attempt<N>``."""
-        assert self.log_path is not None
+        """Clear what an aborted start left (stubs still running, its /dev/shm regions, its backend folder) for
+        another start on the same ports; its log stays beside the new one as ``<log>.attempt<N>``."""
+        assert self.log_path is not None and self.process is not None
+        subprocesses.end(self.process, grace=0)  # the server is dead: SIGKILL to the stubs of its group
         self.aborted_starts.append(self.log_path.with_name(f"{self.log_path.name}.attempt{attempt}"))
         self.log_path.replace(self.aborted_starts[-1])
         subprocesses.remove_shm(self._shm_prefix)
