@@ -82,12 +82,12 @@ async def test_a_dying_server_is_a_connection_failure_with_partial_timings(start
     """A stopping Triton answers requests for the model it unloads with "has no available versions" and breaks
     the streams of those in flight when killed: each is the server going away (``connection``), never
     ``server_error``."""
-    emu = start_emulator(SLOW_CHUNKS)
+    emu = start_emulator(FIXED if sig == signal.SIGTERM else SLOW_CHUNKS)  # a stopping server lets them finish
     out = tmp_path / "r"
     config = RunConfig(server=[emu.grpc if protocol == "grpc" else emu.http], protocol=protocol, num_tasks=8,
                        requests=300, out=str(out), metrics_url="none", gpu_source="none")
     session = Session(config)
-    await run_until(session, MidStream(10), lambda: os.kill(emu.server.process.pid, sig))
+    await run_until(session, MidStream(4), lambda: os.kill(emu.server.process.pid, sig))
     records = check_totals(session, out)
     kinds = Counter(r["error_kind"] for r in records)
     assert set(kinds) == {None, "connection"}, kinds
