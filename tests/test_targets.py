@@ -350,8 +350,11 @@ async def test_statistics_count_the_run(emulator):
 
 # ---- the server dies mid-stream ------------------------------------------------------------------------------
 async def test_server_killed_mid_stream_fails_in_flight_requests_with_connection(start_emulator):
-    server = start_emulator([EmulatedModel(name="cosyvoice2", profile=get_profile("fixed"), mode="streaming")])
-    long_text = TEXT * 4  # about 19 s of audio: still streaming when the server dies
+    # A chunk a second: every stream is still open when the last of the four has had its first chunk (with the
+    # fixed profile's 0.1 s a busy host once started the HTTP one after the first gRPC stream had ended).
+    slow = get_profile("fixed", {"fixed_interval_s": 1.0})
+    server = start_emulator([EmulatedModel(name="cosyvoice2", profile=slow, mode="streaming")])
+    long_text = TEXT * 4
     grpc_target = make_target("grpc", "streaming", server.grpc, timeout=30)
     http_target = make_target("http", "streaming", server.http, timeout=30)
     await grpc_target.open()
