@@ -302,7 +302,8 @@ async def test_stub_runs_in_the_chosen_environment_not_the_first_python3(tmp_pat
         "zz_record_start.pth": f"import os, sys; open({str(starts)!r}, 'a').write(f'{{os.getppid()}} {{sys.prefix}}\\n')\n",
     })
     repo = repository(tmp_path, [EmulatedModel("cosyvoice2_offline", INSTANT, "offline")])
-    with TritonServer(repo, stub_python=python, extra_args=["--exit-timeout-secs=0"]) as server:
+    with TritonServer(repo, workdir=tmp_path / "server", stub_python=python,
+                      extra_args=["--exit-timeout-secs=0"]) as server:
         assert server.stub is not None and server.stub.python == python
         target = make_target("http", "offline", server.http_url, "cosyvoice2_offline", timeout=10)
         await target.open()
