@@ -348,6 +348,31 @@ async def test_statistics_count_the_run(emulator):
             await asyncio.sleep(0.02)
 
 
+async def test_a_statistics_call_cut_by_its_channel_closing_is_a_connection_error(emulator):
+    """grpcio ends a call whose channel closes (a reconnect probe dropping the connection) with CancelledError, as
+    if the caller had been cancelled: one escaped a run's closing statistics read and ended it with a traceback.
+    It is a connection error; a caller that is cancelled still gets CancelledError."""
+    target = make_target("grpc", "offline", emulator.grpc, "cosyvoice2_offline")
+    await target.open()
+    call = asyncio.create_task(target.statistics())
+    await asyncio.sleep(0)  # the call is out
+    await target.close()
+    with pytest.raises(TargetError) as err:
+        await call
+    assert err.value.kind == ERR_CONNECTION and "its connection was closed" in err.value.message
+
+    target = make_target("grpc", "offline", emulator.grpc, "cosyvoice2_offline")
+    await target.open()
+    try:
+        call = asyncio.create_task(target.statistics())
+        await asyncio.sleep(0)
+        call.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+    finally:
+        await target.close()
+
+
 # ---- the server dies mid-stream ------------------------------------------------------------------------------
 async def test_server_killed_mid_stream_fails_in_flight_requests_with_connection(start_emulator):
     # A chunk a second: every stream is still open when the last of the four has had its first chunk (with the

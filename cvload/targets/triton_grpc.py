@@ -23,7 +23,7 @@ import numpy as np
 from tritonclient.grpc import service_pb2 as pb
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 
-from cvload.results.records import ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
+from cvload.results.records import ERR_CONNECTION, ERR_PROTOCOL, ERR_SERVER, ERR_TIMEOUT
 from cvload.settings.transport import Transport
 from cvload.targets import checks
 from cvload.targets.base import Chunk, Samples, SynthesisRequest, Target, TargetError, TargetInfo
@@ -162,8 +162,8 @@ class _TritonGrpc(Target):
 
     async def statistics(self) -> dict[str, Any] | None:
         connection = self._connections.get()
-        reply = await connection.stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=10.0,
-                                                      metadata=connection.metadata)
+        reply = await self._unary(connection.stub.ModelStatistics(pb.ModelStatisticsRequest(), timeout=10.0,
+                                                                  metadata=connection.metadata), "statistics")
         return message_to_dict(reply)
 
     async def trace_setting(self, update: dict[str, list[str]] | None = None) -> dict[str, list[str]] | None:
@@ -171,8 +171,23 @@ class _TritonGrpc(Target):
         request = pb.TraceSettingRequest()
         for key, values in (update or {}).items():
             request.settings[key].value.extend(values)
-        reply = await connection.stub.TraceSetting(request, timeout=10.0, metadata=connection.metadata)
+        reply = await self._unary(connection.stub.TraceSetting(request, timeout=10.0, metadata=connection.metadata),
+                                  "trace setting")
         return {key: list(value.value) for key, value in reply.settings.items()}
+
+    async def _unary(self, call: Any, what: str) -> Any:
+        """Await a unary call; a call cancelled because its channel closed (a reconnect probe dropped the
+        connection, the target was closed) is a connection error, not a cancellation of the caller: grpcio raises
+        CancelledError for both, and one escaping a run's closing statistics read ended the run with a traceback."""
+        try:
+            return await call
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)  # Python 3.11+; before it, pass every cancellation on
+            if task is None or cancelling is None or cancelling():
+                raise
+            raise TargetError(ERR_CONNECTION, f"gRPC {what} call to {self.address} ended: its connection was "
+                                              "closed") from None
 
     async def close(self) -> None:
         await self._connections.close()
