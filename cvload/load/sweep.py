@@ -667,9 +667,13 @@ class Sweep:
         assert level.started is not None and level.ended is not None
         lo, hi = level.started, level.ended
         now = time.monotonic()
-        running = [r.sent for r, _ in self._running.values()]
-        starts = np.concatenate([self._sent.view(), np.asarray(running, dtype=float)])
-        ends = np.concatenate([self._finished.view(), np.full(len(running), now)])
+        # Not yet handed over: still in flight, or answered and in its audio checks (the engine hands a record
+        # over after the worker's next request left, later still on a busy host): their own end where the record
+        # has one, not now (a level of 5 once read 8.39 streams on a slow host; this is the likely cause).
+        running = [r for r, _ in self._running.values()]
+        starts = np.concatenate([self._sent.view(), np.asarray([r.sent for r in running], dtype=float)])
+        ends = np.concatenate([self._finished.view(), np.asarray(
+            [now if r.end_offset is None else end_time(r) for r in running], dtype=float)])
         a, b = np.maximum(starts, lo), np.minimum(ends, hi)
         a, b = a[b > a], b[b > a]
         area = float((b - a).sum())
