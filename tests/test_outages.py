@@ -58,8 +58,8 @@ async def run_until(session: Session, condition, action) -> None:
 
 
 class MidStream:
-    """A ``run_until`` condition: ``done`` requests finished and one in flight has had chunks, so that a kill
-    lands mid-stream. (A fixed-profile request lasts about 0.35 s and has its first chunk at 0.2 s: now and then
+    """A ``run_until`` condition: ``done`` requests finished and one in flight has had its first chunk and no
+    more, so that a kill lands mid-stream. (A fixed-profile request lasts about 0.35 s and has its first chunk at 0.2 s: now and then
     none of the 8 in flight has had one yet, and a kill then left no partial request; see SLOW_CHUNKS too.)"""
 
     def __init__(self, done: int) -> None:
