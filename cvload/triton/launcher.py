@@ -46,6 +46,14 @@ INSTALL_HINT = (
     "(--tritonserver PATH)"
 )
 _counter = itertools.count()
+
+
+def _new_shm_prefix() -> str:
+    """A name prefix for one server start's Python-backend regions in /dev/shm: this process's pid (which
+    ``orphan_on`` reads back) and a counter."""
+    return f"cvload{os.getpid()}x{next(_counter)}x"
+
+
 #: Starts tried when a server aborts in Triton's own stub start race (``TritonServer._start_race``).
 START_ATTEMPTS = 2
 
@@ -519,7 +527,7 @@ class TritonServer:
                 self._own_workdir = True
             self.workdir.mkdir(parents=True, exist_ok=True)
             self.log_path = self.log_path or self.workdir / "tritonserver.log"
-            self._shm_prefix = f"cvload{os.getpid()}x{next(_counter)}x"
+            self._shm_prefix = _new_shm_prefix()
             backends = install.backends
             if install.bundle_root is not None:
                 assert self.stub is not None
@@ -564,16 +572,15 @@ class TritonServer:
         return False
 
     def _discard_attempt(self, attempt: int) -> None:
-        """Clear what an aborted start left (stubs still running, its /dev/shm regions, its backend folder) for
-        another start on the same ports; its log stays beside the new one as ``<log>.attempt<N>``."""
+        """Clear what an aborted start left (stubs still running, its /dev/shm regions, its Python backend's /tmp
+        folder) for another start on the same ports and backends; its log stays beside the new one as
+        ``<log>.attempt<N>``."""
         assert self.log_path is not None and self.process is not None
         subprocesses.end(self.process, grace=0)  # the server is dead: SIGKILL to the stubs of its group
         self.aborted_starts.append(self.log_path.with_name(f"{self.log_path.name}.attempt{attempt}"))
         self.log_path.replace(self.aborted_starts[-1])
-        subprocesses.remove_shm(self._shm_prefix)
-        subprocesses.remove_empty_dirs(self._tmp_own)
-        self._tmp_own = set()
-        self._shm_prefix = f"cvload{os.getpid()}x{next(_counter)}x"
+        self._remove_residue(tmp_dirs=True)
+        self._shm_prefix = _new_shm_prefix()
 
     def _claim_python_env(self) -> None:
         """Wait, holding the start lock, until the Python backend has made its /tmp/python_env_* folder (or the
@@ -651,11 +658,7 @@ class TritonServer:
 
     def cleanup(self) -> None:
         """Remove the shared-memory regions and temp folders this server left behind."""
-        if self._shm_prefix:
-            subprocesses.remove_shm(self._shm_prefix)
-        if not self.clean_exit:  # a clean stop: the backend deleted its folder itself
-            subprocesses.remove_empty_dirs(self._tmp_own)
-        self._tmp_own = set()
+        self._remove_residue(tmp_dirs=not self.clean_exit)  # a clean stop: the backend deleted its folder itself
         if self._own_workdir and self.workdir is not None:
             if self.clean_exit:
                 shutil.rmtree(self.workdir, ignore_errors=True)
@@ -663,6 +666,14 @@ class TritonServer:
                 shutil.rmtree(self.workdir / "backends", ignore_errors=True)
                 shutil.rmtree(self.workdir / "stub-bin", ignore_errors=True)
                 shutil.rmtree(self.workdir / "stub-lib", ignore_errors=True)
+
+    def _remove_residue(self, *, tmp_dirs: bool) -> None:
+        """This server's /dev/shm regions and (``tmp_dirs``) its empty /tmp/python_env_* folder."""
+        if self._shm_prefix:
+            subprocesses.remove_shm(self._shm_prefix)
+        if tmp_dirs:
+            subprocesses.remove_empty_dirs(self._tmp_own)
+        self._tmp_own = set()
 
     def __enter__(self) -> TritonServer:
         return self.start()
